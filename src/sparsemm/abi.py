@@ -1,0 +1,294 @@
+"""The Linux ABI numbers both backends share: one spelling of every constant.
+
+Owns PROT_/MAP_/MADV_/MREMAP_/MLOCK_ values, VM_ flags with their smaps
+``VmFlags`` mnemonics, the pagemap bits, and the op-script names for them.
+x86-64 values (the project's machines); nothing here makes a system call.
+"""
+
+from __future__ import annotations
+
+import enum
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT  # bytes
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+#: Entries in one page-table page at every level (x86-64, 4 KiB pages).
+PTRS_PER_TABLE = 512
+
+#: ``vm.max_map_count`` default: ``USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN`` (include/linux/mm.h).
+DEFAULT_MAX_MAP_COUNT = 65530
+
+#: The op-script arena base (OPSCRIPT.md): identical on both backends.
+ARENA_BASE = 0x1000_0000_0000
+
+#: Highest user address + 1 on x86-64 with 4-level paging (TASK_SIZE).
+TASK_SIZE = 0x7FFF_FFFF_F000
+
+
+def page_align(length: int) -> int:
+    """Round ``length`` bytes up to a page multiple (the kernel's PAGE_ALIGN)."""
+    return (length + PAGE_SIZE - 1) & PAGE_MASK
+
+
+class Prot(enum.IntFlag):
+    NONE = 0x0
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+
+
+PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0x0, 0x1, 0x2, 0x4
+PROT_GROWSDOWN = 0x0100_0000
+PROT_GROWSUP = 0x0200_0000
+
+
+class MapFlag(enum.IntFlag):
+    SHARED = 0x01
+    PRIVATE = 0x02
+    SHARED_VALIDATE = 0x03
+    FIXED = 0x10
+    ANONYMOUS = 0x20
+    GROWSDOWN = 0x100
+    DENYWRITE = 0x800
+    EXECUTABLE = 0x1000
+    LOCKED = 0x2000
+    NORESERVE = 0x4000
+    POPULATE = 0x8000
+    NONBLOCK = 0x10000
+    STACK = 0x20000
+    HUGETLB = 0x40000
+    SYNC = 0x80000
+    FIXED_NOREPLACE = 0x100000
+    UNINITIALIZED = 0x4000000
+
+
+MAP_SHARED = MapFlag.SHARED
+MAP_PRIVATE = MapFlag.PRIVATE
+MAP_FIXED = MapFlag.FIXED
+MAP_ANONYMOUS = MapFlag.ANONYMOUS
+MAP_FIXED_NOREPLACE = MapFlag.FIXED_NOREPLACE
+MAP_FAILED = (1 << 64) - 1  # (void *)-1 as an unsigned word
+
+
+class Madv(enum.IntEnum):
+    NORMAL = 0
+    RANDOM = 1
+    SEQUENTIAL = 2
+    WILLNEED = 3
+    DONTNEED = 4
+    FREE = 8
+    REMOVE = 9
+    DONTFORK = 10
+    DOFORK = 11
+    MERGEABLE = 12
+    UNMERGEABLE = 13
+    HUGEPAGE = 14
+    NOHUGEPAGE = 15
+    DONTDUMP = 16
+    DODUMP = 17
+    WIPEONFORK = 18
+    KEEPONFORK = 19
+    COLD = 20
+    PAGEOUT = 21
+    POPULATE_READ = 22
+    POPULATE_WRITE = 23
+    DONTNEED_LOCKED = 24
+    COLLAPSE = 25
+    HWPOISON = 100
+    SOFT_OFFLINE = 101
+    GUARD_INSTALL = 102
+    GUARD_REMOVE = 103
+
+
+MADV_GUARD_INSTALL = Madv.GUARD_INSTALL
+MADV_GUARD_REMOVE = Madv.GUARD_REMOVE
+
+
+class MremapFlag(enum.IntFlag):
+    MAYMOVE = 1
+    FIXED = 2
+    DONTUNMAP = 4
+
+
+MLOCK_ONFAULT = 1
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL = 0x1, 0x2, 0x8
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE = 0x1, 0x2, 0x4, 0x8, 0x10
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+class VmFlag(enum.IntFlag):
+    """``vm_area_struct.vm_flags`` bits (include/linux/mm.h, Linux 6.18, x86-64)."""
+
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+    SHARED = 0x8
+    MAYREAD = 0x10
+    MAYWRITE = 0x20
+    MAYEXEC = 0x40
+    MAYSHARE = 0x80
+    GROWSDOWN = 0x100
+    UFFD_MISSING = 0x200
+    PFNMAP = 0x400
+    MAYBE_GUARD = 0x800
+    UFFD_WP = 0x1000
+    LOCKED = 0x2000
+    IO = 0x4000
+    SEQ_READ = 0x8000
+    RAND_READ = 0x10000
+    DONTCOPY = 0x20000
+    DONTEXPAND = 0x40000
+    LOCKONFAULT = 0x80000
+    ACCOUNT = 0x100000
+    NORESERVE = 0x200000
+    HUGETLB = 0x400000
+    SYNC = 0x800000
+    ARCH_1 = 0x1000000
+    WIPEONFORK = 0x2000000
+    DONTDUMP = 0x4000000
+    SOFTDIRTY = 0x8000000
+    MIXEDMAP = 0x10000000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
+    MERGEABLE = 0x80000000
+    SEALED = 1 << 42
+
+
+#: smaps ``VmFlags`` mnemonics, in the order the kernel prints them (by bit).
+VM_MNEMONICS: dict[VmFlag, str] = {
+    VmFlag.READ: "rd",
+    VmFlag.WRITE: "wr",
+    VmFlag.EXEC: "ex",
+    VmFlag.SHARED: "sh",
+    VmFlag.MAYREAD: "mr",
+    VmFlag.MAYWRITE: "mw",
+    VmFlag.MAYEXEC: "me",
+    VmFlag.MAYSHARE: "ms",
+    VmFlag.GROWSDOWN: "gd",
+    VmFlag.UFFD_MISSING: "um",
+    VmFlag.PFNMAP: "pf",
+    VmFlag.MAYBE_GUARD: "gu",
+    VmFlag.UFFD_WP: "uw",
+    VmFlag.LOCKED: "lo",
+    VmFlag.IO: "io",
+    VmFlag.SEQ_READ: "sr",
+    VmFlag.RAND_READ: "rr",
+    VmFlag.DONTCOPY: "dc",
+    VmFlag.DONTEXPAND: "de",
+    VmFlag.LOCKONFAULT: "lf",
+    VmFlag.ACCOUNT: "ac",
+    VmFlag.NORESERVE: "nr",
+    VmFlag.HUGETLB: "ht",
+    VmFlag.SYNC: "sf",
+    VmFlag.ARCH_1: "ar",
+    VmFlag.WIPEONFORK: "wf",
+    VmFlag.DONTDUMP: "dd",
+    VmFlag.SOFTDIRTY: "sd",
+    VmFlag.MIXEDMAP: "mm",
+    VmFlag.HUGEPAGE: "hg",
+    VmFlag.NOHUGEPAGE: "nh",
+    VmFlag.MERGEABLE: "mg",
+    VmFlag.SEALED: "sl",
+}
+MNEMONIC_TO_VMFLAG: dict[str, VmFlag] = {v: k for k, v in VM_MNEMONICS.items()}
+
+#: The VmFlags an op-script snapshot reports (OPSCRIPT.md), sorted.
+SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl")))
+
+
+def vmflags_to_mnemonics(flags: int) -> list[str]:
+    """The smaps ``VmFlags`` words for ``flags``, in kernel order."""
+    return [name for bit, name in VM_MNEMONICS.items() if flags & bit]
+
+
+# /proc/PID/pagemap: one little-endian u64 per page (Documentation/admin-guide/mm/pagemap.rst).
+PM_PFN_MASK = (1 << 55) - 1
+PM_SOFT_DIRTY = 1 << 55
+PM_MMAP_EXCLUSIVE = 1 << 56
+PM_UFFD_WP = 1 << 57
+PM_GUARD_REGION = 1 << 58
+PM_FILE = 1 << 61
+PM_SWAP = 1 << 62
+PM_PRESENT = 1 << 63
+PAGEMAP_ENTRY_BYTES = 8
+
+# PAGEMAP_SCAN (fs/proc/task_mmu.c, include/uapi/linux/fs.h)
+PAGE_IS_WPALLOWED = 1 << 0
+PAGE_IS_WRITTEN = 1 << 1
+PAGE_IS_FILE = 1 << 2
+PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_SWAPPED = 1 << 4
+PAGE_IS_PFNZERO = 1 << 5
+PAGE_IS_HUGE = 1 << 6
+PAGE_IS_SOFT_DIRTY = 1 << 7
+PAGE_IS_GUARD = 1 << 8
+PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
+
+# x86-64 system call numbers for calls glibc 2.36 has no wrapper for.
+SYS_process_vm_readv = 310
+SYS_process_vm_writev = 311
+SYS_memfd_create = 319
+SYS_mlock2 = 325
+SYS_pidfd_open = 434
+SYS_process_madvise = 440
+SYS_mseal = 462
+
+# SIGSEGV si_code values.
+SEGV_MAPERR = 1
+SEGV_ACCERR = 2
+
+# ---------------------------------------------------------------------------
+# Op-script spellings (OPSCRIPT.md): the names scripts use for the numbers above.
+
+PROT_BY_LETTER = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
+
+MAP_BY_NAME: dict[str, int] = {
+    "private": MapFlag.PRIVATE,
+    "shared": MapFlag.SHARED,
+    "anonymous": MapFlag.ANONYMOUS,
+    "fixed": MapFlag.FIXED,
+    "fixed_noreplace": MapFlag.FIXED_NOREPLACE,
+    "populate": MapFlag.POPULATE,
+    "noreserve": MapFlag.NORESERVE,
+    "locked": MapFlag.LOCKED,
+    "growsdown": MapFlag.GROWSDOWN,
+}
+
+MADV_BY_NAME: dict[str, int] = {m.name.lower(): int(m) for m in Madv}
+
+MREMAP_BY_NAME: dict[str, int] = {
+    "maymove": MremapFlag.MAYMOVE,
+    "fixed": MremapFlag.FIXED,
+    "dontunmap": MremapFlag.DONTUNMAP,
+}
+
+
+def parse_prot(text: str) -> int:
+    """``"rw"`` -> ``PROT_READ | PROT_WRITE``; ``""`` and ``"none"`` -> ``PROT_NONE``.
+
+    Raises ``ValueError`` on any other letter or a repeated one.
+    """
+    if text in ("", "none"):
+        return PROT_NONE
+    prot = 0
+    for letter in text:
+        bit = PROT_BY_LETTER.get(letter)
+        if bit is None or prot & bit:
+            raise ValueError(f"bad prot {text!r}: use a combination of r, w, x, or 'none'")
+        prot |= bit
+    return prot
+
+
+def prot_to_perms(prot: int, shared: bool) -> str:
+    """The four-character maps permission column (``rw-p``)."""
+    return (
+        ("r" if prot & PROT_READ else "-")
+        + ("w" if prot & PROT_WRITE else "-")
+        + ("x" if prot & PROT_EXEC else "-")
+        + ("s" if shared else "p")
+    )

@@ -1,0 +1,639 @@
+"""VmaTree: the model's index of VMAs by address, standing in for the kernel's maple tree ``mm->mm_mt``.
+
+Owns the address order of VMAs and the free-gap bookkeeping behind ``vm_unmapped_area()``,
+plus the maple-node cost estimate; it never touches a VMA's other fields and makes no OS calls.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from itertools import chain, compress
+from typing import Any, Iterator
+
+__all__ = ["VmaTree", "PAGE_SIZE", "ULONG_MAX", "maple_node_count"]
+
+PAGE_SIZE = 4096
+_PAGE_MASK = PAGE_SIZE - 1
+ULONG_MAX = (1 << 64) - 1
+
+# --- maple-node cost model -------------------------------------------------------------------
+# include/linux/maple_tree.h: maple_leaf_64 has 16 slots, maple_arange_64 (internal nodes of an
+# MT_FLAGS_ALLOC_RANGE tree such as mm_mt) has 10.  The effective fills below are calibrated on
+# the slab deltas of costs-and-workloads.md §2.2 (Linux 6.18); see maple_node_count().
+MAPLE_LEAF_SLOTS = 16
+MAPLE_ARANGE_SLOTS = 10
+LEAF_FILL = 14.5          # occupied slots per leaf (max 16, min 6)
+INTERNAL_FILL = 8.0       # children per maple_arange_64 (max 10, min 4)
+RAGGED_SLOTS = 64         # one extra, partly filled node per this many slots ...
+RAGGED_MAX = 60           # ... up to this many (edges of the tree and of each split region)
+
+
+def maple_node_count(slots: int) -> int:
+    """Maple nodes the kernel needs for a tree of ``slots`` slots (VMAs + NULL gap ranges). O(log S).
+
+    Model: 0 slots -> 0 nodes; 1..16 slots -> 1 leaf (the root); otherwise
+    ``leaves = ceil(S / 14.5)``, then ``ceil(prev / 8)`` per internal level until one root, plus
+    ``min(60, ceil(S / 64))`` partly filled nodes.  The last term is why the measured nodes per
+    slot fall as trees grow (0.085 at 4k slots, 0.075 at 65k): a fixed number of ragged nodes
+    at the tree's edges; for small trees (the noisy, unmeasurable regime) it is proportional.
+
+    Calibration against Linux 6.18 slab deltas (S = slots added; model / measured, error):
+
+    ====================================  ======  ========  =======  ======
+    layout                                 VMAs     S       model    meas.
+    ====================================  ======  ========  =======  ======
+    contiguous (no gap slots)               4095    4095      369    348  +6.0%
+    contiguous                             16383   16383     1260   1290  -2.3%
+    contiguous                             59999   59999     4370   4508  -3.1%
+    contiguous, max_map_count wall         65394   65394     4757   4937  -3.6%
+    isolated (one gap slot each)            8191   16382     1260   1207  +4.4%
+    isolated                               29999   59998     4370   4211  +3.8%
+    ====================================  ======  ========  =======  ======
+
+    The two layouts at equal S differ by 7% in the measurement itself (gap slots seem slightly
+    cheaper), so no slot-only formula can do better than about +-3.5% on both; the 4095 point
+    carries about +-25 nodes of slab noise (see the 2047-VMA guard runs: 178-227 nodes).
+    """
+    if slots <= 0:
+        return 0
+    if slots <= MAPLE_LEAF_SLOTS:
+        return 1
+    level = -(-slots * 2 // int(LEAF_FILL * 2))      # ceil(S / 14.5) in integers
+    nodes = level
+    while level > 1:
+        level = -(-level // int(INTERNAL_FILL))
+        nodes += level
+    return nodes + min(RAGGED_MAX, -(-slots // RAGGED_SLOTS))
+
+
+class VmaTree:
+    """The VMAs of one mm, in address order, with free-gap tracking; the model of ``mm->mm_mt``.
+
+    Stored objects need integer ``vm_start``/``vm_end`` (byte addresses, page aligned, half open)
+    and must not overlap.  Bounds of a stored VMA change only through :meth:`set_bounds`.
+
+    Layout (a B+-tree of height 2, like ``sortedcontainers.SortedList`` but with per-block gap
+    data, which is why it is not built on SortedKeyList): the VMAs sit in blocks of
+    about ``LOAD/2..2*LOAD`` entries, each with three parallel sequences -- ``vm_start`` ints (shared
+    with the VMA, so 8 bytes), the VMA references, and an ``array('Q')`` of the free gap just
+    below each VMA (the NULL range the maple tree holds there; 0 if adjacent to its predecessor).
+    ``_mins`` (first start per block) routes a lookup to its block with one bisect.  Each
+    block's largest gap is a leaf of a max segment tree over the blocks -- the analogue of the
+    ``gap[]`` array of ``maple_arange_64`` nodes -- so :meth:`unmapped_area_topdown` descends
+    to the right block in O(log n) instead of scanning every gap.
+
+    Complexity with n VMAs and B = 2*LOAD (a constant): lookups O(log n); insert/remove/
+    set_bounds O(log n + B) -- the O(B) parts are C-level memmoves (list.insert) and, only when
+    the block's largest gap shrinks, one C-level ``max()`` over the block; a block split or
+    merge rebuilds the segment tree in O(n/B), amortised O(1) over the B/4 updates between two.
+    Memory: about 26-30 bytes per VMA for the index (three 8-byte references plus list slack).
+    """
+
+    __slots__ = ("mmap_min_addr", "task_size", "_mins", "_starts", "_vmas", "_gaps",
+                 "_seg", "_seg_size", "_len", "_nonzero_gaps")
+
+    LOAD = 256   # blocks hold LOAD//2 .. 2*LOAD VMAs (sortedcontainers' load-factor scheme)
+
+    def __init__(self, mmap_min_addr: int = 0x10000, task_size: int = 0x7FFF_FFFF_F000) -> None:
+        """An empty tree for an address space ``[0, task_size)``.  O(1).
+
+        ``mmap_min_addr`` is the floor for :meth:`unmapped_area` searches (vm.mmap_min_addr);
+        :meth:`insert` accepts VMAs below it, as the kernel does for privileged callers.
+        """
+        if task_size & _PAGE_MASK or mmap_min_addr < 0 or task_size <= mmap_min_addr:
+            raise ValueError("need 0 <= mmap_min_addr < task_size, task_size page aligned")
+        self.mmap_min_addr = mmap_min_addr
+        self.task_size = task_size
+        self._mins: list[int] = []               # _mins[b] == _starts[b][0]
+        self._starts: list[list[int]] = []       # per block: vm_start of each VMA, ascending
+        self._vmas: list[list[Any]] = []         # per block: the VMAs, parallel to _starts
+        self._gaps: list[array] = []             # per block: free bytes below each VMA
+        self._seg: list[int] = [-1, -1]          # max segment tree over blocks; leaf b = max(_gaps[b])
+        self._seg_size = 1                       # leaves start at index _seg_size (a power of 2)
+        self._len = 0
+        self._nonzero_gaps = 0                   # VMAs whose gap below is > 0
+
+    # ---- size and iteration ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of VMAs (the kernel's ``mm->map_count``).  O(1)."""
+        return self._len
+
+    def __iter__(self) -> Iterator[Any]:
+        """The VMAs in address order (``for_each_vma``).  O(1) per step; do not mutate meanwhile."""
+        return chain.from_iterable(self._vmas)
+
+    def __repr__(self) -> str:
+        return f"<VmaTree map_count={self._len} gaps={self.gap_count} nodes={self.node_count()}>"
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def find(self, addr: int) -> Any:
+        """The VMA containing ``addr`` (``vma_lookup()``), or None.  O(log n)."""
+        b = bisect_right(self._mins, addr) - 1
+        if b < 0:
+            return None
+        starts = self._starts[b]
+        vma = self._vmas[b][bisect_right(starts, addr) - 1]
+        return vma if addr < vma.vm_end else None
+
+    def find_vma(self, addr: int) -> Any:
+        """The first VMA with ``vm_end > addr`` (mm/mmap.c ``find_vma()``), or None.  O(log n)."""
+        b = bisect_right(self._mins, addr) - 1
+        if b < 0:
+            return self._vmas[0][0] if self._len else None
+        k = bisect_right(self._starts[b], addr) - 1
+        vmas = self._vmas[b]
+        vma = vmas[k]
+        if addr < vma.vm_end:
+            return vma
+        return self._at(b, k + 1)
+
+    def prev(self, vma: Any) -> Any:
+        """The VMA before ``vma`` in address order (``vma_prev()``), or None.  O(log n)."""
+        b, k = self._locate(vma)
+        if k:
+            return self._vmas[b][k - 1]
+        return self._vmas[b - 1][-1] if b else None
+
+    def next(self, vma: Any) -> Any:
+        """The VMA after ``vma`` in address order (``vma_next()``), or None.  O(log n)."""
+        b, k = self._locate(vma)
+        return self._at(b, k + 1)
+
+    def overlapping(self, start: int, end: int) -> list:
+        """The VMAs intersecting ``[start, end)``, in order (``for_each_vma_range``).  O(log n + k)."""
+        out: list = []
+        if start >= end or not self._len:
+            return out
+        b = bisect_right(self._mins, start) - 1
+        if b < 0:
+            b, k = 0, 0
+        else:
+            k = bisect_right(self._starts[b], start) - 1
+            if self._vmas[b][k].vm_end <= start:
+                k += 1
+        nblocks = len(self._vmas)
+        while b < nblocks:
+            vmas = self._vmas[b]
+            for i in range(k, len(vmas)):
+                vma = vmas[i]
+                if vma.vm_start >= end:
+                    return out
+                out.append(vma)
+            b += 1
+            k = 0
+        return out
+
+    # ---- counters for the cost model ---------------------------------------------------------
+
+    @property
+    def gap_count(self) -> int:
+        """NULL ranges the kernel's tree over ``[0, ULONG_MAX]`` holds for this layout.  O(1).
+
+        One below the first VMA unless it starts at 0, one between each pair of non-adjacent
+        VMAs, and one above the last VMA (always: ``vm_end <= task_size < ULONG_MAX``).  An
+        empty tree holds nothing (the kernel's root is NULL), so 0.
+        """
+        return self._nonzero_gaps + 1 if self._len else 0
+
+    @property
+    def slot_count(self) -> int:
+        """Maple-tree slots: VMAs + :attr:`gap_count`.  O(1)."""
+        return self._len + self._nonzero_gaps + 1 if self._len else 0
+
+    def node_count(self) -> int:
+        """``maple_node`` objects (256 B each) the kernel would use; see :func:`maple_node_count`.  O(log n)."""
+        return maple_node_count(self.slot_count)
+
+    # ---- mutation ----------------------------------------------------------------------------
+
+    def insert(self, vma: Any) -> None:
+        """Add ``vma`` (``vma_iter_store()``).  ValueError if it overlaps a stored VMA.  O(log n + B)."""
+        start, end = vma.vm_start, vma.vm_end
+        self._check_bounds(start, end)
+        if not self._len:
+            gap = start
+            self._mins.append(start)
+            self._starts.append([start])
+            self._vmas.append([vma])
+            self._gaps.append(array("Q", (gap,)))
+            self._len = 1
+            self._nonzero_gaps = 1 if gap else 0
+            self._rebuild_seg()
+            return
+        mins = self._mins
+        b = bisect_right(mins, start) - 1
+        if b < 0:                       # new lowest VMA: goes first in block 0
+            b = k = 0
+            prev_end = 0
+        else:
+            k = bisect_right(self._starts[b], start)
+            prev = self._vmas[b][k - 1]
+            prev_end = prev.vm_end
+            if prev_end > start:
+                raise ValueError(f"[{start:#x}, {end:#x}) overlaps [{prev.vm_start:#x}, {prev_end:#x})")
+        starts = self._starts[b]
+        gaps = self._gaps[b]
+        # The VMA after the insertion point, which owns the gap being split.
+        if k < len(starts):
+            nb, nk = b, k
+        elif b + 1 < len(mins):
+            nb, nk = b + 1, 0
+        else:
+            nb = -1
+        if nb >= 0:
+            nxt_start = self._starts[nb][nk]
+            if nxt_start < end:
+                raise ValueError(f"[{start:#x}, {end:#x}) overlaps the VMA at {nxt_start:#x}")
+        gap = start - prev_end
+        starts.insert(k, start)
+        self._vmas[b].insert(k, vma)
+        gaps.insert(k, gap)
+        if k == 0:
+            mins[b] = start
+        self._len += 1
+        if gap:
+            self._nonzero_gaps += 1
+            seg = self._seg
+            if gap > seg[self._seg_size + b]:
+                self._seg_raise(b, gap)
+        if nb >= 0:
+            if nb == b:
+                nk += 1
+            self._set_gap(nb, nk, nxt_start - end)
+        if len(starts) > 2 * self.LOAD:
+            self._split(b)
+
+    def remove(self, vma: Any) -> None:
+        """Remove ``vma`` (``vma_iter_clear()``); ValueError if not stored.  O(log n + B)."""
+        b, k = self._locate(vma)
+        starts = self._starts[b]
+        gaps = self._gaps[b]
+        gap = gaps[k]
+        del starts[k]
+        del self._vmas[b][k]
+        del gaps[k]
+        self._len -= 1
+        if gap:
+            self._nonzero_gaps -= 1
+        if not starts:
+            self._drop_block(b)
+            nb = b            # the next VMA (if any) is now first of block b
+            nk = 0
+            b = -1
+        else:
+            if k == 0:
+                self._mins[b] = starts[0]
+            nb, nk = b, k
+            if k == len(starts):
+                nb, nk = b + 1, 0
+        if nb < len(self._starts):
+            # The next VMA's gap absorbs the removed VMA and its gap (it only grows).
+            self._set_gap(nb, nk, self._gaps[nb][nk] + gap + (vma.vm_end - vma.vm_start))
+        if b >= 0:
+            if nb != b and gap and gap == self._seg[self._seg_size + b]:
+                self._seg_set(b, max(gaps))
+            if len(starts) < self.LOAD // 2 and len(self._starts) > 1:
+                self._merge(b)
+
+    def set_bounds(self, vma: Any, vm_start: int, vm_end: int) -> None:
+        """Change a stored VMA's bounds (split, merge, expand, move).  O(log n + B).
+
+        ValueError (and nothing changed) if the new range overlaps another VMA.  When the VMA
+        stays between its neighbours this is an in-place update; otherwise remove + insert.
+        """
+        self._check_bounds(vm_start, vm_end)
+        b, k = self._locate(vma)
+        starts = self._starts[b]
+        if k:
+            prev_end = self._vmas[b][k - 1].vm_end
+        elif b:
+            prev_end = self._vmas[b - 1][-1].vm_end
+        else:
+            prev_end = 0
+        if k + 1 < len(starts):
+            nb, nk = b, k + 1
+        elif b + 1 < len(self._starts):
+            nb, nk = b + 1, 0
+        else:
+            nb = -1
+        nxt_start = self._starts[nb][nk] if nb >= 0 else self.task_size
+        if prev_end <= vm_start and vm_end <= nxt_start:
+            if k == 0 and vm_start != starts[0]:
+                self._mins[b] = vm_start
+            starts[k] = vm_start
+            vma.vm_start = vm_start
+            vma.vm_end = vm_end
+            self._set_gap(b, k, vm_start - prev_end)
+            if nb >= 0:
+                self._set_gap(nb, nk, nxt_start - vm_end)
+            return
+        old_start, old_end = vma.vm_start, vma.vm_end
+        self.remove(vma)
+        vma.vm_start, vma.vm_end = vm_start, vm_end
+        try:
+            self.insert(vma)
+        except ValueError:
+            vma.vm_start, vma.vm_end = old_start, old_end
+            self.insert(vma)
+            raise
+
+    # ---- vm_unmapped_area() --------------------------------------------------------------------
+
+    def unmapped_area_topdown(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
+        """Top-down ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area_topdown()``).  O(log n + B).
+
+        Returns the highest page-aligned ``A`` with ``low <= A``, ``A + length <= high`` and
+        ``[A, A + length)`` free, or None (the kernel's -ENOMEM).  Kernel rules kept: ``low`` is
+        raised to ``mmap_min_addr`` (``high`` is capped at ``task_size``); with an ``align_mask``
+        the gap must hold ``length + align_mask`` bytes (worst-case alignment slack) and ``A`` is
+        rounded down to ``align_mask + 1``, so an aligned fit in a tighter gap is not found,
+        exactly as in the kernel.  Not modelled: ``stack_guard_gap`` (no VM_GROWSDOWN/UP
+        retry), ``start_gap`` and ``align_offset``.
+        """
+        need, low, high = self._search_args(length, low, high, align_mask)
+        if need is None:
+            return None
+        clear = ~align_mask
+        # p = position of the first VMA with vm_start >= high; its gap straddles high.
+        mins = self._mins
+        b = bisect_left(mins, high) - 1
+        if b < 0:
+            prev_end = 0
+            b = k = 0
+        else:
+            k = bisect_left(self._starts[b], high)
+            prev_end = self._vmas[b][k - 1].vm_end
+        if prev_end < high and high - max(prev_end, low) >= need:
+            return (high - length) & clear
+        # Highest VMA j before p whose gap below holds `need` bytes.
+        found = self._last_gap(b, k, need)
+        if found is None:
+            return None
+        fb, fk = found
+        gap_end = self._starts[fb][fk]
+        gap_start = gap_end - self._gaps[fb][fk]
+        if gap_end - max(gap_start, low) < need:
+            return None                 # the gap straddles low; every lower gap is below low
+        return (gap_end - length) & clear
+
+    def unmapped_area(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
+        """Bottom-up ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area()``).  O(log n + B).
+
+        The lowest page-aligned ``A`` with ``low <= A``, ``A + length <= high``, ``[A, A+length)``
+        free, or None; same kernel rules and limits as :meth:`unmapped_area_topdown` (``A`` is
+        rounded up to ``align_mask + 1``).
+        """
+        need, low, high = self._search_args(length, low, high, align_mask)
+        if need is None:
+            return None
+        # (b, k) = position of the first VMA with vm_start > low; its gap may straddle low.
+        mins = self._mins
+        n = self._len
+        b = bisect_right(mins, low) - 1
+        if b < 0:
+            b = k = 0
+            prev_end = 0
+        else:
+            k = bisect_right(self._starts[b], low)
+            prev_end = self._vmas[b][k - 1].vm_end
+        if n and k == len(self._starts[b]) and b + 1 < len(mins):
+            b, k = b + 1, 0
+        nxt_start = self._starts[b][k] if n and k < len(self._starts[b]) else ULONG_MAX
+        if prev_end <= low:
+            if min(nxt_start, high) - low >= need:
+                return low + (-low & align_mask)
+            if nxt_start == ULONG_MAX:
+                return None
+            k += 1                      # that gap is done; search above it
+        found = self._first_gap(b, k, need) if n else None
+        if found is not None:
+            fb, fk = found
+            gap_end = self._starts[fb][fk]
+            gap_start = gap_end - self._gaps[fb][fk]
+        else:                           # the gap above the last VMA, up to ULONG_MAX
+            gap_start = self._vmas[-1][-1].vm_end if n else 0
+            gap_end = ULONG_MAX
+        if min(gap_end, high) - gap_start < need:
+            return None                 # gap_start >= low here; higher gaps start even higher
+        return gap_start + (-gap_start & align_mask)
+
+    # ---- invariants --------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Verify every invariant and recount every cached counter; AssertionError if broken.  O(n)."""
+        def fail(msg: str) -> None:
+            raise AssertionError(f"VmaTree: {msg}")
+
+        nblocks = len(self._starts)
+        if not (len(self._mins) == len(self._vmas) == len(self._gaps) == nblocks):
+            fail("per-block lists differ in length")
+        total = 0
+        nonzero = 0
+        prev_end = 0
+        prev = None
+        for b in range(nblocks):
+            starts, vmas, gaps = self._starts[b], self._vmas[b], self._gaps[b]
+            if not starts:
+                fail(f"block {b} is empty")
+            if not (len(starts) == len(vmas) == len(gaps)):
+                fail(f"block {b}: parallel lists differ in length")
+            if len(starts) > 2 * self.LOAD:
+                fail(f"block {b} holds {len(starts)} > 2*LOAD")
+            if self._mins[b] != starts[0]:
+                fail(f"_mins[{b}]={self._mins[b]:#x} != first start {starts[0]:#x}")
+            for k, vma in enumerate(vmas):
+                s, e = vma.vm_start, vma.vm_end
+                if starts[k] != s:
+                    fail(f"block {b}[{k}]: stored start {starts[k]:#x} != vma.vm_start {s:#x}")
+                if not (0 <= s < e <= self.task_size) or (s | e) & _PAGE_MASK:
+                    fail(f"bad bounds [{s:#x}, {e:#x})")
+                if s < prev_end:
+                    fail(f"[{s:#x}, {e:#x}) overlaps or precedes {prev!r} ending {prev_end:#x}")
+                if gaps[k] != s - prev_end:
+                    fail(f"block {b}[{k}]: gap {gaps[k]:#x} != {s - prev_end:#x}")
+                if s != prev_end:
+                    nonzero += 1
+                prev_end, prev = e, vma
+            total += len(starts)
+            if self._seg[self._seg_size + b] != max(gaps):
+                fail(f"segment leaf {b} = {self._seg[self._seg_size + b]:#x} != block max {max(gaps):#x}")
+        if total != self._len:
+            fail(f"_len {self._len} != recount {total}")
+        if nonzero != self._nonzero_gaps:
+            fail(f"_nonzero_gaps {self._nonzero_gaps} != recount {nonzero}")
+        size, seg = self._seg_size, self._seg
+        if size < nblocks or len(seg) != 2 * size:
+            fail("segment tree too small")
+        if any(v != -1 for v in seg[size + nblocks:]):
+            fail("unused segment leaves are not -1")
+        for i in range(1, size):
+            if seg[i] != max(seg[2 * i], seg[2 * i + 1]):
+                fail(f"segment node {i} is not the max of its children")
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _check_bounds(self, start: int, end: int) -> None:
+        if not (0 <= start < end <= self.task_size) or (start | end) & _PAGE_MASK:
+            raise ValueError(f"bad VMA bounds [{start:#x}, {end:#x}): need page-aligned "
+                             f"0 <= vm_start < vm_end <= task_size ({self.task_size:#x})")
+
+    def _search_args(self, length: int, low: int, high: int, align_mask: int):
+        if length <= 0 or length & _PAGE_MASK:
+            raise ValueError(f"length {length:#x} must be a positive multiple of PAGE_SIZE")
+        if align_mask < 0 or align_mask & (align_mask + 1):
+            raise ValueError(f"align_mask {align_mask:#x} must be 2**k - 1")
+        low = max(low, self.mmap_min_addr)
+        low += -low & _PAGE_MASK
+        high = min(high, self.task_size) & ~_PAGE_MASK
+        need = length + align_mask
+        if high - low < need:
+            return None, low, high
+        return need, low, high
+
+    def _at(self, b: int, k: int) -> Any:
+        """The VMA at block b, index k, where k may be one past the block's end."""
+        vmas = self._vmas
+        if k < len(vmas[b]):
+            return vmas[b][k]
+        return vmas[b + 1][0] if b + 1 < len(vmas) else None
+
+    def _locate(self, vma: Any) -> tuple[int, int]:
+        start = vma.vm_start
+        b = bisect_right(self._mins, start) - 1
+        if b >= 0:
+            k = bisect_left(self._starts[b], start)
+            vmas = self._vmas[b]
+            if k < len(vmas) and vmas[k] is vma:
+                return b, k
+        raise ValueError(f"{vma!r} is not in this VmaTree")
+
+    def _set_gap(self, b: int, k: int, gap: int) -> None:
+        gaps = self._gaps[b]
+        old = gaps[k]
+        if gap == old:
+            return
+        gaps[k] = gap
+        if not old:
+            self._nonzero_gaps += 1
+        elif not gap:
+            self._nonzero_gaps -= 1
+        top = self._seg[self._seg_size + b]
+        if gap > top:
+            self._seg_raise(b, gap)
+        elif old == top:
+            self._seg_set(b, max(gaps))
+
+    def _seg_raise(self, b: int, value: int) -> None:
+        """Leaf b grew to value: raise ancestors until one already holds more."""
+        seg = self._seg
+        i = self._seg_size + b
+        while i and seg[i] < value:
+            seg[i] = value
+            i >>= 1
+
+    def _seg_set(self, b: int, value: int) -> None:
+        seg = self._seg
+        i = self._seg_size + b
+        if seg[i] == value:
+            return
+        seg[i] = value
+        i >>= 1
+        while i:
+            left = seg[2 * i]
+            right = seg[2 * i + 1]
+            value = left if left > right else right
+            if seg[i] == value:
+                return
+            seg[i] = value
+            i >>= 1
+
+    def _rebuild_seg(self) -> None:
+        """O(n/B) with C-level max() per level; runs only after a block split, merge or drop."""
+        nblocks = len(self._gaps)
+        size = 1
+        while size < nblocks:
+            size *= 2
+        level = [max(g) for g in self._gaps]
+        level += [-1] * (size - nblocks)
+        levels = [level]
+        while len(level) > 1:
+            level = list(map(max, level[0::2], level[1::2]))
+            levels.append(level)
+        seg = [-1]
+        for level in reversed(levels):
+            seg += level
+        self._seg = seg
+        self._seg_size = size
+
+    def _split(self, b: int) -> None:
+        half = len(self._starts[b]) // 2
+        for lists in (self._starts, self._vmas, self._gaps):
+            block = lists[b]
+            lists.insert(b + 1, block[half:])
+            del block[half:]
+        self._mins.insert(b + 1, self._starts[b + 1][0])
+        self._rebuild_seg()
+
+    def _merge(self, b: int) -> None:
+        """Block b is underfull: fold it into a neighbour, re-splitting if that overflows."""
+        a = b - 1 if b else b          # merge blocks a and a+1
+        for lists in (self._starts, self._vmas, self._gaps):
+            lists[a].extend(lists[a + 1])
+            del lists[a + 1]
+        del self._mins[a + 1]
+        if len(self._starts[a]) > 2 * self.LOAD:
+            self._split(a)
+        else:
+            self._rebuild_seg()
+
+    def _drop_block(self, b: int) -> None:
+        del self._starts[b], self._vmas[b], self._gaps[b], self._mins[b]
+        self._rebuild_seg()
+
+    def _last_gap(self, b: int, k: int, need: int) -> tuple[int, int] | None:
+        """Highest position before (b, k) whose gap is >= need."""
+        seg, size = self._seg, self._seg_size
+        if k and seg[size + b] >= need:
+            gaps = self._gaps[b]
+            hit = next(compress(range(k - 1, -1, -1), map(need.__le__, reversed(gaps[:k]))), None)
+            if hit is not None:
+                return b, hit
+        # Rightmost block < b with a big enough gap: walk up the right edge of [0, b).
+        hi = size + b
+        while hi > 1:
+            if hi & 1:
+                hi -= 1
+                if seg[hi] >= need:
+                    while hi < size:
+                        hi = 2 * hi + 1 if seg[2 * hi + 1] >= need else 2 * hi
+                    fb = hi - size
+                    gaps = self._gaps[fb]
+                    n = len(gaps)
+                    return fb, next(compress(range(n - 1, -1, -1), map(need.__le__, reversed(gaps))))
+            hi >>= 1
+        return None
+
+    def _first_gap(self, b: int, k: int, need: int) -> tuple[int, int] | None:
+        """Lowest position at or after (b, k) whose gap is >= need."""
+        seg, size = self._seg, self._seg_size
+        gaps = self._gaps[b]
+        if k < len(gaps) and seg[size + b] >= need:
+            hit = next(compress(range(k, len(gaps)), map(need.__le__, gaps[k:])), None)
+            if hit is not None:
+                return b, hit
+        # Leftmost block > b with a big enough gap: walk up the left edge of [b+1, size).
+        lo = size + b + 1
+        while lo > 1:
+            if lo & 1:
+                if seg[lo] >= need:
+                    while lo < size:
+                        lo = 2 * lo if seg[2 * lo] >= need else 2 * lo + 1
+                    fb = lo - size
+                    gaps = self._gaps[fb]
+                    return fb, next(compress(range(len(gaps)), map(need.__le__, gaps)))
+                lo += 1
+            lo >>= 1
+        return None

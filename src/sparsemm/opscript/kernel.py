@@ -1,0 +1,217 @@
+"""The kernel backend: run an op script on the running Linux kernel.
+
+``run_kernel(script)`` starts a fresh Python child (``python -m
+sparsemm.opscript.kernel``) so no state carries between scripts; the child maps
+the arena at ``ARENA_BASE``, executes each op through ``sparsemm.native.libc``
+and prints the records. Owns nothing the model uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from sparsemm import abi
+from sparsemm.native import libc, procfs
+from sparsemm.opscript import records as rec
+from sparsemm.opscript.script import Op, Script, parse_script
+
+
+
+class KernelBackendError(RuntimeError):
+    """The child could not run the script (arena occupied, crash)."""
+
+
+def run_kernel(script: Script, *, timeout: float = 600.0) -> list[dict]:
+    """Run ``script`` in a fresh child process; return its records."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparsemm.opscript.kernel"],
+        input=json.dumps(script.doc), capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise KernelBackendError(f"kernel backend child failed: {detail[0]}")
+    return json.loads(proc.stdout)
+
+
+# ---------------------------------------------------------------------------
+# Inside the child.
+
+
+class _Runner:
+    """Executes ops in this process. ``fds`` maps script file names to memfds."""
+
+    def __init__(self, script: Script):
+        self.script = script
+        self.base = script.base
+        self.end = script.base + script.arena_bytes
+        self.fds: dict[str, int] = {}
+        self.pid = os.getpid()
+
+    def check_arena_empty(self) -> None:
+        for entry in procfs.read_maps():
+            if entry.start < self.end and entry.end > self.base:
+                raise KernelBackendError(
+                    f"arena {self.base:#x}-{self.end:#x} is not empty: {entry.start:#x}-{entry.end:#x}")
+
+    def create_files(self) -> None:
+        for name, pages in self.script.files.items():
+            fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
+            libc.ftruncate(fd, pages * abi.PAGE_SIZE)
+            for i in range(pages):
+                os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
+            self.fds[name] = fd
+
+    def run_ops(self, ops: tuple[Op, ...]) -> list[dict]:
+        return [self.run_op(op) for op in ops]
+
+    def run_op(self, op: Op) -> dict:
+        handler = getattr(self, "op_" + op.name)
+        try:
+            extra = handler(op) or {}
+        except OSError as exc:
+            return rec.op_record(op.index, op.name, rec.errno_name(exc.errno))
+        ret = extra.pop("ret", "ok")
+        return rec.op_record(op.index, op.name, ret, **extra)
+
+    # -- the calls -----------------------------------------------------------
+
+    def op_mmap(self, op: Op):
+        fd = self.fds[op.file] if op.file is not None else -1
+        flags = op.flags
+        if op.file is None and not flags & abi.MAP_ANONYMOUS:
+            fd = -1  # a script without a file and without "anonymous": the kernel says EBADF
+        libc.mmap(op.addr, op.length, op.prot, flags, fd, op.offset)
+
+    def op_munmap(self, op: Op):
+        libc.munmap(op.addr, op.length)
+
+    def op_mprotect(self, op: Op):
+        libc.mprotect(op.addr, op.length, op.prot)
+
+    def op_madvise(self, op: Op):
+        libc.madvise(op.addr, op.length, op.advice)
+
+    def op_mremap(self, op: Op):
+        new = libc.mremap(op.addr, op.length, op.new_length, op.flags, op.to_addr or 0)
+        if new != op.addr and not op.flags & abi.MremapFlag.FIXED:
+            return {"ret": "MOVED", "to": (new - self.base) // abi.PAGE_SIZE}
+        return None
+
+    def op_mlock(self, op: Op):
+        libc.mlock(op.addr, op.length, op.flags)
+
+    def op_munlock(self, op: Op):
+        libc.munlock(op.addr, op.length)
+
+    def op_touch(self, op: Op):
+        values: list = []
+        npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
+        for i in range(npages):
+            addr = op.addr + i * abi.PAGE_SIZE
+            try:
+                if op.access == "read":
+                    data = libc.process_vm_readv(self.pid, addr, 1)
+                    values.append(data[0] if data else rec.FAULT)
+                else:
+                    n = libc.process_vm_writev(self.pid, addr, bytes([op.value]))
+                    values.append("ok" if n == 1 else rec.FAULT)
+            except OSError:
+                values.append(rec.FAULT)
+        return {"value": values}
+
+    def op_fork(self, op: Op):
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: run, report, leave without running Python's exit handlers
+            status = 0
+            try:
+                os.close(rfd)
+                self.pid = os.getpid()
+                data = json.dumps(self.run_ops(op.child)).encode()
+                with os.fdopen(wfd, "wb") as fh:
+                    fh.write(data)
+            except BaseException:  # noqa: BLE001 - the parent reports a failed child
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as fh:
+            data = fh.read()
+        _, status = os.waitpid(pid, 0)
+        if status != 0 or not data:
+            raise KernelBackendError(f"fork child of op {op.index} failed (status {status})")
+        return {"value": json.loads(data)}
+
+    def op_snapshot(self, op: Op):
+        return {"value": self.snapshot()}
+
+    def op_ftruncate(self, op: Op):
+        libc.ftruncate(self.fds[op.file], op.file_length)
+
+    def op_fallocate_punch(self, op: Op):
+        libc.fallocate(self.fds[op.file], abi.FALLOC_FL_PUNCH_HOLE | abi.FALLOC_FL_KEEP_SIZE,
+                       op.addr, op.length)
+
+    def op_seal(self, op: Op):
+        libc.add_seals(self.fds[op.file], op.seals)
+
+    def op_process_madvise(self, op: Op):
+        pidfd = libc.pidfd_open(self.pid)
+        try:
+            done = libc.process_madvise(pidfd, list(op.ranges), op.advice)
+        finally:
+            os.close(pidfd)
+        return {"value": done // abi.PAGE_SIZE}
+
+    # -- observation ---------------------------------------------------------
+
+    def backing(self, entry: procfs.MapsEntry) -> str:
+        path = entry.path
+        if not path:
+            return "anon"
+        if path.startswith("/dev/zero"):
+            return "shared-anon"
+        if path.startswith("/memfd:"):
+            name = path[len("/memfd:"):]
+            return name[: -len(" (deleted)")] if name.endswith(" (deleted)") else name
+        return path
+
+    def snapshot(self) -> dict:
+        views = []
+        last_mapped = self.base
+        for entry in procfs.read_smaps():
+            if entry.end <= self.base or entry.start >= self.end:
+                continue
+            pgoff = entry.offset // abi.PAGE_SIZE
+            views.append(rec.VmaView(
+                (entry.start - self.base) // abi.PAGE_SIZE, (entry.end - self.base) // abi.PAGE_SIZE,
+                entry.perms, self.backing(entry), pgoff, rec.snapshot_flags(entry.vmflags)))
+            last_mapped = max(last_mapped, min(entry.end, self.end))
+        npages = (last_mapped - self.base) // abi.PAGE_SIZE
+        words = procfs.read_pagemap(self.base, npages)
+        mapped = bytearray(npages)
+        for v in views:
+            for p in range(max(v.start, 0), min(v.end, npages)):
+                mapped[p] = 1
+        pages = "".join(rec.page_char(w, bool(m)) for w, m in zip(words, mapped))
+        return rec.snapshot_value(views, pages)
+
+
+def _child_main() -> int:
+    doc = json.loads(sys.stdin.read())
+    script = parse_script(doc)
+    runner = _Runner(script)
+    runner.check_arena_empty()
+    runner.create_files()
+    records = runner.run_ops(script.ops)
+    sys.stdout.write(json.dumps(records))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
