@@ -21,7 +21,12 @@ def corpus_files(paths) -> list[Path]:
     """Every ``*.json`` under the given files and directories, sorted."""
     out: list[Path] = []
     for p in map(Path, paths):
-        out.extend(sorted(p.rglob("*.json")) if p.is_dir() else [p])
+        if p.is_dir():
+            out.extend(sorted(p.rglob("*.json")))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such script or directory: {p}")
     return out
 
 
