@@ -1,0 +1,374 @@
+"""Guard finder: which VMAs of a parsed map are guards or reservations, and what each design makes of them.
+
+Owns ``GuardPolicy`` (the documented, configurable decision rule), ``GuardCost`` (one
+guard's price under the VMA design vs as PTE markers, from ``data/cost_constants.json``)
+and ``Classification`` (per-VMA roles plus the predicted VMA counts for the ``pte`` and
+``tree`` designs). It reads ``MapEntry`` records only; it does not touch /proc or the model.
+
+Vocabulary (addresses grow to the right)::
+
+     L        G        R
+   rw-p  |  ---p  |  rw-p        G is a guard; side BOTH: a "sandwich". As a marker,
+                                 L+G+R become one VMA (-2). In the tree design G
+                                 leaves the VMA list but L and R stay apart (-1).
+   ---p  |  rw-p                 a glibc (< 2.42) thread stack: the guard's mergeable
+     G        R                  neighbour lies ABOVE it (-1 either way).
+   rw-p  |  ---p (16 GiB)        a pool reservation: turning it into markers would need
+     L        G                  ~8192 PTE tables (32 MiB), so it stays a VMA.
+
+How the counts compare with costs-and-workloads.md §7.1 (whose rule is: a sandwich is a
+``---p`` of at most 64 KiB between two anonymous ``rw-p``): ``GuardPolicy.table_7_1()``
+applies that rule and reproduces the table exactly (renderer 1400 -> 984 / 1188,
+browser 815 -> 711 / 760, python 535 -> 139 / 335). The default ``GuardPolicy()``
+differs on purpose in two ways, both visible on the renderer:
+
+* a PROT_NONE range larger than ``max_guard_bytes`` that touches anonymous memory is
+  not dropped but priced: it is a guard when its markers would cost no more page-table
+  memory than the VMAs it costs (PartitionAlloc's ``---p 2036K`` tails between two
+  super pages fall in 2 MiB blocks their neighbours already populate, so they cost 0);
+* a neighbour may be any accessible private anonymous VMA (``r--p``, ``rwxp``...), not
+  only ``rw-p``: the guard merges with it all the same once its protection matches.
+
+Default-policy counts (VMAs -> with markers / with tree entries): renderer 1400 -> 722 /
+1056 (344 guards: the table's 212, +119 larger ranges that pass the cost test (117 of
+them sandwiched), +13 small sandwiches between anonymous ``r--p``), browser 815 -> 691 /
+750 (+10 priced), python 535 -> 139 / 335 (identical: the 15 ``---p 65404K`` tails of
+glibc's 64 MiB malloc heaps need 30+ PTE tables each and stay reservations).
+Neither rule sees anon_vma compatibility (invisible in /proc), so both may over-merge
+neighbours the kernel would keep apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+from sparsemm.analyze.maps import MapEntry
+
+__all__ = [
+    "CostConstants",
+    "load_cost_constants",
+    "GuardPolicy",
+    "Role",
+    "GuardSide",
+    "GuardCost",
+    "VmaRole",
+    "GuardSummary",
+    "Classification",
+    "find_guards",
+    "guard_cost",
+    "MERGE_IGNORED_VMFLAGS",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: VmFlags mnemonics that do not stop a guard from merging with its neighbour once its
+#: protection matches: the protection bits themselves (rd wr ex; mr mw me are the same for
+#: every private anonymous mapping), "ac" (VM_ACCOUNT: mm/mprotect.c mprotect_fixup() adds
+#: it when a private mapping first becomes writable) and the sticky flags the kernel ignores
+#: for merging (VM_IGNORE_MERGE: "sd" VM_SOFTDIRTY, "gu" VM_MAYBE_GUARD).
+MERGE_IGNORED_VMFLAGS = frozenset({"rd", "wr", "ex", "mr", "mw", "me", "ac", "sd", "gu"})
+
+
+# --- cost constants ---------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class CostConstants:
+    """The numbers from ``sparsemm/data/cost_constants.json`` (x86-64, Linux 6.18, measured)."""
+
+    vm_area_struct_bytes: int  # 192: slab stride of vm_area_struct
+    anon_vma_chain_bytes: int  # 64: one AVC per VMA that has an anon_vma
+    maple_slot_bytes: int  # 19: model cost of one maple-tree slot in a large tree
+    page_table_bytes: int  # 4096: one page-table page (PTE or PMD table)
+    pte_table_span: int  # 2 MiB: bytes of address space one PTE table maps
+    pmd_table_span: int  # 1 GiB: bytes one PMD table maps
+
+    @property
+    def vma_bytes(self) -> int:
+        """One extra VMA without an anon_vma: the struct plus its maple slot (≈211 B)."""
+        return self.vm_area_struct_bytes + self.maple_slot_bytes
+
+
+@lru_cache(maxsize=1)
+def load_cost_constants() -> CostConstants:
+    """Load ``sparsemm/data/cost_constants.json`` (a copy of /work/shared/data/cost_constants.json)."""
+    text = resources.files("sparsemm.data").joinpath("cost_constants.json").read_text(encoding="utf-8")
+    raw = json.loads(text)
+    structs, pt = raw["struct_bytes"], raw["page_tables"]
+    return CostConstants(
+        vm_area_struct_bytes=structs["vm_area_struct"]["slab_stride"],
+        anon_vma_chain_bytes=structs["anon_vma_chain"]["slab_stride"],
+        maple_slot_bytes=raw["maple_tree"]["model_bytes_per_slot"],
+        page_table_bytes=pt["pte_table_bytes"],
+        pte_table_span=pt["pte_table_span_bytes"],
+        pmd_table_span=pt["pmd_table_span_bytes"],
+    )
+
+
+# --- policy --------------------------------------------------------------------------------
+
+@dataclass(slots=True, frozen=True)
+class GuardPolicy:
+    """How to tell a guard from a reservation. Only private anonymous ``PROT_NONE`` VMAs are
+    candidates, and only those touching (``prev.end == start`` or ``next.start == end``) an
+    accessible private anonymous VMA they would merge with if their protection matched.
+
+    A candidate of at most ``max_guard_bytes`` is a guard. One larger than
+    ``max_borderline_bytes`` (if set) is a reservation. In between, it is a guard when
+    ``marker_bytes <= cost_ratio * vma_bytes`` (see ``guard_cost``): keeping it as a VMA
+    costs more kernel memory than the page tables its markers would add. A PROT_NONE VMA
+    that touches nothing mergeable is a reservation if larger than ``max_guard_bytes``,
+    else a plain mapping (an isolated guard page: markers need a VMA to live in).
+    """
+
+    max_guard_bytes: int = 64 * KiB  # always a guard at or below this size (the §7.1 bound)
+    max_borderline_bytes: int | None = 1 * GiB  # never a guard above this size (None: no bound)
+    cost_ratio: float = 1.0  # >1 favours markers, <1 favours keeping VMAs
+    neighbour_perms: str | None = None  # e.g. "rw-p": neighbours must have exactly these perms
+    assume_anon_vma: bool = True  # maps only: touching anon neighbours have an anon_vma (AVC cost)
+    assume_neighbour_tables: bool = True  # maps only: neighbours populate the 2 MiB block at the boundary
+    constants: CostConstants = field(default_factory=load_cost_constants)
+
+    def __post_init__(self) -> None:
+        if self.max_guard_bytes < 0 or self.cost_ratio < 0:
+            raise ValueError("GuardPolicy: max_guard_bytes and cost_ratio must be >= 0")
+        if self.max_borderline_bytes is not None and self.max_borderline_bytes < self.max_guard_bytes:
+            raise ValueError("GuardPolicy: max_borderline_bytes must be >= max_guard_bytes (or None)")
+        if self.neighbour_perms is not None and (len(self.neighbour_perms) != 4 or self.neighbour_perms[3] != "p"):
+            raise ValueError(f"GuardPolicy: neighbour_perms {self.neighbour_perms!r} is not a private maps "
+                             "permission column like 'rw-p'")
+
+    @classmethod
+    def table_7_1(cls) -> GuardPolicy:
+        """The rule of costs-and-workloads.md §7.1: a guard is a ``---p`` of at most 64 KiB
+        next to an anonymous ``rw-p``; larger ones are never guards."""
+        return cls(max_guard_bytes=64 * KiB, max_borderline_bytes=64 * KiB, neighbour_perms="rw-p")
+
+
+class Role(enum.StrEnum):
+    GUARD = "guard"  # would become a marker / tree entry
+    RESERVATION = "reservation"  # PROT_NONE address space that stays a VMA
+    MAPPING = "mapping"  # everything else (accessible memory, files, isolated guard pages)
+
+
+class GuardSide(enum.StrEnum):
+    """Where the anonymous memory a guard would merge with lies, relative to the guard."""
+
+    BOTH = "both"  # below and above, and those two would merge with each other: a sandwich
+    BELOW = "below"  # only the previous VMA (lower addresses), e.g. a partition's trailing guard
+    ABOVE = "above"  # only the next VMA, e.g. a glibc thread-stack guard
+
+
+@dataclass(slots=True, frozen=True)
+class GuardCost:
+    """One PROT_NONE VMA's price in kernel memory under the VMA design vs as PTE markers."""
+
+    vmas_saved: int  # VMAs that disappear if it becomes markers (1, or 2 for a sandwich)
+    vma_bytes: int  # what those VMAs cost: struct + maple slot (+ AVC when anon_vma), each
+    pte_tables: int  # PTE tables markers need beyond those its neighbours already have
+    pmd_tables: int  # likewise PMD tables (one per 1 GiB)
+    marker_bytes: int  # (pte_tables + pmd_tables) * page_table_bytes
+
+
+@dataclass(slots=True)
+class VmaRole:
+    """The verdict on one entry. ``side`` and ``cost`` are set for every PROT_NONE anonymous
+    VMA that touches mergeable memory (guards, and reservations that lost the cost test)."""
+
+    entry: MapEntry
+    role: Role
+    side: GuardSide | None = None
+    cost: GuardCost | None = None
+    reason: str = ""  # "small", "cheaper as markers", "markers cost more", "too large", "isolated"
+
+
+@dataclass(slots=True)
+class GuardSummary:
+    vmas: int  # entries that are VMAs ([vsyscall] is not)
+    guards: int
+    sandwiches: int  # guards with side BOTH
+    one_sided: int  # guards with side BELOW or ABOVE
+    reservations: int
+    isolated_prot_none: int  # small PROT_NONE anonymous VMAs with nothing to merge with
+    vmas_if_markers: int  # pte design: guards become markers, their neighbours merge
+    vmas_if_tree: int  # tree design, VMAs stay contiguous: -1 per guard
+    guard_bytes: int  # address space the guards cover
+    vma_design_bytes: int  # kernel memory the guards' VMAs cost today (sum of vma_bytes)
+    marker_bytes: int  # page-table memory markers would add (sum of marker_bytes)
+
+
+@dataclass(slots=True)
+class Classification:
+    roles: list[VmaRole]  # one per input entry, same order
+    summary: GuardSummary
+    policy: GuardPolicy
+
+    def guards(self) -> list[VmaRole]:
+        """The guard verdicts, in address order. O(n)."""
+        return [r for r in self.roles if r.role is Role.GUARD]
+
+
+# --- the rules ----------------------------------------------------------------------------
+
+def _merge_compatible(a: MapEntry, b: MapEntry) -> bool:
+    """Would ``a`` and ``b`` merge if their protections matched (mm/vma.c is_mergeable_vma(),
+    as far as maps/smaps show it)? Both private anonymous, same anon name, same VmFlags
+    apart from MERGE_IGNORED_VMFLAGS when both are known. anon_vma compatibility and
+    userfaultfd contexts are invisible in /proc and assumed compatible."""
+    if not (a.is_anon_private and b.is_anon_private) or a.anon_name != b.anon_name:
+        return False
+    if a.vmflags is not None and b.vmflags is not None:
+        return not ((a.vmflags ^ b.vmflags) - MERGE_IGNORED_VMFLAGS)
+    return True
+
+
+def _neighbour(cand: MapEntry | None, guard: MapEntry, policy: GuardPolicy, touching: bool) -> bool:
+    return (cand is not None and touching and cand.prot != 0 and cand.is_vma
+            and (policy.neighbour_perms is None or cand.perms == policy.neighbour_perms)
+            and _merge_compatible(cand, guard))
+
+
+def _has_anon_vma(e: MapEntry, policy: GuardPolicy) -> bool:
+    if e.counters is None:
+        return policy.assume_anon_vma
+    c = e.counters
+    return bool(c.get("Anonymous", 0) or c.get("Swap", 0) or c.get("Rss", 0))
+
+
+def _has_tables(e: MapEntry | None, policy: GuardPolicy) -> bool:
+    if e is None:
+        return False
+    if e.counters is None:
+        return policy.assume_neighbour_tables
+    return bool(e.counters.get("Rss", 0))
+
+
+def _blocks(start: int, end: int, span: int) -> tuple[int, int]:
+    """First and last index of the ``span``-sized blocks that [start, end) touches."""
+    return start // span, (end - 1) // span
+
+
+def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
+               policy: GuardPolicy) -> GuardCost:
+    """Price ``entry`` (a PROT_NONE VMA) whose mergeable neighbours are ``below``/``above``
+    (None where there is none). The VMA design pays, per VMA it saves, one vm_area_struct
+    plus a maple slot, plus an anon_vma_chain if the neighbours have an anon_vma
+    (costs-and-workloads.md §2.4). Markers pay one page-table page for every 2 MiB block
+    (PTE table) and 1 GiB block (PMD table) the range touches, except the boundary blocks
+    a populated neighbour already has a table for (§2.3). O(1).
+    """
+    k = policy.constants
+    both = below is not None and above is not None and below.perms == above.perms \
+        and _merge_compatible(below, above)
+    vmas_saved = 2 if both else 1
+    neighbours = [n for n in (below, above) if n is not None]
+    avc = k.anon_vma_chain_bytes if any(_has_anon_vma(n, policy) for n in neighbours) else 0
+    vma_bytes = vmas_saved * (k.vma_bytes + avc)
+
+    def tables(span: int) -> int:
+        first, last = _blocks(entry.start, entry.end, span)
+        n = last - first + 1
+        if _has_tables(below, policy) and (entry.start - 1) // span == first:
+            first += 1  # the block holding the guard's first byte already has a table
+            n -= 1
+        if n > 0 and _has_tables(above, policy) and entry.end // span == last:
+            n -= 1
+        return max(n, 0)
+
+    pte, pmd = tables(k.pte_table_span), tables(k.pmd_table_span)
+    return GuardCost(vmas_saved, vma_bytes, pte, pmd, (pte + pmd) * k.page_table_bytes)
+
+
+def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> Classification:
+    """Classify every entry (sorted, as ``parse_maps`` returns them) and predict the VMA
+    counts of the ``pte`` (markers) and ``tree`` designs. O(n).
+
+    The marker count is computed by merging, not by formula: each guard joins the
+    neighbour(s) it would merge with (union-find over indices), so a chain
+    ``rw|---|rw|---|rw`` collapses to one VMA and a guard between two neighbours that
+    would not merge with each other (say ``r--p | ---p | rw-p``) joins one of them only.
+    """
+    policy = policy or GuardPolicy()
+    n = len(entries)
+    roles: list[VmaRole] = []
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> bool:
+        ri, rj = find(i), find(j)
+        if ri == rj:
+            return False
+        parent[rj] = ri
+        return True
+
+    guards = sandwiches = reservations = isolated = 0
+    guard_bytes = vma_design_bytes = marker_bytes = 0
+    vmas = sum(1 for e in entries if e.is_vma)
+    merges = 0
+    max_guard = policy.max_guard_bytes
+    max_border = policy.max_borderline_bytes
+
+    for i, e in enumerate(entries):
+        if e.prot != 0 or not e.is_anon_private:
+            roles.append(VmaRole(e, Role.MAPPING))
+            continue
+        prev = entries[i - 1] if i > 0 else None
+        nxt = entries[i + 1] if i + 1 < n else None
+        below = prev if _neighbour(prev, e, policy, prev is not None and prev.end == e.start) else None
+        above = nxt if _neighbour(nxt, e, policy, nxt is not None and nxt.start == e.end) else None
+        size = e.size
+        if below is None and above is None:
+            if size > max_guard:
+                roles.append(VmaRole(e, Role.RESERVATION, reason="isolated"))
+                reservations += 1
+            else:
+                roles.append(VmaRole(e, Role.MAPPING, reason="isolated"))
+                isolated += 1
+            continue
+        cost = guard_cost(e, below, above, policy)
+        if cost.vmas_saved == 2:
+            side = GuardSide.BOTH
+        elif below is not None:
+            side = GuardSide.BELOW  # mprotect_fixup() merges with the previous VMA first
+            above = None
+        else:
+            side = GuardSide.ABOVE
+        if size <= max_guard:
+            is_guard, reason = True, "small"
+        elif max_border is not None and size > max_border:
+            is_guard, reason = False, "too large"
+        elif cost.marker_bytes <= policy.cost_ratio * cost.vma_bytes:
+            is_guard, reason = True, "cheaper as markers"
+        else:
+            is_guard, reason = False, "markers cost more"
+        if not is_guard:
+            roles.append(VmaRole(e, Role.RESERVATION, side, cost, reason))
+            reservations += 1
+            continue
+        roles.append(VmaRole(e, Role.GUARD, side, cost, reason))
+        guards += 1
+        sandwiches += side is GuardSide.BOTH
+        guard_bytes += size
+        vma_design_bytes += cost.vma_bytes
+        marker_bytes += cost.marker_bytes
+        if below is not None:
+            merges += union(i - 1, i)
+        if above is not None:
+            merges += union(i, i + 1)
+
+    summary = GuardSummary(
+        vmas=vmas, guards=guards, sandwiches=sandwiches, one_sided=guards - sandwiches,
+        reservations=reservations, isolated_prot_none=isolated,
+        vmas_if_markers=vmas - merges, vmas_if_tree=vmas - guards,
+        guard_bytes=guard_bytes, vma_design_bytes=vma_design_bytes, marker_bytes=marker_bytes)
+    return Classification(roles, summary, policy)
