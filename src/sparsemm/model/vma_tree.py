@@ -23,46 +23,47 @@ ULONG_MAX = (1 << 64) - 1
 # the slab deltas of costs-and-workloads.md §2.2 (Linux 6.18); see maple_node_count().
 MAPLE_LEAF_SLOTS = 16
 MAPLE_ARANGE_SLOTS = 10
-LEAF_FILL = 14.5          # occupied slots per leaf (max 16, min 6)
-INTERNAL_FILL = 8.0       # children per maple_arange_64 (max 10, min 4)
-RAGGED_SLOTS = 64         # one extra, partly filled node per this many slots ...
-RAGGED_MAX = 60           # ... up to this many (edges of the tree and of each split region)
+LEAF_FILL_X2 = 31         # effective slots per maple_leaf_64, doubled: 15.5 of 16
+INTERNAL_FILL = 10        # effective children per maple_arange_64 (max 10)
+RAGGED_SLOTS = 80         # one extra, partly filled node per this many slots ...
+RAGGED_MAX = 65           # ... up to this many in all
 
 
 def maple_node_count(slots: int) -> int:
     """Maple nodes the kernel needs for a tree of ``slots`` slots (VMAs + NULL gap ranges). O(log S).
 
     Model: 0 slots -> 0 nodes; 1..16 slots -> 1 leaf (the root); otherwise
-    ``leaves = ceil(S / 14.5)``, then ``ceil(prev / 8)`` per internal level until one root, plus
-    ``min(60, ceil(S / 64))`` partly filled nodes.  The last term is why the measured nodes per
-    slot fall as trees grow (0.085 at 4k slots, 0.075 at 65k): a fixed number of ragged nodes
-    at the tree's edges; for small trees (the noisy, unmeasurable regime) it is proportional.
+    ``leaves = ceil(S / 15.5)``, then ``ceil(prev / 10)`` per internal level until one root, plus
+    ``min(65, ceil(S / 80))`` ragged nodes.  The fills are effective, fitted values (minimax
+    relative error), not occupancies: the measured nodes per slot fall as trees grow (0.085 at
+    4k slots, 0.075 at 65k), which a pure ``S / fill`` chain cannot follow (its best fit is off
+    by 9% at both ends); the capped ragged term -- partly filled nodes at the tree's edges and
+    split points -- absorbs that.  Below ~1000 slots it is a guess (the kernel data are noisy).
 
-    Calibration against Linux 6.18 slab deltas (S = slots added; model / measured, error):
+    Calibration against Linux 6.18 slab deltas (costs-and-workloads.md §2.2; S = slots added):
 
-    ====================================  ======  ========  =======  ======
-    layout                                 VMAs     S       model    meas.
-    ====================================  ======  ========  =======  ======
-    contiguous (no gap slots)               4095    4095      369    348  +6.0%
-    contiguous                             16383   16383     1260   1290  -2.3%
-    contiguous                             59999   59999     4370   4508  -3.1%
-    contiguous, max_map_count wall         65394   65394     4757   4937  -3.6%
-    isolated (one gap slot each)            8191   16382     1260   1207  +4.4%
-    isolated                               29999   59998     4370   4211  +3.8%
-    ====================================  ======  ========  =======  ======
+    ==============================  ======  =====  =====  ========  =====
+    layout                           VMAs     S    model  measured  error
+    ==============================  ======  =====  =====  ========  =====
+    contiguous (no gap slots)         4095   4095    348       348   0.0%
+    contiguous                       16383  16383   1242      1290  -3.7%
+    contiguous                       59999  59999   4368      4508  -3.1%
+    contiguous, max_map_count wall   65394  65394   4755      4937  -3.7%
+    isolated (one gap slot each)      8191  16382   1242      1207  +2.9%
+    isolated                         29999  59998   4368      4211  +3.7%
+    ==============================  ======  =====  =====  ========  =====
 
-    The two layouts at equal S differ by 7% in the measurement itself (gap slots seem slightly
-    cheaper), so no slot-only formula can do better than about +-3.5% on both; the 4095 point
-    carries about +-25 nodes of slab noise (see the 2047-VMA guard runs: 178-227 nodes).
+    The two layouts at equal S differ by 7% in the measurements themselves (gap slots come out
+    slightly cheaper), so no slot-only formula beats about +-3.5% on both.
     """
     if slots <= 0:
         return 0
     if slots <= MAPLE_LEAF_SLOTS:
         return 1
-    level = -(-slots * 2 // int(LEAF_FILL * 2))      # ceil(S / 14.5) in integers
+    level = -(-slots * 2 // LEAF_FILL_X2)            # ceil(S / 15.5)
     nodes = level
     while level > 1:
-        level = -(-level // int(INTERNAL_FILL))
+        level = -(-level // INTERNAL_FILL)
         nodes += level
     return nodes + min(RAGGED_MAX, -(-slots // RAGGED_SLOTS))
 
@@ -73,21 +74,24 @@ class VmaTree:
     Stored objects need integer ``vm_start``/``vm_end`` (byte addresses, page aligned, half open)
     and must not overlap.  Bounds of a stored VMA change only through :meth:`set_bounds`.
 
-    Layout (a B+-tree of height 2, like ``sortedcontainers.SortedList`` but with per-block gap
-    data, which is why it is not built on SortedKeyList): the VMAs sit in blocks of
-    about ``LOAD/2..2*LOAD`` entries, each with three parallel sequences -- ``vm_start`` ints (shared
-    with the VMA, so 8 bytes), the VMA references, and an ``array('Q')`` of the free gap just
-    below each VMA (the NULL range the maple tree holds there; 0 if adjacent to its predecessor).
-    ``_mins`` (first start per block) routes a lookup to its block with one bisect.  Each
-    block's largest gap is a leaf of a max segment tree over the blocks -- the analogue of the
-    ``gap[]`` array of ``maple_arange_64`` nodes -- so :meth:`unmapped_area_topdown` descends
-    to the right block in O(log n) instead of scanning every gap.
+    Layout: a B+-tree of height 2 in the manner of ``sortedcontainers.SortedList`` (its
+    load-factor blocks), written out here rather than built on ``SortedKeyList`` because each
+    block needs parallel gap data that SortedKeyList cannot carry or keep in step.  The VMAs sit
+    in blocks of about ``LOAD/2..2*LOAD``; per block three parallel sequences: ``vm_start``
+    (``array('Q')``), the VMA references (list), and the free bytes just below each VMA
+    (``array('Q')``: the NULL range the maple tree holds there, 0 if adjacent).  ``_mins``
+    (first start per block) routes a lookup to its block with one bisect.  A max segment tree
+    over the blocks -- the analogue of the ``gap[]`` array in ``maple_arange_64`` nodes -- holds
+    an upper bound of each block's largest gap, so a search descends to a fitting block in
+    O(log n) instead of scanning every gap.  A leaf is raised at once when a gap grows; when a
+    gap shrinks the leaf stays high and the first search misled by it makes it exact.
 
-    Complexity with n VMAs and B = 2*LOAD (a constant): lookups O(log n); insert/remove/
-    set_bounds O(log n + B) -- the O(B) parts are C-level memmoves (list.insert) and, only when
-    the block's largest gap shrinks, one C-level ``max()`` over the block; a block split or
-    merge rebuilds the segment tree in O(n/B), amortised O(1) over the B/4 updates between two.
-    Memory: about 26-30 bytes per VMA for the index (three 8-byte references plus list slack).
+    Complexity, n VMAs, B = 2*LOAD a constant: lookups O(log n); insert/remove/set_bounds
+    O(log n) Python steps plus a C-level memmove of at most B references; a block split or merge
+    rebuilds the segment tree in O(n/B) at C speed, amortised O(1) over the >= LOAD/2 updates
+    between two.  unmapped_area*: amortised O(log n + B) (one C-level scan of the final block;
+    correcting a stale leaf costs O(B), charged to the update that made it stale).
+    Memory: about 28 bytes per VMA for the index (three 8-byte entries plus slack).
     """
 
     __slots__ = ("mmap_min_addr", "task_size", "_mins", "_starts", "_vmas", "_gaps",
@@ -106,7 +110,7 @@ class VmaTree:
         self.mmap_min_addr = mmap_min_addr
         self.task_size = task_size
         self._mins: list[int] = []               # _mins[b] == _starts[b][0]
-        self._starts: list[list[int]] = []       # per block: vm_start of each VMA, ascending
+        self._starts: list[array] = []           # per block: vm_start of each VMA, ascending
         self._vmas: list[list[Any]] = []         # per block: the VMAs, parallel to _starts
         self._gaps: list[array] = []             # per block: free bytes below each VMA
         self._seg: list[int] = [-1, -1]          # max segment tree over blocks; leaf b = max(_gaps[b])
@@ -210,13 +214,17 @@ class VmaTree:
     # ---- mutation ----------------------------------------------------------------------------
 
     def insert(self, vma: Any) -> None:
-        """Add ``vma`` (``vma_iter_store()``).  ValueError if it overlaps a stored VMA.  O(log n + B)."""
+        """Add ``vma`` (``vma_iter_store()``).  ValueError if it overlaps a stored VMA.  O(log n)*.
+
+        (*) Here and below: plus a C-level memmove of at most 2*LOAD entries, and an O(n/LOAD)
+        segment-tree rebuild amortised over the LOAD/2 or more updates between block splits.
+        """
         start, end = vma.vm_start, vma.vm_end
         self._check_bounds(start, end)
         if not self._len:
             gap = start
             self._mins.append(start)
-            self._starts.append([start])
+            self._starts.append(array("Q", (start,)))
             self._vmas.append([vma])
             self._gaps.append(array("Q", (gap,)))
             self._len = 1
@@ -267,7 +275,7 @@ class VmaTree:
             self._split(b)
 
     def remove(self, vma: Any) -> None:
-        """Remove ``vma`` (``vma_iter_clear()``); ValueError if not stored.  O(log n + B)."""
+        """Remove ``vma`` (``vma_iter_clear()``); ValueError if not stored.  O(log n)*."""
         b, k = self._locate(vma)
         starts = self._starts[b]
         gaps = self._gaps[b]
@@ -293,13 +301,11 @@ class VmaTree:
             # The next VMA's gap absorbs the removed VMA and its gap (it only grows).
             self._set_gap(nb, nk, self._gaps[nb][nk] + gap + (vma.vm_end - vma.vm_start))
         if b >= 0:
-            if nb != b and gap and gap == self._seg[self._seg_size + b]:
-                self._seg_set(b, max(gaps))
             if len(starts) < self.LOAD // 2 and len(self._starts) > 1:
                 self._merge(b)
 
     def set_bounds(self, vma: Any, vm_start: int, vm_end: int) -> None:
-        """Change a stored VMA's bounds (split, merge, expand, move).  O(log n + B).
+        """Change a stored VMA's bounds (split, merge, expand, move).  O(log n)*.
 
         ValueError (and nothing changed) if the new range overlaps another VMA.  When the VMA
         stays between its neighbours this is an in-place update; otherwise remove + insert.
@@ -343,7 +349,7 @@ class VmaTree:
     # ---- vm_unmapped_area() --------------------------------------------------------------------
 
     def unmapped_area_topdown(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
-        """Top-down ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area_topdown()``).  O(log n + B).
+        """Top-down ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area_topdown()``).  Amortised O(log n + B).
 
         Returns the highest page-aligned ``A`` with ``low <= A``, ``A + length <= high`` and
         ``[A, A + length)`` free, or None (the kernel's -ENOMEM).  Kernel rules kept: ``low`` is
@@ -380,7 +386,7 @@ class VmaTree:
         return (gap_end - length) & clear
 
     def unmapped_area(self, length: int, low: int, high: int, align_mask: int = 0) -> int | None:
-        """Bottom-up ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area()``).  O(log n + B).
+        """Bottom-up ``vm_unmapped_area()`` (mm/vma.c ``unmapped_area()``).  Amortised O(log n + B).
 
         The lowest page-aligned ``A`` with ``low <= A``, ``A + length <= high``, ``[A, A+length)``
         free, or None; same kernel rules and limits as :meth:`unmapped_area_topdown` (``A`` is
@@ -458,8 +464,8 @@ class VmaTree:
                     nonzero += 1
                 prev_end, prev = e, vma
             total += len(starts)
-            if self._seg[self._seg_size + b] != max(gaps):
-                fail(f"segment leaf {b} = {self._seg[self._seg_size + b]:#x} != block max {max(gaps):#x}")
+            if self._seg[self._seg_size + b] < max(gaps):
+                fail(f"segment leaf {b} = {self._seg[self._seg_size + b]:#x} < block max {max(gaps):#x}")
         if total != self._len:
             fail(f"_len {self._len} != recount {total}")
         if nonzero != self._nonzero_gaps:
@@ -520,11 +526,10 @@ class VmaTree:
             self._nonzero_gaps += 1
         elif not gap:
             self._nonzero_gaps -= 1
-        top = self._seg[self._seg_size + b]
-        if gap > top:
+        # Growth raises the block's leaf now; shrinkage leaves it an upper bound, which the
+        # next search that trusts it in vain corrects (an O(B) max() off the update path).
+        if gap > self._seg[self._seg_size + b]:
             self._seg_raise(b, gap)
-        elif old == top:
-            self._seg_set(b, max(gaps))
 
     def _seg_raise(self, b: int, value: int) -> None:
         """Leaf b grew to value: raise ancestors until one already holds more."""
@@ -550,14 +555,23 @@ class VmaTree:
             seg[i] = value
             i >>= 1
 
-    def _rebuild_seg(self) -> None:
-        """O(n/B) with C-level max() per level; runs only after a block split, merge or drop."""
-        nblocks = len(self._gaps)
+    def _block_maxes(self) -> list[int]:
+        """The current per-block maximum gaps (the segment tree's leaves).  O(n/B)."""
+        size = self._seg_size
+        return self._seg[size:size + len(self._gaps)]
+
+    def _rebuild_seg(self, leaves: list[int] | None = None) -> None:
+        """Rebuild the segment tree from per-block maxima; O(n/B), C-level max() per level.
+
+        Runs only after a block split, merge or drop (amortised over >= LOAD/2 updates).
+        """
+        if leaves is None:
+            leaves = [max(g) for g in self._gaps]
+        nblocks = len(leaves)
         size = 1
         while size < nblocks:
             size *= 2
-        level = [max(g) for g in self._gaps]
-        level += [-1] * (size - nblocks)
+        level = leaves + [-1] * (size - nblocks)
         levels = [level]
         while len(level) > 1:
             level = list(map(max, level[0::2], level[1::2]))
@@ -569,71 +583,91 @@ class VmaTree:
         self._seg_size = size
 
     def _split(self, b: int) -> None:
+        leaves = self._block_maxes()
         half = len(self._starts[b]) // 2
         for lists in (self._starts, self._vmas, self._gaps):
             block = lists[b]
             lists.insert(b + 1, block[half:])
             del block[half:]
         self._mins.insert(b + 1, self._starts[b + 1][0])
-        self._rebuild_seg()
+        leaves[b:b + 1] = [max(self._gaps[b]), max(self._gaps[b + 1])]
+        self._rebuild_seg(leaves)
 
     def _merge(self, b: int) -> None:
         """Block b is underfull: fold it into a neighbour, re-splitting if that overflows."""
         a = b - 1 if b else b          # merge blocks a and a+1
+        leaves = self._block_maxes()
         for lists in (self._starts, self._vmas, self._gaps):
             lists[a].extend(lists[a + 1])
             del lists[a + 1]
         del self._mins[a + 1]
+        leaves[a:a + 2] = [max(leaves[a], leaves[a + 1])]
+        self._rebuild_seg(leaves)
         if len(self._starts[a]) > 2 * self.LOAD:
             self._split(a)
-        else:
-            self._rebuild_seg()
 
     def _drop_block(self, b: int) -> None:
+        leaves = self._block_maxes()
+        del leaves[b]
         del self._starts[b], self._vmas[b], self._gaps[b], self._mins[b]
-        self._rebuild_seg()
+        self._rebuild_seg(leaves)
 
     def _last_gap(self, b: int, k: int, need: int) -> tuple[int, int] | None:
-        """Highest position before (b, k) whose gap is >= need."""
+        """Highest position before (b, k) whose gap is >= need.
+
+        A leaf may overstate its block's largest gap (see _set_gap); a block found that way is
+        scanned in vain, its leaf is made exact, and the search goes on to its left.
+        """
         seg, size = self._seg, self._seg_size
         if k and seg[size + b] >= need:
             gaps = self._gaps[b]
             hit = next(compress(range(k - 1, -1, -1), map(need.__le__, reversed(gaps[:k]))), None)
             if hit is not None:
                 return b, hit
-        # Rightmost block < b with a big enough gap: walk up the right edge of [0, b).
-        hi = size + b
-        while hi > 1:
-            if hi & 1:
-                hi -= 1
-                if seg[hi] >= need:
-                    while hi < size:
-                        hi = 2 * hi + 1 if seg[2 * hi + 1] >= need else 2 * hi
-                    fb = hi - size
-                    gaps = self._gaps[fb]
-                    n = len(gaps)
-                    return fb, next(compress(range(n - 1, -1, -1), map(need.__le__, reversed(gaps))))
-            hi >>= 1
-        return None
+        while True:
+            # Rightmost block < b with a big enough leaf: walk up the right edge of [0, b).
+            hi = size + b
+            while hi > 1:
+                if hi & 1:
+                    hi -= 1
+                    if seg[hi] >= need:
+                        break
+                hi >>= 1
+            else:
+                return None
+            while hi < size:
+                hi = 2 * hi + 1 if seg[2 * hi + 1] >= need else 2 * hi
+            b = hi - size
+            gaps = self._gaps[b]
+            hit = next(compress(range(len(gaps) - 1, -1, -1), map(need.__le__, reversed(gaps))), None)
+            if hit is not None:
+                return b, hit
+            self._seg_set(b, max(gaps))
 
     def _first_gap(self, b: int, k: int, need: int) -> tuple[int, int] | None:
-        """Lowest position at or after (b, k) whose gap is >= need."""
+        """Lowest position at or after (b, k) whose gap is >= need (stale leaves as in _last_gap)."""
         seg, size = self._seg, self._seg_size
         gaps = self._gaps[b]
         if k < len(gaps) and seg[size + b] >= need:
             hit = next(compress(range(k, len(gaps)), map(need.__le__, gaps[k:])), None)
             if hit is not None:
                 return b, hit
-        # Leftmost block > b with a big enough gap: walk up the left edge of [b+1, size).
-        lo = size + b + 1
-        while lo > 1:
-            if lo & 1:
-                if seg[lo] >= need:
-                    while lo < size:
-                        lo = 2 * lo if seg[2 * lo] >= need else 2 * lo + 1
-                    fb = lo - size
-                    gaps = self._gaps[fb]
-                    return fb, next(compress(range(len(gaps)), map(need.__le__, gaps)))
-                lo += 1
-            lo >>= 1
-        return None
+        while True:
+            # Leftmost block > b with a big enough leaf: walk up the left edge of [b+1, size).
+            lo = size + b + 1
+            while lo > 1:
+                if lo & 1:
+                    if seg[lo] >= need:
+                        break
+                    lo += 1
+                lo >>= 1
+            else:
+                return None
+            while lo < size:
+                lo = 2 * lo if seg[2 * lo] >= need else 2 * lo + 1
+            b = lo - size
+            gaps = self._gaps[b]
+            hit = next(compress(range(len(gaps)), map(need.__le__, gaps)), None)
+            if hit is not None:
+                return b, hit
+            self._seg_set(b, max(gaps))

@@ -13,7 +13,11 @@ from typing import Any
 from sparsemm import abi
 
 DEFAULT_ARENA_PAGES = 1024
-MAX_ARENA_PAGES = 1 << 24  # 64 GiB of address space: plenty, and keeps typos from reserving TiBs
+MAX_TOUCH_PAGES = 1 << 20  # one touch op reports one value per page
+MAX_FILE_PAGES = 1 << 20  # each page of a script file is written at creation
+#: The arena may reach up to the top of the user address space (TASK_SIZE):
+#: reproduced real layouts hold TiB-sized reservations.
+MAX_ARENA_PAGES = (abi.TASK_SIZE - abi.ARENA_BASE) // abi.PAGE_SIZE
 
 #: Top-level keys a script may carry besides ``ops``. ``note`` says what the
 #: script pins; ``expect`` holds the records the kernel gave (the corpus).
@@ -241,8 +245,9 @@ def _parse_op(op: Any, index: int, base: int, files: dict[str, int]) -> Op:
             raise ScriptError(f"must be an integer 0..255, not {value!r}", index=index,
                               field_name="value")
         kw["value"] = value
-        if kw["length"] < 0 or kw["length"] > MAX_ARENA_PAGES * abi.PAGE_SIZE:
-            raise ScriptError("touch length out of range", index=index, field_name="len")
+        if not 0 <= kw["length"] <= MAX_TOUCH_PAGES * abi.PAGE_SIZE:
+            raise ScriptError(f"touch covers 0..{MAX_TOUCH_PAGES} pages", index=index,
+                              field_name="len")
     elif name == "fork":
         child = op.get("child")
         if not isinstance(child, list):
@@ -303,8 +308,9 @@ def parse_script(doc: Any, *, path: str = "") -> Script:
         if not fname or "/" in fname or len(fname) > 200:
             raise ScriptError(f"bad file name {fname!r}", path=path)
         pages = spec.get("pages") if isinstance(spec, dict) else None
-        if not _is_int(pages) or not 0 <= pages <= MAX_ARENA_PAGES:
-            raise ScriptError(f"file {fname!r}: 'pages' must be a non-negative integer", path=path)
+        if not _is_int(pages) or not 0 <= pages <= MAX_FILE_PAGES:
+            raise ScriptError(f"file {fname!r}: 'pages' must be an integer 0..{MAX_FILE_PAGES}",
+                              path=path)
         files[fname] = pages
     ops = doc.get("ops")
     if not isinstance(ops, list):
