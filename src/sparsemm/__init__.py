@@ -7,3 +7,27 @@ command-line tools in ``cli``.
 """
 
 __version__ = "0.1.0"
+
+# Lazy exports: importing ``sparsemm`` must not load ctypes/libc (the model runs anywhere).
+_LAZY = {
+    "Mapping": "sparsemm.native.mapping",
+    "GuardFault": "sparsemm.native.mapping",
+    "VmaLimitError": "sparsemm.native.mapping",
+    "GuardedHeap": "sparsemm.native.heap",
+    "HeapStats": "sparsemm.native.heap",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparsemm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
