@@ -59,6 +59,23 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from sparsemm.opscript.measure import measure_main
+
+    if args.repeat < 1:
+        raise CliError("--repeat must be at least 1")
+    return measure_main(args)
+
+
+def _designs(args: argparse.Namespace) -> int:
+    from sparsemm.opscript.designs import format_report, report_json, run_designs
+
+    script = load_script(args.script)
+    results = run_designs(script, *([tuple(args.design)] if args.design else []))
+    print(report_json(results) if args.json else format_report(results))
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     from sparsemm.native.probe import features
 
@@ -89,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script")
     p.add_argument("--design", choices=DESIGNS, default="pte")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("designs", help="run a script under each guard design; VMAs and kernel bytes")
+    p.add_argument("script")
+    p.add_argument("--design", action="append", choices=DESIGNS,
+                   help="only this design (repeatable; default: all three)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_designs)
+
+    p = sub.add_parser("measure",
+                       help="build a script's layout on the kernel; measure VMAs, VmPTE, slab objects")
+    p.add_argument("script", help="op script (JSON file, or - for standard input)")
+    p.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
+    p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    p.set_defaults(func=_measure)
 
     p = sub.add_parser("probe", help="which guard-region features this kernel has")
     p.set_defaults(func=_probe)

@@ -1,0 +1,183 @@
+"""Calibration run: measure three simple layouts on the kernel and set them beside costs.py.
+
+Layouts, each at ~1k, ~10k and ~60k VMAs (sizes in pages):
+  ladder      one RW mapping of 2g+1 pages, every odd page mprotect(PROT_NONE): 2g+1 VMAs
+  ladder-pop  the same, every page written first (anon_vma, AVCs, PTE tables exist)
+  markers     the ladder's guards as MADV_GUARD_INSTALL (pte design): 1 VMA ("VMAs" column
+              is then 1; the size names the ladder it mirrors)
+  stacks-236  glibc 2.36 thread stacks, 128 pages each, top page written: 2 VMAs per thread
+  isolated    V one-page RW mappings with one-page holes between: V VMAs, 2V slots
+
+For each: the expected MmCounts delta (by hand, below), the measured median
+(``sparsemm.opscript.measure.measure_script``), and costs.py's prediction.
+Run as root: ``cd /work/main && PYTHONPATH=src python3 bench/bench_costs_calibration.py [--repeat N] [--sizes 1000,10000,60000]``.
+Prints a Markdown table and, with ``--json FILE``, the raw measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+
+from sparsemm import workloads
+from sparsemm.model.costs import MmCounts, kernel_cost, maple_nodes_for_slots
+from sparsemm.opscript.measure import measure_script
+from sparsemm.opscript.script import parse_script
+
+STACK_PAGES = 128
+PTES_PER_TABLE = 512
+PAGES_PER_PMD_TABLE = 512 * 512
+
+
+def ladder(vmas: int, populate: bool) -> tuple[dict, MmCounts]:
+    g = (vmas - 1) // 2
+    n = 2 * g + 1
+    ops = [{"op": "mmap", "at": 0, "len": n, "prot": "rw"}]
+    if populate:
+        ops.append({"op": "touch", "at": 0, "len": n, "access": "write"})
+    ops += [{"op": "mprotect", "at": 2 * i + 1, "prot": "none"} for i in range(g)]
+    doc = {"note": f"mprotect ladder, {g} guards{' (populated)' if populate else ''}",
+           "arena_pages": n, "ops": ops}
+    # One new range in a big unmapped gap: +n VMAs and +1 NULL slot (the gap splits in two).
+    counts = MmCounts(vmas=n, gap_slots=1)
+    if populate:  # one anon_vma; every VMA split off keeps an AVC to it
+        counts.anon_vmas, counts.anon_vma_chains = 1, n
+        counts.pte_tables = math.ceil(n / PTES_PER_TABLE)
+        counts.pmd_tables, counts.pud_tables = 1, 1  # arena base: fresh 1 GiB and 512 GiB ranges
+    return doc, counts
+
+
+def markers(vmas: int) -> tuple[dict, MmCounts]:
+    """The ladder's guards as MADV_GUARD_INSTALL markers: the pte design of the same layout."""
+    g = (vmas - 1) // 2
+    n = 2 * g + 1
+    ops = [{"op": "mmap", "at": 0, "len": n, "prot": "rw"}]
+    ops += [{"op": "madvise", "at": 2 * i + 1, "advice": "guard_install"} for i in range(g)]
+    doc = {"note": f"marker ladder, {g} guards", "arena_pages": n, "ops": ops}
+    # madvise_guard_install() -> anon_vma_prepare(): one anon_vma + AVC; markers need PTE tables
+    counts = MmCounts(vmas=1, gap_slots=1, anon_vmas=1, anon_vma_chains=1,
+                      pte_tables=math.ceil(n / PTES_PER_TABLE), pmd_tables=1, pud_tables=1)
+    return doc, counts
+
+
+def stacks(vmas: int) -> tuple[dict, MmCounts]:
+    threads = vmas // 2
+    doc = workloads.thread_stacks(threads, "2.36", STACK_PAGES)
+    pages = threads * STACK_PAGES
+    # Each RW stack is written once: its own anon_vma (no mergeable neighbour) and one AVC.
+    counts = MmCounts(vmas=2 * threads, gap_slots=1, anon_vmas=threads, anon_vma_chains=threads,
+                      pte_tables=math.ceil(pages / PTES_PER_TABLE),
+                      pmd_tables=math.ceil(pages / PAGES_PER_PMD_TABLE), pud_tables=1)
+    return doc, counts
+
+
+def isolated(vmas: int) -> tuple[dict, MmCounts]:
+    ops = [{"op": "mmap", "at": 2 * i, "prot": "rw"} for i in range(vmas)]
+    doc = {"note": f"{vmas} isolated one-page mappings", "arena_pages": 2 * vmas, "ops": ops}
+    return doc, MmCounts(vmas=vmas, gap_slots=vmas)  # V VMAs + V-1 holes + the split outer gap
+
+
+LAYOUTS = {
+    "ladder": lambda v: ladder(v, False),
+    "ladder-pop": lambda v: ladder(v, True),
+    "markers": markers,
+    "stacks-236": stacks,
+    "isolated": isolated,
+}
+
+
+def model_nodes(slots: int) -> int | str:
+    """The model's VMA-index estimate, if that module is importable (it is being written)."""
+    try:
+        from sparsemm.model.vma_tree import maple_node_count
+    except Exception:  # noqa: BLE001 - optional column
+        return "-"
+    return maple_node_count(slots)
+
+
+HEAD = ("| layout | VMAs | slots | vm_area_struct meas/pred | anon_vma meas/pred | "
+        "AVC meas/pred | maple_node meas | nodes/slot | costs.py nodes | vma_tree nodes | "
+        "VmPTE KiB meas/pred | slab B meas | slab B costs.py | runs: quiet/used (attempts) |")
+SLAB_STRIDES = (("vm_area_struct", 192), ("anon_vma", 104), ("anon_vma_chain", 64), ("maple_node", 256))
+
+
+def row(name: str, counts: MmCounts, v: dict, runs: str) -> str:
+    """One Markdown row: measured medians ``v`` beside costs.py's prediction for ``counts``."""
+    cost = kernel_cost(counts)
+    slots = counts.maple_slots
+    slab = sum(v.get(k, 0) * b for k, b in SLAB_STRIDES)
+    return (f"| {name} | {v['arena_vmas']} | {slots} | {v.get('vm_area_struct', '-')}/{counts.vmas} | "
+            f"{v.get('anon_vma', '-')}/{counts.anon_vmas} | "
+            f"{v.get('anon_vma_chain', '-')}/{counts.anon_vma_chains} | {v.get('maple_node', '-')} | "
+            f"{v.get('maple_node', 0) / slots:.4f} | {maple_nodes_for_slots(slots)} | "
+            f"{model_nodes(slots)} | {v['vmpte_bytes'] // 1024}/{cost.vmpte // 1024} | {slab} | "
+            f"{cost.total - cost.page_tables} | {runs} |")
+
+
+def pool(paths: list[str]) -> None:
+    """Print one table from several ``--json`` files: per row, the median of all their runs,
+    or of their quiet runs alone when there are at least 3 of those."""
+    import statistics
+
+    rows: dict[tuple[str, int], dict] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for r in json.load(fh):
+                m = r["measurement"]
+                slot = rows.setdefault((r["layout"], r["size"]), {"counts": r["counts"], "quiet": [],
+                                                                   "all": [], "attempts": 0})
+                slot["quiet"] += m["runs"][:m["quiet_runs"]]
+                slot["all"] += m["runs"]
+                slot["attempts"] += m["attempts"]
+    print(HEAD)
+    print("|" + "---|" * (HEAD.count("|") - 1))
+    for (name, _size), slot in rows.items():
+        use = slot["quiet"] if len(slot["quiet"]) >= 3 else slot["all"]
+        v = {k: statistics.median_low(run[k] for run in use) for k in use[0]}
+        counts = MmCounts(**slot["counts"])
+        print(row(f"{name} {_size // 1000}k", counts, v, f"{len(slot['quiet'])}/{len(use)} ({slot['attempts']})"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sizes", default="1000,10000,60000")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS))
+    ap.add_argument("--json", help="write the raw measurements here")
+    ap.add_argument("--pool", nargs="+", metavar="JSON", help="measure nothing; print the table "
+                    "pooled from earlier --json files")
+    args = ap.parse_args()
+    if args.pool:
+        pool(args.pool)
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    raw = []
+    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M:%S %Z')} kernel {platform.release()} "
+          f"repeat={args.repeat} -->")
+    print(HEAD)
+    print("|" + "---|" * (HEAD.count("|") - 1))
+    for name in args.layouts.split(","):
+        for size in sizes:
+            doc, counts = LAYOUTS[name](size)
+            t0 = time.monotonic()
+            m = measure_script(parse_script(doc), repeat=args.repeat)
+            secs = time.monotonic() - t0
+            print(row(f"{name} {size // 1000}k", counts, m.values, f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})"), flush=True)
+            raw.append({"layout": name, "size": size,
+                        "counts": {k: getattr(counts, k) for k in counts.__slots__},
+                        "measurement": m.as_dict(), "prediction": kernel_cost(counts).as_dict(),
+                        "seconds": round(secs, 1)})
+            if m.failed_ops:
+                print(f"<!-- {name} {size}: {m.failed_ops} ops failed -->")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(raw, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Kernel memory cost of an address-space state: object counts in, bytes out.
+
+Owns ``CostConstants`` (loaded from the one file ``sparsemm/data/cost_constants.json``),
+the input record ``MmCounts``, the output ``KernelCost`` and the byte arithmetic. Pure: no
+OS calls, no knowledge of how the counts were obtained (the model's VMA index and page
+table count them; ``sparsemm.opscript.measure`` measures them on the kernel).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["CostConstants", "MmCounts", "KernelCost", "constants", "kernel_cost",
+           "maple_nodes_for_slots", "vmpte_bytes"]
+
+CONSTANTS_RESOURCE = "cost_constants.json"
+
+
+@dataclass(frozen=True, slots=True)
+class CostConstants:
+    """Sizes of the kernel objects a mapping costs, as measured on ``kernel``.
+
+    Every size is the slab stride in bytes (what one more object costs the slab), not
+    ``sizeof``: ``anon_vma`` is a 96 B struct with a 104 B stride (SLAB_TYPESAFE_BY_RCU puts
+    the free pointer after the object). Whole slab pages are not modelled: a cost is
+    ``objects x stride``, the steady-state average.
+    """
+
+    vm_area_struct: int  # bytes, 192 since the 6.15 per-VMA-lock refcount series
+    anon_vma: int  # bytes (slab stride)
+    anon_vma_chain: int  # bytes
+    maple_node: int  # bytes, 256-aligned
+    page_table: int  # bytes per page-table page at any level (PTE, PMD, PUD, P4D, PGD)
+    page_size: int  # bytes
+    pte_table_span: int  # bytes of address space one PTE table maps (2 MiB)
+    pmd_table_span: int  # bytes one PMD table maps (1 GiB)
+    nodes_per_slot: float  # maple nodes per tree slot in a large tree (measured)
+    max_map_count: int  # DEFAULT_MAX_MAP_COUNT
+    kernel: str  # what the constants were measured on, "6.18.44 x86-64"
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "CostConstants":
+        """Build from the document of ``cost_constants.json``; ``KeyError`` if a value is missing."""
+        sb = doc["struct_bytes"]
+        pt = doc["page_tables"]
+        about = doc.get("_about", "")
+        version = re.search(r"kernel (\d+\.\d+(?:\.\d+)?)", about)
+        arch = "x86-64" if "x86-64" in about else "unknown arch"
+        return cls(
+            vm_area_struct=sb["vm_area_struct"]["slab_stride"],
+            anon_vma=sb["anon_vma"]["slab_stride"],
+            anon_vma_chain=sb["anon_vma_chain"]["slab_stride"],
+            maple_node=sb["maple_node"]["slab_stride"],
+            page_table=pt["pte_table_bytes"],
+            page_size=doc["page_size"],
+            pte_table_span=pt["pte_table_span_bytes"],
+            pmd_table_span=pt["pmd_table_span_bytes"],
+            nodes_per_slot=doc["maple_tree"]["measured_nodes_per_slot_large_tree"],
+            max_map_count=doc["limits"]["DEFAULT_MAX_MAP_COUNT"],
+            kernel=f"{version.group(1) if version else 'unknown'} {arch}",
+        )
+
+
+@lru_cache(maxsize=1)
+def constants() -> CostConstants:
+    """The packaged constants (read once). O(1) after the first call."""
+    text = resources.files("sparsemm.data").joinpath(CONSTANTS_RESOURCE).read_text(encoding="utf-8")
+    return CostConstants.from_doc(json.loads(text))
+
+
+@dataclass(slots=True)
+class MmCounts:
+    """How many of each kernel object an ``mm_struct`` (or a delta of one) holds.
+
+    ``vmas`` is ``mm->map_count``. ``maple_nodes`` is what the model's VMA index reports;
+    ``None`` asks ``kernel_cost`` to estimate it from the slots (``vmas + gap_slots +
+    guard_entries``) with ``maple_nodes_for_slots``. ``guard_entries`` are the reserved
+    maple-tree entries of the ``tree`` design (no ``vm_area_struct``). ``p4d_tables`` and
+    ``pgd_tables`` are optional: a 4-level x86-64 folds the P4D, and the PGD comes with the mm.
+    """
+
+    vmas: int
+    anon_vmas: int = 0
+    anon_vma_chains: int = 0
+    maple_nodes: int | None = None
+    pte_tables: int = 0
+    pmd_tables: int = 0
+    pud_tables: int = 0
+    p4d_tables: int | None = None
+    pgd_tables: int | None = None
+    guard_entries: int = 0
+    gap_slots: int = 0  # NULL ranges between VMAs in the tree; only used when maple_nodes is None
+
+    @property
+    def maple_slots(self) -> int:
+        """Tree slots: one per VMA, per NULL gap range and per reserved guard entry."""
+        return self.vmas + self.gap_slots + self.guard_entries
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCost:
+    """Kernel memory in bytes, by object, for one ``MmCounts``.
+
+    ``hit_max_map_count`` is true when ``map_count >= max_map_count``: from there a VMA split
+    (``mprotect``/``munmap`` inside a VMA, a guard VMA) fails with ENOMEM (mm/vma.c checks
+    ``mm->map_count >= sysctl_max_map_count`` before splitting; ``do_mmap`` checks ``>``, so
+    one more mmap may still succeed). Measured here: mprotect guards stop at 65530 VMAs.
+    """
+
+    vm_area_struct: int
+    anon_vma: int
+    anon_vma_chain: int
+    maple_node: int
+    page_tables: int
+    total: int
+    map_count: int
+    hit_max_map_count: bool
+    maple_nodes: int  # the node count used (given or estimated)
+    vmpte: int  # bytes /proc/PID/status VmPTE would show for these page tables
+
+    def as_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+
+def maple_nodes_for_slots(slots: int, consts: CostConstants | None = None) -> int:
+    """Fallback estimate of the maple nodes a tree of ``slots`` slots needs. O(log slots).
+
+    ``max(best case, ceil(nodes_per_slot * slots))``: the best case packs 16 slots per
+    ``maple_leaf_64`` and 10 children per ``maple_arange_64``; the measured large-tree rate
+    is 0.0725 nodes/slot (costs-and-workloads.md §2.2). The model's VMA index
+    (``vma_tree.maple_node_count``) is the better estimate; this is for callers without one.
+    Under ~1000 slots the kernel itself is noisy (slab sheaves), so is any formula.
+    """
+    if slots <= 0:
+        return 0
+    if slots <= 16:
+        return 1  # the root leaf alone (as vma_tree.maple_node_count)
+    c = consts or constants()
+    level = -(-slots // 16)
+    best = level
+    while level > 1:
+        level = -(-level // 10)
+        best += level
+    return max(best, math.ceil(c.nodes_per_slot * slots))
+
+
+def vmpte_bytes(counts: MmCounts, consts: CostConstants | None = None) -> int:
+    """What ``VmPTE`` in ``/proc/PID/status`` reports for these tables, in bytes. O(1).
+
+    VmPTE is ``mm_pgtables_bytes(mm)``, raised by ``mm_inc_nr_ptes/pmds/puds``: PTE, PMD and
+    PUD tables count; P4D tables (``__p4d_alloc`` does no accounting) and the PGD do not.
+    Measured on 6.18.44: the first touch in an empty 512 GiB range adds 12 kB (PTE + PMD + PUD).
+    """
+    c = consts or constants()
+    return c.page_table * (counts.pte_tables + counts.pmd_tables + counts.pud_tables)
+
+
+def kernel_cost(counts: MmCounts, consts: CostConstants | None = None, *,
+                max_map_count: int | None = None, count_guard_entries: bool = False) -> KernelCost:
+    """Bytes of kernel memory ``counts`` cost. O(log slots) (the node estimate), else O(1).
+
+    ``count_guard_entries``: whether the ``tree`` design's reserved entries count against
+    ``max_map_count`` (a policy choice of that design; the default says they do not).
+    """
+    c = consts or constants()
+    limit = c.max_map_count if max_map_count is None else max_map_count
+    nodes = counts.maple_nodes if counts.maple_nodes is not None else maple_nodes_for_slots(
+        counts.maple_slots, c)
+    tables = (counts.pte_tables + counts.pmd_tables + counts.pud_tables
+              + (counts.p4d_tables or 0) + (counts.pgd_tables or 0))
+    vma_b = counts.vmas * c.vm_area_struct
+    av_b = counts.anon_vmas * c.anon_vma
+    avc_b = counts.anon_vma_chains * c.anon_vma_chain
+    mn_b = nodes * c.maple_node
+    pt_b = tables * c.page_table
+    map_count = counts.vmas + (counts.guard_entries if count_guard_entries else 0)
+    return KernelCost(
+        vm_area_struct=vma_b, anon_vma=av_b, anon_vma_chain=avc_b, maple_node=mn_b,
+        page_tables=pt_b, total=vma_b + av_b + avc_b + mn_b + pt_b, map_count=map_count,
+        hit_max_map_count=map_count >= limit, maple_nodes=nodes, vmpte=vmpte_bytes(counts, c))

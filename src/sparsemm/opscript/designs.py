@@ -1,0 +1,136 @@
+"""Run one script under each guard design and say what each costs (``sparsemm designs``).
+
+Owns ``DesignResult`` and the report. Each design runs the same script on a
+fresh model address space; costs come from ``sparsemm.model.costs`` with the
+counts ``sparsemm.model.accounting`` takes from the final state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sparsemm.model.accounting import counts_of
+from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
+from sparsemm.opscript.runner import DESIGNS, BackendUnavailable
+from sparsemm.opscript.script import Script
+
+
+@dataclass(slots=True)
+class DesignResult:
+    design: str
+    records: list[dict] = field(default_factory=list)
+    counts: MmCounts | None = None
+    cost: KernelCost | None = None
+    failed_ops: int = 0  # ops whose record is an errno
+    enomem_ops: int = 0  # of which ENOMEM (the max_map_count wall, among others)
+    hit_max_map_count: bool = False
+    error: str = ""  # the design could not run
+
+    def as_dict(self) -> dict:
+        if self.error:
+            return {"design": self.design, "error": self.error}
+        c = self.counts
+        return {
+            "design": self.design,
+            "vmas": c.vmas,
+            "map_count": self.cost.map_count,
+            "guard_entries": c.guard_entries,
+            "anon_vmas": c.anon_vmas,
+            "anon_vma_chains": c.anon_vma_chains,
+            "maple_nodes": self.cost.maple_nodes,
+            "page_table_pages": c.pte_tables + c.pmd_tables + c.pud_tables,
+            "bytes": {"vm_area_struct": self.cost.vm_area_struct, "anon_vma": self.cost.anon_vma,
+                      "anon_vma_chain": self.cost.anon_vma_chain, "maple_node": self.cost.maple_node,
+                      "page_tables": self.cost.page_tables, "total": self.cost.total},
+            "failed_ops": self.failed_ops,
+            "enomem_ops": self.enomem_ops,
+            "hit_max_map_count": self.hit_max_map_count,
+        }
+
+
+def _count_failures(records: list[dict]) -> tuple[int, int]:
+    failed = enomem = 0
+    for r in records:
+        if r["ret"] not in ("ok", "MOVED"):
+            failed += 1
+            enomem += r["ret"] == "ENOMEM"
+        if r["op"] == "fork" and isinstance(r.get("value"), list):
+            f, e = _count_failures(r["value"])
+            failed, enomem = failed + f, enomem + e
+    return failed, enomem
+
+
+def run_model_state(script: Script, design: str = "pte", *, max_map_count: int | None = None):
+    """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state."""
+    from sparsemm import abi
+    from sparsemm.model.frames import MemFile
+    from sparsemm.model.mm import AddressSpace
+    from sparsemm.opscript.model_backend import _ModelRunner
+
+    kw = {} if max_map_count is None else {"max_map_count": max_map_count}
+    try:
+        mm = AddressSpace(guard_design=design, **kw)
+    except NotImplementedError:
+        raise BackendUnavailable(f"design {design} not implemented yet") from None
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
+    records = _ModelRunner(script, mm, files).run_ops(script.ops)
+    return records, mm
+
+
+def run_design(script: Script, design: str, *, max_map_count: int | None = None) -> DesignResult:
+    """Run ``script`` on the model under ``design``; the final state's counts and cost."""
+    result = DesignResult(design)
+    try:
+        records, mm = run_model_state(script, design, max_map_count=max_map_count)
+    except BackendUnavailable as exc:
+        result.error = str(exc)
+        return result
+    result.records = records
+    result.counts = counts_of(mm)
+    result.cost = kernel_cost(result.counts, max_map_count=mm.max_map_count)
+    result.failed_ops, result.enomem_ops = _count_failures(records)
+    # The wall: the count reached the limit, or a split was refused on the way there.
+    result.hit_max_map_count = mm.map_count >= mm.max_map_count or (
+        result.enomem_ops > 0 and getattr(mm, "map_count_high_water", 0) >= mm.max_map_count)
+    return result
+
+
+def run_designs(script: Script, designs=("vma", "pte", "tree"), **kw) -> dict[str, DesignResult]:
+    return {d: run_design(script, d, **kw) for d in designs}
+
+
+def format_report(results: dict[str, DesignResult]) -> str:
+    """A plain-text table: one column per design."""
+    rows = [
+        ("VMAs (map_count)", lambda r: f"{r.cost.map_count}"),
+        ("guard entries", lambda r: f"{r.counts.guard_entries}"),
+        ("anon_vma / chains", lambda r: f"{r.counts.anon_vmas} / {r.counts.anon_vma_chains}"),
+        ("maple nodes", lambda r: f"{r.cost.maple_nodes}"),
+        ("page-table pages", lambda r: f"{r.counts.pte_tables + r.counts.pmd_tables + r.counts.pud_tables}"),
+        ("vm_area_struct B", lambda r: f"{r.cost.vm_area_struct:,}"),
+        ("anon_vma B", lambda r: f"{r.cost.anon_vma:,}"),
+        ("anon_vma_chain B", lambda r: f"{r.cost.anon_vma_chain:,}"),
+        ("maple_node B", lambda r: f"{r.cost.maple_node:,}"),
+        ("page tables B", lambda r: f"{r.cost.page_tables:,}"),
+        ("total kernel B", lambda r: f"{r.cost.total:,}"),
+        ("failed ops (ENOMEM)", lambda r: f"{r.failed_ops} ({r.enomem_ops})"),
+        ("hit max_map_count", lambda r: "yes" if r.hit_max_map_count else "no"),
+    ]
+    names = list(results)
+    width = 16
+    lines = [f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)]
+    for label, fn in rows:
+        cells = []
+        for n in names:
+            r = results[n]
+            cells.append(f"{'n/a':>{width}}" if r.error else f"{fn(r):>{width}}")
+        lines.append(f"{label:<22}" + "".join(cells))
+    for n in names:
+        if results[n].error:
+            lines.append(f"{n}: {results[n].error}")
+    return "\n".join(lines)
+
+
+def report_json(results: dict[str, DesignResult]) -> str:
+    return json.dumps({n: r.as_dict() for n, r in results.items()}, indent=2)

@@ -1,0 +1,86 @@
+"""The cost model: constants come from the one JSON file, bytes are counts x strides."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from sparsemm.model.costs import (CostConstants, KernelCost, MmCounts, constants, kernel_cost,
+                                  maple_nodes_for_slots, vmpte_bytes)
+
+
+def test_constants_are_the_measured_ones():
+    c = constants()
+    assert (c.vm_area_struct, c.anon_vma, c.anon_vma_chain, c.maple_node, c.page_table) == (
+        192, 104, 64, 256, 4096)
+    assert c.kernel == "6.18.44 x86-64"
+    assert c.max_map_count == 65530
+    assert c.nodes_per_slot == pytest.approx(0.0725)
+
+
+def test_constants_come_from_the_packaged_json():
+    doc = json.loads(resources.files("sparsemm.data").joinpath("cost_constants.json").read_text())
+    doc["struct_bytes"]["vm_area_struct"]["slab_stride"] = 200
+    assert CostConstants.from_doc(doc).vm_area_struct == 200
+    with pytest.raises(Exception):
+        constants().vm_area_struct = 1  # frozen
+
+
+def test_interior_mprotect_guard_costs_what_the_notes_say():
+    # costs-and-workloads.md §2.4: +2 VMAs, +2 slots (~38 B), +2 AVCs once there is an anon_vma.
+    c = kernel_cost(MmCounts(vmas=2, maple_nodes=0))
+    assert c.vm_area_struct == 384 and c.total == 384
+    with_av = kernel_cost(MmCounts(vmas=2, anon_vma_chains=2, maple_nodes=0))
+    assert with_av.total - c.total == 128
+
+
+def test_bytes_by_object_and_total():
+    counts = MmCounts(vmas=10, anon_vmas=3, anon_vma_chains=5, maple_nodes=2, pte_tables=4,
+                      pmd_tables=1, pud_tables=1, p4d_tables=1, pgd_tables=2)
+    cost = kernel_cost(counts)
+    assert isinstance(cost, KernelCost)
+    assert cost.as_dict()["vm_area_struct"] == 1920
+    assert (cost.anon_vma, cost.anon_vma_chain, cost.maple_node) == (312, 320, 512)
+    assert cost.page_tables == 9 * 4096
+    assert cost.total == 1920 + 312 + 320 + 512 + 9 * 4096
+    assert cost.map_count == 10 and not cost.hit_max_map_count
+    assert cost.vmpte == 6 * 4096  # P4D and PGD are not in VmPTE
+
+
+def test_vmpte_counts_pte_pmd_pud_only():
+    # Measured on 6.18.44: a first touch in an empty 512 GiB range adds 12 kB of VmPTE.
+    assert vmpte_bytes(MmCounts(vmas=1, pte_tables=1, pmd_tables=1, pud_tables=1)) == 12 * 1024
+    assert vmpte_bytes(MmCounts(vmas=1, p4d_tables=1, pgd_tables=1)) == 0
+    # §2.3: 1 GiB with 131072 markers -> 512 PTE tables + 1 PMD table = 2052 KiB.
+    assert vmpte_bytes(MmCounts(vmas=1, pte_tables=512, pmd_tables=1)) == 2052 * 1024
+
+
+def test_max_map_count_wall():
+    assert kernel_cost(MmCounts(vmas=65529, maple_nodes=0)).hit_max_map_count is False
+    assert kernel_cost(MmCounts(vmas=65530, maple_nodes=0)).hit_max_map_count is True
+    assert kernel_cost(MmCounts(vmas=10, maple_nodes=0), max_map_count=10).hit_max_map_count
+    tree = MmCounts(vmas=1, guard_entries=100_000, maple_nodes=0)
+    assert kernel_cost(tree).map_count == 1
+    assert kernel_cost(tree, count_guard_entries=True).hit_max_map_count
+
+
+def test_maple_nodes_for_slots_small_and_large():
+    assert maple_nodes_for_slots(0) == 0
+    assert maple_nodes_for_slots(1) == 1
+    assert maple_nodes_for_slots(16) == 1  # one maple_leaf_64 root
+    assert maple_nodes_for_slots(17) == 3  # two leaves and a root
+    # Large trees: ~0.0725 nodes/slot (§2.2 measured 4508 for 59999 contiguous VMAs).
+    for slots, measured in ((16383, 1290), (59999, 4508), (65394, 4937), (59998, 4211)):
+        assert maple_nodes_for_slots(slots) == pytest.approx(measured, rel=0.10)
+    # never below the fully packed tree
+    for s in (17, 100, 1000, 10**6):
+        assert maple_nodes_for_slots(s) >= -(-s // 16)
+
+
+def test_maple_nodes_estimated_from_slots_when_not_given():
+    counts = MmCounts(vmas=30000, gap_slots=29999)
+    assert counts.maple_slots == 59999
+    assert kernel_cost(counts).maple_nodes == maple_nodes_for_slots(59999)
+    assert kernel_cost(MmCounts(vmas=5, maple_nodes=7)).maple_nodes == 7
