@@ -1,1 +1,10 @@
-"""The pure-Python model of a Linux mm: VMAs, their index, and the syscalls that change them."""
+"""The pure-Python model of a Linux mm: VMAs, their index, page tables, and the syscalls that change them.
+
+``AddressSpace`` is the mm_struct; ``SegFault`` is what a CPU access that the
+kernel would kill raises. See docs/model.md.
+"""
+
+from sparsemm.model.frames import MemFile
+from sparsemm.model.mm import AddressSpace, SegFault
+
+__all__ = ["AddressSpace", "SegFault", "MemFile"]

@@ -95,7 +95,7 @@ class VmaTree:
     """
 
     __slots__ = ("mmap_min_addr", "task_size", "_mins", "_starts", "_vmas", "_gaps",
-                 "_seg", "_seg_size", "_len", "_nonzero_gaps")
+                 "_seg", "_seg_size", "_len", "_nonzero_gaps", "_reserved")
 
     LOAD = 256   # blocks hold LOAD//2 .. 2*LOAD VMAs (sortedcontainers' load-factor scheme)
 
@@ -117,19 +117,30 @@ class VmaTree:
         self._seg_size = 1                       # leaves start at index _seg_size (a power of 2)
         self._len = 0
         self._nonzero_gaps = 0                   # VMAs whose gap below is > 0
+        self._reserved = 0                       # stored entries that are not VMAs (see below)
 
     # ---- size and iteration ------------------------------------------------------------------
 
     def __len__(self) -> int:
-        """Number of VMAs (the kernel's ``mm->map_count``).  O(1)."""
-        return self._len
+        """Number of VMAs (the kernel's ``mm->map_count``).  O(1).
+
+        Reserved entries (objects whose ``is_guard_entry`` is true: the ``tree`` guard
+        design's guard entries) occupy tree slots and take part in lookups and gap
+        searches, but are not VMAs and do not count here.
+        """
+        return self._len - self._reserved
+
+    @property
+    def reserved_count(self) -> int:
+        """Stored reserved (non-VMA) entries.  O(1)."""
+        return self._reserved
 
     def __iter__(self) -> Iterator[Any]:
         """The VMAs in address order (``for_each_vma``).  O(1) per step; do not mutate meanwhile."""
         return chain.from_iterable(self._vmas)
 
     def __repr__(self) -> str:
-        return f"<VmaTree map_count={self._len} gaps={self.gap_count} nodes={self.node_count()}>"
+        return f"<VmaTree map_count={len(self)} reserved={self._reserved} gaps={self.gap_count} nodes={self.node_count()}>"
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -204,7 +215,7 @@ class VmaTree:
 
     @property
     def slot_count(self) -> int:
-        """Maple-tree slots: VMAs + :attr:`gap_count`.  O(1)."""
+        """Maple-tree slots: VMAs + reserved entries + :attr:`gap_count`.  O(1)."""
         return self._len + self._nonzero_gaps + 1 if self._len else 0
 
     def node_count(self) -> int:
@@ -221,6 +232,17 @@ class VmaTree:
         """
         start, end = vma.vm_start, vma.vm_end
         self._check_bounds(start, end)
+        if getattr(vma, "is_guard_entry", False):
+            self._reserved += 1  # undone below if the insert fails
+            try:
+                self._insert(vma, start, end)
+            except ValueError:
+                self._reserved -= 1
+                raise
+            return
+        self._insert(vma, start, end)
+
+    def _insert(self, vma: Any, start: int, end: int) -> None:
         if not self._len:
             gap = start
             self._mins.append(start)
@@ -277,6 +299,8 @@ class VmaTree:
     def remove(self, vma: Any) -> None:
         """Remove ``vma`` (``vma_iter_clear()``); ValueError if not stored.  O(log n)*."""
         b, k = self._locate(vma)
+        if getattr(vma, "is_guard_entry", False):
+            self._reserved -= 1
         starts = self._starts[b]
         gaps = self._gaps[b]
         gap = gaps[k]
@@ -438,6 +462,7 @@ class VmaTree:
             fail("per-block lists differ in length")
         total = 0
         nonzero = 0
+        reserved = 0
         prev_end = 0
         prev = None
         for b in range(nblocks):
@@ -462,12 +487,15 @@ class VmaTree:
                     fail(f"block {b}[{k}]: gap {gaps[k]:#x} != {s - prev_end:#x}")
                 if s != prev_end:
                     nonzero += 1
+                reserved += bool(getattr(vma, "is_guard_entry", False))
                 prev_end, prev = e, vma
             total += len(starts)
             if self._seg[self._seg_size + b] < max(gaps):
                 fail(f"segment leaf {b} = {self._seg[self._seg_size + b]:#x} < block max {max(gaps):#x}")
         if total != self._len:
             fail(f"_len {self._len} != recount {total}")
+        if reserved != self._reserved:
+            fail(f"_reserved {self._reserved} != recount {reserved}")
         if nonzero != self._nonzero_gaps:
             fail(f"_nonzero_gaps {self._nonzero_gaps} != recount {nonzero}")
         size, seg = self._seg_size, self._seg

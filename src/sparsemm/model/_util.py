@@ -1,0 +1,42 @@
+"""Shared helpers of the model's syscall modules: units, errno construction, fault signals.
+
+Owns the constants every syscall module needs (U64 wrap, page sizes, TASK_SIZE) and the
+two exceptions a fault can end in. No state, no OS calls.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm import abi
+
+U64 = (1 << 64) - 1  # syscall arguments are unsigned long: lengths wrap like the kernel's
+PAGE_SHIFT = abi.PAGE_SHIFT
+PAGE_SIZE = abi.PAGE_SIZE
+TASK_SIZE = abi.TASK_SIZE
+#: Pages per PMD (a THP on x86-64).
+HPAGE_PMD_NR = 512
+
+
+def kerr(code: int, msg: str) -> OSError:
+    """The OSError a model syscall raises: ``errno`` as the kernel returns it, and a reason."""
+    return OSError(code, f"{errno.errorcode.get(code, code)}: {msg}")
+
+
+class SegFault(Exception):
+    """A CPU access the kernel answers with SIGSEGV (``si_code`` SEGV_MAPERR/SEGV_ACCERR)
+    or, with ``signal == "SIGBUS"``, SIGBUS (file page beyond EOF)."""
+
+    def __init__(self, addr: int, si_code: int, signal: str = "SIGSEGV"):
+        super().__init__(f"{signal} at {addr:#x} si_code={si_code}")
+        self.addr = addr
+        self.si_code = si_code
+        self.signal = signal
+
+
+class FaultError(Exception):
+    """handle_mm_fault() failed: ``kind`` is "SIGSEGV" (guard marker) or "SIGBUS" (EOF)."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind

@@ -1,0 +1,232 @@
+"""Page faults, GUP and populate: how a model address space gets pages mapped.
+
+Owns anon_vma preparation, the fault handler (anon, zero page, CoW, file fault-around,
+THP), the GUP checks behind ``touch`` and MADV_POPULATE/mlock, and CPU ``access``.
+Mixed into ``AddressSpace``; never changes VMAs except their ``anon_vma``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm import abi
+from sparsemm.abi import VmFlag
+from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, FaultError, SegFault, kerr
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE, Frame
+from sparsemm.model.pagetable import GUARD
+from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
+
+#: mm/memory.c: fault_around_bytes default (64 KiB) in pages.
+FAULT_AROUND_PAGES = 16
+
+
+class FaultMixin:
+    """The fault paths of ``AddressSpace`` (mm/memory.c, mm/gup.c, mm/rmap.c)."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ anon_vma
+
+    def _anon_vma_prepare(self, vma: Vma) -> None:
+        """mm/rmap.c: __anon_vma_prepare(): give ``vma`` an anon_vma, reusing a neighbour's
+        (``find_mergeable_anon_vma()``: next first, then prev) when compatible and unforked."""
+        if vma.anon_vma is not None:
+            return
+        nxt = self.tree.next(vma)
+        if nxt is not None and _anon_vma_compatible(vma, nxt) and nxt.anon_vma is not None \
+                and not nxt.anon_vma_forked:
+            vma.anon_vma, vma.anon_vma_forked = nxt.anon_vma, False
+            return
+        prev = self.tree.prev(vma)
+        if prev is not None and _anon_vma_compatible(prev, vma) and prev.anon_vma is not None \
+                and not prev.anon_vma_forked:
+            vma.anon_vma, vma.anon_vma_forked = prev.anon_vma, False
+            return
+        vma.anon_vma, vma.anon_vma_forked = AnonVma(), False
+
+    # ------------------------------------------------------------------ faults
+
+    def _thp_eligible(self, vma: Vma, page: int) -> bool:
+        """Would an anon fault at ``page`` map a PMD THP? THP "madvise" mode: VM_HUGEPAGE,
+        the aligned 2 MiB inside the VMA, and no PTE table there yet (``pmd_none``)."""
+        if not vma.is_anonymous() or not vma.vm_flags & VmFlag.HUGEPAGE \
+                or vma.vm_flags & VmFlag.NOHUGEPAGE:
+            return False
+        p0 = page & ~(HPAGE_PMD_NR - 1)
+        if (p0 << PAGE_SHIFT) < vma.vm_start or ((p0 + HPAGE_PMD_NR) << PAGE_SHIFT) > vma.vm_end:
+            return False
+        return not self.pt.has_pte_table(page) and (p0 >> 9) not in self.huge_pmds
+
+    def _fault_thp(self, vma: Vma, page: int, write: bool) -> None:
+        """do_huge_pmd_anonymous_page(): a zeroed THP (write) or the huge zero page (read)."""
+        p0 = page & ~(HPAGE_PMD_NR - 1)
+        if write:
+            self._anon_vma_prepare(vma)
+        for p in range(p0, p0 + HPAGE_PMD_NR):
+            self._set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
+        self.huge_pmds.add(p0 >> 9)
+        self.pt.pte_tables.discard(p0 >> 9)  # a PMD mapping needs no PTE table
+
+    def _fault_around(self, vma: Vma, addr: int) -> None:
+        """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
+        the 16-page window around ``addr`` (clamped to the VMA, the PTE table and EOF),
+        leaving present PTEs and guard markers alone."""
+        page = addr >> PAGE_SHIFT
+        pte_off = page & 511
+        vma_off = vma.file_pgoff(addr) - vma.vm_pgoff
+        from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
+        to_pte = min(from_pte + FAULT_AROUND_PAGES, 512, pte_off + vma.npages - vma_off)
+        f = vma.vm_file
+        file_end = f.npages - 1
+        base = page - pte_off
+        ents = self.pt.entries
+        for pte in range(from_pte, to_pte):
+            p = base + pte
+            pgoff = vma.file_pgoff(p << PAGE_SHIFT)
+            if pgoff > file_end or p in ents:
+                continue
+            frame = f.cache.get(pgoff)
+            if frame is not None:
+                self._set_pte(p, frame)
+
+    def _handle_fault(self, vma: Vma, addr: int, write: bool) -> None:
+        """mm/memory.c: handle_mm_fault() for one page that needs it. Raises FaultError."""
+        page = addr >> PAGE_SHIFT
+        entry = self.pt.entries.get(page)
+        if entry is GUARD:
+            raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
+        if entry is None:
+            if vma.is_anonymous():  # do_anonymous_page()
+                if self._thp_eligible(vma, page):
+                    self._fault_thp(vma, page, write)
+                    return
+                if not write:
+                    self._set_pte(page, ZERO_PAGE)
+                    return
+                self._anon_vma_prepare(vma)
+                self._set_pte(page, Frame(0, FRAME_ANON))
+                return
+            f = vma.vm_file
+            pgoff = vma.file_pgoff(addr)
+            if not write:  # do_read_fault(): fault-around first, even when addr is past EOF
+                self._fault_around(vma, addr)
+                if pgoff >= f.npages:
+                    raise FaultError("SIGBUS")
+                if page not in self.pt.entries:
+                    self._set_pte(page, f.get_page(pgoff))
+                return
+            if pgoff >= f.npages:
+                raise FaultError("SIGBUS")
+            if not vma.vm_flags & VmFlag.SHARED:  # do_cow_fault()
+                self._anon_vma_prepare(vma)
+                self._set_pte(page, Frame(f.get_page(pgoff).byte, FRAME_ANON))
+                return
+            self._set_pte(page, f.get_page(pgoff))  # do_shared_fault()
+            return
+        if not write:
+            return
+        # do_wp_page(): the PTE is present and write-protected where a copy is due.
+        if entry.kind == FRAME_ZERO:
+            if (page >> 9) in self.huge_pmds:
+                self.huge_pmds.discard(page >> 9)  # huge zero page: split, then a PTE fault
+                self.pt.alloc_tables(page)
+            self._anon_vma_prepare(vma)
+            self._set_pte(page, Frame(0, FRAME_ANON))
+        elif vma.vm_flags & VmFlag.SHARED:
+            return
+        elif entry.kind == FRAME_FILE or entry.mapcount > 1:  # wp_page_copy()
+            self._anon_vma_prepare(vma)
+            self._set_pte(page, Frame(entry.byte, FRAME_ANON))
+
+    def _gup_check(self, vma: Vma, write: bool, force: bool) -> bool:
+        """mm/gup.c: check_vma_flags(): may GUP touch ``vma`` this way?"""
+        f = vma.vm_flags
+        if f & (VmFlag.IO | VmFlag.PFNMAP):
+            return False
+        if write:
+            if not f & VmFlag.WRITE:
+                if not force or not f & VmFlag.MAYWRITE or f & VmFlag.SHARED:
+                    return False
+        elif not f & VmFlag.READ:
+            if not force or not f & VmFlag.MAYREAD:
+                return False
+        return True
+
+    def _gup_page(self, vma: Vma, addr: int, write: bool) -> Frame:
+        """Fault one page in for GUP (``faultin_page()`` loop) and return its frame."""
+        page = addr >> PAGE_SHIFT
+        entry = self.pt.entries.get(page)
+        need = entry is None or entry is GUARD or (write and (
+            entry.kind == FRAME_ZERO or (not vma.vm_flags & VmFlag.SHARED and (
+                entry.kind == FRAME_FILE or entry.mapcount > 1))))
+        if need:
+            self._handle_fault(vma, addr, write)
+        return self.pt.entries[page]
+
+    def access(self, addr: int, write: bool = False, value: int = 1) -> int | None:
+        """A CPU load/store of one byte at ``addr`` (x86 semantics). Returns the byte read
+        (None for a store). Raises SegFault (SEGV_MAPERR no VMA or guard, SEGV_ACCERR
+        permission) or SegFault(signal="SIGBUS") beyond EOF. O(log n)."""
+        vma = self.tree.find(addr)
+        if vma is None:
+            raise SegFault(addr, abi.SEGV_MAPERR)
+        # arch/x86/mm/fault.c: access_error(): a read needs any of r/w/x, a write needs w.
+        if (write and not vma.vm_flags & VmFlag.WRITE) or not vma.vm_flags & VM_ACCESS_FLAGS:
+            raise SegFault(addr, abi.SEGV_ACCERR)
+        try:
+            frame = self._gup_page(vma, addr, write)
+        except FaultError as exc:
+            raise SegFault(addr, abi.SEGV_MAPERR if exc.kind == "SIGSEGV" else 0, exc.kind) from None
+        if write:
+            frame.byte = value
+            return None
+        return frame.byte
+
+    def touch(self, addr: int, write: bool, value: int = 1) -> int | None:
+        """One byte through ``process_vm_readv``/``writev`` on self (GUP without FOLL_FORCE).
+        Returns the byte (read) or None (write); raises OSError(EFAULT) where it fails. O(log n)."""
+        vma = self.tree.find(addr)
+        if vma is None or not self._gup_check(vma, write, force=False):
+            raise kerr(errno.EFAULT, "process_vm_rw: bad address")
+        try:
+            frame = self._gup_page(vma, addr, write)
+        except FaultError:
+            raise kerr(errno.EFAULT, "process_vm_rw: fault") from None
+        if write:
+            frame.byte = value
+            return None
+        return frame.byte
+
+    def _populate_vma_range(self, vma: Vma, start: int, end: int) -> None:
+        """mm/gup.c: populate_vma_page_range(): fault in ``[start, end)`` of one VMA.
+        Raises OSError(EFAULT) at the first page GUP cannot fault in."""
+        if vma.vm_flags & VmFlag.LOCKONFAULT:
+            return
+        write = (vma.vm_flags & (VmFlag.WRITE | VmFlag.SHARED)) == VmFlag.WRITE
+        force = vma.is_accessible()
+        if not self._gup_check(vma, write, force):
+            raise kerr(errno.EFAULT, "populate: vma flags")
+        for addr in range(start, end, PAGE_SIZE):
+            try:
+                self._gup_page(vma, addr, write)
+            except FaultError:
+                raise kerr(errno.EFAULT, "populate: fault") from None
+
+    def _mm_populate(self, start: int, length: int, ignore_errors: bool) -> None:
+        """mm/gup.c: __mm_populate(). Raises the first error unless ``ignore_errors``."""
+        end = start + length
+        for vma in self.tree.overlapping(start, end):
+            if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP):
+                continue
+            try:
+                self._populate_vma_range(vma, max(start, vma.vm_start), min(end, vma.vm_end))
+            except OSError:
+                if not ignore_errors:
+                    raise
+
+def _anon_vma_compatible(a: Vma, b: Vma) -> bool:
+    """mm/rmap.c: anon_vma_compatible(): may ``a`` and ``b`` (a below b) share an anon_vma?
+    Flags may differ in access bits and the sticky ones (measured: a ``gu`` neighbour lends)."""
+    return (a.vm_end == b.vm_start and a.vm_file is b.vm_file
+            and not ((a.vm_flags ^ b.vm_flags) & ~(VM_ACCESS_FLAGS | VM_IGNORE_MERGE))
+            and b.vm_pgoff == a.vm_pgoff + a.npages)

@@ -1,0 +1,91 @@
+"""File operations that reach into mappings: hole punch, truncate, memfd seals.
+
+Owns what shmem_fallocate(), shmem_setattr() and memfd_add_seals() do to the page cache
+and to every address space mapping the file. Mixed into ``AddressSpace``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm import abi
+from sparsemm.abi import VmFlag
+from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, kerr
+from sparsemm.model.frames import FRAME_FILE, MemFile
+
+
+class FileOpsMixin:
+    """shmem/memfd operations of ``AddressSpace`` (mm/shmem.c, mm/memfd.c)."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ files
+
+    def punch_hole(self, file: MemFile, offset: int, length: int) -> None:
+        """shmem_fallocate(PUNCH_HOLE): drop the cached pages and unmap them everywhere
+        (``unmap_mapping_range(even_cows=0)``: private CoW copies stay, markers stay). O(users x n + pages)."""
+        if offset < 0 or length <= 0:
+            raise kerr(errno.EINVAL, "fallocate: bad range")  # fs/open.c: vfs_fallocate()
+        if file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE):
+            raise kerr(errno.EPERM, "fallocate: write-sealed")
+        end = offset + length
+        tail = end >> PAGE_SHIFT
+        if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset and tail in file.cache:
+            file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
+        first = (offset + PAGE_SIZE - 1) >> PAGE_SHIFT
+        last = (end >> PAGE_SHIFT) - 1
+        if last < first:
+            return
+        victims = {id(file.cache[k]) for k in range(first, last + 1) if k in file.cache} \
+            if last - first < 4096 else {id(v) for k, v in file.cache.items() if first <= k <= last}
+        for mm in list(file.users):
+            mm._unmap_file_pages(file, first, last, victims)
+        file.drop_range(first, last)
+
+    def add_seals(self, file: MemFile, seals: int) -> None:
+        """mm/memfd.c: memfd_add_seals(): EPERM once sealed with F_SEAL_SEAL; F_SEAL_WRITE is
+        EBUSY while any mapping is shared and may write (``mapping_deny_writable()``). O(users x n)."""
+        known = (abi.F_SEAL_SEAL | abi.F_SEAL_SHRINK | abi.F_SEAL_GROW | abi.F_SEAL_WRITE
+                 | abi.F_SEAL_FUTURE_WRITE)
+        if seals & ~known:
+            raise kerr(errno.EINVAL, "memfd: unknown seal")
+        if file.seals & abi.F_SEAL_SEAL:
+            raise kerr(errno.EPERM, "memfd: sealed against sealing")
+        if seals & abi.F_SEAL_WRITE and not file.seals & abi.F_SEAL_WRITE:
+            for mm in file.users:
+                for vma in mm.tree:
+                    if vma.vm_file is file and vma.vm_flags & VmFlag.SHARED \
+                            and vma.vm_flags & VmFlag.MAYWRITE:
+                        raise kerr(errno.EBUSY, "memfd: writable shared mapping exists")
+        file.seals |= seals
+
+    def truncate(self, file: MemFile, size: int) -> None:
+        """shmem_setattr() size change: shrinking unmaps and drops pages past EOF (markers stay).
+        O(users x n + pages)."""
+        if (size < file.size and file.seals & abi.F_SEAL_SHRINK) or \
+                (size > file.size and file.seals & abi.F_SEAL_GROW):
+            raise kerr(errno.EPERM, "ftruncate: sealed")
+        old = file.npages
+        file.size = size
+        new = file.npages
+        if new < old:
+            victims = {id(v) for k, v in file.cache.items() if k >= new}
+            for mm in list(file.users):
+                mm._unmap_file_pages(file, new, old - 1, victims, even_cows=True)
+            file.drop_range(new, old - 1)
+
+    def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set,
+                          even_cows: bool = False) -> None:
+        for vma in self.tree:
+            if vma.vm_file is not file:
+                continue
+            lo = max(first, vma.vm_pgoff)
+            hi = min(last, vma.vm_pgoff + vma.npages - 1)
+            if lo > hi:
+                continue
+            s = vma.vm_start + ((lo - vma.vm_pgoff) << PAGE_SHIFT)
+            e = vma.vm_start + ((hi + 1 - vma.vm_pgoff) << PAGE_SHIFT)
+            if even_cows and not vma.vm_flags & VmFlag.SHARED:
+                self._zap_range(s, e)
+            else:
+                self._zap_range(s, e, only=lambda en: en.kind == FRAME_FILE and id(en) in victims)

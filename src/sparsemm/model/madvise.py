@@ -1,0 +1,237 @@
+"""madvise(2) on the model: validation, the VMA walk, flag advice, zaps, guards, collapse.
+
+Owns MADV_* semantics (R-A*..R-F* rules of guard-regions-semantics.md for the guard
+advice) and MADV_POPULATE_*. Mixed into ``AddressSpace``; uses its fault and merge paths.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm.abi import Madv, VmFlag
+from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, U64, FaultError, kerr
+from sparsemm import abi
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
+from sparsemm.model.merge import vma_modify_flags
+from sparsemm.model.pagetable import GUARD
+from sparsemm.model.vma import VM_SPECIAL, Vma
+
+#: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
+#: CONFIG_MEMORY_FAILURE off: MADV_HWPOISON/SOFT_OFFLINE are EINVAL here).
+_VALID_ADVICE = frozenset(int(m) for m in (
+    Madv.NORMAL, Madv.RANDOM, Madv.SEQUENTIAL, Madv.WILLNEED, Madv.DONTNEED, Madv.FREE,
+    Madv.REMOVE, Madv.DONTFORK, Madv.DOFORK, Madv.MERGEABLE, Madv.UNMERGEABLE, Madv.HUGEPAGE,
+    Madv.NOHUGEPAGE, Madv.DONTDUMP, Madv.DODUMP, Madv.WIPEONFORK, Madv.KEEPONFORK, Madv.COLD,
+    Madv.PAGEOUT, Madv.POPULATE_READ, Madv.POPULATE_WRITE, Madv.DONTNEED_LOCKED, Madv.COLLAPSE,
+    Madv.GUARD_INSTALL, Madv.GUARD_REMOVE))
+
+
+class MadviseMixin:
+    """``madvise()`` of ``AddressSpace`` (mm/madvise.c, mm/khugepaged.c madvise_collapse)."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ madvise
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """mm/madvise.c: do_madvise(). O(k log n + min(p, e)); populate and guard install O(p)."""
+        if advice not in _VALID_ADVICE:
+            raise kerr(errno.EINVAL, "madvise: bad advice")
+        if addr & ~abi.PAGE_MASK:
+            raise kerr(errno.EINVAL, "madvise: unaligned")  # R-A1
+        end_len = abi.page_align(length) & U64
+        if length and not end_len:
+            raise kerr(errno.EINVAL, "madvise: length rounds to 0")
+        end = (addr + end_len) & U64
+        if end < addr:
+            raise kerr(errno.EINVAL, "madvise: wraps")
+        if end == addr:
+            return
+        if advice in (Madv.POPULATE_READ, Madv.POPULATE_WRITE):
+            return self._madvise_populate(addr, end, advice == Madv.POPULATE_WRITE)
+        # madvise_walk_vmas(): apply per VMA in order, remember holes (R-A3, R-A4)
+        unmapped = False
+        start = addr
+        while True:
+            vma = self.tree.find_vma(start)
+            if vma is None:
+                raise kerr(errno.ENOMEM, "madvise: no vma")
+            if start < vma.vm_start:
+                unmapped = True
+                start = vma.vm_start
+                if start >= end:
+                    break
+            tmp = min(vma.vm_end, end)
+            prev = self._madvise_vma(vma, start, tmp, advice)
+            start = max(tmp, prev.vm_end) if prev is not None else tmp
+            if start >= end:
+                break
+        if unmapped:
+            raise kerr(errno.ENOMEM, "madvise: range has holes")
+
+    def _madvise_populate(self, start: int, end: int, write: bool) -> None:
+        """mm/madvise.c: madvise_populate(): GUP without FOLL_FORCE, page by page."""
+        addr = start
+        while addr < end:
+            vma = self.tree.find(addr)
+            if vma is None:
+                raise kerr(errno.ENOMEM, "populate: no vma")
+            if not self._gup_check(vma, write, force=False):
+                raise kerr(errno.EINVAL, "populate: incompatible vma")
+            stop = min(end, vma.vm_end)
+            while addr < stop:
+                try:
+                    self._gup_page(vma, addr, write)
+                except FaultError:
+                    raise kerr(errno.EFAULT, "populate: fault (guard or SIGBUS)") from None
+                addr += PAGE_SIZE
+
+    def _madvise_vma(self, vma: Vma, start: int, end: int, advice: int) -> None:
+        """mm/madvise.c: madvise_vma_behavior() on ``[start, end)`` of one VMA."""
+        f = vma.vm_flags
+        new = f
+        if advice == Madv.REMOVE:
+            return self._madvise_remove(vma, start, end)
+        if advice == Madv.WILLNEED:
+            return  # no swap here, and readahead only fills the page cache
+        if advice in (Madv.COLD, Madv.PAGEOUT):
+            if f & (VmFlag.LOCKED | VmFlag.PFNMAP | VmFlag.HUGETLB):
+                raise kerr(errno.EINVAL, "madvise: cold/pageout on locked vma")
+            if advice == Madv.PAGEOUT:
+                self._pageout(vma, start, end)
+            return
+        if advice in (Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.FREE):
+            forbidden = VmFlag.PFNMAP | (0 if advice == Madv.DONTNEED_LOCKED else VmFlag.LOCKED)
+            if f & forbidden:
+                raise kerr(errno.EINVAL, "madvise: dontneed on locked vma")
+            if advice == Madv.FREE:
+                if not vma.is_anonymous():
+                    raise kerr(errno.EINVAL, "madvise: MADV_FREE on non-anon")
+                return  # lazyfree: pages stay mapped until reclaim (R-F2)
+            self._zap_range(start, end)  # R-F1: guard markers survive
+            return
+        if advice == Madv.GUARD_INSTALL:
+            return self._guard_install(vma, start, end)
+        if advice == Madv.GUARD_REMOVE:
+            return self._guard_remove(vma, start, end)
+        if advice == Madv.COLLAPSE:
+            return self._collapse(vma, start, end)
+        if advice in (Madv.MERGEABLE, Madv.UNMERGEABLE):
+            if advice == Madv.MERGEABLE:
+                if f & (VmFlag.SHARED | VmFlag.MAYSHARE | VM_SPECIAL | VmFlag.HUGETLB | VmFlag.MIXEDMAP):
+                    return
+                new = f | VmFlag.MERGEABLE
+            else:
+                new = f & ~VmFlag.MERGEABLE
+        elif advice == Madv.NORMAL:
+            new = f & ~(VmFlag.RAND_READ | VmFlag.SEQ_READ)
+        elif advice == Madv.SEQUENTIAL:
+            new = (f & ~VmFlag.RAND_READ) | VmFlag.SEQ_READ
+        elif advice == Madv.RANDOM:
+            new = (f & ~VmFlag.SEQ_READ) | VmFlag.RAND_READ
+        elif advice == Madv.DONTFORK:
+            new = f | VmFlag.DONTCOPY
+        elif advice == Madv.DOFORK:
+            if f & VmFlag.IO:
+                raise kerr(errno.EINVAL, "madvise: dofork on VM_IO")
+            new = f & ~VmFlag.DONTCOPY
+        elif advice == Madv.WIPEONFORK:
+            if vma.vm_file is not None or f & VmFlag.SHARED:
+                raise kerr(errno.EINVAL, "madvise: wipeonfork on non-anon")
+            new = f | VmFlag.WIPEONFORK
+        elif advice == Madv.KEEPONFORK:
+            new = f & ~VmFlag.WIPEONFORK
+        elif advice == Madv.DONTDUMP:
+            new = f | VmFlag.DONTDUMP
+        elif advice == Madv.DODUMP:
+            if f & VM_SPECIAL:
+                raise kerr(errno.EINVAL, "madvise: dodump on special vma")
+            new = f & ~VmFlag.DONTDUMP
+        elif advice == Madv.HUGEPAGE:
+            new = (f & ~VmFlag.NOHUGEPAGE) | VmFlag.HUGEPAGE  # hugepage_madvise()
+        elif advice == Madv.NOHUGEPAGE:
+            new = (f & ~VmFlag.HUGEPAGE) | VmFlag.NOHUGEPAGE
+        # madvise_update_vma()
+        if new == f:
+            return vma
+        prev = self.tree.prev(vma) if start == vma.vm_start else vma
+        return vma_modify_flags(self.tree, prev, vma, start, end, new, self.max_map_count)
+
+    def _collapse(self, vma: Vma, start: int, end: int) -> None:
+        """mm/khugepaged.c: madvise_collapse(): collapse each aligned 2 MiB of the range into a THP.
+        Fails (EINVAL) over guard markers (R-F16); anon needs a writable VMA with at least one
+        written page (a zero-page-only range is SCAN_PAGE_RO). Approximation: no other SCAN_ cause."""
+        span = HPAGE_PMD_NR << PAGE_SHIFT
+        hstart = (start + span - 1) & ~(span - 1)
+        hend = end & ~(span - 1)
+        if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart >= hend:
+            raise kerr(errno.EINVAL, "madvise: nothing to collapse")  # measured on 6.18
+        failed = False
+        for h in range(hstart, hend, span):
+            if h < vma.vm_start or h + span > vma.vm_end:
+                failed = True
+                continue
+            p0 = h >> PAGE_SHIFT
+            ents = [self.pt.entries.get(p) for p in range(p0, p0 + HPAGE_PMD_NR)]
+            if any(e is GUARD for e in ents):
+                failed = True
+                continue
+            if vma.is_anonymous():
+                if not vma.vm_flags & VmFlag.WRITE or not any(
+                        e is not None and e.kind == FRAME_ANON for e in ents):
+                    failed = True
+                    continue
+                for i, e in enumerate(ents):
+                    if e is None or e.kind != FRAME_ANON:
+                        self._set_pte(p0 + i, Frame(0, FRAME_ANON))
+                self.huge_pmds.add(p0 >> 9)
+                self.pt.pte_tables.discard(p0 >> 9)
+            else:
+                f = vma.vm_file
+                for i, e in enumerate(ents):
+                    if e is None:
+                        frame = f.get_page(vma.file_pgoff((p0 + i) << PAGE_SHIFT))
+                        if frame is not None:
+                            self._set_pte(p0 + i, frame)
+        if failed:
+            raise kerr(errno.EINVAL, "madvise: collapse failed")
+        return vma
+
+    def _madvise_remove(self, vma: Vma, start: int, end: int) -> None:
+        """mm/madvise.c: madvise_remove(): punch a hole in the shmem file (R-F6)."""
+        if vma.vm_flags & VmFlag.LOCKED:
+            raise kerr(errno.EINVAL, "madvise: remove on locked vma")
+        if vma.vm_file is None:
+            raise kerr(errno.EINVAL, "madvise: remove on anon")
+        if (vma.vm_flags & (VmFlag.SHARED | VmFlag.MAYWRITE)) != (VmFlag.SHARED | VmFlag.MAYWRITE):
+            raise kerr(errno.EACCES, "madvise: remove needs a shared writable mapping")
+        first = vma.file_pgoff(start)
+        self.punch_hole(vma.vm_file, first << PAGE_SHIFT, (end - start))
+
+    def _pageout(self, vma: Vma, start: int, end: int) -> None:
+        """mm/madvise.c: madvise_pageout() with no swap device: anon pages cannot be written
+        out and stay; page-cache pages mapped once are unmapped (they stay cached)."""
+        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            entry = self.pt.entries[page]
+            if entry is not GUARD and entry.kind == FRAME_FILE and entry.mapcount == 1:
+                self._clear_pte(page)
+
+    def _guard_install(self, vma: Vma, start: int, end: int) -> None:
+        """mm/madvise.c: madvise_guard_install() (R-B2, R-C1, R-C5, R-C6)."""
+        if vma.vm_flags & (VM_SPECIAL | VmFlag.HUGETLB | VmFlag.LOCKED):
+            raise kerr(errno.EINVAL, "guard install: ineligible vma")  # R-B2, R-F13
+        vma.vm_flags |= VmFlag.MAYBE_GUARD  # R-C6 (6.18.y sticky backport): no split, no merge
+        if vma.is_anonymous():
+            self._anon_vma_prepare(vma)
+        self._zap_range(start, end)  # R-C1: existing markers stay
+        for page in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if self.pt.entries.get(page) is None:
+                self._set_pte(page, GUARD)
+
+    def _guard_remove(self, vma: Vma, start: int, end: int) -> None:
+        """mm/madvise.c: madvise_guard_remove() (R-D1..R-D4): markers -> none; flag stays."""
+        if vma.vm_flags & (VM_SPECIAL | VmFlag.HUGETLB):
+            raise kerr(errno.EINVAL, "guard remove: ineligible vma")
+        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if self.pt.entries[page] is GUARD:
+                self.pt.clear(page)

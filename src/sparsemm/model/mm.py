@@ -1,0 +1,525 @@
+"""AddressSpace: the model's ``struct mm_struct`` and the syscalls that map and unmap.
+
+Owns the VMA tree, the page table and the counters; mmap, munmap, mprotect, mlock, fork
+and ``check()`` live here, faults in ``fault``, madvise in ``madvise``, mremap in
+``mremap``, file operations in ``fileops``. Pure Python: no OS calls.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm import abi
+from sparsemm.abi import MapFlag, VmFlag
+from sparsemm.model import merge as vmamerge
+from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, TASK_SIZE, U64, SegFault, kerr
+from sparsemm.model.fault import FaultMixin
+from sparsemm.model.fileops import FileOpsMixin
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
+from sparsemm.model.madvise import MadviseMixin
+from sparsemm.model.merge import MergeState, merge_new_range, split_vma, vma_modify_flags
+from sparsemm.model.mremap import MremapMixin
+from sparsemm.model.pagetable import GUARD, PageTable
+from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
+from sparsemm.model.vma_tree import VmaTree
+
+__all__ = ["AddressSpace", "SegFault", "DEFAULT_MMAP_BASE"]
+
+DEFAULT_MMAP_BASE = 0x7F00_0000_0000
+
+#: include/linux/mman.h: LEGACY_MAP_MASK, the flags MAP_SHARED_VALIDATE accepts (shmem adds none).
+_LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.ANONYMOUS
+                    | MapFlag.DENYWRITE | MapFlag.EXECUTABLE | MapFlag.UNINITIALIZED
+                    | MapFlag.GROWSDOWN | MapFlag.LOCKED | MapFlag.NORESERVE | MapFlag.POPULATE
+                    | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB)
+
+
+class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
+    """One process's memory map (``mm_struct``): VMAs, page tables, counters.
+
+    ``guard_design`` picks what MADV_GUARD_INSTALL/REMOVE do; only ``"pte"`` (upstream
+    Linux: PTE markers) exists now. ``max_map_count`` is vm.max_map_count;
+    ``mmap_base`` the top of the top-down mmap area for non-fixed placement.
+    Counters: ``rss_anon``/``rss_file`` (present PTEs of anon/zero vs file pages;
+    the zero page counts in neither, as in the kernel).
+    """
+
+    __slots__ = ("tree", "pt", "guard_design", "max_map_count", "mmap_base", "rss_anon",
+                 "rss_file", "huge_pmds", "files", "exited")
+
+    def __init__(self, guard_design: str = "pte", max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
+                 mmap_base: int = DEFAULT_MMAP_BASE):
+        if guard_design != "pte":
+            raise NotImplementedError(f"guard design {guard_design!r} is not implemented yet")
+        self.guard_design = guard_design
+        self.tree = VmaTree()
+        self.pt = PageTable()
+        self.max_map_count = max_map_count
+        self.mmap_base = mmap_base
+        self.rss_anon = 0
+        self.rss_file = 0
+        self.huge_pmds: set[int] = set()  # PMD indices (page >> 9) mapped by one THP / huge zero page
+        self.files: set[MemFile] = set()
+        self.exited = False
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def map_count(self) -> int:
+        return len(self.tree)
+
+    def __iter__(self):
+        return iter(self.tree)
+
+    def find_vma(self, addr: int) -> Vma | None:
+        """The VMA containing ``addr`` or None (``vma_lookup()``). O(log n)."""
+        return self.tree.find(addr)
+
+    # PTE updates go through these two so counters and mapcounts stay exact.
+    def _set_pte(self, page: int, entry) -> None:
+        old = self.pt.entries.get(page)
+        if old is not None:
+            self._drop_entry(old)
+        if entry is not GUARD:
+            if entry.kind == FRAME_FILE:
+                self.rss_file += 1
+                entry.mapcount += 1
+            elif entry.kind == FRAME_ANON:
+                self.rss_anon += 1
+                entry.mapcount += 1
+        self.pt.set(page, entry)
+
+    def _drop_entry(self, entry) -> None:
+        if entry is GUARD:
+            return
+        if entry.kind == FRAME_FILE:
+            self.rss_file -= 1
+            entry.mapcount -= 1
+        elif entry.kind == FRAME_ANON:
+            self.rss_anon -= 1
+            entry.mapcount -= 1
+
+    def _clear_pte(self, page: int):
+        entry = self.pt.clear(page)
+        if entry is not None:
+            self._drop_entry(entry)
+        return entry
+
+    def _split_huge_range(self, start: int, end: int) -> None:
+        """Split THP PMD mappings that ``[start, end)`` covers only in part (``split_huge_pmd``)."""
+        if not self.huge_pmds:
+            return
+        first, last = (start >> PAGE_SHIFT) >> 9, ((end >> PAGE_SHIFT) - 1) >> 9
+        for pmd in (first, last):
+            if pmd in self.huge_pmds:
+                p0 = pmd << 9
+                if not (start >> PAGE_SHIFT <= p0 and p0 + HPAGE_PMD_NR <= end >> PAGE_SHIFT):
+                    self.huge_pmds.discard(pmd)
+                    self.pt.alloc_tables(p0)
+
+    def _zap_range(self, start: int, end: int, *, drop_markers: bool = False,
+                   only=None) -> None:
+        """``zap_page_range_single()`` / ``unmap_vmas()``: clear PTEs in ``[start, end)``.
+
+        Guard markers survive unless ``drop_markers`` (munmap: ZAP_FLAG_DROP_MARKER).
+        ``only`` filters entries (e.g. file pages of one MemFile). O(min(pages, entries)).
+        """
+        self._split_huge_range(start, end)
+        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            entry = self.pt.entries[page]
+            if entry is GUARD and not drop_markers:
+                continue
+            if only is not None and not only(entry):
+                continue
+            self._clear_pte(page)
+        if self.huge_pmds:
+            for pmd in [p for p in self.huge_pmds if start >> PAGE_SHIFT <= p << 9 < end >> PAGE_SHIFT]:
+                if (pmd << 9) not in self.pt.entries:
+                    self.huge_pmds.discard(pmd)
+    # ------------------------------------------------------------------ unmap
+
+    def _unmap_range(self, start: int, end: int) -> None:
+        """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
+        markers), free page tables no longer spanned. Aligned arguments. O(k log n)."""
+        vmas = self.tree.overlapping(start, end)
+        if not vmas:
+            return
+        first, last = vmas[0], vmas[-1]
+        if first.vm_start < start:
+            if end < first.vm_end and len(self.tree) >= self.max_map_count:
+                raise kerr(errno.ENOMEM, "munmap: split over max_map_count")
+            upper = split_vma(self.tree, first, start, 1 << 62)
+            if first is last:
+                last = upper
+            vmas[0] = upper
+        if last.vm_end > end:
+            split_vma(self.tree, last, end, 1 << 62)
+        self._split_huge_range(start, end)
+        for vma in vmas:
+            self.tree.remove(vma)
+        self._zap_range(start, end, drop_markers=True)
+        prev = self.tree.find_vma(0)
+        prev = None
+        nxt = self.tree.find_vma(start)
+        if nxt is not None:
+            prev = self.tree.prev(nxt)
+        else:
+            for prev in self.tree:  # last VMA (rare: nothing above)
+                pass
+        floor = prev.vm_end if prev is not None else 0
+        ceiling = nxt.vm_start if nxt is not None else 0
+        self.pt.free_pgtables(start, end, floor, ceiling)
+
+    # ------------------------------------------------------------------ mmap
+
+    def mmap(self, addr: int, length: int, prot: int, flags: int, file: MemFile | None = None,
+             offset: int = 0) -> int:
+        """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(). Returns the address. O(k log n)."""
+        if offset & ~abi.PAGE_MASK:  # arch/x86/kernel/sys_x86_64.c: sys_mmap()
+            raise kerr(errno.EINVAL, "mmap: unaligned offset")
+        if flags & MapFlag.ANONYMOUS:
+            file = None
+        elif file is None:
+            raise kerr(errno.EBADF, "mmap: no file")
+        pgoff = offset >> PAGE_SHIFT
+        if not length:
+            raise kerr(errno.EINVAL, "mmap: zero length")
+        length = abi.page_align(length) & U64
+        if not length or length > TASK_SIZE:
+            raise kerr(errno.ENOMEM, "mmap: length")
+        if self.map_count > self.max_map_count:
+            raise kerr(errno.ENOMEM, "mmap: max_map_count")
+        if flags & MapFlag.FIXED_NOREPLACE:
+            flags |= MapFlag.FIXED
+        vm_flags = _calc_vm_prot_bits(prot) | VmFlag.MAYREAD | VmFlag.MAYWRITE | VmFlag.MAYEXEC
+        if flags & MapFlag.GROWSDOWN:
+            vm_flags |= VmFlag.GROWSDOWN
+        if flags & MapFlag.LOCKED:
+            vm_flags |= VmFlag.LOCKED
+        # get_unmapped_area()
+        if flags & MapFlag.FIXED:
+            if addr > TASK_SIZE - length:
+                raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
+            if addr & ~abi.PAGE_MASK:
+                raise kerr(errno.EINVAL, "mmap: unaligned fixed address")
+            if addr < 0x10000:
+                raise kerr(errno.EPERM, "mmap: below mmap_min_addr")
+        else:
+            addr = self._get_unmapped_area(addr, length)
+        if flags & MapFlag.FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
+            raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        map_type = flags & 0x3
+        if file is not None:
+            if map_type == MapFlag.SHARED_VALIDATE and flags & ~_LEGACY_MAP_MASK:
+                raise kerr(errno.EOPNOTSUPP, "mmap: unknown flag with MAP_SHARED_VALIDATE")
+            if map_type in (MapFlag.SHARED, MapFlag.SHARED_VALIDATE):
+                vm_flags |= VmFlag.SHARED | VmFlag.MAYSHARE
+            elif map_type != MapFlag.PRIVATE:
+                raise kerr(errno.EINVAL, "mmap: neither shared nor private")
+            if vm_flags & VmFlag.GROWSDOWN:
+                raise kerr(errno.EINVAL, "mmap: growsdown file mapping")
+        else:
+            if map_type == MapFlag.SHARED:
+                if vm_flags & VmFlag.GROWSDOWN:
+                    raise kerr(errno.EINVAL, "mmap: shared growsdown")
+                pgoff = 0
+                vm_flags |= VmFlag.SHARED | VmFlag.MAYSHARE
+            elif map_type == MapFlag.PRIVATE:
+                pgoff = addr >> PAGE_SHIFT
+            else:
+                raise kerr(errno.EINVAL, "mmap: neither shared nor private")
+        if flags & MapFlag.NORESERVE:
+            vm_flags |= VmFlag.NORESERVE
+        if file is not None and file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE) \
+                and vm_flags & VmFlag.SHARED:
+            # mm/memfd.c: memfd_check_seals_mmap()
+            if vm_flags & VmFlag.WRITE:
+                raise kerr(errno.EPERM, "mmap: write-sealed memfd")
+            vm_flags &= ~VmFlag.MAYWRITE
+        # mm/vma.c: __mmap_region()
+        if (vm_flags & (VmFlag.NORESERVE | VmFlag.SHARED | VmFlag.WRITE)) == VmFlag.WRITE:
+            vm_flags |= VmFlag.ACCOUNT  # accountable_mapping()
+        self._unmap_range(addr, addr + length)
+        nxt = self.tree.find_vma(addr)
+        prev = self.tree.prev(nxt) if nxt is not None else self._last_vma()
+        vma = None
+        if not (file is None and vm_flags & VmFlag.SHARED):
+            vmg = MergeState(prev, None, nxt, addr, addr + length, pgoff, vm_flags, file, None)
+            vma = merge_new_range(self.tree, vmg)
+        if vma is None:
+            if file is None and vm_flags & VmFlag.SHARED:
+                file = MemFile("dev/zero", length, fill_pattern=False, shared_anon=True)  # shmem_zero_setup()
+            vma = Vma(addr, addr + length, vm_flags, pgoff, file)
+            self.tree.insert(vma)
+        if file is not None:
+            self._use_file(file)
+        # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
+        if flags & MapFlag.POPULATE or vm_flags & VmFlag.LOCKED:
+            self._mm_populate(addr, length, ignore_errors=True)
+        return addr
+
+    def _use_file(self, file: MemFile) -> None:
+        if file not in self.files:
+            self.files.add(file)
+            file.users.append(self)
+
+    def _last_vma(self) -> Vma | None:
+        last = None
+        for last in self.tree:
+            pass
+        return last
+
+    def _get_unmapped_area(self, hint: int, length: int) -> int:
+        """arch_get_unmapped_area_topdown(): the hint if free, else the highest gap below mmap_base."""
+        if hint:
+            hint = abi.page_align(hint)
+            if TASK_SIZE - length >= hint >= 0x10000 and not self.tree.overlapping(hint, hint + length):
+                return hint
+        found = self.tree.unmapped_area_topdown(length, 0x10000, self.mmap_base)
+        if found is None:
+            raise kerr(errno.ENOMEM, "no free address range")
+        return found
+
+    # ------------------------------------------------------------------ munmap
+
+    def munmap(self, addr: int, length: int) -> None:
+        """mm/mmap.c: __vm_munmap() / do_vmi_munmap(). O(k log n + min(p, e))."""
+        if addr & ~abi.PAGE_MASK or addr > TASK_SIZE or length > TASK_SIZE - addr:
+            raise kerr(errno.EINVAL, "munmap: bad range")
+        end = addr + abi.page_align(length)
+        if end == addr:
+            raise kerr(errno.EINVAL, "munmap: zero length")
+        self._unmap_range(addr, end)
+
+    # ------------------------------------------------------------------ mprotect
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        """mm/mprotect.c: do_mprotect_pkey(). O(k log n); populating a locked range adds O(p)."""
+        if prot & ~(abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC | abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
+            raise kerr(errno.EINVAL, "mprotect: bad prot")
+        if addr & ~abi.PAGE_MASK:
+            raise kerr(errno.EINVAL, "mprotect: unaligned")
+        if not length:
+            return
+        length = abi.page_align(length) & U64
+        end = (addr + length) & U64
+        if end <= addr:
+            raise kerr(errno.ENOMEM, "mprotect: wraps")
+        if prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
+            raise kerr(errno.EINVAL, "mprotect: PROT_GROWS* not modelled")
+        vma = self.tree.find_vma(addr)
+        if vma is None or vma.vm_start >= end:
+            raise kerr(errno.ENOMEM, "mprotect: no vma")
+        newprot = _calc_vm_prot_bits(prot)
+        tmp = addr
+        while tmp < end:
+            vma = self.tree.find_vma(tmp)
+            if vma is None or vma.vm_start >= end:
+                break
+            if vma.vm_start > tmp or (tmp != addr and vma.vm_start != tmp):
+                raise kerr(errno.ENOMEM, "mprotect: hole")
+            newflags = newprot | (vma.vm_flags & ~VM_ACCESS_FLAGS)
+            if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
+                raise kerr(errno.EACCES, "mprotect: beyond VM_MAY*")
+            nend = min(vma.vm_end, end)
+            tmp = self._mprotect_fixup(vma, tmp, nend, newflags).vm_end  # vma_iter_end()
+        if tmp < end:
+            raise kerr(errno.ENOMEM, "mprotect: hole at end")
+
+    def _mprotect_fixup(self, vma: Vma, start: int, end: int, newflags: int) -> Vma:
+        """mm/mprotect.c: mprotect_fixup(); returns the VMA now covering ``start``."""
+        oldflags = vma.vm_flags
+        if newflags == oldflags:
+            return vma
+        if newflags & VmFlag.WRITE:
+            if not oldflags & (VmFlag.ACCOUNT | VmFlag.WRITE | VmFlag.HUGETLB | VmFlag.SHARED
+                               | VmFlag.NORESERVE):
+                newflags |= VmFlag.ACCOUNT
+        elif oldflags & VmFlag.ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
+            newflags &= ~VmFlag.ACCOUNT
+        prev = self.tree.prev(vma) if start == vma.vm_start else vma
+        vma = vma_modify_flags(self.tree, prev, vma, start, end, newflags, self.max_map_count)
+        # VM_ACCOUNT etc. already in newflags; mprotect of a locked private mapping to writable populates
+        if (oldflags & (VmFlag.WRITE | VmFlag.SHARED | VmFlag.LOCKED)) == VmFlag.LOCKED \
+                and newflags & VmFlag.WRITE:
+            try:
+                self._populate_vma_range(vma, start, end)
+            except OSError:
+                pass
+        return vma
+
+    # ------------------------------------------------------------------ mlock
+
+    def mlock(self, addr: int, length: int, flags: int = 0) -> None:
+        """mm/mlock.c: do_mlock() (mlock2 with MLOCK_ONFAULT in ``flags``). O(k log n + p)."""
+        if flags & ~abi.MLOCK_ONFAULT:
+            raise kerr(errno.EINVAL, "mlock2: bad flags")
+        lock = VmFlag.LOCKED | (VmFlag.LOCKONFAULT if flags & abi.MLOCK_ONFAULT else 0)
+        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & U64
+        addr &= abi.PAGE_MASK
+        self._apply_vma_lock_flags(addr, length, lock)
+        try:
+            self._mm_populate(addr, length, ignore_errors=False)
+        except OSError as exc:  # __mlock_posix_error_return()
+            if exc.errno == errno.EFAULT:
+                raise kerr(errno.ENOMEM, "mlock: populate failed") from None
+            if exc.errno == errno.ENOMEM:
+                raise kerr(errno.EAGAIN, "mlock: out of memory") from None
+            raise
+
+    def munlock(self, addr: int, length: int) -> None:
+        """mm/mlock.c: munlock(). O(k log n)."""
+        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & U64
+        addr &= abi.PAGE_MASK
+        self._apply_vma_lock_flags(addr, length, 0)
+
+    def _apply_vma_lock_flags(self, start: int, length: int, lock: int) -> None:
+        """mm/mlock.c: apply_vma_lock_flags()."""
+        end = (start + length) & U64
+        if end < start:
+            raise kerr(errno.EINVAL, "mlock: wraps")
+        if end == start:
+            return
+        if self.tree.find(start) is None:
+            raise kerr(errno.ENOMEM, "mlock: no vma at start")
+        tmp = start
+        while tmp < end:
+            vma = self.tree.find_vma(tmp)
+            if vma is None or vma.vm_start >= end:
+                break
+            if vma.vm_start > tmp or (tmp != start and vma.vm_start != tmp):
+                raise kerr(errno.ENOMEM, "mlock: hole")
+            newflags = (vma.vm_flags & ~VM_LOCKED_MASK) | lock
+            nend = min(vma.vm_end, end)
+            # mlock_fixup()
+            if newflags != vma.vm_flags and not vma.vm_flags & VM_SPECIAL:
+                prev = self.tree.prev(vma) if tmp == vma.vm_start else vma
+                vma = vma_modify_flags(self.tree, prev, vma, tmp, nend, newflags, self.max_map_count)
+            tmp = vma.vm_end if vma.vm_end > tmp else nend  # vma_iter_end()
+        if tmp < end:
+            raise kerr(errno.ENOMEM, "mlock: hole at end")
+
+    # ------------------------------------------------------------------ fork / exit
+
+    def fork(self) -> "AddressSpace":
+        """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e)."""
+        child = AddressSpace(self.guard_design, self.max_map_count, self.mmap_base)
+        for vma in self.tree:
+            if vma.vm_flags & VmFlag.DONTCOPY:
+                continue
+            new = vma.copy()
+            new.vm_flags &= ~VM_LOCKED_MASK
+            if new.vm_flags & VmFlag.WIPEONFORK:
+                new.anon_vma, new.anon_vma_forked = None, False
+            elif vma.anon_vma is not None:  # anon_vma_fork(): a new anon_vma, chain of two
+                new.anon_vma, new.anon_vma_forked = AnonVma(), True
+            child.tree.insert(new)
+            if new.vm_file is not None:
+                child._use_file(new.vm_file)
+            if new.vm_flags & VmFlag.WIPEONFORK:
+                continue
+            # copy_page_range() only when vma_needs_copy()
+            if not (vma.vm_flags & (VmFlag.PFNMAP | VmFlag.MIXEDMAP | VmFlag.UFFD_WP | VmFlag.MAYBE_GUARD)
+                    or vma.anon_vma is not None):
+                continue
+            for page in self.pt.pages_in(vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT):
+                child._set_pte(page, self.pt.entries[page])
+            for pmd in self.huge_pmds:
+                if vma.vm_start >> PAGE_SHIFT <= pmd << 9 < vma.vm_end >> PAGE_SHIFT:
+                    child.huge_pmds.add(pmd)
+                    child.pt.pte_tables.discard(pmd)
+        return child
+
+    def exit(self) -> None:
+        """exit_mmap(): drop every mapping (frames' mapcounts fall back). O(e)."""
+        for page in list(self.pt.entries):
+            self._clear_pte(page)
+        for f in self.files:
+            if self in f.users:
+                f.users.remove(self)
+        self.exited = True
+
+    # ------------------------------------------------------------------ checks
+
+    def counts(self):
+        """The kernel objects this mm holds, as ``costs.MmCounts`` (for ``costs.kernel_cost``). O(n).
+
+        anon_vma_chains: one per VMA with an anon_vma, two for a fork child's (its own and
+        the parent's); anon_vmas: distinct AnonVma objects.
+        """
+        from sparsemm.model.costs import MmCounts
+
+        anon_vmas = set()
+        chains = 0
+        for vma in self.tree:
+            if vma.anon_vma is not None:
+                anon_vmas.add(vma.anon_vma)
+                chains += 2 if vma.anon_vma_forked else 1
+        return MmCounts(vmas=self.map_count, anon_vmas=len(anon_vmas), anon_vma_chains=chains,
+                        maple_nodes=self.tree.node_count(), pte_tables=len(self.pt.pte_tables),
+                        pmd_tables=len(self.pt.pmd_tables), pud_tables=len(self.pt.pud_tables),
+                        gap_slots=self.tree.gap_count)
+
+    def pgtables_bytes(self) -> int:
+        """``mm_pgtables_bytes()``: PTE, PMD and PUD table pages in bytes (VmPTE counts these)."""
+        return self.pt.pgtables_bytes()
+
+    def check(self) -> None:
+        """Assert the invariants of ARCHITECTURE.md; raises AssertionError naming the first broken one.
+        O(n + entries)."""
+        self.tree.check()
+        prev = None
+        n = 0
+        for vma in self.tree:
+            n += 1
+            assert vma.vm_start < vma.vm_end, f"empty vma {vma}"
+            assert not vma.vm_start & ~abi.PAGE_MASK and not vma.vm_end & ~abi.PAGE_MASK, f"unaligned {vma}"
+            if prev is not None:
+                assert prev.vm_end <= vma.vm_start, f"overlap {prev} {vma}"
+                if prev.vm_end == vma.vm_start and not (prev.changed_unmerged or vma.changed_unmerged):
+                    assert not _would_merge(prev, vma), f"unmerged neighbours {prev} {vma}"
+            prev = vma
+        assert n == self.map_count
+        anon = file = 0
+        for page, entry in self.pt.entries.items():
+            addr = page << PAGE_SHIFT
+            vma = self.tree.find(addr)
+            assert vma is not None, f"entry outside any vma at {addr:#x}"
+            assert (page >> 9) in self.pt.pte_tables or (page >> 9) in self.huge_pmds, \
+                f"entry without a table at {addr:#x}"
+            if entry is GUARD:
+                continue
+            if entry.kind == FRAME_ANON:
+                anon += 1
+                assert vma.anon_vma is not None, f"anon page without anon_vma at {addr:#x}"
+            elif entry.kind == FRAME_FILE:
+                file += 1
+                assert vma.vm_file is not None, f"file page in anon vma at {addr:#x}"
+        assert anon == self.rss_anon, f"rss_anon {self.rss_anon} != recount {anon}"
+        assert file == self.rss_file, f"rss_file {self.rss_file} != recount {file}"
+        # Page-table pages: every table still allocated spans some VMA (free_pgtables frees the rest).
+        for shift, tables in ((9, self.pt.pte_tables), (18, self.pt.pmd_tables), (27, self.pt.pud_tables)):
+            span = 1 << (shift + PAGE_SHIFT)
+            for t in tables:
+                assert self.tree.overlapping(t * span, (t + 1) * span), \
+                    f"page-table page {t:#x} (level shift {shift}) spans no VMA"
+
+
+def _calc_vm_prot_bits(prot: int) -> VmFlag:
+    """include/linux/mman.h: calc_vm_prot_bits() (no pkeys)."""
+    return VmFlag(prot & (abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC))
+
+
+def _would_merge(prev: Vma, nxt: Vma) -> bool:
+    """Would the kernel have merged two adjacent VMAs? (the same rules as merge.py)"""
+    if prev.vm_flags & VM_SPECIAL:
+        return False
+    if not vmamerge.is_mergeable_vma(prev, nxt.vm_flags, nxt.vm_file):
+        return False
+    if prev.vm_pgoff + prev.npages != nxt.vm_pgoff:
+        return False
+    # One side without an anon_vma may or may not have merged (fork children, copied_from):
+    # only the unambiguous cases are asserted.
+    if prev.anon_vma is None or nxt.anon_vma is None:
+        return prev.anon_vma is None and nxt.anon_vma is None
+    return prev.anon_vma is nxt.anon_vma

@@ -1,0 +1,192 @@
+"""mremap(2) on the model: resize in place, move (one or many VMAs), MREMAP_DONTUNMAP.
+
+Owns the checks and steps of mm/mremap.c (Linux 6.17+ multi-VMA moves) and copy_vma();
+page-table entries, guard markers included, move by offset (R-F12). Mixed into ``AddressSpace``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sparsemm import abi
+from sparsemm.abi import MremapFlag, VmFlag
+from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, U64, kerr
+from sparsemm.model.merge import MergeState, merge_new_range
+from sparsemm.model.vma import VM_LOCKED_MASK, Vma
+
+
+class MremapMixin:
+    """``mremap()`` of ``AddressSpace``."""
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ mremap
+
+    def mremap(self, addr: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
+        """mm/mremap.c: do_mremap(). Returns the (possibly new) address. O(k log n + min(p, e))."""
+        old_len = abi.page_align(old_len) & U64
+        new_len = abi.page_align(new_len) & U64
+        # check_mremap_params()
+        if flags & ~(MremapFlag.FIXED | MremapFlag.MAYMOVE | MremapFlag.DONTUNMAP):
+            raise kerr(errno.EINVAL, "mremap: bad flags")
+        if addr & ~abi.PAGE_MASK:
+            raise kerr(errno.EINVAL, "mremap: unaligned")
+        if not new_len or new_len > TASK_SIZE:
+            raise kerr(errno.EINVAL, "mremap: bad new_len")
+        implies_new = bool(flags & (MremapFlag.FIXED | MremapFlag.DONTUNMAP))
+        if implies_new:
+            if new_addr > TASK_SIZE - new_len or new_addr < 0:
+                raise kerr(errno.EINVAL, "mremap: bad new address")
+            if new_addr & ~abi.PAGE_MASK:
+                raise kerr(errno.EINVAL, "mremap: unaligned new address")
+            if not flags & MremapFlag.MAYMOVE:
+                raise kerr(errno.EINVAL, "mremap: fixed without maymove")
+            if flags & MremapFlag.DONTUNMAP and old_len != new_len:
+                raise kerr(errno.EINVAL, "mremap: dontunmap resize")
+            if addr + old_len > new_addr and new_addr + new_len > addr:
+                raise kerr(errno.EINVAL, "mremap: overlap")
+        if self.map_count + 2 >= self.max_map_count - 3:
+            raise kerr(errno.ENOMEM, "mremap: near max_map_count")
+        if flags & MremapFlag.FIXED and old_len == new_len:  # vrm_move_only()
+            return self._remap_move(addr, old_len, new_addr, flags)
+        vma = self.tree.find(addr)
+        populate = self._check_prep_vma(vma, addr, old_len, new_len, flags)
+        delta = abs(new_len - old_len)
+        if implies_new:
+            res = self._mremap_to(addr, old_len, new_len, flags, new_addr)
+        elif old_len == new_len:
+            return addr
+        elif old_len > new_len:
+            self._unmap_range(addr + new_len, addr + old_len)  # shrink_vma()
+            return addr
+        else:
+            res = self._expand_vma(vma, addr, old_len, new_len, flags)
+        if populate:
+            self._mm_populate(res + old_len, delta, ignore_errors=True)
+        return res
+
+    def _check_prep_vma(self, vma: Vma | None, addr: int, old_len: int, new_len: int, flags: int) -> bool:
+        """mm/mremap.c: check_prep_vma(); returns whether a locked expand must populate."""
+        if vma is None:
+            raise kerr(errno.EFAULT, "mremap: no vma at addr")
+        expand = new_len > old_len
+        if not expand and not flags & (MremapFlag.FIXED | MremapFlag.DONTUNMAP):
+            return False
+        if not old_len and not vma.vm_flags & (VmFlag.SHARED | VmFlag.MAYSHARE):
+            raise kerr(errno.EINVAL, "mremap: duplicating a private mapping")
+        if flags & MremapFlag.DONTUNMAP and vma.vm_flags & (VmFlag.DONTEXPAND | VmFlag.PFNMAP):
+            raise kerr(errno.EINVAL, "mremap: dontunmap on special vma")
+        olen = new_len if old_len > new_len else old_len
+        if olen > vma.vm_end - addr:
+            raise kerr(errno.EFAULT, "mremap: range crosses the vma end")
+        if new_len == olen:
+            return False
+        if vma.vm_flags & (VmFlag.DONTEXPAND | VmFlag.PFNMAP):
+            raise kerr(errno.EFAULT, "mremap: cannot expand special vma")
+        return bool(vma.vm_flags & VmFlag.LOCKED)
+
+    def _remap_move(self, start: int, length: int, new_addr: int, flags: int) -> int:
+        """mm/mremap.c: remap_move(): a fixed, same-size move of every VMA in the range,
+        keeping the gaps between them."""
+        end = start + length
+        target = new_addr
+        res = None
+        last_end = 0
+        cursor = start
+        while cursor < end:
+            vma = self.tree.find_vma(cursor)
+            if vma is None or vma.vm_start >= end:
+                break
+            if res is None and start < vma.vm_start:
+                raise kerr(errno.EFAULT, "mremap: gap at the start")
+            a = max(vma.vm_start, start)
+            n = min(end, vma.vm_end) - a
+            offset = vma.vm_start - last_end if res is not None else 0
+            last_end = vma.vm_end
+            dst = target + offset
+            self._check_prep_vma(vma, a, n, n, flags)
+            got = self._mremap_to(a, n, n, flags, dst)
+            if res is None:
+                res = got
+            target = got + n
+            cursor = a + n
+        if res is None:
+            raise kerr(errno.EFAULT, "mremap: no vma")
+        return res
+
+    def _mremap_to(self, addr: int, old_len: int, new_len: int, flags: int, new_addr: int) -> int:
+        """mm/mremap.c: mremap_to()."""
+        if flags & MremapFlag.FIXED:
+            self._unmap_range(new_addr, new_addr + new_len)
+            if self.tree.find(addr) is None:
+                raise kerr(errno.EFAULT, "mremap: source gone")
+        if old_len > new_len:
+            self._unmap_range(addr + new_len, addr + old_len)
+            if self.tree.find(addr) is None:
+                raise kerr(errno.EFAULT, "mremap: source gone")
+            old_len = new_len
+        if not flags & MremapFlag.FIXED:
+            new_addr = self._get_unmapped_area(new_addr if flags & MremapFlag.DONTUNMAP else 0, new_len)
+        return self._move_vma(addr, old_len, new_len, new_addr, flags)
+
+    def _expand_vma(self, vma: Vma, addr: int, old_len: int, new_len: int, flags: int) -> int:
+        """mm/mremap.c: expand_vma(): in place when the range ends at vm_end and the tail is free."""
+        delta = new_len - old_len
+        if vma.vm_end - addr == old_len and vma.vm_end + delta <= TASK_SIZE \
+                and not self.tree.overlapping(vma.vm_end, vma.vm_end + delta):
+            # vma_merge_extend(): vma is prev, the extension a new range
+            vmg = MergeState(vma, None, self.tree.next(vma), vma.vm_end, vma.vm_end + delta,
+                             vma.file_pgoff(vma.vm_end), vma.vm_flags, vma.vm_file, vma.anon_vma)
+            if merge_new_range(self.tree, vmg) is None:
+                raise kerr(errno.ENOMEM, "mremap: expand failed")
+            return addr
+        if not flags & MremapFlag.MAYMOVE:
+            raise kerr(errno.ENOMEM, "mremap: cannot expand in place")
+        new_addr = self._get_unmapped_area(0, new_len)
+        return self._move_vma(addr, old_len, new_len, new_addr, flags)
+
+    def _move_vma(self, addr: int, old_len: int, new_len: int, new_addr: int, flags: int) -> int:
+        """mm/mremap.c: move_vma(): copy_vma() + move_page_tables() + unmap the source."""
+        if self.map_count >= self.max_map_count - 3:
+            raise kerr(errno.ENOMEM, "mremap: near max_map_count")
+        vma = self.tree.find(addr)
+        new_vma = self._copy_vma(vma, addr, new_addr, new_len)
+        # move_page_tables(): entries keep their offsets (R-F12)
+        src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
+        moved = []
+        self._split_huge_range(addr, addr + old_len)
+        for page in self.pt.pages_in(src0, src0 + (old_len >> PAGE_SHIFT)):
+            moved.append((page - src0 + dst0, self.pt.clear(page)))
+        for page, entry in moved:
+            self.pt.set(page, entry)
+        self.huge_pmds -= {p for p in self.huge_pmds if src0 <= p << 9 < src0 + (old_len >> PAGE_SHIFT)}
+        if flags & MremapFlag.DONTUNMAP:
+            old = self.tree.find(addr)
+            if old is not None:
+                old.vm_flags &= ~VM_LOCKED_MASK  # dontunmap_complete(): no merge attempted
+                old.changed_unmerged = True
+                if old.vm_start == addr and old.vm_end == addr + old_len and old is not new_vma:
+                    old.anon_vma, old.anon_vma_forked = None, False
+        else:
+            acct = vma.vm_flags & VmFlag.ACCOUNT
+            self._unmap_range(addr, addr + old_len)
+            if acct:  # unmap_source_vma() restores VM_ACCOUNT on the remains
+                pass
+        return new_addr
+
+    def _copy_vma(self, vma: Vma, addr: int, new_addr: int, new_len: int) -> Vma:
+        """mm/vma.c: copy_vma(): merge the destination with its neighbours or link a copy."""
+        pgoff = vma.file_pgoff(addr)
+        if vma.is_anonymous() and vma.anon_vma is None:
+            pgoff = new_addr >> PAGE_SHIFT
+        nxt = self.tree.find_vma(new_addr)
+        prev = self.tree.prev(nxt) if nxt is not None else self._last_vma()
+        vmg = MergeState(prev, None, nxt, new_addr, new_addr + new_len, pgoff, vma.vm_flags,
+                         vma.vm_file, vma.anon_vma, copied_from=vma)
+        merged = merge_new_range(self.tree, vmg)
+        if merged is not None:
+            return merged
+        new = vma.copy()
+        new.vm_start, new.vm_end, new.vm_pgoff = new_addr, new_addr + new_len, pgoff
+        self.tree.insert(new)
+        return new

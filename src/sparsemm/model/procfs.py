@@ -1,0 +1,91 @@
+"""Views of a model AddressSpace as /proc/PID/{maps,smaps,pagemap} print them.
+
+Owns the text formats and the pagemap word encoding; reads the model, never
+changes it. PFN fields are 0 (as for an unprivileged reader of pagemap).
+"""
+
+from __future__ import annotations
+
+from sparsemm import abi
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE
+from sparsemm.model.pagetable import GUARD
+
+#: Device and inode columns: shmem objects show the kernel's internal tmpfs device.
+_SHMEM_DEV = "00:01"
+
+
+def vma_path(vma) -> str:
+    """The path column: "" for private anon, ``/dev/zero (deleted)`` for shared anon,
+    ``/memfd:NAME (deleted)`` for a script file."""
+    f = vma.vm_file
+    if f is None:
+        return ""
+    if f.shared_anon:
+        return "/dev/zero (deleted)"
+    return f"/memfd:{f.name} (deleted)"
+
+
+def maps_line(vma) -> str:
+    """One /proc/PID/maps line (fs/proc/task_mmu.c: show_map_vma()); the path is padded to column 73."""
+    ino = 0 if vma.vm_file is None else (id(vma.vm_file) & 0xFFFFF) + 1
+    dev = "00:00" if vma.vm_file is None else _SHMEM_DEV
+    head = (f"{vma.vm_start:08x}-{vma.vm_end:08x} {vma.perms} "
+            f"{vma.maps_pgoff() << abi.PAGE_SHIFT:08x} {dev} {ino} ")
+    path = vma_path(vma)
+    if path:  # show_map_vma(): seq_pad() to column 73, then the name
+        head = head.ljust(73) + path
+    return head  # without a name the line keeps the trailing space, as the kernel prints it
+
+
+def maps(mm) -> str:
+    """The whole /proc/PID/maps text. O(n)."""
+    return "".join(maps_line(v) + "\n" for v in mm)
+
+
+def smaps(mm) -> str:
+    """/proc/PID/smaps: the maps line, size and residency lines, and exact ``VmFlags``.
+    Pss equals Rss (sharing is not apportioned); Swap is 0 (no swap device)."""
+    out = []
+    for v in mm:
+        first, end = v.vm_start >> abi.PAGE_SHIFT, v.vm_end >> abi.PAGE_SHIFT
+        anon = file = 0
+        for p in mm.pt.pages_in(first, end):
+            e = mm.pt.entries[p]
+            if e is GUARD:
+                continue
+            if e.kind == FRAME_ANON:
+                anon += 1
+            elif e.kind == FRAME_FILE:
+                file += 1
+        rss = (anon + file) * 4
+        size = (v.vm_end - v.vm_start) >> 10
+        out.append(maps_line(v) + "\n")
+        for key, val in (("Size", size), ("KernelPageSize", 4), ("MMUPageSize", 4), ("Rss", rss),
+                         ("Pss", rss), ("Anonymous", anon * 4), ("Swap", 0),
+                         ("Locked", rss if v.vm_flags & abi.VmFlag.LOCKED else 0)):
+            out.append(f"{key + ':':<16}{val:>8} kB\n")
+        out.append("VmFlags: " + " ".join(abi.vmflags_to_mnemonics(v.vm_flags)) + " \n")
+    return "".join(out)
+
+
+def pagemap_word(mm, addr: int) -> int:
+    """The pagemap u64 of the page at ``addr`` (fs/proc/task_mmu.c: pte_to_pagemap_entry()):
+    present pages bit 63 (+61 for page-cache pages, +56 when mapped once), guard markers
+    bits 62 and 58 (R-G1). PFN field 0."""
+    page = addr >> abi.PAGE_SHIFT
+    e = mm.pt.entries.get(page)
+    if e is None:
+        return 0
+    if e is GUARD:
+        return abi.PM_SWAP | abi.PM_GUARD_REGION
+    word = abi.PM_PRESENT
+    if e.kind == FRAME_FILE:
+        word |= abi.PM_FILE
+    if e.kind in (FRAME_ANON, FRAME_FILE) and e.mapcount == 1:
+        word |= abi.PM_MMAP_EXCLUSIVE
+    return word
+
+
+def pagemap(mm, addr: int, npages: int) -> list[int]:
+    """``npages`` pagemap words from ``addr``. O(npages)."""
+    return [pagemap_word(mm, addr + (i << abi.PAGE_SHIFT)) for i in range(npages)]

@@ -1,0 +1,159 @@
+"""The model backend: run an op script on ``sparsemm.model`` and produce the kernel's records.
+
+``run_model(script, design=...)`` executes each op on an ``AddressSpace`` in this
+process; records match ``sparsemm.opscript.kernel`` byte for byte (OPSCRIPT.md).
+Owns no semantics of its own: every behaviour lives in the model.
+"""
+
+from __future__ import annotations
+
+from sparsemm import abi
+from sparsemm.model import procfs
+from sparsemm.model.frames import MemFile
+from sparsemm.model.mm import AddressSpace
+from sparsemm.opscript import records as rec
+from sparsemm.opscript.script import Op, Script
+
+
+_U64 = (1 << 64) - 1  # the kernel sees lengths and addresses as unsigned long
+
+
+class _ModelRunner:
+    """Runs ops on one AddressSpace; ``files`` maps script names to MemFiles (shared with children)."""
+
+    __slots__ = ("script", "mm", "files", "base", "end")
+
+    def __init__(self, script: Script, mm: AddressSpace, files: dict[str, MemFile]):
+        self.script = script
+        self.mm = mm
+        self.files = files
+        self.base = script.base
+        self.end = script.base + script.arena_bytes
+
+    def run_ops(self, ops) -> list[dict]:
+        return [self.run_op(op) for op in ops]
+
+    def run_op(self, op: Op) -> dict:
+        handler = getattr(self, "op_" + op.name)
+        try:
+            extra = handler(op) or {}
+        except OSError as exc:
+            return rec.op_record(op.index, op.name, rec.errno_name(exc.errno))
+        ret = extra.pop("ret", "ok")
+        return rec.op_record(op.index, op.name, ret, **extra)
+
+    def op_mmap(self, op: Op):
+        file = self.files[op.file] if op.file is not None else None
+        self.mm.mmap(op.addr & _U64, op.length & _U64, op.prot, op.flags, file, op.offset)
+
+    def op_munmap(self, op: Op):
+        self.mm.munmap(op.addr, op.length & (_U64))
+
+    def op_mprotect(self, op: Op):
+        self.mm.mprotect(op.addr, op.length & (_U64), op.prot)
+
+    def op_madvise(self, op: Op):
+        self.mm.madvise(op.addr, op.length & (_U64), op.advice)
+
+    def op_mremap(self, op: Op):
+        mask = _U64
+        new = self.mm.mremap(op.addr, op.length & mask, op.new_length & mask, op.flags,
+                             (op.to_addr or 0) & mask)
+        if new != op.addr and not op.flags & abi.MremapFlag.FIXED:
+            return {"ret": "MOVED", "to": (new - self.base) // abi.PAGE_SIZE}
+        return None
+
+    def op_mlock(self, op: Op):
+        self.mm.mlock(op.addr, op.length & (_U64), op.flags)
+
+    def op_munlock(self, op: Op):
+        self.mm.munlock(op.addr, op.length & (_U64))
+
+    def op_touch(self, op: Op):
+        values: list = []
+        npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
+        for i in range(npages):
+            addr = op.addr + i * abi.PAGE_SIZE
+            try:
+                got = self.mm.touch(addr, op.access == "write", op.value)
+                values.append("ok" if op.access == "write" else got)
+            except OSError:
+                values.append(rec.FAULT)
+        return {"value": values}
+
+    def op_fork(self, op: Op):
+        child = _ModelRunner(self.script, self.mm.fork(), self.files)
+        try:
+            records = child.run_ops(op.child)
+        finally:
+            child.mm.exit()
+        return {"value": records}
+
+    def op_snapshot(self, op: Op):
+        return {"value": snapshot(self.mm, self.base, self.end)}
+
+    def op_ftruncate(self, op: Op):
+        f = self.files[op.file]
+        self.mm.truncate(f, op.file_length)
+
+    def op_fallocate_punch(self, op: Op):
+        self.mm.punch_hole(self.files[op.file], op.addr, op.length)
+
+    def op_seal(self, op: Op):
+        self.mm.add_seals(self.files[op.file], op.seals)
+
+    def op_process_madvise(self, op: Op):
+        done = 0
+        for addr, length in op.ranges:
+            try:
+                self.mm.madvise(addr, length, op.advice)
+            except OSError:
+                if done:
+                    break
+                raise
+            done += length
+        return {"value": done // abi.PAGE_SIZE}
+
+
+def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
+    """The snapshot value (OPSCRIPT.md): VMAs overlapping ``[base, end)`` and the pages string."""
+    views = []
+    last_mapped = base
+    for vma in mm.tree.overlapping(base, end):
+        backing = "anon" if vma.vm_file is None else vma.vm_file.label
+        mnemonics = abi.vmflags_to_mnemonics(vma.vm_flags)
+        views.append(rec.VmaView((vma.vm_start - base) // abi.PAGE_SIZE,
+                                 (vma.vm_end - base) // abi.PAGE_SIZE, vma.perms, backing,
+                                 vma.maps_pgoff(), rec.snapshot_flags(mnemonics)))
+        last_mapped = max(last_mapped, min(vma.vm_end, end))
+    npages = (last_mapped - base) // abi.PAGE_SIZE
+    mapped = bytearray(npages)
+    for v in views:
+        for p in range(max(v.start, 0), min(v.end, npages)):
+            mapped[p] = 1
+    words = procfs.pagemap(mm, base, npages)
+    pages = "".join(rec.page_char(w, bool(m)) for w, m in zip(words, mapped))
+    return rec.snapshot_value(views, pages)
+
+
+def run_model(script: Script, design: str = "pte", *, check: bool = False) -> list[dict]:
+    """Run ``script`` on a fresh model address space; return the records.
+
+    ``check`` runs ``AddressSpace.check()`` after every op (tests). A design other
+    than "pte" raises ``BackendUnavailable``.
+    """
+    try:
+        mm = AddressSpace(guard_design=design)
+    except NotImplementedError:
+        from sparsemm.opscript.runner import BackendUnavailable
+
+        raise BackendUnavailable(f"design {design} not implemented yet") from None
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
+    runner = _ModelRunner(script, mm, files)
+    if not check:
+        return runner.run_ops(script.ops)
+    out = []
+    for op in script.ops:
+        out.append(runner.run_op(op))
+        mm.check()
+    return out
