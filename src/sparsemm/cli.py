@@ -53,12 +53,6 @@ def _compare(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from sparsemm.demo import main as demo_main
-
-    return demo_main(args)
-
-
 def _measure(args: argparse.Namespace) -> int:
     from sparsemm.opscript.measure import measure_main
 
@@ -124,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="which guard-region features this kernel has")
     p.set_defaults(func=_probe)
 
-    p = sub.add_parser("demo", help="the main job: a bundled script on both backends")
-    p.set_defaults(func=_demo)
+    from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
+
+    add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
     return parser
 
 

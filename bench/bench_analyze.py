@@ -1,0 +1,169 @@
+"""Benchmark of ``sparsemm analyze``: a synthetic 65,530-VMA map analyzed under all three designs.
+
+The map (made here) is PartitionAlloc-shaped: 2 MiB super pages of
+``rw-p 8K | ---p 8K | rw-p 64K | ---p 4K | rw-p 128K | ---p 1836K`` back to back, plus a
+few hundred file-backed VMAs, cut at exactly 65,530 VMAs (the default vm.max_map_count).
+
+Run: ``cd /work/main && PYTHONPATH=src python3 bench/bench_analyze.py [--repeat N] [--profile] [--no-write]``
+Prints a table and writes ``bench/results_analyze_designs.md`` (best of N, wall clock).
+``--profile`` prints the top of a cProfile of one full analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+from sparsemm.analyze.guards import find_guards
+from sparsemm.analyze.maps import parse_maps
+from sparsemm.analyze.rebuild import build_layout
+from sparsemm.analyze.report import analyze, design_result, layout_scripts
+
+RESULTS = Path(__file__).resolve().parent / "results_analyze_designs.md"
+TARGET_VMAS = 65_530
+SUPER_PAGE = [("rw-p", 8), ("---p", 8), ("rw-p", 64), ("---p", 4), ("rw-p", 128), ("---p", 1836)]  # KiB
+LADDER = [("rw-p", 60), ("---p", 4)]  # KiB: page-sized guards, the VMA design's worst case
+SHAPES = {"superpages": SUPER_PAGE, "ladder": LADDER}
+
+
+def synthetic_map(nvmas: int = TARGET_VMAS, files: int = 400, shape=SUPER_PAGE) -> str:
+    """``nvmas`` maps lines: ``files`` library VMAs high, the repeated ``shape`` low. O(n)."""
+    out = []
+    addr = 0x5600_0000_0000
+    for i in range(files):
+        perms = ("r--p", "r-xp", "r--p", "rw-p")[i % 4]
+        end = addr + 16 * 4096
+        out.append(f"{addr:x}-{end:x} {perms} {(i % 4) * 16 * 4096:08x} fe:00 {1000 + i // 4}".ljust(73)
+                   + f"/usr/lib/lib{i // 4}.so")
+        addr = end + (4096 if i % 4 == 3 else 0)
+    addr = 0x1000_0000_0000
+    n = files
+    while n < nvmas:
+        for perms, kib in shape:
+            if n == nvmas:
+                break
+            end = addr + kib * 1024
+            out.append(f"{addr:x}-{end:x} {perms} 00000000 00:00 0 ")
+            addr = end
+            n += 1
+    # maps is address-ordered: the super pages (0x1000…) come before the libraries (0x5600…)
+    return "\n".join(out[files:] + out[:files]) + "\n"
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    t_best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        t_best = min(t_best, time.perf_counter() - t0)
+    return t_best, out
+
+
+def _bench_shape(shape, repeat: int, rows: list) -> float:
+    """Time each stage of the analysis of one synthetic map; append rows; return the total."""
+    entries = parse_maps(synthetic_map(shape=shape), "synthetic")
+    assert len(entries) == TARGET_VMAS
+    t, cls = best(lambda: find_guards(entries), repeat)
+    rows.append(("find_guards", t, f"{cls.summary.guards:,} guards"))
+    t, lay = best(lambda: build_layout(entries, cls), repeat)
+    rows.append(("build_layout (rebuild script)", t, f"{len(lay.script['ops']):,} ops"))
+    t, scripts = best(lambda: layout_scripts(lay.script), repeat)
+    rows.append(("layout_scripts (parse; guards as-is and as mprotect)", t, ""))
+    for d in ("vma", "pte", "tree"):
+        t, (res, emulated) = best(lambda d=d: design_result(lay.script, d, scripts), repeat)
+        what = res.error or f"{res.counts.vmas:,} VMAs" + (" (emulated: guards as mprotect, pte model)" if emulated else "")
+        rows.append((f"model run, design {d} (one process)", t, what))
+    t, rep = best(lambda: analyze(entries, source="synthetic"), repeat)
+    rows.append(("analyze() total (designs in parallel if a core is idle)", t, "; ".join(
+        f"{n} {d.map_count:,}" if not d.error else f"{n} n/a" for n, d in rep.designs.items())))
+    return t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    rows = []
+    totals = {}
+    for shape_name, shape in SHAPES.items():
+        rows.append((f"**{shape_name}** map", None, " · ".join(f"`{p} {k}K`" for p, k in shape)))
+        totals[shape_name] = _bench_shape(shape, args.repeat, rows)
+    width = max(len(r[0]) for r in rows)
+    table = [f"| {'what':<{width}} | time ms | result |", f"|{'-' * (width + 2)}|---------|--------|"]
+    table += [f"| {name:<{width}} | {'' if t is None else f'{t * 1000:7.1f}':>7} | {what} |"
+              for name, t, what in rows]
+    print("\n".join(table))
+    total = max(totals.values())
+    verdict = "under" if total < 2.0 else "OVER"
+    summary = ", ".join(f"{k} {v:.2f} s" for k, v in totals.items())
+    print(f"\nanalyze total: {summary}; worst {verdict} the 2 s target")
+
+    prof = ""
+    if args.profile or total >= 2.0:
+        worst = max(totals, key=totals.get)
+        entries = parse_maps(synthetic_map(shape=SHAPES[worst]), "synthetic")
+        import cProfile
+        import io
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.enable()
+        analyze(entries, source="synthetic", workers=1)
+        pr.disable()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(18)
+        prof = s.getvalue()
+        print(prof)
+
+    if not args.no_write:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        doc = [
+            "# analyze: a 65,530-VMA map under all three designs",
+            "",
+            f"- Date: {now}",
+            f"- Command: `cd /work/main && PYTHONPATH=src python3 bench/bench_analyze.py --repeat {args.repeat}`",
+            f"- Python {platform.python_version()}, {platform.machine()}, kernel {platform.release()}; "
+            f"best of {args.repeat} runs, wall clock; shared 2-vCPU machine (treat as ±30 %).",
+            "- Inputs: synthetic maps of exactly 65,530 VMAs: 400 file VMAs plus a repeated shape, "
+            "**superpages** (PartitionAlloc-like 2 MiB super pages; the 1836K trailing `---p` is a guard "
+            "by the default policy's cost test) or **ladder** (`rw-p 60K | ---p 4K`: page-sized guards). "
+            "maps, not smaps, so touch=first.",
+            "",
+            *table,
+            "",
+            f"Total analyze() time, all three designs: **{summary}** (worst {verdict} the 2 s target).",
+            "",
+            "Where the time goes (see the profile below):",
+            "",
+            "- The model runs dominate. In the **superpages** map the `pte` design installs 16k guards of "
+            "1836 KiB each, and the model sets one marker PTE per page (`model/madvise.py:_guard_install` "
+            "-> `mm._set_pte` -> `pagetable.set`/`alloc_tables`, ~5M calls). That one design is over half "
+            "of the total. A range-at-a-time marker install in the model would remove most of it; "
+            "`analyze` cannot avoid it without giving up the model as the source of truth.",
+            "- The `vma` design (emulated by `mprotect PROT_NONE` until the model's native `vma` design "
+            "lands) costs ~1 s: 32k VMA splits in the model's maple-tree-shaped index.",
+            "- Parsing the 65k-op layout script (`opscript.script._parse_op`, ~5 µs per op) is shared by "
+            "the designs: `layout_scripts` parses the prefix before the guards once and only the guard ops "
+            "twice.",
+            "- `find_guards` (~0.3 s) and `build_layout` (~0.3 s) are linear.",
+            "- With a core idle, the designs run in parallel forked processes, so the total is about "
+            "the slowest design plus ~1.1 s. On a saturated machine they run one after the other.",
+        ]
+        if prof:
+            doc += ["", f"Profile of one analysis of the {worst} map (cProfile, cumulative; "
+                    "`workers=1`: the designs run one after the other in the profiled process):", "", "```",
+                    prof.strip(), "```"]
+        RESULTS.write_text("\n".join(doc) + "\n")
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

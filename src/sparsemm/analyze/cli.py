@@ -1,0 +1,351 @@
+"""The ``analyze``, ``reproduce`` and ``demo`` commands: argument parsing and output only.
+
+``add_parsers(subparsers)`` registers the three commands on the ``sparsemm`` parser. Every
+user error (bad file, bad pid, malformed maps, layout too large, bad option) is one line on
+stderr and exit status 2; the work itself lives in ``analyze.report``/``reproduce``/``plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from importlib import resources
+
+__all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
+
+EXIT_USAGE = 2
+DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
+
+
+class UsageError(Exception):
+    """A user-facing failure: one line, exit status 2."""
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
+    return Console(file=stream, width=width, highlight=False)
+
+
+def _policy(args):
+    from sparsemm.analyze.guards import GuardPolicy
+
+    if getattr(args, "table_7_1", False):
+        return GuardPolicy.table_7_1()
+    kw = {}
+    if args.max_guard_kib is not None:
+        kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
+    if args.max_borderline_mib is not None:
+        kw["max_borderline_bytes"] = (None if args.max_borderline_mib.lower() == "none"
+                                      else int(float(args.max_borderline_mib) * 1024 * 1024))
+    if args.cost_ratio is not None:
+        kw["cost_ratio"] = args.cost_ratio
+    if args.neighbour_perms is not None:
+        kw["neighbour_perms"] = args.neighbour_perms
+    try:
+        return GuardPolicy(**kw)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"sparsemm {command}: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _guarded(command: str, fn, args) -> int:
+    """Run ``fn(args)``; turn every user-caused failure into one line and exit status 2."""
+    from sparsemm.analyze.maps import MapsParseError
+    from sparsemm.opscript.script import ScriptError
+
+    try:
+        return fn(args)
+    except (UsageError, MapsParseError, ScriptError, ValueError) as exc:
+        return _fail(command, exc)
+    except FileNotFoundError as exc:
+        return _fail(command, f"{exc.filename}: no such file or process")
+    except PermissionError as exc:
+        return _fail(command, f"{exc.filename}: permission denied")
+    except IsADirectoryError as exc:
+        return _fail(command, f"{exc.filename}: is a directory")
+    except UnicodeDecodeError:
+        return _fail(command, "input is not text")
+    except OSError as exc:
+        return _fail(command, f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
+    except RuntimeError as exc:  # a measuring child failed
+        print(f"sparsemm {command}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _check_target(target: str) -> None:
+    """Reject what ``maps.load`` would misread, with a one-line reason."""
+    if target == "-" or target.isdigit():
+        if target.isdigit() and not os.path.exists(f"/proc/{target}"):
+            raise UsageError(f"no process with pid {target}")
+        return
+    if not os.path.exists(target):
+        raise UsageError(f"{target}: no such file, directory or pid")
+
+
+def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
+    from sparsemm.analyze.maps import load
+    from sparsemm.analyze.report import analyze
+
+    if on_stage:
+        on_stage(f"reading {target}")
+    entries = load(target)
+    if not entries:
+        raise UsageError(f"{target}: no mappings in the input")
+    name = f"pid {target}" if target.isdigit() else ("<stdin>" if target == "-" else os.path.basename(target.rstrip("/")))
+    return analyze(entries, policy, source=name, touch=touch, on_stage=on_stage, workers=workers)
+
+
+def _worker(path: str, policy, touch: str):
+    """Directory mode, in a worker process: (path, report without layout, error line)."""
+    try:
+        r = _analyze_one(path, policy, touch, workers=1)  # the pool already uses every core
+        r.layout_obj = None  # not needed by the summary; keeps the pickle small
+        return path, r, None
+    except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
+        return path, None, " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _dir_files(path: str) -> list[str]:
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
+    if not files:
+        raise UsageError(f"{path}: no files to analyze")
+    return files
+
+
+def _analyze_dir(args, policy) -> int:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sparsemm.analyze.report import many_to_json, render_many
+
+    if args.plot:
+        raise UsageError("--plot draws one process: give a file or pid, not a directory")
+    files = _dir_files(args.target)
+    results = {}
+    t0 = time.perf_counter()
+    with Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True) as prog:
+        task = prog.add_task("", total=len(files))
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            futs = [pool.submit(_worker, f, policy, args.touch) for f in files]
+            for fut in as_completed(futs):
+                path, rep, err = fut.result()
+                results[path] = (rep, err)
+                prog.update(task, advance=1, description=os.path.basename(path))
+    reports = [results[f][0] for f in files if results[f][0] is not None]
+    errors = [(os.path.basename(f), results[f][1]) for f in files if results[f][1] is not None]
+    if args.json:
+        doc = many_to_json(reports, errors)
+        doc["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
+        print(json.dumps(doc, indent=1))
+    else:
+        con = _console()
+        con.print(render_many(reports, errors))
+        con.print(f"[dim]{len(files)} file(s) in {time.perf_counter() - t0:.1f} s on "
+                  f"{os.cpu_count()} worker(s)[/dim]")
+    return 0 if reports else EXIT_USAGE
+
+
+def _analyze(args) -> int:
+    from sparsemm.analyze.report import render_report
+
+    policy = _policy(args)
+    _check_target(args.target)
+    if args.target != "-" and os.path.isdir(args.target):
+        return _analyze_dir(args, policy)
+    if args.plot:
+        _check_plot_path(args.plot)
+    err = _console(stderr=True)
+    with err.status("analyzing…") as status:
+        report = _analyze_one(args.target, policy, args.touch,
+                              on_stage=lambda s: status.update(s + "…"))
+        if args.plot:
+            from sparsemm.analyze.plot import plot_report
+
+            status.update("plotting…")
+            plot_report(report, args.plot)
+    if args.json:
+        doc = report.to_json()
+        if args.plot:
+            doc["plot"] = os.path.abspath(args.plot)
+        print(json.dumps(doc, indent=1))
+    else:
+        con = _console()
+        con.print(render_report(report))
+        if args.plot:
+            con.print(f"plot written to {os.path.abspath(args.plot)}")
+    return 0
+
+
+def _check_plot_path(path: str) -> None:
+    low = path.lower()
+    if not (low.endswith(".png") or low.endswith(".svg")):
+        raise UsageError(f"--plot {path}: the file name must end in .png or .svg")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--plot {path}: no directory {parent}")
+
+
+def _reproduce(args) -> int:
+    from sparsemm.analyze.reproduce import render_reproduction, reproduce
+
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    policy = _policy(args)
+    _check_target(args.target)
+    if args.target != "-" and os.path.isdir(args.target):
+        raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
+    designs = args.design or ["vma", "pte"]
+    err = _console(stderr=True)
+    reps = []
+    with err.status("analyzing…") as status:
+        report = _analyze_one(args.target, policy, args.touch, on_stage=lambda s: status.update(s + "…"))
+        for d in designs:
+            status.update(f"building the layout on the kernel, design {d}…")
+            reps.append(reproduce(report.layout_obj, d, repeat=args.repeat, source=report.source))
+    if args.json:
+        print(json.dumps({"schema": "sparsemm.reproduce/1", "source": report.source,
+                          "original_vmas": report.vmas,
+                          "reproductions": [r.as_dict() for r in reps]}, indent=1))
+    else:
+        con = _console()
+        for r in reps:
+            con.print(render_reproduction(r))
+            con.print()
+    exact = all(r.exact_vmas for r in reps)
+    return 0 if exact else 1
+
+
+def _demo(args) -> int:
+    from rich.panel import Panel
+
+    from sparsemm.analyze.guards import GuardPolicy
+    from sparsemm.analyze.maps import parse_maps
+    from sparsemm.analyze.plot import plot_report
+    from sparsemm.analyze.report import analyze, render_report
+    from sparsemm.analyze.reproduce import render_reproduction, reproduce
+
+    if args.plot:
+        _check_plot_path(args.plot)
+    t0 = time.perf_counter()
+    con = _console()
+    text = resources.files("sparsemm.data").joinpath("maps", DEMO_MAPS).read_text(encoding="utf-8")
+    entries = parse_maps(text, DEMO_MAPS)
+    con.print(Panel.fit(
+        "[bold]What you are looking at[/bold]\n"
+        f"{DEMO_MAPS}: /proc/PID/maps of a Chromium 150 renderer,\n"
+        "10 s into an allocation-heavy page (bundled with sparsemm). PartitionAlloc and V8\n"
+        "fence their memory with guard pages; today each guard is a PROT_NONE VMA ('---p').\n"
+        "sparsemm finds the guards, rebuilds the layout in its model of the kernel under three\n"
+        "designs and counts VMAs and kernel memory for each:\n"
+        "  [bold]vma[/bold]   status quo: every guard is a VMA (the map as it is)\n"
+        "  [bold]pte[/bold]   Linux 6.13+ MADV_GUARD_INSTALL: guards are page-table markers and the\n"
+        "        memory around them stays one VMA\n"
+        "  [bold]tree[/bold]  proposal: guards are maple-tree entries without a vm_area_struct\n"
+        "Then it builds the same layout on this machine's kernel (vma and pte designs) and\n"
+        "measures it: the predicted VMA counts and page tables should match exactly.", border_style="blue"))
+    report = analyze(entries, GuardPolicy(), source=DEMO_MAPS)
+    con.print(render_report(report))
+    con.print()
+    if not args.no_reproduce:
+        for d in ("vma", "pte"):
+            with _console(stderr=True).status(f"building the layout on the kernel, design {d}…"):
+                rep = reproduce(report.layout_obj, d, repeat=1, source=DEMO_MAPS)
+            con.print(render_reproduction(rep))
+            con.print()
+    if args.plot:
+        path = plot_report(report, args.plot)
+        con.print(f"plot: {os.path.abspath(path)}  (one band per design: green anonymous memory, red "
+                  "guards, grey reservations, blue files; white lines are VMA boundaries)")
+    vma, pte = report.designs["vma"], report.designs["pte"]
+    if not vma.error and not pte.error:
+        con.print(f"[bold]In short:[/bold] guard markers take this renderer from {vma.map_count:,} to "
+                  f"{pte.map_count:,} VMAs ({pte.saved_vmas:,} fewer) and save "
+                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.")
+    con.print(f"[dim]demo took {time.perf_counter() - t0:.1f} s[/dim]")
+    return 0
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+def analyze_main(args: argparse.Namespace) -> int:
+    """``sparsemm analyze TARGET [--json] [--plot FILE] [policy options] [--touch MODE]``."""
+    return _guarded("analyze", _analyze, args)
+
+
+def reproduce_main(args: argparse.Namespace) -> int:
+    """``sparsemm reproduce TARGET [--design vma|pte]... [--repeat N] [--json]``."""
+    return _guarded("reproduce", _reproduce, args)
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    """``sparsemm demo [--plot PATH] [--no-reproduce]``."""
+    return _guarded("demo", _demo, args)
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    from sparsemm.analyze.rebuild import TOUCH_MODES
+
+    g = p.add_argument_group("guard policy (what counts as a guard)")
+    g.add_argument("--max-guard-kib", type=float, metavar="KIB",
+                   help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
+    g.add_argument("--max-borderline-mib", metavar="MIB|none",
+                   help="never a guard above this size (default 1024); between the two, the cheaper "
+                        "of VMA and markers decides")
+    g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
+    g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
+    g.add_argument("--table-7-1", action="store_true",
+                   help="the rule of costs-and-workloads.md §7.1 (<=64 KiB ---p next to rw-p)")
+    p.add_argument("--touch", choices=TOUCH_MODES, default="auto",
+                   help="pages the rebuild touches: rss (smaps Rss per VMA), first (first page of each "
+                        "accessible anonymous VMA), none; auto = rss for smaps, first for maps")
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``analyze``, ``reproduce`` and ``demo`` on ``subparsers`` (from
+    ``ArgumentParser.add_subparsers``); each sets ``func`` to its ``*_main``."""
+    p = subparsers.add_parser(
+        "analyze", help="what each guard design makes of a process: VMAs, kernel bytes, max_map_count",
+        description="Analyze a process (pid), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
+                    "every file of a directory.")
+    p.add_argument("target", help="pid, maps/smaps file, directory, or - for standard input")
+    p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
+    p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
+    _add_policy(p)
+    p.set_defaults(func=analyze_main)
+
+    p = subparsers.add_parser(
+        "reproduce", help="build a process's layout on the kernel and compare with the prediction")
+    p.add_argument("target", help="maps/smaps file, pid, or - for standard input")
+    p.add_argument("--design", action="append", choices=("vma", "pte"),
+                   help="design to build (repeatable; default both)")
+    p.add_argument("--repeat", type=int, default=1, help="fresh runs to take the median of (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_policy(p)
+    p.set_defaults(func=reproduce_main)
+
+    p = subparsers.add_parser("demo", help="the bundled Chromium renderer: analyzed, reproduced, plotted")
+    p.add_argument("--plot", default="sparsemm-demo.png", metavar="PATH",
+                   help="where to write the plot (default sparsemm-demo.png)")
+    p.add_argument("--no-reproduce", action="store_true", help="skip building the layout on the kernel")
+    p.set_defaults(func=demo_main)

@@ -1,0 +1,413 @@
+"""What each guard design makes of a real process: ``analyze(entries) -> AnalysisReport``.
+
+Owns ``AnalysisReport`` / ``DesignFigures``, their JSON form (schema in docs/analyze.md),
+the rich tables for people and the many-files mode. Rebuilds the layout with
+``analyze.rebuild`` and runs it on the model (``opscript.designs.run_design``); never
+touches the kernel (that is ``analyze.reproduce``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from sparsemm.analyze.guards import GuardPolicy, find_guards
+from sparsemm.analyze.maps import MapEntry
+from sparsemm.analyze.rebuild import Layout, build_layout
+from sparsemm.model.costs import constants
+from sparsemm.opscript.designs import DesignResult, run_design
+from sparsemm.opscript.script import Script, parse_script
+
+__all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
+           "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
+           "BYTE_KEYS"]
+
+SCHEMA = "sparsemm.analyze/1"
+MANY_SCHEMA = "sparsemm.analyze.many/1"
+DESIGNS = ("vma", "pte", "tree")
+#: Kernel memory by object, in the order the tables and plots show them.
+BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
+#: Below this many ops a layout runs faster in-process than a fork costs.
+PARALLEL_MIN_OPS = 20_000
+
+
+@dataclass(slots=True)
+class DesignFigures:
+    """One design's result on the rebuilt layout. Counts are for the whole process (the
+    layout is the process); ``None`` everywhere but ``error`` when the design could not run."""
+
+    design: str
+    vmas: int | None = None  # VMAs (vm_area_structs)
+    map_count: int | None = None  # what counts against vm.max_map_count
+    guard_entries: int | None = None  # tree design: reserved maple entries
+    anon_vmas: int | None = None
+    anon_vma_chains: int | None = None
+    maple_nodes: int | None = None
+    page_table_pages: int | None = None  # PTE + PMD + PUD tables
+    bytes: dict[str, int] = field(default_factory=dict)  # BYTE_KEYS -> bytes
+    total_bytes: int | None = None
+    saved_vmas: int | None = None  # vs the vma design (positive: fewer)
+    saved_bytes: int | None = None  # vs the vma design
+    headroom_vmas: int | None = None  # max_map_count - map_count
+    headroom_pct: float | None = None  # of max_map_count
+    hits_max_map_count: bool | None = None
+    failed_ops: int = 0  # ops of the rebuild that failed on the model (0 expected)
+    emulated: bool = False  # vma design run as its mprotect rewrite (to_vma_design) on the model
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(slots=True)
+class AnalysisReport:
+    """Everything ``sparsemm analyze`` reports for one process (see docs/analyze.md)."""
+
+    source: str
+    maps_lines: int  # entries parsed ([vsyscall] included)
+    vmas: int  # VMAs of the original (map_count)
+    guards: int
+    sandwiches: int
+    one_sided: int
+    reservations: int
+    isolated_prot_none: int
+    guard_bytes: int
+    formula: dict[str, int]  # find_guards' own prediction: {"pte": ..., "tree": ...}
+    layout: dict  # arena_pages, granule_bytes, shrunk_reservations, touch, touched_pages, separated, notes
+    designs: dict[str, DesignFigures]
+    max_map_count: int
+    policy: dict
+    seconds: float = 0.0  # wall time of the analysis
+    layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
+
+    @property
+    def vma_matches_original(self) -> bool | None:
+        """The rebuild under the vma design has the original's VMAs (the rebuild's check)."""
+        d = self.designs.get("vma")
+        return None if d is None or d.vmas is None else d.vmas == self.vmas
+
+    def to_json(self) -> dict:
+        """The documented JSON object (schema ``SCHEMA``)."""
+        return {
+            "schema": SCHEMA,
+            "source": self.source,
+            "maps_lines": self.maps_lines,
+            "vmas": self.vmas,
+            "max_map_count": self.max_map_count,
+            "headroom_vmas": self.max_map_count - self.vmas,
+            "guards": {"guards": self.guards, "sandwiches": self.sandwiches, "one_sided": self.one_sided,
+                       "reservations": self.reservations, "isolated_prot_none": self.isolated_prot_none,
+                       "guard_bytes": self.guard_bytes},
+            "formula": self.formula,
+            "layout": self.layout,
+            "designs": {n: d.as_dict() for n, d in self.designs.items()},
+            "vma_matches_original": self.vma_matches_original,
+            "policy": self.policy,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@lru_cache(maxsize=None)
+def design_available(design: str) -> str:
+    """"" if the model runs ``design``, else its error ("... not implemented yet"). O(1) after the first call."""
+    return run_design(parse_script({"arena_pages": 1, "ops": []}), design).error
+
+
+def layout_scripts(doc: dict) -> dict[str, Script]:
+    """The parsed layout script as is (key ``"as-is"``) and with every guard as ``mprotect
+    PROT_NONE`` (key ``"mprotect"``: what ``to_vma_design`` makes of a layout script, whose
+    only guard ops are ``guard_install`` at the end). The ops before the guards are parsed
+    once and shared: parsing is a third of an analysis at 65k VMAs. O(ops)."""
+    ops = doc["ops"]
+    k = len(ops)
+    while k and ops[k - 1].get("advice") == "guard_install":
+        k -= 1
+    top = {key: v for key, v in doc.items() if key != "ops"}
+    base = parse_script({**top, "ops": ops[:k]})
+    guards = ops[k:]
+    as_mprotect = [{"op": "mprotect", "at": o["at"], "len": o["len"], "prot": "none"} for o in guards]
+    # Each tail op is parsed with its final index by the parser's own per-op function (a
+    # parse of the whole document would re-parse the shared prefix).
+    from sparsemm.opscript.script import _parse_op
+
+    files = dict(base.files)
+    out = {}
+    for name, tail in (("as-is", guards), ("mprotect", as_mprotect)):
+        tail_ops = tuple(_parse_op(op, k + i, base.base, files) for i, op in enumerate(tail))
+        out[name] = Script(arena_pages=base.arena_pages, files=base.files, ops=base.ops + tail_ops,
+                           note=base.note, doc={**top, "ops": ops[:k] + tail})
+    return out
+
+
+def design_result(script_doc: dict, design: str, scripts: dict[str, Script] | None = None
+                  ) -> tuple[DesignResult, bool]:
+    """``run_design`` on the layout; while the model lacks the ``vma`` design, its exact
+    equivalent (guards rewritten as ``mprotect PROT_NONE``, as ``to_vma_design`` does, run on
+    the kernel-faithful ``pte`` model). ``scripts``: ``layout_scripts(script_doc)`` if already
+    made. Returns (result, emulated)."""
+    missing = design_available(design)
+    if design == "vma" and missing and "not implemented" in missing:
+        scripts = scripts or layout_scripts(script_doc)
+        alt = run_design(scripts["mprotect"], "pte")
+        if not alt.error:
+            alt.design = "vma"
+            return alt, True
+    if missing:
+        return DesignResult(design, error=missing), False
+    scripts = scripts or layout_scripts(script_doc)
+    return run_design(scripts["as-is"], design), False
+
+
+# The layout script of the analysis running now, inherited by forked workers (not pickled).
+_FORK_DOC: tuple[dict, dict] | None = None
+
+
+def _design_in_child(design: str) -> tuple[DesignResult, bool]:
+    import gc
+
+    gc.disable()  # the inherited heap is large: collections would only copy its pages
+    result, emulated = design_result(_FORK_DOC[0], design, _FORK_DOC[1])
+    result.records = []  # 100k+ records are not worth pickling back
+    return result, emulated
+
+
+def run_designs_parallel(doc: dict, scripts: dict[str, Script], designs: tuple[str, ...], workers: int
+                         ) -> dict[str, tuple[DesignResult, bool]]:
+    """``design_result`` for each design, one forked process per design (at most ``workers``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORK_DOC
+    _FORK_DOC = (doc, scripts)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(designs)), mp_context=ctx) as pool:
+            futs = {d: pool.submit(_design_in_child, d) for d in designs}
+            return {d: f.result() for d, f in futs.items()}
+    finally:
+        _FORK_DOC = None
+
+
+def _figures(design: str, result: DesignResult, emulated: bool, max_map_count: int) -> DesignFigures:
+    if result.error:
+        return DesignFigures(design, error=result.error)
+    c, k = result.counts, result.cost
+    map_count = k.map_count
+    return DesignFigures(
+        design=design, vmas=c.vmas, map_count=map_count, guard_entries=c.guard_entries,
+        anon_vmas=c.anon_vmas, anon_vma_chains=c.anon_vma_chains, maple_nodes=k.maple_nodes,
+        page_table_pages=c.pte_tables + c.pmd_tables + c.pud_tables,
+        bytes={"vm_area_struct": k.vm_area_struct, "anon_vma": k.anon_vma,
+               "anon_vma_chain": k.anon_vma_chain, "maple_node": k.maple_node,
+               "page_tables": k.page_tables},
+        total_bytes=k.total, headroom_vmas=max_map_count - map_count,
+        headroom_pct=round(100.0 * (max_map_count - map_count) / max_map_count, 2),
+        hits_max_map_count=bool(result.hit_max_map_count or map_count >= max_map_count),
+        failed_ops=result.failed_ops, emulated=emulated)
+
+
+def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
+            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None) -> AnalysisReport:
+    """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
+    ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
+    Layouts of at least ``PARALLEL_MIN_OPS`` ops run the designs in parallel forked processes
+    (``workers``, default ``os.cpu_count()``; 1 runs them here).
+
+    Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
+    """
+    t0 = time.perf_counter()
+    stage = on_stage or (lambda _text: None)
+    policy = policy or GuardPolicy()
+    stage(f"finding guards among {len(entries):,} VMAs")
+    cls = find_guards(entries, policy)
+    stage("rebuilding the layout")
+    layout = build_layout(entries, cls, touch=touch, source=source)
+    limit = constants().max_map_count
+    figs: dict[str, DesignFigures] = {}
+    nops = len(layout.script["ops"])
+    if workers is None:
+        workers = os.cpu_count() or 1
+    runnable = tuple(d for d in designs if not design_available(d) or d == "vma")
+    stage(f"parsing the layout script ({nops:,} ops)")
+    scripts = layout_scripts(layout.script)
+    if workers > 1 and len(runnable) > 1 and nops >= PARALLEL_MIN_OPS and _cores_idle(workers):
+        stage(f"running {', '.join(runnable)} on the model in parallel ({nops:,} ops each)")
+        results = run_designs_parallel(layout.script, scripts, runnable, workers)
+    else:
+        results = {}
+        for d in runnable:
+            stage(f"running the {d} design on the model ({nops:,} ops)")
+            results[d] = design_result(layout.script, d, scripts)
+    for d in designs:
+        result, emulated = results.get(d) or (DesignResult(d, error=design_available(d)), False)
+        figs[d] = _figures(d, result, emulated, limit)
+    base = figs.get("vma")
+    for f in figs.values():
+        if base is not None and not base.error and not f.error:
+            f.saved_vmas = base.map_count - f.map_count
+            f.saved_bytes = base.total_bytes - f.total_bytes
+    s = cls.summary
+    return AnalysisReport(
+        source=source, maps_lines=len(entries), vmas=s.vmas, guards=s.guards, sandwiches=s.sandwiches,
+        one_sided=s.one_sided, reservations=s.reservations, isolated_prot_none=s.isolated_prot_none,
+        guard_bytes=s.guard_bytes, formula={"pte": s.vmas_if_markers, "tree": s.vmas_if_tree},
+        layout={"arena_pages": layout.arena_pages, "granule_bytes": layout.granule,
+                "shrunk_reservations": layout.shrunk_reservations, "touch": layout.touch,
+                "touched_pages": layout.touched_pages, "separated_pairs": layout.separated,
+                "files": len(layout.files), "ops": len(layout.script["ops"]), "notes": layout.notes},
+        designs=figs, max_map_count=limit, policy=_policy_dict(policy),
+        seconds=time.perf_counter() - t0, layout_obj=layout)
+
+
+def _cores_idle(workers: int) -> bool:
+    """Is there a core to spare for a second design? (On a saturated machine a fork only adds cost.)"""
+    try:
+        return os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5
+    except OSError:
+        return True
+
+
+def _policy_dict(p: GuardPolicy) -> dict:
+    return {"max_guard_bytes": p.max_guard_bytes, "max_borderline_bytes": p.max_borderline_bytes,
+            "cost_ratio": p.cost_ratio, "neighbour_perms": p.neighbour_perms}
+
+
+def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto") -> AnalysisReport:
+    """Load ``target`` (file, pid, ``/proc/N``, ``-``) with ``maps.load`` and analyze it."""
+    from sparsemm.analyze.maps import load
+
+    entries = load(target)
+    name = f"pid {target}" if str(target).isdigit() else os.path.basename(str(target)) or str(target)
+    return analyze(entries, policy, source=name, touch=touch)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def _b(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    if abs(n) >= 10 * 1024 * 1024:
+        return f"{n / 1048576:,.1f} MiB"
+    if abs(n) >= 10 * 1024:
+        return f"{n / 1024:,.1f} KiB"
+    return f"{n:,} B"
+
+
+def _n(v) -> str:
+    return "n/a" if v is None else f"{v:,}"
+
+
+def render_report(r: AnalysisReport):
+    """A rich renderable: the summary line and one column per design."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text()
+    head.append(f"{r.source}: ", style="bold")
+    head.append(f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, "
+                f"{r.one_sided:,} one-sided), {r.reservations:,} reservations\n"
+                f"max_map_count {r.max_map_count:,} ({100.0 * r.vmas / r.max_map_count:.1f}% used)")
+    t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    t.add_column("")
+    t.add_column("original", justify="right")
+    names = list(r.designs)
+    for n in names:
+        d = r.designs[n]
+        t.add_column(n + (" *" if d.emulated else ""), justify="right")
+
+    def row(label, orig, fn, style=None):
+        cells = [fn(r.designs[n]) if not r.designs[n].error else "n/a" for n in names]
+        t.add_row(label, orig, *cells, style=style)
+
+    row("VMAs (map_count)", _n(r.vmas), lambda d: _n(d.map_count), "bold")
+    row("  saved vs vma", "", lambda d: _n(d.saved_vmas) + (f" ({100 * d.saved_vmas / max(r.designs['vma'].map_count, 1):.0f}%)"
+                                                            if d.saved_vmas is not None and "vma" in r.designs else ""))
+    row("guard entries (tree)", "", lambda d: _n(d.guard_entries))
+    row("headroom to max_map_count", _n(r.max_map_count - r.vmas),
+        lambda d: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
+    row("hits max_map_count", "yes" if r.vmas >= r.max_map_count else "no",
+        lambda d: "YES" if d.hits_max_map_count else "no")
+    row("anon_vma / chains", "", lambda d: f"{_n(d.anon_vmas)} / {_n(d.anon_vma_chains)}")
+    row("maple nodes", "", lambda d: _n(d.maple_nodes))
+    row("page-table pages", "", lambda d: _n(d.page_table_pages))
+    for key in BYTE_KEYS:
+        row(f"  {key}", "", lambda d, key=key: _b(d.bytes.get(key)))
+    row("kernel bytes (total)", "", lambda d: _b(d.total_bytes), "bold")
+    row("  saved vs vma", "", lambda d: _b(d.saved_bytes))
+    foot = []
+    if any(d.emulated for d in r.designs.values()):
+        foot.append("* vma: guard_install run as mprotect(PROT_NONE) (to_vma_design) on the model")
+    for n in names:
+        if r.designs[n].error:
+            foot.append(f"{n}: {r.designs[n].error}")
+    if r.vma_matches_original is False:
+        foot.append(f"warning: the vma-design rebuild has {r.designs['vma'].vmas} VMAs, the original {r.vmas}")
+    lay = r.layout
+    foot.append(f"rebuilt in an arena of {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB "
+                f"(gaps compressed modulo {lay['granule_bytes'] >> 20} MiB), touch={lay['touch']} "
+                f"({lay['touched_pages']:,} pages), formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}, "
+                f"{r.seconds:.2f} s")
+    foot.extend(lay["notes"])
+    return Group(head, t, Text("\n".join(foot), style="dim"))
+
+
+def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
+    """A rich table across many files, with a total row; the files that failed below it."""
+    from rich.table import Table
+
+    t = Table(title="sparsemm analyze: summary", header_style="bold")
+    for col in ("source", "VMAs", "guards", "vma", "pte", "tree", "pte saves", "pte saves bytes",
+                "headroom (vma)"):
+        if col == "source":
+            t.add_column(col, overflow="fold", min_width=24)
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    tot = {"vmas": 0, "guards": 0}
+    sums: dict[str, int | None] = {d: 0 for d in DESIGNS}
+    saved_b = 0
+    for r in reports:
+        cells = []
+        for d in DESIGNS:
+            f = r.designs.get(d)
+            cells.append("n/a" if f is None or f.error else _n(f.map_count))
+            if f is None or f.error:
+                sums[d] = None
+            elif sums[d] is not None:
+                sums[d] += f.map_count
+        pte = r.designs.get("pte")
+        saved = "n/a" if pte is None or pte.saved_vmas is None else f"{pte.saved_vmas:,} ({100 * pte.saved_vmas / max(r.vmas, 1):.0f}%)"
+        sb = None if pte is None else pte.saved_bytes
+        saved_b += sb or 0
+        vma = r.designs.get("vma")
+        head = _n(vma.headroom_vmas) if vma is not None and not vma.error else _n(r.max_map_count - r.vmas)
+        t.add_row(r.source, _n(r.vmas), _n(r.guards), *cells, saved, _b(sb), head)
+        tot["vmas"] += r.vmas
+        tot["guards"] += r.guards
+    if len(reports) > 1:
+        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in DESIGNS),
+                  _n(None if sums["vma"] is None or sums["pte"] is None else sums["vma"] - sums["pte"]),
+                  _b(saved_b), "", style="bold")
+    if not errors:
+        return t
+    from rich.console import Group
+    from rich.text import Text
+
+    lines = Text()
+    for src, err in errors:
+        lines.append(f"{src}: ", style="bold red")
+        lines.append(f"{err}\n")
+    return Group(t, lines)
+
+
+def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -> dict:
+    """Directory mode JSON (schema ``MANY_SCHEMA``)."""
+    summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
+               "guards": sum(r.guards for r in reports)}
+    for d in DESIGNS:
+        vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
+        summary[d] = sum(vals) if len(vals) == len(reports) and reports else None
+    return {"schema": MANY_SCHEMA, "summary": summary, "reports": [r.to_json() for r in reports],
+            "errors": [{"source": s, "error": e} for s, e in errors]}
