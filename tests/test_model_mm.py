@@ -162,12 +162,12 @@ def test_maps_text_format(mm):
     assert lines[1].index("/memfd:data (deleted)") == 73
 
 
-def test_other_designs_not_implemented():
-    with pytest.raises(NotImplementedError):
-        AddressSpace(guard_design="vma")
+def test_unknown_designs_are_refused():
+    with pytest.raises(ValueError):
+        AddressSpace(guard_design="markers")
     script = parse_script({"ops": [{"op": "snapshot"}]})
     with pytest.raises(BackendUnavailable):
-        run_model(script, design="tree")
+        run_model(script, design="markers")
 
 
 def _random_script(rng: random.Random) -> dict:

@@ -57,6 +57,9 @@ class GuardDesign:
     def fork(self) -> "GuardDesign":
         return self
 
+    def after_fork(self, child) -> None:
+        """The child ``AddressSpace`` is built; adjust what the design keeps in it."""
+
 
 class VmaDesign(GuardDesign):
     """Status quo: a guard is a ``PROT_NONE`` VMA.
@@ -176,14 +179,18 @@ class GuardEntry(Vma):
         return f"<GuardEntry {self.vm_start:#x}-{self.vm_end:#x} pieces={len(self.pieces)}>"
 
     def copy(self) -> "GuardEntry":
-        """The fork child's entry (T9). The templates lose their anon_vma: the child's
+        """A detached copy (split, fork); the templates are shared until ``for_child``."""
+        return GuardEntry(self.vm_start, self.vm_end, list(self.pieces))
+
+    def for_child(self) -> None:
+        """In a fork child (T9): the templates lose their anon_vma, since the child's
         restored ranges start empty and must not share the parent's anon_vma."""
         pieces = []
         for s, e, t in self.pieces:
             t = t.copy()
             t.anon_vma, t.anon_vma_forked = None, False
             pieces.append((s, e, t))
-        return GuardEntry(self.vm_start, self.vm_end, pieces)
+        self.pieces = pieces
 
 
 def is_guard_entry(vma) -> bool:
@@ -195,6 +202,12 @@ class TreeDesign(GuardDesign):
 
     name = "tree"
     __slots__ = ()
+
+    def after_fork(self, child) -> None:
+        if child.tree.reserved_count:
+            for entry in child.tree:
+                if entry.is_guard_entry:
+                    entry.for_child()
 
     def install(self, mm, vma: Vma, start: int, end: int):
         if is_guard_entry(vma):
@@ -236,10 +249,11 @@ class TreeDesign(GuardDesign):
             return None  # T3: nothing to remove in a VMA
         entry, tree = vma, mm.tree
         tree.remove(entry)
-        left = [(s, min(e, start), t) for s, e, t in entry.pieces if s < start]
-        right = [(max(s, end), e, t) for s, e, t in entry.pieces if e > end]
-        restore = [(max(s, start), min(e, end), t) for s, e, t in entry.pieces
-                   if s < end and e > start]
+        lo, hi = entry.vm_start, entry.vm_end  # a split entry shares pieces: clip to its bounds
+        pieces = [(max(s, lo), min(e, hi), t) for s, e, t in entry.pieces if s < hi and e > lo]
+        left = [(s, min(e, start), t) for s, e, t in pieces if s < start]
+        right = [(max(s, end), e, t) for s, e, t in pieces if e > end]
+        restore = [(max(s, start), min(e, end), t) for s, e, t in pieces if s < end and e > start]
         if left:
             tree.insert(GuardEntry(left[0][0], left[-1][1], left))
         if right:

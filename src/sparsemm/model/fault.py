@@ -168,7 +168,7 @@ class FaultMixin:
         (None for a store). Raises SegFault (SEGV_MAPERR no VMA or guard, SEGV_ACCERR
         permission) or SegFault(signal="SIGBUS") beyond EOF. O(log n)."""
         vma = self.tree.find(addr)
-        if vma is None:
+        if vma is None or vma.is_guard_entry:  # tree design T4: no VMA there
             raise SegFault(addr, abi.SEGV_MAPERR)
         # arch/x86/mm/fault.c: access_error(): a read needs any of r/w/x, a write needs w.
         if (write and not vma.vm_flags & VmFlag.WRITE) or not vma.vm_flags & VM_ACCESS_FLAGS:
@@ -186,7 +186,7 @@ class FaultMixin:
         """One byte through ``process_vm_readv``/``writev`` on self (GUP without FOLL_FORCE).
         Returns the byte (read) or None (write); raises OSError(EFAULT) where it fails. O(log n)."""
         vma = self.tree.find(addr)
-        if vma is None or not self._gup_check(vma, write, force=False):
+        if vma is None or vma.is_guard_entry or not self._gup_check(vma, write, force=False):
             raise kerr(errno.EFAULT, "process_vm_rw: bad address")
         try:
             frame = self._gup_page(vma, addr, write)
@@ -216,7 +216,7 @@ class FaultMixin:
         """mm/gup.c: __mm_populate(). Raises the first error unless ``ignore_errors``."""
         end = start + length
         for vma in self.tree.overlapping(start, end):
-            if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP):
+            if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP) or vma.is_guard_entry:
                 continue
             try:
                 self._populate_vma_range(vma, max(start, vma.vm_start), min(end, vma.vm_end))

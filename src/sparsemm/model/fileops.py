@@ -10,7 +10,7 @@ import errno
 
 from sparsemm import abi
 from sparsemm.abi import VmFlag
-from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, kerr
+from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, U64, kerr
 from sparsemm.model.frames import FRAME_FILE, MemFile
 
 
@@ -29,6 +29,19 @@ class FileOpsMixin:
         if file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE):
             raise kerr(errno.EPERM, "fallocate: write-sealed")
         end = offset + length
+        # shmem_fallocate() unmaps [round_up(offset), round_down(end) - 1] first, in unsigned
+        # arithmetic: a punch ending inside page 0 makes unmap_end -1, so the unmap runs from
+        # page 0 (offset 0) or page 1 to the end of the file (measured on 6.18).
+        unmap_start = (offset + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        unmap_end = ((end & ~(PAGE_SIZE - 1)) - 1) & U64
+        if unmap_end > unmap_start:
+            hba = unmap_start >> PAGE_SHIFT
+            hlen = ((((1 + unmap_end - unmap_start) & U64) + PAGE_SIZE - 1) & U64) >> PAGE_SHIFT
+            last_index = (hba + hlen - 1) & U64
+            if last_index < hba:
+                last_index = U64
+            for mm in list(file.users):
+                mm._unmap_file_pages(file, hba, min(last_index, 1 << 60), None)
         tail = end >> PAGE_SHIFT
         if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset and tail in file.cache:
             file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
@@ -87,5 +100,7 @@ class FileOpsMixin:
             e = vma.vm_start + ((hi + 1 - vma.vm_pgoff) << PAGE_SHIFT)
             if even_cows and not vma.vm_flags & VmFlag.SHARED:
                 self._zap_range(s, e)
+            elif victims is None:  # every page-cache page in the range (unmap_mapping_range)
+                self._zap_range(s, e, only=lambda en: en.kind == FRAME_FILE)
             else:
                 self._zap_range(s, e, only=lambda en: en.kind == FRAME_FILE and id(en) in victims)

@@ -37,6 +37,8 @@ class MadviseMixin:
         """mm/madvise.c: do_madvise(). O(k log n + min(p, e)); populate and guard install O(p)."""
         if advice not in _VALID_ADVICE:
             raise kerr(errno.EINVAL, "madvise: bad advice")
+        if self.design.madvise(self, addr, length, advice):
+            return  # the vma design: guard advice is mprotect
         if addr & ~abi.PAGE_MASK:
             raise kerr(errno.EINVAL, "madvise: unaligned")  # R-A1
         end_len = abi.page_align(length) & U64
@@ -76,6 +78,8 @@ class MadviseMixin:
             vma = self.tree.find(addr)
             if vma is None:
                 raise kerr(errno.ENOMEM, "populate: no vma")
+            if vma.is_guard_entry:  # tree design T7: a guard faults, as a marker does
+                raise kerr(errno.EFAULT, "populate: guard entry")
             if not self._gup_check(vma, write, force=False):
                 raise kerr(errno.EINVAL, "populate: incompatible vma")
             stop = min(end, vma.vm_end)
@@ -88,6 +92,12 @@ class MadviseMixin:
 
     def _madvise_vma(self, vma: Vma, start: int, end: int, advice: int) -> None:
         """mm/madvise.c: madvise_vma_behavior() on ``[start, end)`` of one VMA."""
+        if vma.is_guard_entry:  # tree design: only the guard advice acts on an entry (T7)
+            if advice == Madv.GUARD_INSTALL:
+                return self.design.install(self, vma, start, end)
+            if advice == Madv.GUARD_REMOVE:
+                return self.design.remove(self, vma, start, end)
+            return vma
         f = vma.vm_flags
         new = f
         if advice == Madv.REMOVE:
@@ -111,9 +121,9 @@ class MadviseMixin:
             self._zap_range(start, end)  # R-F1: guard markers survive
             return
         if advice == Madv.GUARD_INSTALL:
-            return self._guard_install(vma, start, end)
+            return self.design.install(self, vma, start, end)
         if advice == Madv.GUARD_REMOVE:
-            return self._guard_remove(vma, start, end)
+            return self.design.remove(self, vma, start, end)
         if advice == Madv.COLLAPSE:
             return self._collapse(vma, start, end)
         if advice in (Madv.MERGEABLE, Madv.UNMERGEABLE):

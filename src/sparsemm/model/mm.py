@@ -17,6 +17,7 @@ from sparsemm.model.fault import FaultMixin
 from sparsemm.model.fileops import FileOpsMixin
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
 from sparsemm.model.madvise import MadviseMixin
+from sparsemm.model.designs import make_design
 from sparsemm.model.merge import MergeState, merge_new_range, split_vma, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.pagetable import GUARD, PageTable
@@ -37,20 +38,20 @@ _LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.A
 class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     """One process's memory map (``mm_struct``): VMAs, page tables, counters.
 
-    ``guard_design`` picks what MADV_GUARD_INSTALL/REMOVE do; only ``"pte"`` (upstream
-    Linux: PTE markers) exists now. ``max_map_count`` is vm.max_map_count;
+    ``guard_design`` picks what MADV_GUARD_INSTALL/REMOVE do: ``"pte"`` (upstream Linux:
+    PTE markers), ``"vma"`` (PROT_NONE VMAs) or ``"tree"`` (guard entries in the maple
+    tree); see ``designs``. ``max_map_count`` is vm.max_map_count;
     ``mmap_base`` the top of the top-down mmap area for non-fixed placement.
     Counters: ``rss_anon``/``rss_file`` (present PTEs of anon/zero vs file pages;
     the zero page counts in neither, as in the kernel).
     """
 
-    __slots__ = ("tree", "pt", "guard_design", "max_map_count", "mmap_base", "rss_anon",
+    __slots__ = ("tree", "pt", "guard_design", "design", "max_map_count", "mmap_base", "rss_anon",
                  "rss_file", "huge_pmds", "files", "exited")
 
     def __init__(self, guard_design: str = "pte", max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
                  mmap_base: int = DEFAULT_MMAP_BASE):
-        if guard_design != "pte":
-            raise NotImplementedError(f"guard design {guard_design!r} is not implemented yet")
+        self.design = make_design(guard_design)  # ValueError for an unknown name
         self.guard_design = guard_design
         self.tree = VmaTree()
         self.pt = PageTable()
@@ -69,7 +70,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         return len(self.tree)
 
     def __iter__(self):
-        return iter(self.tree)
+        """The VMAs in address order (guard entries of the ``tree`` design are not VMAs)."""
+        if not self.tree.reserved_count:
+            return iter(self.tree)
+        return (v for v in self.tree if not v.is_guard_entry)
 
     def find_vma(self, addr: int) -> Vma | None:
         """The VMA containing ``addr`` or None (``vma_lookup()``). O(log n)."""
@@ -144,6 +148,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         vmas = self.tree.overlapping(start, end)
         if not vmas:
             return
+        self.design.on_unmap(start, end)
         first, last = vmas[0], vmas[-1]
         if first.vm_start < start:
             if end < first.vm_end and len(self.tree) >= self.max_map_count:
@@ -311,6 +316,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         if vma is None or vma.vm_start >= end:
             raise kerr(errno.ENOMEM, "mprotect: no vma")
         newprot = _calc_vm_prot_bits(prot)
+        self.design.on_mprotect(addr, end)
         tmp = addr
         while tmp < end:
             vma = self.tree.find_vma(tmp)
@@ -318,6 +324,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 break
             if vma.vm_start > tmp or (tmp != addr and vma.vm_start != tmp):
                 raise kerr(errno.ENOMEM, "mprotect: hole")
+            if vma.is_guard_entry:  # tree design T7: not a hole, nothing to change
+                tmp = min(vma.vm_end, end)
+                continue
             newflags = newprot | (vma.vm_flags & ~VM_ACCESS_FLAGS)
             if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
                 raise kerr(errno.EACCES, "mprotect: beyond VM_MAY*")
@@ -389,6 +398,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 break
             if vma.vm_start > tmp or (tmp != start and vma.vm_start != tmp):
                 raise kerr(errno.ENOMEM, "mlock: hole")
+            if vma.is_guard_entry:  # tree design T7
+                tmp = min(vma.vm_end, end)
+                continue
             newflags = (vma.vm_flags & ~VM_LOCKED_MASK) | lock
             nend = min(vma.vm_end, end)
             # mlock_fixup()
@@ -404,6 +416,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     def fork(self) -> "AddressSpace":
         """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e)."""
         child = AddressSpace(self.guard_design, self.max_map_count, self.mmap_base)
+        child.design = self.design.fork()
         for vma in self.tree:
             if vma.vm_flags & VmFlag.DONTCOPY:
                 continue
@@ -428,6 +441,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 if vma.vm_start >> PAGE_SHIFT <= pmd << 9 < vma.vm_end >> PAGE_SHIFT:
                     child.huge_pmds.add(pmd)
                     child.pt.pte_tables.discard(pmd)
+        self.design.after_fork(child)
         return child
 
     def exit(self) -> None:
@@ -451,14 +465,14 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
 
         anon_vmas = set()
         chains = 0
-        for vma in self.tree:
+        for vma in self:
             if vma.anon_vma is not None:
                 anon_vmas.add(vma.anon_vma)
                 chains += 2 if vma.anon_vma_forked else 1
         return MmCounts(vmas=self.map_count, anon_vmas=len(anon_vmas), anon_vma_chains=chains,
                         maple_nodes=self.tree.node_count(), pte_tables=len(self.pt.pte_tables),
                         pmd_tables=len(self.pt.pmd_tables), pud_tables=len(self.pt.pud_tables),
-                        gap_slots=self.tree.gap_count)
+                        guard_entries=self.tree.reserved_count, gap_slots=self.tree.gap_count)
 
     def pgtables_bytes(self) -> int:
         """``mm_pgtables_bytes()``: PTE, PMD and PUD table pages in bytes (VmPTE counts these)."""
@@ -471,7 +485,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         prev = None
         n = 0
         for vma in self.tree:
-            n += 1
+            n += not vma.is_guard_entry
             assert vma.vm_start < vma.vm_end, f"empty vma {vma}"
             assert not vma.vm_start & ~abi.PAGE_MASK and not vma.vm_end & ~abi.PAGE_MASK, f"unaligned {vma}"
             if prev is not None:
@@ -484,7 +498,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         for page, entry in self.pt.entries.items():
             addr = page << PAGE_SHIFT
             vma = self.tree.find(addr)
-            assert vma is not None, f"entry outside any vma at {addr:#x}"
+            assert vma is not None and not vma.is_guard_entry, f"entry outside any vma at {addr:#x}"
             assert (page >> 9) in self.pt.pte_tables or (page >> 9) in self.huge_pmds, \
                 f"entry without a table at {addr:#x}"
             if entry is GUARD:

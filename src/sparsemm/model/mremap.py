@@ -67,7 +67,7 @@ class MremapMixin:
 
     def _check_prep_vma(self, vma: Vma | None, addr: int, old_len: int, new_len: int, flags: int) -> bool:
         """mm/mremap.c: check_prep_vma(); returns whether a locked expand must populate."""
-        if vma is None:
+        if vma is None or vma.is_guard_entry:
             raise kerr(errno.EFAULT, "mremap: no vma at addr")
         expand = new_len > old_len
         if not expand and not flags & (MremapFlag.FIXED | MremapFlag.DONTUNMAP):

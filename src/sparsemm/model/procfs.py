@@ -75,6 +75,10 @@ def pagemap_word(mm, addr: int) -> int:
     page = addr >> abi.PAGE_SHIFT
     e = mm.pt.entries.get(page)
     if e is None:
+        if mm.tree.reserved_count:  # tree design T10: a guard entry reports bit 58
+            v = mm.tree.find(addr)
+            if v is not None and v.is_guard_entry:
+                return abi.PM_GUARD_REGION
         return 0
     if e is GUARD:
         return abi.PM_SWAP | abi.PM_GUARD_REGION

@@ -50,6 +50,10 @@ class Vma:
     VMA does not lend or borrow anon_vmas (mm/vma.c ``vma_had_uncowed_parents()``).
     """
 
+    #: True only for the ``tree`` design's guard entries (designs.GuardEntry): tree slots
+    #: that are not VMAs. Every walker that must not treat one as a VMA checks this.
+    is_guard_entry = False
+
     __slots__ = ("vm_start", "vm_end", "vm_flags", "vm_pgoff", "vm_file", "anon_vma",
                  "anon_vma_forked", "changed_unmerged")
 

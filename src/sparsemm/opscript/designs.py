@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from sparsemm.model.accounting import counts_of
 from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
 from sparsemm.opscript.runner import DESIGNS, BackendUnavailable
 from sparsemm.opscript.script import Script
@@ -71,8 +70,8 @@ def run_model_state(script: Script, design: str = "pte", *, max_map_count: int |
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     try:
         mm = AddressSpace(guard_design=design, **kw)
-    except NotImplementedError:
-        raise BackendUnavailable(f"design {design} not implemented yet") from None
+    except ValueError as exc:
+        raise BackendUnavailable(str(exc)) from None
     files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
     records = _ModelRunner(script, mm, files).run_ops(script.ops)
     return records, mm
@@ -87,7 +86,7 @@ def run_design(script: Script, design: str, *, max_map_count: int | None = None)
         result.error = str(exc)
         return result
     result.records = records
-    result.counts = counts_of(mm)
+    result.counts = mm.counts()
     result.cost = kernel_cost(result.counts, max_map_count=mm.max_map_count)
     result.failed_ops, result.enomem_ops = _count_failures(records)
     # The wall: the count reached the limit, or a split was refused on the way there.

@@ -120,12 +120,14 @@ def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
     views = []
     last_mapped = base
     for vma in mm.tree.overlapping(base, end):
+        last_mapped = max(last_mapped, min(vma.vm_end, end))
+        if vma.is_guard_entry:
+            continue  # tree design T10: not a VMA, but its pages show as G
         backing = "anon" if vma.vm_file is None else vma.vm_file.label
         mnemonics = abi.vmflags_to_mnemonics(vma.vm_flags)
         views.append(rec.VmaView((vma.vm_start - base) // abi.PAGE_SIZE,
                                  (vma.vm_end - base) // abi.PAGE_SIZE, vma.perms, backing,
                                  vma.maps_pgoff(), rec.snapshot_flags(mnemonics)))
-        last_mapped = max(last_mapped, min(vma.vm_end, end))
     npages = (last_mapped - base) // abi.PAGE_SIZE
     mapped = bytearray(npages)
     for v in views:
@@ -139,15 +141,15 @@ def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
 def run_model(script: Script, design: str = "pte", *, check: bool = False) -> list[dict]:
     """Run ``script`` on a fresh model address space; return the records.
 
-    ``check`` runs ``AddressSpace.check()`` after every op (tests). A design other
-    than "pte" raises ``BackendUnavailable``.
+    ``check`` runs ``AddressSpace.check()`` after every op (tests). ``design`` is the
+    guard design (``pte``, ``vma``, ``tree``); an unknown one raises ``BackendUnavailable``.
     """
     try:
         mm = AddressSpace(guard_design=design)
-    except NotImplementedError:
+    except ValueError as exc:
         from sparsemm.opscript.runner import BackendUnavailable
 
-        raise BackendUnavailable(f"design {design} not implemented yet") from None
+        raise BackendUnavailable(str(exc)) from None
     files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
     runner = _ModelRunner(script, mm, files)
     if not check:

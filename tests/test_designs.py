@@ -1,0 +1,272 @@
+"""The three guard designs (docs/tree-guards.md): vma against the kernel, tree rule by rule.
+
+Pictures in comments are page rows: ``|`` VMA boundary, ``G`` guard, ``P`` present,
+``.`` mapped, ``-`` nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from sparsemm import abi, workloads
+from sparsemm.model import AddressSpace
+counts_of = lambda mm: mm.counts()  # noqa: E731
+from sparsemm.opscript.designs import run_design
+from sparsemm.opscript.kernel import run_kernel
+from sparsemm.opscript.model_backend import run_model
+from sparsemm.opscript.script import parse_script
+
+from conftest import needs_guards
+
+PAGE = abi.PAGE_SIZE
+BASE = abi.ARENA_BASE
+RW = abi.PROT_READ | abi.PROT_WRITE
+ANON = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED
+
+
+def model(ops, design, **top):
+    return run_model(parse_script({"ops": ops, **top}), design, check=True)
+
+
+def snap(records):
+    return records[-1]["value"]
+
+
+LADDER = [
+    {"op": "mmap", "at": 0, "len": 16, "prot": "rw"},
+    {"op": "touch", "at": 0, "len": 16, "access": "write", "value": 3},
+    {"op": "madvise", "at": 4, "advice": "guard_install"},
+    {"op": "madvise", "at": 8, "len": 2, "advice": "guard_install"},
+    {"op": "touch", "at": 3, "len": 3, "access": "read"},
+    {"op": "snapshot"},
+]
+
+
+def test_unknown_design_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown guard design"):
+        AddressSpace(guard_design="marker")
+
+
+# ---------------------------------------------------------------------------- vma design
+
+
+@needs_guards
+@pytest.mark.parametrize("script", [
+    {"ops": LADDER},
+    {"ops": LADDER + [{"op": "madvise", "at": 0, "len": 16, "advice": "guard_remove"},
+                      {"op": "touch", "at": 3, "len": 3, "access": "read"}, {"op": "snapshot"}]},
+    {"ops": [{"op": "mmap", "at": 0, "len": 8, "prot": "r"}, {"op": "mmap", "at": 8, "len": 8, "prot": "rw"},
+             {"op": "madvise", "at": 6, "len": 4, "advice": "guard_install"}, {"op": "snapshot"},
+             {"op": "madvise", "at": 7, "len": 2, "advice": "guard_remove"}, {"op": "snapshot"},
+             {"op": "fork", "child": [{"op": "madvise", "at": 0, "len": 16, "advice": "guard_remove"},
+                                      {"op": "snapshot"}]},
+             {"op": "snapshot"}]},
+    {"ops": [{"op": "mmap", "at": 0, "len": 4, "prot": "rw"}, {"op": "mlock", "at": 0, "len": 4},
+             {"op": "madvise", "at": 1, "advice": "guard_install"}, {"op": "snapshot"}]},
+    workloads.thread_stacks(6, glibc="2.42", stack_pages=16, snapshot=True),
+    workloads.partition_alloc(8, snapshot=True),
+], ids=["ladder", "ladder-remove", "two-prots-fork", "locked", "stacks", "partition-alloc"])
+def test_vma_design_is_the_kernel_running_the_mprotect_script(script):
+    """--design vma == the kernel running the script with guards written as mprotect calls.
+
+    Record lists differ in length (a remove may become several mprotects), so the
+    snapshots and touch results are compared.
+    """
+    model_recs = run_model(parse_script(script), "vma", check=True)
+    kernel_recs = run_kernel(parse_script(workloads.to_vma_design(script)))
+
+    def observations(recs):
+        out = []
+        for r in recs:
+            if r["op"] in ("snapshot", "touch"):
+                out.append(r["value"])
+            elif r["op"] == "fork":
+                out.append(observations(r["value"]))
+        return out
+
+    assert observations(model_recs) == observations(kernel_recs)
+
+
+def test_vma_design_splits_and_keeps_contents():
+    recs = model(LADDER, "vma")
+    # |PPPP|P|PPP|PP|PPPPPP|  guards are ---p VMAs whose pages keep their data
+    assert snap(recs)["pages"] == "P" * 16
+    assert [v[:3] for v in snap(recs)["vmas"]] == [
+        [0, 4, "rw-p"], [4, 5, "---p"], [5, 8, "rw-p"], [8, 10, "---p"], [10, 16, "rw-p"]]
+    assert recs[4]["value"] == [3, "fault", 3]
+
+
+def test_vma_design_hits_max_map_count():
+    mm = AddressSpace(guard_design="vma", max_map_count=10)
+    mm.mmap(BASE, 64 * PAGE, RW, ANON)
+    installed = 0
+    with pytest.raises(OSError) as info:
+        for page in range(1, 64, 2):
+            mm.madvise(BASE + page * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+            installed += 1
+            mm.check()
+    assert info.value.errno == errno.ENOMEM
+    assert mm.map_count <= 10 and installed == 4
+
+
+def test_vma_design_remove_restores_each_pieces_protection():
+    mm = AddressSpace(guard_design="vma")
+    mm.mmap(BASE, 4 * PAGE, abi.PROT_READ, ANON)
+    mm.mmap(BASE + 4 * PAGE, 4 * PAGE, RW, ANON)
+    mm.madvise(BASE + 2 * PAGE, 4 * PAGE, abi.MADV_GUARD_INSTALL)
+    mm.madvise(BASE + 2 * PAGE, 4 * PAGE, abi.MADV_GUARD_INSTALL)  # twice: no effect
+    mm.madvise(BASE, 8 * PAGE, abi.MADV_GUARD_REMOVE)
+    mm.check()
+    assert [(v.vm_start - BASE) // PAGE for v in mm.tree] == [0, 4]
+    assert [v.perms for v in mm.tree] == ["r--p", "rw-p"]
+
+
+# ---------------------------------------------------------------------------- tree design
+
+
+def test_T1_interior_guard_splits_the_vma_and_costs_a_slot_not_a_vma():
+    recs = model(LADDER, "tree")
+    s = snap(recs)
+    # |PPPP|G|PPP|GG|PPPPPP|  the guards are not VMAs: maps shows gaps
+    assert s["pages"] == "PPPPGPPPGGPPPPPP"
+    assert [v[:3] for v in s["vmas"]] == [[0, 4, "rw-p"], [5, 8, "rw-p"], [10, 16, "rw-p"]]
+    mm = AddressSpace(guard_design="tree")
+    mm.mmap(BASE, 16 * PAGE, RW, ANON)
+    mm.madvise(BASE + 4 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+    mm.madvise(BASE + 5 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)  # adjacent: one entry
+    mm.check()
+    counts = counts_of(mm)
+    assert (mm.map_count, counts.guard_entries) == (2, 1)
+    assert mm.tree.slot_count == 2 + 1 + 2  # two VMAs, one entry, the gaps below and above
+
+
+def test_T2_install_is_idempotent_and_refuses_locked_vmas():
+    recs = model([{"op": "mmap", "at": 0, "len": 4, "prot": "rw"},
+                  {"op": "madvise", "at": 1, "advice": "guard_install"},
+                  {"op": "madvise", "at": 0, "len": 3, "advice": "guard_install"},
+                  {"op": "mlock", "at": 3},
+                  {"op": "madvise", "at": 3, "advice": "guard_install"},
+                  {"op": "madvise", "at": 0, "len": 6, "advice": "guard_install"},
+                  {"op": "snapshot"}], "tree")
+    assert [r["ret"] for r in recs[:6]] == ["ok", "ok", "ok", "ok", "EINVAL", "EINVAL"]
+    assert snap(recs)["pages"] == "GGGP"
+
+
+def test_T3_remove_restores_one_merged_vma_with_empty_pages():
+    recs = model(LADDER + [{"op": "madvise", "at": 0, "len": 16, "advice": "guard_remove"},
+                           {"op": "touch", "at": 4, "access": "read"},
+                           {"op": "snapshot"}], "tree")
+    s = snap(recs)
+    assert s["vmas"] == [[0, 16, "rw-p", "anon", 0, ""]]
+    assert recs[-2]["value"] == [0]  # zero-filled, as after removing a marker
+    # Page 4 was read back (zero page); pages 8-9 were never touched again.
+    assert s["pages"] == "PPPPPPPP..PPPPPP"
+
+
+def test_T3_remove_over_holes_is_enomem_and_nothing_is_ok():
+    recs = model([{"op": "mmap", "at": 0, "len": 2, "prot": "rw"},
+                  {"op": "madvise", "at": 0, "len": 4, "advice": "guard_remove"},
+                  {"op": "madvise", "at": 0, "len": 2, "advice": "guard_remove"}], "tree")
+    assert [r["ret"] for r in recs] == ["ok", "ENOMEM", "ok"]
+
+
+def test_T4_T5_access_faults_and_placement_avoids_entries():
+    mm = AddressSpace(guard_design="tree")
+    mm.mmap(BASE, 4 * PAGE, RW, ANON)
+    mm.madvise(BASE + PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+    from sparsemm.model import SegFault
+
+    with pytest.raises(SegFault) as info:
+        mm.access(BASE + PAGE, write=False)
+    assert info.value.si_code == abi.SEGV_MAPERR
+    with pytest.raises(OSError) as exc:
+        mm.mmap(BASE + PAGE, PAGE, RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED_NOREPLACE)
+    assert exc.value.errno == errno.EEXIST
+    # A hint at the entry: the kernel picks another place (the entry is not free space).
+    got = mm.mmap(BASE + PAGE, PAGE, RW, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+    assert got != BASE + PAGE
+    mm.check()
+
+
+def test_T6_map_fixed_and_munmap_replace_entries():
+    recs = model([{"op": "mmap", "at": 0, "len": 6, "prot": "rw"},
+                  {"op": "madvise", "at": 1, "advice": "guard_install"},
+                  {"op": "madvise", "at": 4, "advice": "guard_install"},
+                  {"op": "mmap", "at": 1, "prot": "r", "flags": ["private", "anonymous", "fixed"]},
+                  {"op": "munmap", "at": 4},
+                  {"op": "munmap", "at": 4},
+                  {"op": "snapshot"}], "tree")
+    assert [r["ret"] for r in recs[:6]] == ["ok"] * 6
+    assert snap(recs)["pages"] == "....-."
+    assert [v[:3] for v in snap(recs)["vmas"]] == [[0, 1, "rw-p"], [1, 2, "r--p"], [2, 4, "rw-p"],
+                                                   [5, 6, "rw-p"]]
+
+
+def test_T7_mprotect_madvise_mlock_skip_entries():
+    recs = model([{"op": "mmap", "at": 0, "len": 6, "prot": "rw"},
+                  {"op": "madvise", "at": 2, "len": 2, "advice": "guard_install"},
+                  {"op": "mprotect", "at": 0, "len": 6, "prot": "r"},
+                  {"op": "madvise", "at": 0, "len": 6, "advice": "dontneed"},
+                  {"op": "mlock", "at": 0, "len": 6},
+                  {"op": "madvise", "at": 0, "len": 6, "advice": "populate_read"},
+                  {"op": "snapshot"}], "tree")
+    assert [r["ret"] for r in recs[:6]] == ["ok", "ok", "ok", "ok", "ok", "EFAULT"]
+    s = snap(recs)
+    assert s["pages"] == "PPGGPP"
+    assert [v[:3] + [v[5]] for v in s["vmas"]] == [[0, 2, "r--p", "lo"], [4, 6, "r--p", "lo"]]
+
+
+def test_T8_mremap_cannot_move_a_guarded_region_as_one():
+    recs = model([{"op": "mmap", "at": 0, "len": 6, "prot": "rw"},
+                  {"op": "madvise", "at": 2, "advice": "guard_install"},
+                  # |..|G|...|  growing [0,2) in place runs into the entry
+                  {"op": "mremap", "at": 0, "len": 2, "new_len": 3},
+                  # a fixed same-size move of the whole range moves VMAs one by one (6.17+)
+                  # and stops at the entry: it is not part of any VMA
+                  {"op": "mremap", "at": 0, "len": 6, "new_len": 6, "flags": ["maymove", "fixed"], "to": 20},
+                  {"op": "snapshot"}], "tree")
+    assert [r["ret"] for r in recs[:4]] == ["ok", "ok", "ENOMEM", "EFAULT"]
+    pages = snap(recs)["pages"]
+    assert pages[:6] == "--G..." and pages[20:22] == ".."  # the entry stayed behind
+
+
+def test_T9_fork_copies_entries_even_next_to_wipeonfork():
+    recs = model([{"op": "mmap", "at": 0, "len": 4, "prot": "rw"},
+                  {"op": "madvise", "at": 0, "len": 4, "advice": "wipeonfork"},
+                  {"op": "madvise", "at": 1, "advice": "guard_install"},
+                  {"op": "fork", "child": [{"op": "touch", "at": 1, "access": "read"},
+                                           {"op": "madvise", "at": 1, "advice": "guard_remove"},
+                                           {"op": "snapshot"}]},
+                  {"op": "snapshot"}], "tree")
+    child = recs[3]["value"]
+    assert child[0]["value"] == ["fault"]
+    assert child[2]["value"]["pages"] == "...."
+    assert snap(recs)["pages"] == ".G.."  # the parent keeps its entry
+
+
+def test_T10_T11_maps_shows_a_gap_pagemap_bit_58_and_no_map_count():
+    from sparsemm.model import procfs
+
+    mm = AddressSpace(guard_design="tree", max_map_count=3)
+    mm.mmap(BASE, 8 * PAGE, RW, ANON)
+    mm.madvise(BASE + PAGE, PAGE, abi.MADV_GUARD_INSTALL)  # |.|G|......|  two VMAs, one entry
+    with pytest.raises(OSError) as info:  # needs two more splits: 2 + 1 >= 3
+        mm.madvise(BASE + 3 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+    assert info.value.errno == errno.ENOMEM
+    mm.madvise(BASE + 7 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)  # an edge guard: no net VMA
+    mm.check()
+    assert (mm.map_count, counts_of(mm).guard_entries) == (2, 2)
+    assert len(procfs.maps(mm).splitlines()) == 2
+    words = procfs.pagemap(mm, BASE, 8)
+    assert [bool(w & abi.PM_GUARD_REGION) for w in words] == [False, True] + [False] * 5 + [True]
+
+
+def test_designs_report_orders_costs_on_a_partition_alloc_heap():
+    script = parse_script(workloads.partition_alloc(64))
+    results = {d: run_design(script, d) for d in ("vma", "pte", "tree")}
+    vmas = {d: r.counts.vmas for d, r in results.items()}
+    assert vmas["pte"] < vmas["tree"] < vmas["vma"]
+    assert results["pte"].counts.guard_entries == 0 and results["tree"].counts.guard_entries > 0
+    assert not any(r.hit_max_map_count for r in results.values())
