@@ -58,7 +58,15 @@ def _measure(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
-    return measure_main(args)
+    prediction = None
+    if not args.no_predict:
+        from sparsemm.opscript.designs import run_design
+        from sparsemm.opscript.measure import prediction_from_counts
+
+        result = run_design(load_script(args.script), "pte")
+        if not result.error:
+            prediction = prediction_from_counts(result.counts)
+    return measure_main(args, prediction)
 
 
 def _designs(args: argparse.Namespace) -> int:
@@ -113,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    p.add_argument("--no-predict", action="store_true",
+                   help="measure only; do not run the model for a prediction")
     p.set_defaults(func=_measure)
 
     p = sub.add_parser("probe", help="which guard-region features this kernel has")
