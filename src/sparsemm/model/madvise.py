@@ -234,9 +234,7 @@ class MadviseMixin:
         if vma.is_anonymous():
             self._anon_vma_prepare(vma)
         self._zap_range(start, end)  # R-C1: existing markers stay
-        for page in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            if self.pt.entries.get(page) is None:
-                self._set_pte(page, GUARD)
+        self.pt.fill_none(start >> PAGE_SHIFT, end >> PAGE_SHIFT, GUARD)  # markers count in no RSS
 
     def _guard_remove(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_guard_remove() (R-D1..R-D4): markers -> none; flag stays."""
