@@ -169,8 +169,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         if nxt is not None:
             prev = self.tree.prev(nxt)
         else:
-            for prev in self.tree:  # last VMA (rare: nothing above)
-                pass
+            prev = self.tree.last()  # nothing above
         floor = prev.vm_end if prev is not None else 0
         ceiling = nxt.vm_start if nxt is not None else 0
         self.pt.free_pgtables(start, end, floor, ceiling)
@@ -269,10 +268,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             file.users.append(self)
 
     def _last_vma(self) -> Vma | None:
-        last = None
-        for last in self.tree:
-            pass
-        return last
+        return self.tree.last()
 
     def _get_unmapped_area(self, hint: int, length: int) -> int:
         """arch_get_unmapped_area_topdown(): the hint if free, else the highest gap below mmap_base."""

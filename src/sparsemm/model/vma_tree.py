@@ -165,6 +165,10 @@ class VmaTree:
             return vma
         return self._at(b, k + 1)
 
+    def last(self) -> Any:
+        """The highest entry, or None.  O(1)."""
+        return self._vmas[-1][-1] if self._len else None
+
     def prev(self, vma: Any) -> Any:
         """The VMA before ``vma`` in address order (``vma_prev()``), or None.  O(log n)."""
         b, k = self._locate(vma)
