@@ -415,3 +415,40 @@ def test_node_count_small_trees():
     # never better than perfectly full nodes, never worse than the minimum fill (~0.21/slot)
     for s in (100, 1000, 10_000, 100_000, 1_000_000):
         assert s / 16 < maple_node_count(s) < 0.21 * s
+
+
+class _Entry:
+    """A reserved (non-VMA) entry, as the tree design's GuardEntry."""
+
+    __slots__ = ("vm_start", "vm_end")
+    is_guard_entry = True
+
+    def __init__(self, start: int, end: int) -> None:
+        self.vm_start, self.vm_end = start, end
+
+
+class _Vma(_Entry):
+    __slots__ = ()
+    is_guard_entry = False
+
+
+def test_reserved_entries_take_slots_but_not_map_count():
+    from sparsemm.model.vma_tree import VmaTree
+
+    page, base = 4096, 0x100000
+    tree = VmaTree()
+    entry, vma = _Entry(base, base + page), _Vma(base + page, base + 2 * page)
+    tree.insert(entry)
+    tree.insert(vma)
+    assert len(tree) == 1 and tree.reserved_count == 1
+    assert tree.slot_count == 2 + tree.gap_count
+    # Gap searches treat the reserved entry as occupied.
+    assert tree.unmapped_area(page, base, base + 3 * page) == base + 2 * page
+    with pytest.raises(ValueError):
+        tree.insert(_Entry(base, base + page))  # overlaps: the count is unchanged
+    assert tree.reserved_count == 1
+    tree.check()
+    tree.remove(entry)
+    assert len(tree) == 1 and tree.reserved_count == 0
+    assert tree.last() is vma
+    tree.check()

@@ -14,8 +14,8 @@ fit either way. Each generator raises ``ValueError`` before building a script be
 from __future__ import annotations
 
 import random
-from bisect import bisect_left, bisect_right
 
+from sparsemm.model.rangemap import RangeMap
 from sparsemm.opscript.script import MAX_ARENA_PAGES
 
 __all__ = ["SUPER_PAGE_PAGES", "partition_alloc", "thread_stacks", "wasm_memories",
@@ -223,77 +223,6 @@ def random_guards(guards: int, seed: int = 0, *, pages_per_guard: int = 8, mappi
 # The vma design: guards as PROT_NONE VMAs.
 
 
-class _ProtMap:
-    """Page -> protection string of the script's own mmap/mprotect/munmap ops (not guards).
-
-    Sorted disjoint intervals ``[start, end)`` in pages; ``None`` marks no mapping.
-    ``set`` is O(intervals) (list splicing), ``pieces`` O(log intervals + answer).
-    """
-
-    __slots__ = ("starts", "ends", "prots")
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        self.prots: list[str] = []
-
-    def copy(self) -> "_ProtMap":
-        new = _ProtMap()
-        new.starts, new.ends, new.prots = self.starts[:], self.ends[:], self.prots[:]
-        return new
-
-    def overlaps(self, start: int, end: int) -> bool:
-        i = bisect_right(self.starts, start) - 1
-        if i >= 0 and self.ends[i] > start:
-            return True
-        j = bisect_left(self.starts, start)
-        return j < len(self.starts) and self.starts[j] < end
-
-    def pieces(self, start: int, end: int) -> list[tuple[int, int, str]]:
-        """The mapped parts of ``[start, end)`` with their protections, in address order."""
-        out = []
-        i = max(bisect_right(self.starts, start) - 1, 0)
-        while i < len(self.starts) and self.starts[i] < end:
-            s, e = max(self.starts[i], start), min(self.ends[i], end)
-            if s < e:
-                out.append((s, e, self.prots[i]))
-            i += 1
-        return out
-
-    def set(self, start: int, end: int, prot: str | None, *, only_mapped: bool = False) -> None:
-        """Give ``[start, end)`` protection ``prot`` (``None``: unmap); ``only_mapped`` keeps holes."""
-        if start >= end:
-            return
-        # Splice one neighbour beyond each end too, so equal neighbours coalesce.
-        lo = max(bisect_right(self.starts, start) - 2, 0)
-        hi = min(bisect_left(self.starts, end) + 1, len(self.starts))
-        keep: list[tuple[int, int, str]] = []
-        for i in range(lo, hi):
-            s, e, p = self.starts[i], self.ends[i], self.prots[i]
-            if e <= start or s >= end:
-                keep.append((s, e, p))
-                continue
-            if s < start:
-                keep.append((s, start, p))
-            if only_mapped and prot is not None:
-                keep.append((max(s, start), min(e, end), prot))
-            if e > end:
-                keep.append((end, e, p))
-        if prot is not None and not only_mapped:
-            keep.append((start, end, prot))
-        keep.sort()
-        merged: list[tuple[int, int, str]] = []
-        for k in keep:
-            if merged and merged[-1][1] == k[0] and merged[-1][2] == k[2]:
-                merged[-1] = (merged[-1][0], k[1], k[2])
-            else:
-                merged.append(k)
-        keep = merged
-        self.starts[lo:hi] = [k[0] for k in keep]
-        self.ends[lo:hi] = [k[1] for k in keep]
-        self.prots[lo:hi] = [k[2] for k in keep]
-
-
 def _pages(op: dict, key: str, default: int | None = None) -> int | None:
     if key + "_bytes" in op:
         value = op[key + "_bytes"]
@@ -303,7 +232,8 @@ def _pages(op: dict, key: str, default: int | None = None) -> int | None:
     return op.get(key, default)
 
 
-def _translate(ops: list[dict], prots: _ProtMap) -> list[dict]:
+def _translate(ops: list[dict], prots: RangeMap) -> list[dict]:
+    """``prots``: page -> protection string of the script's own mmap/mprotect/munmap ops."""
     out: list[dict] = []
     for op in ops:
         name = op["op"]
@@ -318,7 +248,8 @@ def _translate(ops: list[dict], prots: _ProtMap) -> list[dict]:
             prots.set(at, at + n, None)
             out.append(op)
         elif name == "mprotect":
-            prots.set(at, at + n, op["prot"] or "none", only_mapped=True)
+            for s, e, _ in prots.pieces(at, at + n):  # holes stay holes
+                prots.set(s, e, op["prot"] or "none")
             out.append(op)
         elif name == "madvise" and op.get("advice") == "guard_install":
             out.append({"op": "mprotect", "at": at, "len": n, "prot": "none"})
@@ -347,7 +278,7 @@ def to_vma_design(script: dict) -> dict:
     ``ValueError`` for ``mremap`` and ``process_madvise``, whose effects it does not follow.
     """
     new = {k: v for k, v in script.items() if k not in ("ops", "expect")}
-    new["ops"] = _translate(script["ops"], _ProtMap())
+    new["ops"] = _translate(script["ops"], RangeMap())
     if "note" in new:
         new["note"] += " [vma design: guards as PROT_NONE VMAs]"
     return new
