@@ -16,9 +16,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    only = set(argv)
+    """``run_all.py [NAME ...]`` runs the named benchmarks (all by default);
+    ``run_all.py --gather`` only rebuilds RESULTS.md from the results files."""
+    gather_only = "--gather" in argv
+    only = {a for a in argv if a != "--gather"}
     failed = []
-    for script in sorted(HERE.glob("bench_*.py")):
+    for script in [] if gather_only else sorted(HERE.glob("bench_*.py")):
         if only and script.stem not in only and script.stem.removeprefix("bench_") not in only:
             continue
         print(f"== {script.name}", flush=True)
