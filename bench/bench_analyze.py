@@ -142,13 +142,11 @@ def main(argv=None) -> int:
             "",
             "Where the time goes (see the profile below):",
             "",
-            "- The model runs dominate. In the **superpages** map the `pte` design installs 16k guards of "
-            "1836 KiB each, and the model sets one marker PTE per page (`model/madvise.py:_guard_install` "
-            "-> `mm._set_pte` -> `pagetable.set`/`alloc_tables`, ~5M calls). That one design is over half "
-            "of the total. A range-at-a-time marker install in the model would remove most of it; "
-            "`analyze` cannot avoid it without giving up the model as the source of truth.",
-            "- The `vma` design (emulated by `mprotect PROT_NONE` until the model's native `vma` design "
-            "lands) costs ~1 s: 32k VMA splits in the model's maple-tree-shaped index.",
+            "- The model runs dominate: each design replays the 65k-op layout script, about "
+            "1.0-1.5 s per design in one process (`vma`: 32k mprotect splits; `pte`: 32k marker "
+            "installs, one dict entry per marker page, bulk-filled since 2026-11-25; `tree`: 32k "
+            "splits plus guard entries). `analyze` cannot skip them without giving up the model as "
+            "the source of truth.",
             "- Parsing the 65k-op layout script (`opscript.script._parse_op`, ~5 µs per op) is shared by "
             "the designs: `layout_scripts` parses the prefix before the guards once and only the guard ops "
             "twice.",
