@@ -128,8 +128,8 @@ def test_vsyscall_is_not_a_vma():
 
 def test_cost_constants_come_from_the_packaged_json():
     k = load_cost_constants()
-    assert (k.vm_area_struct_bytes, k.anon_vma_chain_bytes, k.maple_slot_bytes) == (192, 64, 19)
-    assert (k.page_table_bytes, k.pte_table_span, k.pmd_table_span) == (4096, 2 * MiB, 1 * GiB)
+    assert (k.vm_area_struct, k.anon_vma_chain, k.maple_slot_bytes) == (192, 64, 19)
+    assert (k.page_table, k.pte_table_span, k.pmd_table_span) == (4096, 2 * MiB, 1 * GiB)
 
 
 def test_cost_of_a_small_sandwich_and_of_a_reservation():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.script import parse_script

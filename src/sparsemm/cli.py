@@ -7,7 +7,6 @@ that cannot run) is one line on stderr and exit status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from sparsemm.opscript import records as rec

@@ -41,12 +41,10 @@ neighbours the kernel would keep apart.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 
 from sparsemm.analyze.maps import MapEntry
+from sparsemm.model.costs import CostConstants, constants
 
 __all__ = [
     "CostConstants",
@@ -75,39 +73,9 @@ GiB = 1024 * MiB
 MERGE_IGNORED_VMFLAGS = frozenset({"rd", "wr", "ex", "mr", "mw", "me", "ac", "sd", "gu"})
 
 
-# --- cost constants ---------------------------------------------------------------------------
+# --- cost constants: one place, ``sparsemm.model.costs`` ----------------------------------
 
-@dataclass(slots=True, frozen=True)
-class CostConstants:
-    """The numbers from ``sparsemm/data/cost_constants.json`` (x86-64, Linux 6.18, measured)."""
-
-    vm_area_struct_bytes: int  # 192: slab stride of vm_area_struct
-    anon_vma_chain_bytes: int  # 64: one AVC per VMA that has an anon_vma
-    maple_slot_bytes: int  # 19: model cost of one maple-tree slot in a large tree
-    page_table_bytes: int  # 4096: one page-table page (PTE or PMD table)
-    pte_table_span: int  # 2 MiB: bytes of address space one PTE table maps
-    pmd_table_span: int  # 1 GiB: bytes one PMD table maps
-
-    @property
-    def vma_bytes(self) -> int:
-        """One extra VMA without an anon_vma: the struct plus its maple slot (≈211 B)."""
-        return self.vm_area_struct_bytes + self.maple_slot_bytes
-
-
-@lru_cache(maxsize=1)
-def load_cost_constants() -> CostConstants:
-    """Load ``sparsemm/data/cost_constants.json`` (a copy of /work/shared/data/cost_constants.json)."""
-    text = resources.files("sparsemm.data").joinpath("cost_constants.json").read_text(encoding="utf-8")
-    raw = json.loads(text)
-    structs, pt = raw["struct_bytes"], raw["page_tables"]
-    return CostConstants(
-        vm_area_struct_bytes=structs["vm_area_struct"]["slab_stride"],
-        anon_vma_chain_bytes=structs["anon_vma_chain"]["slab_stride"],
-        maple_slot_bytes=raw["maple_tree"]["model_bytes_per_slot"],
-        page_table_bytes=pt["pte_table_bytes"],
-        pte_table_span=pt["pte_table_span_bytes"],
-        pmd_table_span=pt["pmd_table_span_bytes"],
-    )
+load_cost_constants = constants  # the packaged constants (cost_constants.json), read once
 
 
 # --- policy --------------------------------------------------------------------------------
@@ -267,7 +235,7 @@ def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
         and _merge_compatible(below, above)
     vmas_saved = 2 if both else 1
     neighbours = [n for n in (below, above) if n is not None]
-    avc = k.anon_vma_chain_bytes if any(_has_anon_vma(n, policy) for n in neighbours) else 0
+    avc = k.anon_vma_chain if any(_has_anon_vma(n, policy) for n in neighbours) else 0
     vma_bytes = vmas_saved * (k.vma_bytes + avc)
 
     def tables(span: int) -> int:
@@ -281,7 +249,7 @@ def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
         return max(n, 0)
 
     pte, pmd = tables(k.pte_table_span), tables(k.pmd_table_span)
-    return GuardCost(vmas_saved, vma_bytes, pte, pmd, (pte + pmd) * k.page_table_bytes)
+    return GuardCost(vmas_saved, vma_bytes, pte, pmd, (pte + pmd) * k.page_table)
 
 
 def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> Classification:

@@ -40,8 +40,14 @@ class CostConstants:
     pte_table_span: int  # bytes of address space one PTE table maps (2 MiB)
     pmd_table_span: int  # bytes one PMD table maps (1 GiB)
     nodes_per_slot: float  # maple nodes per tree slot in a large tree (measured)
+    maple_slot_bytes: int  # bytes of maple node one slot costs in a large tree (≈19)
     max_map_count: int  # DEFAULT_MAX_MAP_COUNT
     kernel: str  # what the constants were measured on, "6.18.44 x86-64"
+
+    @property
+    def vma_bytes(self) -> int:
+        """One more VMA without an anon_vma: the struct plus its maple slot (≈211 B)."""
+        return self.vm_area_struct + self.maple_slot_bytes
 
     @classmethod
     def from_doc(cls, doc: dict) -> "CostConstants":
@@ -61,6 +67,7 @@ class CostConstants:
             pte_table_span=pt["pte_table_span_bytes"],
             pmd_table_span=pt["pmd_table_span_bytes"],
             nodes_per_slot=doc["maple_tree"]["measured_nodes_per_slot_large_tree"],
+            maple_slot_bytes=doc["maple_tree"]["model_bytes_per_slot"],
             max_map_count=doc["limits"]["DEFAULT_MAX_MAP_COUNT"],
             kernel=f"{version.group(1) if version else 'unknown'} {arch}",
         )

@@ -89,25 +89,25 @@ class VmaDesign(GuardDesign):
             self._remove(mm, addr, length)
         return True
 
-    def _pieces(self, mm, start: int, end: int) -> list[tuple[int, int, int]]:
-        """Mapped pieces of ``[start, end)`` with their current PROT_ bits."""
-        return [(max(v.vm_start, start), min(v.vm_end, end), int(v.vm_flags) & _PROT_MASK)
-                for v in mm.tree.overlapping(start, end)]
+    def _plan(self, mm, start: int, end: int) -> list[tuple[int, int, int]]:
+        """``(first_page, end_page, prot)`` for every mapped piece of ``[start, end)``: the
+        protection saved when it was guarded, or (never guarded) its current one."""
+        plan = []
+        for vma in mm.tree.overlapping(start, end):
+            prot = int(vma.vm_flags) & _PROT_MASK
+            cursor, pe = max(vma.vm_start, start) >> PAGE_SHIFT, min(vma.vm_end, end) >> PAGE_SHIFT
+            for rs, re_, saved in self.saved.pieces(cursor, pe):
+                if cursor < rs:
+                    plan.append((cursor, rs, prot))
+                plan.append((rs, re_, saved))  # guarded twice: the first protection wins
+                cursor = re_
+            if cursor < pe:
+                plan.append((cursor, pe, prot))
+        return plan
 
     def _install(self, mm, addr: int, length: int) -> None:
         end = _range_end(addr, length)
-        records = []
-        if end is not None:
-            for s, e, prot in self._pieces(mm, addr, end):
-                ps, pe = s >> PAGE_SHIFT, e >> PAGE_SHIFT
-                cursor = ps
-                for rs, re_, rprot in self.saved.pieces(ps, pe):
-                    if cursor < rs:
-                        records.append((cursor, rs, prot))
-                    records.append((rs, re_, rprot))  # already guarded: keep the first prot
-                    cursor = re_
-                if cursor < pe:
-                    records.append((cursor, pe, prot))
+        records = self._plan(mm, addr, end) if end is not None else []
         self._busy = True
         try:
             mm.mprotect(addr, length, abi.PROT_NONE)
@@ -126,20 +126,9 @@ class VmaDesign(GuardDesign):
         end = _range_end(addr, length)
         if end is None:
             raise kerr(errno.ENOMEM, "guard remove (vma design): wraps")
-        targets = []
-        for s, e, prot in self._pieces(mm, addr, end):
-            ps, pe = s >> PAGE_SHIFT, e >> PAGE_SHIFT
-            cursor = ps
-            for rs, re_, rprot in self.saved.pieces(ps, pe):
-                if cursor < rs:
-                    targets.append((cursor, rs, prot))
-                targets.append((rs, re_, rprot))
-                cursor = re_
-            if cursor < pe:
-                targets.append((cursor, pe, prot))
         self._busy = True
         try:
-            for ps, pe, prot in targets:
+            for ps, pe, prot in self._plan(mm, addr, end):
                 self.saved.set(ps, pe, None)
                 mm.mprotect(ps << PAGE_SHIFT, (pe - ps) << PAGE_SHIFT, prot)
         finally:

@@ -12,10 +12,17 @@ import errno
 from sparsemm import abi
 from sparsemm.model.vma import VM_IGNORE_MERGE, VM_SPECIAL, VM_STICKY, Vma
 
+# Plain-int copies of the flag masks for the hot paths: an IntFlag operand makes every
+# `&`/`|`/`^` go through enum's Python-level operators (the top cost in profiles).
+# Results stored in a Vma stay VmFlag.
+_VM_SPECIAL = int(VM_SPECIAL)
+_VM_STICKY = int(VM_STICKY)
+_NOT_IGNORE_MERGE = ~int(VM_IGNORE_MERGE)
+
 
 def is_mergeable_vma(other: Vma, vm_flags: int, vm_file) -> bool:
     """mm/vma.c: is_mergeable_vma(): equal flags ignoring VM_IGNORE_MERGE, same file."""
-    return not ((other.vm_flags ^ vm_flags) & ~VM_IGNORE_MERGE) and other.vm_file is vm_file
+    return not ((int(other.vm_flags) ^ int(vm_flags)) & _NOT_IGNORE_MERGE) and other.vm_file is vm_file
 
 
 def is_mergeable_anon_vma(tgt: Vma, src_anon, src: Vma | None, copied_from: Vma | None = None) -> bool:
@@ -90,33 +97,34 @@ def merge_new_range(tree, vmg: MergeState) -> Vma | None:
 
     Returns the VMA now covering the range, or None (caller creates a new VMA).
     """
-    if vmg.vm_flags & VM_SPECIAL or (vmg.prev is None and vmg.next is None):
+    if int(vmg.vm_flags) & _VM_SPECIAL or (vmg.prev is None and vmg.next is None):
         return None
     left = vmg.can_merge_left()
     right = not vmg.just_expand and vmg.can_merge_right(left)
     if not left and not right:
         return None
-    sticky = vmg.vm_flags & VM_STICKY
+    sticky = int(vmg.vm_flags) & _VM_STICKY
     if left:
         target = vmg.prev
         new_end = vmg.next.vm_end if right else vmg.end
         if right:
             nxt = vmg.next
-            sticky |= nxt.vm_flags & VM_STICKY
+            sticky |= int(nxt.vm_flags) & _VM_STICKY
             _dup_anon_vma(target, nxt)
             tree.remove(nxt)
-        sticky |= target.vm_flags & VM_STICKY
+        sticky |= int(target.vm_flags) & _VM_STICKY
         tree.set_bounds(target, target.vm_start, new_end)
     else:
         target = vmg.next
-        sticky |= target.vm_flags & VM_STICKY
+        sticky |= int(target.vm_flags) & _VM_STICKY
         target.vm_pgoff = vmg.pgoff
         tree.set_bounds(target, vmg.start, target.vm_end)
     if vmg.copied_from is not None:
         _dup_anon_vma(target, vmg.copied_from)
     elif vmg.anon_vma is not None and target.anon_vma is None:
         target.anon_vma = vmg.anon_vma
-    target.vm_flags |= sticky
+    if sticky:  # stays VmFlag
+        target.vm_flags |= sticky
     target.changed_unmerged = False
     return target
 
@@ -127,7 +135,7 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
     middle = vmg.middle
     left_side = vmg.start == middle.vm_start
     right_side = vmg.end == middle.vm_end
-    if vmg.vm_flags & VM_SPECIAL or (not left_side and not right_side):
+    if int(vmg.vm_flags) & _VM_SPECIAL or (not left_side and not right_side):
         return None
     if not left_side:
         vmg.prev = None
@@ -138,22 +146,23 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
     if not merge_left and not merge_right:
         return None
     delete_middle = left_side and right_side
-    sticky = vmg.vm_flags & VM_STICKY
+    sticky = int(vmg.vm_flags) & _VM_STICKY
     prev, nxt = vmg.prev, vmg.next
     if merge_left and merge_right:
         # |prev|middle|next| -> prev spans all three
-        sticky |= prev.vm_flags & VM_STICKY | nxt.vm_flags & VM_STICKY
+        sticky |= (int(prev.vm_flags) | int(nxt.vm_flags)) & _VM_STICKY
         _dup_anon_vma(prev, nxt if nxt.anon_vma is not None else middle)
         new_end = nxt.vm_end
         tree.remove(middle)
         tree.remove(nxt)
         tree.set_bounds(prev, prev.vm_start, new_end)
-        prev.vm_flags |= sticky
+        if sticky:  # stays VmFlag
+            prev.vm_flags |= sticky
         prev.changed_unmerged = False
         return prev
     if merge_left:
         # prev extends over [start,end); middle shrinks or goes
-        sticky |= prev.vm_flags & VM_STICKY
+        sticky |= int(prev.vm_flags) & _VM_STICKY
         _dup_anon_vma(prev, middle)
         if delete_middle:
             tree.remove(middle)
@@ -161,11 +170,12 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
             middle.vm_pgoff += (vmg.end - middle.vm_start) >> abi.PAGE_SHIFT
             tree.set_bounds(middle, vmg.end, middle.vm_end)
         tree.set_bounds(prev, prev.vm_start, vmg.end)
-        prev.vm_flags |= sticky
+        if sticky:  # stays VmFlag
+            prev.vm_flags |= sticky
         prev.changed_unmerged = False
         return prev
     # merge_right: next extends down over [start,end)
-    sticky |= nxt.vm_flags & VM_STICKY
+    sticky |= int(nxt.vm_flags) & _VM_STICKY
     _dup_anon_vma(nxt, middle)
     if delete_middle:
         tree.remove(middle)
@@ -173,7 +183,8 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
         tree.set_bounds(middle, middle.vm_start, vmg.start)
     nxt.vm_pgoff = vmg.pgoff
     tree.set_bounds(nxt, vmg.start, nxt.vm_end)
-    nxt.vm_flags |= sticky
+    if sticky:  # stays VmFlag
+        nxt.vm_flags |= sticky
     nxt.changed_unmerged = False
     return nxt
 

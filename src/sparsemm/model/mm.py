@@ -34,6 +34,21 @@ _LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.A
                     | MapFlag.GROWSDOWN | MapFlag.LOCKED | MapFlag.NORESERVE | MapFlag.POPULATE
                     | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB)
 
+# Plain-int flag bits for mmap/mprotect: an IntFlag operand sends every `&`/`|` through
+# enum's Python-level operators, which dominated their profiles. Vma stores VmFlag still.
+_MAP_SHARED, _MAP_PRIVATE, _MAP_SHARED_VALIDATE = int(MapFlag.SHARED), int(MapFlag.PRIVATE), int(MapFlag.SHARED_VALIDATE)
+_MAP_FIXED, _MAP_FIXED_NOREPLACE = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE)
+_MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFlag.GROWSDOWN), int(MapFlag.LOCKED)
+_MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
+_NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
+_VM_READ, _VM_WRITE, _VM_SHARED = int(VmFlag.READ), int(VmFlag.WRITE), int(VmFlag.SHARED)
+_VM_MAYWRITE, _VM_MAYSHARE = int(VmFlag.MAYWRITE), int(VmFlag.MAYSHARE)
+_VM_MAY_RWX = int(VmFlag.MAYREAD | VmFlag.MAYWRITE | VmFlag.MAYEXEC)
+_VM_GROWSDOWN, _VM_LOCKED, _VM_NORESERVE = int(VmFlag.GROWSDOWN), int(VmFlag.LOCKED), int(VmFlag.NORESERVE)
+_VM_ACCOUNT, _VM_HUGETLB = int(VmFlag.ACCOUNT), int(VmFlag.HUGETLB)
+_VM_ACCESS_FLAGS = int(VM_ACCESS_FLAGS)
+_PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
+
 
 class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     """One process's memory map (``mm_struct``): VMAs, page tables, counters.
@@ -163,7 +178,6 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         for vma in vmas:
             self.tree.remove(vma)
         self._zap_range(start, end, drop_markers=True)
-        prev = self.tree.find_vma(0)
         prev = None
         nxt = self.tree.find_vma(start)
         if nxt is not None:
@@ -181,7 +195,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(). Returns the address. O(k log n)."""
         if offset & ~abi.PAGE_MASK:  # arch/x86/kernel/sys_x86_64.c: sys_mmap()
             raise kerr(errno.EINVAL, "mmap: unaligned offset")
-        if flags & MapFlag.ANONYMOUS:
+        flags = int(flags)  # plain int bits below (see _MAP_*)
+        if flags & _MAP_ANONYMOUS:
             file = None
         elif file is None:
             raise kerr(errno.EBADF, "mmap: no file")
@@ -193,15 +208,15 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             raise kerr(errno.ENOMEM, "mmap: length")
         if self.map_count > self.max_map_count:
             raise kerr(errno.ENOMEM, "mmap: max_map_count")
-        if flags & MapFlag.FIXED_NOREPLACE:
-            flags |= MapFlag.FIXED
-        vm_flags = _calc_vm_prot_bits(prot) | VmFlag.MAYREAD | VmFlag.MAYWRITE | VmFlag.MAYEXEC
-        if flags & MapFlag.GROWSDOWN:
-            vm_flags |= VmFlag.GROWSDOWN
-        if flags & MapFlag.LOCKED:
-            vm_flags |= VmFlag.LOCKED
+        if flags & _MAP_FIXED_NOREPLACE:
+            flags |= _MAP_FIXED
+        vm_flags = (prot & _PROT_RWX) | _VM_MAY_RWX  # calc_vm_prot_bits() | VM_MAY*
+        if flags & _MAP_GROWSDOWN:
+            vm_flags |= _VM_GROWSDOWN
+        if flags & _MAP_LOCKED:
+            vm_flags |= _VM_LOCKED
         # get_unmapped_area()
-        if flags & MapFlag.FIXED:
+        if flags & _MAP_FIXED:
             if addr > TASK_SIZE - length:
                 raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
             if addr & ~abi.PAGE_MASK:
@@ -210,55 +225,55 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 raise kerr(errno.EPERM, "mmap: below mmap_min_addr")
         else:
             addr = self._get_unmapped_area(addr, length)
-        if flags & MapFlag.FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
+        if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         map_type = flags & 0x3
         if file is not None:
-            if map_type == MapFlag.SHARED_VALIDATE and flags & ~_LEGACY_MAP_MASK:
+            if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
                 raise kerr(errno.EOPNOTSUPP, "mmap: unknown flag with MAP_SHARED_VALIDATE")
-            if map_type in (MapFlag.SHARED, MapFlag.SHARED_VALIDATE):
-                vm_flags |= VmFlag.SHARED | VmFlag.MAYSHARE
-            elif map_type != MapFlag.PRIVATE:
+            if map_type == _MAP_SHARED or map_type == _MAP_SHARED_VALIDATE:
+                vm_flags |= _VM_SHARED | _VM_MAYSHARE
+            elif map_type != _MAP_PRIVATE:
                 raise kerr(errno.EINVAL, "mmap: neither shared nor private")
-            if vm_flags & VmFlag.GROWSDOWN:
+            if vm_flags & _VM_GROWSDOWN:
                 raise kerr(errno.EINVAL, "mmap: growsdown file mapping")
         else:
-            if map_type == MapFlag.SHARED:
-                if vm_flags & VmFlag.GROWSDOWN:
+            if map_type == _MAP_SHARED:
+                if vm_flags & _VM_GROWSDOWN:
                     raise kerr(errno.EINVAL, "mmap: shared growsdown")
                 pgoff = 0
-                vm_flags |= VmFlag.SHARED | VmFlag.MAYSHARE
-            elif map_type == MapFlag.PRIVATE:
+                vm_flags |= _VM_SHARED | _VM_MAYSHARE
+            elif map_type == _MAP_PRIVATE:
                 pgoff = addr >> PAGE_SHIFT
             else:
                 raise kerr(errno.EINVAL, "mmap: neither shared nor private")
-        if flags & MapFlag.NORESERVE:
-            vm_flags |= VmFlag.NORESERVE
+        if flags & _MAP_NORESERVE:
+            vm_flags |= _VM_NORESERVE
         if file is not None and file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE) \
-                and vm_flags & VmFlag.SHARED:
+                and vm_flags & _VM_SHARED:
             # mm/memfd.c: memfd_check_seals_mmap()
-            if vm_flags & VmFlag.WRITE:
+            if vm_flags & _VM_WRITE:
                 raise kerr(errno.EPERM, "mmap: write-sealed memfd")
-            vm_flags &= ~VmFlag.MAYWRITE
+            vm_flags &= ~_VM_MAYWRITE
         # mm/vma.c: __mmap_region()
-        if (vm_flags & (VmFlag.NORESERVE | VmFlag.SHARED | VmFlag.WRITE)) == VmFlag.WRITE:
-            vm_flags |= VmFlag.ACCOUNT  # accountable_mapping()
+        if (vm_flags & (_VM_NORESERVE | _VM_SHARED | _VM_WRITE)) == _VM_WRITE:
+            vm_flags |= _VM_ACCOUNT  # accountable_mapping()
         self._unmap_range(addr, addr + length)
         nxt = self.tree.find_vma(addr)
         prev = self.tree.prev(nxt) if nxt is not None else self._last_vma()
         vma = None
-        if not (file is None and vm_flags & VmFlag.SHARED):
+        if not (file is None and vm_flags & _VM_SHARED):
             vmg = MergeState(prev, None, nxt, addr, addr + length, pgoff, vm_flags, file, None)
             vma = merge_new_range(self.tree, vmg)
         if vma is None:
-            if file is None and vm_flags & VmFlag.SHARED:
+            if file is None and vm_flags & _VM_SHARED:
                 file = MemFile("dev/zero", length, fill_pattern=False, shared_anon=True)  # shmem_zero_setup()
             vma = Vma(addr, addr + length, vm_flags, pgoff, file)
             self.tree.insert(vma)
         if file is not None:
             self._use_file(file)
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
-        if flags & MapFlag.POPULATE or vm_flags & VmFlag.LOCKED:
+        if flags & _MAP_POPULATE or vm_flags & _VM_LOCKED:
             self._mm_populate(addr, length, ignore_errors=True)
         return addr
 
@@ -311,7 +326,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         vma = self.tree.find_vma(addr)
         if vma is None or vma.vm_start >= end:
             raise kerr(errno.ENOMEM, "mprotect: no vma")
-        newprot = _calc_vm_prot_bits(prot)
+        newprot = prot & _PROT_RWX  # calc_vm_prot_bits(), as a plain int
         self.design.on_mprotect(addr, end)
         tmp = addr
         while tmp < end:
@@ -323,8 +338,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             if vma.is_guard_entry:  # tree design T7: not a hole, nothing to change
                 tmp = min(vma.vm_end, end)
                 continue
-            newflags = newprot | (vma.vm_flags & ~VM_ACCESS_FLAGS)
-            if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
+            newflags = newprot | (int(vma.vm_flags) & ~_VM_ACCESS_FLAGS)
+            if (newflags & ~(newflags >> 4)) & _VM_ACCESS_FLAGS:
                 raise kerr(errno.EACCES, "mprotect: beyond VM_MAY*")
             nend = min(vma.vm_end, end)
             tmp = self._mprotect_fixup(vma, tmp, nend, newflags).vm_end  # vma_iter_end()
@@ -333,20 +348,20 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
 
     def _mprotect_fixup(self, vma: Vma, start: int, end: int, newflags: int) -> Vma:
         """mm/mprotect.c: mprotect_fixup(); returns the VMA now covering ``start``."""
-        oldflags = vma.vm_flags
+        oldflags = int(vma.vm_flags)
+        newflags = int(newflags)
         if newflags == oldflags:
             return vma
-        if newflags & VmFlag.WRITE:
-            if not oldflags & (VmFlag.ACCOUNT | VmFlag.WRITE | VmFlag.HUGETLB | VmFlag.SHARED
-                               | VmFlag.NORESERVE):
-                newflags |= VmFlag.ACCOUNT
-        elif oldflags & VmFlag.ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
-            newflags &= ~VmFlag.ACCOUNT
+        if newflags & _VM_WRITE:
+            if not oldflags & (_VM_ACCOUNT | _VM_WRITE | _VM_HUGETLB | _VM_SHARED | _VM_NORESERVE):
+                newflags |= _VM_ACCOUNT
+        elif oldflags & _VM_ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
+            newflags &= ~_VM_ACCOUNT
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
         vma = vma_modify_flags(self.tree, prev, vma, start, end, newflags, self.max_map_count)
         # VM_ACCOUNT etc. already in newflags; mprotect of a locked private mapping to writable populates
-        if (oldflags & (VmFlag.WRITE | VmFlag.SHARED | VmFlag.LOCKED)) == VmFlag.LOCKED \
-                and newflags & VmFlag.WRITE:
+        if (oldflags & (_VM_WRITE | _VM_SHARED | _VM_LOCKED)) == _VM_LOCKED \
+                and newflags & _VM_WRITE:
             try:
                 self._populate_vma_range(vma, start, end)
             except OSError:

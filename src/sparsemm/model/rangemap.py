@@ -98,6 +98,6 @@ class RangeMap:
         for i, (s, e, v) in enumerate(self):
             assert s < e and v is not None, f"bad range {i}: [{s}, {e}) -> {v!r}"
             if i:
-                ps, pe, pv = self.starts[i - 1], self.ends[i - 1], self.values[i - 1]
+                pe, pv = self.ends[i - 1], self.values[i - 1]
                 assert pe <= s, f"ranges {i - 1} and {i} overlap"
                 assert not (pe == s and pv == v), f"ranges {i - 1} and {i} not coalesced"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
-from sparsemm.opscript.runner import DESIGNS, BackendUnavailable
+from sparsemm.opscript.runner import BackendUnavailable
 from sparsemm.opscript.script import Script
 
 

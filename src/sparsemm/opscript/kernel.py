@@ -8,6 +8,7 @@ and prints the records. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import sys
 from sparsemm import abi
 from sparsemm.native import libc, procfs
 from sparsemm.opscript import records as rec
+from sparsemm.opscript.dispatch import OpDispatcher
 from sparsemm.opscript.script import Op, Script, parse_script
 
 
@@ -41,7 +43,7 @@ def run_kernel(script: Script, *, timeout: float = 600.0) -> list[dict]:
 # Inside the child.
 
 
-class _Runner:
+class _Runner(OpDispatcher):
     """Executes ops in this process. ``fds`` maps script file names to memfds."""
 
     def __init__(self, script: Script):
@@ -65,18 +67,6 @@ class _Runner:
                 os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
             self.fds[name] = fd
 
-    def run_ops(self, ops: tuple[Op, ...]) -> list[dict]:
-        return [self.run_op(op) for op in ops]
-
-    def run_op(self, op: Op) -> dict:
-        handler = getattr(self, "op_" + op.name)
-        try:
-            extra = handler(op) or {}
-        except OSError as exc:
-            return rec.op_record(op.index, op.name, rec.errno_name(exc.errno))
-        ret = extra.pop("ret", "ok")
-        return rec.op_record(op.index, op.name, ret, **extra)
-
     # -- the calls -----------------------------------------------------------
 
     def op_mmap(self, op: Op):
@@ -95,11 +85,8 @@ class _Runner:
     def op_madvise(self, op: Op):
         libc.madvise(op.addr, op.length, op.advice)
 
-    def op_mremap(self, op: Op):
-        new = libc.mremap(op.addr, op.length, op.new_length, op.flags, op.to_addr or 0)
-        if new != op.addr and not op.flags & abi.MremapFlag.FIXED:
-            return {"ret": "MOVED", "to": (new - self.base) // abi.PAGE_SIZE}
-        return None
+    def remap(self, op: Op) -> int:
+        return libc.mremap(op.addr, op.length, op.new_length, op.flags, op.to_addr or 0)
 
     def op_mlock(self, op: Op):
         libc.mlock(op.addr, op.length, op.flags)
@@ -107,21 +94,15 @@ class _Runner:
     def op_munlock(self, op: Op):
         libc.munlock(op.addr, op.length)
 
-    def op_touch(self, op: Op):
-        values: list = []
-        npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
-        for i in range(npages):
-            addr = op.addr + i * abi.PAGE_SIZE
-            try:
-                if op.access == "read":
-                    data = libc.process_vm_readv(self.pid, addr, 1)
-                    values.append(data[0] if data else rec.FAULT)
-                else:
-                    n = libc.process_vm_writev(self.pid, addr, bytes([op.value]))
-                    values.append("ok" if n == 1 else rec.FAULT)
-            except OSError:
-                values.append(rec.FAULT)
-        return {"value": values}
+    def touch_page(self, addr: int, write: bool, value: int):
+        if write:
+            if libc.process_vm_writev(self.pid, addr, bytes([value])) != 1:
+                raise OSError(errno.EFAULT, "short write")
+            return None
+        data = libc.process_vm_readv(self.pid, addr, 1)
+        if not data:
+            raise OSError(errno.EFAULT, "short read")
+        return data[0]
 
     def op_fork(self, op: Op):
         rfd, wfd = os.pipe()

@@ -12,13 +12,14 @@ from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace
 from sparsemm.opscript import records as rec
+from sparsemm.opscript.dispatch import OpDispatcher
 from sparsemm.opscript.script import Op, Script
 
 
 _U64 = (1 << 64) - 1  # the kernel sees lengths and addresses as unsigned long
 
 
-class _ModelRunner:
+class _ModelRunner(OpDispatcher):
     """Runs ops on one AddressSpace; ``files`` maps script names to MemFiles (shared with children)."""
 
     __slots__ = ("script", "mm", "files", "base", "end")
@@ -29,18 +30,6 @@ class _ModelRunner:
         self.files = files
         self.base = script.base
         self.end = script.base + script.arena_bytes
-
-    def run_ops(self, ops) -> list[dict]:
-        return [self.run_op(op) for op in ops]
-
-    def run_op(self, op: Op) -> dict:
-        handler = getattr(self, "op_" + op.name)
-        try:
-            extra = handler(op) or {}
-        except OSError as exc:
-            return rec.op_record(op.index, op.name, rec.errno_name(exc.errno))
-        ret = extra.pop("ret", "ok")
-        return rec.op_record(op.index, op.name, ret, **extra)
 
     def op_mmap(self, op: Op):
         file = self.files[op.file] if op.file is not None else None
@@ -55,13 +44,9 @@ class _ModelRunner:
     def op_madvise(self, op: Op):
         self.mm.madvise(op.addr, op.length & (_U64), op.advice)
 
-    def op_mremap(self, op: Op):
-        mask = _U64
-        new = self.mm.mremap(op.addr, op.length & mask, op.new_length & mask, op.flags,
-                             (op.to_addr or 0) & mask)
-        if new != op.addr and not op.flags & abi.MremapFlag.FIXED:
-            return {"ret": "MOVED", "to": (new - self.base) // abi.PAGE_SIZE}
-        return None
+    def remap(self, op: Op) -> int:
+        return self.mm.mremap(op.addr, op.length & _U64, op.new_length & _U64, op.flags,
+                              (op.to_addr or 0) & _U64)
 
     def op_mlock(self, op: Op):
         self.mm.mlock(op.addr, op.length & (_U64), op.flags)
@@ -69,17 +54,8 @@ class _ModelRunner:
     def op_munlock(self, op: Op):
         self.mm.munlock(op.addr, op.length & (_U64))
 
-    def op_touch(self, op: Op):
-        values: list = []
-        npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
-        for i in range(npages):
-            addr = op.addr + i * abi.PAGE_SIZE
-            try:
-                got = self.mm.touch(addr, op.access == "write", op.value)
-                values.append("ok" if op.access == "write" else got)
-            except OSError:
-                values.append(rec.FAULT)
-        return {"value": values}
+    def touch_page(self, addr: int, write: bool, value: int):
+        return self.mm.touch(addr, write, value)
 
     def op_fork(self, op: Op):
         child = _ModelRunner(self.script, self.mm.fork(), self.files)

@@ -1,0 +1,61 @@
+"""What both backends do alike when running ops: dispatch by name, errno records, touch.
+
+Owns ``OpDispatcher``: a backend subclasses it, provides ``op_<name>`` methods, a
+``touch_page`` and a ``remap`` primitive, and gets the record shapes of OPSCRIPT.md
+for free. Knows no kernel and no model.
+"""
+
+from __future__ import annotations
+
+from sparsemm import abi
+from sparsemm.opscript import records as rec
+from sparsemm.opscript.script import Op
+
+
+class OpDispatcher:
+    """Run ops through ``op_<name>`` methods; an ``OSError`` becomes the op's errno record.
+
+    Subclasses set ``base`` (the arena base, bytes) and implement
+    ``touch_page(addr, write, value)`` (the byte read, or anything for a write;
+    ``OSError`` where the access faults) and ``remap(op)`` (the new address).
+    """
+
+    __slots__ = ()
+    base: int
+
+    def run_ops(self, ops) -> list[dict]:
+        return [self.run_op(op) for op in ops]
+
+    def run_op(self, op: Op) -> dict:
+        handler = getattr(self, "op_" + op.name)
+        try:
+            extra = handler(op) or {}
+        except OSError as exc:
+            return rec.op_record(op.index, op.name, rec.errno_name(exc.errno))
+        ret = extra.pop("ret", "ok")
+        return rec.op_record(op.index, op.name, ret, **extra)
+
+    def touch_page(self, addr: int, write: bool, value: int):
+        raise NotImplementedError
+
+    def remap(self, op: Op) -> int:
+        raise NotImplementedError
+
+    def op_touch(self, op: Op):
+        """One byte per page at its first byte; ``"fault"`` where the access fails."""
+        write = op.access == "write"
+        values: list = []
+        for i in range(max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)):
+            try:
+                got = self.touch_page(op.addr + i * abi.PAGE_SIZE, write, op.value)
+            except OSError:
+                values.append(rec.FAULT)
+                continue
+            values.append("ok" if write else got)
+        return {"value": values}
+
+    def op_mremap(self, op: Op):
+        new = self.remap(op)
+        if new != op.addr and not op.flags & abi.MremapFlag.FIXED:  # a move the kernel chose
+            return {"ret": "MOVED", "to": (new - self.base) // abi.PAGE_SIZE}
+        return None
