@@ -178,12 +178,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         for vma in vmas:
             self.tree.remove(vma)
         self._zap_range(start, end, drop_markers=True)
-        prev = None
-        nxt = self.tree.find_vma(start)
-        if nxt is not None:
-            prev = self.tree.prev(nxt)
-        else:
-            prev = self.tree.last()  # nothing above
+        nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
         floor = prev.vm_end if prev is not None else 0
         ceiling = nxt.vm_start if nxt is not None else 0
         self.pt.free_pgtables(start, end, floor, ceiling)
@@ -258,9 +253,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         # mm/vma.c: __mmap_region()
         if (vm_flags & (_VM_NORESERVE | _VM_SHARED | _VM_WRITE)) == _VM_WRITE:
             vm_flags |= _VM_ACCOUNT  # accountable_mapping()
-        self._unmap_range(addr, addr + length)
-        nxt = self.tree.find_vma(addr)
-        prev = self.tree.prev(nxt) if nxt is not None else self._last_vma()
+        if not flags & _MAP_FIXED_NOREPLACE:  # with it, [addr, addr+length) was found empty above
+            self._unmap_range(addr, addr + length)
+        nxt, prev = self.tree.find_vma_prev(addr)  # prev: the last VMA if nothing above
         vma = None
         if not (file is None and vm_flags & _VM_SHARED):
             vmg = MergeState(prev, None, nxt, addr, addr + length, pgoff, vm_flags, file, None)

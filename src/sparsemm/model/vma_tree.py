@@ -165,6 +165,25 @@ class VmaTree:
             return vma
         return self._at(b, k + 1)
 
+    def find_vma_prev(self, addr: int) -> tuple[Any, Any]:
+        """``(find_vma(addr), the entry before it)`` in one descent (mm/mmap.c ``find_vma_prev()``).
+
+        When no VMA ends above ``addr`` the first item is None and the second is :meth:`last`.
+        O(log n).
+        """
+        vmas_by_block = self._vmas
+        b = bisect_right(self._mins, addr) - 1
+        if b < 0:
+            return (vmas_by_block[0][0] if self._len else None), None
+        vmas = vmas_by_block[b]
+        k = bisect_right(self._starts[b], addr) - 1
+        vma = vmas[k]
+        if addr < vma.vm_end:
+            if k:
+                return vma, vmas[k - 1]
+            return vma, (vmas_by_block[b - 1][-1] if b else None)
+        return self._at(b, k + 1), vma
+
     def last(self) -> Any:
         """The highest entry, or None.  O(1)."""
         return self._vmas[-1][-1] if self._len else None
