@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -27,3 +32,25 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 def script_doc(ops, **top) -> str:
     return json.dumps({"ops": ops, **top})
+
+
+def in_child(fn) -> int:
+    """Run ``fn`` in a forked child; return the raw wait status. Exit 0 = fn returned."""
+    pid = os.fork()
+    if pid == 0:
+        rc = 0
+        try:
+            faulthandler.disable()
+            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            rc = fn() or 0
+        except BaseException:
+            traceback.print_exc()
+            rc = 99
+        os._exit(rc)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def died_of_sigsegv(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV

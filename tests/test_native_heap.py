@@ -5,14 +5,10 @@ Native out-of-bounds accesses run in forked children that must die of SIGSEGV.
 
 from __future__ import annotations
 
-import faulthandler
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
-import traceback
 
 import pytest
 
@@ -22,32 +18,10 @@ from sparsemm.native import libc
 from sparsemm.native.heap import GuardedHeap, HeapStats
 from sparsemm.native.mapping import VmaLimitError, map_count
 
-from conftest import ROOT, needs_guards
+from conftest import ROOT, died_of_sigsegv, in_child, needs_guards
 
 P = abi.PAGE_SIZE
 MODES = [pytest.param("markers", marks=needs_guards), "prot_none"]
-
-
-def in_child(fn) -> int:
-    """Run ``fn`` in a forked child; return the raw wait status. Exit 0 = fn returned."""
-    pid = os.fork()
-    if pid == 0:
-        rc = 0
-        try:
-            faulthandler.disable()
-            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            rc = fn() or 0
-        except BaseException:
-            traceback.print_exc()
-            rc = 99
-        os._exit(rc)
-    _, status = os.waitpid(pid, 0)
-    return status
-
-
-def died_of_sigsegv(status: int) -> bool:
-    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
 
 
 @pytest.fixture(params=MODES)

@@ -9,12 +9,8 @@ outcomes. Native out-of-bounds accesses only ever happen in forked children.
 from __future__ import annotations
 
 import errno
-import faulthandler
 import os
-import resource
-import signal
 import threading
-import traceback
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,32 +23,10 @@ from sparsemm.native import mapping as mapping_mod
 from sparsemm.native.probe import features
 from sparsemm.native.mapping import GuardFault, Mapping, VmaLimitError, map_count
 
-from conftest import HAS_GUARDS, needs_guards
+from conftest import HAS_GUARDS, died_of_sigsegv, in_child, needs_guards
 
 P = abi.PAGE_SIZE
 MODES = [pytest.param("markers", marks=needs_guards), "prot_none"]
-
-
-def in_child(fn) -> int:
-    """Run ``fn`` in a forked child; return the raw wait status. Exit 0 = fn returned."""
-    pid = os.fork()
-    if pid == 0:  # child: no core files, no faulthandler, default SIGSEGV
-        rc = 0
-        try:
-            faulthandler.disable()
-            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            rc = fn() or 0
-        except BaseException:
-            traceback.print_exc()
-            rc = 99
-        os._exit(rc)
-    _, status = os.waitpid(pid, 0)
-    return status
-
-
-def died_of_sigsegv(status: int) -> bool:
-    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
 
 
 @pytest.fixture(params=MODES)
