@@ -270,3 +270,12 @@ def test_designs_report_orders_costs_on_a_partition_alloc_heap():
     assert vmas["pte"] < vmas["tree"] < vmas["vma"]
     assert results["pte"].counts.guard_entries == 0 and results["tree"].counts.guard_entries > 0
     assert not any(r.hit_max_map_count for r in results.values())
+
+
+def test_designs_report_the_wall_even_when_splits_stop_just_below_it():
+    script = parse_script(workloads.partition_alloc(64))
+    tree = run_design(script, "tree", max_map_count=20)
+    assert tree.enomem_ops > 0 and tree.counts.vmas < 20 and tree.hit_max_map_count
+    vma = run_design(script, "vma", max_map_count=20)
+    assert vma.hit_max_map_count
+    assert not run_design(script, "pte", max_map_count=20).hit_max_map_count

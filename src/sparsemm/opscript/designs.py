@@ -89,9 +89,10 @@ def run_design(script: Script, design: str, *, max_map_count: int | None = None)
     result.counts = mm.counts()
     result.cost = kernel_cost(result.counts, max_map_count=mm.max_map_count)
     result.failed_ops, result.enomem_ops = _count_failures(records)
-    # The wall: the count reached the limit, or a split was refused on the way there.
+    # The wall: the count reached the limit, or splits were refused with ENOMEM right
+    # below it (a split needs map_count < max_map_count; an interior guard needs two).
     result.hit_max_map_count = mm.map_count >= mm.max_map_count or (
-        result.enomem_ops > 0 and getattr(mm, "map_count_high_water", 0) >= mm.max_map_count)
+        result.enomem_ops > 0 and mm.map_count >= mm.max_map_count - 2)
     return result
 
 
