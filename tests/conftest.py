@@ -54,3 +54,15 @@ def in_child(fn) -> int:
 
 def died_of_sigsegv(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
+
+
+def observations(records):
+    """What a script observed: snapshot and touch values, fork children nested (record
+    lists of scripts rewritten with more or fewer ops still compare)."""
+    out = []
+    for r in records:
+        if r["op"] in ("snapshot", "touch"):
+            out.append(r["value"])
+        elif r["op"] == "fork":
+            out.append(observations(r["value"]))
+    return out

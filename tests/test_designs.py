@@ -18,7 +18,7 @@ from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import parse_script
 
-from conftest import needs_guards
+from conftest import needs_guards, observations
 
 PAGE = abi.PAGE_SIZE
 BASE = abi.ARENA_BASE
@@ -76,15 +76,6 @@ def test_vma_design_is_the_kernel_running_the_mprotect_script(script):
     """
     model_recs = run_model(parse_script(script), "vma", check=True)
     kernel_recs = run_kernel(parse_script(workloads.to_vma_design(script)))
-
-    def observations(recs):
-        out = []
-        for r in recs:
-            if r["op"] in ("snapshot", "touch"):
-                out.append(r["value"])
-            elif r["op"] == "fork":
-                out.append(observations(r["value"]))
-        return out
 
     assert observations(model_recs) == observations(kernel_recs)
 

@@ -21,7 +21,7 @@ from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import parse_script
 
-from conftest import needs_guards
+from conftest import needs_guards, observations
 
 EXAMPLES = max(10, int(os.environ.get("SPARSEMM_DIFF_EXAMPLES", "100")) // 2)
 REGIONS = [(0, 12, "rw"), (14, 8, "r")]  # (at, pages, prot): two mappings with a hole between
@@ -50,16 +50,6 @@ def op(draw, depth=0):
     if kind == "mprotect":
         return {"op": "mprotect", "at": a, "len": n, "prot": draw(st.sampled_from(["r", "rw", ""]))}
     return {"op": "touch", "at": a, "len": n, "access": draw(st.sampled_from(["read", "write"]))}
-
-
-def observations(records):
-    out = []
-    for r in records:
-        if r["op"] in ("snapshot", "touch"):
-            out.append(r["value"])
-        elif r["op"] == "fork":
-            out.append(observations(r["value"]))
-    return out
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -60,25 +60,10 @@ def _count_failures(records: list[dict]) -> tuple[int, int]:
     return failed, enomem
 
 
-def run_model_state(script: Script, design: str = "pte", *, max_map_count: int | None = None):
-    """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state."""
-    from sparsemm import abi
-    from sparsemm.model.frames import MemFile
-    from sparsemm.model.mm import AddressSpace
-    from sparsemm.opscript.model_backend import _ModelRunner
-
-    kw = {} if max_map_count is None else {"max_map_count": max_map_count}
-    try:
-        mm = AddressSpace(guard_design=design, **kw)
-    except ValueError as exc:
-        raise BackendUnavailable(str(exc)) from None
-    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
-    records = _ModelRunner(script, mm, files).run_ops(script.ops)
-    return records, mm
-
-
 def run_design(script: Script, design: str, *, max_map_count: int | None = None) -> DesignResult:
     """Run ``script`` on the model under ``design``; the final state's counts and cost."""
+    from sparsemm.opscript.model_backend import run_model_state
+
     result = DesignResult(design)
     try:
         records, mm = run_model_state(script, design, max_map_count=max_map_count)

@@ -114,14 +114,16 @@ def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
     return rec.snapshot_value(views, pages)
 
 
-def run_model(script: Script, design: str = "pte", *, check: bool = False) -> list[dict]:
-    """Run ``script`` on a fresh model address space; return the records.
+def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
+                    max_map_count: int | None = None) -> tuple[list[dict], AddressSpace]:
+    """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state.
 
     ``check`` runs ``AddressSpace.check()`` after every op (tests). ``design`` is the
     guard design (``pte``, ``vma``, ``tree``); an unknown one raises ``BackendUnavailable``.
     """
+    kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     try:
-        mm = AddressSpace(guard_design=design)
+        mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
         from sparsemm.opscript.runner import BackendUnavailable
 
@@ -129,9 +131,14 @@ def run_model(script: Script, design: str = "pte", *, check: bool = False) -> li
     files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
     runner = _ModelRunner(script, mm, files)
     if not check:
-        return runner.run_ops(script.ops)
+        return runner.run_ops(script.ops), mm
     out = []
     for op in script.ops:
         out.append(runner.run_op(op))
         mm.check()
-    return out
+    return out, mm
+
+
+def run_model(script: Script, design: str = "pte", *, check: bool = False) -> list[dict]:
+    """Run ``script`` on a fresh model address space; return the records (see ``run_model_state``)."""
+    return run_model_state(script, design, check=check)[0]
