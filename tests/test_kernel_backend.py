@@ -132,3 +132,47 @@ def test_model_backend_option_exists():
     assert proc.returncode in (0, 2)
     if proc.returncode == 2:
         assert "not implemented yet" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def _fake_runs(monkeypatch, quiet):
+    """Replace the child: run i returns records [{"run": i}] and ``quiet[i]``. Returns the runs made."""
+    from sparsemm.opscript import kernel
+    runs = []
+
+    def child(script, timeout):
+        runs.append(len(runs))
+        return [{"run": len(runs)}], quiet[len(runs) - 1]
+
+    monkeypatch.setattr(kernel, "_run_child", child)
+    return runs
+
+
+def test_a_run_disturbed_by_background_thp_activity_is_run_again(monkeypatch):
+    runs = _fake_runs(monkeypatch, [False, True, True])
+    assert run([{"op": "snapshot"}]) == [{"run": 2}]
+    assert len(runs) == 2
+
+
+def test_a_quiet_run_is_not_repeated_and_attempts_are_bounded(monkeypatch):
+    runs = _fake_runs(monkeypatch, [True, True])
+    assert run([{"op": "snapshot"}]) == [{"run": 1}]
+    assert len(runs) == 1
+    runs = _fake_runs(monkeypatch, [False] * 10)
+    assert run_kernel(parse_script({"ops": [{"op": "snapshot"}]}), attempts=3) == [{"run": 3}]
+    assert len(runs) == 3
+
+
+def test_the_child_reports_whether_thp_counters_moved_during_its_ops():
+    from sparsemm.opscript import kernel
+    records, quiet = kernel._run_child(parse_script({"ops": [{"op": "snapshot"}]}), 60)
+    assert records == [{"i": 0, "op": "snapshot", "ret": "ok", "value": {"vmas": [], "pages": ""}}]
+    assert isinstance(quiet, bool)
+
+
+def test_thp_activity_reads_the_khugepaged_and_vmstat_counters():
+    from sparsemm.native import procfs
+    fingerprint = procfs.thp_activity()
+    assert len(fingerprint) == 1 + len(procfs.THP_VMSTAT_EVENTS)
+    assert all(isinstance(v, int) and v >= 0 for v in fingerprint)
+    with open(procfs.KHUGEPAGED_COLLAPSED) as fh:
+        assert fingerprint[0] <= int(fh.read())

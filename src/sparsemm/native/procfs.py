@@ -86,3 +86,37 @@ def read_status(pid: int | str = "self") -> dict[str, str]:
 def status_kib(pid: int | str, key: str) -> int:
     """A ``kB`` field of ``/proc/PID/status`` (``VmPTE``, ``VmRSS``) in KiB."""
     return int(read_status(pid)[key].split()[0])
+
+
+#: ``/proc/vmstat`` counters that move when the kernel's background THP
+#: machinery could have changed a process's pages behind its back: a THP fault
+#: that fell back to base pages, a failed collapse allocation, the THP shrinker
+#: splitting an underused THP (it unmaps zero-filled subpages).
+THP_VMSTAT_EVENTS = ("thp_fault_fallback", "thp_collapse_alloc_failed",
+                     "thp_file_fallback", "thp_underused_split_page")
+KHUGEPAGED_COLLAPSED = "/sys/kernel/mm/transparent_hugepage/khugepaged/pages_collapsed"
+
+
+def thp_activity() -> tuple[int, ...]:
+    """A fingerprint of system-wide background THP activity.
+
+    ``khugepaged/pages_collapsed`` (collapses by khugepaged only: MADV_COLLAPSE
+    does not count) followed by the :data:`THP_VMSTAT_EVENTS` counters. Two
+    equal fingerprints around a run mean nothing in the background touched
+    any process's THPs during it. Counters the kernel does not have read as 0.
+    """
+    try:
+        with open(KHUGEPAGED_COLLAPSED, encoding="ascii") as fh:
+            collapsed = int(fh.read())
+    except OSError:
+        collapsed = 0
+    found = dict.fromkeys(THP_VMSTAT_EVENTS, 0)
+    try:
+        with open("/proc/vmstat", encoding="ascii") as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name in found:
+                    found[name] = int(value)
+    except OSError:
+        pass
+    return (collapsed, *found.values())
