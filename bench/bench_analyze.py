@@ -21,7 +21,9 @@ from pathlib import Path
 from sparsemm.analyze.guards import find_guards
 from sparsemm.analyze.maps import parse_maps
 from sparsemm.analyze.rebuild import build_layout
-from sparsemm.analyze.report import analyze, design_result, layout_scripts
+from sparsemm.analyze.report import analyze
+from sparsemm.opscript.designs import design_free_prefix, run_design, run_designs_shared
+from sparsemm.opscript.script import parse_script
 
 RESULTS = Path(__file__).resolve().parent / "results_analyze_designs.md"
 TARGET_VMAS = 65_530
@@ -71,12 +73,16 @@ def _bench_shape(shape, repeat: int, rows: list) -> float:
     rows.append(("find_guards", t, f"{cls.summary.guards:,} guards"))
     t, lay = best(lambda: build_layout(entries, cls), repeat)
     rows.append(("build_layout (rebuild script)", t, f"{len(lay.script['ops']):,} ops"))
-    t, scripts = best(lambda: layout_scripts(lay.script), repeat)
-    rows.append(("layout_scripts (parse; guards as-is and as mprotect)", t, ""))
+    t, script = best(lambda: parse_script(lay.script), repeat)
+    k = design_free_prefix(script)
+    rows.append(("parse_script (the layout script)", t, f"{k:,} ops before the first guard op"))
     for d in ("vma", "pte", "tree"):
-        t, (res, emulated) = best(lambda d=d: design_result(lay.script, d, scripts), repeat)
-        what = res.error or f"{res.counts.vmas:,} VMAs" + (" (emulated: guards as mprotect, pte model)" if emulated else "")
-        rows.append((f"model run, design {d} (one process)", t, what))
+        t, res = best(lambda d=d: run_design(script, d), repeat)
+        rows.append((f"model run, design {d} alone (whole script)", t, res.error or f"{res.counts.vmas:,} VMAs"))
+    t, _ = best(lambda: run_designs_shared(script, parallel=False), repeat)
+    rows.append(("run_designs_shared, one design at a time", t, "prefix once, 3 tails"))
+    t, _ = best(lambda: run_designs_shared(script, parallel=True), repeat)
+    rows.append(("run_designs_shared, parallel", t, "prefix once, 3 tails at once"))
     t, rep = best(lambda: analyze(entries, source="synthetic"), repeat)
     rows.append(("analyze() total (designs in parallel if a core is idle)", t, "; ".join(
         f"{n} {d.map_count:,}" if not d.error else f"{n} n/a" for n, d in rep.designs.items())))

@@ -99,7 +99,7 @@ def test_json_schema(report):
     for d in doc["designs"].values():
         for key in ("design", "vmas", "map_count", "guard_entries", "anon_vmas", "anon_vma_chains",
                     "maple_nodes", "page_table_pages", "bytes", "total_bytes", "saved_vmas", "saved_bytes",
-                    "headroom_vmas", "headroom_pct", "hits_max_map_count", "failed_ops", "emulated", "error"):
+                    "headroom_vmas", "headroom_pct", "hits_max_map_count", "failed_ops", "error"):
             assert key in d
         if not d["error"]:
             assert set(d["bytes"]) == {"vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node",
@@ -269,13 +269,18 @@ def test_cli_reproduce_json():
     assert all(r["exact_vmas"] for r in doc["reproductions"])
 
 
-def test_layout_scripts_mprotect_is_to_vma_design():
-    from sparsemm.analyze.report import layout_scripts
+def test_analyze_shares_the_prefix_yet_gives_each_designs_own_run(monkeypatch):
+    from sparsemm.analyze import report
 
+    monkeypatch.setattr(report, "PARALLEL_MIN_OPS", 0)  # take the shared, forked path
     entries = load(str(MAPS / "python311_glibc236_200threads.maps"))
-    doc = build_layout(entries, find_guards(entries)).script
-    scripts = layout_scripts(doc)
-    ref = parse_script(to_vma_design(doc))
-    assert [(o.index, o.name, o.addr, o.length, o.prot) for o in scripts["mprotect"].ops] == \
-        [(o.index, o.name, o.addr, o.length, o.prot) for o in ref.ops]
-    assert scripts["as-is"].ops == parse_script(doc).ops
+    for workers in (1, 2):
+        rep = analyze(entries, workers=workers)
+        doc = rep.layout_obj.script
+        for d in ("vma", "pte", "tree"):
+            alone = run_design(parse_script(doc), d)
+            f = rep.designs[d]
+            assert (f.vmas, f.map_count, f.total_bytes, f.page_table_pages, f.failed_ops) == (
+                alone.counts.vmas, alone.cost.map_count, alone.cost.total,
+                alone.counts.pte_tables + alone.counts.pmd_tables + alone.counts.pud_tables,
+                alone.failed_ops), (workers, d)

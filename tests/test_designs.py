@@ -270,3 +270,67 @@ def test_designs_report_the_wall_even_when_splits_stop_just_below_it():
     vma = run_design(script, "vma", max_map_count=20)
     assert vma.hit_max_map_count
     assert not run_design(script, "pte", max_map_count=20).hit_max_map_count
+
+
+def _essence(r):
+    return (r.error, r.counts, r.cost, r.failed_ops, r.enomem_ops, r.hit_max_map_count)
+
+
+SHARED_CASES = {
+    "partition_alloc": workloads.partition_alloc(48),
+    "thread_stacks": workloads.thread_stacks(20, stack_pages=64),
+    "random_guards": workloads.random_guards(40, seed=3, mapping_pages=512),
+    # a guard op inside a fork child ends the shared prefix there; ops after it differ by design
+    "fork_child_guards": {"ops": LADDER + [
+        {"op": "fork", "child": [{"op": "madvise", "at": 8, "advice": "guard_install"},
+                                 {"op": "snapshot"}]},
+        {"op": "mprotect", "at": 0, "len": 16, "prot": "r"},
+        {"op": "madvise", "at": 4, "advice": "guard_remove"},
+        {"op": "snapshot"}]},
+    # failing ops in the prefix and in the tail are counted once each
+    "failures": {"ops": [
+        {"op": "munmap", "at": 3, "len": 1},
+        {"op": "mprotect", "at": 0, "len": 4, "prot": "r"},
+        {"op": "mmap", "at": 0, "len": 8, "prot": "rw"},
+        {"op": "madvise", "at": 2, "advice": "guard_install"},
+        {"op": "madvise", "at": 20, "advice": "guard_install"}]},
+}
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "sequential"])
+@pytest.mark.parametrize("case", list(SHARED_CASES))
+def test_shared_prefix_runs_give_each_designs_own_result(case, parallel):
+    from sparsemm.opscript.designs import run_designs_shared
+
+    script = parse_script(SHARED_CASES[case])
+    for limit in (None, 24):
+        shared = run_designs_shared(script, max_map_count=limit, parallel=parallel)
+        assert list(shared) == ["vma", "pte", "tree"]
+        for d, r in shared.items():
+            assert _essence(r) == _essence(run_design(script, d, max_map_count=limit)), (d, limit)
+
+
+def test_design_free_prefix_stops_at_the_first_guard_advice_even_in_a_fork_child():
+    from sparsemm.opscript.designs import design_free_prefix
+
+    script = parse_script(SHARED_CASES["fork_child_guards"])
+    assert design_free_prefix(script) == 2  # LADDER's mmap and touch; its op 2 installs a guard
+    no_guards = parse_script({"ops": [{"op": "mmap", "at": 0, "len": 4, "prot": "rw"},
+                                      {"op": "fork", "child": [
+                                          {"op": "madvise", "at": 0, "advice": "guard_install"}]}]})
+    assert design_free_prefix(no_guards) == 1
+    assert design_free_prefix(parse_script({"ops": []})) == 0
+
+
+def test_shared_runs_report_unknown_designs_and_child_failures():
+    from sparsemm.opscript import designs
+
+    script = parse_script(SHARED_CASES["partition_alloc"])
+    out = designs.run_designs_shared(script, ("pte", "nope"))
+    assert out["nope"].error.startswith("unknown guard design 'nope'") and not out["pte"].error
+
+    def boom():
+        raise ValueError("model bug")
+
+    with pytest.raises(RuntimeError, match="ValueError: model bug"):
+        designs._fork_call(boom)()

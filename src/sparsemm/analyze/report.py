@@ -11,25 +11,24 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from sparsemm.analyze.guards import GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants
-from sparsemm.opscript.designs import DesignResult, run_design
-from sparsemm.opscript.script import Script, parse_script
+from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared
+from sparsemm.opscript.script import parse_script
 
 __all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
            "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
            "BYTE_KEYS"]
 
-SCHEMA = "sparsemm.analyze/1"
-MANY_SCHEMA = "sparsemm.analyze.many/1"
+SCHEMA = "sparsemm.analyze/2"
+MANY_SCHEMA = "sparsemm.analyze.many/2"
 DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
-#: Below this many ops a layout runs faster in-process than a fork costs.
+#: From this many ops on, the designs share their prefix through fork (below, a fork costs more).
 PARALLEL_MIN_OPS = 20_000
 
 
@@ -54,7 +53,6 @@ class DesignFigures:
     headroom_pct: float | None = None  # of max_map_count
     hits_max_map_count: bool | None = None
     failed_ops: int = 0  # ops of the rebuild that failed on the model (0 expected)
-    emulated: bool = False  # vma design run as its mprotect rewrite (to_vma_design) on the model
     error: str = ""
 
     def as_dict(self) -> dict:
@@ -109,88 +107,12 @@ class AnalysisReport:
         }
 
 
-@lru_cache(maxsize=None)
-def design_available(design: str) -> str:
-    """"" if the model runs ``design``, else its error ("... not implemented yet"). O(1) after the first call."""
-    return run_design(parse_script({"arena_pages": 1, "ops": []}), design).error
+def design_result(layout_doc: dict, design: str) -> DesignResult:
+    """``run_design`` of the layout script ``layout_doc`` under ``design`` (one design alone)."""
+    return run_design(parse_script(layout_doc), design)
 
 
-def layout_scripts(doc: dict) -> dict[str, Script]:
-    """The parsed layout script as is (key ``"as-is"``) and with every guard as ``mprotect
-    PROT_NONE`` (key ``"mprotect"``: what ``to_vma_design`` makes of a layout script, whose
-    only guard ops are ``guard_install`` at the end). The ops before the guards are parsed
-    once and shared: parsing is a third of an analysis at 65k VMAs. O(ops)."""
-    ops = doc["ops"]
-    k = len(ops)
-    while k and ops[k - 1].get("advice") == "guard_install":
-        k -= 1
-    top = {key: v for key, v in doc.items() if key != "ops"}
-    base = parse_script({**top, "ops": ops[:k]})
-    guards = ops[k:]
-    as_mprotect = [{"op": "mprotect", "at": o["at"], "len": o["len"], "prot": "none"} for o in guards]
-    # Each tail op is parsed with its final index by the parser's own per-op function (a
-    # parse of the whole document would re-parse the shared prefix).
-    from sparsemm.opscript.script import _parse_op
-
-    files = dict(base.files)
-    out = {}
-    for name, tail in (("as-is", guards), ("mprotect", as_mprotect)):
-        tail_ops = tuple(_parse_op(op, k + i, base.base, files) for i, op in enumerate(tail))
-        out[name] = Script(arena_pages=base.arena_pages, files=base.files, ops=base.ops + tail_ops,
-                           note=base.note, doc={**top, "ops": ops[:k] + tail})
-    return out
-
-
-def design_result(script_doc: dict, design: str, scripts: dict[str, Script] | None = None
-                  ) -> tuple[DesignResult, bool]:
-    """``run_design`` on the layout; while the model lacks the ``vma`` design, its exact
-    equivalent (guards rewritten as ``mprotect PROT_NONE``, as ``to_vma_design`` does, run on
-    the kernel-faithful ``pte`` model). ``scripts``: ``layout_scripts(script_doc)`` if already
-    made. Returns (result, emulated)."""
-    missing = design_available(design)
-    if design == "vma" and missing and "not implemented" in missing:
-        scripts = scripts or layout_scripts(script_doc)
-        alt = run_design(scripts["mprotect"], "pte")
-        if not alt.error:
-            alt.design = "vma"
-            return alt, True
-    if missing:
-        return DesignResult(design, error=missing), False
-    scripts = scripts or layout_scripts(script_doc)
-    return run_design(scripts["as-is"], design), False
-
-
-# The layout script of the analysis running now, inherited by forked workers (not pickled).
-_FORK_DOC: tuple[dict, dict] | None = None
-
-
-def _design_in_child(design: str) -> tuple[DesignResult, bool]:
-    import gc
-
-    gc.disable()  # the inherited heap is large: collections would only copy its pages
-    result, emulated = design_result(_FORK_DOC[0], design, _FORK_DOC[1])
-    result.records = []  # 100k+ records are not worth pickling back
-    return result, emulated
-
-
-def run_designs_parallel(doc: dict, scripts: dict[str, Script], designs: tuple[str, ...], workers: int
-                         ) -> dict[str, tuple[DesignResult, bool]]:
-    """``design_result`` for each design, one forked process per design (at most ``workers``)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _FORK_DOC
-    _FORK_DOC = (doc, scripts)
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(workers, len(designs)), mp_context=ctx) as pool:
-            futs = {d: pool.submit(_design_in_child, d) for d in designs}
-            return {d: f.result() for d, f in futs.items()}
-    finally:
-        _FORK_DOC = None
-
-
-def _figures(design: str, result: DesignResult, emulated: bool, max_map_count: int) -> DesignFigures:
+def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFigures:
     if result.error:
         return DesignFigures(design, error=result.error)
     c, k = result.counts, result.cost
@@ -205,15 +127,17 @@ def _figures(design: str, result: DesignResult, emulated: bool, max_map_count: i
         total_bytes=k.total, headroom_vmas=max_map_count - map_count,
         headroom_pct=round(100.0 * (max_map_count - map_count) / max_map_count, 2),
         hits_max_map_count=bool(result.hit_max_map_count or map_count >= max_map_count),
-        failed_ops=result.failed_ops, emulated=emulated)
+        failed_ops=result.failed_ops)
 
 
 def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
             touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None) -> AnalysisReport:
     """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
-    Layouts of at least ``PARALLEL_MIN_OPS`` ops run the designs in parallel forked processes
-    (``workers``, default ``os.cpu_count()``; 1 runs them here).
+    Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
+    first guard op among the designs (``run_designs_shared``: each design continues
+    in a forked copy), at the same time when ``workers`` (default
+    ``os.cpu_count()``) is above 1; smaller ones run each design here.
 
     Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
     """
@@ -225,24 +149,22 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     stage("rebuilding the layout")
     layout = build_layout(entries, cls, touch=touch, source=source)
     limit = constants().max_map_count
-    figs: dict[str, DesignFigures] = {}
     nops = len(layout.script["ops"])
     if workers is None:
         workers = os.cpu_count() or 1
-    runnable = tuple(d for d in designs if not design_available(d) or d == "vma")
     stage(f"parsing the layout script ({nops:,} ops)")
-    scripts = layout_scripts(layout.script)
-    if workers > 1 and len(runnable) > 1 and nops >= PARALLEL_MIN_OPS and _cores_idle(workers):
-        stage(f"running {', '.join(runnable)} on the model in parallel ({nops:,} ops each)")
-        results = run_designs_parallel(layout.script, scripts, runnable, workers)
-    else:
+    script = parse_script(layout.script)
+    if nops < PARALLEL_MIN_OPS:
         results = {}
-        for d in runnable:
+        for d in designs:
             stage(f"running the {d} design on the model ({nops:,} ops)")
-            results[d] = design_result(layout.script, d, scripts)
-    for d in designs:
-        result, emulated = results.get(d) or (DesignResult(d, error=design_available(d)), False)
-        figs[d] = _figures(d, result, emulated, limit)
+            results[d] = run_design(script, d)
+    else:
+        parallel = workers > 1
+        stage(f"running {', '.join(designs)} on the model{' in parallel' if parallel else ''} "
+              f"({nops:,} ops, the ops before the first guard once)")
+        results = run_designs_shared(script, designs, parallel=parallel)
+    figs = {d: _figures(d, results[d], limit) for d in designs}
     base = figs.get("vma")
     for f in figs.values():
         if base is not None and not base.error and not f.error:
@@ -259,14 +181,6 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
                 "files": len(layout.files), "ops": len(layout.script["ops"]), "notes": layout.notes},
         designs=figs, max_map_count=limit, policy=_policy_dict(policy),
         seconds=time.perf_counter() - t0, layout_obj=layout)
-
-
-def _cores_idle(workers: int) -> bool:
-    """Is there a core to spare for a second design? (On a saturated machine a fork only adds cost.)"""
-    try:
-        return os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5
-    except OSError:
-        return True
 
 
 def _policy_dict(p: GuardPolicy) -> dict:
@@ -315,8 +229,7 @@ def render_report(r: AnalysisReport):
     t.add_column("original", justify="right")
     names = list(r.designs)
     for n in names:
-        d = r.designs[n]
-        t.add_column(n + (" *" if d.emulated else ""), justify="right")
+        t.add_column(n, justify="right")
 
     def row(label, orig, fn, style=None):
         cells = [fn(r.designs[n]) if not r.designs[n].error else "n/a" for n in names]
@@ -338,8 +251,6 @@ def render_report(r: AnalysisReport):
     row("kernel bytes (total)", "", lambda d: _b(d.total_bytes), "bold")
     row("  saved vs vma", "", lambda d: _b(d.saved_bytes))
     foot = []
-    if any(d.emulated for d in r.designs.values()):
-        foot.append("* vma: guard_install run as mprotect(PROT_NONE) (to_vma_design) on the model")
     for n in names:
         if r.designs[n].error:
             foot.append(f"{n}: {r.designs[n].error}")

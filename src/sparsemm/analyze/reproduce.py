@@ -58,14 +58,9 @@ def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "")
     from sparsemm.analyze.report import design_result
 
     doc = kernel_script(layout, design)
-    result, _ = design_result(layout.script, design)
+    result = design_result(layout.script, design)
     if result.error:
-        # The model lacks this design: predict from the kernel script on the kernel-faithful model.
-        from sparsemm.opscript.designs import run_design
-
-        result = run_design(parse_script(doc), "pte")
-        if result.error:
-            raise RuntimeError(f"no prediction for design {design}: {result.error}")
+        raise RuntimeError(f"no prediction for design {design}: {result.error}")
     predicted = prediction_from_counts(result.counts)
     m = measure_script(parse_script(doc), repeat=repeat)
     rows = []

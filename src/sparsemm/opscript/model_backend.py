@@ -114,12 +114,11 @@ def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
     return rec.snapshot_value(views, pages)
 
 
-def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
-                    max_map_count: int | None = None) -> tuple[list[dict], AddressSpace]:
-    """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state.
+def start_model(script: Script, design: str = "pte", *, max_map_count: int | None = None
+                ) -> _ModelRunner:
+    """A runner for ``script`` on a fresh model address space (``.mm``), no op run yet.
 
-    ``check`` runs ``AddressSpace.check()`` after every op (tests). ``design`` is the
-    guard design (``pte``, ``vma``, ``tree``); an unknown one raises ``BackendUnavailable``.
+    An unknown ``design`` raises ``BackendUnavailable``.
     """
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     try:
@@ -129,7 +128,18 @@ def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
 
         raise BackendUnavailable(str(exc)) from None
     files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
-    runner = _ModelRunner(script, mm, files)
+    return _ModelRunner(script, mm, files)
+
+
+def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
+                    max_map_count: int | None = None) -> tuple[list[dict], AddressSpace]:
+    """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state.
+
+    ``check`` runs ``AddressSpace.check()`` after every op (tests). ``design`` is the
+    guard design (``pte``, ``vma``, ``tree``); an unknown one raises ``BackendUnavailable``.
+    """
+    runner = start_model(script, design, max_map_count=max_map_count)
+    mm = runner.mm
     if not check:
         return runner.run_ops(script.ops), mm
     out = []

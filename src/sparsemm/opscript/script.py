@@ -118,6 +118,16 @@ class Script:
         return self.arena_pages * abi.PAGE_SIZE
 
 
+def _op_keys(allowed, required) -> tuple[frozenset[str], tuple[str, ...]]:
+    keys = set(allowed) | {"op", "note"}
+    keys.update(_ADDR_PAIRS[k] for k in allowed if k in _ADDR_PAIRS)
+    return frozenset(keys), tuple(required)
+
+
+#: op name -> (every key it may have, incl. the byte forms and "note"; the keys it needs)
+_OP_KEYS = {name: _op_keys(*spec) for name, spec in OP_FIELDS.items()}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -168,11 +178,7 @@ def _parse_op(op: Any, index: int, base: int, files: dict[str, int]) -> Op:
     if name not in OP_FIELDS:
         raise ScriptError(f"unknown op {name!r} (known: {', '.join(OP_NAMES)})", index=index,
                           field_name="op")
-    allowed, required = OP_FIELDS[name]
-    allowed_keys = set(allowed) | {"op", "note"}
-    for key in list(allowed):
-        if key in _ADDR_PAIRS:
-            allowed_keys.add(_ADDR_PAIRS[key])
+    allowed_keys, required = _OP_KEYS[name]
     for key in op:
         if key not in allowed_keys:
             raise ScriptError(f"unknown field for {name}", index=index, field_name=key)
@@ -184,7 +190,7 @@ def _parse_op(op: Any, index: int, base: int, files: dict[str, int]) -> Op:
     if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch"):
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=abi.PAGE_SIZE)
-    if "prot" in allowed:
+    if "prot" in allowed_keys:
         prot = op.get("prot")
         if not isinstance(prot, str):
             raise ScriptError(f"must be a string such as 'rw' or 'none', not {prot!r}", index=index,
