@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sparsemm.analyze.maps import MapEntry
+from sparsemm.analyze.maps import ANON_PRIVATE_KINDS, MapEntry, MapKind, gc_paused
 from sparsemm.model.costs import CostConstants, constants
 
 __all__ = [
@@ -178,7 +178,8 @@ class Classification:
 
     def guards(self) -> list[VmaRole]:
         """The guard verdicts, in address order. O(n)."""
-        return [r for r in self.roles if r.role is Role.GUARD]
+        guard = Role.GUARD
+        return [r for r in self.roles if r.role is guard]
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -187,38 +188,67 @@ def _merge_compatible(a: MapEntry, b: MapEntry) -> bool:
     """Would ``a`` and ``b`` merge if their protections matched (mm/vma.c is_mergeable_vma(),
     as far as maps/smaps show it)? Both private anonymous, same anon name, same VmFlags
     apart from MERGE_IGNORED_VMFLAGS when both are known. anon_vma compatibility and
-    userfaultfd contexts are invisible in /proc and assumed compatible."""
-    if not (a.is_anon_private and b.is_anon_private) or a.anon_name != b.anon_name:
+    userfaultfd contexts are invisible in /proc and assumed compatible. O(1)."""
+    # is_anon_private spelled out: this runs twice per PROT_NONE VMA of the map.
+    if (a.shared or b.shared or a.kind not in ANON_PRIVATE_KINDS or b.kind not in ANON_PRIVATE_KINDS
+            or a.anon_name != b.anon_name):
         return False
-    if a.vmflags is not None and b.vmflags is not None:
-        return not ((a.vmflags ^ b.vmflags) - MERGE_IGNORED_VMFLAGS)
-    return True
+    fa, fb = a.vmflags, b.vmflags
+    if fa is None or fb is None or fa is fb:  # the parser shares one frozenset per VmFlags text
+        return True
+    return not ((fa ^ fb) - MERGE_IGNORED_VMFLAGS)
 
 
-def _neighbour(cand: MapEntry | None, guard: MapEntry, policy: GuardPolicy, touching: bool) -> bool:
-    return (cand is not None and touching and cand.prot != 0 and cand.is_vma
-            and (policy.neighbour_perms is None or cand.perms == policy.neighbour_perms)
-            and _merge_compatible(cand, guard))
+def _extra_tables(start: int, end: int, span: int, below_tables: bool, above_tables: bool) -> int:
+    """Page-table pages of ``span`` bytes each that markers in [start, end) need, leaving out
+    the boundary blocks a populated neighbour (``below_tables``/``above_tables``) already has
+    a table for. O(1)."""
+    n = (end - 1) // span - start // span + 1  # the blocks [start, end) touches
+    if below_tables and start % span:
+        n -= 1  # the guard's first byte is not at a block boundary: the block below has a table
+    if n > 0 and above_tables and end % span:
+        n -= 1  # likewise its last byte and the block above
+    return n if n > 0 else 0
 
 
-def _has_anon_vma(e: MapEntry, policy: GuardPolicy) -> bool:
-    if e.counters is None:
-        return policy.assume_anon_vma
-    c = e.counters
-    return bool(c.get("Anonymous", 0) or c.get("Swap", 0) or c.get("Rss", 0))
+def _pricer(policy: GuardPolicy):
+    """``price(start, end, below, above)`` for ``policy``: the ``GuardCost`` fields, as a tuple,
+    of the PROT_NONE range [start, end) with mergeable neighbours ``below``/``above`` (None
+    where there is none). The constants are read once here, not per guard. O(1) per call."""
+    k = policy.constants
+    vma_bytes, anon_vma_chain, page_table = k.vma_bytes, k.anon_vma_chain, k.page_table
+    pte_span, pmd_span = k.pte_table_span, k.pmd_table_span
+    assume_anon_vma, assume_tables = policy.assume_anon_vma, policy.assume_neighbour_tables
 
+    def price(start: int, end: int, below: MapEntry | None, above: MapEntry | None
+              ) -> tuple[int, int, int, int, int]:
+        # Per neighbour: does it have an anon_vma (then each VMA saved also frees an
+        # anon_vma_chain), and does it populate the page tables at the shared boundary?
+        # smaps counters tell; for maps the policy's assumptions stand in.
+        anon_vma = below_tables = above_tables = False
+        if below is not None:
+            c = below.counters
+            if c is None:
+                anon_vma, below_tables = assume_anon_vma, assume_tables
+            else:
+                anon_vma = bool(c.get("Anonymous", 0) or c.get("Swap", 0) or c.get("Rss", 0))
+                below_tables = bool(c.get("Rss", 0))
+        if above is not None:
+            c = above.counters
+            if c is None:
+                anon_vma, above_tables = anon_vma or assume_anon_vma, assume_tables
+            else:
+                anon_vma = anon_vma or bool(c.get("Anonymous", 0) or c.get("Swap", 0) or c.get("Rss", 0))
+                above_tables = bool(c.get("Rss", 0))
+        both = (below is not None and above is not None and below.perms == above.perms
+                and _merge_compatible(below, above))
+        vmas_saved = 2 if both else 1
+        pte = _extra_tables(start, end, pte_span, below_tables, above_tables)
+        pmd = _extra_tables(start, end, pmd_span, below_tables, above_tables)
+        return (vmas_saved, vmas_saved * (vma_bytes + (anon_vma_chain if anon_vma else 0)),
+                pte, pmd, (pte + pmd) * page_table)
 
-def _has_tables(e: MapEntry | None, policy: GuardPolicy) -> bool:
-    if e is None:
-        return False
-    if e.counters is None:
-        return policy.assume_neighbour_tables
-    return bool(e.counters.get("Rss", 0))
-
-
-def _blocks(start: int, end: int, span: int) -> tuple[int, int]:
-    """First and last index of the ``span``-sized blocks that [start, end) touches."""
-    return start // span, (end - 1) // span
+    return price
 
 
 def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
@@ -230,26 +260,7 @@ def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
     (PTE table) and 1 GiB block (PMD table) the range touches, except the boundary blocks
     a populated neighbour already has a table for (§2.3). O(1).
     """
-    k = policy.constants
-    both = below is not None and above is not None and below.perms == above.perms \
-        and _merge_compatible(below, above)
-    vmas_saved = 2 if both else 1
-    neighbours = [n for n in (below, above) if n is not None]
-    avc = k.anon_vma_chain if any(_has_anon_vma(n, policy) for n in neighbours) else 0
-    vma_bytes = vmas_saved * (k.vma_bytes + avc)
-
-    def tables(span: int) -> int:
-        first, last = _blocks(entry.start, entry.end, span)
-        n = last - first + 1
-        if _has_tables(below, policy) and (entry.start - 1) // span == first:
-            first += 1  # the block holding the guard's first byte already has a table
-            n -= 1
-        if n > 0 and _has_tables(above, policy) and entry.end // span == last:
-            n -= 1
-        return max(n, 0)
-
-    pte, pmd = tables(k.pte_table_span), tables(k.pmd_table_span)
-    return GuardCost(vmas_saved, vma_bytes, pte, pmd, (pte + pmd) * k.page_table)
+    return GuardCost(*_pricer(policy)(entry.start, entry.end, below, above))
 
 
 def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> Classification:
@@ -257,83 +268,108 @@ def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> C
     counts of the ``pte`` (markers) and ``tree`` designs. O(n).
 
     The marker count is computed by merging, not by formula: each guard joins the
-    neighbour(s) it would merge with (union-find over indices), so a chain
-    ``rw|---|rw|---|rw`` collapses to one VMA and a guard between two neighbours that
-    would not merge with each other (say ``r--p | ---p | rw-p``) joins one of them only.
+    neighbour(s) it would merge with, so a chain ``rw|---|rw|---|rw`` collapses to one
+    VMA and a guard between two neighbours that would not merge with each other (say
+    ``r--p | ---p | rw-p``) joins one of them only. A guard only ever joins address-adjacent
+    entries, so the merged VMAs are runs of indices and the VMAs that disappear are the
+    distinct joined pairs (i, i+1) - what a union-find over indices would count.
     """
     policy = policy or GuardPolicy()
+    with gc_paused():  # one VmaRole per entry, none freed: see maps.gc_paused
+        return _find_guards(entries, policy)
+
+
+def _find_guards(entries: list[MapEntry], policy: GuardPolicy) -> Classification:
     n = len(entries)
     roles: list[VmaRole] = []
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> bool:
-        ri, rj = find(i), find(j)
-        if ri == rj:
-            return False
-        parent[rj] = ri
-        return True
-
-    guards = sandwiches = reservations = isolated = 0
-    guard_bytes = vma_design_bytes = marker_bytes = 0
-    vmas = sum(1 for e in entries if e.is_vma)
-    merges = 0
+    append = roles.append
+    joined = bytearray(n)  # joined[i]: entries i and i+1 become one VMA under markers
+    price = _pricer(policy)
+    costs: dict[tuple[int, int, int, int, int], GuardCost] = {}  # frozen: equal prices share one
     max_guard = policy.max_guard_bytes
     max_border = policy.max_borderline_bytes
+    cost_ratio = policy.cost_ratio
+    neighbour_perms = policy.neighbour_perms
+    anon_private_kinds = ANON_PRIVATE_KINDS
+    vsyscall = MapKind.VSYSCALL
+    # Enum members looked up once: Role.X costs a class attribute lookup per use.
+    MAPPING, GUARD, RESERVATION = Role.MAPPING, Role.GUARD, Role.RESERVATION
+    BOTH, BELOW, ABOVE = GuardSide.BOTH, GuardSide.BELOW, GuardSide.ABOVE
+
+    guards = sandwiches = reservations = isolated = not_vmas = 0
+    guard_bytes = vma_design_bytes = marker_bytes = 0
 
     for i, e in enumerate(entries):
-        if e.prot != 0 or not e.is_anon_private:
-            roles.append(VmaRole(e, Role.MAPPING))
+        kind = e.kind
+        # Only private anonymous PROT_NONE VMAs are candidates; the rest are plain mappings
+        # (e.prot != 0 or not e.is_anon_private, spelled out).
+        if e.prot or e.shared or kind not in anon_private_kinds:
+            if kind is vsyscall:
+                not_vmas += 1  # printed by maps, not a VMA
+            append(VmaRole(e, MAPPING))
             continue
-        prev = entries[i - 1] if i > 0 else None
-        nxt = entries[i + 1] if i + 1 < n else None
-        below = prev if _neighbour(prev, e, policy, prev is not None and prev.end == e.start) else None
-        above = nxt if _neighbour(nxt, e, policy, nxt is not None and nxt.start == e.end) else None
-        size = e.size
+        start, end = e.start, e.end
+        below = above = None
+        # A neighbour is one it touches that is accessible, a VMA, has neighbour_perms if the
+        # policy asks for them, and would merge with it once its protection matched.
+        if i > 0:
+            prev = entries[i - 1]
+            if (prev.end == start and prev.prot and prev.kind is not vsyscall
+                    and (neighbour_perms is None or prev.perms == neighbour_perms)
+                    and _merge_compatible(prev, e)):
+                below = prev
+        if i + 1 < n:
+            nxt = entries[i + 1]
+            if (nxt.start == end and nxt.prot and nxt.kind is not vsyscall
+                    and (neighbour_perms is None or nxt.perms == neighbour_perms)
+                    and _merge_compatible(nxt, e)):
+                above = nxt
+        size = end - start
         if below is None and above is None:
             if size > max_guard:
-                roles.append(VmaRole(e, Role.RESERVATION, reason="isolated"))
+                append(VmaRole(e, RESERVATION, reason="isolated"))
                 reservations += 1
             else:
-                roles.append(VmaRole(e, Role.MAPPING, reason="isolated"))
+                append(VmaRole(e, MAPPING, reason="isolated"))
                 isolated += 1
             continue
-        cost = guard_cost(e, below, above, policy)
-        if cost.vmas_saved == 2:
-            side = GuardSide.BOTH
+        fields = price(start, end, below, above)
+        cost = costs.get(fields)
+        if cost is None:
+            cost = costs[fields] = GuardCost(*fields)
+        vmas_saved, cost_vma_bytes, _, _, cost_marker_bytes = fields
+        if vmas_saved == 2:
+            side = BOTH
         elif below is not None:
-            side = GuardSide.BELOW  # mprotect_fixup() merges with the previous VMA first
+            side = BELOW  # mprotect_fixup() merges with the previous VMA first
             above = None
         else:
-            side = GuardSide.ABOVE
+            side = ABOVE
         if size <= max_guard:
             is_guard, reason = True, "small"
         elif max_border is not None and size > max_border:
             is_guard, reason = False, "too large"
-        elif cost.marker_bytes <= policy.cost_ratio * cost.vma_bytes:
+        elif cost_marker_bytes <= cost_ratio * cost_vma_bytes:
             is_guard, reason = True, "cheaper as markers"
         else:
             is_guard, reason = False, "markers cost more"
         if not is_guard:
-            roles.append(VmaRole(e, Role.RESERVATION, side, cost, reason))
+            append(VmaRole(e, RESERVATION, side, cost, reason))
             reservations += 1
             continue
-        roles.append(VmaRole(e, Role.GUARD, side, cost, reason))
+        append(VmaRole(e, GUARD, side, cost, reason))
         guards += 1
-        sandwiches += side is GuardSide.BOTH
+        sandwiches += side is BOTH
         guard_bytes += size
-        vma_design_bytes += cost.vma_bytes
-        marker_bytes += cost.marker_bytes
+        vma_design_bytes += cost_vma_bytes
+        marker_bytes += cost_marker_bytes
         if below is not None:
-            merges += union(i - 1, i)
+            joined[i - 1] = 1
         if above is not None:
-            merges += union(i, i + 1)
+            joined[i] = 1
 
+    vmas = n - not_vmas
+    merges = joined.count(1)
     summary = GuardSummary(
         vmas=vmas, guards=guards, sandwiches=sandwiches, one_sided=guards - sandwiches,
         reservations=reservations, isolated_prot_none=isolated,

@@ -8,12 +8,14 @@ and backing. Gaps are compressed. Reads ``MapEntry``/``Classification``; runs no
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from dataclasses import dataclass, field
 
 from sparsemm import abi
 from sparsemm.analyze.guards import Classification, GuardSide, Role
-from sparsemm.analyze.maps import MapEntry, MapKind
+from sparsemm.analyze.maps import MapEntry, MapKind, gc_paused
 from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_TOUCH_PAGES
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
@@ -34,6 +36,8 @@ _ANON_KINDS = frozenset({MapKind.ANON, MapKind.HEAP, MapKind.STACK, MapKind.VDSO
                          MapKind.SPECIAL})
 #: Kinds whose pages a touch reproduces (specials are not memory the process filled).
 _TOUCH_ANON_KINDS = frozenset({MapKind.ANON, MapKind.HEAP, MapKind.STACK})
+#: Kinds behind the note that specials are rebuilt as private anonymous memory.
+_SPECIAL_KINDS = frozenset({MapKind.VDSO, MapKind.VVAR, MapKind.STACK, MapKind.SPECIAL})
 
 #: Compression levels tried in order until the arena fits: (granule, shrink reservations).
 #: Gaps of at least two granules become one granule plus the gap modulo the granule, so
@@ -104,60 +108,84 @@ def _prot(prot: int) -> str:
     return s or "none"
 
 
-def _backing(e: MapEntry) -> str:
-    if e.kind in _ANON_KINDS and not e.shared:
+def _backing_of(kind: MapKind, shared: bool) -> str:
+    """The script backing ("anon", "shared-anon" or "file") of a VMA of this kind and sharing."""
+    if kind in _ANON_KINDS and not shared:
         return "anon"
-    if e.kind is MapKind.SHARED_ANON or (e.kind in _ANON_KINDS and e.shared):
+    if kind is MapKind.SHARED_ANON or (kind in _ANON_KINDS and shared):
         return "shared-anon"
     return "file"
 
 
-def _category(e: MapEntry, role: Role) -> str:
-    if role is Role.GUARD:
-        return "guard"
-    if role is Role.RESERVATION or (e.prot == 0 and _backing(e) == "anon"):
+def _mapping_category(kind: MapKind, shared: bool, prot_none: bool) -> str:
+    """The plot's colour of a VMA that is neither a guard nor a reservation."""
+    backing = _backing_of(kind, shared)
+    if prot_none and backing == "anon":
         return "reservation"
-    if _backing(e) == "file":
+    if backing == "file":
         return "file"
-    if e.kind in (MapKind.ANON, MapKind.HEAP) and not e.shared:
+    if kind in (MapKind.ANON, MapKind.HEAP) and not shared:
         return "rw"
     return "other"
 
 
+#: _backing_of() and _mapping_category() for every (shared, kind [, prot_none]), tabulated
+#: because they are looked up once per VMA: _BACKING[shared][kind],
+#: _MAPPING_CATEGORY[shared][kind][prot_none].
+_BACKING = {shared: {kind: _backing_of(kind, shared) for kind in MapKind} for shared in (False, True)}
+_MAPPING_CATEGORY = {shared: {kind: (_mapping_category(kind, shared, False),
+                                     _mapping_category(kind, shared, True))
+                              for kind in MapKind} for shared in (False, True)}
+
+
+def _categories(vmas: list[MapEntry], roles: list[Role]) -> list[str]:
+    """The plot's colour of each VMA: "guard", "reservation", "file", "rw" or "other". O(n)."""
+    guard, reservation, table = Role.GUARD, Role.RESERVATION, _MAPPING_CATEGORY
+    return ["guard" if role is guard else "reservation" if role is reservation
+            else table[e.shared][e.kind][e.prot == 0]
+            for e, role in zip(vmas, roles)]
+
+
+# Field getters for the per-VMA columns (C-level loops: map(_START, vmas) is a list of vm_start).
+_START, _END, _KIND, _ROLE = (operator.attrgetter(name) for name in ("start", "end", "kind", "role"))
+
 _NAME_BAD = re.compile(r"[^A-Za-z0-9._+@=-]")
 
 
-def _file_names(vmas: list[MapEntry]) -> dict[str, str]:
-    """A script file name (no '/', at most 60 chars, unique) for each distinct path."""
+def _file_names(vmas: list[MapEntry], file_idx: list[int]) -> dict[str, str]:
+    """A script file name (no '/', at most 60 chars, unique) for each distinct path.
+    ``file_idx``: the indices of the file-backed VMAs. O(len(file_idx))."""
     names: dict[str, str] = {}
     used: set[str] = set()
-    for e in vmas:
-        if _backing(e) != "file" or e.path in names:
+    for i in file_idx:
+        path = vmas[i].path
+        if path in names:
             continue
-        base = _NAME_BAD.sub("_", e.path.rsplit("/", 1)[-1] or "file")[:50] or "file"
+        base = _NAME_BAD.sub("_", path.rsplit("/", 1)[-1] or "file")[:50] or "file"
         name, n = base, 1
         while name in used:
             n += 1
             name = f"{base}#{n}"
         used.add(name)
-        names[e.path] = name
+        names[path] = name
     return names
 
 
-def _file_pgoffs(vmas: list[MapEntry], names: dict[str, str]) -> tuple[dict[int, int], dict[str, int]]:
-    """(pgoff in pages per vmas index, file pages per script file). Offsets are kept unless a
-    file would exceed MAX_FILE_PAGES; then that file's offsets are renumbered in address
-    order, keeping contiguity between address-adjacent VMAs (what decides a merge)."""
+def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str]
+                 ) -> tuple[dict[int, int], dict[str, int]]:
+    """(pgoff in pages per vmas index, file pages per script file) for the file-backed VMAs
+    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES; then that
+    file's offsets are renumbered in address order, keeping contiguity between
+    address-adjacent VMAs (what decides a merge). O(len(file_idx))."""
     extent: dict[str, int] = {}
-    for e in vmas:
-        if _backing(e) == "file":
-            extent[e.path] = max(extent.get(e.path, 0), (e.offset + e.size) // PAGE)
+    for i in file_idx:
+        e = vmas[i]
+        extent[e.path] = max(extent.get(e.path, 0), (e.offset + e.size) // PAGE)
     pgoffs: dict[int, int] = {}
     cursor: dict[str, int] = {}
     last: dict[str, int] = {}  # path -> vmas index of the previous VMA of that path
-    for i, e in enumerate(vmas):
-        if _backing(e) != "file":
-            continue
+    for i in file_idx:
+        e = vmas[i]
         if extent[e.path] <= MAX_FILE_PAGES:
             pgoffs[i] = e.offset // PAGE
             continue
@@ -168,10 +196,11 @@ def _file_pgoffs(vmas: list[MapEntry], names: dict[str, str]) -> tuple[dict[int,
             pgoffs[i] = cursor.get(e.path, 0) + (1 if e.path in cursor else 0)
         cursor[e.path] = pgoffs[i] + e.size // PAGE
         last[e.path] = i
-    pages = {}
-    for i, e in enumerate(vmas):
-        if i in pgoffs:
-            pages[names[e.path]] = max(pages.get(names[e.path], 0), pgoffs[i] + e.size // PAGE)
+    pages: dict[str, int] = {}
+    for i in file_idx:
+        e = vmas[i]
+        name = names[e.path]
+        pages[name] = max(pages.get(name, 0), pgoffs[i] + e.size // PAGE)
     too_big = [n for n, p in pages.items() if p > MAX_FILE_PAGES]
     if too_big:
         raise LayoutError(f"file {too_big[0]!r} needs {pages[too_big[0]]} pages, more than the "
@@ -179,49 +208,52 @@ def _file_pgoffs(vmas: list[MapEntry], names: dict[str, str]) -> tuple[dict[int,
     return pgoffs, pages
 
 
-def _place(vmas: list[MapEntry], shrinkable: list[bool], granule: int, shrink: bool
+def _place(vm_starts: list[int], vm_ends: list[int], shrinkable: list[bool], granule: int, shrink: bool
            ) -> tuple[list[int], list[int], int, int]:
-    """(arena byte offset per VMA, size per VMA, arena bytes, reservations shrunk). O(n)."""
-    pos = vmas[0].start % granule
-    starts, sizes = [], []
-    shrunk = 0
-    prev_end = None
+    """(arena byte offset per VMA, size per VMA, arena bytes, reservations shrunk) for the
+    VMAs [vm_starts[i], vm_ends[i]) (bytes, address order, at least one). O(n).
+
+    Each VMA keeps its size (a shrinkable one of two granules or more becomes one granule
+    plus its size modulo the granule) and the gap before it (one of two granules or more
+    becomes one granule plus the gap modulo the granule). The first VMA starts at its
+    address modulo the granule.
+    """
     two = 2 * granule
-    for e, can in zip(vmas, shrinkable):
-        if prev_end is not None:
-            gap = e.start - prev_end
-            pos += granule + gap % granule if gap >= two else gap
-        size = e.end - e.start
-        if shrink and can and size >= two:
-            size = granule + size % granule
-            shrunk += 1
-        starts.append(pos)
-        sizes.append(size)
-        pos += size
-        prev_end = e.end
-    return starts, sizes, pos, shrunk
+    sizes = list(map(operator.sub, vm_ends, vm_starts))
+    shrunk = 0
+    if shrink:
+        shrinks = [can and size >= two for size, can in zip(sizes, shrinkable)]
+        shrunk = shrinks.count(True)
+        sizes = [granule + size % granule if shrunk_it else size for size, shrunk_it in zip(sizes, shrinks)]
+    # The offset of VMA i is the sum of what precedes it: the first VMA's offset, then for
+    # each later VMA the size of the one before and the (compressed) gap between them.
+    gaps = map(operator.sub, itertools.islice(vm_starts, 1, None), vm_ends)
+    steps = [vm_starts[0] % granule]
+    steps += [size + (granule + gap % granule if gap >= two else gap) for size, gap in zip(sizes, gaps)]
+    starts = list(itertools.accumulate(steps))
+    return starts, sizes, starts[-1] + sizes[-1], shrunk
 
 
-def _units(vmas: list[MapEntry], roles: list) -> list[tuple[int, int]]:
-    """Contiguous index ranges joined by guards (the union-find of find_guards, in O(n))."""
-    n = len(vmas)
-    join_next = [False] * n  # i and i+1 are one unit
-    for i, r in enumerate(roles):
-        if r.role is not Role.GUARD:
-            continue
-        if r.side in (GuardSide.BELOW, GuardSide.BOTH):
-            join_next[i - 1] = True
-        if r.side in (GuardSide.ABOVE, GuardSide.BOTH):
-            join_next[i] = True
-    out = []
-    i = 0
-    while i < n:
-        j = i
-        while j < n - 1 and join_next[j]:
-            j += 1
-        out.append((i, j))
-        i = j + 1
-    return out
+def _units(roles: list, is_guard: list[bool]) -> list[tuple[int, int]]:
+    """Contiguous index ranges joined by guards (the merging of find_guards), as
+    (first, last) pairs covering 0..len(roles)-1 in order. ``is_guard[i]``: ``roles[i].role
+    is Role.GUARD``. O(n)."""
+    n = len(roles)
+    join_next = bytearray(n)  # join_next[i]: i and i+1 are one unit
+    # (enum members looked up once: GuardSide.X costs a class attribute lookup per use)
+    with_below, with_above = (GuardSide.BELOW, GuardSide.BOTH), (GuardSide.ABOVE, GuardSide.BOTH)
+    for i in itertools.compress(range(n), is_guard):
+        side = roles[i].side
+        if side in with_below:
+            join_next[i - 1] = 1
+        if side in with_above:
+            join_next[i] = 1
+    # A unit ends at every i < n-1 not joined to i+1, and at n-1.
+    lasts = list(itertools.compress(range(n - 1), map(operator.not_, join_next[:n - 1])))
+    lasts.append(n - 1)
+    firsts = [0]
+    firsts += [i + 1 for i in lasts[:-1]]
+    return list(zip(firsts, lasts))
 
 
 def _resolve_touch(touch: str, vmas: list[MapEntry]) -> str:
@@ -267,6 +299,32 @@ def _touch_ops(p: Placed, backing: str, mode: str) -> list[dict]:
     return ops
 
 
+def _touches(placed: list[Placed], unit_backing: list[str], mode: str) -> tuple[list[dict], int]:
+    """(touch ops of every VMA in address order, pages they touch): ``_touch_ops`` of each
+    ``p`` with the backing of its unit. O(n)."""
+    ops: list[dict] = []
+    if mode == "none":
+        return ops, 0
+    guard = Role.GUARD
+    if mode == "first":
+        # _touch_ops(p, backing, "first") spelled out: at most one op per VMA, and one call
+        # per VMA would cost more than the op.
+        write, touch_kinds = abi.PROT_WRITE, _TOUCH_ANON_KINDS
+        ops += [{"op": "touch", "at": p.at, "len": 1, "access": "write" if p.entry.prot & write else "read"}
+                for p in placed
+                if p.role is not guard and p.entry.prot != 0 and unit_backing[p.unit] == "anon"
+                and p.entry.kind in touch_kinds]
+        return ops, len(ops)
+    touched = 0
+    for p in placed:
+        if p.role is guard or p.entry.prot == 0:
+            continue  # _touch_ops() has nothing for them: skip the call
+        for t in _touch_ops(p, unit_backing[p.unit], mode):
+            touched += t["len"]
+            ops.append(t)
+    return ops, touched
+
+
 def build_layout(entries: list[MapEntry], classification: Classification, *, touch: str = "auto",
                  source: str = "", arena_limit: int = REPRODUCIBLE_ARENA_BYTES) -> Layout:
     """Rebuild ``entries`` (classified by ``find_guards``) as one op script. O(n).
@@ -274,45 +332,73 @@ def build_layout(entries: list[MapEntry], classification: Classification, *, tou
     Raises ``LayoutError`` when there is nothing to rebuild or no compression level fits
     the arena in ``arena_limit`` bytes.
     """
-    pairs = [(e, r) for e, r in zip(entries, classification.roles) if e.is_vma]
-    if not pairs:
+    with gc_paused():  # one Placed and about one op dict per VMA, none freed: see maps.gc_paused
+        return _build_layout(entries, classification.roles, touch, source, arena_limit)
+
+
+def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: str,
+                  arena_limit: int) -> Layout:
+    # The VMAs ([vsyscall] is not one) with their verdicts; zip() semantics if the lengths differ.
+    vsyscall = MapKind.VSYSCALL
+    m = min(len(entries), len(all_roles))
+    if vsyscall in map(_KIND, entries[:m]):
+        vmas = [e for e in entries[:m] if e.kind is not vsyscall]
+        roles = [r for e, r in zip(entries, all_roles) if e.kind is not vsyscall]
+    else:
+        vmas, roles = entries[:m], all_roles[:m]
+    if not vmas:
         raise LayoutError("no VMAs to rebuild")
-    vmas = [e for e, _ in pairs]
-    roles = [r for _, r in pairs]
+    n = len(vmas)
     mode = _resolve_touch(touch, vmas)
-    unit_ranges = _units(vmas, roles)
+    vm_roles = list(map(_ROLE, roles))
+    is_guard = list(map(operator.is_, vm_roles, itertools.repeat(Role.GUARD)))  # role is GUARD, per VMA
+    unit_ranges = _units(roles, is_guard)
+    backings = [_BACKING[e.shared][e.kind] for e in vmas]
 
     # Shrinkable: a lone PROT_NONE VMA nothing touches (a reservation) - last-resort compression.
-    shrinkable = [False] * len(vmas)
+    shrinkable = [False] * n
     for i, j in unit_ranges:
         if i == j and vmas[i].prot == 0:
             shrinkable[i] = True
+    vm_starts = list(map(_START, vmas))
+    vm_ends = list(map(_END, vmas))
     for granule, shrink in _LEVELS:
-        starts, sizes, arena_bytes, shrunk = _place(vmas, shrinkable, granule, shrink)
+        starts, sizes, arena_bytes, shrunk = _place(vm_starts, vm_ends, shrinkable, granule, shrink)
         if arena_bytes <= arena_limit:
             break
     else:
         raise LayoutError(f"the layout needs {arena_bytes / TiB:.1f} TiB of arena even compressed; "
                           f"at most {arena_limit / TiB:.1f} TiB can be rebuilt")
 
-    names = _file_names(vmas)
-    pgoffs, file_pages = _file_pgoffs(vmas, names)
-    placed = [Placed(e, r.role, s // PAGE, z // PAGE, 0, _category(e, r.role))
-              for e, r, s, z in zip(vmas, roles, starts, sizes)]
+    file_idx = list(itertools.compress(range(n), map("file".__eq__, backings)))  # file-backed VMAs
+    names = _file_names(vmas, file_idx)
+    pgoffs, file_pages = _file_pgoffs(vmas, file_idx, names)
+
+    unit_of = [u for u, (i, j) in enumerate(unit_ranges) for _ in range(j + 1 - i)]  # per VMA
+    placed = [Placed(e, role, s // PAGE, z // PAGE, u, category)
+              for e, role, s, z, u, category in zip(vmas, vm_roles, starts, sizes, unit_of,
+                                                    _categories(vmas, vm_roles))]
 
     units: list[Unit] = []
-    for u, (i, j) in enumerate(unit_ranges):
-        members = placed[i:j + 1]
-        for p in members:
-            p.unit = u
-        base = next((p.entry for p in members if p.role is not Role.GUARD), members[0].entry)
-        backing = _backing(base)
-        units.append(Unit(
-            first=i, last=j, at=members[0].at, npages=members[-1].at + members[-1].npages - members[0].at,
-            prot=_prot(base.prot), backing=backing,
-            file=names.get(base.path) if backing == "file" else None,
-            pgoff=pgoffs.get(i, 0), shared=base.shared,
-            guards=sum(p.role is Role.GUARD for p in members)))
+    for i, j in unit_ranges:
+        # The unit's VMA that gives the mmap its protection and backing: its first non-guard.
+        if i == j:
+            base_i, guards_in = i, int(is_guard[i])
+        else:
+            try:
+                base_i = is_guard.index(False, i, j + 1)
+            except ValueError:
+                base_i = i  # guards only
+            guards_in = is_guard[i:j + 1].count(True)
+        base = vmas[base_i]
+        backing = backings[base_i]
+        head, tail = placed[i], placed[j]
+        unit = Unit(first=i, last=j, at=head.at, npages=tail.at + tail.npages - head.at,
+                    prot=_prot(base.prot), backing=backing,
+                    file=names.get(base.path) if backing == "file" else None,
+                    pgoff=pgoffs.get(i, 0), shared=base.shared, guards=guards_in)
+        unit.noreserve = _base_noreserve(unit, base)
+        units.append(unit)
 
     # Keep apart what the original kept apart. Two adjacent units the rebuild could merge
     # (same backing, a protection in common under some design, contiguous file offsets)
@@ -320,7 +406,6 @@ def build_layout(entries: list[MapEntry], classification: Classification, *, tou
     separated = 0
     prev: Unit | None = None
     for u in units:
-        u.noreserve = _base_noreserve(u, placed)
         if prev is not None and _could_merge(prev, u, placed):
             separated += 1
             if prev.noreserve == u.noreserve:
@@ -338,20 +423,16 @@ def build_layout(entries: list[MapEntry], classification: Classification, *, tou
         if u.backing == "file":
             op["file"], op["pgoff"] = u.file, u.pgoff
         ops.append(op)
-    touched = 0
-    for p in placed:
-        for t in _touch_ops(p, units[p.unit].backing, mode):
-            touched += t["len"]
-            ops.append(t)
-    guards = 0
-    for p in placed:
-        if p.role is Role.GUARD:
-            guards += 1
-            ops.append({"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"})
+    touch_ops, touched = _touches(placed, [u.backing for u in units], mode)
+    ops += touch_ops
+    guard_ops = [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"}
+                 for p in itertools.compress(placed, is_guard)]
+    ops += guard_ops
+    guards = len(guard_ops)
 
     arena_pages = max(1, -(-arena_bytes // PAGE))
     script = {
-        "note": (f"layout of {source or 'a process'}: {len(vmas)} VMAs, {guards} guards as "
+        "note": (f"layout of {source or 'a process'}: {n} VMAs, {guards} guards as "
                  f"guard_install; gaps compressed modulo {_fmt_bytes(granule)}; touch={mode}"),
         "arena_pages": arena_pages,
         "files": {name: {"pages": file_pages[name]} for name in sorted(file_pages)},
@@ -361,23 +442,22 @@ def build_layout(entries: list[MapEntry], classification: Classification, *, tou
     if shrunk:
         notes.append(f"{shrunk} PROT_NONE reservation(s) shrunk to fit the arena (same size modulo "
                      f"{_fmt_bytes(granule)})")
-    if any(e.kind in (MapKind.VDSO, MapKind.VVAR, MapKind.STACK, MapKind.SPECIAL) for e in vmas):
+    if not _SPECIAL_KINDS.isdisjoint(map(_KIND, vmas)):
         notes.append("[vdso], [vvar], [stack] and other special VMAs are rebuilt as private "
                      "anonymous memory of the same size and protection")
-    return Layout(script=script, placed=placed, units=units, vmas=len(vmas), guards=guards,
+    return Layout(script=script, placed=placed, units=units, vmas=n, guards=guards,
                   arena_pages=arena_pages, granule=granule, shrunk_reservations=shrunk, touch=mode,
                   touched_pages=touched, files=names, separated=separated, notes=notes)
 
 
-def _base_noreserve(u: Unit, placed: list[Placed]) -> bool:
-    """MAP_NORESERVE as the original had it: smaps ``nr`` when known, else for PROT_NONE
-    private memory (reservations; glibc and PartitionAlloc reserve that way)."""
+def _base_noreserve(u: Unit, base: MapEntry) -> bool:
+    """MAP_NORESERVE as the original had it: smaps ``nr`` of the unit's base VMA (its first
+    non-guard) when known, else for PROT_NONE private memory (reservations; glibc and
+    PartitionAlloc reserve that way)."""
     if u.backing == "shared-anon":
         return False
-    e = next((p.entry for p in placed[u.first:u.last + 1] if p.role is not Role.GUARD),
-             placed[u.first].entry)
-    if e.vmflags is not None:
-        return "nr" in e.vmflags
+    if base.vmflags is not None:
+        return "nr" in base.vmflags
     return u.prot == "none" and not u.shared
 
 
