@@ -72,9 +72,12 @@ class ScriptError(ValueError):
         self.field_name = field_name
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Op:
     """One validated op. Addresses and lengths are bytes, absolute (arena base added).
+
+    Read-only by convention: not ``frozen``, because a frozen dataclass's ``__init__``
+    costs six times as much, and a 65k-op layout script builds 65k of them.
 
     ``addr``/``length``/``new_length``/``to_addr`` are ``None`` when the op has
     no such field. ``flags`` holds the syscall's flag word (MAP_, MREMAP_ or
