@@ -183,7 +183,7 @@ def bench_million(n: int, k: int, check: bool) -> dict:
     tracemalloc.stop()
     assert mm.map_count == n, mm.map_count
     out = {"vmas": n, "build_s_traced": build_s, "bytes_per_vma": (after - before) / n,
-           "pt_entries": len(mm.pt.entries)}
+           "pt_entries": len(mm.pt)}
     print(f"  built {n} VMAs in {build_s:.1f}s (under tracemalloc): "
           f"{out['bytes_per_vma']:.0f} traced bytes per VMA", flush=True)
     ops = model_ops(mm, n, k)

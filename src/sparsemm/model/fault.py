@@ -19,6 +19,14 @@ from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
 #: mm/memory.c: fault_around_bytes default (64 KiB) in pages.
 FAULT_AROUND_PAGES = 16
 
+# Plain-int flag bits for the fault path (as in mm.py): IntFlag operators are Python-level
+# enum calls, and GUP checks run for every touched page.
+_VM_READ, _VM_WRITE, _VM_SHARED = int(VmFlag.READ), int(VmFlag.WRITE), int(VmFlag.SHARED)
+_VM_MAYREAD, _VM_MAYWRITE = int(VmFlag.MAYREAD), int(VmFlag.MAYWRITE)
+_VM_IO_PFNMAP = int(VmFlag.IO | VmFlag.PFNMAP)
+_VM_HUGEPAGE, _VM_NOHUGEPAGE = int(VmFlag.HUGEPAGE), int(VmFlag.NOHUGEPAGE)
+_VM_ACCESS_FLAGS = int(VM_ACCESS_FLAGS)
+
 
 class FaultMixin:
     """The fault paths of ``AddressSpace`` (mm/memory.c, mm/gup.c, mm/rmap.c)."""
@@ -49,8 +57,8 @@ class FaultMixin:
     def _thp_eligible(self, vma: Vma, page: int) -> bool:
         """Would an anon fault at ``page`` map a PMD THP? THP "madvise" mode: VM_HUGEPAGE,
         the aligned 2 MiB inside the VMA, and no PTE table there yet (``pmd_none``)."""
-        if not vma.is_anonymous() or not vma.vm_flags & VmFlag.HUGEPAGE \
-                or vma.vm_flags & VmFlag.NOHUGEPAGE:
+        f = int(vma.vm_flags)
+        if not f & _VM_HUGEPAGE or f & _VM_NOHUGEPAGE or not vma.is_anonymous():
             return False
         p0 = page & ~(HPAGE_PMD_NR - 1)
         if (p0 << PAGE_SHIFT) < vma.vm_start or ((p0 + HPAGE_PMD_NR) << PAGE_SHIFT) > vma.vm_end:
@@ -65,7 +73,7 @@ class FaultMixin:
         for p in range(p0, p0 + HPAGE_PMD_NR):
             self._set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
         self.huge_pmds.add(p0 >> 9)
-        self.pt.pte_tables.discard(p0 >> 9)  # a PMD mapping needs no PTE table
+        self.pt.discard_pte_table(p0)  # a PMD mapping needs no PTE table
 
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
@@ -79,20 +87,20 @@ class FaultMixin:
         f = vma.vm_file
         file_end = f.npages - 1
         base = page - pte_off
-        ents = self.pt.entries
+        get = self.pt.get
         for pte in range(from_pte, to_pte):
             p = base + pte
             pgoff = vma.file_pgoff(p << PAGE_SHIFT)
-            if pgoff > file_end or p in ents:
+            if pgoff > file_end or get(p) is not None:
                 continue
             frame = f.cache.get(pgoff)
             if frame is not None:
                 self._set_pte(p, frame)
 
-    def _handle_fault(self, vma: Vma, addr: int, write: bool) -> None:
-        """mm/memory.c: handle_mm_fault() for one page that needs it. Raises FaultError."""
+    def _handle_fault(self, vma: Vma, addr: int, write: bool, entry) -> None:
+        """mm/memory.c: handle_mm_fault() for one page that needs it; ``entry`` is the page's
+        current PTE (``self.pt.get(page)``). Raises FaultError."""
         page = addr >> PAGE_SHIFT
-        entry = self.pt.entries.get(page)
         if entry is GUARD:
             raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
         if entry is None:
@@ -112,12 +120,12 @@ class FaultMixin:
                 self._fault_around(vma, addr)
                 if pgoff >= f.npages:
                     raise FaultError("SIGBUS")
-                if page not in self.pt.entries:
+                if self.pt.get(page) is None:
                     self._set_pte(page, f.get_page(pgoff))
                 return
             if pgoff >= f.npages:
                 raise FaultError("SIGBUS")
-            if not vma.vm_flags & VmFlag.SHARED:  # do_cow_fault()
+            if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
                 self._anon_vma_prepare(vma)
                 self._set_pte(page, Frame(f.get_page(pgoff).byte, FRAME_ANON))
                 return
@@ -132,7 +140,7 @@ class FaultMixin:
                 self.pt.alloc_tables(page)
             self._anon_vma_prepare(vma)
             self._set_pte(page, Frame(0, FRAME_ANON))
-        elif vma.vm_flags & VmFlag.SHARED:
+        elif int(vma.vm_flags) & _VM_SHARED:
             return
         elif entry.kind == FRAME_FILE or entry.mapcount > 1:  # wp_page_copy()
             self._anon_vma_prepare(vma)
@@ -140,28 +148,29 @@ class FaultMixin:
 
     def _gup_check(self, vma: Vma, write: bool, force: bool) -> bool:
         """mm/gup.c: check_vma_flags(): may GUP touch ``vma`` this way?"""
-        f = vma.vm_flags
-        if f & (VmFlag.IO | VmFlag.PFNMAP):
+        f = int(vma.vm_flags)
+        if f & _VM_IO_PFNMAP:
             return False
         if write:
-            if not f & VmFlag.WRITE:
-                if not force or not f & VmFlag.MAYWRITE or f & VmFlag.SHARED:
+            if not f & _VM_WRITE:
+                if not force or not f & _VM_MAYWRITE or f & _VM_SHARED:
                     return False
-        elif not f & VmFlag.READ:
-            if not force or not f & VmFlag.MAYREAD:
+        elif not f & _VM_READ:
+            if not force or not f & _VM_MAYREAD:
                 return False
         return True
 
     def _gup_page(self, vma: Vma, addr: int, write: bool) -> Frame:
         """Fault one page in for GUP (``faultin_page()`` loop) and return its frame."""
         page = addr >> PAGE_SHIFT
-        entry = self.pt.entries.get(page)
+        entry = self.pt.get(page)
         need = entry is None or entry is GUARD or (write and (
-            entry.kind == FRAME_ZERO or (not vma.vm_flags & VmFlag.SHARED and (
+            entry.kind == FRAME_ZERO or (not int(vma.vm_flags) & _VM_SHARED and (
                 entry.kind == FRAME_FILE or entry.mapcount > 1))))
         if need:
-            self._handle_fault(vma, addr, write)
-        return self.pt.entries[page]
+            self._handle_fault(vma, addr, write, entry)
+            return self.pt.get(page)
+        return entry
 
     def access(self, addr: int, write: bool = False, value: int = 1) -> int | None:
         """A CPU load/store of one byte at ``addr`` (x86 semantics). Returns the byte read
@@ -171,7 +180,8 @@ class FaultMixin:
         if vma is None or vma.is_guard_entry:  # tree design T4: no VMA there
             raise SegFault(addr, abi.SEGV_MAPERR)
         # arch/x86/mm/fault.c: access_error(): a read needs any of r/w/x, a write needs w.
-        if (write and not vma.vm_flags & VmFlag.WRITE) or not vma.vm_flags & VM_ACCESS_FLAGS:
+        f = int(vma.vm_flags)
+        if (write and not f & _VM_WRITE) or not f & _VM_ACCESS_FLAGS:
             raise SegFault(addr, abi.SEGV_ACCERR)
         try:
             frame = self._gup_page(vma, addr, write)

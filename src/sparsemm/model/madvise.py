@@ -13,7 +13,6 @@ from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, U64, Fault
 from sparsemm import abi
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
-from sparsemm.model.pagetable import GUARD
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
 #: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
@@ -25,6 +24,9 @@ _VALID_ADVICE = frozenset(int(m) for m in (
     Madv.PAGEOUT, Madv.POPULATE_READ, Madv.POPULATE_WRITE, Madv.DONTNEED_LOCKED, Madv.COLLAPSE,
     Madv.GUARD_INSTALL, Madv.GUARD_REMOVE))
 
+_GUARD_INSTALL_INELIGIBLE = int(VM_SPECIAL | VmFlag.HUGETLB | VmFlag.LOCKED)
+_VM_MAYBE_GUARD = int(VmFlag.MAYBE_GUARD)
+
 
 class MadviseMixin:
     """``madvise()`` of ``AddressSpace`` (mm/madvise.c, mm/khugepaged.c madvise_collapse)."""
@@ -34,7 +36,9 @@ class MadviseMixin:
     # ------------------------------------------------------------------ madvise
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
-        """mm/madvise.c: do_madvise(). O(k log n + min(p, e)); populate and guard install O(p)."""
+        """mm/madvise.c: do_madvise(). O(k log n) plus the page-table work: zaps
+        O(t + f), guard install/remove O(log r + runs touched + t) (docs/model.md
+        "Complexity"); populate O(p)."""
         if advice not in _VALID_ADVICE:
             raise kerr(errno.EINVAL, "madvise: bad advice")
         if self.design.madvise(self, addr, length, advice):
@@ -182,10 +186,12 @@ class MadviseMixin:
                 failed = True
                 continue
             p0 = h >> PAGE_SHIFT
-            ents = [self.pt.entries.get(p) for p in range(p0, p0 + HPAGE_PMD_NR)]
-            if any(e is GUARD for e in ents):
+            if self.pt.has_markers_in(p0, p0 + HPAGE_PMD_NR):
                 failed = True
                 continue
+            ents = [None] * HPAGE_PMD_NR
+            for p, e in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+                ents[p - p0] = e
             if vma.is_anonymous():
                 if not vma.vm_flags & VmFlag.WRITE or not any(
                         e is not None and e.kind == FRAME_ANON for e in ents):
@@ -195,7 +201,7 @@ class MadviseMixin:
                     if e is None or e.kind != FRAME_ANON:
                         self._set_pte(p0 + i, Frame(0, FRAME_ANON))
                 self.huge_pmds.add(p0 >> 9)
-                self.pt.pte_tables.discard(p0 >> 9)
+                self.pt.discard_pte_table(p0)
             else:
                 f = vma.vm_file
                 for i, e in enumerate(ents):
@@ -221,25 +227,25 @@ class MadviseMixin:
     def _pageout(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_pageout() with no swap device: anon pages cannot be written
         out and stay; page-cache pages mapped once are unmapped (they stay cached)."""
-        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            entry = self.pt.entries[page]
-            if entry is not GUARD and entry.kind == FRAME_FILE and entry.mapcount == 1:
+        for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if entry.kind == FRAME_FILE and entry.mapcount == 1:
                 self._clear_pte(page)
 
     def _guard_install(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_guard_install() (R-B2, R-C1, R-C5, R-C6)."""
-        if vma.vm_flags & (VM_SPECIAL | VmFlag.HUGETLB | VmFlag.LOCKED):
+        f = int(vma.vm_flags)  # plain-int tests: IntFlag operators are slow (mm.py's _VM_*)
+        if f & _GUARD_INSTALL_INELIGIBLE:
             raise kerr(errno.EINVAL, "guard install: ineligible vma")  # R-B2, R-F13
-        vma.vm_flags |= VmFlag.MAYBE_GUARD  # R-C6 (6.18.y sticky backport): no split, no merge
+        if not f & _VM_MAYBE_GUARD:
+            vma.vm_flags |= VmFlag.MAYBE_GUARD  # R-C6 (6.18.y sticky backport): no split, no merge
         if vma.is_anonymous():
             self._anon_vma_prepare(vma)
         self._zap_range(start, end)  # R-C1: existing markers stay
-        self.pt.fill_none(start >> PAGE_SHIFT, end >> PAGE_SHIFT, GUARD)  # markers count in no RSS
+        # one run, every table of the range allocated; markers count in no RSS
+        self.pt.install_markers(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
 
     def _guard_remove(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_guard_remove() (R-D1..R-D4): markers -> none; flag stays."""
         if vma.vm_flags & (VM_SPECIAL | VmFlag.HUGETLB):
             raise kerr(errno.EINVAL, "guard remove: ineligible vma")
-        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            if self.pt.entries[page] is GUARD:
-                self.pt.clear(page)
+        self.pt.remove_markers(start >> PAGE_SHIFT, end >> PAGE_SHIFT)  # run by run

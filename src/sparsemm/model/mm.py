@@ -20,7 +20,7 @@ from sparsemm.model.madvise import MadviseMixin
 from sparsemm.model.designs import make_design
 from sparsemm.model.merge import MergeState, merge_new_range, split_vma, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
-from sparsemm.model.pagetable import GUARD, PageTable
+from sparsemm.model.pagetable import GUARD, PAGE_LIMIT, PageTable
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model.vma_tree import VmaTree
 
@@ -96,7 +96,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
 
     # PTE updates go through these two so counters and mapcounts stay exact.
     def _set_pte(self, page: int, entry) -> None:
-        old = self.pt.entries.get(page)
+        old = self.pt.set(page, entry)
         if old is not None:
             self._drop_entry(old)
         if entry is not GUARD:
@@ -106,7 +106,6 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             elif entry.kind == FRAME_ANON:
                 self.rss_anon += 1
                 entry.mapcount += 1
-        self.pt.set(page, entry)
 
     def _drop_entry(self, entry) -> None:
         if entry is GUARD:
@@ -140,20 +139,22 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                    only=None) -> None:
         """``zap_page_range_single()`` / ``unmap_vmas()``: clear PTEs in ``[start, end)``.
 
-        Guard markers survive unless ``drop_markers`` (munmap: ZAP_FLAG_DROP_MARKER).
-        ``only`` filters entries (e.g. file pages of one MemFile). O(min(pages, entries)).
+        Guard markers survive unless ``drop_markers`` (munmap: ZAP_FLAG_DROP_MARKER), which
+        clears them run by run. ``only`` filters the present pages (e.g. file pages of one
+        MemFile). O(PageTable.frames() + frames cleared + marker runs dropped).
         """
         self._split_huge_range(start, end)
-        for page in self.pt.pages_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            entry = self.pt.entries[page]
-            if entry is GUARD and not drop_markers:
-                continue
-            if only is not None and not only(entry):
-                continue
-            self._clear_pte(page)
+        first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        pt = self.pt
+        for page, entry in pt.frames(first, last):
+            if only is None or only(entry):
+                pt.clear(page)
+                self._drop_entry(entry)
+        if drop_markers:
+            pt.remove_markers(first, last)
         if self.huge_pmds:
-            for pmd in [p for p in self.huge_pmds if start >> PAGE_SHIFT <= p << 9 < end >> PAGE_SHIFT]:
-                if (pmd << 9) not in self.pt.entries:
+            for pmd in [p for p in self.huge_pmds if first <= p << 9 < last]:
+                if pt.get(pmd << 9) is None:
                     self.huge_pmds.discard(pmd)
     # ------------------------------------------------------------------ unmap
 
@@ -294,7 +295,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     # ------------------------------------------------------------------ munmap
 
     def munmap(self, addr: int, length: int) -> None:
-        """mm/mmap.c: __vm_munmap() / do_vmi_munmap(). O(k log n + min(p, e))."""
+        """mm/mmap.c: __vm_munmap() / do_vmi_munmap(). O(k log n + t + f + log r + runs dropped)."""
         if addr & ~abi.PAGE_MASK or addr > TASK_SIZE or length > TASK_SIZE - addr:
             raise kerr(errno.EINVAL, "munmap: bad range")
         end = addr + abi.page_align(length)
@@ -441,19 +442,22 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             if not (vma.vm_flags & (VmFlag.PFNMAP | VmFlag.MIXEDMAP | VmFlag.UFFD_WP | VmFlag.MAYBE_GUARD)
                     or vma.anon_vma is not None):
                 continue
-            for page in self.pt.pages_in(vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT):
-                child._set_pte(page, self.pt.entries[page])
+            first, last = vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT
+            for page, entry in self.pt.frames(first, last):
+                child._set_pte(page, entry)
+            self.pt.copy_markers_to(child.pt, first, last)  # run by run
             for pmd in self.huge_pmds:
-                if vma.vm_start >> PAGE_SHIFT <= pmd << 9 < vma.vm_end >> PAGE_SHIFT:
+                if first <= pmd << 9 < last:
                     child.huge_pmds.add(pmd)
-                    child.pt.pte_tables.discard(pmd)
+                    child.pt.discard_pte_table(pmd << 9)
         self.design.after_fork(child)
         return child
 
     def exit(self) -> None:
-        """exit_mmap(): drop every mapping (frames' mapcounts fall back). O(e)."""
-        for page in list(self.pt.entries):
+        """exit_mmap(): drop every mapping (frames' mapcounts fall back). O(e + T log T + r)."""
+        for page, _ in self.pt.frames():
             self._clear_pte(page)
+        self.pt.remove_markers(0, PAGE_LIMIT)
         for f in self.files:
             if self in f.users:
                 f.users.remove(self)
@@ -486,7 +490,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
 
     def check(self) -> None:
         """Assert the invariants of ARCHITECTURE.md; raises AssertionError naming the first broken one.
-        O(n + entries)."""
+        O(n log n + e + r (log n + tables per marker run))."""
         self.tree.check()
         prev = None
         n = 0
@@ -500,15 +504,25 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                     assert not _would_merge(prev, vma), f"unmerged neighbours {prev} {vma}"
             prev = vma
         assert n == self.map_count
+        self.pt.check()
+        for run in self.pt.marker_runs():
+            # every marker page inside a VMA (not a guard entry) and under a table
+            cursor = run.start << PAGE_SHIFT
+            for vma in self.tree.overlapping(cursor, run.stop << PAGE_SHIFT):
+                assert vma.vm_start <= cursor and not vma.is_guard_entry, \
+                    f"guard marker outside any vma at {cursor:#x}"
+                cursor = vma.vm_end
+            assert cursor >= run.stop << PAGE_SHIFT, f"guard marker outside any vma at {cursor:#x}"
+            for t in range(run.start >> 9, ((run.stop - 1) >> 9) + 1):
+                assert t in self.pt.pte_tables or t in self.huge_pmds, \
+                    f"guard marker without a table at {t << 21:#x}"
         anon = file = 0
-        for page, entry in self.pt.entries.items():
+        for page, entry in self.pt.frames():
             addr = page << PAGE_SHIFT
             vma = self.tree.find(addr)
             assert vma is not None and not vma.is_guard_entry, f"entry outside any vma at {addr:#x}"
             assert (page >> 9) in self.pt.pte_tables or (page >> 9) in self.huge_pmds, \
                 f"entry without a table at {addr:#x}"
-            if entry is GUARD:
-                continue
             if entry.kind == FRAME_ANON:
                 anon += 1
                 assert vma.anon_vma is not None, f"anon page without anon_vma at {addr:#x}"

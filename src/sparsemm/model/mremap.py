@@ -23,7 +23,8 @@ class MremapMixin:
     # ------------------------------------------------------------------ mremap
 
     def mremap(self, addr: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
-        """mm/mremap.c: do_mremap(). Returns the (possibly new) address. O(k log n + min(p, e))."""
+        """mm/mremap.c: do_mremap(). Returns the (possibly new) address.
+        O(k log n + t + f + log r + runs moved)."""
         old_len = abi.page_align(old_len) & U64
         new_len = abi.page_align(new_len) & U64
         # check_mremap_params()
@@ -151,14 +152,10 @@ class MremapMixin:
             raise kerr(errno.ENOMEM, "mremap: near max_map_count")
         vma = self.tree.find(addr)
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
-        # move_page_tables(): entries keep their offsets (R-F12)
+        # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
-        moved = []
         self._split_huge_range(addr, addr + old_len)
-        for page in self.pt.pages_in(src0, src0 + (old_len >> PAGE_SHIFT)):
-            moved.append((page - src0 + dst0, self.pt.clear(page)))
-        for page, entry in moved:
-            self.pt.set(page, entry)
+        self.pt.move_range(src0, src0 + (old_len >> PAGE_SHIFT), dst0)
         self.huge_pmds -= {p for p in self.huge_pmds if src0 <= p << 9 < src0 + (old_len >> PAGE_SHIFT)}
         if flags & MremapFlag.DONTUNMAP:
             old = self.tree.find(addr)

@@ -49,10 +49,7 @@ def smaps(mm) -> str:
     for v in mm:
         first, end = v.vm_start >> abi.PAGE_SHIFT, v.vm_end >> abi.PAGE_SHIFT
         anon = file = 0
-        for p in mm.pt.pages_in(first, end):
-            e = mm.pt.entries[p]
-            if e is GUARD:
-                continue
+        for _, e in mm.pt.frames(first, end):  # guard markers count in no RSS
             if e.kind == FRAME_ANON:
                 anon += 1
             elif e.kind == FRAME_FILE:
@@ -73,7 +70,7 @@ def pagemap_word(mm, addr: int) -> int:
     present pages bit 63 (+61 for page-cache pages, +56 when mapped once), guard markers
     bits 62 and 58 (R-G1). PFN field 0."""
     page = addr >> abi.PAGE_SHIFT
-    e = mm.pt.entries.get(page)
+    e = mm.pt.get(page)
     if e is None:
         if mm.tree.reserved_count:  # tree design T10: a guard entry reports bit 58
             v = mm.tree.find(addr)
@@ -81,7 +78,15 @@ def pagemap_word(mm, addr: int) -> int:
                 return abi.PM_GUARD_REGION
         return 0
     if e is GUARD:
-        return abi.PM_SWAP | abi.PM_GUARD_REGION
+        return _MARKER_WORD
+    return _frame_word(e)
+
+
+#: A guard marker: a swap-type PTE with the guard-region bit (pte_to_pagemap_entry()).
+_MARKER_WORD = abi.PM_SWAP | abi.PM_GUARD_REGION
+
+
+def _frame_word(e) -> int:
     word = abi.PM_PRESENT
     if e.kind == FRAME_FILE:
         word |= abi.PM_FILE
@@ -91,5 +96,21 @@ def pagemap_word(mm, addr: int) -> int:
 
 
 def pagemap(mm, addr: int, npages: int) -> list[int]:
-    """``npages`` pagemap words from ``addr``. O(npages)."""
-    return [pagemap_word(mm, addr + (i << abi.PAGE_SHIFT)) for i in range(npages)]
+    """``npages`` pagemap words from the page of ``addr``, each as ``pagemap_word`` gives it,
+    built per run: O(npages) list fill + O(PageTable.frames() + marker runs + guard entries)."""
+    if npages <= 0:
+        return []
+    first = addr >> abi.PAGE_SHIFT
+    end = first + npages
+    words = [0] * npages
+    if mm.tree.reserved_count:  # tree design T10: guard entries report bit 58 where no PTE is
+        for v in mm.tree.overlapping(first << abi.PAGE_SHIFT, end << abi.PAGE_SHIFT):
+            if v.is_guard_entry:
+                lo = max(v.vm_start >> abi.PAGE_SHIFT, first) - first
+                hi = min(v.vm_end >> abi.PAGE_SHIFT, end) - first
+                words[lo:hi] = [abi.PM_GUARD_REGION] * (hi - lo)
+    for r in mm.pt.marker_runs(first, end):
+        words[r.start - first:r.stop - first] = [_MARKER_WORD] * len(r)
+    for p, e in mm.pt.frames(first, end):
+        words[p - first] = _frame_word(e)
+    return words
