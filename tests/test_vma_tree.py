@@ -169,6 +169,25 @@ def test_set_bounds_split_merge_move():
     assert pages(t) == [(0, 1), (2, 6)] and t.find(0) is B
 
 
+def test_split_cuts_in_place_and_rejects_bad_cuts():
+    tree = VmaTree()
+    a, b = V(16 * P, 24 * P), V(40 * P, 48 * P)
+    tree.insert(a)
+    tree.insert(b)
+    gaps = tree.gap_count
+    upper = V(20 * P, 24 * P)
+    tree.split(a, 20 * P, upper)
+    tree.check()
+    assert list(tree) == [a, upper, b] and (a.vm_start, a.vm_end) == (16 * P, 20 * P)
+    assert tree.gap_count == gaps  # adjacent halves: no new gap
+    for bad_addr, bad_upper in ((16 * P, V(16 * P, 20 * P)), (21 * P + 1, V(21 * P + 1, 24 * P)),
+                                (18 * P, V(18 * P, 24 * P)), (24 * P, V(24 * P, 24 * P + P))):
+        with pytest.raises(ValueError):
+            tree.split(a, bad_addr, bad_upper)
+    tree.check()
+    assert list(tree) == [a, upper, b]
+
+
 def test_check_detects_corruption():
     t, v = build("AA.BB..CCC")
     v["B"].vm_end = 8 * P                      # mutated behind the tree's back: overlaps C
@@ -289,6 +308,16 @@ def test_random_against_reference(seed):
             v = rng.choice(ref)
             tree.remove(v)
             ref.remove(v)
+        elif op < 0.62:                  # cut a VMA in two (split_vma)
+            v = rng.choice(ref)
+            if v.vm_end - v.vm_start < 2 * P:
+                with pytest.raises(ValueError):
+                    tree.split(v, v.vm_start, V(v.vm_start, v.vm_end))
+                continue
+            a = rng.randrange(v.vm_start // P + 1, v.vm_end // P) * P
+            upper = V(a, v.vm_end)
+            tree.split(v, a, upper)
+            ref.append(upper)
         elif op < 0.80:
             v = rng.choice(ref)
             if rng.random() < 0.6:       # nudge an edge (split, merge, expand)

@@ -43,7 +43,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sparsemm.analyze.maps import ANON_PRIVATE_KINDS, MapEntry, MapKind, gc_paused
+from sparsemm._gc import gc_paused
+from sparsemm.analyze.maps import ANON_PRIVATE_KINDS, MapEntry, MapKind
 from sparsemm.model.costs import CostConstants, constants
 
 __all__ = [
@@ -275,7 +276,7 @@ def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> C
     distinct joined pairs (i, i+1) - what a union-find over indices would count.
     """
     policy = policy or GuardPolicy()
-    with gc_paused():  # one VmaRole per entry, none freed: see maps.gc_paused
+    with gc_paused():  # one VmaRole per entry, none freed: see sparsemm._gc
         return _find_guards(entries, policy)
 
 

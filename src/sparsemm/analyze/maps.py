@@ -9,9 +9,7 @@ interpret the layout (that is ``analyze.guards``) and never writes to /proc.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gc
 import os
 import re
 import sys
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsemm import abi
+from sparsemm._gc import gc_paused
 
 __all__ = [
     "MapKind",
@@ -229,21 +228,6 @@ def _lines(text_or_lines: str | bytes | Iterable[str]) -> Iterable[str]:
     if isinstance(text_or_lines, str):
         return text_or_lines.split("\n")
     return (line[:-1] if line[-1:] == "\n" else line for line in text_or_lines)
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause the cyclic garbage collector for a stage that allocates a record or two per VMA
-    and frees none (parsing, ``find_guards``, ``build_layout``): at 65k VMAs the collector
-    would run hundreds of useless generation scans over them (≈25-40% of the time).
-    Restores the previous state; nests."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _parse(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:

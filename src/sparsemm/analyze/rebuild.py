@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 from sparsemm import abi
+from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardSide, Role
-from sparsemm.analyze.maps import MapEntry, MapKind, gc_paused
+from sparsemm.analyze.maps import MapEntry, MapKind
 from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_TOUCH_PAGES
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
@@ -332,7 +333,7 @@ def build_layout(entries: list[MapEntry], classification: Classification, *, tou
     Raises ``LayoutError`` when there is nothing to rebuild or no compression level fits
     the arena in ``arena_limit`` bytes.
     """
-    with gc_paused():  # one Placed and about one op dict per VMA, none freed: see maps.gc_paused
+    with gc_paused():  # one Placed and about one op dict per VMA, none freed: see sparsemm._gc
         return _build_layout(entries, classification.roles, touch, source, arena_limit)
 
 

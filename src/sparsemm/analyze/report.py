@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
@@ -153,7 +154,8 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     if workers is None:
         workers = os.cpu_count() or 1
     stage(f"parsing the layout script ({nops:,} ops)")
-    script = parse_script(layout.script)
+    with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
+        script = parse_script(layout.script)
     if nops < PARALLEL_MIN_OPS:
         results = {}
         for d in designs:

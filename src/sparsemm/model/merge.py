@@ -199,8 +199,7 @@ def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     upper = vma.copy()
     upper.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> abi.PAGE_SHIFT)
     upper.vm_start = addr
-    tree.set_bounds(vma, vma.vm_start, addr)
-    tree.insert(upper)
+    tree.split(vma, addr, upper)
     return upper
 
 

@@ -15,7 +15,7 @@ class RangeMap:
     """Sorted disjoint ``[start, end) -> value`` ranges (any unit; callers say which).
 
     ``get`` and ``pieces`` are O(log n + k); ``set`` is O(log n + k) plus a list
-    splice (C-level memmove of the tail). ``None`` is not a value: setting a range
+    splice (C-level memmove of the tail), O(1) past the last range. ``None`` is not a value: setting a range
     to ``None`` clears it.
     """
 
@@ -67,6 +67,16 @@ class RangeMap:
         if start >= end:
             return
         starts, ends, values = self.starts, self.ends, self.values
+        if not starts or start >= ends[-1]:  # past every range (ascending fills): O(1)
+            if value is None:
+                return
+            if starts and ends[-1] == start and values[-1] == value:
+                ends[-1] = end
+            else:
+                starts.append(start)
+                ends.append(end)
+                values.append(value)
+            return
         # Splice one neighbour beyond each end too, so equal neighbours coalesce.
         lo = max(bisect_right(starts, start) - 2, 0)
         hi = min(bisect_left(starts, end) + 1, len(starts))

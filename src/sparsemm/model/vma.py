@@ -61,7 +61,8 @@ class Vma:
                  vm_file=None, anon_vma: AnonVma | None = None, anon_vma_forked: bool = False):
         self.vm_start = vm_start
         self.vm_end = vm_end
-        self.vm_flags = VmFlag(vm_flags)
+        # VmFlag() costs an enum lookup; copies and splits already pass a VmFlag
+        self.vm_flags = vm_flags if type(vm_flags) is VmFlag else VmFlag(vm_flags)
         self.vm_pgoff = vm_pgoff
         self.vm_file = vm_file
         self.anon_vma = anon_vma

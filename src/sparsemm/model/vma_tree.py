@@ -351,6 +351,30 @@ class VmaTree:
             if len(starts) < self.LOAD // 2 and len(self._starts) > 1:
                 self._merge(b)
 
+    def split(self, vma: Any, addr: int, upper: Any) -> None:
+        """Cut the stored ``vma`` at ``addr`` (``__split_vma()``'s tree update): ``vma`` keeps
+        ``[vm_start, addr)`` and ``upper`` (``vm_start == addr``, ``vm_end`` the old end) is
+        stored right after it.  One lookup: no overlap search is needed, the new gap is 0
+        and the next VMA's gap is unchanged.  ValueError (nothing changed) for a bad cut.
+        O(log n)*.
+        """
+        if not (vma.vm_start < addr < vma.vm_end) or addr & _PAGE_MASK or \
+                upper.vm_start != addr or upper.vm_end != vma.vm_end:
+            raise ValueError(f"bad split of [{vma.vm_start:#x}, {vma.vm_end:#x}) at {addr:#x} "
+                             f"into [{upper.vm_start:#x}, {upper.vm_end:#x})")
+        b, k = self._locate(vma)
+        vma.vm_end = addr
+        k += 1
+        starts = self._starts[b]
+        starts.insert(k, addr)
+        self._vmas[b].insert(k, upper)
+        self._gaps[b].insert(k, 0)
+        self._len += 1
+        if getattr(upper, "is_guard_entry", False):
+            self._reserved += 1
+        if len(starts) > 2 * self.LOAD:
+            self._split(b)
+
     def set_bounds(self, vma: Any, vm_start: int, vm_end: int) -> None:
         """Change a stored VMA's bounds (split, merge, expand, move).  O(log n)*.
 

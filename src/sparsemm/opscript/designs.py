@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from sparsemm import abi
+from sparsemm._gc import gc_paused
 from dataclasses import dataclass, field
 
 from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
@@ -112,10 +113,11 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     """``run_design`` for each design, running the design-free prefix only once.
 
     The prefix (``design_free_prefix``) runs on one address space; then each
-    design but the last continues in a forked copy of it (``os.fork``: the copy
-    is the kernel's copy-on-write, not Python's), the last in this process.
-    ``parallel`` runs the forked designs at the same time as the last one; else
-    one after the other. Results carry no ``records`` (their counts, cost and
+    design continues in a forked copy of it (``os.fork``: the copy is the
+    kernel's copy-on-write, not Python's; the child exits without tearing its
+    model down). ``parallel`` runs the designs at the same time, else one after
+    the other. The cyclic GC is off in the prefix and in the children (the model
+    makes many objects and frees few). Results carry no ``records`` (their counts, cost and
     failures are complete). Same results as ``run_design`` per design (tested);
     CPU O(prefix + sum of the tails) instead of O(designs x ops).
     """
@@ -131,7 +133,8 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
         return results
     k = design_free_prefix(script)
     runner = start_model(script, "pte", max_map_count=max_map_count)
-    prefix_records = runner.run_ops(script.ops[:k])
+    with gc_paused():
+        prefix_records = runner.run_ops(script.ops[:k])
 
     def finish(design: str) -> DesignResult:
         runner.mm.design, runner.mm.guard_design = make_design(design), design
@@ -139,13 +142,14 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
         _fill(result, prefix_records + runner.run_ops(script.ops[k:]), runner.mm)
         return result
 
-    children = []
-    for d in known[:-1]:
-        children.append((d, _fork_call(lambda d=d: finish(d))))
-        if not parallel:
-            results[d] = children.pop()[1]()
-    results[known[-1]] = finish(known[-1])
-    for d, wait in children:
+    waiting = []
+    for d in known:
+        wait = _fork_call(lambda d=d: finish(d))
+        if parallel:
+            waiting.append((d, wait))
+        else:
+            results[d] = wait()
+    for d, wait in waiting:
         results[d] = wait()
     return results
 
