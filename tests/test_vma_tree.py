@@ -188,6 +188,29 @@ def test_split_cuts_in_place_and_rejects_bad_cuts():
     assert list(tree) == [a, upper, b]
 
 
+def test_replace_swaps_the_object_and_counts_reserved_entries():
+    class Entry(V):
+        is_guard_entry = True
+
+    tree = VmaTree()
+    a, b = V(16 * P, 24 * P), V(24 * P, 32 * P)
+    tree.insert(a)
+    tree.insert(b)
+    e = Entry(24 * P, 32 * P)
+    tree.replace(b, e)
+    tree.check()
+    assert list(tree) == [a, e] and len(tree) == 1 and tree.reserved_count == 1
+    assert tree.find(25 * P) is e
+    back = V(24 * P, 32 * P)
+    tree.replace(e, back)
+    assert len(tree) == 2 and tree.reserved_count == 0
+    with pytest.raises(ValueError):
+        tree.replace(back, V(24 * P, 33 * P))
+    with pytest.raises(ValueError):
+        tree.replace(V(0, P), V(0, P))  # not stored
+    tree.check()
+
+
 def test_check_detects_corruption():
     t, v = build("AA.BB..CCC")
     v["B"].vm_end = 8 * P                      # mutated behind the tree's back: overlaps C

@@ -212,9 +212,14 @@ class TreeDesign(GuardDesign):
         if end < vma.vm_end:
             split_vma(tree, vma, end, mm.max_map_count)
         mm._zap_range(start, end, drop_markers=True)  # contents go, as under a marker (R-C1)
-        tree.remove(vma)
         entry = GuardEntry(start, end, [(start, end, vma)])
-        self._coalesce(tree, entry)
+        prev = tree.find(start - 1) if start else None
+        nxt = tree.find(end)
+        if is_guard_entry(prev) and prev.vm_end == start or is_guard_entry(nxt) and nxt.vm_start == end:
+            tree.remove(vma)
+            self._coalesce(tree, entry)
+        else:  # no entry to join (T1): the entry takes the VMA's slot
+            tree.replace(vma, entry)
         return None
 
     @staticmethod

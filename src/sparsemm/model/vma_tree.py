@@ -351,6 +351,17 @@ class VmaTree:
             if len(starts) < self.LOAD // 2 and len(self._starts) > 1:
                 self._merge(b)
 
+    def replace(self, old: Any, new: Any) -> None:
+        """Store ``new`` where ``old`` is; they must have the same bounds (the tree design
+        turning a VMA into a guard entry).  Gaps and order are unchanged.  O(log n).
+        """
+        if (new.vm_start, new.vm_end) != (old.vm_start, old.vm_end):
+            raise ValueError("replace needs equal bounds")
+        b, k = self._locate(old)
+        self._vmas[b][k] = new
+        self._reserved += bool(getattr(new, "is_guard_entry", False)) - bool(
+            getattr(old, "is_guard_entry", False))
+
     def split(self, vma: Any, addr: int, upper: Any) -> None:
         """Cut the stored ``vma`` at ``addr`` (``__split_vma()``'s tree update): ``vma`` keeps
         ``[vm_start, addr)`` and ``upper`` (``vm_start == addr``, ``vm_end`` the old end) is
