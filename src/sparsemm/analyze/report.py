@@ -17,7 +17,7 @@ from sparsemm.analyze.guards import GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants
-from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared
+from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared, start_design
 from sparsemm.opscript.script import parse_script
 
 __all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
@@ -137,8 +137,10 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
     first guard op among the designs (``run_designs_shared``: each design continues
-    in a forked copy), at the same time when ``workers`` (default
-    ``os.cpu_count()``) is above 1; smaller ones run each design here.
+    in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
+    designs run at the same time, and the slowest (``tree``) starts from scratch
+    in a child as soon as the layout is built, using the core that parsing and
+    the shared prefix leave idle. Smaller layouts run each design here.
 
     Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
     """
@@ -153,19 +155,26 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     nops = len(layout.script["ops"])
     if workers is None:
         workers = os.cpu_count() or 1
+    parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(designs) > 1
+    rest, early = designs, None
+    if parallel:  # the slowest design starts now, on the core the next stages leave idle
+        first = "tree" if "tree" in designs else designs[0]
+        early = start_design(layout.script, first)
+        rest = tuple(d for d in designs if d != first)
     stage(f"parsing the layout script ({nops:,} ops)")
     with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
         script = parse_script(layout.script)
     if nops < PARALLEL_MIN_OPS:
         results = {}
-        for d in designs:
+        for d in rest:
             stage(f"running the {d} design on the model ({nops:,} ops)")
             results[d] = run_design(script, d)
     else:
-        parallel = workers > 1
         stage(f"running {', '.join(designs)} on the model{' in parallel' if parallel else ''} "
-              f"({nops:,} ops, the ops before the first guard once)")
-        results = run_designs_shared(script, designs, parallel=parallel)
+              f"({nops:,} ops; the ops before the first guard once)")
+        results = run_designs_shared(script, rest, parallel=parallel)
+    if early is not None:
+        results[first] = early()
     figs = {d: _figures(d, results[d], limit) for d in designs}
     base = figs.get("vma")
     for f in figs.values():

@@ -154,6 +154,21 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     return results
 
 
+def start_design(doc: dict, design: str):
+    """Start ``run_design`` of the script document ``doc`` under ``design`` in a forked
+    child now (it parses the document there); return a function that waits for the
+    ``DesignResult`` (without ``records``). Lets one design use an idle core while this
+    process goes on (``analyze`` starts the slowest design so)."""
+    from sparsemm.opscript.script import parse_script
+
+    def child() -> DesignResult:
+        result = run_design(parse_script(doc), design)
+        result.records = []
+        return result
+
+    return _fork_call(child)
+
+
 def _fork_call(fn):
     """Run ``fn()`` in a forked child; return a function that waits for and returns its
     result (pickled through a pipe), or raises ``RuntimeError`` with the child's traceback."""
