@@ -15,17 +15,11 @@ from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, FaultError
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE, Frame
 from sparsemm.model.pagetable import GUARD
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
+from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP, _VM_MAYREAD, _VM_MAYWRITE,
+                                    _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_WRITE)
 
 #: mm/memory.c: fault_around_bytes default (64 KiB) in pages.
 FAULT_AROUND_PAGES = 16
-
-# Plain-int flag bits for the fault path (as in mm.py): IntFlag operators are Python-level
-# enum calls, and GUP checks run for every touched page.
-_VM_READ, _VM_WRITE, _VM_SHARED = int(VmFlag.READ), int(VmFlag.WRITE), int(VmFlag.SHARED)
-_VM_MAYREAD, _VM_MAYWRITE = int(VmFlag.MAYREAD), int(VmFlag.MAYWRITE)
-_VM_IO_PFNMAP = int(VmFlag.IO | VmFlag.PFNMAP)
-_VM_HUGEPAGE, _VM_NOHUGEPAGE = int(VmFlag.HUGEPAGE), int(VmFlag.NOHUGEPAGE)
-_VM_ACCESS_FLAGS = int(VM_ACCESS_FLAGS)
 
 
 class FaultMixin:

@@ -14,6 +14,7 @@ from sparsemm import abi
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
 from sparsemm.model.vma import VM_SPECIAL, Vma
+from sparsemm.model._flags import _GUARD_INSTALL_INELIGIBLE, _VM_MAYBE_GUARD
 
 #: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
 #: CONFIG_MEMORY_FAILURE off: MADV_HWPOISON/SOFT_OFFLINE are EINVAL here).
@@ -24,8 +25,6 @@ _VALID_ADVICE = frozenset(int(m) for m in (
     Madv.PAGEOUT, Madv.POPULATE_READ, Madv.POPULATE_WRITE, Madv.DONTNEED_LOCKED, Madv.COLLAPSE,
     Madv.GUARD_INSTALL, Madv.GUARD_REMOVE))
 
-_GUARD_INSTALL_INELIGIBLE = int(VM_SPECIAL | VmFlag.HUGETLB | VmFlag.LOCKED)
-_VM_MAYBE_GUARD = int(VmFlag.MAYBE_GUARD)
 
 
 class MadviseMixin:
@@ -233,7 +232,7 @@ class MadviseMixin:
 
     def _guard_install(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_guard_install() (R-B2, R-C1, R-C5, R-C6)."""
-        f = int(vma.vm_flags)  # plain-int tests: IntFlag operators are slow (mm.py's _VM_*)
+        f = int(vma.vm_flags)  # plain-int tests: IntFlag operators are slow (model._flags)
         if f & _GUARD_INSTALL_INELIGIBLE:
             raise kerr(errno.EINVAL, "guard install: ineligible vma")  # R-B2, R-F13
         if not f & _VM_MAYBE_GUARD:

@@ -10,14 +10,8 @@ from __future__ import annotations
 import errno
 
 from sparsemm import abi
-from sparsemm.model.vma import VM_IGNORE_MERGE, VM_SPECIAL, VM_STICKY, Vma
-
-# Plain-int copies of the flag masks for the hot paths: an IntFlag operand makes every
-# `&`/`|`/`^` go through enum's Python-level operators (the top cost in profiles).
-# Results stored in a Vma stay VmFlag.
-_VM_SPECIAL = int(VM_SPECIAL)
-_VM_STICKY = int(VM_STICKY)
-_NOT_IGNORE_MERGE = ~int(VM_IGNORE_MERGE)
+from sparsemm.model._flags import _NOT_IGNORE_MERGE, _VM_SPECIAL, _VM_STICKY  # plain ints: see _flags
+from sparsemm.model.vma import Vma
 
 
 def is_mergeable_vma(other: Vma, vm_flags: int, vm_file) -> bool:

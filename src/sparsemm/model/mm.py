@@ -21,8 +21,11 @@ from sparsemm.model.designs import make_design
 from sparsemm.model.merge import MergeState, merge_new_range, split_vma, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.pagetable import GUARD, PAGE_LIMIT, PageTable
-from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
+from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model.vma_tree import VmaTree
+from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
+                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SHARED,
+                                    _VM_WRITE)
 
 __all__ = ["AddressSpace", "SegFault", "DEFAULT_MMAP_BASE"]
 
@@ -34,19 +37,13 @@ _LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.A
                     | MapFlag.GROWSDOWN | MapFlag.LOCKED | MapFlag.NORESERVE | MapFlag.POPULATE
                     | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB)
 
-# Plain-int flag bits for mmap/mprotect: an IntFlag operand sends every `&`/`|` through
-# enum's Python-level operators, which dominated their profiles. Vma stores VmFlag still.
+# Plain-int MAP_ bits for mmap (the VM_ ones are in model._flags): an IntFlag operand sends
+# every `&`/`|` through enum's Python-level operators, which dominated the profiles.
 _MAP_SHARED, _MAP_PRIVATE, _MAP_SHARED_VALIDATE = int(MapFlag.SHARED), int(MapFlag.PRIVATE), int(MapFlag.SHARED_VALIDATE)
 _MAP_FIXED, _MAP_FIXED_NOREPLACE = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE)
 _MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFlag.GROWSDOWN), int(MapFlag.LOCKED)
 _MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
-_VM_READ, _VM_WRITE, _VM_SHARED = int(VmFlag.READ), int(VmFlag.WRITE), int(VmFlag.SHARED)
-_VM_MAYWRITE, _VM_MAYSHARE = int(VmFlag.MAYWRITE), int(VmFlag.MAYSHARE)
-_VM_MAY_RWX = int(VmFlag.MAYREAD | VmFlag.MAYWRITE | VmFlag.MAYEXEC)
-_VM_GROWSDOWN, _VM_LOCKED, _VM_NORESERVE = int(VmFlag.GROWSDOWN), int(VmFlag.LOCKED), int(VmFlag.NORESERVE)
-_VM_ACCOUNT, _VM_HUGETLB = int(VmFlag.ACCOUNT), int(VmFlag.HUGETLB)
-_VM_ACCESS_FLAGS = int(VM_ACCESS_FLAGS)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
 

@@ -8,7 +8,6 @@ kernel's ``mm_pgtables_bytes``. Knows nothing of VMAs or RSS; callers say what t
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping
 
 from sparsemm import abi
 
@@ -364,13 +363,7 @@ class PageTable:
                 if t_start >= floor and t_start + span <= top:
                     tables.discard(t)
 
-    # -- views and checks ---------------------------------------------------
-
-    @property
-    def entries(self) -> "EntriesView":
-        """A read-only mapping page -> entry over the whole table (markers expanded on
-        iteration). For compatibility and debugging; model code uses the methods above."""
-        return EntriesView(self)
+    # -- checks ---------------------------------------------------------------
 
     def check(self) -> None:
         """Assert the storage invariants (see the class docstring). O(n + r + T)."""
@@ -518,28 +511,3 @@ class SortedInts:
             for v in c:
                 assert prev is None or prev < v, "SortedInts not strictly increasing"
                 prev = v
-
-
-class EntriesView(Mapping):
-    """Read-only ``page -> entry`` view of a PageTable (``len`` O(1), lookup as ``get``,
-    iteration O(entries) ascending with markers expanded)."""
-
-    __slots__ = ("_pt",)
-
-    def __init__(self, pt: PageTable):
-        self._pt = pt
-
-    def __getitem__(self, page: int):
-        e = self._pt.get(page)
-        if e is None:
-            raise KeyError(page)
-        return e
-
-    def __contains__(self, page) -> bool:
-        return self._pt.get(page) is not None
-
-    def __len__(self) -> int:
-        return len(self._pt)
-
-    def __iter__(self):
-        return (p for p, _ in self._pt.items())
