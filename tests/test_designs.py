@@ -334,3 +334,18 @@ def test_shared_runs_report_unknown_designs_and_child_failures():
 
     with pytest.raises(RuntimeError, match="ValueError: model bug"):
         designs._fork_call(boom)()
+
+
+def test_set_guard_design_switches_only_before_guards_exist():
+    mm = AddressSpace()
+    mm.mmap(BASE, 8 * PAGE, RW, ANON)
+    mm.set_guard_design("vma")
+    mm.madvise(BASE + 2 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+    assert mm.map_count == 3  # the vma design's PROT_NONE split
+    with pytest.raises(ValueError, match="unknown guard design"):
+        mm.set_guard_design("nope")
+    pte = AddressSpace()
+    pte.mmap(BASE, 8 * PAGE, RW, ANON)
+    pte.madvise(BASE + 2 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
+    with pytest.raises(ValueError, match="guards already exist"):
+        pte.set_guard_design("tree")

@@ -19,7 +19,8 @@ from sparsemm.model.rangemap import RangeMap
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
 DESIGNS = ("pte", "vma", "tree")
-_GUARD_ADVICE = (Madv.GUARD_INSTALL, Madv.GUARD_REMOVE)
+#: The advice a design handles; no other op reaches a design with an effect.
+GUARD_ADVICE = (Madv.GUARD_INSTALL, Madv.GUARD_REMOVE)
 _PROT_MASK = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
 
@@ -81,7 +82,7 @@ class VmaDesign(GuardDesign):
         self._busy = False
 
     def madvise(self, mm, addr: int, length: int, advice: int) -> bool:
-        if advice not in _GUARD_ADVICE:
+        if advice not in GUARD_ADVICE:
             return False
         if advice == Madv.GUARD_INSTALL:
             self._install(mm, addr, length)

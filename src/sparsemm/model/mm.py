@@ -91,6 +91,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         """The VMA containing ``addr`` or None (``vma_lookup()``). O(log n)."""
         return self.tree.find(addr)
 
+    def set_guard_design(self, name: str) -> None:
+        """Make ``name`` this mm's guard design from now on. Sound only before any guard
+        advice ran: until then every design holds no state and behaves alike (see
+        ``opscript.designs.design_free_prefix``). ValueError for an unknown name, or when
+        guard markers or guard entries already exist. O(1)."""
+        if self.pt.marker_pages() or self.tree.reserved_count:
+            raise ValueError("set_guard_design: guards already exist under the current design")
+        self.design = make_design(name)
+        self.guard_design = name
+
     # PTE updates go through these two so counters and mapcounts stay exact.
     def _set_pte(self, page: int, entry) -> None:
         old = self.pt.set(page, entry)

@@ -8,17 +8,16 @@ counts ``sparsemm.model.accounting`` takes from the final state.
 from __future__ import annotations
 
 import json
-
-from sparsemm import abi
-from sparsemm._gc import gc_paused
 from dataclasses import dataclass, field
 
+from sparsemm._gc import gc_paused
 from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
+from sparsemm.model.designs import GUARD_ADVICE, make_design
 from sparsemm.opscript.runner import BackendUnavailable
 from sparsemm.opscript.script import Script
 
+#: The designs in report order: the status quo first.
 DESIGNS = ("vma", "pte", "tree")
-_GUARD_ADVICE = (abi.MADV_GUARD_INSTALL, abi.MADV_GUARD_REMOVE)
 
 
 @dataclass(slots=True)
@@ -100,7 +99,7 @@ def design_free_prefix(script: Script) -> int:
     designs hold no state, so one model run serves them all.
     """
     def dependent(op) -> bool:
-        return op.advice in _GUARD_ADVICE or any(dependent(c) for c in op.child)
+        return op.advice in GUARD_ADVICE or any(dependent(c) for c in op.child)
 
     for i, op in enumerate(script.ops):
         if dependent(op):
@@ -121,14 +120,17 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     failures are complete). Same results as ``run_design`` per design (tested);
     CPU O(prefix + sum of the tails) instead of O(designs x ops).
     """
-    from sparsemm.model.designs import make_design
     from sparsemm.opscript.model_backend import start_model
 
     results = {d: DesignResult(d) for d in designs}
-    known = [d for d in designs if d in DESIGNS]
+    known = []
     for d in designs:
-        if d not in DESIGNS:
-            results[d].error = f"unknown guard design {d!r} (choose from {', '.join(DESIGNS)})"
+        try:
+            make_design(d)
+        except ValueError as exc:  # the model's own message
+            results[d].error = str(exc)
+        else:
+            known.append(d)
     if not known:
         return results
     k = design_free_prefix(script)
@@ -137,7 +139,7 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
         prefix_records = runner.run_ops(script.ops[:k])
 
     def finish(design: str) -> DesignResult:
-        runner.mm.design, runner.mm.guard_design = make_design(design), design
+        runner.mm.set_guard_design(design)
         result = DesignResult(design)
         _fill(result, prefix_records + runner.run_ops(script.ops[k:]), runner.mm)
         return result
