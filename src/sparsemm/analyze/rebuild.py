@@ -307,15 +307,6 @@ def _touches(placed: list[Placed], unit_backing: list[str], mode: str) -> tuple[
     if mode == "none":
         return ops, 0
     guard = Role.GUARD
-    if mode == "first":
-        # _touch_ops(p, backing, "first") spelled out: at most one op per VMA, and one call
-        # per VMA would cost more than the op.
-        write, touch_kinds = abi.PROT_WRITE, _TOUCH_ANON_KINDS
-        ops += [{"op": "touch", "at": p.at, "len": 1, "access": "write" if p.entry.prot & write else "read"}
-                for p in placed
-                if p.role is not guard and p.entry.prot != 0 and unit_backing[p.unit] == "anon"
-                and p.entry.kind in touch_kinds]
-        return ops, len(ops)
     touched = 0
     for p in placed:
         if p.role is guard or p.entry.prot == 0:
