@@ -332,8 +332,9 @@ def test_shared_runs_report_unknown_designs_and_child_failures():
     def boom():
         raise ValueError("model bug")
 
-    with pytest.raises(RuntimeError, match="ValueError: model bug"):
+    with pytest.raises(RuntimeError, match="ValueError: model bug") as failed:
         designs._fork_call(boom)()
+    assert "\n" not in str(failed.value) and "in boom" in failed.value.child_traceback
 
 
 def test_set_guard_design_switches_only_before_guards_exist():

@@ -173,7 +173,8 @@ def start_design(doc: dict, design: str):
 
 def _fork_call(fn):
     """Run ``fn()`` in a forked child; return a function that waits for and returns its
-    result (pickled through a pipe), or raises ``RuntimeError`` with the child's traceback."""
+    result (pickled through a pipe), or raises ``RuntimeError`` naming the child's exception
+    in one line (its traceback in ``.child_traceback``)."""
     import gc
     import os
     import pickle
@@ -207,8 +208,11 @@ def _fork_call(fn):
         if not data:
             raise RuntimeError(f"design child {pid} died (wait status {status}) before reporting")
         ok, value = pickle.loads(data)
-        if not ok:
-            raise RuntimeError(f"design child failed:\n{value}")
+        if not ok:  # one line (the exception); the whole traceback rides along
+            lines = value.strip().splitlines() or ["unknown error"]
+            err = RuntimeError(f"design child failed: {lines[-1]}")
+            err.child_traceback = value
+            raise err
         return value
 
     return wait
