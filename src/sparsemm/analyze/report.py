@@ -1,7 +1,8 @@
 """What each guard design makes of a real process: ``analyze(entries) -> AnalysisReport``.
 
 Owns ``AnalysisReport`` / ``DesignFigures``, their JSON form (schema in docs/analyze.md),
-the rich tables for people and the many-files mode. Rebuilds the layout with
+the rich table for people and ``analyze_source``, the single-file entry point every mode
+calls (the many-files mode is ``analyze.fleet``). Rebuilds the layout with
 ``analyze.rebuild`` and runs it on the model (``opscript.designs.run_design``); never
 touches the kernel (that is ``analyze.reproduce``).
 """
@@ -9,6 +10,7 @@ touches the kernel (that is ``analyze.reproduce``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -20,12 +22,10 @@ from sparsemm.model.costs import constants
 from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared, start_design
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
-           "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
-           "BYTE_KEYS"]
+__all__ = ["SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze", "analyze_source",
+           "design_result", "render_report", "BYTE_KEYS"]
 
 SCHEMA = "sparsemm.analyze/2"
-MANY_SCHEMA = "sparsemm.analyze.many/2"
 DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
@@ -79,6 +79,8 @@ class AnalysisReport:
     max_map_count: int
     policy: dict
     seconds: float = 0.0  # wall time of the analysis
+    pid: int | None = None  # the process, when the input tells (see analyze_source)
+    comm: str | None = None  # its command name, when the input tells
     layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
 
     @property
@@ -92,6 +94,8 @@ class AnalysisReport:
         return {
             "schema": SCHEMA,
             "source": self.source,
+            "pid": self.pid,
+            "comm": self.comm,
             "maps_lines": self.maps_lines,
             "vmas": self.vmas,
             "max_map_count": self.max_map_count,
@@ -199,13 +203,64 @@ def _policy_dict(p: GuardPolicy) -> dict:
             "cost_ratio": p.cost_ratio, "neighbour_perms": p.neighbour_perms}
 
 
-def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto") -> AnalysisReport:
-    """Load ``target`` (file, pid, ``/proc/N``, ``-``) with ``maps.load`` and analyze it."""
-    from sparsemm.analyze.maps import load
+def analyze_source(target: str | int, policy: GuardPolicy | None = None, touch: str = "auto", *,
+                   data: str | bytes | None = None, on_stage=None,
+                   workers: int | None = None) -> AnalysisReport:
+    """The single-file entry point: load ``target`` and ``analyze`` it. Every mode calls it,
+    one file at a time (``sparsemm analyze FILE``, and each file of ``analyze.fleet``).
 
-    entries = load(target)
-    name = f"pid {target}" if str(target).isdigit() else os.path.basename(str(target)) or str(target)
-    return analyze(entries, policy, source=name, touch=touch)
+    ``target`` is a live pid (an int, a string of digits, ``/proc/N``), ``"-"`` (stdin)
+    or a saved maps/smaps file, read with ``maps.load``; the report's ``source`` is the
+    file's base name. With ``data`` (the content of a file, as fleet workers receive it),
+    nothing is read: ``target`` only names the file, and is the ``source`` as given.
+    ``pid`` and ``comm`` are set for a live pid; a file named ``PID``, ``PID.maps`` or
+    ``PID.smaps``, or ``PID/maps`` / ``PID/smaps``, gives its pid. ``on_stage`` and
+    ``workers`` are ``analyze``'s. Raises ``MapsParseError``, ``OSError`` and
+    ``ValueError`` (no mappings, a layout that cannot be rebuilt) with one-line messages.
+    """
+    from sparsemm.analyze.maps import load, parse_auto
+
+    name = str(target)
+    pid = _live_pid(name) if data is None else None
+    label = (name if data is not None else f"pid {pid}" if pid is not None else "<stdin>" if name == "-"
+             else os.path.basename(name.rstrip("/")) or name)
+    if on_stage:
+        on_stage(f"reading {name}")
+    entries = load(target) if data is None else parse_auto(data, label)
+    if not entries:
+        raise ValueError(f"{name}: no mappings in the input")
+    report = analyze(entries, policy, source=label, touch=touch, on_stage=on_stage, workers=workers)
+    if pid is not None:
+        report.pid, report.comm = pid, _live_comm(pid)
+    elif name != "-":
+        report.pid = _pid_from_name(name)
+    return report
+
+
+# What maps.load reads as a live process: digits, /proc/N, /proc/self.
+_LIVE = re.compile(r"(\d+)\Z|/proc/(\d+|self)/?\Z")
+# PID, PID.maps, PID.smaps, or a PID directory holding maps/smaps (a copy of /proc/PID).
+_PID_NAME = re.compile(r"(?:.*/)?(?:(\d+)(?:\.s?maps)?|(\d+)/s?maps)\Z")
+
+
+def _live_pid(name: str) -> int | None:
+    m = _LIVE.match(name)
+    if m is None:
+        return None
+    return os.getpid() if m.group(2) == "self" else int(m.group(1) or m.group(2))
+
+
+def _pid_from_name(name: str) -> int | None:
+    m = _PID_NAME.match(name)
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def _live_comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+            return fh.read().rstrip("\n")
+    except OSError:  # the process may have exited after its maps were read
+        return None
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -274,62 +329,3 @@ def render_report(r: AnalysisReport):
                 f"{r.seconds:.2f} s")
     foot.extend(lay["notes"])
     return Group(head, t, Text("\n".join(foot), style="dim"))
-
-
-def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
-    """A rich table across many files, with a total row; the files that failed below it."""
-    from rich.table import Table
-
-    t = Table(title="sparsemm analyze: summary", header_style="bold")
-    for col in ("source", "VMAs", "guards", "vma", "pte", "tree", "pte saves", "pte saves bytes",
-                "headroom (vma)"):
-        if col == "source":
-            t.add_column(col, overflow="fold", min_width=24)
-        else:
-            t.add_column(col, justify="right", no_wrap=True)
-    tot = {"vmas": 0, "guards": 0}
-    sums: dict[str, int | None] = {d: 0 for d in DESIGNS}
-    saved_b = 0
-    for r in reports:
-        cells = []
-        for d in DESIGNS:
-            f = r.designs.get(d)
-            cells.append("n/a" if f is None or f.error else _n(f.map_count))
-            if f is None or f.error:
-                sums[d] = None
-            elif sums[d] is not None:
-                sums[d] += f.map_count
-        pte = r.designs.get("pte")
-        saved = "n/a" if pte is None or pte.saved_vmas is None else f"{pte.saved_vmas:,} ({100 * pte.saved_vmas / max(r.vmas, 1):.0f}%)"
-        sb = None if pte is None else pte.saved_bytes
-        saved_b += sb or 0
-        vma = r.designs.get("vma")
-        head = _n(vma.headroom_vmas) if vma is not None and not vma.error else _n(r.max_map_count - r.vmas)
-        t.add_row(r.source, _n(r.vmas), _n(r.guards), *cells, saved, _b(sb), head)
-        tot["vmas"] += r.vmas
-        tot["guards"] += r.guards
-    if len(reports) > 1:
-        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in DESIGNS),
-                  _n(None if sums["vma"] is None or sums["pte"] is None else sums["vma"] - sums["pte"]),
-                  _b(saved_b), "", style="bold")
-    if not errors:
-        return t
-    from rich.console import Group
-    from rich.text import Text
-
-    lines = Text()
-    for src, err in errors:
-        lines.append(f"{src}: ", style="bold red")
-        lines.append(f"{err}\n")
-    return Group(t, lines)
-
-
-def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -> dict:
-    """Directory mode JSON (schema ``MANY_SCHEMA``)."""
-    summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
-               "guards": sum(r.guards for r in reports)}
-    for d in DESIGNS:
-        vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
-        summary[d] = sum(vals) if len(vals) == len(reports) and reports else None
-    return {"schema": MANY_SCHEMA, "summary": summary, "reports": [r.to_json() for r in reports],
-            "errors": [{"source": s, "error": e} for s, e in errors]}
