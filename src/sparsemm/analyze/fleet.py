@@ -60,12 +60,14 @@ class FleetOptions:
 @dataclass(slots=True)
 class BatchResult:
     """What a task returns: the rows of its files in order, and where its time went
-    (seconds by ``STAGES``; ``busy``: the whole task on the worker)."""
+    (wall seconds by ``STAGES``; ``busy``: the whole task's wall time on the worker,
+    ``cpu``: its thread's CPU time, less than ``busy`` when the cores are shared)."""
 
     rows: list[Row]
     files: int
     seconds: dict[str, float]
     busy: float
+    cpu: float
     worker: str
 
 
@@ -99,12 +101,13 @@ def analyze_file(source: str, data: bytes | None, error: str | None, options: Fl
 
 def analyze_batch(items: list[tuple[str, bytes | None, str | None]], options: FleetOptions) -> BatchResult:
     """The task: ``analyze_file`` over ``items`` (source, data, error), in order."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     clock: dict[str, float] = {}
     rows: list[Row] = []
     for source, data, error in items:
         rows.extend(analyze_file(source, data, error, options, clock))
-    return BatchResult(rows, len(items), clock, time.perf_counter() - t0, f"{os.uname().nodename}:{os.getpid()}")
+    return BatchResult(rows, len(items), clock, time.perf_counter() - t0, time.thread_time() - c0,
+                       f"{os.uname().nodename}:{os.getpid()}")
 
 
 _DIGEST_SUFFIXES = (".py", ".json", ".maps")
@@ -247,12 +250,14 @@ def _one_line(exc: BaseException) -> str:
 @dataclass(slots=True)
 class RunStats:
     """How a run went: files and batches, wall and worker time (seconds by ``STAGES``,
-    ``busy`` = all task time on workers), retried batches (a worker died)."""
+    ``busy`` = all task wall time on workers, ``cpu`` = their CPU time), retried batches
+    (a worker died)."""
 
     files: int = 0
     batches: int = 0
     wall: float = 0.0
     busy: float = 0.0
+    cpu: float = 0.0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     workers_seen: set[str] = field(default_factory=set)
     retried_batches: int = 0
@@ -365,11 +370,12 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
                         submit([one], (index, j))
                     continue
                 rows = [error_row(n, f"a Dask worker died analyzing this file ({_one_line(exc)})") for n in names]
-                res = BatchResult(rows, len(names), {}, 0.0, "")
+                res = BatchResult(rows, len(names), {}, 0.0, 0.0, "")
             except CancelledError as exc:
                 raise FleetError(f"lost {address} after {stats.files:,} file(s): {_one_line(exc) or 'cancelled'}") from None
             stats.files += res.files
             stats.busy += res.busy
+            stats.cpu += res.cpu
             for k, v in res.seconds.items():
                 stats.seconds[k] = stats.seconds.get(k, 0.0) + v
             if res.worker:

@@ -230,8 +230,9 @@ class Summary:
         elif design == MARKERS:
             gain = {**who, "saved_vmas": row[_I["saved_vmas"]], "saved_bytes": row[_I["saved_bytes"]],
                     "map_count": row[_I["map_count"]], "headroom": row[_I["headroom"]]}
-            if gain["saved_vmas"] is not None:
+            if gain["saved_vmas"] is not None and gain["saved_vmas"] > 0:  # a process that gains nothing is no gainer
                 self._gain_vmas.offer((gain["saved_vmas"], gain["saved_bytes"]), self._seq, gain)
+            if gain["saved_bytes"] is not None and gain["saved_bytes"] > 0:
                 self._gain_bytes.offer((gain["saved_bytes"], gain["saved_vmas"]), self._seq, gain)
             if self._today is not None and self._today["source"] == source:
                 self._today["headroom_" + MARKERS] = row[_I["headroom"]]
