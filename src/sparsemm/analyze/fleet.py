@@ -303,7 +303,11 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
     say = warn or (lambda _line: None)
 
     def submit(args: list[tuple], key: tuple) -> None:
-        fut = client.submit(analyze_batch, args, options, pure=False)
+        with warnings.catch_warnings():
+            # "Sending large graph": a task carries its files' bytes by design (a large smaps is
+            # tens of MiB); the window bounds how many are in flight.
+            warnings.simplefilter("ignore", UserWarning)
+            fut = client.submit(analyze_batch, args, options, pure=False)
         inflight[fut] = (*key, args)
 
     def emit() -> None:

@@ -328,7 +328,10 @@ class Summary:
             lines.append(f"files that could not be analyzed (their rows carry the error"
                          f"{f'; {more:,} more' if more else ''}):\n", style="bold")
             for s, e in self.failed_files:
-                lines.append(f"  {s}: ", style="red")
+                if not e.startswith(s):  # most errors name their file already
+                    lines.append(f"  {s}: ", style="red")
+                else:
+                    lines.append("  ")
                 lines.append(f"{e}\n")
             parts.append(lines)
         return Group(*parts)
