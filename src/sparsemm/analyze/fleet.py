@@ -145,10 +145,17 @@ def batches(items: Iterable[Item], max_files: int, max_bytes: int) -> Iterator[l
 # --- engines ----------------------------------------------------------------------------------
 
 def _quiet_dask() -> None:
-    # Dask logs worker restarts and connection retries as multi-line warnings; the CLI
-    # reports what matters itself, in one line.
+    # Dask logs worker restarts and lost connections as multi-line warnings and tracebacks;
+    # the CLI reports what matters itself, in one line. Dask's logging config gives some
+    # child loggers their own level, so each is set, and the handler it installs too.
+    import distributed  # noqa: F401 - installs Dask's logging config first
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+        for handler in logging.getLogger(name).handlers:
+            handler.setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -266,6 +273,12 @@ class RunStats:
     batch_files: int = 0  # files per task used
 
 
+def _lost(address: str, stats: RunStats, exc: BaseException) -> str:
+    why = ("the client lost its connection to the scheduler" if "connection" in str(exc).lower()
+           else _one_line(exc)[:200])
+    return f"lost {address} after {stats.files:,} file(s): {why}"
+
+
 def _threads(client) -> int:
     info = client.scheduler_info()  # refreshed by the client every few seconds
     return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
@@ -348,7 +361,7 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
         except TimeoutError:
             finished_set = set()
         except (OSError, CancelledError) as exc:
-            raise FleetError(f"lost {address} after {stats.files:,} file(s): {_one_line(exc)}") from None
+            raise FleetError(_lost(address, stats, exc)) from None
         if not finished_set:
             if _threads(client) == 0:
                 idle_since = idle_since or time.perf_counter()
@@ -376,7 +389,7 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
                 rows = [error_row(n, f"a Dask worker died analyzing this file ({_one_line(exc)})") for n in names]
                 res = BatchResult(rows, len(names), {}, 0.0, 0.0, "")
             except CancelledError as exc:
-                raise FleetError(f"lost {address} after {stats.files:,} file(s): {_one_line(exc) or 'cancelled'}") from None
+                raise FleetError(_lost(address, stats, exc)) from None
             stats.files += res.files
             stats.busy += res.busy
             stats.cpu += res.cpu
