@@ -472,6 +472,20 @@ def test_worker_with_other_sparsemm_code(fleet_dir, tmp_path):
     _one_line_error(cp, "runs different sparsemm code")
 
 
+def test_worker_with_other_package_versions(fleet_dir, tmp_path):
+    """A worker whose toolz reports another version (a dist-info ahead on its path)."""
+    import importlib.metadata as md
+
+    dist = md.distribution("toolz")
+    fake = tmp_path / "fake"
+    info = fake / "toolz-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(dist.read_text("METADATA").replace(f"Version: {dist.version}", "Version: 0.0.1"))
+    with DaskProcesses(tmp_path, workers=1, env={"PYTHONPATH": str(fake)}) as c:
+        cp = cli(str(fleet_dir / "live"), "--scheduler", c.address)
+    _one_line_error(cp, f"version mismatch with the Dask cluster at {c.address}: toolz {dist.version} here, 0.0.1 on worker")
+
+
 def test_bad_options_are_one_line(fleet_dir, tmp_path):
     _one_line_error(cli(str(fleet_dir), "--out", str(tmp_path / "x.json")), ".parquet or .csv")
     _one_line_error(cli(str(fleet_dir), "--out", str(tmp_path / "no" / "x.csv")), "no directory")

@@ -40,9 +40,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 STAGES = ("parse", "rebuild", "model", "other")
 _STAGE_OF = {"reading": "parse", "finding": "rebuild", "rebuilding": "rebuild", "parsing": "model",
              "running": "model"}
-#: Packages whose versions must match between the client, the scheduler and the workers
-#: (the ones ``distributed`` itself requires to match, and what sparsemm runs on).
-_MUST_MATCH = ("python", "dask", "distributed", "msgpack", "cloudpickle", "toolz", "sortedcontainers")
+#: Packages whose versions must match between the client, the scheduler and the workers:
+#: the ones ``distributed`` requires to match (Python by major.minor: the pickle format).
+#: sparsemm itself is checked by ``code_digest``.
+_MUST_MATCH = ("python", "dask", "distributed", "msgpack", "cloudpickle", "tornado", "toolz")
 
 
 class FleetError(RuntimeError):
@@ -217,13 +218,16 @@ def remote_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
 def check_versions(versions: dict, address: str) -> None:
     """``FleetError`` naming the first package of ``_MUST_MATCH`` whose version differs
     between this client and the scheduler or a worker (``Client.get_versions()``)."""
+    def key(pkg: str, v):
+        return ".".join(str(v).split(".")[:2]) if pkg == "python" and v else v
+
     mine = versions["client"]["packages"]
     others = [("the scheduler", versions["scheduler"])]
     others += sorted((f"worker {w}", v) for w, v in (versions.get("workers") or {}).items())
     for where, info in others:
         theirs = (info or {}).get("packages", {})
         for pkg in _MUST_MATCH:
-            if pkg in mine and pkg in theirs and mine[pkg] != theirs[pkg]:
+            if pkg in mine and pkg in theirs and key(pkg, mine[pkg]) != key(pkg, theirs[pkg]):
                 raise FleetError(f"version mismatch with the Dask cluster at {address}: {pkg} {mine[pkg]} here, "
                                  f"{theirs[pkg]} on {where}; install the same versions everywhere")
 
@@ -377,6 +381,8 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
             names = [a[0] for a in args]
             try:
                 res: BatchResult = fut.result()
+            except CancelledError as exc:
+                raise FleetError(_lost(address, stats, exc)) from None
             except KilledWorker as exc:
                 if part is None and len(names) > 1:
                     stats.retried_batches += 1
@@ -388,8 +394,8 @@ def run_fleet(client, items: Iterable[Item], options: FleetOptions, on_rows: Cal
                     continue
                 rows = [error_row(n, f"a Dask worker died analyzing this file ({_one_line(exc)})") for n in names]
                 res = BatchResult(rows, len(names), {}, 0.0, 0.0, "")
-            except CancelledError as exc:
-                raise FleetError(_lost(address, stats, exc)) from None
+            except Exception as exc:  # noqa: BLE001 - analyze_batch catches per file: this is the task itself
+                raise FleetError(f"a task failed on {address} ({names[0]} ...): {_one_line(exc)}") from None
             stats.files += res.files
             stats.busy += res.busy
             stats.cpu += res.cpu
