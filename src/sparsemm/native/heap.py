@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import ctypes
 import operator
 import os
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from sparsemm import abi
 from sparsemm.native import procfs
-from sparsemm.native.mapping import Mapping, VmaLimitError, _resolve_mode, buffer_address, map_count
+from sparsemm.native.mapping import Mapping, VmaLimitError, _resolve_mode, map_count
 from sparsemm.native.mapping import max_map_count as _max_map_count
 
 PAGE = abi.PAGE_SIZE
@@ -160,8 +161,6 @@ class GuardedHeap:
         self._free: dict[int, collections.deque[_Slot]] = {}  # npages -> guarded reusable slots
         self._held: list[_Slot] = []  # out of quarantine, still exported: guarded, not reusable
         self._allocs_since_sweep = 0
-        # Views free() has seen, by id: tells a double free from a foreign view.
-        self._freed: weakref.WeakValueDictionary[int, memoryview] = weakref.WeakValueDictionary()
         self._guards = 0
         self._live_bytes = 0
         self._committed = 0
@@ -228,7 +227,6 @@ class GuardedHeap:
             del self._live[addr]
             self._live_bytes -= slot.size
             self._committed -= slot.npages * PAGE
-            self._freed[id(view)] = view
             try:
                 view.release()
             except BufferError:
@@ -301,12 +299,18 @@ class GuardedHeap:
         if not isinstance(view, memoryview):
             raise TypeError(f"expected a memoryview returned by alloc(), got {type(view).__name__}")
         try:
-            addr = buffer_address(view)
-        except (ValueError, BufferError):  # a released or non-contiguous view
+            exporter = view.obj  # our views: the slot's ctypes array
+        except ValueError:
+            raise ValueError("double free, or a view released by its owner: this view is "
+                             "released") from None
+        try:
+            addr = ctypes.addressof(exporter)
+        except TypeError:  # not a ctypes object: not ours
             addr = None
         slot = self._live.get(addr) if addr is not None else None
         if slot is None or slot.view is None or slot.view() is not view:
-            if self._freed.get(id(view)) is view:
+            if any(s.exporter is not None and s.exporter() is exporter
+                   for s in (*self._quarantine, *self._held)):
                 raise ValueError("double free: this view was already freed")
             raise ValueError("not a live allocation of this heap (double free, or a view "
                              "alloc() did not return: slices and copies are not accepted)")
