@@ -56,10 +56,9 @@ class _Slot:
     npages: int
     start: int = 0  # bytes within the chunk
     size: int = 0
-    # The view alloc() returned (weak: the caller owns it), and the ctypes array that
-    # view was made from. Every slice, copy of the view and array over it keeps that
-    # array alive, so `exporter() is None` means no Python object can reach the slot.
-    view: weakref.ref | None = None
+    # The ctypes array the allocation's view was made from (weak: the caller owns the
+    # view). Every view, slice and array over the slot keeps it alive, so
+    # `exporter() is None` means no Python object can reach the slot any more.
     exporter: weakref.ref | None = None
 
     def exported(self) -> bool:
@@ -201,7 +200,7 @@ class GuardedHeap:
                 free.popleft()
                 self._guards -= 1
             slot.start, slot.size = start, n
-            slot.view, slot.exporter = weakref.ref(view), weakref.ref(exporter)
+            slot.exporter = weakref.ref(exporter)
             self._live[chunk.address + start] = slot
             self._live_bytes += n
             self._committed += npages * PAGE
@@ -295,7 +294,7 @@ class GuardedHeap:
             raise ValueError("heap is closed")
 
     def _find(self, view: memoryview) -> tuple[int, _Slot]:
-        """The live slot ``view`` (the very view ``alloc`` returned) belongs to."""
+        """The live slot of ``view``, the view ``alloc`` returned (or a full-length copy)."""
         if not isinstance(view, memoryview):
             raise TypeError(f"expected a memoryview returned by alloc(), got {type(view).__name__}")
         try:
@@ -308,7 +307,10 @@ class GuardedHeap:
         except TypeError:  # not a ctypes object: not ours
             addr = None
         slot = self._live.get(addr) if addr is not None else None
-        if slot is None or slot.view is None or slot.view() is not view:
+        # The allocation's view, or one just like it (a full-length view of the same
+        # exporter: accepting it is harmless, the slot stays held while others live).
+        if slot is None or slot.exporter() is not exporter or view.nbytes != slot.size \
+                or view.format != "B":
             if any(s.exporter is not None and s.exporter() is exporter
                    for s in (*self._quarantine, *self._held)):
                 raise ValueError("double free: this view was already freed")
@@ -318,7 +320,6 @@ class GuardedHeap:
 
     def _retire(self, slot: _Slot) -> None:
         """A slot leaving the quarantine: reusable, or held while still exported."""
-        slot.view = None
         if slot.exported():
             self._held.append(slot)
         else:

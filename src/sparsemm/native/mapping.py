@@ -269,11 +269,12 @@ class Mapping:
     # State, changed only under _lock (checked by _check()):
     #   _mm       the stdlib mmap that owns the pages: it unmaps them when closed or
     #             collected, and refuses to close while an unchecked view exports them.
+    #   _base     None, or a cached memoryview of _mm that exports are made from.
     #   _prot     RunMap page -> protection set by protect(), covering every page;
     #             with prot_none guards, the protection unguard() restores.
     #   _guarded  RunMap page -> True: the fallback's guard record (always empty with
     #             markers, where the page tables are the record).
-    __slots__ = ("_mm", "_writable", "_addr", "_length", "_shared", "_file_backed", "_mode",
+    __slots__ = ("_mm", "_base", "_writable", "_addr", "_length", "_shared", "_file_backed", "_mode",
                  "_prot", "_guarded", "_lock", "__weakref__")
 
     def __init__(self, length: int, prot: str | int = "rw", *, shared: bool = False,
@@ -331,6 +332,7 @@ class Mapping:
                     max_map_count=wall[1]) from exc
             raise
         self._mm = mm
+        self._base = None
         self._writable = created == _RW
         self._addr = buffer_address(mm)
         self._length = length
@@ -397,6 +399,9 @@ class Mapping:
         """Unmap. Idempotent. All or nothing: ``BufferError`` (and the mapping stays
         open and usable) while an unchecked view, or a slice or array over one, lives."""
         with self._lock:
+            if self._base is not None:
+                self._base.release()  # our cache; the views made from it still export _mm
+                self._base = None
             try:
                 self._mm.close()  # no-op when closed
             except BufferError:
@@ -714,7 +719,9 @@ class Mapping:
         lives. Weak-referenceable, so owners can tell when every view is gone.
         Caller holds ``_lock``."""
         if self._writable:
-            return (ctypes.c_ubyte * n).from_buffer(self._mm, offset)
+            if self._base is None:
+                self._base = memoryview(self._mm)
+            return (ctypes.c_ubyte * n).from_buffer(self._base, offset)
         arr = _readonly_bytes_type(n).from_address(self._addr + offset)
         arr._keep = memoryview(self._mm)  # the export (read-only mmaps refuse from_buffer)
         return arr
