@@ -10,8 +10,8 @@ alloc/free rates, VMAs per 1,000 guards, the most guards before the VMA limit
 and whether every refused guard past it is a ``VmaLimitError`` (each in a
 child interpreter), and fork time with 10,000 guards. Prints a Markdown table;
 ``--out FILE`` also writes it (``bench/results_native.md`` holds the recorded
-run). The full run (10,000 guards) takes about 1 minute on a 2-vCPU machine;
-``--quick`` (1,000 guards, fewer repeats, smaller walls) about 15 seconds.
+run). The full run (10,000 guards) takes about 30 s on a busy 2-vCPU machine;
+``--quick`` (1,000 guards, fewer repeats, smaller walls) about 10 s.
 """
 
 from __future__ import annotations
@@ -181,7 +181,27 @@ def heap_rates(mode: str, n: int) -> dict:
             del views, v
             allocs.append(t1 - t0)
             frees.append(t2 - t1)
-    return {"alloc": min(allocs), "free": min(frees)}
+    return {"alloc": min(allocs), "free": min(frees), "tracking": tracking_cost(n)}
+
+
+def tracking_cost(n: int) -> float:
+    """Seconds for n of what alloc() adds to carving a slot so that a slot is never
+    reused while a view of it lives: an exporter array, its byte view, a weak
+    reference (all kept alive, as the caller keeps its allocations)."""
+    import weakref
+
+    best = float("inf")
+    with Mapping.reserve((n + 1) * P) as m:
+        m.protect(0, (n + 1) * P, "rw")
+        for _ in range(REPEATS):
+            kept = []
+            t0 = time.perf_counter()
+            for i in range(n):
+                exporter = m._export(i * P, 64)
+                kept.append((memoryview(exporter).cast("B"), weakref.ref(exporter)))
+            best = min(best, time.perf_counter() - t0)
+            del kept, exporter
+    return best
 
 
 # -- fork -------------------------------------------------------------------------------
@@ -277,7 +297,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("n_guards", nargs="?", type=int, default=None,
                         help="guards per rate measurement (default 10,000; 1,000 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="1,000 guards, 3 repeats, smaller walls: about 15 s")
+                        help="1,000 guards, 3 repeats, smaller walls: about 10 s")
     parser.add_argument("--out", help="also write the results (Markdown) to this file")
     args = parser.parse_args(argv)
     global REPEATS
@@ -300,6 +320,7 @@ def main(argv: list[str]) -> int:
         h = heap_rates(mode, n)
         rows[mode]["GuardedHeap.alloc(64)"] = rate(n, h["alloc"])
         rows[mode]["GuardedHeap.free"] = rate(n, h["free"])
+        rows[mode]["of alloc: view tracking (exporter, view, weakref)"] = rate(n, h["tracking"])
         print(mode, "rates done", flush=True)
 
     raw = raw_ctypes_rates(n)
@@ -347,7 +368,8 @@ def main(argv: list[str]) -> int:
              "raw ctypes remove (madvise GUARD_REMOVE)", "raw ctypes install (mprotect NONE)",
              "raw ctypes install (mprotect NONE + DONTNEED)", "raw ctypes remove (mprotect RW)",
              "raw C install (madvise)", "raw C remove (madvise)", "raw C install (mprotect NONE)",
-             "raw C remove (mprotect RW)", "GuardedHeap.alloc(64)", "GuardedHeap.free",
+             "raw C remove (mprotect RW)", "GuardedHeap.alloc(64)",
+             "of alloc: view tracking (exporter, view, weakref)", "GuardedHeap.free",
              "VMAs added per 1,000 guards", "Mapping: most guards before ENOMEM",
              "past the wall: guards refused as VmaLimitError",
              f"GuardedHeap: live allocations (limit {heap_limit:,})", "fork+exit+wait, 10,000 guards"]
