@@ -13,8 +13,9 @@ parent sees (with the seed and the call that caused it), and a hang a timeout.
 Allowed outcomes are a result or ``ValueError``/``TypeError``/``OSError``
 (``GuardFault``, ``VmaLimitError``)/``BufferError``; anything else is
 reported. After each sequence every view is dropped and every close must
-succeed. Bounded by default (about 20 s); ``SPARSEMM_HOSTILE_NATIVE=N`` runs
-N sequences (``SPARSEMM_HOSTILE_NATIVE_SEED`` picks the first seed).
+succeed. Bounded by default (240 sequences of 40 calls: a few seconds);
+``SPARSEMM_HOSTILE_NATIVE=N`` runs N sequences (``SPARSEMM_HOSTILE_NATIVE_SEED``
+picks the first seed).
 """
 
 from __future__ import annotations

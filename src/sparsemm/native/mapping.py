@@ -717,7 +717,8 @@ class Mapping:
         """A ctypes byte array over ``n`` bytes at ``offset`` that holds an export of
         the mapping: the mapping cannot be unmapped while it (or a view of it)
         lives. Weak-referenceable, so owners can tell when every view is gone.
-        Caller holds ``_lock``."""
+        Caller holds ``_lock``, or owns the mapping outright (GuardedHeap's chunks,
+        used only under the heap's lock)."""
         if self._writable:
             if self._base is None:
                 self._base = memoryview(self._mm)
