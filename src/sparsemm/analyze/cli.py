@@ -229,8 +229,9 @@ def _reproduce(args) -> int:
                           "reproductions": [r.as_dict() for r in reps]}, indent=1))
     else:
         con = _console()
+        said: set[str] = set()  # each note once over the designs
         for r in reps:
-            con.print(render_reproduction(r))
+            con.print(render_reproduction(r, said))
             con.print()
     exact = all(r.exact_vmas for r in reps)
     return 0 if exact else 1
@@ -268,10 +269,11 @@ def _demo(args) -> int:
     con.print(render_report(report))
     con.print()
     if not args.no_reproduce:
+        said: set[str] = set()  # each note once over the designs
         for d in ("vma", "pte"):
             with _console(stderr=True).status(f"building the layout on the kernel, design {d}…"):
                 rep = reproduce(report.layout_obj, d, repeat=1, source=DEMO_MAPS)
-            con.print(render_reproduction(rep))
+            con.print(render_reproduction(rep, said))
             con.print()
     if args.plot:
         path = plot_report(report, args.plot)
