@@ -32,7 +32,8 @@ from sparsemm.opscript.kernel import KernelRunner
 from sparsemm.opscript.script import Script, parse_script
 
 __all__ = ["KEYS", "SLAB_CACHES", "SCOPES", "LABELS", "Measurement", "MeasureError", "Row",
-           "measure_script", "compare", "prediction_from_counts", "SLAB_AGREEMENT"]
+           "measure_script", "compare", "prediction_from_counts", "whole_machine_problem",
+           "SLAB_AGREEMENT", "SLAB_MIN_RUNS"]
 
 #: The kernel slab caches counted, by the name the kernel gives them at creation.
 SLAB_CACHES = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node")
@@ -232,7 +233,7 @@ def _summarize(script: Script, used: list[dict], attempts: int) -> Measurement:
             values[k] = medians[k]
             continue
         methods[k] = _SLAB_METHOD
-        reason = _slab_disagreement(spread[k], medians[k], len(runs))
+        reason = whole_machine_problem(spread[k], medians[k], len(runs))
         if reason:
             dropped[k] = reason
         else:
@@ -259,8 +260,10 @@ def _summarize(script: Script, used: list[dict], attempts: int) -> Measurement:
                        memcg=used[0]["memcg"] if "memcg_bytes" in values else "")
 
 
-def _slab_disagreement(spread: tuple[int, int], median: int, runs: int) -> str:
-    """Why a whole-machine row is not a result, or ``""`` if it is."""
+def whole_machine_problem(spread: tuple[int, int], median: int, runs: int) -> str:
+    """Why a whole-machine count with this (min, max) and median over ``runs`` runs is not a
+    result, or ``""`` if it is: fewer than ``SLAB_MIN_RUNS`` runs, or a spread beyond
+    ``SLAB_AGREEMENT``. O(1)."""
     lo, hi = spread
     if runs < SLAB_MIN_RUNS:
         return (f"whole-machine count from {runs} run(s): too few to tell it from other "
