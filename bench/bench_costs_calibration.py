@@ -9,9 +9,13 @@ Layouts, each at ~1k, ~10k and ~60k VMAs (sizes in pages):
   isolated    V one-page RW mappings with one-page holes between: V VMAs, 2V slots
 
 For each: the expected MmCounts delta (by hand, below), the measured median
-(``sparsemm.opscript.measure.measure_script``), and costs.py's prediction.
-Run as root: ``cd /work/main && PYTHONPATH=src python3 bench/bench_costs_calibration.py [--repeat N] [--sizes 1000,10000,60000]``.
-Prints a Markdown table and, with ``--json FILE``, the raw measurements.
+(``sparsemm.opscript.measure.measure_script``: object counts from /proc/slabinfo, whole machine;
+kernel bytes from the measuring child's memory cgroup), and costs.py's prediction. Then the
+bytes one object of each kind charges the cgroup, solved from the largest size of four layouts
+(ladder: VMAs only; ladder-pop: + chains; stacks-236: + anon_vmas; markers: page tables).
+Runs 5-15 minutes. Run as root: ``.venv/bin/python bench/bench_costs_calibration.py
+[--repeat N] [--sizes 1000,10000,60000]``. Prints Markdown tables and, with ``--json FILE``,
+the raw measurements.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import sys
 import time
 
 from sparsemm import workloads
-from sparsemm.model.costs import MmCounts, kernel_cost, maple_nodes_for_slots
+from sparsemm.model.costs import MmCounts, constants, kernel_cost, maple_nodes_for_slots
+from sparsemm.native.memcg import charge_slack_bytes
 from sparsemm.opscript.measure import measure_script
 from sparsemm.opscript.script import parse_script
 
@@ -101,21 +106,61 @@ def model_nodes(slots: int) -> int | str:
 
 HEAD = ("| layout | VMAs | slots | vm_area_struct meas/pred | anon_vma meas/pred | "
         "AVC meas/pred | maple_node meas | nodes/slot | costs.py nodes | vma_tree nodes | "
-        "VmPTE KiB meas/pred | slab B meas | slab B costs.py | runs: quiet/used (attempts) |")
+        "VmPTE KiB meas/pred | slab B meas | slab B costs.py | memcg B meas (min..max) | "
+        "memcg B costs.py | runs: quiet/used (attempts) |")
 SLAB_STRIDES = (("vm_area_struct", 192), ("anon_vma", 104), ("anon_vma_chain", 64), ("maple_node", 256))
 
 
-def row(name: str, counts: MmCounts, v: dict, runs: str) -> str:
+def row(name: str, counts: MmCounts, v: dict, runs: str, spread: dict | None = None) -> str:
     """One Markdown row: measured medians ``v`` beside costs.py's prediction for ``counts``."""
     cost = kernel_cost(counts)
     slots = counts.maple_slots
-    slab = sum(v.get(k, 0) * b for k, b in SLAB_STRIDES)
+    slab = sum(v[k] * b for k, b in SLAB_STRIDES) if all(k in v for k, _ in SLAB_STRIDES) else "-"
+    per_slot = f"{v['maple_node'] / slots:.4f}" if "maple_node" in v else "-"
     return (f"| {name} | {v['arena_vmas']} | {slots} | {v.get('vm_area_struct', '-')}/{counts.vmas} | "
             f"{v.get('anon_vma', '-')}/{counts.anon_vmas} | "
             f"{v.get('anon_vma_chain', '-')}/{counts.anon_vma_chains} | {v.get('maple_node', '-')} | "
-            f"{v.get('maple_node', 0) / slots:.4f} | {maple_nodes_for_slots(slots)} | "
+            f"{per_slot} | {maple_nodes_for_slots(slots)} | "
             f"{model_nodes(slots)} | {v['vmpte_bytes'] // 1024}/{cost.vmpte // 1024} | {slab} | "
-            f"{cost.total - cost.page_tables} | {runs} |")
+            f"{cost.total - cost.page_tables} | {memcg_cell(v, spread)} | {cost.memcg} | {runs} |")
+
+
+def memcg_cell(v: dict, spread: dict | None) -> str:
+    if "memcg_bytes" not in v:
+        return "-"
+    lo, hi = (spread or {}).get("memcg_bytes", (v["memcg_bytes"],) * 2)
+    return f"{v['memcg_bytes']} ({lo}..{hi})"
+
+
+def fit(measured: dict[str, tuple[MmCounts, int]]) -> list[str]:
+    """Bytes each object charges the cgroup, solved layout by layout from ``measured``
+    (layout -> (hand counts, memcg median) at one size), each with its uncertainty: the
+    charge slack spread over the objects solved for."""
+    slack = charge_slack_bytes()
+    page = constants().page_table
+    out = []
+
+    def tables(c: MmCounts) -> int:
+        return c.pte_tables + c.pmd_tables + c.pud_tables
+
+    c, b = measured["ladder"]
+    vma = b / c.vmas
+    out.append(f"| vm_area_struct | ladder: memcg / VMAs | {vma:.2f} ± {slack / c.vmas:.2f} | "
+               f"{constants().charged('vm_area_struct')} |")
+    c, b = measured["ladder-pop"]
+    anon_vma_model = constants().charged("anon_vma")  # one object: negligible
+    avc = (b - tables(c) * page - c.vmas * vma - c.anon_vmas * anon_vma_model) / c.anon_vma_chains
+    out.append(f"| anon_vma_chain | ladder-pop: (memcg - tables - VMAs - 1 anon_vma) / chains | "
+               f"{avc:.2f} ± {slack / c.anon_vma_chains:.2f} | {constants().charged('anon_vma_chain')} |")
+    c, b = measured["stacks-236"]
+    av = (b - tables(c) * page - c.vmas * vma - c.anon_vma_chains * avc) / c.anon_vmas
+    out.append(f"| anon_vma | stacks-236: (memcg - tables - VMAs - chains) / anon_vmas | "
+               f"{av:.2f} ± {slack / c.anon_vmas:.2f} | {constants().charged('anon_vma')} |")
+    c, b = measured["markers"]
+    per_table = (b - vma - av - avc) / tables(c)
+    out.append(f"| page-table page | markers: (memcg - 1 VMA - 1 anon_vma - 1 chain) / tables | "
+               f"{per_table:.1f} ± {slack / tables(c):.1f} | {page} |")
+    return out
 
 
 def pool(paths: list[str]) -> None:
@@ -156,6 +201,7 @@ def main() -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     raw = []
+    largest: dict[str, tuple[MmCounts, int]] = {}
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M:%S %Z')} kernel {platform.release()} "
           f"repeat={args.repeat} -->")
     print(HEAD)
@@ -166,13 +212,21 @@ def main() -> int:
             t0 = time.monotonic()
             m = measure_script(parse_script(doc), repeat=args.repeat)
             secs = time.monotonic() - t0
-            print(row(f"{name} {size // 1000}k", counts, m.values, f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})"), flush=True)
+            print(row(f"{name} {size // 1000}k", counts, m.values,
+                      f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})", m.spread), flush=True)
+            if "memcg_bytes" in m.values and size == max(sizes):
+                largest[name] = (counts, m.values["memcg_bytes"])
             raw.append({"layout": name, "size": size,
                         "counts": {k: getattr(counts, k) for k in counts.__slots__},
                         "measurement": m.as_dict(), "prediction": kernel_cost(counts).as_dict(),
                         "seconds": round(secs, 1)})
             if m.failed_ops:
                 print(f"<!-- {name} {size}: {m.failed_ops} ops failed -->")
+    if set(largest) >= {"ladder", "ladder-pop", "stacks-236", "markers"}:
+        print(f"\nBytes charged to the memory cgroup per object, from the {max(sizes):,} rows:\n")
+        print("| object | solved from | measured (B) | costs.py charged (B) |")
+        print("|---|---|---|---|")
+        print("\n".join(fit(largest)))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(raw, fh, indent=1)

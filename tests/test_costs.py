@@ -126,3 +126,11 @@ def test_designs_json_and_text_show_memcg_bytes(tmp_path):
     cp = run_cli("designs", str(path))
     row = next(line for line in cp.stdout.splitlines() if line.startswith("memcg charged B"))
     assert f"{doc['vma']['memcg_bytes']:,}" in row
+
+
+def test_a_shared_anonymous_mapping_charges_its_shmem_file_once():
+    c = constants()
+    assert c.memcg_shmem_file == (752 + 8) + (192 + 8) + (192 + 8)  # inode, struct file, dentry
+    counts = MmCounts(vmas=3, shmem_files=2)
+    assert memcg_bytes(counts) == 3 * 200 + 2 * c.memcg_shmem_file
+    assert kernel_cost(counts).total == kernel_cost(MmCounts(vmas=3)).total  # slab total: VMA tree only

@@ -147,7 +147,7 @@ def test_the_table_says_how_and_never_shows_a_dropped_figure():
     assert "its memory cgroup" in text and "whole machine" in text
     maple = next(line for line in text.splitlines() if "maple_node objects" in line and "│" in line)
     assert "dropped" in maple and "73" not in maple  # the noisy figures only in the note
-    assert "maple_node objects: dropped, runs disagree (73..577)" in text
+    assert "dropped maple_node objects: runs disagree (73..577)" in text
     assert "cgroup v1 test" in text and "skipped: anon_vma: test" in text
     # Without a cgroup: said once, in words.
     m = _measurement(values={"arena_vmas": 2001}, memcg="", memcg_unavailable="no permission")

@@ -221,3 +221,20 @@ def test_vmpte_exact_in_every_run_at_30k_guards():
     assert [r["vmpte_bytes"] for r in m.runs] == [predicted["vmpte_bytes"]] * 4
     assert m.attempts == 4 and m.self_disturbed == 0  # no run saw the measuring process grow
     assert abs(m.values["memcg_bytes"] - predicted["memcg_bytes"]) <= memcg.charge_slack_bytes()
+
+
+@needs_memcg
+def test_each_shared_anonymous_mapping_charges_its_shmem_file():
+    n = 1000  # one-page shared anonymous mappings with holes between them
+    ops = [{"op": "mmap", "at": 2 * i, "prot": "rw", "flags": ["shared", "anonymous"]} for i in range(n)]
+    # and one of two pages, split in two: its two VMAs share one file
+    ops.insert(0, {"op": "mmap", "at": 2 * n, "len": 2, "prot": "rw", "flags": ["shared", "anonymous"]})
+    ops.append({"op": "mprotect", "at": 2 * n, "prot": "r"})
+    measured, predicted, m = measured_and_predicted({"arena_pages": 2 * n + 2, "ops": ops})
+    assert m.values["arena_vmas"] == n + 2
+    assert abs(measured - predicted) <= memcg.charge_slack_bytes()
+    # the inode, struct file and dentry of each of the n + 1 files, beyond the VMAs
+    from sparsemm.model.costs import constants
+
+    per_file = (measured - (n + 2) * constants().charged("vm_area_struct")) / (n + 1)
+    assert per_file == pytest.approx(constants().memcg_shmem_file, abs=memcg.charge_slack_bytes() / n)

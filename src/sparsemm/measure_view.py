@@ -52,7 +52,8 @@ def how_notes(m: Measurement) -> list[str]:
         objects, frac = SLAB_AGREEMENT
         out.append("how: objects are /proc/slabinfo counts for the whole machine, other processes' "
                    f"objects included (caches shrunk first); a row is shown only where {SLAB_MIN_RUNS}+ "
-                   f"runs agree within max({objects}, {frac:.0%}); maple_node is in no cgroup's charge")
+                   f"quiet runs (no task started or ended) agree within max({objects}, {frac:.0%}); "
+                   "maple_node is in no cgroup's charge")
     return out
 
 
@@ -86,7 +87,11 @@ def render_measurement(m: Measurement, rows: list[Row], *, title: str, extra_not
     runs = f"median of {len(m.runs)} run(s)" + (f" ({m.attempts} made)" if m.attempts > len(m.runs) else "")
     notes.append(runs + (f"; {m.failed_ops} op(s) of the script failed on the kernel" if m.failed_ops else ""))
     notes.extend(how_notes(m))
-    notes.extend(f"{r.label}: dropped, {r.note}" for r in rows if r.verdict == "dropped")
+    why: dict[str, list[str]] = {}
+    for r in rows:
+        if r.verdict == "dropped":
+            why.setdefault(r.note, []).append(r.label)
+    notes.extend(f"dropped {', '.join(labels)}: {reason}" for reason, labels in why.items())
     notes.extend(m.notes)
     notes.extend(f"skipped: {s}" for s in m.skipped)
     if shared_notes is not None:

@@ -49,6 +49,7 @@ class CostConstants:
     # (GFP_PGTABLE_USER has __GFP_ACCOUNT) are charged whole pages. maple_node is not charged.
     memcg_obj_overhead: int  # bytes per charged object (sizeof(struct obj_cgroup *))
     memcg_caches: tuple[str, ...]  # the SLAB_ACCOUNT caches among the four above
+    memcg_shmem_file: int  # bytes charged for the shmem file of one shared anonymous mmap
 
     @property
     def vma_bytes(self) -> int:
@@ -78,6 +79,8 @@ class CostConstants:
             kernel=f"{version.group(1) if version else 'unknown'} {arch}",
             memcg_obj_overhead=doc["memcg"]["obj_cgroup_pointer_bytes"],
             memcg_caches=tuple(doc["memcg"]["accounted_caches"]),
+            memcg_shmem_file=sum(size + doc["memcg"]["obj_cgroup_pointer_bytes"] for name, size in
+                                 doc["memcg"]["shmem_file_objects"].items() if name != "note"),
         )
 
     def charged(self, cache: str) -> int:
@@ -117,6 +120,7 @@ class MmCounts:
     pgd_tables: int | None = None
     guard_entries: int = 0
     gap_slots: int = 0  # NULL ranges between VMAs in the tree; only used when maple_nodes is None
+    shmem_files: int = 0  # shmem files of shared anonymous mmaps (memcg_bytes only)
 
     @property
     def maple_slots(self) -> int:
@@ -190,13 +194,16 @@ def memcg_bytes(counts: MmCounts, consts: CostConstants | None = None) -> int:
 
     ``vmas x charged(vm_area_struct) + anon_vmas x charged(anon_vma) + chains x
     charged(anon_vma_chain)`` plus every page-table page (PTE, PMD, PUD, and P4D/PGD when
-    given). Maple nodes cost nothing here: their cache is not accounted. The cgroup counts
+    given), plus the inode, file and dentry of each shared anonymous mmap's shmem file
+    (``shmem_files``; not in ``kernel_cost().total``, which counts the VMA tree's objects and
+    page tables). Maple nodes cost nothing here: their cache is not accounted. The cgroup counts
     these in whole pages, so a measurement is this within ``native.memcg.charge_slack_bytes``.
     O(1) (O(log slots) only for a kernel that charges maple nodes and no node count given).
     """
     c = consts or constants()
     total = (counts.vmas * c.charged("vm_area_struct") + counts.anon_vmas * c.charged("anon_vma")
-             + counts.anon_vma_chains * c.charged("anon_vma_chain") + _tables(counts) * c.page_table)
+             + counts.anon_vma_chains * c.charged("anon_vma_chain") + _tables(counts) * c.page_table
+             + counts.shmem_files * c.memcg_shmem_file)
     if c.charged("maple_node"):  # not on 6.18; a constants file for a kernel that accounts them
         total += c.charged("maple_node") * (counts.maple_nodes if counts.maple_nodes is not None
                                             else maple_nodes_for_slots(counts.maple_slots, c))

@@ -63,8 +63,9 @@ _PROCESS_METHODS = {"arena_vmas": "/proc/self/maps lines in the arena",
                     "vmpte_bytes": "/proc/self/status VmPTE, after minus before"}
 _SLAB_METHOD = "/proc/slabinfo active_objs after a shrink, after minus before (whole machine)"
 
-#: A whole-machine row is a result only when its runs agree: max - min at most this many
-#: objects, or this fraction of the median, whichever is larger; and at least this many runs.
+#: A whole-machine row is a result only when at least ``SLAB_MIN_RUNS`` quiet runs (no task
+#: started or ended) agree: max - min at most this many objects, or this fraction of the
+#: median, whichever is larger. Its median and spread are then the quiet runs'.
 SLAB_AGREEMENT = (8, 0.01)
 SLAB_MIN_RUNS = 3
 
@@ -228,12 +229,17 @@ def _summarize(script: Script, used: list[dict], attempts: int) -> Measurement:
     medians = {k: statistics.median_low(r[k] for r in runs) for k in keys}
     methods = {k: _PROCESS_METHODS[k] for k in keys if k in _PROCESS_METHODS}
     values, dropped = {}, {}
+    # Whole-machine counts: only runs in which no task started or ended can be results.
+    quiet_runs = [r for r, o in zip(runs, used) if o["quiet"]]
     for k in keys:
         if SCOPES[k] != "machine":
             values[k] = medians[k]
             continue
         methods[k] = _SLAB_METHOD
-        reason = whole_machine_problem(spread[k], medians[k], len(runs))
+        if quiet_runs:
+            spread[k] = (min(r[k] for r in quiet_runs), max(r[k] for r in quiet_runs))
+            medians[k] = statistics.median_low(r[k] for r in quiet_runs)
+        reason = whole_machine_problem(spread[k], medians[k], len(quiet_runs))
         if reason:
             dropped[k] = reason
         else:
@@ -261,13 +267,13 @@ def _summarize(script: Script, used: list[dict], attempts: int) -> Measurement:
 
 
 def whole_machine_problem(spread: tuple[int, int], median: int, runs: int) -> str:
-    """Why a whole-machine count with this (min, max) and median over ``runs`` runs is not a
-    result, or ``""`` if it is: fewer than ``SLAB_MIN_RUNS`` runs, or a spread beyond
+    """Why a whole-machine count with this (min, max) and median over ``runs`` quiet runs is
+    not a result, or ``""`` if it is: fewer than ``SLAB_MIN_RUNS`` runs, or a spread beyond
     ``SLAB_AGREEMENT``. O(1)."""
     lo, hi = spread
     if runs < SLAB_MIN_RUNS:
-        return (f"whole-machine count from {runs} run(s): too few to tell it from other "
-                f"processes' churn (needs {SLAB_MIN_RUNS} agreeing runs)")
+        return (f"{runs} quiet run(s): too few to tell this whole-machine count from other "
+                f"processes' churn (needs {SLAB_MIN_RUNS} quiet runs that agree)")
     objects, frac = SLAB_AGREEMENT
     allowed = max(objects, int(frac * abs(median)))
     if hi - lo > allowed:
