@@ -233,6 +233,8 @@ PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
 SYS_process_vm_readv = 310
 SYS_process_vm_writev = 311
 SYS_memfd_create = 319
+SYS_membarrier = 324
+MEMBARRIER_CMD_GLOBAL = 1  # waits for an RCU grace period (synchronize_rcu)
 SYS_mlock2 = 325
 SYS_pidfd_open = 434
 SYS_process_madvise = 440

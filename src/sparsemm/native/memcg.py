@@ -15,6 +15,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from sparsemm import abi
+from sparsemm.native import libc
+
 __all__ = ["ENV_VAR", "NAME_PREFIX", "MemcgUnavailable", "Hierarchy", "MemoryCgroup", "KernelBytes",
            "find_hierarchy", "join", "join_from_env", "remove_stale", "charge_slack_bytes"]
 
@@ -274,17 +277,25 @@ class KernelBytes:
             return int(data)
         return _stat_kernel(data)
 
-    def settled(self, interval: float = 0.02, tries: int = 50) -> tuple[int, bool]:
-        """(value, settled): read until two reads ``interval`` apart agree, at most ``tries``
-        times. Frees the kernel defers past an RCU grace period (page tables, task structs)
-        land in between. ``settled`` is false if the counter never stood still."""
-        last = self.read()
+    def settled(self, interval: float = 0.02, stable: int = 3, tries: int = 100) -> tuple[int, bool]:
+        """(value, settled): the counter once frees the kernel defers past an RCU grace period
+        (page tables under ``MMU_GATHER_RCU_TABLE_FREE``, task structs) have landed. Waits for
+        a grace period (``membarrier(MEMBARRIER_CMD_GLOBAL)`` runs ``synchronize_rcu``), then
+        reads every ``interval`` s until ``stable`` reads in a row agree, at most ``tries``
+        reads; ``settled`` is false if the counter never stood still. Allocates nothing that
+        stays."""
+        try:
+            libc.membarrier(abi.MEMBARRIER_CMD_GLOBAL)
+        except OSError:
+            pass  # membarrier unavailable: the stable reads alone
+        last, same = self.read(), 1
         for _ in range(tries):
             time.sleep(interval)
             now = self.read()
-            if now == last:
-                return now, True
+            same = same + 1 if now == last else 1
             last = now
+            if same >= stable:
+                return now, True
         return last, False
 
     def close(self) -> None:

@@ -198,11 +198,11 @@ def measure_script(script: Script, *, repeat: int = 3, max_attempts: int | None 
         m.methods["memcg_bytes"] = (f"{m.memcg} of a child cgroup holding only the measuring "
                                     f"process, after minus before (page-granular: within "
                                     f"{m.memcg_slack:,} B)")
-        if not cgroup.removed:
-            m.notes.append(f"memory cgroup {cgroup.path} could not be removed yet; the next "
-                           "measurement removes it")
     else:
         m.memcg_unavailable = unavailable if cgroup is None else "the child could not join the cgroup"
+    if cgroup is not None and not cgroup.removed:
+        m.notes.append(f"memory cgroup {cgroup.path} could not be removed yet; the next "
+                       "measurement removes it")
     return m
 
 
