@@ -212,7 +212,7 @@ def part_busy(repeat: int, out: dict) -> None:
                 m, pred = fn()
                 runs = [r["memcg_bytes"] for r in m.runs]
                 med = m.values["memcg_bytes"]
-                print(f"| {name} | {'quiet' if not load else f'{load} disturbers'} | {jitter:,} | "
+                print(f"| {name} | {'no disturber' if not load else f'{load} disturbers'} | {jitter:,} | "
                       f"{', '.join(f'{x:,}' for x in runs)} | {med:,} | {pred:,} | {med - pred:+,} | "
                       f"{', '.join(sorted(m.dropped)) or '-'} |", flush=True)
                 out.setdefault("busy", []).append({"what": name, "load": load, "jitter": jitter,

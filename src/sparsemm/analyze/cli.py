@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from importlib import resources
@@ -28,11 +27,9 @@ class UsageError(Exception):
 # --- helpers ----------------------------------------------------------------------------------
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from sparsemm._term import console
 
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
-    return Console(file=stream, width=width, highlight=False)
+    return console(stderr)
 
 
 def _policy(args):
