@@ -261,7 +261,8 @@ def _demo(args) -> int:
         "        memory around them stays one VMA\n"
         "  [bold]tree[/bold]  proposal: guards are maple-tree entries without a vm_area_struct\n"
         "Then it builds the same layout on this machine's kernel (vma and pte designs) and\n"
-        "measures it: the predicted VMA counts and page tables should match exactly.", border_style="blue"))
+        "measures it: the predicted VMA counts and page tables should match exactly, and the\n"
+        "kernel bytes charged to a memory cgroup around the rebuild within a page or two.", border_style="blue"))
     report = analyze(entries, GuardPolicy(), source=DEMO_MAPS)
     con.print(render_report(report))
     con.print()
