@@ -238,3 +238,17 @@ def test_each_shared_anonymous_mapping_charges_its_shmem_file():
 
     per_file = (measured - (n + 2) * constants().charged("vm_area_struct")) / (n + 1)
     assert per_file == pytest.approx(constants().memcg_shmem_file, abs=memcg.charge_slack_bytes() / n)
+
+
+def test_a_v2_counter_is_the_kernel_line_of_memory_stat(tmp_path):
+    # cgroup v2 is not mounted with its memory controller here: its file format, at least.
+    (tmp_path / "memory.stat").write_text("anon 8192\nfile 0\nkernel 1234567\nkernel_stack 16384\n"
+                                          "pagetables 8192\nslab 300000\n")
+    kb = memcg.KernelBytes(memcg.Hierarchy(2, str(tmp_path)))
+    try:
+        assert kb.read() == 1234567
+        (tmp_path / "memory.stat").write_text("slab 300000\npagetables 8192\nkernel_stack 16384\n")
+        assert kb.read() == 300000 + 8192 + 16384  # an older kernel without the kernel line
+    finally:
+        kb.close()
+    assert memcg.Hierarchy(2, "/x").method == "cgroup v2 memory.stat kernel"

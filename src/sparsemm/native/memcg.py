@@ -3,7 +3,7 @@
 Owns ``MemoryCgroup`` (a uniquely named child of this process's own memory cgroup, v1 or v2,
 removed when its ``with`` block ends, on error and Ctrl-C too), ``join`` (a process moves itself
 in) and ``KernelBytes`` (the cgroup's kernel-memory counter, read without allocating).
-Knows nothing of op scripts; never writes to a cgroup it did not create.
+Knows nothing of op scripts; never touches a cgroup without this module's name pattern.
 """
 
 from __future__ import annotations
@@ -103,13 +103,12 @@ def find_hierarchy() -> Hierarchy:
     """
     try:
         with open("/proc/cmdline", encoding="utf-8") as fh:
-            if "cgroup.memory=nokmem" in fh.read().split():
-                raise MemcgUnavailable("kernel memory accounting is off (cgroup.memory=nokmem)")
+            cmdline = fh.read().split()
         mounts, own = _mounts(), _own_cgroups()
     except OSError as exc:
-        if isinstance(exc, MemcgUnavailable):
-            raise
         raise MemcgUnavailable(f"cannot read /proc ({exc.strerror})") from exc
+    if "cgroup.memory=nokmem" in cmdline:
+        raise MemcgUnavailable("kernel memory accounting is off (cgroup.memory=nokmem)")
     for mount, root, fstype, opts in mounts:
         if fstype == "cgroup" and "memory" in opts.split(","):
             key = next((k for k in own if "memory" in k.split(",")), None)
