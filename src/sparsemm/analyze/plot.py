@@ -14,10 +14,10 @@ from sparsemm.analyze.report import BYTE_KEYS, AnalysisReport
 
 __all__ = ["COLOURS", "plot_report"]
 
-COLOURS = {"rw": "#4caf50", "guard": "#d62728", "reservation": "#bdbdbd", "file": "#1f77b4",
-           "other": "#ff9f1c"}
-_LABELS = {"rw": "anonymous memory", "guard": "guard", "reservation": "reservation (PROT_NONE)",
-           "file": "file-backed", "other": "other ([stack], [vdso], shared…)"}
+COLOURS = {"rw": "#4caf50", "guard": "#d62728", "payload": "#9467bd", "reservation": "#bdbdbd",
+           "file": "#1f77b4", "other": "#ff9f1c"}
+_LABELS = {"rw": "anonymous memory", "guard": "guard", "payload": "decommitted payload (PROT_NONE)",
+           "reservation": "reservation (PROT_NONE)", "file": "file-backed", "other": "other ([stack], [vdso], shared…)"}
 _GAP = 0.6  # axis units drawn for any gap between VMAs
 _BYTE_COLOURS = ("#7b9acc", "#f2a541", "#c9a0dc", "#8cc084", "#e07a5f")
 
@@ -119,9 +119,16 @@ def plot_report(report: AnalysisReport, path: str, *, title: str | None = None) 
     ax1 = fig.add_subplot(gs[1, 0])
     names = ["original"] + ok
     vals = [report.vmas] + [report.designs[d].map_count for d in ok]
-    bars = ax1.bar(names, vals, color=["#555555"] + ["#4c72b0"] * len(ok))
+    colours = ["#555555"] + ["#4c72b0"] * len(ok)
+    if report.payload:  # the second set of counts: the decommitted payload as markers too
+        more = [d for d in ok if d != "vma" and not report.designs_with_payload[d].error]
+        names += [f"{d}\n+payload" for d in more]
+        vals += [report.designs_with_payload[d].map_count for d in more]
+        colours += [COLOURS["payload"]] * len(more)
+    bars = ax1.bar(names, vals, color=colours)
     ax1.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=8)
-    ax1.set_title("VMAs (map_count)", fontsize=10)
+    ax1.set_title("VMAs (map_count)" + ("; +payload: decommitted payload as markers too"
+                                        if report.payload else ""), fontsize=10)
     ax1.set_ylim(0, max(vals) * 1.18 if vals else 1)
     ax2 = fig.add_subplot(gs[1, 1])
     bottom = [0.0] * len(ok)

@@ -1,9 +1,10 @@
 """What each guard design makes of a real process: ``analyze(entries) -> AnalysisReport``.
 
 Owns ``AnalysisReport`` / ``DesignFigures``, their JSON form (schema in docs/analyze.md),
-the rich tables for people and the many-files mode. Rebuilds the layout with
-``analyze.rebuild`` and runs it on the model (``opscript.designs.run_design``); never
-touches the kernel (that is ``analyze.reproduce``).
+the per-VMA ``mappings`` view, the rich tables for people, the many-files mode and
+``analyze_source``, the single-file entry point (pid, snapshot, maps or smaps file).
+Rebuilds the layout with ``analyze.rebuild`` and runs it on the model
+(``opscript.designs.run_design``); never touches the kernel (that is ``analyze.reproduce``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from sparsemm._gc import gc_paused
-from sparsemm.analyze.guards import GuardPolicy, find_guards
+from sparsemm.analyze.guards import Classification, GuardPolicy, Role, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants
@@ -22,10 +23,10 @@ from sparsemm.opscript.script import parse_script
 
 __all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
            "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
-           "BYTE_KEYS"]
+           "render_mappings", "mappings", "BYTE_KEYS"]
 
-SCHEMA = "sparsemm.analyze/2"
-MANY_SCHEMA = "sparsemm.analyze.many/2"
+SCHEMA = "sparsemm.analyze/3"
+MANY_SCHEMA = "sparsemm.analyze.many/3"
 DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
@@ -80,32 +81,56 @@ class AnalysisReport:
     policy: dict
     seconds: float = 0.0  # wall time of the analysis
     layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
+    payload: int = 0  # ranges of decommitted payload (Role.DECOMMITTED)
+    payload_bytes: int = 0
+    designs_with_payload: dict[str, DesignFigures] = field(default_factory=dict)  # payload as markers too
+    existing_markers: int | None = None  # marker runs the process holds (None: unknown)
+    existing_marker_bytes: int | None = None
+    vmas_with_markers: int | None = None
+    rebuilt_vmas: int | None = None  # the rebuild as the process was (existing markers as markers)
+    input_kind: str = ""  # "pid", "snapshot", "smaps", "maps" or "" (entries given)
+    warnings: list[str] = field(default_factory=list)
+    layout_payload_obj: Layout | None = field(default=None, repr=False)  # the with-payload rebuild
+    classification: Classification | None = field(default=None, repr=False)  # for mappings()
 
     @property
     def vma_matches_original(self) -> bool | None:
-        """The rebuild under the vma design has the original's VMAs (the rebuild's check)."""
-        d = self.designs.get("vma")
-        return None if d is None or d.vmas is None else d.vmas == self.vmas
+        """The rebuild as the process was (guards as PROT_NONE VMAs, the markers it holds as
+        markers) has the original's VMAs: the rebuild's check. Without existing markers
+        that is the ``vma`` design's run."""
+        return None if self.rebuilt_vmas is None else self.rebuilt_vmas == self.vmas
 
-    def to_json(self) -> dict:
-        """The documented JSON object (schema ``SCHEMA``)."""
-        return {
+    def to_json(self, *, with_mappings: bool = False) -> dict:
+        """The documented JSON object (schema ``SCHEMA``); ``with_mappings`` adds the
+        per-VMA ``mappings`` list (needs the classification and layouts)."""
+        doc = {
             "schema": SCHEMA,
             "source": self.source,
+            "input": self.input_kind,
             "maps_lines": self.maps_lines,
             "vmas": self.vmas,
             "max_map_count": self.max_map_count,
             "headroom_vmas": self.max_map_count - self.vmas,
             "guards": {"guards": self.guards, "sandwiches": self.sandwiches, "one_sided": self.one_sided,
                        "reservations": self.reservations, "isolated_prot_none": self.isolated_prot_none,
-                       "guard_bytes": self.guard_bytes},
+                       "guard_bytes": self.guard_bytes, "decommitted_payload": self.payload,
+                       "decommitted_payload_bytes": self.payload_bytes,
+                       "existing_markers": self.existing_markers,
+                       "existing_marker_bytes": self.existing_marker_bytes,
+                       "vmas_with_markers": self.vmas_with_markers},
             "formula": self.formula,
             "layout": self.layout,
             "designs": {n: d.as_dict() for n, d in self.designs.items()},
+            "designs_with_payload": {n: d.as_dict() for n, d in self.designs_with_payload.items()},
+            "rebuilt_vmas": self.rebuilt_vmas,
             "vma_matches_original": self.vma_matches_original,
             "policy": self.policy,
+            "warnings": list(self.warnings),
             "seconds": round(self.seconds, 4),
         }
+        if with_mappings:
+            doc["mappings"] = mappings(self)
+        return doc
 
 
 def design_result(layout_doc: dict, design: str) -> DesignResult:
@@ -131,27 +156,8 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
         failed_ops=result.failed_ops)
 
 
-def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
-            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None) -> AnalysisReport:
-    """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
-    ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
-    Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
-    first guard op among the designs (``run_designs_shared``: each design continues
-    in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
-    designs run at the same time, and the slowest (``tree``) starts from scratch
-    in a child as soon as the layout is built, using the core that parsing and
-    the shared prefix leave idle. Smaller layouts run each design here.
-
-    Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
-    """
-    t0 = time.perf_counter()
-    stage = on_stage or (lambda _text: None)
-    policy = policy or GuardPolicy()
-    stage(f"finding guards among {len(entries):,} VMAs")
-    cls = find_guards(entries, policy)
-    stage("rebuilding the layout")
-    layout = build_layout(entries, cls, touch=touch, source=source)
-    limit = constants().max_map_count
+def _run_layout(layout: Layout, designs: tuple[str, ...], stage, workers: int | None) -> dict[str, DesignResult]:
+    """Each design's run of ``layout`` on the model (see ``analyze`` for the parallel case)."""
     nops = len(layout.script["ops"])
     if workers is None:
         workers = os.cpu_count() or 1
@@ -175,23 +181,84 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
         results = run_designs_shared(script, rest, parallel=parallel)
     if early is not None:
         results[first] = early()
+    return results
+
+
+def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], limit: int) -> dict[str, DesignFigures]:
     figs = {d: _figures(d, results[d], limit) for d in designs}
     base = figs.get("vma")
     for f in figs.values():
         if base is not None and not base.error and not f.error:
             f.saved_vmas = base.map_count - f.map_count
             f.saved_bytes = base.total_bytes - f.total_bytes
+    return figs
+
+
+def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
+            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None,
+            markers: list[tuple[int, int]] | None = None, warnings: list[str] | None = None,
+            input_kind: str = "") -> AnalysisReport:
+    """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
+    ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
+    Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
+    first guard op among the designs (``run_designs_shared``: each design continues
+    in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
+    designs run at the same time, and the slowest (``tree``) starts from scratch
+    in a child as soon as the layout is built, using the core that parsing and
+    the shared prefix leave idle. Smaller layouts run each design here.
+
+    ``markers``: the guard-marker runs the process already holds (byte ranges, sorted;
+    None: unknown). They stay markers under ``pte`` and become PROT_NONE VMAs under
+    ``vma`` and tree entries under ``tree``. When the map has decommitted payload, a
+    second rebuild with the payload as markers too gives ``designs_with_payload``;
+    otherwise those are the same figures. ``warnings`` are carried into the report.
+
+    Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt, and
+    ``ValueError`` for marker runs outside the map.
+    """
+    t0 = time.perf_counter()
+    stage = on_stage or (lambda _text: None)
+    policy = policy or GuardPolicy()
+    stage(f"finding guards among {len(entries):,} VMAs")
+    cls = find_guards(entries, policy, markers)
+    stage("rebuilding the layout")
+    layout = build_layout(entries, cls, touch=touch, source=source)
+    limit = constants().max_map_count
+    figs = _all_figures(_run_layout(layout, designs, stage, workers), designs, limit)
     s = cls.summary
+    layout_p, figs_p = layout, figs
+    if s.payload:
+        stage("rebuilding the layout with the decommitted payload as guards")
+        layout_p = build_layout(entries, cls, touch=touch, source=source, with_payload=True)
+        figs_p = _all_figures(_run_layout(layout_p, designs, stage, workers), designs, limit)
+    rebuilt = None
+    if layout.existing_markers:
+        stage("rebuilding the process as it was (existing markers as markers)")
+        as_is = run_design(parse_script(layout.as_is_script()), "pte")
+        rebuilt = None if as_is.error else as_is.counts.vmas
+    elif "vma" in figs and not figs["vma"].error:
+        rebuilt = figs["vma"].vmas
+    known = cls.markers_known
     return AnalysisReport(
         source=source, maps_lines=len(entries), vmas=s.vmas, guards=s.guards, sandwiches=s.sandwiches,
         one_sided=s.one_sided, reservations=s.reservations, isolated_prot_none=s.isolated_prot_none,
-        guard_bytes=s.guard_bytes, formula={"pte": s.vmas_if_markers, "tree": s.vmas_if_tree},
+        guard_bytes=s.guard_bytes,
+        formula={"pte": s.vmas_if_markers, "tree": s.vmas_if_tree,
+                 "pte_with_payload": s.vmas_if_markers_with_payload,
+                 "tree_with_payload": s.vmas_if_tree_with_payload},
         layout={"arena_pages": layout.arena_pages, "granule_bytes": layout.granule,
                 "shrunk_reservations": layout.shrunk_reservations, "touch": layout.touch,
                 "touched_pages": layout.touched_pages, "separated_pairs": layout.separated,
-                "files": len(layout.files), "ops": len(layout.script["ops"]), "notes": layout.notes},
+                "files": len(layout.files), "ops": len(layout.script["ops"]),
+                "existing_marker_installs": layout.existing_markers, "notes": layout.notes},
         designs=figs, max_map_count=limit, policy=_policy_dict(policy),
-        seconds=time.perf_counter() - t0, layout_obj=layout)
+        seconds=time.perf_counter() - t0, layout_obj=layout,
+        payload=s.payload, payload_bytes=s.payload_bytes, designs_with_payload=figs_p,
+        existing_markers=s.existing_markers if known else None,
+        existing_marker_bytes=s.existing_marker_bytes if known else None,
+        vmas_with_markers=s.vmas_with_markers if known else None,
+        rebuilt_vmas=rebuilt, input_kind=input_kind, warnings=list(warnings or ()),
+        layout_payload_obj=layout_p, classification=cls)
 
 
 def _policy_dict(p: GuardPolicy) -> dict:
@@ -199,13 +266,21 @@ def _policy_dict(p: GuardPolicy) -> dict:
             "cost_ratio": p.cost_ratio, "neighbour_perms": p.neighbour_perms}
 
 
-def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto") -> AnalysisReport:
-    """Load ``target`` (file, pid, ``/proc/N``, ``-``) with ``maps.load`` and analyze it."""
-    from sparsemm.analyze.maps import load
+def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto", *,
+                   on_stage=None, workers: int | None = None) -> AnalysisReport:
+    """The single-file entry point: read ``target`` (a pid or ``/proc/N``, read live with
+    its guard markers; a snapshot file; a maps or smaps file; ``-`` for stdin) with
+    ``snapshot.load_source`` and analyze it. Raises ``ValueError`` (one line) for an
+    input without mappings, and what ``load_source`` and ``analyze`` raise."""
+    from sparsemm.analyze.snapshot import load_source
 
-    entries = load(target)
-    name = f"pid {target}" if str(target).isdigit() else os.path.basename(str(target)) or str(target)
-    return analyze(entries, policy, source=name, touch=touch)
+    if on_stage:
+        on_stage(f"reading {target}")
+    src = load_source(target)
+    if not src.entries:
+        raise ValueError(f"{target}: no mappings in the input")
+    return analyze(src.entries, policy, source=src.name, touch=touch, on_stage=on_stage, workers=workers,
+                   markers=src.markers, warnings=src.warnings, input_kind=src.kind)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -224,56 +299,165 @@ def _n(v) -> str:
     return "n/a" if v is None else f"{v:,}"
 
 
+def _headline(r: AnalysisReport) -> str:
+    parts = [f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, {r.one_sided:,} one-sided)"]
+    if r.payload:
+        parts.append(f"{r.payload:,} ranges of decommitted payload ({_b(r.payload_bytes)})")
+    parts.append(f"{r.reservations:,} reservations")
+    if r.existing_markers:
+        parts.append(f"{r.existing_markers:,} guard-marker runs already held ({_b(r.existing_marker_bytes)} "
+                     f"in {r.vmas_with_markers:,} VMAs)")
+    elif r.existing_markers == 0:
+        parts.append("no guard markers held")
+    return ", ".join(parts)
+
+
 def render_report(r: AnalysisReport):
-    """A rich renderable: the summary line and one column per design."""
+    """A rich renderable: the summary line and one column per design (and, when the map
+    has decommitted payload, one per design that turns it into markers too)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     head = Text()
     head.append(f"{r.source}: ", style="bold")
-    head.append(f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, "
-                f"{r.one_sided:,} one-sided), {r.reservations:,} reservations\n"
+    head.append(f"{_headline(r)}\n"
                 f"max_map_count {r.max_map_count:,} ({100.0 * r.vmas / r.max_map_count:.1f}% used)")
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("")
     t.add_column("original", justify="right")
-    names = list(r.designs)
-    for n in names:
-        t.add_column(n, justify="right")
+    cols = [(n, r.designs) for n in r.designs]
+    if r.payload:  # the second set of counts: guards plus decommitted payload as markers
+        cols += [(n, r.designs_with_payload) for n in r.designs_with_payload if n != "vma"]
+    for n, figs in cols:
+        t.add_column(n if figs is r.designs else f"{n} +payload", justify="right")
 
     def row(label, orig, fn, style=None):
-        cells = [fn(r.designs[n]) if not r.designs[n].error else "n/a" for n in names]
+        cells = [fn(figs[n], figs) if not figs[n].error else "n/a" for n, figs in cols]
         t.add_row(label, orig, *cells, style=style)
 
-    row("VMAs (map_count)", _n(r.vmas), lambda d: _n(d.map_count), "bold")
-    row("  saved vs vma", "", lambda d: _n(d.saved_vmas) + (f" ({100 * d.saved_vmas / max(r.designs['vma'].map_count, 1):.0f}%)"
-                                                            if d.saved_vmas is not None and "vma" in r.designs else ""))
-    row("guard entries (tree)", "", lambda d: _n(d.guard_entries))
+    def saved_pct(d, figs):
+        base = figs.get("vma")
+        if d.saved_vmas is None or base is None or base.error:
+            return _n(d.saved_vmas)
+        return f"{_n(d.saved_vmas)} ({100 * d.saved_vmas / max(base.map_count, 1):.0f}%)"
+
+    row("VMAs (map_count)", _n(r.vmas), lambda d, f: _n(d.map_count), "bold")
+    row("  saved vs vma", "", saved_pct)
+    row("guard entries (tree)", "", lambda d, f: _n(d.guard_entries))
     row("headroom to max_map_count", _n(r.max_map_count - r.vmas),
-        lambda d: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
+        lambda d, f: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
     row("hits max_map_count", "yes" if r.vmas >= r.max_map_count else "no",
-        lambda d: "YES" if d.hits_max_map_count else "no")
-    row("anon_vma / chains", "", lambda d: f"{_n(d.anon_vmas)} / {_n(d.anon_vma_chains)}")
-    row("maple nodes", "", lambda d: _n(d.maple_nodes))
-    row("page-table pages", "", lambda d: _n(d.page_table_pages))
+        lambda d, f: "YES" if d.hits_max_map_count else "no")
+    row("anon_vma / chains", "", lambda d, f: f"{_n(d.anon_vmas)} / {_n(d.anon_vma_chains)}")
+    row("maple nodes", "", lambda d, f: _n(d.maple_nodes))
+    row("page-table pages", "", lambda d, f: _n(d.page_table_pages))
     for key in BYTE_KEYS:
-        row(f"  {key}", "", lambda d, key=key: _b(d.bytes.get(key)))
-    row("kernel bytes (total)", "", lambda d: _b(d.total_bytes), "bold")
-    row("  saved vs vma", "", lambda d: _b(d.saved_bytes))
+        row(f"  {key}", "", lambda d, f, key=key: _b(d.bytes.get(key)))
+    row("kernel bytes (total)", "", lambda d, f: _b(d.total_bytes), "bold")
+    row("  saved vs vma", "", lambda d, f: _b(d.saved_bytes))
     foot = []
-    for n in names:
-        if r.designs[n].error:
-            foot.append(f"{n}: {r.designs[n].error}")
+    for n, figs in cols:
+        if figs[n].error:
+            foot.append(f"{n}: {figs[n].error}")
     if r.vma_matches_original is False:
-        foot.append(f"warning: the vma-design rebuild has {r.designs['vma'].vmas} VMAs, the original {r.vmas}")
+        foot.append(f"warning: the rebuild as the process was has {r.rebuilt_vmas} VMAs, the original {r.vmas}")
     lay = r.layout
+    formula = f"formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}"
+    if r.payload:
+        formula += f" (+payload {r.formula['pte_with_payload']:,} / {r.formula['tree_with_payload']:,})"
     foot.append(f"rebuilt in an arena of {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB "
                 f"(gaps compressed modulo {lay['granule_bytes'] >> 20} MiB), touch={lay['touch']} "
-                f"({lay['touched_pages']:,} pages), formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}, "
-                f"{r.seconds:.2f} s")
+                f"({lay['touched_pages']:,} pages), {formula}, {r.seconds:.2f} s")
+    if r.payload:
+        foot.append("+payload: guards and the decommitted payload (large PROT_NONE ranges inside used "
+                    "memory, e.g. PartitionAlloc's decommitted super-page payload) as markers / tree entries")
+    if r.existing_markers:
+        foot.append(f"the {r.existing_markers:,} marker runs the process holds stay markers under pte, become "
+                    "PROT_NONE VMAs under vma and tree entries under tree; the rebuild as the process was "
+                    f"has {_n(r.rebuilt_vmas)} VMAs")
     foot.extend(lay["notes"])
-    return Group(head, t, Text("\n".join(foot), style="dim"))
+    parts = [head, t, Text("\n".join(foot), style="dim")]
+    if r.warnings:
+        parts.append(Text("\n".join(f"warning: {w}" for w in r.warnings), style="yellow"))
+    return Group(*parts)
+
+
+# --- mappings: every VMA with its role and what each design makes of it -----------------------
+
+#: What a design makes of a VMA or a marker run (the ``mappings`` vocabulary, docs/analyze.md).
+OUTCOMES = ("vma", "merged", "prot_none_vma", "marker", "tree_entry", "split")
+
+
+def _outcomes(role: Role, installed: bool, span: bool, runs: int) -> dict[str, str]:
+    """What ``vma``, ``pte`` and ``tree`` make of one VMA of the original: ``installed``
+    (a guard in this rebuild), in a ``span`` (merges with neighbours under markers), with
+    ``runs`` existing marker runs."""
+    if installed:
+        return {"vma": "prot_none_vma", "pte": "marker", "tree": "tree_entry"}
+    split = "split" if runs else "vma"
+    return {"vma": split, "pte": "merged" if span else "vma", "tree": split}
+
+
+def mappings(r: AnalysisReport) -> list[dict]:
+    """Every VMA of the original, in address order: its range, perms, backing, role (and
+    why), its existing marker runs, and what each design makes of it, guards only
+    (``designs``) and with the decommitted payload as markers (``designs_with_payload``).
+    Needs the report's classification and layouts (a report from ``analyze``). O(n)."""
+    cls, lay, lay_p = r.classification, r.layout_obj, r.layout_payload_obj
+    if cls is None or lay is None or lay_p is None:
+        raise ValueError("this report carries no classification (reports from worker processes drop it)")
+    runs_of = cls.markers_by_vma()
+    index = {id(role.entry): i for i, role in enumerate(cls.roles)}
+    out = []
+    for p, pp in zip(lay.placed, lay_p.placed):
+        e, role_v = p.entry, cls.roles[index[id(p.entry)]]
+        runs = runs_of.get(index[id(e)], [])
+        span = lay.units[p.unit].is_span
+        span_p = lay_p.units[pp.unit].is_span
+        out.append({
+            "start": e.start, "end": e.end, "size": e.size, "perms": e.perms, "kind": e.kind.value,
+            "path": e.path, "role": role_v.role.value, "reason": role_v.reason or None,
+            "side": role_v.side.value if role_v.side is not None else None,
+            "markers": [{"start": m.start, "end": m.end} for m in runs],
+            "designs": _outcomes(role_v.role, p.guard, span, len(runs)),
+            "designs_with_payload": _outcomes(role_v.role, pp.guard, span_p, len(runs)),
+        })
+    return out
+
+
+def render_mappings(r: AnalysisReport):
+    """A rich table of ``mappings(r)``: one row per VMA, one per existing marker run."""
+    from rich.table import Table
+
+    rows = mappings(r)
+    t = Table(title=f"{r.source}: every VMA, its role and what each design makes of it",
+              header_style="bold", box=None, pad_edge=False, title_justify="left")
+    for col in ("address", "size", "perms", "backing", "role", "vma", "pte", "tree"):
+        t.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
+    if r.payload:
+        t.add_column("pte +payload", no_wrap=True)
+        t.add_column("tree +payload", no_wrap=True)
+    t.add_column("mapping", overflow="fold")
+    styles = {"guard": "red", "decommitted payload": "magenta", "reservation": "dim"}
+    for m in rows:
+        role = m["role"] + (f" ({m['reason']}, {m['side']})" if m["side"] else "")
+        d, dp = m["designs"], m["designs_with_payload"]
+        extra = [dp["pte"], dp["tree"]] if r.payload else []
+        t.add_row(f"{m['start']:x}-{m['end']:x}", _size(m["size"]), m["perms"], m["kind"], role,
+                  d["vma"], d["pte"], d["tree"], *extra, m["path"], style=styles.get(m["role"]))
+        for run in m["markers"]:
+            extra = ["marker", "tree_entry"] if r.payload else []
+            t.add_row(f"  {run['start']:x}-{run['end']:x}", _size(run["end"] - run["start"]), "", "",
+                      "existing marker", "prot_none_vma", "marker", "tree_entry", *extra, "", style="red")
+    return t
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift:,}{unit}"
+    return f"{n >> 10:,}K"
 
 
 def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
@@ -327,7 +511,8 @@ def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
 def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -> dict:
     """Directory mode JSON (schema ``MANY_SCHEMA``)."""
     summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
-               "guards": sum(r.guards for r in reports)}
+               "guards": sum(r.guards for r in reports),
+               "decommitted_payload": sum(r.payload for r in reports)}
     for d in DESIGNS:
         vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
         summary[d] = sum(vals) if len(vals) == len(reports) and reports else None

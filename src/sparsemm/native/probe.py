@@ -42,7 +42,7 @@ def features() -> Features:
     try:
         libc.madvise(addr, page, abi.MADV_GUARD_INSTALL)
         bit58 = bool(procfs.read_pagemap(addr, 1)[0] & abi.PM_GUARD_REGION)
-        gu = any(e.start == addr and "gu" in e.vmflags for e in procfs.read_smaps())
+        gu = any(e.start <= addr < e.end and "gu" in e.vmflags for e in procfs.read_smaps())
     finally:
         libc.munmap(addr, 2 * page)
     fd = libc.memfd_create("sparsemm-probe")
