@@ -321,7 +321,7 @@ def ref_units(roles):
     n = len(roles)
     join_next = [False] * n
     for i, r in enumerate(roles):
-        if r.role is Role.GUARD:
+        if r.role in (Role.GUARD, Role.DECOMMITTED):  # payload spans its neighbours too
             if r.side in (GuardSide.BELOW, GuardSide.BOTH):
                 join_next[i - 1] = True
             if r.side in (GuardSide.ABOVE, GuardSide.BOTH):
@@ -375,7 +375,8 @@ def ref_layout(entries, classification, touch="auto", arena_limit=rb.REPRODUCIBL
         members = placed[i:j + 1]
         for p in members:
             p.unit = u
-        base = next((p.entry for p in members if p.role is not Role.GUARD), members[0].entry)
+        base = next((p.entry for p in members if p.role not in (Role.GUARD, Role.DECOMMITTED)),
+                    members[0].entry)
         backing = ref_backing(base)
         units.append(rb.Unit(first=i, last=j, at=members[0].at,
                              npages=members[-1].at + members[-1].npages - members[0].at,
@@ -391,8 +392,9 @@ def ref_layout(entries, classification, touch="auto", arena_limit=rb.REPRODUCIBL
             u.noreserve = not u.noreserve if prev.noreserve == u.noreserve else u.noreserve
     ops = [t for p in placed for t in rb._touch_ops(p, units[p.unit].backing, mode)]
     touched = sum(t["len"] for t in ops)
-    ops += [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"}
-            for p in placed if p.role is Role.GUARD]
+    ops += [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"} if p.role is Role.GUARD
+            else {"op": "mprotect", "at": p.at, "len": p.npages, "prot": "none"}
+            for p in placed if p.role in (Role.GUARD, Role.DECOMMITTED)]
     return placed, units, ops, granule, shrunk, separated, touched
 
 

@@ -196,8 +196,8 @@ def _analyze(args) -> int:
         con = _console()
         con.print(render_report(report))
         if mappings:
-            con.print()
-            con.print(render_mappings(report))
+            print(file=con.file)
+            print(render_mappings(report), file=con.file)
         if args.plot:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
     return 0

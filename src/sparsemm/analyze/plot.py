@@ -37,6 +37,11 @@ def _axis(report: AnalysisReport) -> list[tuple[float, float]]:
     return out
 
 
+def _stays(p) -> bool:
+    """A decommitted payload that this layout leaves a PROT_NONE VMA (not a guard install)."""
+    return p.category == "payload" and not p.guard
+
+
 def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> None:
     """One design's VMAs at height ``y``: coloured by category, with a white line at every
     VMA boundary of that design (so fewer lines = fewer VMAs)."""
@@ -52,8 +57,10 @@ def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> No
             cat = "rw" if design == "pte" else None  # pte: inside the VMA; tree: no VMA at all
         if cat is not None:
             by_cat.setdefault(cat, []).append((x, w))
-        # A boundary before p unless p continues one VMA of this design (pte: within a unit).
-        if i and not (design == "pte" and units[p.unit].is_span and p.unit == placed[i - 1].unit):
+        # A boundary before p unless p continues one VMA of this design (pte: within a unit,
+        # where only a decommitted payload left as it was stays a VMA of its own).
+        if i and not (design == "pte" and units[p.unit].is_span and p.unit == placed[i - 1].unit
+                      and not _stays(p) and not _stays(placed[i - 1])):
             boundaries.append(x)
     for cat, spans in by_cat.items():
         ax.broken_barh(spans, (y, h), facecolors=COLOURS[cat], linewidth=0)

@@ -1,11 +1,12 @@
 """Rebuild a real process's layout as one op script, so the model (any design) and the kernel can run it.
 
 Owns ``Layout`` (the script plus where each original VMA went) and ``layout_script``. Every
-guard ``find_guards`` found (and, ``with_payload``, every range of decommitted payload)
-becomes ``madvise guard_install`` inside one ``mmap`` spanning the guard and its mergeable
-neighbours; every other VMA is an ``mmap`` of the same size, protection and backing; every
-guard marker the process already holds is a ``madvise guard_install`` at its place. Gaps
-are compressed. Reads ``MapEntry``/``Classification``; runs nothing.
+guard ``find_guards`` found becomes ``madvise guard_install`` inside one ``mmap`` spanning the
+guard and its mergeable neighbours; decommitted payload likewise, as ``mprotect(PROT_NONE)``
+(or, ``with_payload``, as a guard install); every other VMA is an ``mmap`` of the same size,
+protection and backing; every guard marker the process already holds is a
+``madvise guard_install`` at its place. Gaps are compressed. Reads
+``MapEntry``/``Classification``; runs nothing.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Layout:
     files: dict[str, str] = field(default_factory=dict)  # original path -> script file name
     separated: int = 0  # adjacent unit pairs kept apart by MAP_NORESERVE alternation
     notes: list[str] = field(default_factory=list)
-    with_payload: bool = False  # decommitted payload installed as guards too
+    with_payload: bool = False  # decommitted payload installed as guards too (else mprotect(PROT_NONE))
     payload: int = 0  # decommitted payload ranges among the guard installs
     existing_markers: int = 0  # guard_install ops for markers the process already holds
 
@@ -257,8 +258,8 @@ def _place(vm_starts: list[int], vm_ends: list[int], shrinkable: list[bool], gra
 
 def _units(roles: list, is_guard: list[bool]) -> list[tuple[int, int]]:
     """Contiguous index ranges joined by guards (the merging of find_guards), as
-    (first, last) pairs covering 0..len(roles)-1 in order. ``is_guard[i]``: VMA i is
-    installed as a guard (``Role.GUARD``, or ``Role.DECOMMITTED`` with the payload). O(n)."""
+    (first, last) pairs covering 0..len(roles)-1 in order. ``is_guard[i]``: VMA i joins its
+    neighbours (``Role.GUARD`` or ``Role.DECOMMITTED``). O(n)."""
     n = len(roles)
     join_next = bytearray(n)  # join_next[i]: i and i+1 are one unit
     # (enum members looked up once: GuardSide.X costs a class attribute lookup per use)
@@ -394,19 +395,21 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     mode = _resolve_touch(touch, vmas)
     vm_roles = list(map(_ROLE, roles))
     is_guard = list(map(operator.is_, vm_roles, itertools.repeat(Role.GUARD)))  # role is GUARD, per VMA
+    # Decommitted payload is rebuilt as the program made it: inside one mmap with its
+    # neighbours, then mprotect(PROT_NONE) (or, with_payload, a guard install like a guard).
+    payload_at = list(map(operator.is_, vm_roles, itertools.repeat(Role.DECOMMITTED)))
+    n_payload = payload_at.count(True)
+    joins = list(map(operator.or_, is_guard, payload_at)) if n_payload else is_guard
     payload = 0
-    if with_payload:
-        payload_at = list(map(operator.is_, vm_roles, itertools.repeat(Role.DECOMMITTED)))
-        payload = payload_at.count(True)
-        if payload:
-            is_guard = list(map(operator.or_, is_guard, payload_at))
+    if with_payload and n_payload:
+        payload, is_guard = n_payload, joins
     # Existing markers by VMA (indices into vmas: entries without [vsyscall], which holds none).
     runs_of: dict[int, list] = {}
     if markers:
         vma_index = {id(e): k for k, e in enumerate(vmas)}
         for m in markers:
             runs_of.setdefault(vma_index[id(entries[m.index])], []).append(m)
-    unit_ranges = _units(roles, is_guard)
+    unit_ranges = _units(roles, joins)
     backings = [_BACKING[e.shared][e.kind] for e in vmas]
 
     # Shrinkable: a lone PROT_NONE VMA nothing touches (a reservation) - last-resort compression.
@@ -444,7 +447,7 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
             base_i, guards_in = i, int(is_guard[i])
         else:
             try:
-                base_i = is_guard.index(False, i, j + 1)
+                base_i = joins.index(False, i, j + 1)
             except ValueError:
                 base_i = i  # guards only
             guards_in = is_guard[i:j + 1].count(True)
@@ -483,12 +486,15 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
         ops.append(op)
     touch_ops, touched = _touches(placed, [u.backing for u in units], mode)
     ops += touch_ops
-    installs = [(p.at, p.npages) for p in itertools.compress(placed, is_guard)]
+    installs = [(p.at, p.npages, True) for p in itertools.compress(placed, is_guard)]
     guards = len(installs)
-    marker_runs = [run for k in sorted(runs_of) if not is_guard[k] for run in placed[k].markers]
-    if marker_runs:  # in address order with the guards (a run inside a guard is installed with it)
-        installs = sorted(installs + marker_runs)
-    ops += [{"op": "madvise", "at": at, "len": npages, "advice": "guard_install"} for at, npages in installs]
+    marker_runs = [run for k in sorted(runs_of) if not joins[k] for run in placed[k].markers]
+    protnone = [] if payload or not n_payload else \
+        [(p.at, p.npages, False) for p in itertools.compress(placed, payload_at)]
+    if marker_runs or protnone:  # in address order (a run inside a guard or payload goes with it)
+        installs = sorted(installs + [(at, npages, True) for at, npages in marker_runs] + protnone)
+    ops += [{"op": "madvise", "at": at, "len": npages, "advice": "guard_install"} if install else
+            {"op": "mprotect", "at": at, "len": npages, "prot": "none"} for at, npages, install in installs]
 
     arena_pages = max(1, -(-arena_bytes // PAGE))
     what = f"{guards} guards" if not payload else f"{guards - payload} guards and {payload} payload ranges"
@@ -529,7 +535,7 @@ def _edge_prots(u: Unit, p: Placed, low: bool) -> set[str]:
     """Protections the VMA at a unit's edge can have across the designs: a guard's, and
     those of an existing marker run at that edge (``low``: the unit's first page), are
     both PROT_NONE (the vma design) and the unit's."""
-    if p.guard:
+    if p.guard or p.role is Role.DECOMMITTED:
         return {"none", u.prot}
     if p.markers:
         at, npages = p.markers[0] if low else p.markers[-1]

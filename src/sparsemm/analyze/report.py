@@ -184,11 +184,15 @@ def _run_layout(layout: Layout, designs: tuple[str, ...], stage, workers: int | 
     return results
 
 
-def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], limit: int) -> dict[str, DesignFigures]:
-    figs = {d: _figures(d, results[d], limit) for d in designs}
+def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], limit: int,
+                 shared: dict[str, DesignFigures] | None = None) -> dict[str, DesignFigures]:
+    """Figures per design in ``designs`` order, with savings against ``vma``; ``shared``
+    gives the figures of designs that were not run again (taken as they are)."""
+    shared = shared or {}
+    figs = {d: shared[d] if d in shared else _figures(d, results[d], limit) for d in designs}
     base = figs.get("vma")
-    for f in figs.values():
-        if base is not None and not base.error and not f.error:
+    for d, f in figs.items():
+        if d not in shared and base is not None and not base.error and not f.error:
             f.saved_vmas = base.map_count - f.map_count
             f.saved_bytes = base.total_bytes - f.total_bytes
     return figs
@@ -228,9 +232,13 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     s = cls.summary
     layout_p, figs_p = layout, figs
     if s.payload:
+        # The two scripts differ only in the payload's op (mprotect(PROT_NONE) or a guard
+        # install), which the vma design runs as the same mprotect: vma is run once.
         stage("rebuilding the layout with the decommitted payload as guards")
         layout_p = build_layout(entries, cls, touch=touch, source=source, with_payload=True)
-        figs_p = _all_figures(_run_layout(layout_p, designs, stage, workers), designs, limit)
+        rest = tuple(d for d in designs if d != "vma")
+        results_p = _run_layout(layout_p, rest, stage, workers) if rest else {}
+        figs_p = _all_figures(results_p, designs, limit, shared={d: figs[d] for d in designs if d == "vma"})
     rebuilt = None
     if layout.existing_markers:
         stage("rebuilding the process as it was (existing markers as markers)")
@@ -300,16 +308,17 @@ def _n(v) -> str:
 
 
 def _headline(r: AnalysisReport) -> str:
-    parts = [f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, {r.one_sided:,} one-sided)"]
+    lines = [f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, {r.one_sided:,} one-sided), "
+             f"{r.reservations:,} reservations"]
     if r.payload:
-        parts.append(f"{r.payload:,} ranges of decommitted payload ({_b(r.payload_bytes)})")
-    parts.append(f"{r.reservations:,} reservations")
+        lines.append(f"{r.payload:,} ranges of decommitted payload ({_b(r.payload_bytes)} PROT_NONE inside used "
+                     "memory; not guards)")
     if r.existing_markers:
-        parts.append(f"{r.existing_markers:,} guard-marker runs already held ({_b(r.existing_marker_bytes)} "
+        lines.append(f"{r.existing_markers:,} guard-marker runs already held ({_b(r.existing_marker_bytes)} "
                      f"in {r.vmas_with_markers:,} VMAs)")
     elif r.existing_markers == 0:
-        parts.append("no guard markers held")
-    return ", ".join(parts)
+        lines.append("no guard markers held")
+    return "\n".join(lines)
 
 
 def render_report(r: AnalysisReport):
@@ -389,14 +398,33 @@ def render_report(r: AnalysisReport):
 OUTCOMES = ("vma", "merged", "prot_none_vma", "marker", "tree_entry", "split")
 
 
-def _outcomes(role: Role, installed: bool, span: bool, runs: int) -> dict[str, str]:
+def _outcomes(installed: bool, merged: bool, runs: int) -> dict[str, str]:
     """What ``vma``, ``pte`` and ``tree`` make of one VMA of the original: ``installed``
-    (a guard in this rebuild), in a ``span`` (merges with neighbours under markers), with
+    (a guard in this rebuild), ``merged`` (it merges with a guard under markers), with
     ``runs`` existing marker runs."""
     if installed:
         return {"vma": "prot_none_vma", "pte": "marker", "tree": "tree_entry"}
     split = "split" if runs else "vma"
-    return {"vma": split, "pte": "merged" if span else "vma", "tree": split}
+    return {"vma": split, "pte": "merged" if merged else "vma", "tree": split}
+
+
+def _merged(lay: Layout, sides: list) -> list[bool]:
+    """Per placed VMA: does it merge with a neighbouring guard under markers? (A guard on
+    its side BOTH, or ABOVE for the VMA above it / BELOW for the one below it.) O(n)."""
+    from sparsemm.analyze.guards import GuardSide
+
+    placed = lay.placed
+    n = len(placed)
+    up, down = (GuardSide.ABOVE, GuardSide.BOTH), (GuardSide.BELOW, GuardSide.BOTH)
+    out = [False] * n
+    for k, p in enumerate(placed):
+        if not p.guard:
+            continue
+        if k > 0 and sides[k] in down and not placed[k - 1].guard:
+            out[k - 1] = True
+        if k + 1 < n and sides[k] in up and not placed[k + 1].guard:
+            out[k + 1] = True
+    return out
 
 
 def mappings(r: AnalysisReport) -> list[dict]:
@@ -409,48 +437,46 @@ def mappings(r: AnalysisReport) -> list[dict]:
         raise ValueError("this report carries no classification (reports from worker processes drop it)")
     runs_of = cls.markers_by_vma()
     index = {id(role.entry): i for i, role in enumerate(cls.roles)}
+    verdicts = [cls.roles[index[id(p.entry)]] for p in lay.placed]
+    sides = [v.side for v in verdicts]
+    merged, merged_p = _merged(lay, sides), _merged(lay_p, sides)
     out = []
-    for p, pp in zip(lay.placed, lay_p.placed):
-        e, role_v = p.entry, cls.roles[index[id(p.entry)]]
+    for k, (p, pp, v) in enumerate(zip(lay.placed, lay_p.placed, verdicts)):
+        e = p.entry
         runs = runs_of.get(index[id(e)], [])
-        span = lay.units[p.unit].is_span
-        span_p = lay_p.units[pp.unit].is_span
         out.append({
             "start": e.start, "end": e.end, "size": e.size, "perms": e.perms, "kind": e.kind.value,
-            "path": e.path, "role": role_v.role.value, "reason": role_v.reason or None,
-            "side": role_v.side.value if role_v.side is not None else None,
+            "path": e.path, "role": v.role.value, "reason": v.reason or None,
+            "side": v.side.value if v.side is not None else None,
             "markers": [{"start": m.start, "end": m.end} for m in runs],
-            "designs": _outcomes(role_v.role, p.guard, span, len(runs)),
-            "designs_with_payload": _outcomes(role_v.role, pp.guard, span_p, len(runs)),
+            "designs": _outcomes(p.guard, merged[k], len(runs)),
+            "designs_with_payload": _outcomes(pp.guard, merged_p[k], len(runs)),
         })
     return out
 
 
-def render_mappings(r: AnalysisReport):
-    """A rich table of ``mappings(r)``: one row per VMA, one per existing marker run."""
-    from rich.table import Table
-
+def render_mappings(r: AnalysisReport) -> str:
+    """``mappings(r)`` as plain text (it is long: one line per VMA and per existing marker
+    run, never wrapped): address range, size, perms, backing, role (reason, side), what
+    vma, pte and tree make of it (and, with decommitted payload, pte and tree +payload),
+    and the mapping's path."""
     rows = mappings(r)
-    t = Table(title=f"{r.source}: every VMA, its role and what each design makes of it",
-              header_style="bold", box=None, pad_edge=False, title_justify="left")
-    for col in ("address", "size", "perms", "backing", "role", "vma", "pte", "tree"):
-        t.add_column(col, justify="right" if col == "size" else "left", no_wrap=True)
-    if r.payload:
-        t.add_column("pte +payload", no_wrap=True)
-        t.add_column("tree +payload", no_wrap=True)
-    t.add_column("mapping", overflow="fold")
-    styles = {"guard": "red", "decommitted payload": "magenta", "reservation": "dim"}
+    out_cols = ["vma", "pte", "tree"] + (["pte +payload", "tree +payload"] if r.payload else [])
+    head = (f"{'address':<25} {'size':>9} {'perms':5} {'backing':11} {'role':<46} "
+            + " ".join(f"{c:<13}" for c in out_cols) + " mapping")
+    lines = [f"{r.source}: every VMA, its role and what each design makes of it", head]
     for m in rows:
-        role = m["role"] + (f" ({m['reason']}, {m['side']})" if m["side"] else "")
+        role = m["role"] + (f" ({m['reason']}, {m['side']})" if m["side"] else
+                            f" ({m['reason']})" if m["reason"] else "")
         d, dp = m["designs"], m["designs_with_payload"]
-        extra = [dp["pte"], dp["tree"]] if r.payload else []
-        t.add_row(f"{m['start']:x}-{m['end']:x}", _size(m["size"]), m["perms"], m["kind"], role,
-                  d["vma"], d["pte"], d["tree"], *extra, m["path"], style=styles.get(m["role"]))
+        outs = [d["vma"], d["pte"], d["tree"]] + ([dp["pte"], dp["tree"]] if r.payload else [])
+        lines.append(f"{m['start']:>12x}-{m['end']:<12x} {_size(m['size']):>9} {m['perms']:5} "
+                     f"{m['kind']:11} {role:<46} " + (" ".join(f"{o:<13}" for o in outs) + f" {m['path']}").rstrip())
         for run in m["markers"]:
-            extra = ["marker", "tree_entry"] if r.payload else []
-            t.add_row(f"  {run['start']:x}-{run['end']:x}", _size(run["end"] - run["start"]), "", "",
-                      "existing marker", "prot_none_vma", "marker", "tree_entry", *extra, "", style="red")
-    return t
+            outs = ["prot_none_vma", "marker", "tree_entry"] + (["marker", "tree_entry"] if r.payload else [])
+            lines.append(f"  {run['start']:>10x}-{run['end']:<12x} {_size(run['end'] - run['start']):>9} "
+                         f"{'':5} {'':11} {'existing marker':<46} " + " ".join(f"{o:<13}" for o in outs).rstrip())
+    return "\n".join(lines)
 
 
 def _size(n: int) -> str:

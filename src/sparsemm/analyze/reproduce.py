@@ -33,6 +33,7 @@ class Reproduction:
     exact_vmas: bool = False
     exact_vmpte: bool = False
     original_vmas: int | None = None  # the source's VMAs (what the vma design must give)
+    existing_markers: int = 0  # marker runs the process held (each a PROT_NONE VMA under vma)
 
     def as_dict(self) -> dict:
         return {"design": self.design, "source": self.source, "original_vmas": self.original_vmas,
@@ -73,7 +74,8 @@ def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "")
     by = {r["key"]: r for r in rows}
     return Reproduction(design=design, source=source, predicted=predicted, measured=m, rows=rows,
                         exact_vmas=bool(by["arena_vmas"]["exact"] and by["map_count"]["exact"]),
-                        exact_vmpte=bool(by["vmpte_bytes"]["exact"]), original_vmas=layout.vmas)
+                        exact_vmpte=bool(by["vmpte_bytes"]["exact"]), original_vmas=layout.vmas,
+                        existing_markers=layout.existing_markers)
 
 
 _LABELS = {"arena_vmas": "VMAs in the arena", "map_count": "map_count delta",
@@ -108,7 +110,10 @@ def render_reproduction(rep: Reproduction):
                   "-" if r["measured"] is None else f"{r['measured']:,}",
                   "" if r["diff"] is None else f"{r['diff']:+,}", mark)
     notes = [NOISE_NOTE]
-    if rep.original_vmas is not None and rep.design == "vma":
+    if rep.existing_markers and rep.design == "vma":
+        notes.append(f"the process holds {rep.existing_markers:,} guard-marker run(s): under the vma design "
+                     "each is a PROT_NONE VMA, so the count differs from the original's on purpose")
+    elif rep.original_vmas is not None and rep.design == "vma":
         ok = rep.measured.values.get("arena_vmas") == rep.original_vmas
         notes.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
                      f"{'the same count' if ok else 'a different count'} under the vma design")
