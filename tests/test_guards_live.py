@@ -359,3 +359,41 @@ def test_reproduce_with_existing_markers_exact(child, design):
     assert r.measured.failed_ops == 0
     assert r.exact_vmas and r.exact_vmpte, r.rows
     assert r.measured.values["arena_vmas"] == report.designs[design].vmas
+
+
+def test_pagemap_words_agree_with_pagemap_scan_across_chunks():
+    """Bit 58 is read in chunks of _WORDS_CHUNK pages: runs on both sides of a chunk
+    boundary, and one across it, come out as PAGEMAP_SCAN gives them (a 1 GiB PROT_NONE
+    reservation: markers need no memory)."""
+    from sparsemm import abi
+    from sparsemm.native import _scan, libc
+
+    P = abi.PAGE_SIZE
+    n = 2 * _scan._WORDS_CHUNK + 8
+    addr = libc.mmap(0, n * P, abi.PROT_NONE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MapFlag.NORESERVE)
+    try:
+        c = _scan._WORDS_CHUNK
+        for first, npages in ((0, 1), (c - 3, 2), (c - 1, 3), (2 * c - 1, 1), (n - 2, 2)):
+            libc.madvise(addr + first * P, npages * P, abi.MADV_GUARD_INSTALL)
+        words = _scan._scan_words(addr, n * P, abi.PAGE_IS_GUARD)
+        assert words == _scan._scan_ioctl(addr, n * P, abi.PAGE_IS_GUARD)
+        assert words == [(addr, addr + P), (addr + (c - 3) * P, addr + (c + 2) * P),
+                         (addr + (2 * c - 1) * P, addr + 2 * c * P), (addr + (n - 2) * P, addr + n * P)]
+    finally:
+        libc.munmap(addr, n * P)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("design", ["vma", "pte"])
+def test_reproduce_with_the_payload_as_markers_exact(design):
+    """The renderer's +payload layout (decommitted payload as guard installs) built on the
+    kernel measures what the model predicts; under vma it is the original's count."""
+    from sparsemm.analyze.reproduce import reproduce
+
+    path = Path(__file__).resolve().parent / "data" / "maps" / "chromium150_renderer_heavy_default.maps"
+    report = analyze_source(str(path))
+    r = reproduce(report.layout_payload_obj, design, repeat=1)
+    assert r.measured.failed_ops == 0
+    assert r.exact_vmas and r.exact_vmpte, r.rows
+    want = report.vmas if design == "vma" else report.designs_with_payload["pte"].vmas
+    assert r.measured.values["arena_vmas"] == want == (1400 if design == "vma" else 722)

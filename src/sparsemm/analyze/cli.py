@@ -285,10 +285,15 @@ def _demo(args) -> int:
         con.print(f"plot: {os.path.abspath(path)}  (one band per design: green anonymous memory, red "
                   "guards, grey reservations, blue files; white lines are VMA boundaries)")
     vma, pte = report.designs["vma"], report.designs["pte"]
+    pte_p = report.designs_with_payload.get("pte")
     if not vma.error and not pte.error:
+        more = ""
+        if report.payload and pte_p is not None and not pte_p.error:
+            more = (f" With PartitionAlloc's {report.payload:,} ranges of decommitted payload as markers "
+                    f"too: {pte_p.map_count:,} VMAs, {pte_p.saved_bytes / 1024:,.0f} KiB saved.")
         con.print(f"[bold]In short:[/bold] guard markers take this renderer from {vma.map_count:,} to "
                   f"{pte.map_count:,} VMAs ({pte.saved_vmas:,} fewer) and save "
-                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.")
+                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.{more}")
     con.print(f"[dim]demo took {time.perf_counter() - t0:.1f} s[/dim]")
     return 0
 

@@ -123,29 +123,30 @@ def plot_report(report: AnalysisReport, path: str, *, title: str | None = None) 
               frameon=False)
 
     ok = [d for d in designs if not report.designs[d].error]
+    # The columns of both charts: each design, then (with decommitted payload) pte and tree
+    # with the payload as markers too - the second set of counts.
+    cols = [(d, d, report.designs[d]) for d in ok]
+    if report.payload:
+        cols += [(f"{d}\n+payload", d, report.designs_with_payload[d]) for d in ok
+                 if d != "vma" and not report.designs_with_payload[d].error]
     ax1 = fig.add_subplot(gs[1, 0])
-    names = ["original"] + ok
-    vals = [report.vmas] + [report.designs[d].map_count for d in ok]
-    colours = ["#555555"] + ["#4c72b0"] * len(ok)
-    if report.payload:  # the second set of counts: the decommitted payload as markers too
-        more = [d for d in ok if d != "vma" and not report.designs_with_payload[d].error]
-        names += [f"{d}\n+payload" for d in more]
-        vals += [report.designs_with_payload[d].map_count for d in more]
-        colours += [COLOURS["payload"]] * len(more)
+    names = ["original"] + [label for label, _, _ in cols]
+    vals = [report.vmas] + [f.map_count for _, _, f in cols]
+    colours = ["#555555"] + [COLOURS["payload"] if "+payload" in label else "#4c72b0" for label, _, _ in cols]
     bars = ax1.bar(names, vals, color=colours)
     ax1.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=8)
     ax1.set_title("VMAs (map_count)" + ("; +payload: decommitted payload as markers too"
                                         if report.payload else ""), fontsize=10)
     ax1.set_ylim(0, max(vals) * 1.18 if vals else 1)
     ax2 = fig.add_subplot(gs[1, 1])
-    bottom = [0.0] * len(ok)
+    labels = [label for label, _, _ in cols]
+    bottom = [0.0] * len(cols)
     for key, colour in zip(BYTE_KEYS, _BYTE_COLOURS):
-        v = [report.designs[d].bytes.get(key, 0) / 1024 for d in ok]
-        ax2.bar(ok, v, bottom=bottom, color=colour, label=key)
+        v = [f.bytes.get(key, 0) / 1024 for _, _, f in cols]
+        ax2.bar(labels, v, bottom=bottom, color=colour, label=key)
         bottom = [b + x for b, x in zip(bottom, v)]
-    for i, d in enumerate(ok):
-        ax2.text(i, bottom[i], f"{report.designs[d].total_bytes / 1024:,.0f} KiB", ha="center",
-                 va="bottom", fontsize=8)
+    for i, (_, _, f) in enumerate(cols):
+        ax2.text(i, bottom[i], f"{f.total_bytes / 1024:,.0f} KiB", ha="center", va="bottom", fontsize=8)
     ax2.set_title("kernel memory by object (KiB, model)", fontsize=10)
     ax2.set_ylim(0, max(bottom) * 1.18 if bottom and max(bottom) else 1)
     ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
