@@ -211,3 +211,22 @@ def test_plot_shows_the_payload(tmp_path, renderer):
 
     svg = Path(plot_report(renderer, str(tmp_path / "r.svg"))).read_text()
     assert "+payload" in svg and COLOURS["payload"].lstrip("#") in svg.lower()
+
+
+def test_shared_prefix_runs_equal_runs_alone(monkeypatch):
+    """Large layouts run both rebuilds (guards only, +payload) from one shared prefix in
+    forked children; each result equals the design run alone on its own script."""
+    from sparsemm.analyze import report as report_mod
+
+    monkeypatch.setattr(report_mod, "PARALLEL_MIN_OPS", 0)  # take the shared, forked path
+    entries = parse_maps(RENDERER.read_text())
+    for workers in (1, 2):
+        rep = analyze(entries, workers=workers)
+        for figs, lay in ((rep.designs, rep.layout_obj), (rep.designs_with_payload, rep.layout_payload_obj)):
+            for d in ("vma", "pte", "tree"):
+                alone = run_design(parse_script(lay.script), d)
+                f = figs[d]
+                assert (f.vmas, f.map_count, f.total_bytes, f.page_table_pages, f.failed_ops) == (
+                    alone.counts.vmas, alone.cost.map_count, alone.cost.total,
+                    alone.counts.pte_tables + alone.counts.pmd_tables + alone.counts.pud_tables,
+                    alone.failed_ops), (workers, d, lay.with_payload)

@@ -18,7 +18,7 @@ from sparsemm.analyze.guards import Classification, GuardPolicy, Role, find_guar
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants
-from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared, start_design
+from sparsemm.opscript.designs import DesignResult, run_design, run_scripts_shared, start_design
 from sparsemm.opscript.script import parse_script
 
 __all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
@@ -156,31 +156,40 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
         failed_ops=result.failed_ops)
 
 
-def _run_layout(layout: Layout, designs: tuple[str, ...], stage, workers: int | None) -> dict[str, DesignResult]:
-    """Each design's run of ``layout`` on the model (see ``analyze`` for the parallel case)."""
-    nops = len(layout.script["ops"])
+def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: int | None
+                 ) -> list[dict[str, DesignResult]]:
+    """Each layout's designs on the model, one dict per layout. Small layouts run each
+    (layout, design) here. From ``PARALLEL_MIN_OPS`` ops on, the ops the layouts share at
+    their start run once and each (layout, design) continues in a forked copy
+    (``run_scripts_shared``); with more than one worker they run at the same time, and the
+    first layout's ``tree`` (the slowest) starts from scratch in a child at once, on the
+    core that parsing and the shared prefix leave idle."""
+    nops = len(layouts[0][0].script["ops"])
     if workers is None:
         workers = os.cpu_count() or 1
-    parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(designs) > 1
-    rest, early = designs, None
+    jobs = [(i, d) for i, (_, designs) in enumerate(layouts) for d in designs]
+    parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(jobs) > 1
+    results: list[dict[str, DesignResult]] = [{} for _ in layouts]
+    early = None
     if parallel:  # the slowest design starts now, on the core the next stages leave idle
-        first = "tree" if "tree" in designs else designs[0]
-        early = start_design(layout.script, first)
-        rest = tuple(d for d in designs if d != first)
-    stage(f"parsing the layout script ({nops:,} ops)")
+        first = "tree" if "tree" in layouts[0][1] else layouts[0][1][0]
+        early = start_design(layouts[0][0].script, first)
+        jobs.remove((0, first))
+    stage(f"parsing the layout script ({nops:,} ops)" if len(layouts) == 1 else
+          f"parsing {len(layouts)} layout scripts ({nops:,} ops each)")
     with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
-        script = parse_script(layout.script)
+        scripts = [parse_script(lay.script) for lay, _ in layouts]
     if nops < PARALLEL_MIN_OPS:
-        results = {}
-        for d in rest:
+        for i, d in jobs:
             stage(f"running the {d} design on the model ({nops:,} ops)")
-            results[d] = run_design(script, d)
-    else:
-        stage(f"running {', '.join(designs)} on the model{' in parallel' if parallel else ''} "
-              f"({nops:,} ops; the ops before the first guard once)")
-        results = run_designs_shared(script, rest, parallel=parallel)
+            results[i][d] = run_design(scripts[i], d)
+    elif jobs:
+        stage(f"running {len(jobs) + (early is not None)} design runs on the model"
+              f"{' in parallel' if parallel else ''} ({nops:,} ops; the ops before the first guard once)")
+        for (i, d), r in zip(jobs, run_scripts_shared([(scripts[i], d) for i, d in jobs], parallel=parallel)):
+            results[i][d] = r
     if early is not None:
-        results[first] = early()
+        results[0][first] = early()
     return results
 
 
@@ -205,8 +214,8 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
-    first guard op among the designs (``run_designs_shared``: each design continues
-    in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
+    first guard op among the designs and both rebuilds (``run_scripts_shared``: each
+    run continues in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
     designs run at the same time, and the slowest (``tree``) starts from scratch
     in a child as soon as the layout is built, using the core that parsing and
     the shared prefix leave idle. Smaller layouts run each design here.
@@ -228,17 +237,19 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     stage("rebuilding the layout")
     layout = build_layout(entries, cls, touch=touch, source=source)
     limit = constants().max_map_count
-    figs = _all_figures(_run_layout(layout, designs, stage, workers), designs, limit)
     s = cls.summary
-    layout_p, figs_p = layout, figs
+    layouts = [(layout, designs)]
+    layout_p = layout
     if s.payload:
         # The two scripts differ only in the payload's op (mprotect(PROT_NONE) or a guard
         # install), which the vma design runs as the same mprotect: vma is run once.
         stage("rebuilding the layout with the decommitted payload as guards")
         layout_p = build_layout(entries, cls, touch=touch, source=source, with_payload=True)
-        rest = tuple(d for d in designs if d != "vma")
-        results_p = _run_layout(layout_p, rest, stage, workers) if rest else {}
-        figs_p = _all_figures(results_p, designs, limit, shared={d: figs[d] for d in designs if d == "vma"})
+        layouts.append((layout_p, tuple(d for d in designs if d != "vma")))
+    results = _run_layouts(layouts, stage, workers)
+    figs = figs_p = _all_figures(results[0], designs, limit)
+    if s.payload:
+        figs_p = _all_figures(results[1], designs, limit, shared={d: figs[d] for d in designs if d == "vma"})
     rebuilt = None
     if layout.existing_markers:
         stage("rebuilding the process as it was (existing markers as markers)")
@@ -315,7 +326,7 @@ def _headline(r: AnalysisReport) -> str:
                      "memory; not guards)")
     if r.existing_markers:
         lines.append(f"{r.existing_markers:,} guard-marker runs already held ({_b(r.existing_marker_bytes)} "
-                     f"in {r.vmas_with_markers:,} VMAs)")
+                     f"in {r.vmas_with_markers:,} VMA(s))")
     elif r.existing_markers == 0:
         lines.append("no guard markers held")
     return "\n".join(lines)
