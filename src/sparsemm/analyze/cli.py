@@ -335,7 +335,7 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
     g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
     g.add_argument("--table-7-1", action="store_true",
-                   help="the rule of costs-and-workloads.md §7.1 (<=64 KiB ---p next to rw-p)")
+                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
 
 
 def add_parsers(subparsers) -> None:

@@ -17,18 +17,17 @@ Vocabulary (addresses grow to the right)::
    rw-p  |  ---p (16 GiB)        a pool reservation: turning it into markers would need
      L        G                  ~8192 PTE tables (32 MiB), so it stays a VMA.
 
-How the counts compare with costs-and-workloads.md §7.1 (whose rule is: a sandwich is a
-``---p`` of at most 64 KiB between two anonymous ``rw-p``): ``GuardPolicy.table_7_1()``
-applies that rule and reproduces the table exactly (renderer 1400 -> 984 / 1188,
-browser 815 -> 711 / 760, python 535 -> 139 / 335). The default ``GuardPolicy()``
-differs on purpose in two ways, both visible on the renderer:
+The strict rule (a guard is a ``---p`` of at most 64 KiB between two anonymous ``rw-p``),
+``GuardPolicy.table_7_1()``, gives renderer 1400 -> 984 / 1188, browser 815 -> 711 / 760,
+python 535 -> 139 / 335 (VMAs with markers / with tree entries). The default
+``GuardPolicy()`` differs on purpose in two ways, both visible on the renderer:
 
-* a PROT_NONE range larger than ``max_guard_bytes`` that touches anonymous memory is
-  not dropped but priced: it is a guard when its markers would cost no more page-table
-  memory than the VMAs it costs (PartitionAlloc's ``---p 2036K`` tails between two
-  super pages fall in 2 MiB blocks their neighbours already populate, so they cost 0);
 * a neighbour may be any accessible private anonymous VMA (``r--p``, ``rwxp``...), not
-  only ``rw-p``: the guard merges with it all the same once its protection matches.
+  only ``rw-p``: the guard merges with it all the same once its protection matches;
+* a PROT_NONE range larger than ``max_guard_bytes`` that touches anonymous memory is
+  not dropped but priced: markers for it may cost no more page-table memory than its
+  VMAs (PartitionAlloc's ``---p 2036K`` between two super pages falls in 2 MiB blocks
+  its neighbours already populate, so it costs 0).
 
 A PROT_NONE range larger than ``max_guard_bytes`` that passes the cost test is not a guard
 page: in Chromium it is PartitionAlloc's decommitted super-page payload (the ``---p
@@ -37,7 +36,7 @@ own role, ``Role.DECOMMITTED`` ("decommitted payload"), and two sets of counts a
 guards only, and guards plus decommitted payload converted to markers.
 
 Default-policy counts (VMAs -> with markers / with tree entries), guards only and with the
-payload: renderer 1400 -> 958 / 1175 (225 guards: the table's 212 and 13 small sandwiches
+payload: renderer 1400 -> 958 / 1175 (225 guards: the strict rule's 212 and 13 small sandwiches
 between anonymous ``r--p``), with its 119 ranges of decommitted payload (117 sandwiched)
 -> 722 / 1056; browser 815 -> 711 / 760 (55 guards), with 10 payload ranges -> 691 / 750;
 python 535 -> 139 / 335 (200 guards, no payload: the 15 ``---p 65404K`` tails of glibc's
@@ -114,7 +113,7 @@ class GuardPolicy:
     else a plain mapping (an isolated guard page: markers need a VMA to live in).
     """
 
-    max_guard_bytes: int = 64 * KiB  # always a guard at or below this size (the §7.1 bound)
+    max_guard_bytes: int = 64 * KiB  # always a guard at or below this size (the strict rule's bound)
     max_borderline_bytes: int | None = 1 * GiB  # never guard nor payload above this size (None: no bound)
     cost_ratio: float = 1.0  # >1 favours markers, <1 favours keeping VMAs
     neighbour_perms: str | None = None  # e.g. "rw-p": neighbours must have exactly these perms
@@ -133,8 +132,8 @@ class GuardPolicy:
 
     @classmethod
     def table_7_1(cls) -> GuardPolicy:
-        """The rule of costs-and-workloads.md §7.1: a guard is a ``---p`` of at most 64 KiB
-        next to an anonymous ``rw-p``; larger ones are never guards."""
+        """The strict rule: a guard is a ``---p`` of at most 64 KiB next to an anonymous
+        ``rw-p``; larger ones are never guards nor decommitted payload."""
         return cls(max_guard_bytes=64 * KiB, max_borderline_bytes=64 * KiB, neighbour_perms="rw-p")
 
 
@@ -303,10 +302,10 @@ def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
                policy: GuardPolicy) -> GuardCost:
     """Price ``entry`` (a PROT_NONE VMA) whose mergeable neighbours are ``below``/``above``
     (None where there is none). The VMA design pays, per VMA it saves, one vm_area_struct
-    plus a maple slot, plus an anon_vma_chain if the neighbours have an anon_vma
-    (costs-and-workloads.md §2.4). Markers pay one page-table page for every 2 MiB block
-    (PTE table) and 1 GiB block (PMD table) the range touches, except the boundary blocks
-    a populated neighbour already has a table for (§2.3). O(1).
+    plus a maple slot, plus an anon_vma_chain if the neighbours have an anon_vma. Markers
+    pay one page-table page for every 2 MiB block (PTE table) and 1 GiB block (PMD table)
+    the range touches, except the boundary blocks a populated neighbour already has a
+    table for. O(1).
     """
     return GuardCost(*_pricer(policy)(entry.start, entry.end, below, above))
 
