@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparsemm import abi
-from sparsemm.analyze.guards import MarkerRun, Role, assign_markers, find_guards, vma_pieces
+from sparsemm.analyze.guards import MarkerRun, assign_markers, find_guards, vma_pieces
 from sparsemm.analyze.maps import parse_maps, parse_smaps
 from sparsemm.analyze.rebuild import build_layout
 from sparsemm.analyze.report import analyze, mappings

@@ -138,6 +138,8 @@ def _analyze_dir(args, policy) -> int:
 
     if args.plot:
         raise UsageError("--plot draws one process: give a file or pid, not a directory")
+    if getattr(args, "mappings", False):
+        raise UsageError("--mappings lists one process: give a file or pid, not a directory")
     files = _dir_files(args.target)
     results = {}
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from sparsemm._gc import gc_paused
-from sparsemm.analyze.guards import Classification, GuardPolicy, Role, find_guards
+from sparsemm.analyze.guards import Classification, GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants

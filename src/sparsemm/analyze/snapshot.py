@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sparsemm.analyze.maps import MapEntry, MapsParseError, looks_like_smaps, parse_auto, parse_maps, parse_smaps
+from sparsemm.analyze.maps import MapEntry, MapsParseError, parse_auto, parse_maps, parse_smaps
 from sparsemm.native import guards as native_guards
 from sparsemm.native import probe
 
