@@ -230,3 +230,12 @@ def test_shared_prefix_runs_equal_runs_alone(monkeypatch):
                     alone.counts.vmas, alone.cost.map_count, alone.cost.total,
                     alone.counts.pte_tables + alone.counts.pmd_tables + alone.counts.pud_tables,
                     alone.failed_ops), (workers, d, lay.with_payload)
+
+
+def test_small_layouts_run_the_second_rebuild_beside_the_first():
+    """Below PARALLEL_MIN_OPS, with two workers the +payload designs run in children
+    meanwhile; the figures are those of one worker running everything in turn."""
+    entries = parse_maps(RENDERER.read_text())
+    one, two = analyze(entries, workers=1), analyze(entries, workers=2)
+    for a, b in ((one.designs, two.designs), (one.designs_with_payload, two.designs_with_payload)):
+        assert {d: f.as_dict() for d, f in a.items()} == {d: f.as_dict() for d, f in b.items()}

@@ -158,38 +158,46 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
 
 def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: int | None
                  ) -> list[dict[str, DesignResult]]:
-    """Each layout's designs on the model, one dict per layout. Small layouts run each
-    (layout, design) here. From ``PARALLEL_MIN_OPS`` ops on, the ops the layouts share at
-    their start run once and each (layout, design) continues in a forked copy
-    (``run_scripts_shared``); with more than one worker they run at the same time, and the
-    first layout's ``tree`` (the slowest) starts from scratch in a child at once, on the
-    core that parsing and the shared prefix leave idle."""
+    """Each layout's designs on the model, one dict per layout.
+
+    Small layouts run the first layout's designs here and, with more than one worker,
+    the other layouts' designs in forked children meanwhile (each from scratch). From
+    ``PARALLEL_MIN_OPS`` ops on, the ops the layouts share at their start run once and each
+    (layout, design) continues in a forked copy (``run_scripts_shared``); with more than
+    one worker they run at the same time, and the first layout's ``tree`` (the slowest)
+    starts from scratch in a child at once, on the core that parsing and the shared
+    prefix leave idle."""
     nops = len(layouts[0][0].script["ops"])
     if workers is None:
         workers = os.cpu_count() or 1
     jobs = [(i, d) for i, (_, designs) in enumerate(layouts) for d in designs]
-    parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(jobs) > 1
+    large = nops >= PARALLEL_MIN_OPS
     results: list[dict[str, DesignResult]] = [{} for _ in layouts]
-    early = None
-    if parallel:  # the slowest design starts now, on the core the next stages leave idle
-        first = "tree" if "tree" in layouts[0][1] else layouts[0][1][0]
-        early = start_design(layouts[0][0].script, first)
-        jobs.remove((0, first))
-    stage(f"parsing the layout script ({nops:,} ops)" if len(layouts) == 1 else
-          f"parsing {len(layouts)} layout scripts ({nops:,} ops each)")
+    aside = []  # (layout, design, wait) run from scratch in children
+    if workers > 1 and len(jobs) > 1:
+        if large:  # the slowest design starts now, on the core the next stages leave idle
+            first = "tree" if "tree" in layouts[0][1] else layouts[0][1][0]
+            picked = [(0, first)]
+        else:  # a second rebuild runs beside the first
+            picked = [(i, d) for i, d in jobs if i > 0]
+        aside = [(i, d, start_design(layouts[i][0].script, d)) for i, d in picked]
+        jobs = [job for job in jobs if job not in picked]
+    here = sorted({i for i, _ in jobs})
+    stage(f"parsing the layout script{'s' if len(here) > 1 else ''} ({nops:,} ops)")
     with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
-        scripts = [parse_script(lay.script) for lay, _ in layouts]
-    if nops < PARALLEL_MIN_OPS:
+        scripts = {i: parse_script(layouts[i][0].script) for i in here}
+    if not large:
         for i, d in jobs:
             stage(f"running the {d} design on the model ({nops:,} ops)")
             results[i][d] = run_design(scripts[i], d)
     elif jobs:
-        stage(f"running {len(jobs) + (early is not None)} design runs on the model"
-              f"{' in parallel' if parallel else ''} ({nops:,} ops; the ops before the first guard once)")
+        parallel = workers > 1
+        stage(f"running {len(jobs) + len(aside)} design runs on the model{' in parallel' if parallel else ''} "
+              f"({nops:,} ops; the ops before the first guard once)")
         for (i, d), r in zip(jobs, run_scripts_shared([(scripts[i], d) for i, d in jobs], parallel=parallel)):
             results[i][d] = r
-    if early is not None:
-        results[0][first] = early()
+    for i, d, wait in aside:
+        results[i][d] = wait()
     return results
 
 
