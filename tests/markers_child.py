@@ -1,7 +1,7 @@
 """A test process holding guard markers at random places only it knows.
 
 Run as ``python markers_child.py TMPDIR``. It maps anonymous private memory, a shared
-memfd, and a real on-disk file in TMPDIR (shared read-only, and private writable), installs
+memfd, shared anonymous memory (shmem), and a real on-disk file in TMPDIR (shared read-only, and private writable), installs
 ``MADV_GUARD_INSTALL`` runs at places drawn from ``os.urandom``, and makes one
 ``mprotect(PROT_NONE)`` guard page between two anonymous pages (a guard VMA, not a marker).
 It prints one JSON line, ``{"markers": [[start, end], ...], "prot_none": [[start, end]],
@@ -61,6 +61,11 @@ def main() -> None:
     libc.memset(memfd, 2, 16 * P)
     markers += install_runs(memfd, 128, rng.randint(2, 6))
     mappings["memfd"] = (memfd, memfd + 128 * P)
+
+    shm = libc.mmap(0, 64 * P, RW, abi.MAP_SHARED | abi.MAP_ANONYMOUS)  # shmem, "/dev/zero (deleted)"
+    libc.memset(shm, 5, 8 * P)
+    markers += install_runs(shm, 64, rng.randint(1, 4))
+    mappings["shmem"] = (shm, shm + 64 * P)
 
     path = os.path.join(tmp, "markers-backing.bin")
     with open(path, "wb") as fh:

@@ -103,6 +103,7 @@ def test_guards_json_per_vma_backing_and_perms(child):
                 backing[name] = (v["backing"], v["perms"], v["gu"], v["path"])
     assert backing["anon"][:2] == ("anon", "rw-p")
     assert backing["memfd"][:2] == ("memfd", "rw-s")
+    assert backing["shmem"][:2] == ("shared-anon", "rw-s")
     assert backing["file_shared"][:2] == ("file", "r--s")
     assert backing["file_private"][:2] == ("file", "rw-p")
     assert backing["file_shared"][3] == told["path"]
