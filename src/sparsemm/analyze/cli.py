@@ -83,6 +83,9 @@ def _guarded(command: str, fn, args) -> int:
         return _fail(command, f"{exc.filename}: is a directory")
     except UnicodeDecodeError:
         return _fail(command, "input is not text")
+    except BrokenPipeError:  # the reader went away (| head): not an error; before OSError, its base
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:
         return _fail(command, f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
     except RuntimeError as exc:  # a measuring child failed
@@ -90,8 +93,6 @@ def _guarded(command: str, fn, args) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 def _check_target(target: str) -> None:
