@@ -113,4 +113,5 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build": Build, "build_efence": build_efence}, distclass=BinaryDistribution)
+if __name__ == "__main__":  # setuptools runs setup.py as __main__; tests import its helpers
+    setup(cmdclass={"build": Build, "build_efence": build_efence}, distclass=BinaryDistribution)
