@@ -52,15 +52,18 @@ def compile_library(out_dir: Path) -> str | None:
     if cc is None:
         reason = "no C compiler found ($CC, cc, gcc and clang are all missing)"
     else:
-        cmd = [*cc, *CFLAGS, "-o", str(target), str(HERE / SOURCE), *LIBS]
+        partial = out_dir / (LIB_NAME + ".partial")  # renamed into place: a running program
+        cmd = [*cc, *CFLAGS, "-o", str(partial), str(HERE / SOURCE), *LIBS]  # keeps its copy
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
             reason = f"{' '.join(cc)} could not run: {exc}"
         else:
             if proc.returncode == 0:
+                os.replace(partial, target)
                 error_file.unlink(missing_ok=True)
                 return None
+            partial.unlink(missing_ok=True)
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             reason = f"{' '.join(cc)} failed (exit {proc.returncode}): {tail}"
     target.unlink(missing_ok=True)

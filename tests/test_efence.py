@@ -76,20 +76,20 @@ def test_one_byte_overflow_is_caught_at_the_write(cases, mode):
     block = re.search(r"block (0x[0-9a-f]+) size 100", proc.stdout).group(1)
     report = report_lines(proc)[-1]
     assert "SIGSEGV: heap overflow: write at" in report
-    assert f"1 byte past the end of a 100-byte block at {block} (offset 100; live)" in report
+    assert f"1 byte past the end of the 100-byte block at {block} (offset 100; live)" in report
 
 
 def test_one_byte_read_overflow_is_caught(cases):
     proc = run_case(cases, "overflow_read", "33")
     assert proc.returncode == 139
-    assert "heap overflow: read at" in proc.stderr and "33-byte block" in proc.stderr
+    assert "heap overflow: read at" in proc.stderr and "the 33-byte block" in proc.stderr
 
 
 def test_every_size_ends_at_the_guard(cases):
     for size in ("1", "4095", "4096", "4097", "20000", "2000000"):  # the last: a mapping of its own
         proc = run_case(cases, "overflow", size)
         assert proc.returncode == 139, (size, proc.stderr)
-        assert f"1 byte past the end of a {size}-byte block" in proc.stderr
+        assert f"1 byte past the end of the {size}-byte block" in proc.stderr
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -97,7 +97,7 @@ def test_underflow_mode_catches_the_byte_before(cases, mode):
     proc = run_case(cases, "underflow", opts=("--underflow", *mode_opts(mode)))
     assert proc.returncode == 139 and proc.stdout.splitlines()[-1] == "before"
     assert "heap underflow: write at" in proc.stderr
-    assert "1 byte before the start of a 100-byte block" in proc.stderr
+    assert "1 byte before the start of the 100-byte block" in proc.stderr
     assert "(offset -1; live)" in proc.stderr
 
 
@@ -114,7 +114,7 @@ def test_use_after_free_faults_with_the_freed_block_named(cases, mode):
     proc = run_case(cases, "uaf", opts=("--backtrace", *mode_opts(mode)))
     assert proc.returncode == 139 and proc.stdout.splitlines()[-1] == "before"
     assert "use after free: read at" in proc.stderr
-    assert "inside a 64-byte block" in proc.stderr and "(offset 10; freed, in quarantine)" in proc.stderr
+    assert "inside the 64-byte block" in proc.stderr and "(offset 10; freed, in quarantine)" in proc.stderr
     lines = proc.stderr.splitlines()
     alloc_at = lines.index("sparsemm efence: block allocated at:")
     freed_at = lines.index("sparsemm efence: block freed at:")
@@ -127,7 +127,7 @@ def test_double_free_aborts_by_default(cases):
     proc = run_case(cases, "double_free")
     assert proc.returncode == 128 + 6, proc.stderr
     (line,) = report_lines(proc)
-    assert re.fullmatch(r"sparsemm efence: double free of (0x[0-9a-f]+): a 32-byte block at \1 "
+    assert re.fullmatch(r"sparsemm efence: double free of (0x[0-9a-f]+): the 32-byte block at \1 "
                         r"\(freed, in quarantine\); aborting", line)
 
 
@@ -137,7 +137,7 @@ def test_double_and_invalid_free_reported_without_corruption(cases):
     assert proc.stdout.split() == ["before", "after", "intact"]
     double, invalid = report_lines(proc)
     assert "double free of" in double and "ignored, the program goes on" in double
-    assert "invalid free of" in invalid and "offset 5 in a 48-byte block" in invalid
+    assert "invalid free of" in invalid and "offset 5 in the 48-byte block" in invalid
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -146,7 +146,7 @@ def test_realloc_keeps_contents_and_moves_the_end_to_the_guard(cases, mode):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "contents kept"
     proc = run_case(cases, "realloc_overflow", opts=mode_opts(mode))
-    assert proc.returncode == 139 and "1 byte past the end of a 100-byte block" in proc.stderr
+    assert proc.returncode == 139 and "1 byte past the end of the 100-byte block" in proc.stderr
 
 
 @pytest.mark.parametrize("case,expect", [("align", "aligned"), ("calloc", "zeroed"),
@@ -160,7 +160,7 @@ def test_alignment_calloc_and_usable_size(cases, case, expect, underflow):
 
 def test_zero_byte_blocks_are_distinct_and_fault_on_any_access(cases):
     proc = run_case(cases, "zero")
-    assert proc.returncode == 139 and "a 0-byte block" in proc.stderr
+    assert proc.returncode == 139 and "the 0-byte block" in proc.stderr
 
 
 def test_fork_in_a_multithreaded_program(cases):
@@ -182,7 +182,7 @@ def test_sample_guards_one_in_n(cases):
     assert lines[0] == "guarded 100"  # exactly one in ten of 1,000 (a deterministic counter)
     assert lines[1] == "unguarded overflow not caught"  # the system allocator's block
     assert lines[-1] == "before" and proc.returncode == 139  # the frees routed to their owners
-    assert "1 byte past the end of a 100-byte block" in proc.stderr
+    assert "1 byte past the end of the 100-byte block" in proc.stderr
 
 
 @needs_guards
@@ -201,7 +201,7 @@ def test_100000_live_blocks_with_a_seeded_overflow_die_at_the_write(cases):
     assert proc.returncode == 139
     size = re.search(r"overflow block 50000 size (\d+)", proc.stdout).group(1)
     assert proc.stdout.splitlines()[-1] == "before"
-    assert f"1 byte past the end of a {size}-byte block" in proc.stderr
+    assert f"1 byte past the end of the {size}-byte block" in proc.stderr
 
 
 def test_prot_none_stops_at_max_map_count_and_says_so(cases):
@@ -293,4 +293,4 @@ def test_python_overflow_in_a_c_extension_buffer_is_caught():
     proc = efence("--align", "8", "--", sys.executable, "-c", code,
                   env={**os.environ, "PYTHONMALLOC": "malloc"})
     assert proc.returncode == 139 and proc.stdout.strip() == "in bounds ok"
-    assert "1 byte past the end of a 24-byte block" in proc.stderr
+    assert "1 byte past the end of the 24-byte block" in proc.stderr

@@ -760,7 +760,7 @@ static const char *state_name(uint32_t st) {
 }
 
 static void describe_block(struct out *o, const struct block *b) {
-    out_s(o, "a "); out_u(o, b->size); out_s(o, "-byte block at "); out_x(o, b->user);
+    out_s(o, "the "); out_u(o, b->size); out_s(o, "-byte block at "); out_x(o, b->user);
     out_s(o, " ("); out_s(o, state_name(b->state)); out_s(o, ")");
 }
 
@@ -919,7 +919,7 @@ static void on_segv(int sig, siginfo_t *si, void *ucv) {
         if (a >= end) { out_u(&o, a - end + 1); out_s(&o, a == end ? " byte past the end of " : " bytes past the end of "); }
         else if (a < b.user) { out_u(&o, b.user - a); out_s(&o, a + 1 == b.user ? " byte before the start of " : " bytes before the start of "); }
         else out_s(&o, "inside ");
-        out_s(&o, "a "); out_u(&o, b.size); out_s(&o, "-byte block at "); out_x(&o, b.user);
+        out_s(&o, "the "); out_u(&o, b.size); out_s(&o, "-byte block at "); out_x(&o, b.user);
         out_s(&o, " (offset ");
         if (a < b.user) { out_s(&o, "-"); out_u(&o, b.user - a); } else out_u(&o, a - b.user);
         out_s(&o, "; "); out_s(&o, state_name(b.state)); out_s(&o, ")");
