@@ -232,7 +232,8 @@ def test_missing_command_and_bad_options(tmp_path):
     proc = efence("--", str(tmp_path / "nonexistent"))
     assert proc.returncode == 127
     assert proc.stderr.startswith("sparsemm efence: cannot run") and proc.stderr.count("\n") == 1
-    for bad in (("--align", "3"), ("--sample", "0"), ("--backtrace", "999")):
+    for bad in (("--align", "3"), ("--sample", "0"), ("--backtrace", "999"),
+                ("--quarantine", "9" * 30), ("--align", "8192")):
         proc = efence(*bad, "--", "true")
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, bad
         assert proc.stderr.startswith("sparsemm efence: " + bad[0])

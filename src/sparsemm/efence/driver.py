@@ -24,6 +24,8 @@ ON_ERROR = ("abort", "continue")
 MAX_BACKTRACE = 64  # frames; efence.c's MAX_BT
 MAX_ALIGN = 4096  # bytes; a bigger alignment is asked per call (memalign & co)
 DEFAULT_QUARANTINE = 256 << 20  # bytes of freed blocks kept guarded
+MAX_QUARANTINE = 1 << 47  # bytes: the whole user address space of x86-64
+MAX_SAMPLE = 1 << 32
 
 
 class LibraryNotBuilt(RuntimeError):
@@ -48,10 +50,10 @@ class Options:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.align < 1 or self.align & (self.align - 1) or self.align > MAX_ALIGN:
             raise ValueError(f"--align must be a power of two from 1 to {MAX_ALIGN}, not {self.align}")
-        if self.quarantine < 0:
-            raise ValueError(f"--quarantine must be >= 0 bytes, not {self.quarantine}")
-        if self.sample < 1:
-            raise ValueError(f"--sample must be >= 1, not {self.sample}")
+        if not 0 <= self.quarantine <= MAX_QUARANTINE:
+            raise ValueError(f"--quarantine must be 0..{MAX_QUARANTINE} bytes, not {self.quarantine}")
+        if not 1 <= self.sample <= MAX_SAMPLE:
+            raise ValueError(f"--sample must be 1..{MAX_SAMPLE}, not {self.sample}")
         if not 0 <= self.backtrace <= MAX_BACKTRACE:
             raise ValueError(f"--backtrace must be 0..{MAX_BACKTRACE} frames, not {self.backtrace}")
         if self.on_error not in ON_ERROR:
