@@ -295,3 +295,39 @@ def test_python_overflow_in_a_c_extension_buffer_is_caught():
                   env={**os.environ, "PYTHONMALLOC": "malloc"})
     assert proc.returncode == 139 and proc.stdout.strip() == "in bounds ok"
     assert "1 byte past the end of the 24-byte block" in proc.stderr
+
+
+EARLY_LIB = r"""
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+char *early_block;
+int early_owned = -1;
+__attribute__((constructor(101))) static void early(void) {
+    early_block = malloc(40);
+    strcpy(early_block, "allocated in a library constructor");
+    int (*owns)(const void *) = (int (*)(const void *))dlsym(RTLD_DEFAULT, "sparsemm_efence_owns");
+    early_owned = owns ? owns(early_block) : -1;
+}
+"""
+EARLY_MAIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+extern char *early_block;
+extern int early_owned;
+int main(void) { printf("%s owned=%d\n", early_block, early_owned); free(early_block); return 0; }
+"""
+
+
+def test_allocation_in_another_librarys_constructor_is_guarded(cases, tmp_path):
+    """A constructor of a library the program links against may run before ours."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    (tmp_path / "early.c").write_text(EARLY_LIB)
+    (tmp_path / "main.c").write_text(EARLY_MAIN)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libearly.so"),
+                    str(tmp_path / "early.c")], check=True, timeout=TIMEOUT)
+    subprocess.run([cc, "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), f"-L{tmp_path}",
+                    "-learly", f"-Wl,-rpath,{tmp_path}"], check=True, timeout=TIMEOUT)
+    proc = efence("--", str(tmp_path / "main"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "allocated in a library constructor owned=1"
