@@ -1,7 +1,7 @@
 """sparsemm efence (markers, prot_none) vs Debian's Electric Fence vs the plain allocator.
 
 Run: PYTHONPATH=src python3 bench/bench_efence.py [--quick] [--runs N] [--record]
-Takes about 6 minutes (--quick: about 3 minutes) on the 2-vCPU shared machine; a run
+Takes about 10 minutes (--quick: about 7 minutes) on the 2-vCPU shared machine; a run
 that does not finish is killed after 90 s (--quick: 30 s) and reported as such.
 Programs, side by side in one run: the C program with 100,000 live blocks
 (tests/efence/cases.c ``live``), the same with a seeded one-byte overflow, gzip
@@ -191,7 +191,7 @@ def fmt_time(walls: list[float]) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller inputs, 3 runs (about 3 min)")
+    ap.add_argument("--quick", action="store_true", help="smaller inputs, 3 runs (about 7 min)")
     ap.add_argument("--runs", type=int, help="timed runs per cell (default 5, --quick 3)")
     ap.add_argument("--record", action="store_true",
                     help="write bench/results_efence.md (tracked) instead of out/bench/")
