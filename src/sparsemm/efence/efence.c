@@ -118,7 +118,7 @@ static struct sclass classes[NCLASSES];
 static struct large *large_rec;
 static void **large_bt;
 static uint32_t *large_ht;          /* open addressing, linear probing: record index + 1 */
-static uint32_t large_hwm, large_free = NONE32, large_live;
+static uint32_t large_hwm, large_free = NONE32;
 static _Atomic uintptr_t large_lo = UINTPTR_MAX, large_hi = 0;
 
 static uint64_t *qring;             /* quarantine FIFO */
@@ -552,7 +552,6 @@ static void *alloc_large(size_t size, size_t align) {
     else { pthread_mutex_unlock(&lock); munmap(m, maplen); errno = ENOMEM; return NULL; }
     large_rec[r] = (struct large){map, maplen, user, size, ST_LIVE, NONE32};
     ht_insert(r);
-    large_live++;
     uintptr_t v = atomic_load(&large_lo);
     if (map < v) atomic_store(&large_lo, map);
     v = atomic_load(&large_hi);
@@ -851,7 +850,6 @@ static int free_guarded(void *ptr) {
         return 1;
     }
     l->state = ST_QUARANTINED;
-    large_live--;
     uintptr_t lo, hi;
     block_pages(l->user, l->size, &lo, &hi);
     pthread_mutex_unlock(&lock);
