@@ -331,3 +331,22 @@ def test_allocation_in_another_librarys_constructor_is_guarded(cases, tmp_path):
     proc = efence("--", str(tmp_path / "main"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "allocated in a library constructor owned=1"
+
+
+def test_docs_shell_examples_run_as_written(tmp_path):
+    """The ``sh`` blocks of docs/efence.md, in order, in one directory; their stated output."""
+    _library_or_skip()
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler for the documented example")
+    text = (ROOT / "docs" / "efence.md").read_text()
+    sh_blocks = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)
+    assert len(sh_blocks) == 2
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    outs = [subprocess.run(["bash", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=TIMEOUT) for block in sh_blocks]
+    quick, direct = outs
+    stated = re.search(r"prints\n\n```\n(.*?)```", text, re.S).group(1).splitlines()
+    assert quick.stdout.strip() == stated[-1] == "exit 139"
+    expect = re.sub(r"0x[0-9a-f]+", "ADDR", stated[0])
+    assert re.sub(r"0x[0-9a-f]+", "ADDR", quick.stderr.strip().splitlines()[-1]) == expect
+    assert direct.stdout.strip() == "exit 0" and direct.stderr == ""
