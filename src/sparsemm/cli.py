@@ -162,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.efence.cli import add_parser as add_efence_parser
+
+    add_efence_parser(sub)
+
+    from sparsemm.analyze.live_guards import add_parser as add_guards_parser
+    from sparsemm.analyze.snapshot import add_parser as add_snapshot_parser
+
+    add_guards_parser(sub)  # guards PID: the guards a live process holds
+    add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
     return parser
 
 

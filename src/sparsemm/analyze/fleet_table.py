@@ -31,8 +31,10 @@ TODAY = "vma"
 #: memory (predicted, not measured). A null is "not known" or "not applicable".
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("source", "string", "the input file: DIR/path, a path, or TARBALL:member"),
+    ("input", "string", "what the file was: snapshot, smaps or maps (pid for a live process)"),
+    ("host", "string", "the host the process ran on, when the input tells (snapshots)"),
     ("pid", "int64", "the process id, when the input tells (snapshot, live pid, a file named PID[.maps|.smaps])"),
-    ("comm", "string", "the command name, when the input tells"),
+    ("comm", "string", "the command name, when the input tells (snapshot, live pid)"),
     ("design", "string", "guard design: vma (as captured), pte (markers), tree; null for a file that failed"),
     ("vmas_original", "int64", "VMAs of the process as captured (its map_count)"),
     ("vmas", "int64", "vm_area_structs under the design"),
@@ -48,6 +50,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("guards", "int64", "guard VMAs found in the process (policy: the analyze options)"),
     ("guard_bytes", "int64", "bytes those guards span"),
     ("reservations", "int64", "PROT_NONE reservations found (not guards)"),
+    ("payload", "int64", "decommitted payload ranges found (PROT_NONE memory the program may reuse; not guards)"),
+    ("map_count_with_payload", "int64", "map_count under the design with the payload as markers / tree entries too"),
+    ("kernel_bytes_with_payload", "int64", "kernel_bytes under the design with the payload as markers / tree entries too"),
+    ("existing_markers", "int64", "guard-marker runs the process already holds (null: unknown, e.g. a maps file)"),
     ("guard_entries", "int64", "tree design: reserved maple-tree entries (no VMA)"),
     ("touch", "string", "pages the rebuild touched: rss (smaps), first (maps) or none"),
     ("error", "string", "null when the row is fine; else why the file or the design could not be analyzed"),
@@ -65,14 +71,17 @@ def report_rows(source: str, r: AnalysisReport) -> list[Row]:
     for name, d in r.designs.items():
         ok = not d.error
         memcg = getattr(d, "memcg_bytes", None)  # only reports that predict the cgroup charge
+        p = r.designs_with_payload.get(name)
+        p_ok = p is not None and not p.error
         rows.append((
-            source, r.pid, r.comm, name, r.vmas,
+            source, r.input_kind or None, r.host, r.pid, r.comm, name, r.vmas,
             d.vmas if ok else None, d.map_count if ok else None, r.max_map_count,
             d.headroom_vmas if ok else None, d.hits_max_map_count if ok else None,
             d.total_bytes if ok else None, d.bytes.get("page_tables") if ok else None,
             memcg if ok else None, d.saved_vmas if ok else None, d.saved_bytes if ok else None,
-            r.guards, r.guard_bytes, r.reservations, d.guard_entries if ok else None,
-            r.layout.get("touch"), None if ok else d.error))
+            r.guards, r.guard_bytes, r.reservations, r.payload,
+            p.map_count if p_ok else None, p.total_bytes if p_ok else None, r.existing_markers,
+            d.guard_entries if ok else None, r.layout.get("touch"), None if ok else d.error))
     return rows
 
 
@@ -198,6 +207,8 @@ class Summary:
         self._gain_bytes = _Bounded(top)
         self._wall = _Bounded(top)
         self._today: dict | None = None  # the current process's vma-design row, paired with its pte row
+        self.payload = 0  # decommitted payload ranges over the processes
+        self.existing_markers = 0  # marker runs the processes already hold (where known)
 
     def add(self, row: Row) -> None:
         source, design, error = row[_I["source"]], row[_I["design"]], row[_I["error"]]
@@ -208,6 +219,8 @@ class Summary:
             self._today = None
             if design is not None:
                 self._original.append(row[_I["vmas_original"]])
+                self.payload += row[_I["payload"]] or 0
+                self.existing_markers += row[_I["existing_markers"]] or 0
         if design is None:
             self.n_failed_files += 1
             if len(self.failed_files) < self.top:
@@ -259,6 +272,7 @@ class Summary:
         return {"schema": SUMMARY_SCHEMA, "files": self.files, "analyzed": self.analyzed,
                 "failed_files": self.n_failed_files, "design_errors": self.design_errors,
                 "max_map_count": sorted(self.max_map_counts),
+                "decommitted_payload": self.payload, "existing_markers": self.existing_markers,
                 "distributions": self.distributions(),
                 "gain_most_vmas": self._gain_vmas.ranked(), "gain_most_bytes": self._gain_bytes.ranked(),
                 "nearest_wall": self._wall.ranked(),
@@ -279,6 +293,9 @@ class Summary:
                     f"{self.n_failed_files:,} failed", style="bold")
         if self.design_errors:
             head.append(f", {self.design_errors:,} design run(s) failed")
+        if self.payload or self.existing_markers:
+            head.append(f"\n{self.payload:,} decommitted payload range(s) (not guards; the *_with_payload columns "
+                        f"count them as markers), {self.existing_markers:,} guard-marker run(s) already held")
         head.append(f"\nheadroom measured against max_map_count {limits} (the kernel's default, "
                     "DEFAULT_MAX_MAP_COUNT; the model's limit); kernel bytes are the model's prediction")
         parts.append(head)
