@@ -565,3 +565,48 @@ def test_scheduler_lost_mid_run_is_one_line_and_keeps_the_rows(tmp_path):
     assert "the rows so far are in" in stderr and not out.exists()
     partial = pq.read_table(str(out) + ".partial")  # a valid table, possibly empty
     assert tuple(partial.column_names) == COLUMN_NAMES
+
+
+# --- snapshots (sparsemm snapshot) flow through fleet mode -------------------------------------
+
+def test_snapshots_in_a_tarball_equal_single_file_analyze(tmp_path):
+    """Snapshots of live processes (one holding guard markers), read from a tarball by the
+    workers: the rows of single-file analyze of each snapshot file, with pid, comm, host."""
+    from conftest import HAS_GUARDS
+
+    from sparsemm.analyze.snapshot import take
+
+    code = ("import sys, sparsemm\nm = sparsemm.Mapping(16 * 4096)\nm.guard(4 * 4096, 4096)\n"
+            "print('ready', flush=True)\nsys.stdin.read()\n")
+    marked = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert marked.stdout.readline().strip() == "ready"
+        with ThreadedChild(16) as threaded:
+            snaps = {pid: take(pid) for pid in (marked.pid, threaded.pid)}
+    finally:
+        marked.stdin.close()
+        marked.wait(timeout=60)
+    d = tmp_path / "snaps"
+    d.mkdir()
+    for pid, snap in snaps.items():
+        (d / f"{pid}-{snap.comm}.snapshot.json").write_text(snap.dumps(), errors="surrogateescape")
+    expected = []
+    for p in sorted(d.iterdir()):
+        expected.extend(single_rows(p, str(p)))
+    tarball = tmp_path / "snaps.tgz"
+    with tarfile.open(tarball, "w:gz") as tf:
+        tf.add(d, arcname="snaps")
+    out = tmp_path / "snaps.parquet"
+    cp = cli(str(tarball), "--out", str(out), "--workers", "2")
+    assert cp.returncode == 0, cp.stderr
+    rows = table_rows(out)
+    prefix = f"{tarball}:snaps/"
+    assert comparable(rows, lambda s: str(d / s.removeprefix(prefix))) == comparable(expected)
+    assert {r[_I["input"]] for r in rows} == {"snapshot"}
+    assert {r[_I["pid"]] for r in rows} == set(snaps)
+    assert {r[_I["comm"]] for r in rows} == {s.comm for s in snaps.values()}
+    assert {r[_I["host"]] for r in rows} == {socket.gethostname()}
+    held = {r[_I["pid"]]: r[_I["existing_markers"]] for r in rows}
+    assert held[threaded.pid] == 0
+    if HAS_GUARDS:
+        assert held[marked.pid] >= 1  # the guard page of the Mapping

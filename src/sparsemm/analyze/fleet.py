@@ -171,9 +171,8 @@ def local_client(workers: int):
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     _quiet_dask()
-    # The workers run one task at a time; the model itself is single-threaded.
-    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "critical"}), \
-            warnings.catch_warnings():
+    # One thread per worker: the model is pure Python, processes give the parallelism.
+    with dask.config.set({"logging.distributed": "critical"}), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
