@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -30,6 +31,7 @@ _PARENT_ENV = "SPARSEMM_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 _STDERR_KEEP = 64 << 10  # bytes of the child's stderr kept for the error message
 _CHUNK = 1 << 16
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )")  # "pkg.mod.Error: x" -> "Error: x"
 
 
 class ChildTimeout(RuntimeError):
@@ -49,7 +51,9 @@ class ChildExit:
         """The last line of stderr (an exception's ``Type: message``), or a description of
         the exit status."""
         lines = self.stderr.strip().splitlines()
-        return lines[-1] if lines else describe_status(self.returncode)
+        if not lines:
+            return describe_status(self.returncode)
+        return _QUALIFIED.sub("", " ".join(lines[-1].split()))
 
 
 def default_timeout() -> float:
@@ -76,18 +80,19 @@ def describe_status(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def run_child(module: str, payload: bytes, *, timeout: float, on_line=None) -> ChildExit:
+def run_child(module: str, payload: bytes, *, timeout: float, on_line=None,
+              env: dict[str, str] | None = None) -> ChildExit:
     """Run ``python -m sparsemm.opscript.child MODULE`` with ``payload`` on its stdin.
 
     Each complete stdout line goes to ``on_line(bytes)`` as it arrives (without the
     newline); without ``on_line`` stdout is returned whole. Raises ``ChildTimeout`` after
-    ``timeout`` seconds. Whatever happens (the child ends, crashes, times out, ``on_line``
+    ``timeout`` seconds. ``env`` adds to the child's environment. Whatever happens (the child ends, crashes, times out, ``on_line``
     raises, the caller gets a signal), the child's process group is killed before the
     child is reaped, so nothing it started outlives the call. O(output).
     """
     if module not in CHILD_MODULES:
         raise ValueError(f"unknown child module {module!r}")
-    env = {**os.environ, "PYTHONHASHSEED": "0", _PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {}), _PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen([sys.executable, "-m", __name__, module], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             process_group=0, close_fds=True)

@@ -126,8 +126,12 @@ def _raise_nofile(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-class _Runner(OpDispatcher):
-    """Executes ops in this process. ``fds`` maps script file names to memfds.
+class KernelRunner(OpDispatcher):
+    """Executes a script's ops on the kernel, in this process (public: ``opscript.measure``
+    runs its layouts through it). ``fds`` maps script file names to memfds.
+
+    Use: ``r = KernelRunner(script); r.check_arena_empty(); r.create_files()``, then
+    ``r.run_op(op)`` per op (its record) or ``r.run_ops(ops)``.
 
     ``own``: the ranges of this process's own mappings when the script started (the
     interpreter, its libraries and heap); with ``outside_arena`` an op whose reach
@@ -375,7 +379,10 @@ def _reach(op: Op, maps) -> list[tuple[int, int]]:
     return out
 
 
-def _stream(out, runner: _Runner, ops) -> None:
+_Runner = KernelRunner  # the name measure's child uses
+
+
+def _stream(out, runner: KernelRunner, ops) -> None:
     """Run ``ops``, writing one flushed JSON line per record, then ``{"done": ...}``; a
     failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line."""
     def emit(obj) -> None:
@@ -400,7 +407,7 @@ def _child_main() -> int:
     out = sys.stdout
     try:
         script = parse_script(msg["doc"], allow_dangerous=bool(msg.get("allow_dangerous")))
-        runner = _Runner(script)
+        runner = KernelRunner(script)
         runner.check_arena_empty()
         if script.outside_arena:
             runner.check_all_reaches(script.ops)

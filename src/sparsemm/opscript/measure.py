@@ -8,11 +8,9 @@ skipped) and reports the median delta over ``repeat`` runs. Owns the slab counti
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,8 +37,6 @@ _LABELS = {
     "maple_node": "maple_node delta",
 }
 
-#: Held (flock) while a measuring child runs, so concurrent ``measure`` calls do not overlap.
-LOCK_PATH = os.environ.get("SPARSEMM_MEASURE_LOCK", "/tmp/sparsemm-measure.lock")
 SLAB_SYSFS = "/sys/kernel/slab"
 SLABINFO = "/proc/slabinfo"
 # An RCU grace period is a few ms on an idle 2-CPU guest; the environment variable is for
@@ -124,25 +120,22 @@ def measure_script(script: Script, *, repeat: int = 3, max_attempts: int | None 
 
 
 def _run_child(script: Script, timeout: float) -> dict:
-    # Two measurements at once would each count the other's objects: one at a time per machine.
+    """One measuring child (``opscript.child``), under the measurement lock (``opscript.lock``):
+    two measurements at once would each count the other's objects."""
+    from sparsemm.opscript.child import ChildTimeout, run_child
+    from sparsemm.opscript.lock import LockError, measure_lock
+
     try:
-        lock = os.open(LOCK_PATH, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
-    except OSError:
-        lock = -1  # unusable lock path: measure unlocked
-    try:
-        if lock >= 0:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            [sys.executable, "-m", "sparsemm.opscript.measure"], input=json.dumps(script.doc),
-            capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONHASHSEED": "0"})
-    finally:
-        if lock >= 0:
-            os.close(lock)
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise MeasureError(f"measure child failed: {detail[0]}")
-    return json.loads(proc.stdout)
+        with measure_lock():
+            end = run_child("sparsemm.opscript.measure", json.dumps(script.doc).encode(),
+                            timeout=timeout)
+    except ChildTimeout:
+        raise MeasureError(f"measure child timed out after {timeout:g} s") from None
+    except LockError as exc:
+        raise MeasureError(str(exc)) from None
+    if end.returncode != 0:
+        raise MeasureError(f"measure child failed: {end.last_error_line()}")
+    return json.loads(end.stdout)
 
 
 def prediction_from_counts(counts) -> dict[str, int]:
