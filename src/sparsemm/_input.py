@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-__all__ = ["InputError", "read_input", "READ_TIMEOUT", "is_proc_path"]
+__all__ = ["InputError", "InputPermissionError", "read_input", "READ_TIMEOUT", "is_proc_path"]
 
 #: Seconds a whole read may take before it is abandoned (``SPARSEMM_READ_TIMEOUT``).
 READ_TIMEOUT = 60.0
@@ -26,6 +26,10 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
 
 class InputError(ValueError):
     """An input that cannot be read as asked. ``str()`` is one line naming the input."""
+
+
+class InputPermissionError(InputError):
+    """The input exists but may not be read."""
 
 
 def _timeout() -> float:
@@ -53,7 +57,7 @@ def _describe(mode: int) -> str:
     return "not a regular file"
 
 
-def _read_fd(fd, name: str, max_bytes: int, max_lines: int | None, lines_for, deadline: float,
+def _read_fd(fd, name: str, max_bytes: int, max_lines: int | None, deadline: float,
              timeout: float) -> bytes:
     """Read ``fd`` (a descriptor, or a callable taking a byte count) to its end, within the caps."""
     read = fd if callable(fd) else (lambda n: os.read(fd, n))
@@ -67,9 +71,7 @@ def _read_fd(fd, name: str, max_bytes: int, max_lines: int | None, lines_for, de
         if total > max_bytes:
             raise InputError(f"{name}: larger than {max_bytes:,} bytes, the most sparsemm reads")
         chunks.append(chunk)
-        if max_lines is not None or lines_for is not None:
-            if lines_for is not None and max_lines is None:
-                max_lines = lines_for(chunks[0])
+        if max_lines is not None:
             lines += chunk.count(b"\n")
             if lines > max_lines:
                 raise InputError(f"{name}: more than {max_lines:,} lines, the most sparsemm accepts "
@@ -79,13 +81,11 @@ def _read_fd(fd, name: str, max_bytes: int, max_lines: int | None, lines_for, de
     return b"".join(chunks)
 
 
-def read_input(path: str, *, max_bytes: int, max_lines: int | None = None, lines_for=None,
-               what: str = "input") -> bytes:
+def read_input(path: str, *, max_bytes: int, max_lines: int | None = None) -> bytes:
     """The bytes of ``path`` (``-``: standard input), at most ``max_bytes`` of them.
 
     Refuses a path that is not a regular file before reading it (opened with ``O_NONBLOCK``,
-    so a FIFO cannot block the open), more than ``max_lines`` lines (or ``lines_for(first
-    chunk)`` lines, when the cap depends on the format), and a read that takes longer than
+    so a FIFO cannot block the open), more than ``max_lines`` lines, and a read that takes longer than
     ``READ_TIMEOUT`` seconds (a /proc file is read in a helper thread, so a read blocked in
     the kernel is abandoned too). Raises ``InputError`` (one line, naming ``path``, never
     quoting the contents). O(bytes).
@@ -93,14 +93,14 @@ def read_input(path: str, *, max_bytes: int, max_lines: int | None = None, lines
     timeout = _timeout()
     deadline = time.monotonic() + timeout
     if path == "-":
-        return _read_fd(_stdin_reader(), "<stdin>", max_bytes, max_lines, lines_for, deadline,
+        return _read_fd(_stdin_reader(), "<stdin>", max_bytes, max_lines, deadline,
                         timeout)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+        raise InputPermissionError(f"{path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror}") from None
     try:
@@ -109,8 +109,8 @@ def read_input(path: str, *, max_bytes: int, max_lines: int | None = None, lines
             raise InputError(f"{path}: is {_describe(mode)}, not a regular file (give a file, "
                              f"or - for standard input)")
         if not is_proc_path(path):
-            return _read_fd(fd, path, max_bytes, max_lines, lines_for, deadline, timeout)
-        return _read_in_thread(fd, path, max_bytes, max_lines, lines_for, deadline, timeout)
+            return _read_fd(fd, path, max_bytes, max_lines, deadline, timeout)
+        return _read_in_thread(fd, path, max_bytes, max_lines, deadline, timeout)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     finally:
@@ -131,14 +131,14 @@ def _stdin_reader():
         return read
 
 
-def _read_in_thread(fd, path, max_bytes, max_lines, lines_for, deadline, timeout) -> bytes:
+def _read_in_thread(fd, path, max_bytes, max_lines, deadline, timeout) -> bytes:
     """``_read_fd`` in a daemon thread; abandoned (left blocked) after ``timeout`` seconds."""
     dup = os.dup(fd)  # the thread's own descriptor: the caller closes ``fd`` on return
     box: list = []
 
     def work() -> None:
         try:
-            box.append((True, _read_fd(dup, path, max_bytes, max_lines, lines_for, deadline,
+            box.append((True, _read_fd(dup, path, max_bytes, max_lines, deadline,
                                       timeout)))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box.append((False, exc))

@@ -25,6 +25,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {text} (see {self.prog} --help)\n")
 
 
+def _fmt(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e18 else f"{x:g}"
+
+
 def count(name: str, lo: int, hi: int):
     """An argparse ``type``: an integer ``lo..hi``; the error names the option ``name``."""
     def parse(text: str) -> int:
@@ -51,7 +55,8 @@ def number(name: str, lo: float, hi: float, *, lo_open: bool = False):
         low_ok = value > lo if lo_open else value >= lo
         if not (math.isfinite(value) and low_ok and value <= hi):
             bracket = "(" if lo_open else "["
-            raise argparse.ArgumentTypeError(f"want a number in {bracket}{lo:g}, {hi:g}], not {text[:40]!r}")
+            raise argparse.ArgumentTypeError(f"want a number in {bracket}{_fmt(lo)}, {_fmt(hi)}], "
+                                             f"not {text[:40]!r}")
         return value
 
     parse.__name__ = name
@@ -68,8 +73,8 @@ def number_or_none(name: str, lo: float, hi: float):
         try:
             return inner(text)
         except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"want a number in [{lo:g}, {hi:g}] or 'none', not "
-                                             f"{text[:40]!r}") from None
+            raise argparse.ArgumentTypeError(f"want a number in [{_fmt(lo)}, {_fmt(hi)}] or 'none', "
+                                             f"not {text[:40]!r}") from None
 
     parse.__name__ = name
     return parse

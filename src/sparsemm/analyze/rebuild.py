@@ -17,17 +17,21 @@ from sparsemm import abi
 from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardSide, Role
 from sparsemm.analyze.maps import MapEntry, MapKind
-from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_TOUCH_PAGES
+from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_POPULATE_PAGES, MAX_TOUCH_PAGES
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
-           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES"]
+           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES", "MAX_TOUCHED_PAGES"]
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 PAGE = abi.PAGE_SIZE
 
 #: The arena the kernel can hold in a fresh Python child: from ARENA_BASE (16 TiB) up to
-#: 0x5000_0000_0000, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
-REPRODUCIBLE_ARENA_BYTES = min(0x5000_0000_0000 - abi.ARENA_BASE, MAX_ARENA_PAGES * PAGE)
+#: opscript.script.ARENA_LIMIT, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
+REPRODUCIBLE_ARENA_BYTES = MAX_ARENA_PAGES * PAGE
+#: The most pages a rebuild touches (an op script may populate no more, opscript.script):
+#: 4 GiB. Beyond it, ``touch="auto"`` falls back from ``rss`` to ``first`` with a note and an
+#: explicit ``touch="rss"`` is a ``LayoutError``.
+MAX_TOUCHED_PAGES = MAX_POPULATE_PAGES
 
 TOUCH_MODES = ("auto", "rss", "first", "none")
 
@@ -415,7 +419,19 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
         if u.backing == "file":
             op["file"], op["pgoff"] = u.file, u.pgoff
         ops.append(op)
-    touch_ops, touched = _touches(placed, [u.backing for u in units], mode)
+    unit_backings = [u.backing for u in units]
+    touch_ops, touched = _touches(placed, unit_backings, mode)
+    notes = []
+    if touched > MAX_TOUCHED_PAGES:
+        if touch != "auto":
+            raise LayoutError(f"the rebuild would touch {touched:,} pages ({touched * PAGE / GiB:,.1f} GiB, "
+                              f"smaps Rss); at most {MAX_TOUCHED_PAGES:,} ({MAX_TOUCHED_PAGES * PAGE // GiB} "
+                              "GiB) can be: use --touch first or none")
+        notes.append(f"touch=auto: the smaps Rss is {touched:,} pages, more than the {MAX_TOUCHED_PAGES:,} "
+                     "a rebuild touches; the first page of each VMA is touched instead (page tables "
+                     "are then a lower bound)")
+        mode = "first"
+        touch_ops, touched = _touches(placed, unit_backings, mode)
     ops += touch_ops
     guard_ops = [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"}
                  for p in itertools.compress(placed, is_guard)]
@@ -423,14 +439,14 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     guards = len(guard_ops)
 
     arena_pages = max(1, -(-arena_bytes // PAGE))
+    shown = (source or "a process").encode("utf-8", "backslashreplace").decode("utf-8")
     script = {
-        "note": (f"layout of {source or 'a process'}: {n} VMAs, {guards} guards as "
+        "note": (f"layout of {shown}: {n} VMAs, {guards} guards as "
                  f"guard_install; gaps compressed modulo {_fmt_bytes(granule)}; touch={mode}"),
         "arena_pages": arena_pages,
         "files": {name: {"pages": file_pages[name]} for name in sorted(file_pages)},
         "ops": ops,
     }
-    notes = []
     if shrunk:
         notes.append(f"{shrunk} PROT_NONE reservation(s) shrunk to fit the arena (same size modulo "
                      f"{_fmt_bytes(granule)})")

@@ -732,7 +732,7 @@ def load_script(path: str, *, allow_dangerous: bool = False) -> Script:
     from sparsemm._input import InputError, read_input
 
     try:
-        data = read_input(path, max_bytes=MAX_SCRIPT_BYTES, what="script")
+        data = read_input(path, max_bytes=MAX_SCRIPT_BYTES)
     except InputError as exc:
         raise ScriptError(str(exc)) from None
     return parse_script(decode_script_text(data, path), path=path, allow_dangerous=allow_dangerous)
