@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 
-__all__ = ["InputError", "InputPermissionError", "read_input", "READ_TIMEOUT", "is_proc_path"]
+__all__ = ["InputError", "InputPermissionError", "SettingError", "env_seconds", "read_input",
+           "READ_TIMEOUT", "is_proc_path"]
 
 #: Seconds a whole read may take before it is abandoned (``SPARSEMM_READ_TIMEOUT``).
 READ_TIMEOUT = 60.0
@@ -32,17 +33,27 @@ class InputPermissionError(InputError):
     """The input exists but may not be read."""
 
 
-def _timeout() -> float:
-    raw = os.environ.get("SPARSEMM_READ_TIMEOUT")
+class SettingError(InputError):
+    """A ``SPARSEMM_*`` environment setting that is not what it must be. One line."""
+
+
+def env_seconds(name: str, default: float | None, *, hi: float = 7 * 86400) -> float | None:
+    """The environment variable ``name`` as seconds in ``(0, hi]``, or ``default`` when unset.
+    ``SettingError`` names the variable when it is set to anything else."""
+    raw = os.environ.get(name)
     if raw is None:
-        return READ_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 < value <= 86400:
-        raise InputError(f"SPARSEMM_READ_TIMEOUT={raw[:20]!r}: want seconds, 0 < s <= 86400")
+    if not 0 < value <= hi:
+        raise SettingError(f"{name}={raw[:20]!r}: want seconds, 0 < s <= {hi:g}")
     return value
+
+
+def _timeout() -> float:
+    return env_seconds("SPARSEMM_READ_TIMEOUT", READ_TIMEOUT, hi=86400)
 
 
 def is_proc_path(path: str) -> bool:
@@ -96,6 +107,10 @@ def read_input(path: str, *, max_bytes: int, max_lines: int | None = None) -> by
         return _read_fd(_stdin_reader(), "<stdin>", max_bytes, max_lines, deadline,
                         timeout)
     try:
+        mode = os.stat(path).st_mode  # says what a socket is (opening one fails with ENXIO)
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{path}: is {_describe(mode)}, not a regular file (give a file, "
+                             f"or - for standard input)")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None

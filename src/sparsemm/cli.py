@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 
+from sparsemm._input import SettingError
 from sparsemm._options import Parser, Terminated, count, install_signal_handlers
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.runner import BACKENDS, DESIGNS, BackendUnavailable, run_script
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     try:
         return args.func(args)
-    except (ScriptError, CliError, BackendUnavailable) as exc:
+    except (ScriptError, CliError, BackendUnavailable, SettingError) as exc:
         _say(args.command, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -35,7 +35,11 @@ _QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )")  # "pkg.mod.Error: x" 
 
 
 class ChildTimeout(RuntimeError):
-    """The child ran longer than its timeout; it and its process group were killed."""
+    """The child ran longer than its timeout (``seconds``); it and its process group were killed."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:g} s")
+        self.seconds = seconds
 
 
 @dataclass(slots=True)
@@ -57,17 +61,14 @@ class ChildExit:
 
 
 def default_timeout() -> float:
-    """``SPARSEMM_CHILD_TIMEOUT`` in seconds, or ``DEFAULT_TIMEOUT``. ``ValueError`` if bad."""
-    raw = os.environ.get("SPARSEMM_CHILD_TIMEOUT")
-    if raw is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 7 * 86400:
-        raise ValueError(f"SPARSEMM_CHILD_TIMEOUT={raw[:20]!r}: want seconds, 0 < s <= 604800")
-    return value
+    """``SPARSEMM_CHILD_TIMEOUT`` in seconds, or ``DEFAULT_TIMEOUT``. ``SettingError`` if bad."""
+    return _env_timeout() or DEFAULT_TIMEOUT
+
+
+def _env_timeout() -> float | None:
+    from sparsemm._input import env_seconds
+
+    return env_seconds("SPARSEMM_CHILD_TIMEOUT", None)
 
 
 def describe_status(returncode: int) -> str:
@@ -86,12 +87,15 @@ def run_child(module: str, payload: bytes, *, timeout: float, on_line=None,
 
     Each complete stdout line goes to ``on_line(bytes)`` as it arrives (without the
     newline); without ``on_line`` stdout is returned whole. Raises ``ChildTimeout`` after
-    ``timeout`` seconds. ``env`` adds to the child's environment. Whatever happens (the child ends, crashes, times out, ``on_line``
+    ``timeout`` seconds (or ``SPARSEMM_CHILD_TIMEOUT``, if smaller). ``env`` adds to the child's environment. Whatever happens (the child ends, crashes, times out, ``on_line``
     raises, the caller gets a signal), the child's process group is killed before the
     child is reaped, so nothing it started outlives the call. O(output).
     """
     if module not in CHILD_MODULES:
         raise ValueError(f"unknown child module {module!r}")
+    limit = _env_timeout()  # the user's bound on every child, whatever the caller asked
+    if limit is not None:
+        timeout = min(timeout, limit)
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {}), _PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen([sys.executable, "-m", __name__, module], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -126,7 +130,7 @@ def _pump(proc: subprocess.Popen, payload: bytes, deadline: float, timeout: floa
         while open_readers:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ChildTimeout(f"timed out after {timeout:g} s")
+                raise ChildTimeout(timeout)
             for key, _ in sel.select(remaining):
                 if key.fileobj is stdin:
                     try:
@@ -166,7 +170,7 @@ def _wait_exited(proc: subprocess.Popen, deadline: float, timeout: float) -> Non
     """Wait (without reaping) until the child has exited: its pipes closed, it is ending."""
     while True:
         if time.monotonic() > deadline:
-            raise ChildTimeout(f"timed out after {timeout:g} s")
+            raise ChildTimeout(timeout)
         try:
             info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
         except ChildProcessError:

@@ -82,8 +82,8 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     payload = json.dumps({"doc": doc, "allow_dangerous": bool(script.warnings)}).encode()
     try:
         end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line)
-    except ChildTimeout:
-        raise KernelBackendError(f"kernel backend child timed out after {timeout:g} s "
+    except ChildTimeout as exc:
+        raise KernelBackendError(f"kernel backend child timed out after {exc.seconds:g} s "
                                  f"{_where(script, records)}; {_kept(records)}", records) from None
     except ValueError:  # a line that is not JSON: the child wrote something else
         raise KernelBackendError("kernel backend child wrote an unreadable record", records) from None

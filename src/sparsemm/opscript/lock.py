@@ -73,16 +73,12 @@ def lock_path() -> str:
 
 
 def _timeout() -> float:
-    raw = os.environ.get("SPARSEMM_LOCK_TIMEOUT")
-    if raw is None:
-        return LOCK_TIMEOUT
+    from sparsemm._input import SettingError, env_seconds
+
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 7 * 86400:
-        raise LockError(f"SPARSEMM_LOCK_TIMEOUT={raw[:20]!r}: want seconds, 0 <= s <= 604800")
-    return value
+        return env_seconds("SPARSEMM_LOCK_TIMEOUT", LOCK_TIMEOUT)
+    except SettingError as exc:
+        raise LockError(str(exc)) from None
 
 
 def _holder(fd: int) -> str:

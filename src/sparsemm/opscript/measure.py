@@ -129,8 +129,8 @@ def _run_child(script: Script, timeout: float) -> dict:
         with measure_lock():
             end = run_child("sparsemm.opscript.measure", json.dumps(script.doc).encode(),
                             timeout=timeout)
-    except ChildTimeout:
-        raise MeasureError(f"measure child timed out after {timeout:g} s") from None
+    except ChildTimeout as exc:
+        raise MeasureError(f"measure child timed out after {exc.seconds:g} s") from None
     except LockError as exc:
         raise MeasureError(str(exc)) from None
     if end.returncode != 0:
