@@ -8,7 +8,6 @@ scripts.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -105,19 +104,22 @@ MLOCK_BY_NAME = {"onfault": abi.MLOCK_ONFAULT}
 
 
 class ScriptError(ValueError):
-    """A malformed script. ``str()`` is one line naming the op index and field."""
+    """A malformed script. ``str()`` is one line naming the op (index and name) and field:
+    ``op 3 (mmap) field 'prot': bad prot 'rwz': ...``."""
 
     def __init__(self, message: str, *, index: int | None = None, field_name: str | None = None,
-                 path: str = ""):
+                 path: str = "", op_name: str | None = None):
         where = path
         if index is not None:
-            where += f"op {index}" if not where else f" op {index}"
+            where += (" " if where else "") + f"op {index}" + (f" ({op_name})" if op_name else "")
         if field_name is not None:
             where += f" field {field_name!r}"
         text = f"{where}: {message}" if where else message
         super().__init__(" ".join(text.split()))  # one line, whatever the script held
+        self.message = message
         self.index = index
         self.field_name = field_name
+        self.op_name = op_name
 
 
 def _show(value: Any) -> str:
@@ -135,9 +137,10 @@ class Op:
     Read-only by convention: not ``frozen``, because a frozen dataclass's ``__init__``
     costs six times as much, and a 65k-op layout script builds 65k of them.
 
-    ``addr``/``length``/``new_length``/``to_addr`` are ``None`` when the op has
-    no such field. ``flags`` holds the syscall's flag word (MAP_, MREMAP_ or
-    MLOCK_ bits, as the op takes); ``raw`` is the op as written.
+    ``addr``/``length``/``new_length``/``to_addr`` are the unsigned 64-bit words the
+    kernel sees (0..2^64-1), ``None`` when the op has no such field. ``flags`` holds the
+    syscall's flag word (MAP_, MREMAP_ or MLOCK_ bits, as the op takes); ``raw`` is the op
+    as written.
     """
 
     index: int
@@ -224,12 +227,14 @@ class _Ctx:
         self.regrow = 0  # pages of mremap growth
         self.warnings: list[str] = []
 
-    def spend_populate(self, pages: int, index: int, field_name: str) -> None:
+    def spend_populate(self, pages: int, index: int | None, field_name: str | None) -> None:
         self.populate += pages
         if self.populate > MAX_POPULATE_PAGES:
+            reached = (f"this op reaches {self.populate}" if index is not None else
+                       f"with mremap growth in a script that locks memory, {self.populate}")
             raise ScriptError(f"the script's ops would populate more than {MAX_POPULATE_PAGES} pages "
-                              f"({MAX_POPULATE_PAGES * PAGE >> 30} GiB) in all; this op reaches "
-                              f"{self.populate}", index=index, field_name=field_name)
+                              f"({MAX_POPULATE_PAGES * PAGE >> 30} GiB) in all; {reached}",
+                              index=index, field_name=field_name)
 
 
 def _populated(length: int) -> int:
@@ -440,6 +445,17 @@ def _check_ranges(op: Op, ctx: _Ctx) -> None:
 
 
 def _parse_op(op: Any, index: int, ctx: _Ctx, depth: int = 0) -> Op:
+    try:
+        return _parse_op_fields(op, index, ctx, depth)
+    except ScriptError as exc:
+        name = op.get("op") if isinstance(op, dict) else None
+        if exc.index != index or exc.op_name is not None or not isinstance(name, str) \
+                or name not in OP_FIELDS:
+            raise
+        raise ScriptError(exc.message, index=index, field_name=exc.field_name, op_name=name) from None
+
+
+def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     if not isinstance(op, dict):
         raise ScriptError(f"must be a JSON object, not {type(op).__name__}", index=index)
     name = op.get("op")
@@ -676,7 +692,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     except ScriptError as exc:
         if path:
             wrapped = ScriptError(f"{path}: {exc}")
-            wrapped.index, wrapped.field_name = exc.index, exc.field_name
+            wrapped.index, wrapped.field_name, wrapped.op_name = exc.index, exc.field_name, exc.op_name
             raise wrapped from None
         raise
     return Script(arena_pages=arena_pages, files=files, ops=parsed, note=doc.get("note", ""),
@@ -686,17 +702,38 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
 
 # --- reading a script file -------------------------------------------------------------------
 
-# A JSON string (escapes included) and anything that is not a bracket: what the nesting
-# check removes before it counts brackets.
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+#: Every byte but the four brackets (and the quote): what the nesting check deletes.
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTE = bytes(c for c in range(256) if c not in b'[]{}"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
 
 
-def nesting_depth(text: str) -> int:
-    """How deep JSON arrays and objects nest in ``text`` (strings skipped). O(len(text))."""
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+def _structural_brackets(data: bytes) -> bytes:
+    """The brackets of JSON text ``data`` that are not inside strings, in order."""
+    # Drop escaped backslashes, then escaped quotes: every '"' left opens or closes a string.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Fast path: with only brackets and quotes kept, strings without brackets are '""'. If
+    # removing those leaves no quote, no string held a bracket: the pairs removed can only
+    # have been each string's own two quotes (consecutive quotes pair up one way only).
+    kept = unescaped.translate(None, _NOT_BRACKETS_OR_QUOTE).replace(b'""', b"")
+    if b'"' not in kept:
+        return kept
+    return b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+
+
+def nested_deeper_than(data: bytes, limit: int) -> bool:
+    """Whether JSON arrays and objects nest more than ``limit`` levels deep in ``data``
+    (brackets in strings do not count). False for text whose brackets do not pair up:
+    the decoder then reports it. O(len(data) x min(depth, limit)), in C-level passes.
+    """
+    brackets = _structural_brackets(data)
+    # Each pass removes the innermost pairs: a document of depth d is empty after d passes.
+    for _ in range(limit):
+        inner = _INNERMOST.sub(b"", brackets)
+        if len(inner) == len(brackets):
+            return False  # empty, or brackets that do not pair up
+        brackets = inner
+    return len(_INNERMOST.sub(b"", brackets)) < len(brackets)
 
 
 def _refuse_constant(name: str):
@@ -711,7 +748,7 @@ def decode_script_text(data: bytes, path: str = "") -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ScriptError(f"not UTF-8 text (byte {exc.start})", path=path) from None
-    if nesting_depth(text) > MAX_NESTING:
+    if nested_deeper_than(data, MAX_NESTING):
         raise ScriptError(f"JSON nested deeper than {MAX_NESTING} levels", path=path)
     try:
         return json.loads(text, parse_constant=_refuse_constant)
@@ -735,4 +772,5 @@ def load_script(path: str, *, allow_dangerous: bool = False) -> Script:
         data = read_input(path, max_bytes=MAX_SCRIPT_BYTES)
     except InputError as exc:
         raise ScriptError(str(exc)) from None
-    return parse_script(decode_script_text(data, path), path=path, allow_dangerous=allow_dangerous)
+    shown = "<stdin>" if path == "-" else path
+    return parse_script(decode_script_text(data, shown), path=shown, allow_dangerous=allow_dangerous)
