@@ -9,10 +9,15 @@ the contract).
 from __future__ import annotations
 
 import json
+import os
+import time
+from multiprocessing import Process
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from sparsemm.opscript import lock
 
 from conftest import ROOT
 from hostile import EXAMPLES, check, refused, run_case
@@ -70,6 +75,86 @@ def test_environment_timeouts_are_checked():
                      env={"SPARSEMM_CHILD_TIMEOUT": "-3"}), "SPARSEMM_CHILD_TIMEOUT")
 
 
+# --- the measurement lock ------------------------------------------------------------------------
+
+def _private(tmp_path):
+    d = tmp_path / "locks"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_the_lock_lives_in_a_private_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARSEMM_MEASURE_LOCK", raising=False)
+    runtime = _private(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with lock.measure_lock(timeout=5) as path:
+        assert path == str(runtime / "sparsemm" / "measure.lock")
+        st = os.stat(runtime / "sparsemm")
+        assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
+        assert (runtime / "sparsemm" / "measure.lock").read_text().strip() == str(os.getpid())
+    runtime.chmod(0o755)  # a runtime directory open to others is not used
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert lock.lock_path() == f"/tmp/sparsemm-{os.geteuid()}/measure.lock"
+
+
+def test_a_symlinked_lock_file_is_refused(tmp_path, monkeypatch):
+    d = _private(tmp_path)
+    target = tmp_path / "someone-elses-file"
+    target.write_text("keep me")
+    (d / "measure.lock").symlink_to(target)
+    monkeypatch.setenv("SPARSEMM_MEASURE_LOCK", str(d / "measure.lock"))
+    with pytest.raises(lock.LockError, match="symbolic link"):
+        with lock.measure_lock(timeout=1):
+            pass
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("problem", ["mode", "owner", "symlink"])
+def test_a_lock_directory_others_control_is_refused(tmp_path, monkeypatch, problem):
+    d = _private(tmp_path)
+    if problem == "mode":
+        d.chmod(0o777)
+        needle = "open to others"
+    elif problem == "owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory away needs root")
+        os.chown(d, 65534, 65534)
+        needle = "belongs to uid 65534"
+    else:
+        real = d
+        d = tmp_path / "link"
+        d.symlink_to(real)
+        needle = "not a directory"
+    monkeypatch.setenv("SPARSEMM_MEASURE_LOCK", str(d / "measure.lock"))
+    with pytest.raises(lock.LockError, match=needle):
+        with lock.measure_lock(timeout=1):
+            pass
+
+
+def _hold(path: str, seconds: float) -> None:
+    os.environ["SPARSEMM_MEASURE_LOCK"] = path
+    with lock.measure_lock(timeout=5):
+        time.sleep(seconds)
+
+
+def test_waiting_for_the_lock_times_out_naming_the_holder(tmp_path, monkeypatch):
+    path = str(_private(tmp_path) / "measure.lock")
+    holder = Process(target=_hold, args=(path, 30))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (os.path.exists(path) and open(path).read().strip()):
+            time.sleep(0.05)
+        r = check(run_case(["measure", "-", "--no-predict", "--repeat", "1"], stdin=SCRIPT,
+                           env={"SPARSEMM_MEASURE_LOCK": path, "SPARSEMM_LOCK_TIMEOUT": "1"}),
+                  allowed=(1,))
+        assert "waited 1 s for the measurement lock" in r.stderr and f"held by pid {holder.pid}" in r.stderr, r
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        holder.terminate()
+        holder.join()
+
+
 # --- generated command lines -------------------------------------------------------------------
 
 HOSTILE = ["", "0", "-1", "1", "3", "inf", "-inf", "nan", "1e308", "1e-308", "10" * 20, "0x10", "none",
@@ -85,7 +170,7 @@ OPTIONS = {
     "reproduce": ["--design", "--repeat", "--json", "--max-guard-kib", "--max-borderline-mib",
                   "--cost-ratio", "--neighbour-perms", "--table-7-1", "--touch"],
     "demo": ["--plot", "--no-reproduce"],
-    "probe": [],
+    "probe": ["--json"],
 }
 FLAGS = {"--allow-dangerous", "--json", "--no-predict", "--table-7-1", "--no-reproduce"}
 TARGETS = {

@@ -102,7 +102,9 @@ def test_non_regular_files_are_refused_without_blocking(tmp_path):
     refused(run_case(["analyze", str(fifo)], timeout=30), "is a FIFO")
     refused(run_case(["reproduce", str(fifo)], timeout=30), "is a FIFO")
     refused(run_case(["run", str(fifo)], timeout=30), "is a FIFO")
+    # an endless device ended in MemoryError: refused before a byte is read
     refused(run_case(["analyze", "/dev/zero"], timeout=30), "character device")
+    refused(run_case(["analyze", "/dev/urandom"], timeout=30), "character device")
     sock_path = tmp_path / "sock"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(sock_path))
@@ -131,6 +133,11 @@ def test_a_huge_sparse_file_is_refused_by_size(tmp_path):
     with open(f, "wb") as fh:
         fh.truncate(1 << 40)
     refused(run_case(["analyze", str(f)], timeout=60), "larger than")
+
+
+def test_a_huge_proc_file_is_refused_by_size():
+    # /proc/self/pagemap is a regular file of 8 bytes per page of the address space
+    refused(run_case(["analyze", "/proc/self/pagemap"], timeout=60), "larger than")
 
 
 def test_a_directory_of_only_bad_files_reports_each_and_exits_2(tmp_path):
