@@ -378,6 +378,9 @@ def ref_layout(entries, classification, touch="auto", arena_limit=rb.REPRODUCIBL
             u.noreserve = not u.noreserve if prev.noreserve == u.noreserve else u.noreserve
     ops = [t for p in placed for t in rb._touch_ops(p, units[p.unit].backing, mode)]
     touched = sum(t["len"] for t in ops)
+    if touched > rb.MAX_TOUCHED_PAGES and touch == "auto":  # too much Rss: first pages instead
+        ops = [t for p in placed for t in rb._touch_ops(p, units[p.unit].backing, "first")]
+        touched = sum(t["len"] for t in ops)
     ops += [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"}
             for p in placed if p.role is Role.GUARD]
     return placed, units, ops, granule, shrunk, separated, touched

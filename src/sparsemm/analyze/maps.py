@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
