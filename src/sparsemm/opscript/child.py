@@ -97,15 +97,17 @@ def run_child(module: str, payload: bytes, *, timeout: float, on_line=None,
     if limit is not None:
         timeout = min(timeout, limit)
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {}), _PARENT_ENV: str(os.getpid())}
-    proc = subprocess.Popen([sys.executable, "-m", __name__, module], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            process_group=0, close_fds=True)
-    try:
+    proc = None
+    try:  # (a signal between fork and here leaves the child to PR_SET_PDEATHSIG)
+        proc = subprocess.Popen([sys.executable, "-m", __name__, module], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                process_group=0, close_fds=True)
         deadline = time.monotonic() + timeout
         out, err = _pump(proc, payload, deadline, timeout, on_line)
         _wait_exited(proc, deadline, timeout)
     finally:
-        _reap(proc)
+        if proc is not None:
+            _reap(proc)
     return ChildExit(proc.returncode, out, err.decode("utf-8", "replace"))
 
 
