@@ -396,7 +396,7 @@ def test_build_layout_matches_reference(name, entries, touch):
             try:
                 want = ref_layout(entries, c, touch, limits[-1])
             except rb.LayoutError as err:  # a file too large for a script
-                with pytest.raises(rb.LayoutError, match="a script file may have") as got:
+                with pytest.raises(rb.LayoutError, match="may have") as got:
                     rb.build_layout(entries, c, touch=touch, arena_limit=limits[-1])
                 assert str(got.value) == str(err)
                 break

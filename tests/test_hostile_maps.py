@@ -66,6 +66,24 @@ def test_a_huge_resident_vma_falls_back_to_first_page_touches(tmp_path):
     refused(run_case(["reproduce", str(f), "--touch", "rss"]), "at most 1,048,576")
 
 
+def _file_windows(n: int, offset: int, size: int) -> str:
+    lines, addr = [], 0x7f0000000000
+    for i in range(n):
+        lines.append(f"{addr:x}-{addr + size:x} r--s {offset:08x} 08:01 {100 + i} /data/part{i}.db")
+        addr += size + 4096
+    return "\n".join(lines) + "\n"
+
+
+def test_file_windows_far_into_big_files_are_renumbered_to_fit(tmp_path):
+    # 12 files, each mapped one page 2 GiB in: 6M pages at their offsets, 12 pages renumbered
+    f = tmp_path / "db.maps"
+    f.write_text(_file_windows(12, 2 << 30, 4096))
+    check(run_case(["analyze", str(f)]), allowed=(0,))
+    # 12 windows of 1 GiB each are 3M pages even renumbered: refused in one line
+    f.write_text(_file_windows(12, 0, 1 << 30))
+    refused(run_case(["analyze", str(f)]), "mapped files need", "in all")
+
+
 # --- targets ------------------------------------------------------------------------------------
 
 def test_proc_self_and_proc_pid_are_pids_not_directories():

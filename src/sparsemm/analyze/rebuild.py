@@ -17,7 +17,8 @@ from sparsemm import abi
 from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardSide, Role
 from sparsemm.analyze.maps import MapEntry, MapKind
-from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_POPULATE_PAGES, MAX_TOUCH_PAGES
+from sparsemm.opscript.script import (MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_POPULATE_PAGES,
+                                      MAX_TOTAL_FILE_PAGES, MAX_TOUCH_PAGES)
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
            "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES", "MAX_TOUCHED_PAGES"]
@@ -179,19 +180,21 @@ def _file_names(vmas: list[MapEntry], file_idx: list[int]) -> dict[str, str]:
 def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str]
                  ) -> tuple[dict[int, int], dict[str, int]]:
     """(pgoff in pages per vmas index, file pages per script file) for the file-backed VMAs
-    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES; then that
-    file's offsets are renumbered in address order, keeping contiguity between
-    address-adjacent VMAs (what decides a merge). O(len(file_idx))."""
+    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES (or all files
+    together MAX_TOTAL_FILE_PAGES: then every file); such a file's offsets are renumbered in
+    address order, keeping contiguity between address-adjacent VMAs (what decides a merge).
+    O(len(file_idx))."""
     extent: dict[str, int] = {}
     for i in file_idx:
         e = vmas[i]
         extent[e.path] = max(extent.get(e.path, 0), (e.offset + e.size) // PAGE)
+    keep_limit = MAX_FILE_PAGES if sum(extent.values()) <= MAX_TOTAL_FILE_PAGES else -1
     pgoffs: dict[int, int] = {}
     cursor: dict[str, int] = {}
     last: dict[str, int] = {}  # path -> vmas index of the previous VMA of that path
     for i in file_idx:
         e = vmas[i]
-        if extent[e.path] <= MAX_FILE_PAGES:
+        if extent[e.path] <= keep_limit:
             pgoffs[i] = e.offset // PAGE
             continue
         j = last.get(e.path)
@@ -210,6 +213,10 @@ def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str
     if too_big:
         raise LayoutError(f"file {too_big[0]!r} needs {pages[too_big[0]]} pages, more than the "
                           f"{MAX_FILE_PAGES} a script file may have")
+    if sum(pages.values()) > MAX_TOTAL_FILE_PAGES:
+        raise LayoutError(f"the mapped files need {sum(pages.values()):,} pages even renumbered, more "
+                          f"than the {MAX_TOTAL_FILE_PAGES:,} a script's files may have in all (each "
+                          "page is written when the rebuild creates its file)")
     return pgoffs, pages
 
 
