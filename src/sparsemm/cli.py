@@ -81,17 +81,34 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsemm.opscript.measure import measure_main
+    import json
 
+    from sparsemm.opscript.measure import compare, measure_script, prediction_from_counts
+
+    script = _load(args)
     prediction = None
     if not args.no_predict:
         from sparsemm.opscript.designs import run_design
-        from sparsemm.opscript.measure import prediction_from_counts
 
-        result = run_design(_load(args), "pte")
+        result = run_design(script, "pte")
         if not result.error:
             prediction = prediction_from_counts(result.counts)
-    return measure_main(args, prediction)
+    m = measure_script(script, repeat=args.repeat)
+    rows = compare(m, prediction)
+    if args.json:
+        doc = m.as_dict()
+        doc["rows"] = [r.as_dict() for r in rows]
+        if prediction is not None:
+            doc["prediction"] = prediction
+        print(json.dumps(doc, indent=1))
+    else:
+        from sparsemm._term import console
+        from sparsemm.measure_view import render_measurement
+
+        title = f"{script.note or args.script}: on the kernel" + (
+            ", beside the model's prediction (design pte)" if prediction is not None else "")
+        console().print(render_measurement(m, rows, title=title))
+    return 0
 
 
 def _designs(args: argparse.Namespace) -> int:
@@ -158,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_designs)
 
     p = sub.add_parser("measure",
-                       help="build a script's layout on the kernel; measure VMAs, VmPTE, slab objects")
+                       help="build a script's layout on the kernel; measure VMAs, VmPTE, kernel bytes")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=3,
                    help=f"runs to take the median of, 1..{MAX_REPEAT} (default 3)")

@@ -379,9 +379,6 @@ def _reach(op: Op, maps) -> list[tuple[int, int]]:
     return out
 
 
-_Runner = KernelRunner  # the name measure's child uses
-
-
 def _stream(out, runner: KernelRunner, ops) -> None:
     """Run ``ops``, writing one flushed JSON line per record, then ``{"done": ...}``; a
     failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line."""
