@@ -177,20 +177,31 @@ LONG = {"arena_pages": 1 << 20, "ops": [
     {"op": "snapshot"}]}
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _maps_has(pid: int, start: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            return any(line.startswith(f"{start:x}-") for line in fh)
+    except OSError:
+        return False
+
+
 def _kernel_child(cli_pid: int, mapped: int | None = None, timeout: float = 60) -> int:
-    """The kernel backend child of ``cli_pid``, once it runs (and has ``mapped`` mapped)."""
+    """The kernel backend child of ``cli_pid`` (its child, by parent pid), once it runs and
+    has a mapping starting at ``mapped``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid, cmd in session_members(cli_pid):
-            if "sparsemm.opscript.kernel" in cmd:
-                if mapped is None:
+            if "sparsemm.opscript.kernel" in cmd and _ppid(pid) == cli_pid:
+                if mapped is None or _maps_has(pid, mapped):
                     return pid
-                try:
-                    with open(f"/proc/{pid}/maps") as fh:
-                        if any(line.startswith(f"{mapped:x}-") for line in fh):
-                            return pid
-                except OSError:
-                    pass
         time.sleep(0.02)
     raise AssertionError("the kernel backend child never showed up")
 
@@ -271,16 +282,18 @@ def test_fork_children_die_with_their_parent():
     proc.stdin.write(data)
     proc.stdin.close()
     proc.stdin = None
+    child = _kernel_child(proc.pid, mapped=abi.ARENA_BASE)
+    grandchild = None
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        kernel = [p for p, c in session_members(proc.pid) if "sparsemm.opscript.kernel" in c]
-        if len(kernel) >= 2:
-            break
+    while grandchild is None and time.monotonic() < deadline:
+        for pid, _ in session_members(proc.pid):
+            if _ppid(pid) == child and _maps_has(pid, abi.ARENA_BASE + 100 * abi.PAGE_SIZE):
+                grandchild = pid
         time.sleep(0.02)
-    assert len(kernel) >= 2, "the fork child never showed up"
-    os.kill(min(kernel), signal.SIGKILL)  # the kernel child (the fork child has a larger pid)
-    r = check(finish(proc, args), allowed=(1,))
-    assert "killed by SIGKILL at op 1 (fork)" in r.stderr, r
+    assert grandchild is not None, "the fork child never showed up"
+    os.kill(child, signal.SIGKILL)
+    r = check(finish(proc, args), allowed=(1,))  # check(): the fork child is gone too
+    assert "killed by SIGKILL at op 1 (fork); the 1 record(s) before it are kept" in r.stderr, r
 
 
 @needs_guards
