@@ -280,13 +280,13 @@ def test_100k_line_file():
 
 def test_read_pid_falls_back_to_maps_when_smaps_is_not_permitted(monkeypatch):
     from sparsemm.analyze import maps as maps_mod
-    real = maps_mod._read_text
+    real = maps_mod.read_text
 
     def deny_smaps(path):
         if str(path).endswith("/smaps"):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(maps_mod, "_read_text", deny_smaps)
+    monkeypatch.setattr(maps_mod, "read_text", deny_smaps)
     es = read_pid(os.getpid())
     assert es and all(e.counters is None and e.vmflags is None for e in es)

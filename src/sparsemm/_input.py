@@ -26,7 +26,10 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
 
 
 class InputError(ValueError):
-    """An input that cannot be read as asked. ``str()`` is one line naming the input."""
+    """An input that cannot be read as asked. ``str()`` is one line naming the input;
+    ``errno`` is set when the system refused it (no such file, permission, ...)."""
+
+    errno: int | None = None
 
 
 class InputPermissionError(InputError):
@@ -118,12 +121,12 @@ def read_input(path: str, *, max_bytes: int, max_lines: int | None = None) -> by
             raise InputError(f"{path}: is {_describe(mode)}, not a regular file (give a file, "
                              f"or - for standard input)")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputPermissionError(f"{path}: permission denied") from None
+    except FileNotFoundError as exc:
+        raise _with_errno(InputError(f"{path}: no such file"), exc) from None
+    except PermissionError as exc:
+        raise _with_errno(InputPermissionError(f"{path}: permission denied"), exc) from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot open: {exc.strerror}") from None
+        raise _with_errno(InputError(f"{path}: cannot open: {exc.strerror}"), exc) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -133,9 +136,14 @@ def read_input(path: str, *, max_bytes: int, max_lines: int | None = None) -> by
             return _read_fd(fd, path, max_bytes, max_lines, deadline, timeout)
         return _read_in_thread(fd, path, max_bytes, max_lines, deadline, timeout)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        raise _with_errno(InputError(f"{path}: cannot read: {exc.strerror}"), exc) from None
     finally:
         os.close(fd)
+
+
+def _with_errno(err: InputError, exc: OSError) -> InputError:
+    err.errno = exc.errno
+    return err
 
 
 def _stdin_reader():

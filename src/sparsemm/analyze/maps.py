@@ -34,6 +34,7 @@ __all__ = [
     "MAX_VMAS",
     "MAX_INPUT_BYTES",
     "proc_pid",
+    "read_text",
 ]
 
 #: The most VMAs one input may have: 4x the default vm.max_map_count (65530), and the
@@ -495,7 +496,7 @@ def parse_auto(text: str | bytes, source: str = "<maps>") -> list[MapEntry]:
     return _parse(text, source, smaps=looks_like_smaps(text))
 
 
-def _read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike) -> str:
     """A maps/smaps input as text, within ``MAX_INPUT_BYTES`` and the line caps: a regular
     file or ``-`` (``sparsemm._input.read_input``: FIFOs and devices refused, /proc read with
     a timeout). Undecodable path bytes are kept (surrogateescape)."""
@@ -520,11 +521,11 @@ def read_pid(pid: int | str, smaps: bool = True) -> list[MapEntry]:
     if smaps:
         source = f"/proc/{pid}/smaps"
         try:
-            return parse_smaps(_read_text(source), source)
+            return parse_smaps(read_text(source), source)
         except (InputPermissionError, PermissionError):
             pass
     source = f"/proc/{pid}/maps"
-    return parse_maps(_read_text(source), source)
+    return parse_maps(read_text(source), source)
 
 
 _PROC_PID = re.compile(r"/proc/(\d+|self|thread-self)/?\Z")
@@ -548,8 +549,8 @@ def load(what: str | int | os.PathLike, smaps: bool = True) -> list[MapEntry]:
         return read_pid(what, smaps)
     text_what = os.fspath(what)
     if text_what == "-":
-        return parse_auto(_read_text("-"), "<stdin>")
+        return parse_auto(read_text("-"), "<stdin>")
     pid = proc_pid(text_what)
     if pid is not None:
         return read_pid(pid, smaps)
-    return parse_auto(_read_text(text_what), Path(text_what).name)
+    return parse_auto(read_text(text_what), Path(text_what).name)
