@@ -129,6 +129,16 @@ def test_non_regular_files_are_refused_without_blocking(tmp_path):
         refused(run_case(["analyze", str(sock_path)], timeout=30), "socket")
 
 
+@pytest.mark.parametrize("text, needle", [
+    ('{"schema": "sparsemm.snapshot/1", "x": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
+    ('{"schema": "sparsemm.snapshot/1", "pid": "x", "maps": 3}', "field 'pid'"),
+])
+def test_hostile_snapshot_files_are_one_line(tmp_path, text, needle):
+    f = tmp_path / "p.snap"
+    f.write_text(text)
+    refused(run_case(["analyze", str(f)]), needle)
+
+
 def test_stdin_is_still_accepted():
     r = check(run_case(["analyze", "-", "--json"], stdin=SMALL_MAPS.read_text()), allowed=(0,))
     assert '"source": "<stdin>"' in r.stdout
