@@ -505,7 +505,10 @@ def test_all_files_failing_exits_2_with_the_rows(tmp_path):
     (d / "b.maps").write_text("")
     out = tmp_path / "bad.csv"
     cp = cli(str(d), "--out", str(out), "--workers", "1")
-    _one_line_error(cp, "no file could be analyzed (2 failed")
+    assert cp.returncode == 2 and cp.stdout == ""
+    lines = cp.stderr.strip().splitlines()  # one line per file (tests/test_hostile_maps.py too)
+    assert len(lines) == 2 and all(line.startswith("sparsemm analyze: ") for line in lines), lines
+    assert f"{d / 'a.maps'}:1:" in lines[0] and f"{d / 'b.maps'}: no mappings" in lines[1]
     assert len(pcsv.read_csv(out).to_pylist()) == 2
 
 

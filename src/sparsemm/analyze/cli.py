@@ -14,10 +14,15 @@ import sys
 import time
 from importlib import resources
 
+from sparsemm._options import count, number, number_or_none, perms
+
 __all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
+MAX_REPEAT = 100  # --repeat: fresh measuring children, each up to four attempts
+MAX_KIB = float(1 << 37)  # the 128 TiB user address space, in KiB
+_UNSET = object()  # --max-borderline-mib not given (None means "no bound")
 
 
 class UsageError(Exception):
@@ -40,9 +45,9 @@ def _policy(args):
     kw = {}
     if args.max_guard_kib is not None:
         kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
-    if args.max_borderline_mib is not None:
-        kw["max_borderline_bytes"] = (None if args.max_borderline_mib.lower() == "none"
-                                      else int(float(args.max_borderline_mib) * 1024 * 1024))
+    if args.max_borderline_mib is not _UNSET:
+        kw["max_borderline_bytes"] = (None if args.max_borderline_mib is None
+                                      else int(args.max_borderline_mib * 1024 * 1024))
     if args.cost_ratio is not None:
         kw["cost_ratio"] = args.cost_ratio
     if args.neighbour_perms is not None:
@@ -72,6 +77,12 @@ def _guarded(command: str, fn, args) -> int:
         return _fail(command, exc)
     except (ProcAccessError, NoSuchProcess, GuardReadUnavailable) as exc:  # their str() is the line
         return _fail(command, exc)
+    except MemoryError:
+        print(f"sparsemm {command}: out of memory (docs/analyze.md lists the input limits)",
+              file=sys.stderr)
+        return 1
+    except RecursionError:
+        return _fail(command, "input nested too deeply")
     except FileNotFoundError as exc:
         return _fail(command, f"{exc.filename}: no such file or process")
     except PermissionError as exc:
@@ -93,13 +104,26 @@ def _guarded(command: str, fn, args) -> int:
 
 
 def _check_target(target: str) -> None:
-    """Reject what ``maps.load`` would misread, with a one-line reason."""
-    if target == "-" or target.isdigit():
-        if target.isdigit() and not os.path.exists(f"/proc/{target}"):
-            raise UsageError(f"no process with pid {target}")
+    """Reject what ``maps.load`` would misread, with a one-line reason. A pid may be given
+    as ``1234``, ``/proc/1234`` or ``/proc/self``; anything else must exist."""
+    from sparsemm.analyze.maps import proc_pid
+
+    if target == "-":
+        return
+    pid = proc_pid(target)
+    if pid is not None:
+        if not os.path.isdir(f"/proc/{pid}"):
+            raise UsageError(f"no process with pid {pid}")
         return
     if not os.path.exists(target):
         raise UsageError(f"{target}: no such file, directory or pid")
+
+
+def _is_dir_target(target: str) -> bool:
+    """Directory mode: a directory that is not a /proc/PID (those are pids)."""
+    from sparsemm.analyze.maps import proc_pid
+
+    return target != "-" and proc_pid(target) is None and os.path.isdir(target)
 
 
 def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
@@ -241,6 +265,14 @@ def _analyze_many(args, policy) -> int:
             progress.stop()
         out = writer.close(ok) if writer else None
     seconds = time.perf_counter() - t0
+    if summary.analyzed == 0:  # nothing to summarise: each file's error, where errors go
+        for source, error in summary.failed_files:
+            print(f"sparsemm analyze: {error if error.startswith(source) else f'{source}: {error}'}", file=sys.stderr)
+        more = summary.n_failed_files - len(summary.failed_files)
+        if more:
+            print(f"sparsemm analyze: {more:,} more file(s) could not be analyzed"
+                  + (f" (every error is in {os.path.abspath(out)})" if out else ""), file=sys.stderr)
+        return EXIT_USAGE
     run = {"files": stats.files, "seconds": round(seconds, 3), "engine": "dask.distributed",
            "scheduler": args.scheduler, "workers": stats.max_threads, "batch_files": stats.batch_files,
            "batches": stats.batches, "retried_batches": stats.retried_batches,
@@ -255,11 +287,6 @@ def _analyze_many(args, policy) -> int:
         con.print(f"[dim]{stats.files:,} file(s) in {seconds:.1f} s on {where} "
                   f"({stats.max_threads} worker thread(s), {stats.batches:,} task(s) of up to {stats.batch_files} file(s))"
                   + (f"; rows written to {os.path.abspath(out)}" if out else "") + "[/dim]")
-    if summary.analyzed == 0:
-        first = summary.failed_files[0] if summary.failed_files else ("", "no rows")
-        print(f"sparsemm analyze: no file could be analyzed ({summary.n_failed_files:,} failed; first: "
-              f"{first[0]}: {first[1]})", file=sys.stderr)
-        return EXIT_USAGE
     return 0
 
 
@@ -289,11 +316,9 @@ def _check_plot_path(path: str) -> None:
 def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
-    if args.repeat < 1:
-        raise UsageError("--repeat must be at least 1")
     policy = _policy(args)
     _check_target(args.target)
-    if args.target != "-" and os.path.isdir(args.target):
+    if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
     designs = args.design or ["vma", "pte"]
     err = _console(stderr=True)
@@ -405,13 +430,16 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
 def _add_policy_options(p: argparse.ArgumentParser) -> None:
     """The guard policy's options (``_policy(args)`` reads them)."""
     g = p.add_argument_group("guard policy (what counts as a guard)")
-    g.add_argument("--max-guard-kib", type=float, metavar="KIB",
+    g.add_argument("--max-guard-kib", type=number("max-guard-kib", 0, MAX_KIB), metavar="KIB",
                    help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
-    g.add_argument("--max-borderline-mib", metavar="MIB|none",
+    g.add_argument("--max-borderline-mib", type=number_or_none("max-borderline-mib", 0, MAX_KIB / 1024),
+                   default=_UNSET, metavar="MIB|none",
                    help="never a guard nor decommitted payload above this size (default 1024); between "
                         "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
-    g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
-    g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
+    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6),
+                   help=">1 favours markers in that test (default 1)")
+    g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
+                   help="neighbours must have exactly these perms, e.g. rw-p")
     g.add_argument("--table-7-1", action="store_true",
                    help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
 
@@ -452,7 +480,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
     p.add_argument("--design", action="append", choices=("vma", "pte"),
                    help="design to build (repeatable; default both)")
-    p.add_argument("--repeat", type=int, default=1, help="fresh runs to take the median of (default 1)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")

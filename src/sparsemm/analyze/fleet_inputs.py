@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from sparsemm.analyze.maps import MAX_INPUT_BYTES, proc_pid, read_bytes
+
 __all__ = ["Item", "Inputs", "InputError", "plan_inputs", "is_many", "is_tarball", "MAX_FILE_BYTES",
            "TAR_SUFFIXES"]
 
-#: A file larger than this is an error row, not read (the largest smaps of a process at
-#: the default max_map_count, 65,530 VMAs of ~25 lines, is about 60 MiB).
-MAX_FILE_BYTES = 256 << 20
+#: A file larger than this is an error row, not read: the single-file input limit.
+MAX_FILE_BYTES = MAX_INPUT_BYTES
 #: Names read as tarballs ("r|*": gzip, bzip2 and xz compression are recognised by content).
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _GLOB_CHARS = frozenset("*?[")
@@ -50,8 +51,8 @@ def is_tarball(path: str) -> bool:
 
 def is_many(target: str) -> bool:
     """``target`` names many files: a directory, a tarball, or a glob matching nothing
-    literally (a pid, ``-`` or one plain file is the single-file mode)."""
-    if target == "-" or target.isdigit():
+    literally (a pid, ``/proc/PID``, ``-`` or one plain file is the single-file mode)."""
+    if target == "-" or proc_pid(target) is not None:
         return False
     if os.path.isdir(target):
         return True
@@ -129,14 +130,12 @@ def _walk(top: str) -> list[_Part]:
 
 
 def _file_item(path: str, source: str) -> Item:
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                return Item(source, None, _too_large(size))
-            return Item(source, fh.read())
-    except OSError as exc:
-        return Item(source, None, exc.strerror or str(exc))
+    from sparsemm._input import InputError
+
+    try:  # the single-file reader: its limits, its one-line errors
+        return Item(source, read_bytes(path))
+    except InputError as exc:
+        return Item(source, None, " ".join(str(exc).split()))
 
 
 def _too_large(size: int) -> str:
