@@ -17,7 +17,7 @@ It measures:
 - serialisation: pickled size and time of a task's arguments and result;
 - batch size: 1 file per task versus the default (16), on 2 workers.
 
-Run: ``PYTHONPATH=src python3 bench/bench_fleet.py [--quick] [--files N] [--rounds R] [--record]``
+Run: ``.venv/bin/python bench/bench_fleet.py [--quick] [--files N] [--rounds R] [--record]``
 (full: 10,000 files, 3 rounds: about 20-25 minutes on this 2-vCPU machine; ``--quick``:
 1,000 files, 1 round, about 2 minutes). Results go to stdout; ``--record`` also writes
 ``bench/results_fleet.md``.
@@ -132,13 +132,13 @@ def med(xs):
     return statistics.median(xs)
 
 
-def report(args, nfiles, base, startup, runs, batch_runs, ser, elapsed) -> str:
+def report(args, nfiles, base, startup, runs, batch_runs, ser, elapsed, rounds_done=1, rounds=1) -> str:
     L = []
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L.append("# fleet: 10,000 maps files on 1, 2 and 4 worker processes\n" if nfiles == 10_000 else
              f"# fleet: {nfiles:,} maps files on 1, 2 and 4 worker processes\n")
     L.append(f"- Date: {date}")
-    cmd = "PYTHONPATH=src python3 bench/bench_fleet.py" + (" --quick" if args.quick else "") + \
+    cmd = "nice .venv/bin/python bench/bench_fleet.py" + (" --quick" if args.quick else "") + \
           (f" --files {args.files}" if args.files and not args.quick else "") + \
           (f" --rounds {args.rounds}" if args.rounds and not args.quick else "") + (" --record" if args.record else "")
     L.append(f"- Command: `{cmd}` (the whole bench took {elapsed / 60:.1f} min)")
@@ -151,7 +151,7 @@ def report(args, nfiles, base, startup, runs, batch_runs, ser, elapsed) -> str:
     L.append(f"- Load average (1 min) at the start and the end: {args.load_start:.1f} and {os.getloadavg()[0]:.1f} "
              f"on {os.cpu_count()} vCPUs.")
     L.append(f"- Engine: `dask.distributed` LocalCluster, single-threaded worker processes, "
-             f"{DEFAULT_BATCH_FILES} files per task unless said; {len(runs[WORKERS[0]])} round(s), each round "
+             f"{DEFAULT_BATCH_FILES} files per task unless said; {rounds_done} of {rounds} round(s) done, each round "
              "runs 1, 2, 4 workers one after another; median and worst (max) of the rounds.\n")
     st = base["stages"]
     tot = sum(st.values())
@@ -221,27 +221,29 @@ def main(argv=None) -> int:
         base = in_process(d)
         print("engine start-up", file=sys.stderr, flush=True)
         startup = engine_startup(rounds)
-        runs: dict[int, list] = {w: [] for w in WORKERS}
-        for r in range(rounds):
-            for w in WORKERS:
-                print(f"round {r + 1}/{rounds}: {w} worker(s)", file=sys.stderr, flush=True)
-                runs[w].append(fleet_run(d, w, DEFAULT_BATCH_FILES))
-                assert runs[w][-1]["rows"] == base["rows"], "a fleet run lost rows"
+        ser = serialisation(d)
         sub = Path(tmp) / "subset"
         sub.mkdir()
         for p in sorted(d.iterdir())[: max(nfiles // 5, 100)]:
             os.link(p, sub / p.name)
+        runs: dict[int, list] = {w: [] for w in WORKERS}
         batch_runs: dict[int, list] = {1: [], DEFAULT_BATCH_FILES: []}
         for r in range(rounds):
+            for w in WORKERS:
+                print(f"round {r + 1}/{rounds}: {w} worker(s)", file=sys.stderr, flush=True)
+                runs[w].append(fleet_run(d, w, DEFAULT_BATCH_FILES))
+                if runs[w][-1]["rows"] != base["rows"]:
+                    raise SystemExit("bench_fleet: a fleet run lost rows")
             for b in batch_runs:
                 print(f"round {r + 1}/{rounds}: batch {b}", file=sys.stderr, flush=True)
                 batch_runs[b].append(fleet_run(sub, 2, b))
-        ser = serialisation(d)
-    text = report(args, nfiles, base, startup, runs, batch_runs, ser, time.perf_counter() - t_start)
+            # Each finished round is written: a long run cut short keeps what it measured.
+            text = report(args, nfiles, base, startup, runs, batch_runs, ser, time.perf_counter() - t_start,
+                          rounds_done=r + 1, rounds=rounds)
+            if args.record:
+                RESULTS.write_text(text + "\n")
+                print(f"round {r + 1}/{rounds} written to {RESULTS}", file=sys.stderr, flush=True)
     print(text)
-    if args.record:
-        RESULTS.write_text(text + "\n")
-        print(f"written to {RESULTS}", file=sys.stderr)
     return 0
 
 

@@ -154,7 +154,17 @@ def test_local_mode_equals_single_file_analyze(local_table, baseline):
     out, doc, cp = local_table
     assert comparable(table_rows(out)) == comparable(baseline)
     assert doc["run"]["workers"] == 2 and doc["run"]["engine"] == "dask.distributed"
-    assert cp.stderr == ""  # piped: no progress bar, no Dask log
+    assert_failed_files_on_stderr(cp, table_rows(out))  # piped: no progress bar, no Dask log
+
+
+def assert_failed_files_on_stderr(cp, rows):
+    """stderr is one line per file that failed, naming it, in input order; nothing else."""
+    failed = [(r[_I["source"]], r[_I["error"]]) for r in rows if r[_I["design"]] is None]
+    assert failed
+    lines = cp.stderr.splitlines()
+    assert len(lines) == len(failed), cp.stderr
+    for line, (source, error) in zip(lines, failed):
+        assert line.startswith(f"sparsemm analyze: {source}") and line.endswith(error), (line, source, error)
 
 
 def test_error_rows(local_table, fleet_dir):
@@ -216,15 +226,16 @@ def dask_processes(tmp_path_factory):
 
 
 class DaskProcesses:
-    """``python -m distributed.cli.dask_scheduler`` on 127.0.0.1, port 0, and ``workers``
-    ``dask_worker`` processes (nanny + one thread each); stopped on exit."""
+    """``dask scheduler`` on 127.0.0.1, port 0, and ``workers`` ``dask worker`` processes
+    (nanny + one thread each): the commands docs/fleet.md gives, run as this
+    interpreter's ``python -m dask``; stopped on exit."""
 
     def __init__(self, directory: Path, workers: int = 2, env: dict | None = None, scheduler_env: dict | None = None,
                  wait_workers: bool = True):
         self.dir = directory
         self.procs: list[subprocess.Popen] = []
         sched_file = directory / "scheduler.json"
-        self._start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+        self._start([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
                      "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
                     "scheduler", scheduler_env)
         deadline = time.monotonic() + 60
@@ -246,7 +257,7 @@ class DaskProcesses:
         log.close()
 
     def add_worker(self, name, env=None):
-        self._start([sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
+        self._start([sys.executable, "-m", "dask", "worker", self.address, "--nthreads", "1",
                      "--host", "127.0.0.1", "--no-dashboard", "--name", name, "--local-directory",
                      str(self.dir / name)], name, env)
 
@@ -281,7 +292,7 @@ def test_dask_processes_equal_local_mode(dask_processes, fleet_dir, local_table,
     out = tmp_path / "dask.parquet"
     cp = cli(str(fleet_dir), "--scheduler", dask_processes.address, "--out", str(out), "--json")
     assert cp.returncode == 0, cp.stderr
-    assert cp.stderr == ""
+    assert_failed_files_on_stderr(cp, table_rows(out))
     doc = json.loads(cp.stdout)
     assert doc["run"]["scheduler"] == dask_processes.address and doc["run"]["workers"] == 2
     assert pq.read_table(out).equals(pq.read_table(local_table[0]))  # the same table, row for row
@@ -499,17 +510,34 @@ def test_bad_options_are_one_line(fleet_dir, tmp_path):
 
 
 def test_all_files_failing_exits_2_with_the_rows(tmp_path):
+    """More failing files than --top: every one is its line on stderr, and its row."""
     d = tmp_path / "bad"
     d.mkdir()
     (d / "a.maps").write_text("garbage\n")
     (d / "b.maps").write_text("")
+    for i in range(10):
+        (d / f"c{i}.maps").write_text(f"00400000-00401000 r-xp 00000000 08:01 1 /bin/x\nbad line {i}\n")
     out = tmp_path / "bad.csv"
-    cp = cli(str(d), "--out", str(out), "--workers", "1")
+    cp = cli(str(d), "--out", str(out), "--workers", "1", "--top", "3")
     assert cp.returncode == 2 and cp.stdout == ""
     lines = cp.stderr.strip().splitlines()  # one line per file (tests/test_hostile_maps.py too)
-    assert len(lines) == 2 and all(line.startswith("sparsemm analyze: ") for line in lines), lines
+    assert len(lines) == 12 and all(line.startswith("sparsemm analyze: ") for line in lines), lines
     assert f"{d / 'a.maps'}:1:" in lines[0] and f"{d / 'b.maps'}: no mappings" in lines[1]
-    assert len(pcsv.read_csv(out).to_pylist()) == 2
+    assert all(f"{d / f'c{i}.maps'}:2:" in lines[2 + i] for i in range(10))
+    assert len(pcsv.read_csv(out).to_pylist()) == 12
+
+
+def test_some_files_failing_exit_0_with_their_lines(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    shutil.copy(SAMPLES[2], d / "good.maps")
+    (d / "bad.maps").write_text("garbage\n")
+    cp = cli(str(d), "--workers", "1", "--json")
+    assert cp.returncode == 0, cp.stderr
+    (line,) = cp.stderr.splitlines()
+    assert line.startswith(f"sparsemm analyze: {d / 'bad.maps'}:1: not a maps line"), line
+    doc = json.loads(cp.stdout)
+    assert (doc["analyzed"], doc["failed_files"]) == (1, 1)
 
 
 # --- a worker dying mid-run loses nothing -------------------------------------------------------
@@ -614,3 +642,42 @@ def test_snapshots_in_a_tarball_equal_single_file_analyze(tmp_path):
     assert held[threaded.pid] == 0
     if HAS_GUARDS:
         assert held[marked.pid] >= 1  # the guard page of the Mapping
+
+
+# --- the documented examples run as written ----------------------------------------------------
+
+def _sh_lines(path: str, heading: str) -> list[str]:
+    """The commands of the first ``sh`` block after ``heading`` in ``path`` (comments
+    dropped), except those that need a cluster of the reader's (``HOST``, an address)."""
+    import re
+
+    text = (ROOT / path).read_text()
+    text = text[text.index(heading):]
+    body = re.search(r"^```sh\n(.*?)^```", text, re.S | re.M).group(1)
+    lines = [line.split("  #", 1)[0].strip() for line in body.splitlines()]
+    return [line for line in lines if line and "HOST" not in line and "10.0.0.5" not in line]
+
+
+def test_docs_examples_run_as_written(tmp_path):
+    """docs/fleet.md's first block and the README's fleet block, from a checkout (a
+    ``tests`` link to this one): snapshot --all of this host, then the tarball, the
+    directory and the glob analyzed; and docs/fleet.md's Python block."""
+    import re
+
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    lines = _sh_lines("docs/fleet.md", "# Fleet mode") + _sh_lines("README.md", "## What a fleet would gain")
+    assert any("snapshot --all" in line for line in lines) and any("--out fleet.parquet" in line for line in lines)
+    for line in lines:
+        cp = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert cp.returncode == 0, (line, cp.stderr)
+        assert "Traceback" not in cp.stderr, line
+    rows = table_rows(tmp_path / "fleet.parquet")
+    assert {r[_I["input"]] for r in rows if r[_I["design"]]} == {"snapshot"}  # the README's last run: host1.tgz
+    assert all(r[_I["pid"]] is not None for r in rows if r[_I["design"]])
+    text = (ROOT / "docs/fleet.md").read_text()
+    (code,) = re.findall(r"^```python\n(from sparsemm.analyze.fleet import.*?)^```", text, re.S | re.M)
+    (tmp_path / "example.py").write_text(code)
+    cp = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    assert re.fullmatch(r"9 rows in [0-9.]+ s\n", cp.stdout), cp.stdout  # 3 samples x 3 designs

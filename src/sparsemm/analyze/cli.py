@@ -202,7 +202,7 @@ def _analyze_many(args, policy) -> int:
     processes or on the Dask scheduler ``--scheduler``; rows to ``--out``; a summary."""
     from sparsemm.analyze import fleet
     from sparsemm.analyze.fleet_inputs import plan_inputs
-    from sparsemm.analyze.fleet_table import Summary, TableWriter
+    from sparsemm.analyze.fleet_table import COLUMN_NAMES, Summary, TableWriter
 
     if args.plot:
         raise UsageError("--plot draws one process: give a file or pid, not many files")
@@ -217,6 +217,7 @@ def _analyze_many(args, policy) -> int:
     if inputs.total is not None:  # a small run starts fewer local workers
         workers = min(workers, inputs.total)
     summary = Summary(top=args.top)
+    design_col, error_col = COLUMN_NAMES.index("design"), COLUMN_NAMES.index("error")
     writer = TableWriter(args.out) if args.out else None
     err = _console(stderr=True)
     where = f"the Dask scheduler at {args.scheduler}" if args.scheduler else f"{workers} local worker process(es)"
@@ -235,6 +236,8 @@ def _analyze_many(args, policy) -> int:
                 writer.write(rows)
             for r in rows:
                 summary.add(r)
+                if r[design_col] is None:  # a file that could not be analyzed: its line, as the run reaches it
+                    warn(_file_error_line(r[0], r[error_col]))
 
         def on_file(source):
             if progress:
@@ -265,13 +268,7 @@ def _analyze_many(args, policy) -> int:
             progress.stop()
         out = writer.close(ok) if writer else None
     seconds = time.perf_counter() - t0
-    if summary.analyzed == 0:  # nothing to summarise: each file's error, where errors go
-        for source, error in summary.failed_files:
-            print(f"sparsemm analyze: {error if error.startswith(source) else f'{source}: {error}'}", file=sys.stderr)
-        more = summary.n_failed_files - len(summary.failed_files)
-        if more:
-            print(f"sparsemm analyze: {more:,} more file(s) could not be analyzed"
-                  + (f" (every error is in {os.path.abspath(out)})" if out else ""), file=sys.stderr)
+    if summary.analyzed == 0:  # nothing to summarise; each file's error is on stderr already
         return EXIT_USAGE
     run = {"files": stats.files, "seconds": round(seconds, 3), "engine": "dask.distributed",
            "scheduler": args.scheduler, "workers": stats.max_threads, "batch_files": stats.batch_files,
@@ -288,6 +285,12 @@ def _analyze_many(args, policy) -> int:
                   f"({stats.max_threads} worker thread(s), {stats.batches:,} task(s) of up to {stats.batch_files} file(s))"
                   + (f"; rows written to {os.path.abspath(out)}" if out else "") + "[/dim]")
     return 0
+
+
+def _file_error_line(source: str, error: str) -> str:
+    """A failed file's one stderr line (without the ``sparsemm analyze: `` prefix): most
+    errors name their file already (``FILE:LINE: ...``)."""
+    return error if error.startswith(source) else f"{source}: {error}"
 
 
 def _partial_note(writer, ok: bool) -> str:
@@ -451,7 +454,10 @@ def add_parsers(subparsers) -> None:
         "analyze", help="what each guard design makes of a process: VMAs, kernel bytes, max_map_count",
         description="Analyze a process (pid, read live with its guard markers), a snapshot file "
                     "(sparsemm snapshot), a saved /proc/PID/maps or smaps file or '-' (stdin); or many files "
-                    "(directories, globs, tarballs) on local worker processes or a Dask cluster.")
+                    "(directories, globs, tarballs) on local worker processes or a Dask cluster.",
+        epilog="Exit status: 0 when a process was analyzed (many files: at least one; each file that failed is "
+               "one line on stderr and a row with an error); 2 for bad input or options, an unusable Dask "
+               "cluster, or when no file could be analyzed; 130 on Ctrl-C.")
     p.add_argument("target", nargs="+",
                    help="pid, snapshot, maps/smaps file or - (one process); or directories, globs, tarballs, "
                         "files (many)")

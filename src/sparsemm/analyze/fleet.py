@@ -239,7 +239,7 @@ def check_code(client, address: str) -> None:
     for worker, v in sorted(found.items()):
         if isinstance(v, BaseException):
             raise FleetError(f"worker {worker} of {address} has no sparsemm installed "
-                             f"({_one_line(v)}); pip install sparsemm on every worker")
+                             f"({_one_line(v)}); install the same sparsemm on every worker")
     digests = client.run(code_digest, on_error="return")
     here = code_digest()
     for worker, d in sorted(digests.items()):
