@@ -138,6 +138,7 @@ def test_inputs_are_hundreds_of_distinct_real_files(files, baseline):
     assert any((r[_I["guards"]] or 0) > 0 for r in baseline)
     assert any(r[_I["touch"]] == "rss" for r in baseline)  # smaps among them
     assert any(r[_I["pid"]] is not None for r in baseline)  # PID.maps names
+    assert all(r[_I["uptime_s"]] is None for r in baseline)  # a maps file does not tell
 
 
 # --- local mode and Dask mode give the single-file table --------------------------------------
@@ -638,6 +639,7 @@ def test_snapshots_in_a_tarball_equal_single_file_analyze(tmp_path):
     assert {r[_I["pid"]] for r in rows} == set(snaps)
     assert {r[_I["comm"]] for r in rows} == {s.comm for s in snaps.values()}
     assert {r[_I["host"]] for r in rows} == {socket.gethostname()}
+    assert all(r[_I["uptime_s"]] > 0 for r in rows)  # the snapshot's uptime, carried through
     held = {r[_I["pid"]]: r[_I["existing_markers"]] for r in rows}
     assert held[threaded.pid] == 0
     if HAS_GUARDS:

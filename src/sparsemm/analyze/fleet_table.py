@@ -35,6 +35,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("host", "string", "the host the process ran on, when the input tells (snapshots)"),
     ("pid", "int64", "the process id, when the input tells (snapshot, live pid, a file named PID[.maps|.smaps])"),
     ("comm", "string", "the command name, when the input tells (snapshot, live pid)"),
+    ("uptime_s", "double", "seconds the process had been running when it was read, when the input tells (snapshot, live pid)"),
     ("design", "string", "guard design: vma (as captured), pte (markers), tree; null for a file that failed"),
     ("vmas_original", "int64", "VMAs of the process as captured (its map_count)"),
     ("vmas", "int64", "vm_area_structs under the design"),
@@ -74,7 +75,7 @@ def report_rows(source: str, r: AnalysisReport) -> list[Row]:
         p = r.designs_with_payload.get(name)
         p_ok = p is not None and not p.error
         rows.append((
-            source, r.input_kind or None, r.host, r.pid, r.comm, name, r.vmas,
+            source, r.input_kind or None, r.host, r.pid, r.comm, r.uptime_s, name, r.vmas,
             d.vmas if ok else None, d.map_count if ok else None, r.max_map_count,
             d.headroom_vmas if ok else None, d.hits_max_map_count if ok else None,
             d.total_bytes if ok else None, d.bytes.get("page_tables") if ok else None,

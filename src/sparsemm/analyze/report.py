@@ -83,6 +83,7 @@ class AnalysisReport:
     pid: int | None = None  # the process, when the input tells (see analyze_source)
     comm: str | None = None  # its command name, when the input tells
     host: str | None = None  # the host it ran on (snapshots)
+    uptime_s: float | None = None  # how long the process had been running when read (snapshots, live pids)
     layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
     payload: int = 0  # ranges of decommitted payload (Role.DECOMMITTED)
     payload_bytes: int = 0
@@ -112,6 +113,7 @@ class AnalysisReport:
             "pid": self.pid,
             "comm": self.comm,
             "host": self.host,
+            "uptime_s": self.uptime_s,
             "input": self.input_kind,
             "maps_lines": self.maps_lines,
             "vmas": self.vmas,
@@ -309,7 +311,7 @@ def analyze_source(target: str | int, policy: GuardPolicy | None = None, touch: 
     ``target`` is a live pid (``N``, ``/proc/N``: read with its guard markers), a
     snapshot file, a maps or smaps file, or ``-`` (stdin). With ``data`` (a file's
     content, as fleet workers receive it) nothing is read: ``target`` only names the file
-    and is the report's ``source`` as given. ``pid``, ``comm`` and ``host`` come from a
+    and is the report's ``source`` as given. ``pid``, ``comm``, ``host`` and ``uptime_s`` come from a
     live pid or a snapshot; a maps/smaps file named ``PID``, ``PID.maps``, ``PID.smaps``
     or ``PID/maps`` / ``PID/smaps`` gives its pid. ``on_stage`` and ``workers`` are
     ``analyze``'s. Raises ``ValueError`` (one line) for an input without mappings, and
@@ -325,7 +327,8 @@ def analyze_source(target: str | int, policy: GuardPolicy | None = None, touch: 
     report = analyze(src.entries, policy, source=src.name, touch=touch, on_stage=on_stage, workers=workers,
                      markers=src.markers, warnings=src.warnings, input_kind=src.kind)
     if src.snapshot is not None:
-        report.pid, report.comm, report.host = src.snapshot.pid, src.snapshot.comm, src.snapshot.host or None
+        snap = src.snapshot
+        report.pid, report.comm, report.host, report.uptime_s = snap.pid, snap.comm, snap.host or None, snap.uptime_s
     elif str(target) != "-":
         report.pid = _pid_from_name(str(target))
     return report
