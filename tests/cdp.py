@@ -127,6 +127,9 @@ class Browser:
         try:
             port = self._port()
             self.ws = WebSocket(self._page_url(port), timeout=timeout)
+            # The viewport itself is width x height (the window also holds the browser's frame).
+            self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                      deviceScaleFactor=1, mobile=False)
         except BaseException:
             self.close()
             raise
