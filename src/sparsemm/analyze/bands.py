@@ -1,10 +1,8 @@
 """The band view of an ``AnalysisReport`` as plain geometry: one band per design, in address order.
 
-Owns ``band_view(report) -> BandView``: the compressed address axis, the folds (runs of
-file-backed VMAs that are the same in every design, drawn as one block), what each design
-row makes of every VMA (fills, guards, VMA boundaries) and a default zoom window, plus the
-colours and their meaning. ``analyze.plot`` (matplotlib) and ``analyze.html`` (inline SVG)
-draw it; it reads the report's layouts only and draws nothing.
+Owns ``band_view``: the compressed axis, folds (file mappings the same in every design), what each
+design row makes of every VMA, the zoom window, the overview columns, and the colours. Read by
+``analyze.plot`` and ``analyze.html``; reads the report's layouts only and draws nothing.
 """
 
 from __future__ import annotations
@@ -263,7 +261,7 @@ def _continues(layout, k: int, shape: str) -> bool:
 
 def _zoom(items: list[Item], report: AnalysisReport) -> tuple[float, float]:
     """The window of ``ZOOM_ITEMS`` items with the most guards, payload and marker runs
-    (the first such), starting one item before the first of them. O(items)."""
+    (the first such), starting at the first of them. O(items)."""
     if not items:
         return 0.0, 1.0
     placed = report.layout_obj.placed
@@ -278,7 +276,7 @@ def _zoom(items: list[Item], report: AnalysisReport) -> tuple[float, float]:
             best, at = cur, i - n + 1
     # Leading items that score nothing give way to the ones after the window (as many score).
     lead = next((k for k in range(at, at + n) if score[k]), at)
-    at = max(0, min(lead - 1, len(items) - n))
+    at = max(0, min(lead, len(items) - n))
     first, last = items[at], items[at + n - 1]
     return first.x, last.x + last.w
 

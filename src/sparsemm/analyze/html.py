@@ -1,11 +1,8 @@
 """``sparsemm analyze --html``: one self-contained HTML page for an ``AnalysisReport``.
 
-Owns the page: the design bands (``analyze.bands``) and bar charts as inline SVG drawn here,
-the mappings table (``report.mappings``; sorted, filtered and paged by the inline script
-``html_page.js``), the guard policy, and every number with its provenance (the model's
-prediction; the kernel's measurement when ``analyze.reproduce`` results are given). The
-page loads nothing: no URL in it, and a Content-Security-Policy that forbids every fetch and
-every script but its own. Every string from the input is escaped. Computes no figure itself.
+Owns the page: bands (from ``analyze.bands``) and bars as inline SVG, the mappings table (sorted,
+filtered, paged by ``html_page.js``), the guard policy, every number with its provenance. Loads
+nothing (a CSP forbids any fetch), escapes every input string, and computes no figure itself.
 """
 
 from __future__ import annotations
