@@ -408,3 +408,21 @@ def test_reproduce_html_has_the_measurements(tmp_path):
     vma = next(r for r in doc["reproductions"] if r["design"] == "vma")
     vmas = next(r for r in vma["rows"] if r["key"] == "arena_vmas")
     assert f"vma: {vmas['measured']:,} VMAs (as predicted)" in text  # the summary's sentence
+
+
+def test_a_design_that_failed_and_a_one_vma_map(tmp_path):
+    """A design that could not run shows as n/a with its error (escaped), in the page and the
+    plot; a map of one VMA still makes a page."""
+    from sparsemm.analyze.plot import plot_report
+    from sparsemm.analyze.report import DesignFigures
+
+    r = analyze(parse_maps(f"{BASE:x}-{BASE + 4 * P:x} rw-p 00000000 00:00 0\n"), source="one.maps")
+    text = render_html(r)
+    check_self_contained(text)
+    check_table(r, text)
+    r.designs["tree"] = DesignFigures("tree", error="<b>boom</b> & co")
+    text = render_html(r)
+    check_self_contained(text)
+    assert "&lt;b&gt;boom&lt;/b&gt; &amp; co" in text and "<b>boom</b>" not in text
+    assert "tree &#183; n/a" in text
+    plot_report(r, str(tmp_path / "p.png"))
