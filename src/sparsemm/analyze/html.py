@@ -485,7 +485,7 @@ def _table_data(report: AnalysisReport) -> tuple[dict, list[dict], list[str]]:
             {"label": "perms", "type": "dict", "dict": "perms", "f": 2, "cls": "mono"},
             {"label": "backing", "type": "dict", "dict": "kind", "f": 3},
             {"label": "role", "type": "dict", "dict": "role", "f": 4},
-            {"label": "why", "type": "dict", "dict": "why", "f": 5}]
+            {"label": "why", "type": "dict", "dict": "why", "f": 5, "cls": "why"}]
     if report.existing_markers:  # unknown (None) or none held: no column
         cols.append({"label": "markers held", "type": "count", "f": 6, "cls": "num"})
     cols += [*({"label": label, "type": "dict", "dict": "outcome", "f": 7 + j} for j, label in enumerate(out_labels)),
