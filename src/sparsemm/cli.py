@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.efence.cli import add_parser as add_efence_parser
+
+    add_efence_parser(sub)
     return parser
 
 
