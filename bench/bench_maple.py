@@ -393,7 +393,7 @@ def overhead(repeat: int, vmas: int, log) -> list[tuple[str, float, float]]:
             VmaTree.NODE_MODEL = True
             for op, times in ops.items():
                 rows.setdefault(f"{op} at {vmas:,} VMAs, median of 500 (us)", [[], []])[on].append(
-                    statistics.median(times) * 1e6)
+                    statistics.median(times))       # time_each gives microseconds
         log(f"overhead round done")
     return [(name, min(v[0]), min(v[1])) for name, v in rows.items()]
 
@@ -409,7 +409,8 @@ def table_overhead(rows) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10k and 30k VMAs, fewer rounds (about 2 minutes)")
-    ap.add_argument("--method", choices=("trace", "slab", "both"), default="both")
+    ap.add_argument("--method", choices=("trace", "slab", "both", "none"), default="both",
+                    help="kernel measurements to make (none: only --overhead)")
     ap.add_argument("--rounds", type=int, default=None, help="slab runs per layout (default 12; quick 3)")
     ap.add_argument("--sizes", default=None, help="comma-separated VMA counts (default 10000,30000,60000)")
     ap.add_argument("--kinds", default=",".join(KINDS))
