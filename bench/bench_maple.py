@@ -1,27 +1,35 @@
 """Maple nodes in ``mm->mm_mt``: the model's node count (``sparsemm.model.maple``) against the kernel.
 
-For each layout a forked child of this script maps one large read-write region and turns every
-other page of it into a guard VMA, in sequential, reverse or random order, either by
-``mprotect(PROT_NONE)`` (two VMA splits per guard) or by a separate ``mmap(MAP_FIXED,
-PROT_NONE)`` of the guard page (two splits, then a store over the middle piece). Sizes: 10k, 30k
-and 60k VMAs (V = 2g + 1 VMAs for g guards). The child reports the ``maple_node`` objects the
-guards added, read from ``/proc/slabinfo`` (``active_objs``, whole machine) after a slab shrink
-and an RCU grace period (``membarrier(MEMBARRIER_CMD_GLOBAL)``) before and after, then unmaps
-the region and reads once more (the *teardown* reading; a run whose teardown count does not come
-back to its baseline within ``--tolerance`` nodes, or in which a task started or ended, is
-discarded as disturbed). Runs of all layouts alternate, round by round, so the machine's drift
-lands on every layout alike.
+For each layout a child process maps one large read-write region and turns every other page of
+it into a guard VMA, in sequential, reverse or random order, either by ``mprotect(PROT_NONE)``
+(two VMA splits per guard) or by a separate ``mmap(MAP_FIXED, PROT_NONE)`` of the guard page
+(two splits, then a store over the middle piece). Sizes: 10k, 30k and 60k VMAs (V = 2g + 1
+VMAs for g guards). Two kernel measurements:
 
-The prediction replays the same operations on the model: the child's ``/proc/self/maps`` (taken
-after the region was mapped) is loaded into a ``VmaTree`` in address order, then the guards are
-made with ``AddressSpace.mprotect``/``mmap``; the prediction is the node count after minus before.
+- ``trace`` (exact, per process): the child runs under ``perf record`` on the
+  ``kmem:kmem_cache_alloc`` tracepoint (``name == "maple_node"``), tracefs mounted in a private
+  mount namespace; the maple nodes the child allocated inside its loop, by call site, give the
+  levels ``mas_split`` split or pushed and the pushes, hence the nodes added (see
+  ``results_maple.md``). Needs ``perf``, ``unshare`` and root.
+- ``slab`` (whole machine): ``/proc/slabinfo`` ``active_objs`` of ``maple_node`` after a slab
+  shrink and an RCU grace period (``membarrier(MEMBARRIER_CMD_GLOBAL)``), before and after the
+  loop of a forked child, then once more after unmapping the region; runs in which a task
+  started or ended, or whose teardown reading does not return to the baseline within
+  ``--tolerance`` nodes, are set aside; layouts alternate round by round.
 
-Runs about 12 minutes with the defaults (as root: the slab shrink needs it), about 1 minute with
-``--quick`` (10k and 30k only, 3 rounds). Prints a Markdown table; writes
-``bench/results_maple.md`` only with ``--write``; ``--raw FILE`` keeps every run as JSON lines
-(``--from-raw FILE`` re-reports them without measuring).
+The prediction replays each run's layout on the model: the child's ``/proc/self/maps`` (read
+after the region was mapped) loaded into a ``VmaTree`` in address order, then the guards made
+with ``AddressSpace.mprotect``/``mmap``. ``--overhead`` also times the model with and without
+its node model.
 
-Usage: ``.venv/bin/python bench/bench_maple.py [--quick] [--rounds N] [--write] [--raw FILE]``.
+Run time on the 2-CPU machine: ``trace`` about 4 minutes, ``slab`` about 15 minutes at the
+default 12 rounds, ``--overhead`` about 7 minutes; ``--quick`` (10k and 30k VMAs, 3 slab
+rounds, smaller overhead runs) about 4 minutes in all. Prints Markdown tables; writes
+``bench/results_maple.md`` only with ``--write``; ``--raw FILE`` keeps every slab run as JSON
+lines and ``--from-raw FILE`` reports them again without measuring.
+
+Usage: ``.venv/bin/python bench/bench_maple.py [--quick] [--method trace|slab|both|none]
+[--overhead] [--rounds N] [--write] [--raw FILE | --from-raw FILE]``.
 """
 
 from __future__ import annotations
@@ -408,7 +416,7 @@ def table_overhead(rows) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10k and 30k VMAs, fewer rounds (about 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="10k and 30k VMAs, 3 slab rounds (about 4 minutes)")
     ap.add_argument("--method", choices=("trace", "slab", "both", "none"), default="both",
                     help="kernel measurements to make (none: only --overhead)")
     ap.add_argument("--rounds", type=int, default=None, help="slab runs per layout (default 12; quick 3)")
