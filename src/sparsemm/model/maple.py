@@ -232,15 +232,10 @@ class MapleTree:
             return
         # mas_wr_walk: descend to the leaf, stopping where the write spans (mas_is_span_wr).
         node, lo, hi = root, 0, ULONG_MAX
-        path = []
-        while True:
+        depth = 1
+        while not node.leaf:
             piv = node.piv
             off = bisect_left(piv, index)
-            path.append((node, off, lo, hi))
-            if node.leaf:
-                if last > hi or (last == hi and entry is None and hi != ULONG_MAX):
-                    return self._spanning_store(index, last, entry)
-                break
             r_max = piv[off]
             if last > r_max or (last == r_max and entry is None and last != ULONG_MAX):
                 return self._spanning_store(index, last, entry)
@@ -248,9 +243,15 @@ class MapleTree:
                 lo = piv[off - 1] + 1
             hi = r_max
             node = node.slot[off]
-        if entry is not None and self._in_place(node, off, lo, index, last, entry, len(path) == 1):
-            self._last_leaf = (node, lo, hi, len(path) == 1)
+            depth += 1
+        if last > hi or (last == hi and entry is None and hi != ULONG_MAX):
+            return self._spanning_store(index, last, entry)
+        piv = node.piv
+        off = bisect_left(piv, index)
+        if entry is not None and self._in_place(node, off, lo, index, last, entry, depth == 1):
+            self._last_leaf = (node, lo, hi, depth == 1)
             return
+        path = self._walk(index)                            # the parents, for a split or rebalance
         slot = node.slot
         end = len(piv) - 1
         r_min = piv[off - 1] + 1 if off else lo
