@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import json
 import mmap
 import os
@@ -50,7 +49,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = mmap.PAGESIZE
 SLAB = "/sys/kernel/slab/maple_node/shrink"
-LOCK_PATH = os.environ.get("SPARSEMM_MEASURE_LOCK", "/tmp/sparsemm-measure.lock")
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
 SIZES = (10_000, 30_000, 60_000)
 ORDERS = ("sequential", "reverse", "random")
@@ -238,28 +236,25 @@ def trace_run(kind: str, vmas: int, order: str, tmp: str) -> dict:
 
 
 def measure(combos, rounds: int, raw: str | None, log) -> list[dict]:
-    lock = os.open(LOCK_PATH, os.O_RDONLY | os.O_CREAT, 0o666)
+    """``rounds`` slab runs of every layout, alternated, each under the measure lock that
+    ``sparsemm measure`` holds too (so two measurements never count each other's objects)."""
+    from sparsemm.opscript.lock import measure_lock
+
     runs: list[dict] = []
     rng = random.Random(7)
-    try:
-        for rnd in range(rounds):
-            todo = list(combos)
-            rng.shuffle(todo)
-            for kind, vmas, order in todo:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    run = kernel_run(kind, vmas, order)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-                run["round"] = rnd
-                runs.append(run)
-                if raw:
-                    with open(raw, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(run) + "\n")
-                log(f"round {rnd} {kind:8} {vmas:6} {order:10} delta {run['after'] - run['before']:6} "
-                    f"teardown {run['teardown'] - run['before']:+5} quiet {run['quiet']}")
-    finally:
-        os.close(lock)
+    for rnd in range(rounds):
+        todo = list(combos)
+        rng.shuffle(todo)
+        for kind, vmas, order in todo:
+            with measure_lock():
+                run = kernel_run(kind, vmas, order)
+            run["round"] = rnd
+            runs.append(run)
+            if raw:
+                with open(raw, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(run) + "\n")
+            log(f"round {rnd} {kind:8} {vmas:6} {order:10} delta {run['after'] - run['before']:6} "
+                f"teardown {run['teardown'] - run['before']:+5} quiet {run['quiet']}")
     return runs
 
 
