@@ -504,6 +504,7 @@ def test_bad_options_are_one_line(fleet_dir, tmp_path):
     _one_line_error(cli(str(tmp_path / "nothing-*.maps")), "no file matches")
     _one_line_error(cli(str(fleet_dir), "--plot", str(tmp_path / "p.png")), "one process")
     _one_line_error(cli(str(fleet_dir), "--mappings"), "one process")
+    _one_line_error(cli(str(fleet_dir), "--html", str(tmp_path / "r.html")), "one process")
     _one_line_error(cli(str(SAMPLES[0]), "--scheduler", "tcp://127.0.0.1:1"), "many files")
     _one_line_error(cli(str(fleet_dir), "--workers", "0"), "--workers")
     (tmp_path / "empty").mkdir()

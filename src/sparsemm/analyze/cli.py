@@ -156,6 +156,8 @@ def _analyze_single(args, policy, target: str) -> int:
     _check_target(target)
     if args.plot:
         _check_plot_path(args.plot)
+    if args.html:
+        _check_html_path(args.html)
     err = _console(stderr=True)
     mappings = getattr(args, "mappings", False)
     with err.status("analyzing…") as status:
@@ -166,6 +168,11 @@ def _analyze_single(args, policy, target: str) -> int:
 
             status.update("plotting…")
             plot_report(report, args.plot)
+        if args.html:
+            from sparsemm.analyze.html import write_html
+
+            status.update("writing the HTML report…")
+            write_html(report, args.html)
     out = None
     if args.out:
         from sparsemm.analyze.fleet_table import TableWriter, report_rows
@@ -177,6 +184,8 @@ def _analyze_single(args, policy, target: str) -> int:
         doc = report.to_json(with_mappings=mappings)
         if args.plot:
             doc["plot"] = os.path.abspath(args.plot)
+        if args.html:
+            doc["html"] = os.path.abspath(args.html)
         if out:
             doc["out"] = os.path.abspath(out)
         for w in report.warnings:
@@ -194,6 +203,8 @@ def _analyze_single(args, policy, target: str) -> int:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
         if out:
             con.print(f"rows written to {os.path.abspath(out)}")
+        if args.html:
+            con.print(f"HTML report written to {os.path.abspath(args.html)}")
     return 0
 
 
@@ -208,6 +219,8 @@ def _analyze_many(args, policy) -> int:
         raise UsageError("--plot draws one process: give a file or pid, not many files")
     if args.mappings:
         raise UsageError("--mappings lists one process: give a file or pid, not many files")
+    if args.html:
+        raise UsageError("--html reports one process: give a file or pid, not many files")
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     if args.connect_timeout <= 0:
@@ -316,6 +329,14 @@ def _check_plot_path(path: str) -> None:
         raise UsageError(f"--plot {path}: no directory {parent}")
 
 
+def _check_html_path(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--html {path}: no directory {parent}")
+    if os.path.isdir(path):
+        raise UsageError(f"--html {path}: is a directory")
+
+
 def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
@@ -324,6 +345,8 @@ def _reproduce(args) -> int:
     if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
     designs = args.design or ["vma", "pte"]
+    if args.html:
+        _check_html_path(args.html)
     err = _console(stderr=True)
     reps = []
     with err.status("analyzing…") as status:
@@ -332,6 +355,11 @@ def _reproduce(args) -> int:
         for d in designs:
             status.update(f"building the layout on the kernel, design {d}…")
             reps.append(reproduce(layout, d, repeat=args.repeat, source=report.source))
+        if args.html:
+            from sparsemm.analyze.html import write_html
+
+            status.update("writing the HTML report…")
+            write_html(report, args.html, reps, with_payload=getattr(args, "with_payload", False))
     if args.json:
         print(json.dumps({"schema": "sparsemm.reproduce/1", "source": report.source,
                           "original_vmas": report.vmas,
@@ -465,6 +493,9 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg; one process)")
     p.add_argument("--out", metavar="FILE",
                    help="write one row per process and design to FILE (.parquet or .csv; docs/fleet.md)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write a self-contained HTML report to FILE: the design bands, the mappings table, "
+                        "the guard policy and every number with how it was obtained (docs/analyze.md); one process")
     p.add_argument("--mappings", action="store_true",
                    help="also list every VMA with its role (guard, decommitted payload, reservation, kept, "
                         "existing markers) and what each design makes of it (JSON: a 'mappings' list; one process)")
@@ -491,6 +522,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the analyze HTML report with these measurements beside the predictions to FILE")
     _add_policy(p)
     p.set_defaults(func=reproduce_main)
 
