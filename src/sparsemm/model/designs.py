@@ -172,6 +172,20 @@ class GuardEntry(Vma):
         """A detached copy (split, fork); the templates are shared until ``for_child``."""
         return GuardEntry(self.vm_start, self.vm_end, list(self.pieces))
 
+    def clip_pieces(self) -> None:
+        """Drop what lies outside ``[vm_start, vm_end)`` after a split (``split_vma``), so
+        that ``pieces`` tiles exactly the entry's range again. O(pieces)."""
+        lo, hi = self.vm_start, self.vm_end
+        self.pieces = [(max(s, lo), min(e, hi), t) for s, e, t in self.pieces if s < hi and e > lo]
+
+    def check(self) -> None:
+        """``pieces`` tile ``[vm_start, vm_end)``: in order, contiguous, none empty."""
+        cursor = self.vm_start
+        for s, e, _ in self.pieces:
+            assert s == cursor and s < e, f"{self!r}: pieces do not tile its range at {s:#x}"
+            cursor = e
+        assert cursor == self.vm_end, f"{self!r}: pieces end at {cursor:#x}"
+
     def for_child(self) -> None:
         """In a fork child (T9): the templates lose their anon_vma, since the child's
         restored ranges start empty and must not share the parent's anon_vma."""
@@ -244,8 +258,7 @@ class TreeDesign(GuardDesign):
             return None  # T3: nothing to remove in a VMA
         entry, tree = vma, mm.tree
         tree.remove(entry)
-        lo, hi = entry.vm_start, entry.vm_end  # a split entry shares pieces: clip to its bounds
-        pieces = [(max(s, lo), min(e, hi), t) for s, e, t in entry.pieces if s < hi and e > lo]
+        pieces = entry.pieces  # they tile exactly [vm_start, vm_end) (GuardEntry.check)
         left = [(s, min(e, start), t) for s, e, t in pieces if s < start]
         right = [(max(s, end), e, t) for s, e, t in pieces if e > end]
         restore = [(max(s, start), min(e, end), t) for s, e, t in pieces if s < end and e > start]

@@ -194,6 +194,9 @@ def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     upper.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> abi.PAGE_SHIFT)
     upper.vm_start = addr
     tree.split(vma, addr, upper)
+    if vma.is_guard_entry:  # the tree design's entry: each half keeps only its own pieces
+        vma.clip_pieces()
+        upper.clip_pieces()
     return upper
 
 

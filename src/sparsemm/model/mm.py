@@ -502,7 +502,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         prev = None
         n = 0
         for vma in self.tree:
-            n += not vma.is_guard_entry
+            if vma.is_guard_entry:
+                vma.check()
+            else:
+                n += 1
             assert vma.vm_start < vma.vm_end, f"empty vma {vma}"
             assert not vma.vm_start & ~abi.PAGE_MASK and not vma.vm_end & ~abi.PAGE_MASK, f"unaligned {vma}"
             if prev is not None:
