@@ -12,10 +12,10 @@ from __future__ import annotations
 import errno
 
 from sparsemm import abi
+from sparsemm._ranges import RangeMap
 from sparsemm.abi import Madv, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, U64, kerr
 from sparsemm.model.merge import MergeState, merge_new_range, split_vma
-from sparsemm.model.rangemap import RangeMap
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
 DESIGNS = ("pte", "vma", "tree")
@@ -97,7 +97,7 @@ class VmaDesign(GuardDesign):
         for vma in mm.tree.overlapping(start, end):
             prot = int(vma.vm_flags) & _PROT_MASK
             cursor, pe = max(vma.vm_start, start) >> PAGE_SHIFT, min(vma.vm_end, end) >> PAGE_SHIFT
-            for rs, re_, saved in self.saved.pieces(cursor, pe):
+            for rs, re_, saved in self.saved.items(cursor, pe):
                 if cursor < rs:
                     plan.append((cursor, rs, prot))
                 plan.append((rs, re_, saved))  # guarded twice: the first protection wins
@@ -116,7 +116,7 @@ class VmaDesign(GuardDesign):
             self._busy = False
             for ps, pe, prot in records:
                 if mm.tree.find(ps << PAGE_SHIFT) is not None:
-                    self.saved.set(ps, pe, prot)
+                    self.saved.assign(ps, pe, prot)
 
     def _remove(self, mm, addr: int, length: int) -> None:
         # mprotect's own argument checks, for the range as a whole.
@@ -130,17 +130,17 @@ class VmaDesign(GuardDesign):
         self._busy = True
         try:
             for ps, pe, prot in self._plan(mm, addr, end):
-                self.saved.set(ps, pe, None)
+                self.saved.clear(ps, pe)
                 mm.mprotect(ps << PAGE_SHIFT, (pe - ps) << PAGE_SHIFT, prot)
         finally:
             self._busy = False
 
     def on_unmap(self, start: int, end: int) -> None:
-        self.saved.set(start >> PAGE_SHIFT, end >> PAGE_SHIFT, None)
+        self.saved.clear(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
 
     def on_mprotect(self, start: int, end: int) -> None:
         if not self._busy:
-            self.saved.set(start >> PAGE_SHIFT, end >> PAGE_SHIFT, None)
+            self.saved.clear(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
 
     def fork(self) -> "VmaDesign":
         child = VmaDesign()

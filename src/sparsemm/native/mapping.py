@@ -20,7 +20,8 @@ import weakref
 
 from sparsemm import abi
 from sparsemm.native import _scan, libc
-from sparsemm.native._runs import RunMap
+from sparsemm._invariant import InvariantError
+from sparsemm._ranges import RangeMap
 
 PAGE = abi.PAGE_SIZE
 _RW = abi.PROT_READ | abi.PROT_WRITE
@@ -171,9 +172,9 @@ class Mapping(_mmap.mmap):
     ``close()`` cannot unmap under them.
 
     State (invariants, checked by ``_check()``):
-      ``_prot``: RunMap page -> intended protection, covering every page. With
+      ``_prot``: RangeMap page -> intended protection, covering every page. With
         ``prot_none`` guards it is the protection ``unguard`` restores.
-      ``_guarded``: RunMap page -> True, the fallback's guard record (always
+      ``_guarded``: RangeMap page -> True, the fallback's guard record (always
         empty in ``markers`` mode, where the page tables are the record).
     """
 
@@ -232,9 +233,9 @@ class Mapping(_mmap.mmap):
         self._shared = shared
         self._file_backed = file_backed
         self._mode = mode
-        self._prot = RunMap()
+        self._prot = RangeMap()
         self._prot.assign(0, length // PAGE, _RW)
-        self._guarded = RunMap()
+        self._guarded = RangeMap()
         self._lock = threading.RLock()
         if prot_bits != _RW:
             try:
@@ -299,7 +300,7 @@ class Mapping(_mmap.mmap):
         """Unmap. ``BufferError`` while buffers (memoryviews, numpy arrays) are exported."""
         with self._lock:
             _mmap.mmap.close(self)  # raises BufferError with exports, no-op when closed
-            self._guarded = RunMap()
+            self._guarded = RangeMap()
             _LIVE.discard(self)
 
     # -- argument checks (all before any system call) ---------------------
@@ -613,10 +614,12 @@ class Mapping(_mmap.mmap):
 
     def _check(self) -> None:
         """Invariants (tests call this after every step)."""
-        self._prot._check()
-        self._guarded._check()
+        self._prot.check()
+        self._guarded.check()
         if not self.closed:
             covered = sum(e - s for s, e, _ in self._prot.items(0, self._length // PAGE))
-            assert covered == self._length // PAGE
-        if self._mode == "markers":
-            assert not len(self._guarded)
+            if covered != self._length // PAGE:
+                raise InvariantError(f"Mapping: protection records cover {covered} of "
+                                     f"{self._length // PAGE} pages")
+        if self._mode == "markers" and len(self._guarded):
+            raise InvariantError("Mapping: fallback guard records in markers mode")
