@@ -46,12 +46,9 @@ _ftruncate = _fn("ftruncate", c_int, c_int, ctypes.c_int64)
 _fallocate = _fn("fallocate", c_int, c_int, c_int, ctypes.c_int64, ctypes.c_int64)
 _memset = _fn("memset", c_void_p, c_void_p, c_int, c_size_t)
 
-_WORD = (1 << 64) - 1
-
-
 def _word(value: int) -> int:
     """An address or length as the unsigned machine word the kernel sees."""
-    return value & _WORD
+    return value & abi.ULONG_MAX
 
 
 def _raise(name: str) -> None:
