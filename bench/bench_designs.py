@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sparsemm import workloads  # noqa: E402
+from sparsemm.model import designs  # noqa: E402
 from sparsemm.opscript.designs import run_design  # noqa: E402
 from sparsemm.opscript.script import parse_script  # noqa: E402
 
@@ -34,7 +35,7 @@ WORKLOADS = [
      {"memory_pages": 16, "guard_pages": 496, "touch_pages": 0}, 100_000),
     ("random", workloads.random_guards, {}, 100_000),
 ]
-DESIGNS = ("vma", "pte", "tree")
+DESIGNS = designs.names()  # the registry, in report order
 
 
 def kib(n: int) -> str:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsemm.native import libc
+from sparsemm.opscript.compare import describe_difference
 from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import parse_script
@@ -39,13 +40,8 @@ def assert_same(doc: dict) -> None:
         kernel = run_kernel(script)
         if model == kernel:
             return
-    if model != kernel:
-        for a, b in zip(model, kernel):
-            if a != b:
-                raise AssertionError(
-                    "model and kernel disagree\nscript: " + json.dumps(doc)
-                    + f"\nmodel : {json.dumps(a)}\nkernel: {json.dumps(b)}")
-        raise AssertionError("record counts differ: " + json.dumps(doc))
+    raise AssertionError("model and kernel disagree\nscript: " + json.dumps(doc) + "\n"
+                         + describe_difference(model, kernel, limit=1 << 20))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False,

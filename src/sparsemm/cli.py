@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sparsemm.model import designs
 from sparsemm.opscript import records as rec
-from sparsemm.opscript.runner import BACKENDS, DESIGNS, BackendUnavailable, run_script
+from sparsemm.opscript.runner import BACKENDS, BackendUnavailable, run_script
 from sparsemm.opscript.script import ScriptError, load_script
 
 EXIT_USAGE = 2
@@ -62,7 +63,7 @@ def _measure(args: argparse.Namespace) -> int:
         from sparsemm.opscript.designs import run_design
         from sparsemm.opscript.measure import prediction_from_counts
 
-        result = run_design(load_script(args.script), "pte")
+        result = run_design(load_script(args.script), designs.kernel_design())
         if not result.error:
             prediction = prediction_from_counts(result.counts)
     return measure_main(args, prediction)
@@ -72,7 +73,7 @@ def _designs(args: argparse.Namespace) -> int:
     from sparsemm.opscript.designs import format_report, report_json, run_designs
 
     script = load_script(args.script)
-    results = run_designs(script, *([tuple(args.design)] if args.design else []))
+    results = run_designs(script, tuple(args.design) if args.design else None)
     print(report_json(results) if args.json else format_report(results))
     return 0
 
@@ -87,12 +88,13 @@ def _probe(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsemm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    design_names, native = designs.names(), designs.kernel_design()  # the registry, read now
 
     p = sub.add_parser("run", help="run an op script and print its records")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--backend", choices=BACKENDS, default="kernel")
-    p.add_argument("--design", choices=DESIGNS, default="pte",
-                   help="guard design (model only; the kernel is 'pte')")
+    p.add_argument("--design", choices=design_names, default=native,
+                   help=f"guard design (model only; the kernel is {native!r})")
     p.add_argument("--format", choices=("json", "text"), default="json")
     p.set_defaults(func=_run)
 
@@ -105,13 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run a script on both backends; show the first difference")
     p.add_argument("script")
-    p.add_argument("--design", choices=DESIGNS, default="pte")
+    p.add_argument("--design", choices=design_names, default=native)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("designs", help="run a script under each guard design; VMAs and kernel bytes")
     p.add_argument("script")
-    p.add_argument("--design", action="append", choices=DESIGNS,
-                   help="only this design (repeatable; default: all three)")
+    p.add_argument("--design", action="append", choices=design_names,
+                   help="only this design (repeatable; default: all of them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_designs)
 

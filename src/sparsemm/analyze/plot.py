@@ -3,7 +3,8 @@
 Owns ``plot_report(report, path)`` (matplotlib, Agg backend, PNG or SVG by the suffix).
 The bands are drawn from the rebuilt layout along a compressed address axis: every VMA of
 the original gets a width of ``1 + log2(pages) / 4`` units and every gap a fixed sliver, so
-a 4 KiB guard and a 1 TiB reservation are both visible. Reads reports; computes nothing new.
+a 4 KiB guard and a 1 TiB reservation are both visible; how a design's guards are drawn
+follows its ``guard_shape`` in the design registry. Reads reports; computes nothing new.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 
 from sparsemm.analyze.report import BYTE_KEYS, AnalysisReport
+from sparsemm.model.designs import GuardShape, design_class
 
 __all__ = ["COLOURS", "plot_report"]
 
@@ -42,23 +44,26 @@ def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> No
     VMA boundary of that design (so fewer lines = fewer VMAs)."""
     placed = report.layout_obj.placed
     units = report.layout_obj.units
+    shape = design_class(design).guard_shape
     by_cat: dict[str, list[tuple[float, float]]] = {}
     marks: list[tuple[float, float]] = []  # guards that are not VMAs (markers, tree entries)
     boundaries: list[float] = []
     for i, (p, (x, w)) in enumerate(zip(placed, xs)):
         cat = p.category
-        if p.category == "guard" and design != "vma":
+        if p.category == "guard" and shape is not GuardShape.VMA:
             marks.append((x, w))
-            cat = "rw" if design == "pte" else None  # pte: inside the VMA; tree: no VMA at all
+            # a marker lies inside the VMA around it; an entry is no VMA at all
+            cat = "rw" if shape is GuardShape.MARKER else None
         if cat is not None:
             by_cat.setdefault(cat, []).append((x, w))
-        # A boundary before p unless p continues one VMA of this design (pte: within a unit).
-        if i and not (design == "pte" and units[p.unit].is_span and p.unit == placed[i - 1].unit):
+        # A boundary before p unless p continues one VMA of this design (markers: within a unit).
+        if i and not (shape is GuardShape.MARKER and units[p.unit].is_span
+                      and p.unit == placed[i - 1].unit):
             boundaries.append(x)
     for cat, spans in by_cat.items():
         ax.broken_barh(spans, (y, h), facecolors=COLOURS[cat], linewidth=0)
     if marks:
-        if design == "pte":
+        if shape is GuardShape.MARKER:
             ax.broken_barh(marks, (y + h * 0.35, h * 0.3), facecolors=COLOURS["guard"], linewidth=0)
         else:
             ax.broken_barh(marks, (y, h), facecolors="none", edgecolors=COLOURS["guard"],

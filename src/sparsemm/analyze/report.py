@@ -16,17 +16,17 @@ from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
+from sparsemm.model import designs as registry
 from sparsemm.model.costs import constants
 from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared, start_design
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
+__all__ = ["SCHEMA", "MANY_SCHEMA", "DesignFigures", "AnalysisReport", "analyze",
            "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
            "BYTE_KEYS"]
 
 SCHEMA = "sparsemm.analyze/2"
 MANY_SCHEMA = "sparsemm.analyze.many/2"
-DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
 #: From this many ops on, the designs share their prefix through fork (below, a fork costs more).
@@ -48,8 +48,8 @@ class DesignFigures:
     page_table_pages: int | None = None  # PTE + PMD + PUD tables
     bytes: dict[str, int] = field(default_factory=dict)  # BYTE_KEYS -> bytes
     total_bytes: int | None = None
-    saved_vmas: int | None = None  # vs the vma design (positive: fewer)
-    saved_bytes: int | None = None  # vs the vma design
+    saved_vmas: int | None = None  # vs the status-quo design (registry.baseline(): positive, fewer)
+    saved_bytes: int | None = None  # vs the status-quo design
     headroom_vmas: int | None = None  # max_map_count - map_count
     headroom_pct: float | None = None  # of max_map_count
     hits_max_map_count: bool | None = None
@@ -83,8 +83,9 @@ class AnalysisReport:
 
     @property
     def vma_matches_original(self) -> bool | None:
-        """The rebuild under the vma design has the original's VMAs (the rebuild's check)."""
-        d = self.designs.get("vma")
+        """The rebuild under the status-quo design (``vma``) has the original's VMAs (the
+        rebuild's check)."""
+        d = self.designs.get(registry.baseline())
         return None if d is None or d.vmas is None else d.vmas == self.vmas
 
     def to_json(self) -> dict:
@@ -132,8 +133,10 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
 
 
 def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
-            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None) -> AnalysisReport:
-    """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
+            touch: str = "auto", designs: tuple[str, ...] | None = None, on_stage=None,
+            workers: int | None = None) -> AnalysisReport:
+    """Classify, rebuild and run ``entries`` under each design (default: every registered
+    one, in report order). O(n) plus the model runs.
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
     first guard op among the designs (``run_designs_shared``: each design continues
@@ -145,6 +148,7 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
     """
     t0 = time.perf_counter()
+    designs = registry.names() if designs is None else tuple(designs)
     stage = on_stage or (lambda _text: None)
     policy = policy or GuardPolicy()
     stage(f"finding guards among {len(entries):,} VMAs")
@@ -158,7 +162,7 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(designs) > 1
     rest, early = designs, None
     if parallel:  # the slowest design starts now, on the core the next stages leave idle
-        first = "tree" if "tree" in designs else designs[0]
+        first = _slowest(designs)
         early = start_design(layout.script, first)
         rest = tuple(d for d in designs if d != first)
     stage(f"parsing the layout script ({nops:,} ops)")
@@ -176,7 +180,7 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     if early is not None:
         results[first] = early()
     figs = {d: _figures(d, results[d], limit) for d in designs}
-    base = figs.get("vma")
+    base = figs.get(registry.baseline())
     for f in figs.values():
         if base is not None and not base.error and not f.error:
             f.saved_vmas = base.map_count - f.map_count
@@ -192,6 +196,15 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
                 "files": len(layout.files), "ops": len(layout.script["ops"]), "notes": layout.notes},
         designs=figs, max_map_count=limit, policy=_policy_dict(policy),
         seconds=time.perf_counter() - t0, layout_obj=layout)
+
+
+def _slowest(designs: tuple[str, ...]) -> str:
+    """The design to start first: guard entries make the slowest model runs, then PROT_NONE
+    VMAs, then markers (tree 1.07 s, vma 0.66 s, pte 0.50 s on a 65,530-VMA map:
+    bench/results_analyze_designs.md)."""
+    speed = {registry.GuardShape.ENTRY: 0, registry.GuardShape.VMA: 1, registry.GuardShape.MARKER: 2}
+    known = [d for d in designs if d in registry.names()]
+    return min(known, key=lambda d: speed[registry.design_class(d).guard_shape]) if known else designs[0]
 
 
 def _policy_dict(p: GuardPolicy) -> dict:
@@ -246,10 +259,13 @@ def render_report(r: AnalysisReport):
         cells = [fn(r.designs[n]) if not r.designs[n].error else "n/a" for n in names]
         t.add_row(label, orig, *cells, style=style)
 
+    base = registry.baseline()
+    entries = ", ".join(n for n in names if n in registry.names()
+                        and registry.design_class(n).guard_shape is registry.GuardShape.ENTRY)
     row("VMAs (map_count)", _n(r.vmas), lambda d: _n(d.map_count), "bold")
-    row("  saved vs vma", "", lambda d: _n(d.saved_vmas) + (f" ({100 * d.saved_vmas / max(r.designs['vma'].map_count, 1):.0f}%)"
-                                                            if d.saved_vmas is not None and "vma" in r.designs else ""))
-    row("guard entries (tree)", "", lambda d: _n(d.guard_entries))
+    row(f"  saved vs {base}", "", lambda d: _n(d.saved_vmas) + (f" ({100 * d.saved_vmas / max(r.designs[base].map_count, 1):.0f}%)"
+                                                                if d.saved_vmas is not None and base in r.designs else ""))
+    row(f"guard entries ({entries})" if entries else "guard entries", "", lambda d: _n(d.guard_entries))
     row("headroom to max_map_count", _n(r.max_map_count - r.vmas),
         lambda d: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
     row("hits max_map_count", "yes" if r.vmas >= r.max_map_count else "no",
@@ -260,13 +276,13 @@ def render_report(r: AnalysisReport):
     for key in BYTE_KEYS:
         row(f"  {key}", "", lambda d, key=key: _b(d.bytes.get(key)))
     row("kernel bytes (total)", "", lambda d: _b(d.total_bytes), "bold")
-    row("  saved vs vma", "", lambda d: _b(d.saved_bytes))
+    row(f"  saved vs {base}", "", lambda d: _b(d.saved_bytes))
     foot = []
     for n in names:
         if r.designs[n].error:
             foot.append(f"{n}: {r.designs[n].error}")
     if r.vma_matches_original is False:
-        foot.append(f"warning: the vma-design rebuild has {r.designs['vma'].vmas} VMAs, the original {r.vmas}")
+        foot.append(f"warning: the {base}-design rebuild has {r.designs[base].vmas} VMAs, the original {r.vmas}")
     lay = r.layout
     foot.append(f"rebuilt in an arena of {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB "
                 f"(gaps compressed modulo {lay['granule_bytes'] >> 20} MiB), touch={lay['touch']} "
@@ -280,37 +296,38 @@ def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
     """A rich table across many files, with a total row; the files that failed below it."""
     from rich.table import Table
 
+    names, base, native = registry.names(), registry.baseline(), registry.kernel_design()
     t = Table(title="sparsemm analyze: summary", header_style="bold")
-    for col in ("source", "VMAs", "guards", "vma", "pte", "tree", "pte saves", "pte saves bytes",
-                "headroom (vma)"):
+    for col in ("source", "VMAs", "guards", *names, f"{native} saves", f"{native} saves bytes",
+                f"headroom ({base})"):
         if col == "source":
             t.add_column(col, overflow="fold", min_width=24)
         else:
             t.add_column(col, justify="right", no_wrap=True)
     tot = {"vmas": 0, "guards": 0}
-    sums: dict[str, int | None] = {d: 0 for d in DESIGNS}
+    sums: dict[str, int | None] = {d: 0 for d in names}
     saved_b = 0
     for r in reports:
         cells = []
-        for d in DESIGNS:
+        for d in names:
             f = r.designs.get(d)
             cells.append("n/a" if f is None or f.error else _n(f.map_count))
             if f is None or f.error:
                 sums[d] = None
             elif sums[d] is not None:
                 sums[d] += f.map_count
-        pte = r.designs.get("pte")
-        saved = "n/a" if pte is None or pte.saved_vmas is None else f"{pte.saved_vmas:,} ({100 * pte.saved_vmas / max(r.vmas, 1):.0f}%)"
-        sb = None if pte is None else pte.saved_bytes
+        kern = r.designs.get(native)
+        saved = "n/a" if kern is None or kern.saved_vmas is None else f"{kern.saved_vmas:,} ({100 * kern.saved_vmas / max(r.vmas, 1):.0f}%)"
+        sb = None if kern is None else kern.saved_bytes
         saved_b += sb or 0
-        vma = r.designs.get("vma")
-        head = _n(vma.headroom_vmas) if vma is not None and not vma.error else _n(r.max_map_count - r.vmas)
+        sq = r.designs.get(base)
+        head = _n(sq.headroom_vmas) if sq is not None and not sq.error else _n(r.max_map_count - r.vmas)
         t.add_row(r.source, _n(r.vmas), _n(r.guards), *cells, saved, _b(sb), head)
         tot["vmas"] += r.vmas
         tot["guards"] += r.guards
     if len(reports) > 1:
-        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in DESIGNS),
-                  _n(None if sums["vma"] is None or sums["pte"] is None else sums["vma"] - sums["pte"]),
+        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in names),
+                  _n(None if sums[base] is None or sums[native] is None else sums[base] - sums[native]),
                   _b(saved_b), "", style="bold")
     if not errors:
         return t
@@ -328,7 +345,7 @@ def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -
     """Directory mode JSON (schema ``MANY_SCHEMA``)."""
     summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
                "guards": sum(r.guards for r in reports)}
-    for d in DESIGNS:
+    for d in registry.names():
         vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
         summary[d] = sum(vals) if len(vals) == len(reports) and reports else None
     return {"schema": MANY_SCHEMA, "summary": summary, "reports": [r.to_json() for r in reports],

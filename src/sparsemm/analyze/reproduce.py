@@ -1,9 +1,10 @@
 """Prove a prediction: build a rebuilt layout on the real kernel and measure it.
 
-Owns ``Reproduction`` and ``reproduce(layout, design)``: the layout script as is (``pte``:
-the kernel's own guard markers) or through ``to_vma_design`` (``vma``: guards as PROT_NONE
-VMAs) runs in a fresh child (``opscript.measure.measure_script``) and is set beside the
-model's prediction (``prediction_from_counts``). Never edits the layout.
+Owns ``Reproduction`` and ``reproduce(layout, design)``: for a design the kernel can build
+(``designs.reproducible()``), the layout script as is (``KernelForm.NATIVE``, ``pte``: the
+kernel's own guard markers) or through ``to_vma_design`` (``KernelForm.MPROTECT``, ``vma``:
+guards as PROT_NONE VMAs) runs in a fresh child (``opscript.measure.measure_script``) and
+is set beside the model's prediction (``prediction_from_counts``). Never edits the layout.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsemm.analyze.rebuild import Layout
+from sparsemm.model import designs
+from sparsemm.model.designs import KernelForm
 from sparsemm.opscript.measure import KEYS, Measurement, measure_script, prediction_from_counts
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["REPRODUCIBLE", "EXACT_KEYS", "Reproduction", "reproduce", "render_reproduction"]
-
-REPRODUCIBLE = ("vma", "pte")  # no kernel implements the tree design
+__all__ = ["EXACT_KEYS", "Reproduction", "reproduce", "render_reproduction", "kernel_script"]
 #: Quantities that must match exactly: they belong to this process alone.
 EXACT_KEYS = ("arena_vmas", "map_count", "vmpte_bytes")
 NOISE_NOTE = ("slab deltas are system-wide counts (shrunk, then read from /proc/slabinfo): other "
@@ -41,14 +42,17 @@ class Reproduction:
 
 
 def kernel_script(layout: Layout, design: str) -> dict:
-    """The script the kernel runs for ``design``."""
-    if design == "pte":
+    """The script the kernel runs for ``design`` (its ``kernel_form``). ValueError for an
+    unknown design or one no kernel implements."""
+    form = designs.design_class(design).kernel_form
+    if form is KernelForm.NATIVE:
         return layout.script
-    if design == "vma":
+    if form is KernelForm.MPROTECT:
         from sparsemm.workloads import to_vma_design
 
         return to_vma_design(layout.script)
-    raise ValueError(f"design {design!r} cannot run on the kernel: use one of {', '.join(REPRODUCIBLE)}")
+    raise ValueError(f"design {design!r} cannot run on the kernel: use one of "
+                     f"{', '.join(designs.reproducible())}")
 
 
 def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "") -> Reproduction:
@@ -108,10 +112,10 @@ def render_reproduction(rep: Reproduction):
                   "-" if r["measured"] is None else f"{r['measured']:,}",
                   "" if r["diff"] is None else f"{r['diff']:+,}", mark)
     notes = [NOISE_NOTE]
-    if rep.original_vmas is not None and rep.design == "vma":
+    if rep.original_vmas is not None and rep.design == designs.baseline():
         ok = rep.measured.values.get("arena_vmas") == rep.original_vmas
         notes.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
-                     f"{'the same count' if ok else 'a different count'} under the vma design")
+                     f"{'the same count' if ok else 'a different count'} under the {rep.design} design")
     notes.extend(m.notes)
     notes.extend(f"skipped: {s}" for s in m.skipped)
     if m.failed_ops:
