@@ -16,6 +16,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
+from sparsemm.model import designs
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import parse_script
 
@@ -35,7 +36,7 @@ def run_checked(doc: dict, design: str) -> None:
                              + json.dumps(doc)) from exc
 
 
-@pytest.mark.parametrize("design", ["tree", "vma", "pte"])
+@pytest.mark.parametrize("design", designs.names())  # every registered design, tree and vma included
 def test_design_keeps_the_model_invariants_on_random_scripts(design):
     # No shrinking: a list of at least MIN_OPS ops cannot shrink far, and tries for minutes;
     # the failure names the whole script (tests/conformance/model/ keeps minimal ones).
