@@ -30,7 +30,6 @@ _VALID_ADVICE = frozenset(int(m) for m in (
     Madv.GUARD_INSTALL, Madv.GUARD_REMOVE))
 
 
-
 class MadviseMixin(MmCore):
     """``madvise()`` of ``AddressSpace`` (mm/madvise.c, mm/khugepaged.c madvise_collapse).
 
@@ -65,7 +64,8 @@ class MadviseMixin(MmCore):
         if end == addr:
             return
         if advice in (Madv.POPULATE_READ, Madv.POPULATE_WRITE):
-            return self._madvise_populate(addr, end, advice == Madv.POPULATE_WRITE)
+            self._madvise_populate(addr, end, advice == Madv.POPULATE_WRITE)
+            return
         # madvise_walk_vmas(): apply per VMA in order, remember holes (R-A3, R-A4)
         unmapped = False
         start = addr

@@ -43,6 +43,13 @@ class MergeOutcome(enum.Enum):
     SUCCESS = "success"  # ``MergeState.target`` now covers the range
 
 
+# The members under the kernel's names, for the hot paths: ``MergeOutcome.SUCCESS`` is an
+# enum descriptor lookup (about 0.25 us on 3.11), a module global about 0.02 us.
+VMA_MERGE_START = MergeOutcome.START
+VMA_MERGE_NOMERGE = MergeOutcome.NOMERGE
+VMA_MERGE_SUCCESS = MergeOutcome.SUCCESS
+
+
 class MergeState:
     """The kernel's ``struct vma_merge_struct``: the proposed range, its neighbours, and the
     outcome of a merge attempt.
@@ -62,13 +69,8 @@ class MergeState:
         self.start, self.end, self.pgoff = start, end, pgoff
         self.vm_flags, self.file, self.anon_vma = vm_flags, file, anon_vma
         self.copied_from, self.just_expand = copied_from, just_expand
-        self.state = MergeOutcome.START
+        self.state = VMA_MERGE_START
         self.target: Vma | None = None
-
-    def _done(self, target: Vma | None) -> MergeOutcome:
-        self.target = target
-        self.state = MergeOutcome.NOMERGE if target is None else MergeOutcome.SUCCESS
-        return self.state
 
     def _pglen(self) -> int:
         return (self.end - self.start) >> abi.PAGE_SHIFT
@@ -115,11 +117,13 @@ def merge_new_range(tree, vmg: MergeState) -> MergeOutcome:
     VMAs around it (or None).
     """
     if int(vmg.vm_flags) & _VM_SPECIAL or (vmg.prev is None and vmg.next is None):
-        return vmg._done(None)
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     left = vmg.can_merge_left()
     right = not vmg.just_expand and vmg.can_merge_right(left)
     if not left and not right:
-        return vmg._done(None)
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     sticky = int(vmg.vm_flags) & _VM_STICKY
     if left:
         target = vmg.prev
@@ -143,7 +147,8 @@ def merge_new_range(tree, vmg: MergeState) -> MergeOutcome:
     if sticky:  # stays VmFlag
         target.vm_flags |= sticky
     target.changed_unmerged = False
-    return vmg._done(target)
+    vmg.target, vmg.state = target, VMA_MERGE_SUCCESS
+    return VMA_MERGE_SUCCESS
 
 
 def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
@@ -154,7 +159,8 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
     left_side = vmg.start == middle.vm_start
     right_side = vmg.end == middle.vm_end
     if int(vmg.vm_flags) & _VM_SPECIAL or (not left_side and not right_side):
-        return vmg._done(None)
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     if not left_side:
         vmg.prev = None
     if not right_side:
@@ -162,7 +168,8 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
     merge_left = left_side and vmg.can_merge_left()
     merge_right = right_side and vmg.can_merge_right(merge_left)
     if not merge_left and not merge_right:
-        return vmg._done(None)
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     delete_middle = left_side and right_side
     sticky = int(vmg.vm_flags) & _VM_STICKY
     prev, nxt = vmg.prev, vmg.next
@@ -177,7 +184,8 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
         prev.changed_unmerged = False
-        return vmg._done(prev)
+        vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
+        return VMA_MERGE_SUCCESS
     if merge_left:
         # prev extends over [start,end); middle shrinks or goes
         sticky |= int(prev.vm_flags) & _VM_STICKY
@@ -191,7 +199,8 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
         prev.changed_unmerged = False
-        return vmg._done(prev)
+        vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
+        return VMA_MERGE_SUCCESS
     # merge_right: next extends down over [start,end)
     sticky |= int(nxt.vm_flags) & _VM_STICKY
     _dup_anon_vma(nxt, middle)
@@ -204,7 +213,8 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
     if sticky:  # stays VmFlag
         nxt.vm_flags |= sticky
     nxt.changed_unmerged = False
-    return vmg._done(nxt)
+    vmg.target, vmg.state = nxt, VMA_MERGE_SUCCESS
+    return VMA_MERGE_SUCCESS
 
 
 def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
@@ -235,7 +245,7 @@ def vma_modify_flags(tree, prev: Vma | None, vma: Vma, start: int, end: int, new
     nxt = tree.next(vma) if end == vma.vm_end else None
     vmg = MergeState(prev if start == vma.vm_start else None, vma, nxt, start, end,
                      vma.file_pgoff(start), new_flags, vma.vm_file, vma.anon_vma)
-    if merge_existing_range(tree, vmg) is MergeOutcome.SUCCESS:
+    if merge_existing_range(tree, vmg) is VMA_MERGE_SUCCESS:
         return vmg.target
     if vma.vm_start < start:
         vma = split_vma(tree, vma, start, max_map_count)

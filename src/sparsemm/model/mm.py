@@ -21,7 +21,7 @@ from sparsemm.model.fault import FaultMixin
 from sparsemm.model.fileops import FileOpsMixin
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
 from sparsemm.model.madvise import MadviseMixin
-from sparsemm.model.merge import MergeOutcome, MergeState, merge_new_range, vma_modify_flags
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
@@ -176,7 +176,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         vma = None
         if not (file is None and vm_flags & _VM_SHARED):
             vmg = MergeState(prev, None, nxt, addr, addr + length, pgoff, vm_flags, file, None)
-            if merge_new_range(self.tree, vmg) is MergeOutcome.SUCCESS:
+            if merge_new_range(self.tree, vmg) is VMA_MERGE_SUCCESS:
                 vma = vmg.target
         if vma is None:
             if file is None and vm_flags & _VM_SHARED:

@@ -14,7 +14,7 @@ from sparsemm import abi
 from sparsemm.abi import ULONG_MAX, MremapFlag, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
 from sparsemm.model.core import MmCore
-from sparsemm.model.merge import MergeOutcome, MergeState, merge_new_range
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
 
 
@@ -142,7 +142,7 @@ class MremapMixin(MmCore):
             # vma_merge_extend(): vma is prev, the extension a new range
             vmg = MergeState(vma, None, self.tree.next(vma), vma.vm_end, vma.vm_end + delta,
                              vma.file_pgoff(vma.vm_end), vma.vm_flags, vma.vm_file, vma.anon_vma)
-            if merge_new_range(self.tree, vmg) is not MergeOutcome.SUCCESS:
+            if merge_new_range(self.tree, vmg) is not VMA_MERGE_SUCCESS:
                 raise kerr(errno.ENOMEM, "mremap: expand failed")
             return addr
         if not flags & MremapFlag.MAYMOVE:
@@ -181,7 +181,7 @@ class MremapMixin(MmCore):
         prev = self.tree.prev(nxt) if nxt is not None else self.tree.last()
         vmg = MergeState(prev, None, nxt, new_addr, new_addr + new_len, pgoff, vma.vm_flags,
                          vma.vm_file, vma.anon_vma, copied_from=vma)
-        if merge_new_range(self.tree, vmg) is MergeOutcome.SUCCESS:
+        if merge_new_range(self.tree, vmg) is VMA_MERGE_SUCCESS:
             return vmg.target
         new = vma.copy()
         new.vm_start, new.vm_end, new.vm_pgoff = new_addr, new_addr + new_len, pgoff

@@ -16,7 +16,7 @@ from sparsemm.abi import PAGE_SHIFT
 from sparsemm.model._flags import _GUARD_INSTALL_INELIGIBLE
 from sparsemm.model._util import kerr
 from sparsemm.model.designs.registry import GuardDesign, GuardShape, KernelForm, register
-from sparsemm.model.merge import MergeOutcome, MergeState, merge_new_range, split_vma
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, split_vma
 from sparsemm.model.vma import Vma
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class TreeDesign(GuardDesign):
         vmg = MergeState(prev if prev is not None and not prev.is_guard_entry else None, None,
                          nxt if nxt is not None and not nxt.is_guard_entry else None,
                          start, end, pgoff, t.vm_flags, t.vm_file, t.anon_vma)
-        if merge_new_range(tree, vmg) is MergeOutcome.SUCCESS:
+        if merge_new_range(tree, vmg) is VMA_MERGE_SUCCESS:
             return vmg.target
         new = Vma(start, end, t.vm_flags, pgoff, t.vm_file, t.anon_vma, t.anon_vma_forked)
         tree.insert(new)
