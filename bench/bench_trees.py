@@ -13,7 +13,9 @@ round by round so that both see the same machine load:
 
 Run: ``python3 bench/bench_trees.py --base /tmp/old --new . [--rounds 5] [--write FILE]``
 (make the base with ``git archive <commit> | tar -x -C /tmp/old``). Prints medians, worst
-runs and new/base ratios; ``--write`` stores them as markdown with the command and date.
+runs and new/base ratios of wall-clock time, and of the child's CPU time (steadier on a
+busy machine; for ``analyze`` it leaves out the design children it forks); ``--write``
+stores them as markdown with the command and date.
 """
 
 from __future__ import annotations
@@ -41,20 +43,23 @@ kind, _, arg = job.partition(" ")
 if kind == "analyze":
     from sparsemm.analyze.report import analyze
     entries = parse_maps(synthetic_map(), "synthetic")
-    t0 = time.perf_counter(); analyze(entries, source="synthetic"); dt = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    analyze(entries, source="synthetic")
 elif kind == "design":
     from sparsemm.analyze.guards import find_guards
     from sparsemm.analyze.rebuild import build_layout
     from sparsemm.opscript.designs import run_design
     entries = parse_maps(synthetic_map(), "synthetic")
     script = parse_script(build_layout(entries, find_guards(entries)).script)
-    t0 = time.perf_counter(); r = run_design(script, arg); dt = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = run_design(script, arg)
     assert not r.error, r.error
 elif kind == "replay":
     from bench_model import guard_mix
     from sparsemm.opscript.model_backend import run_model
     script = parse_script(guard_mix(20_000))
-    t0 = time.perf_counter(); run_model(script, arg); dt = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_model(script, arg)
 elif kind == "vmas":
     from sparsemm.abi import MapFlag
     from sparsemm.model.mm import AddressSpace
@@ -63,15 +68,14 @@ elif kind == "vmas":
     fixed = int(MapFlag.PRIVATE | MapFlag.ANONYMOUS | MapFlag.FIXED)
     mm = AddressSpace(max_map_count=1 << 30)  # past vm.max_map_count, as bench_model does
     gc.disable()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         mm.mmap(base + i * 4 * page, 2 * page, 3, fixed)
     for i in range(n):
         mm.mprotect(base + i * 4 * page, page, 1)
     for i in range(n):
         mm.munmap(base + i * 4 * page, 2 * page)
-    dt = time.perf_counter() - t0
-print(json.dumps(dt))
+print(json.dumps([time.perf_counter() - t0, time.process_time() - c0]))
 """
 
 JOBS = ["analyze", "design vma", "design pte", "design tree", "replay pte", "replay vma",
@@ -79,7 +83,8 @@ JOBS = ["analyze", "design vma", "design pte", "design tree", "replay pte", "rep
 LABELS = {"vmas": "100k VMAs: mmap + split + munmap each"}
 
 
-def run(tree: str, job: str) -> float:
+def run(tree: str, job: str) -> list[float]:
+    """``[wall seconds, CPU seconds]`` of ``job`` on ``tree``, in a fresh child."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     env.pop("PYTHONPATH", None)
     out = subprocess.run([sys.executable, "-c", CHILD, tree, job], capture_output=True, text=True,
@@ -98,20 +103,26 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--write", metavar="FILE", help="write the table as markdown to FILE")
     args = ap.parse_args(argv)
     base, new = str(Path(args.base).resolve()), str(Path(args.new).resolve())
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[list[float]]] = {}
     for r in range(args.rounds):
         for job in args.jobs:
             order = (base, new) if r % 2 == 0 else (new, base)  # alternate who goes first
             for tree in order:
                 times.setdefault((job, tree), []).append(run(tree, job))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    rows = ["| work | base median s | new median s | new/base | base worst s | new worst s |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| work | wall: base median s | new median s | new/base | base worst | new worst "
+            "| CPU: base median s | new median s | new/base |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for job in args.jobs:
-        b, n = times[job, base], times[job, new]
-        mb, mn = statistics.median(b), statistics.median(n)
-        rows.append(f"| {LABELS.get(job, job)} | {mb:.3f} | {mn:.3f} | {mn / mb:.2f} | "
-                    f"{max(b):.3f} | {max(n):.3f} |")
+        cells = []
+        for k in (0, 1):
+            b = [t[k] for t in times[job, base]]
+            n = [t[k] for t in times[job, new]]
+            mb, mn = statistics.median(b), statistics.median(n)
+            cells += [f"{mb:.3f}", f"{mn:.3f}", f"{mn / mb:.2f}"]
+            if k == 0:
+                cells += [f"{max(b):.3f}", f"{max(n):.3f}"]
+        rows.append(f"| {LABELS.get(job, job)} | " + " | ".join(cells) + " |")
     table = "\n".join(rows)
     print(table)
     if args.write:
