@@ -232,10 +232,19 @@ PAGE_IS_SOFT_DIRTY = 1 << 7
 PAGE_IS_GUARD = 1 << 8
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
 
+# PROCMAP_QUERY on /proc/PID/maps (Linux 6.11+): the one VMA covering an address.
+PROCMAP_QUERY = 0xC0686611  # _IOWR('f', 17, struct procmap_query), sizeof == 104
+PROCMAP_QUERY_VMA_READABLE = 0x01
+PROCMAP_QUERY_VMA_WRITABLE = 0x02
+PROCMAP_QUERY_VMA_EXECUTABLE = 0x04
+PROCMAP_QUERY_VMA_SHARED = 0x08
+
 # x86-64 system call numbers for calls glibc 2.36 has no wrapper for.
 SYS_process_vm_readv = 310
 SYS_process_vm_writev = 311
 SYS_memfd_create = 319
+SYS_membarrier = 324
+MEMBARRIER_CMD_GLOBAL = 1  # waits for an RCU grace period (synchronize_rcu)
 SYS_mlock2 = 325
 SYS_pidfd_open = 434
 SYS_process_madvise = 440

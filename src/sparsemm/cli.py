@@ -54,19 +54,36 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsemm.opscript.measure import measure_main
+    import json
+
+    from sparsemm.opscript.measure import compare, measure_script, prediction_from_counts
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
+    script = load_script(args.script)
     prediction = None
     if not args.no_predict:
         from sparsemm.opscript.designs import run_design
-        from sparsemm.opscript.measure import prediction_from_counts
 
-        result = run_design(load_script(args.script), designs.kernel_design())
+        result = run_design(script, designs.kernel_design())
         if not result.error:
             prediction = prediction_from_counts(result.counts)
-    return measure_main(args, prediction)
+    m = measure_script(script, repeat=args.repeat)
+    rows = compare(m, prediction)
+    if args.json:
+        doc = m.as_dict()
+        doc["rows"] = [r.as_dict() for r in rows]
+        if prediction is not None:
+            doc["prediction"] = prediction
+        print(json.dumps(doc, indent=1))
+    else:
+        from sparsemm._term import console
+        from sparsemm.measure_view import render_measurement
+
+        title = f"{script.note or args.script}: on the kernel" + (
+            f", beside the model's prediction (design {designs.kernel_design()})" if prediction is not None else "")
+        console().print(render_measurement(m, rows, title=title))
+    return 0
 
 
 def _designs(args: argparse.Namespace) -> int:
@@ -79,10 +96,17 @@ def _designs(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from sparsemm.native.probe import features
+    import json
 
-    print(features().describe())
-    return 0
+    from sparsemm.native.probe import EXIT_ERROR, features
+
+    try:
+        feats = features()
+    except OSError as exc:  # the probe's own mappings failed: say so, exit EXIT_ERROR
+        print(f"sparsemm probe: could not probe the kernel: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(feats.to_json(), indent=2) if args.json else feats.describe())
+    return feats.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_designs)
 
     p = sub.add_parser("measure",
-                       help="build a script's layout on the kernel; measure VMAs, VmPTE, slab objects")
+                       help="build a script's layout on the kernel; measure VMAs, VmPTE, kernel bytes")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
@@ -126,12 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure only; do not run the model for a prediction")
     p.set_defaults(func=_measure)
 
-    p = sub.add_parser("probe", help="which guard-region features this kernel has")
+    p = sub.add_parser(
+        "probe", help="which guard-region features this kernel has",
+        description="Ask the running kernel which guard-region features it has (the same "
+                    "answer every time).",
+        epilog="exit status: 0 guard markers work, 1 not available (Mapping and GuardedHeap "
+               "use the PROT_NONE fallback), 2 the probe could not run. "
+               "Examples: sparsemm probe; sparsemm probe --json")
+    p.add_argument("--json", action="store_true",
+                   help="print the features as a JSON object (schema sparsemm.probe/1)")
     p.set_defaults(func=_probe)
 
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.efence.cli import add_parser as add_efence_parser
+
+    add_efence_parser(sub)
+
+    from sparsemm.analyze.live_guards import add_parser as add_guards_parser
+    from sparsemm.analyze.snapshot import add_parser as add_snapshot_parser
+
+    add_guards_parser(sub)  # guards PID: the guards a live process holds
+    add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
     return parser
 
 
