@@ -2,8 +2,10 @@
 
 ``op_script()`` draws whole scripts on a small arena so that ops collide: mmap of every
 kind, munmap, mprotect, madvise incl. guards, mremap in place / fixed / dontunmap,
-mlock/munlock, touches, forks with small child lists, snapshots, file ops and byte-form
-edge arguments. ``thp_op()`` draws ops at THP scale (2 MiB-multiple ranges).
+mlock/munlock, touches, forks with small child lists, snapshots, file ops and, with
+``edges``, byte-form edge arguments (``edge_op``: unaligned, zero, negative and huge
+lengths, raw advice; model only, since a huge range on the kernel backend reaches the
+runner's own mappings). ``thp_op()`` draws ops at THP scale (2 MiB-multiple ranges).
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ GUARD_ADVICE = ["guard_install", "guard_remove"]
 
 
 @st.composite
-def simple_op(draw, arena, guards: bool = False):
-    """One op (not a fork). ``guards`` makes half the madvise ops guard advice (else 2 in 25)."""
+def simple_op(draw, arena, guards: bool = False, edges: bool = False):
+    """One op (not a fork). ``guards`` makes half the madvise ops guard advice (else 2 in 25);
+    ``edges`` makes one op in eight an ``edge_op``."""
+    if edges and draw(st.integers(0, 7)) == 0:
+        return draw(edge_op(arena))
     choice = draw(st.sampled_from(["mmap", "mmap", "mmap", "munmap", "mprotect", "madvise",
                                    "madvise", "madvise", "mremap", "mlock", "munlock", "touch",
                                    "touch", "touch", "snapshot", "file"]))
@@ -136,11 +141,11 @@ def simple_op(draw, arena, guards: bool = False):
 
 
 @st.composite
-def op_script(draw, min_ops: int = 1, max_ops: int = 24, guards: bool = False):
+def op_script(draw, min_ops: int = 1, max_ops: int = 24, guards: bool = False, edges: bool = False):
     """A whole script: ``min_ops`` to ``max_ops`` top-level ops (a fork counts as one), then
-    a snapshot. ``guards``: see ``simple_op``."""
+    a snapshot. ``guards``, ``edges``: see ``simple_op``."""
     arena = draw(st.sampled_from(ARENAS))  # a dense arena makes ops collide more
-    op = simple_op(arena, guards)
+    op = simple_op(arena, guards, edges)
     fork = st.builds(lambda child: {"op": "fork", "child": child + [{"op": "snapshot"}]},
                      st.lists(op, max_size=6))
     ops = draw(st.lists(st.one_of(op, op, op, op, fork), min_size=min_ops, max_size=max_ops))

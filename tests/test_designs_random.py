@@ -1,7 +1,8 @@
 """Every guard design on random op scripts, with ``AddressSpace.check()`` after every op.
 
-The scripts are the differential test's (``strategies.op_script``), longer, and run on
-the model alone: no kernel implements ``tree``, and ``vma`` is held to the kernel by
+The scripts are the differential test's (``strategies.op_script``), longer, with more guard
+advice and byte-form edge arguments, and run on the model alone: no kernel implements
+``tree``, and ``vma`` is held to the kernel by
 tests/test_designs_differential.py. What is asserted here is that no script makes a design
 break a model invariant or raise anything but a syscall's ``OSError``.
 ``SPARSEMM_DESIGN_EXAMPLES`` sets the examples per design (default 15):
@@ -42,7 +43,7 @@ def test_design_keeps_the_model_invariants_on_random_scripts(design):
     # the failure names the whole script (tests/conformance/model/ keeps minimal ones).
     @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(op_script(min_ops=MIN_OPS, max_ops=MAX_OPS, guards=True))
+    @given(op_script(min_ops=MIN_OPS, max_ops=MAX_OPS, guards=True, edges=True))
     def run(doc):
         run_checked(doc, design)
 
