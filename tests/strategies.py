@@ -149,7 +149,8 @@ def op_script(draw, min_ops: int = 1, max_ops: int = 24, guards: bool = False, e
     fork = st.builds(lambda child: {"op": "fork", "child": child + [{"op": "snapshot"}]},
                      st.lists(op, max_size=6))
     ops = draw(st.lists(st.one_of(op, op, op, op, fork), min_size=min_ops, max_size=max_ops))
-    return {"arena_pages": arena, "files": FILES, "ops": ops + [{"op": "snapshot"}]}
+    # ranges may cross the arena's end and edge ops test the kernel's argument checks
+    return {"arena_pages": arena, "files": FILES, "outside_arena": True, "ops": ops + [{"op": "snapshot"}]}
 
 
 THP_ARENA = 2048
