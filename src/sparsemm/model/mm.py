@@ -354,6 +354,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                 child.set_pte(page, entry)
             self.pt.copy_markers_to(child.pt, first, last)  # run by run
             self.pt.copy_huge_pmds_to(child.pt, first, last)
+        child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node
         self.design.after_fork(child)
         return child
 
