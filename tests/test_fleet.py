@@ -185,19 +185,22 @@ def test_summary_matches_the_table(local_table):
     assert doc["files"] == len(files) and doc["failed_files"] == 3
     assert doc["analyzed"] == len({r[_I["source"]] for r in ok})
     assert doc["max_map_count"] == [65530]
-    for design in ("vma", "pte", "tree"):
+    from sparsemm.model import designs as registry
+
+    assert set(doc["distributions"]) == {"original", *registry.names()}
+    for design in registry.names():
         vals = sorted(r[_I["map_count"]] for r in ok if r[_I["design"]] == design)
         d = doc["distributions"][design]["map_count"]
         assert (d["min"], d["max"], d["total"]) == (vals[0], vals[-1], sum(vals))
         assert d["median"] == vals[(len(vals) + 1) // 2 - 1]  # nearest rank
         assert d["p90"] == vals[-(-9 * len(vals) // 10) - 1]
-    pte = [r for r in ok if r[_I["design"]] == "pte"]
+    pte = [r for r in ok if r[_I["design"]] == registry.kernel_design()]
     best = max(r[_I["saved_vmas"]] for r in pte)
     gain = doc["gain_most_vmas"]
     assert gain[0]["saved_vmas"] == best and len(gain) == 10
     assert [g["saved_vmas"] for g in gain] == sorted((g["saved_vmas"] for g in gain), reverse=True)
     assert all(g["saved_vmas"] > 0 for g in gain)
-    vma = [r for r in ok if r[_I["design"]] == "vma"]
+    vma = [r for r in ok if r[_I["design"]] == registry.baseline()]
     assert doc["nearest_wall"][0]["headroom"] == min(r[_I["headroom"]] for r in vma)
 
 
@@ -338,6 +341,34 @@ def test_batches_close_on_bytes():
     items = [Item(f"f{i}", b"x" * 10) for i in range(10)] + [Item("big", b"y" * 100), Item("bad", None, "no")]
     got = [[a[0] for a in b] for b in batches(items, max_files=4, max_bytes=35)]
     assert got == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6", "f7", "f8"], ["f9"], ["big"], ["bad"]]
+
+
+def test_a_registered_design_flows_through_the_fleet_table(tmp_path):
+    """The designs of the table and the summary are the registry's: one more registered
+    design is one more row per file, in the per-file function and in single-file --out
+    (in this process: a design a test registers is not on the workers)."""
+    from test_designs_registry import RefuseDesign
+
+    from sparsemm import cli as sparsemm_cli
+    from sparsemm.analyze.fleet import analyze_file
+    from sparsemm.model import designs as registry
+
+    registry.register(RefuseDesign)
+    try:
+        sample = SAMPLES[2]
+        rows = analyze_file(str(sample), sample.read_bytes(), None, FleetOptions())
+        assert [r[_I["design"]] for r in rows] == list(registry.names()) and "refuse" in registry.names()
+        summary = Summary()
+        for r in rows:
+            summary.add(r)
+        doc = summary.to_json()
+        assert set(doc["distributions"]) == {"original", *registry.names()}
+        assert summary.today == registry.baseline() and summary.markers == registry.kernel_design()
+        out = tmp_path / "one.parquet"
+        assert sparsemm_cli.main(["analyze", str(sample), "--out", str(out), "--json"]) == 0
+        assert comparable(table_rows(out), lambda s: str(sample)) == comparable(rows)
+    finally:
+        registry.unregister("refuse")
 
 
 # --- tarballs and globs -----------------------------------------------------------------------

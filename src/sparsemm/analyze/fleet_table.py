@@ -16,16 +16,13 @@ from array import array
 from dataclasses import dataclass, field
 
 from sparsemm.analyze.report import AnalysisReport
+from sparsemm.model import designs as registry
 
-__all__ = ["SCHEMA", "SUMMARY_SCHEMA", "COLUMNS", "COLUMN_NAMES", "MARKERS", "TODAY", "Row",
+__all__ = ["SCHEMA", "SUMMARY_SCHEMA", "COLUMNS", "COLUMN_NAMES", "Row",
            "report_rows", "error_row", "TableWriter", "check_out_path", "Summary"]
 
 SCHEMA = "sparsemm.fleet/1"
 SUMMARY_SCHEMA = "sparsemm.fleet.summary/1"
-#: The design whose savings the summary ranks (guard markers, Linux 6.13+).
-MARKERS = "pte"
-#: The design that is the process as captured (its headroom is today's).
-TODAY = "vma"
 
 #: (name, Arrow type, meaning). Counts are whole-process; bytes are the model's kernel
 #: memory (predicted, not measured). A null is "not known" or "not applicable".
@@ -36,7 +33,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("pid", "int64", "the process id, when the input tells (snapshot, live pid, a file named PID[.maps|.smaps])"),
     ("comm", "string", "the command name, when the input tells (snapshot, live pid)"),
     ("uptime_s", "double", "seconds the process had been running when it was read, when the input tells (snapshot, live pid)"),
-    ("design", "string", "guard design: vma (as captured), pte (markers), tree; null for a file that failed"),
+    ("design", "string", "a registered guard design (model.designs: vma as captured, pte markers, tree); "
+                         "null for a file that failed"),
     ("vmas_original", "int64", "VMAs of the process as captured (its map_count)"),
     ("vmas", "int64", "vm_area_structs under the design"),
     ("map_count", "int64", "what counts against max_map_count under the design"),
@@ -46,8 +44,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("kernel_bytes", "int64", "kernel memory for the layout by the model: VMAs, anon_vmas, chains, maple nodes, page tables"),
     ("page_table_bytes", "int64", "the page-table part of kernel_bytes (depends on touch)"),
     ("memcg_bytes", "int64", "bytes charged to the memory cgroup, when the report has them"),
-    ("saved_vmas", "int64", "map_count saved versus the vma design (positive: fewer)"),
-    ("saved_bytes", "int64", "kernel_bytes saved versus the vma design"),
+    ("saved_vmas", "int64", "map_count saved versus the status-quo design (registry baseline, vma; positive: fewer)"),
+    ("saved_bytes", "int64", "kernel_bytes saved versus the status-quo design"),
     ("guards", "int64", "guard VMAs found in the process (policy: the analyze options)"),
     ("guard_bytes", "int64", "bytes those guards span"),
     ("reservations", "int64", "PROT_NONE reservations found (not guards)"),
@@ -190,10 +188,16 @@ class _Bounded:
 class Summary:
     """What the fleet run prints at the end, fed one row at a time (``add``). Keeps two
     integers per analyzed row (for the distributions) and ``top`` rows per ranking; O(1)
-    per row, O(n log n) to report."""
+    per row, O(n log n) to report. The designs come from the rows; the two the summary
+    compares come from the registry: ``today``, the status quo (``registry.baseline()``,
+    the process as captured: its headroom is today's), and ``markers``, the design the
+    running kernel implements (``registry.kernel_design()``: guard markers), whose savings
+    are ranked."""
 
     def __init__(self, top: int = 10):
         self.top = top
+        self.today = registry.baseline()
+        self.markers = registry.kernel_design()
         self.files = 0  # distinct sources seen
         self.failed_files: list[tuple[str, str]] = []  # (source, error), the first few
         self.n_failed_files = 0
@@ -207,7 +211,7 @@ class Summary:
         self._gain_vmas = _Bounded(top)
         self._gain_bytes = _Bounded(top)
         self._wall = _Bounded(top)
-        self._today: dict | None = None  # the current process's vma-design row, paired with its pte row
+        self._today: dict | None = None  # the current process's status-quo row, paired with its markers row
         self.payload = 0  # decommitted payload ranges over the processes
         self.existing_markers = 0  # marker runs the processes already hold (where known)
 
@@ -237,11 +241,11 @@ class Summary:
         self._hits[design] = self._hits.get(design, 0) + bool(row[_I["hits_max_map_count"]])
         who = {"source": source, "pid": row[_I["pid"]], "comm": row[_I["comm"]],
                "vmas": row[_I["vmas_original"]]}
-        if design == TODAY:
+        if design == self.today:
             self._today = {**who, "headroom": row[_I["headroom"]], "map_count": row[_I["map_count"]],
                            "kernel_bytes": row[_I["kernel_bytes"]]}
             self._wall.offer((-row[_I["headroom"]],), self._seq, self._today)
-        elif design == MARKERS:
+        elif design == self.markers:
             gain = {**who, "saved_vmas": row[_I["saved_vmas"]], "saved_bytes": row[_I["saved_bytes"]],
                     "map_count": row[_I["map_count"]], "headroom": row[_I["headroom"]]}
             if gain["saved_vmas"] is not None and gain["saved_vmas"] > 0:  # a process that gains nothing is no gainer
@@ -249,7 +253,7 @@ class Summary:
             if gain["saved_bytes"] is not None and gain["saved_bytes"] > 0:
                 self._gain_bytes.offer((gain["saved_bytes"], gain["saved_vmas"]), self._seq, gain)
             if self._today is not None and self._today["source"] == source:
-                self._today["headroom_" + MARKERS] = row[_I["headroom"]]
+                self._today["headroom_" + self.markers] = row[_I["headroom"]]
 
     @property
     def analyzed(self) -> int:
@@ -317,13 +321,13 @@ class Summary:
                 t.add_row(f"{name}: kernel bytes", *(_b(d["kernel_bytes"][k]) for k in ("min", "median", "p90", "max", "total")),
                           "")
             parts.append(t)
-        for title, ranked in ((f"gain most from markers ({MARKERS}), by VMAs saved", self._gain_vmas.ranked()),
-                              (f"gain most from markers ({MARKERS}), by kernel bytes saved", self._gain_bytes.ranked())):
+        for title, ranked in ((f"gain most from markers ({self.markers}), by VMAs saved", self._gain_vmas.ranked()),
+                              (f"gain most from markers ({self.markers}), by kernel bytes saved", self._gain_bytes.ranked())):
             if not ranked:
                 continue
             t = Table(title=title, header_style="bold", title_justify="left")
             for col, just in (("source", "left"), ("pid", "right"), ("comm", "left"), ("VMAs", "right"),
-                              (f"{MARKERS} VMAs", "right"), ("saved VMAs", "right"), ("saved bytes", "right")):
+                              (f"{self.markers} VMAs", "right"), ("saved VMAs", "right"), ("saved bytes", "right")):
                 t.add_column(col, justify=just, overflow="fold")
             for g in ranked:
                 t.add_row(g["source"], _n(g["pid"]), g["comm"] or "", _n(g["vmas"]), _n(g["map_count"]),
@@ -334,11 +338,11 @@ class Summary:
             t = Table(title="nearest the max_map_count wall (as captured)", header_style="bold",
                       title_justify="left")
             for col, just in (("source", "left"), ("pid", "right"), ("comm", "left"), ("VMAs", "right"),
-                              ("headroom", "right"), (f"headroom with {MARKERS}", "right")):
+                              ("headroom", "right"), (f"headroom with {self.markers}", "right")):
                 t.add_column(col, justify=just, overflow="fold")
             for w in ranked:
                 t.add_row(w["source"], _n(w["pid"]), w["comm"] or "", _n(w["map_count"]), _n(w["headroom"]),
-                          _n(w.get("headroom_" + MARKERS)))
+                          _n(w.get("headroom_" + self.markers)))
             parts.append(t)
         if self.failed_files:
             lines = Text()
