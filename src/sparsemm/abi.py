@@ -230,6 +230,8 @@ PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
 PAGE_IS_GUARD = 1 << 8
+#: Every category PAGEMAP_SCAN knows (PM_SCAN_CATEGORIES); a mask with another bit is EINVAL.
+PM_SCAN_CATEGORIES = (1 << 9) - 1
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
 
 # PROCMAP_QUERY on /proc/PID/maps (Linux 6.11+): the one VMA covering an address.
@@ -272,6 +274,25 @@ MAP_BY_NAME: dict[str, int] = {
 }
 
 MADV_BY_NAME: dict[str, int] = {m.name.lower(): int(m) for m in Madv}
+
+#: PAGEMAP_SCAN categories by op-script name, in bit order (``PAGE_IS_<NAME>``).
+PAGE_IS_BY_NAME: dict[str, int] = {
+    "wpallowed": PAGE_IS_WPALLOWED,
+    "written": PAGE_IS_WRITTEN,
+    "file": PAGE_IS_FILE,
+    "present": PAGE_IS_PRESENT,
+    "swapped": PAGE_IS_SWAPPED,
+    "pfnzero": PAGE_IS_PFNZERO,
+    "huge": PAGE_IS_HUGE,
+    "soft_dirty": PAGE_IS_SOFT_DIRTY,
+    "guard": PAGE_IS_GUARD,
+}
+
+
+def page_categories(bits: int) -> list[str]:
+    """PAGEMAP_SCAN category bits as op-script names, in bit order (unknown bits dropped)."""
+    return [name for name, bit in PAGE_IS_BY_NAME.items() if bits & bit]
+
 
 MREMAP_BY_NAME: dict[str, int] = {
     "maymove": MremapFlag.MAYMOVE,

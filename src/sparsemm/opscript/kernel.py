@@ -17,7 +17,7 @@ import signal
 import sys
 
 from sparsemm import abi
-from sparsemm.native import libc, procfs
+from sparsemm.native import _scan, libc, procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
 from sparsemm.opscript.dispatch import OpDispatcher
@@ -302,6 +302,18 @@ class KernelRunner(OpDispatcher):
         finally:
             os.close(pidfd)
         return {"value": done // abi.PAGE_SIZE}
+
+    def op_pagemap_scan(self, op: Op):
+        mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            regions, walk_end = _scan.pagemap_scan(
+                fd, op.addr, (op.addr + op.length) & abi.ULONG_MAX, category_mask=mask,
+                anyof_mask=anyof, inverted=inverted, return_mask=ret_mask, max_pages=max_pages,
+                vec_len=vec_len)
+        finally:
+            os.close(fd)
+        return {"value": rec.scan_value(regions, walk_end, self.base)}
 
     # -- observation ---------------------------------------------------------
 

@@ -88,6 +88,12 @@ class _ModelRunner(OpDispatcher):
             done += length
         return {"value": done // abi.PAGE_SIZE}
 
+    def op_pagemap_scan(self, op: Op):
+        mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
+        regions, walk_end = procfs.pagemap_scan(self.mm, op.addr, (op.addr + op.length) & ULONG_MAX,
+                                                mask, anyof, inverted, ret_mask, max_pages, vec_len)
+        return {"value": rec.scan_value(regions, walk_end, self.base)}
+
 
 def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
     """The snapshot value (docs/opscript.md) of ``[base, end)``: the VMAs meeting it and the

@@ -70,6 +70,14 @@ def snapshot_value(vmas: list[VmaView], pages: str) -> dict:
     return {"vmas": [v.as_list() for v in vmas], "pages": pages}
 
 
+def scan_value(regions, walk_end: int, base: int) -> dict:
+    """A ``pagemap_scan`` record's value: ``regions`` as ``[start, end, [category names]]``
+    and ``walk_end``, addresses in pages from ``base`` (the arena base)."""
+    return {"regions": [[(s - base) // abi.PAGE_SIZE, (e - base) // abi.PAGE_SIZE,
+                         abi.page_categories(c)] for s, e, c in regions],
+            "walk_end": (walk_end - base) // abi.PAGE_SIZE}
+
+
 def to_json(records: list[dict]) -> str:
     """The JSON array, one record per line (still one JSON document)."""
     if not records:

@@ -41,6 +41,7 @@ MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
 MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
+MAX_SCAN_VEC = 4096  # regions one pagemap_scan may return (its record holds each)
 
 #: Advice refused unless the caller asks for it (``parse_script(allow_dangerous=True)``,
 #: ``--allow-dangerous``): on the kernel they damage the machine, not the script's process.
@@ -88,10 +89,12 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "fallocate_punch": (frozenset({"file", "at", "len"}), frozenset({"file", "at"})),
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
     "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
+    "pagemap_scan": (frozenset({"at", "len", "require", "anyof", "inverted", "return", "max_pages",
+                                "vec_len"}), frozenset({"at"})),
 }
 OP_NAMES = tuple(OP_FIELDS)
 #: Ops whose (addr, length) is one range of the address space.
-_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock"})
+_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan"})
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -160,6 +163,8 @@ class Op:
     seals: int = 0
     ranges: tuple[tuple[int, int], ...] = ()  # process_madvise iovecs: (addr, length) in bytes
     file_length: int | None = None  # ftruncate size in bytes
+    #: pagemap_scan: (category_mask, anyof_mask, inverted, return_mask, max_pages, vec_len)
+    scan: tuple[int, int, int, int, int, int] | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -306,6 +311,20 @@ def _names(op: dict, key: str, table: dict[str, int], index: int) -> int:
     return word
 
 
+def _category_mask(op: dict, key: str, index: int, default: int) -> int:
+    """A PAGEMAP_SCAN category mask: a list of ``abi.PAGE_IS_BY_NAME`` names, or a raw u64
+    (unknown bits included, for the kernel's EINVAL)."""
+    if key not in op:
+        return default
+    value = op[key]
+    if _is_int(value):
+        if not 0 <= value < _U64:
+            raise ScriptError(f"a raw category mask is a u64 (0..2^64-1), not {_show(value)}",
+                              index=index, field_name=key)
+        return value
+    return _names(op, key, abi.PAGE_IS_BY_NAME, index)
+
+
 def _text(value: Any, what: str, index: int | None = None, field_name: str | None = None,
           limit: int = MAX_TEXT_CHARS) -> str:
     """``value`` if it is a string that every output can encode (no lone surrogate)."""
@@ -403,7 +422,7 @@ def refused_by_arguments(name: str, start: int, end: int) -> bool:
         return True
     if start % PAGE and name not in ("mlock", "munlock", "touch"):
         return True
-    return name in ("mmap", "munmap", "mremap") and end > abi.TASK_SIZE
+    return name in ("mmap", "munmap", "mremap", "pagemap_scan") and end > abi.TASK_SIZE
 
 
 #: Calls that stop at the first unmapped page of their range (mprotect, mlock and munlock
@@ -477,7 +496,8 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
 
     base = ctx.base
     kw: dict[str, Any] = {"index": index, "name": name, "raw": op}
-    if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch"):
+    if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch",
+                "pagemap_scan"):
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
@@ -585,6 +605,19 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
                               f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
                               field_name="op")
+    elif name == "pagemap_scan":
+        masks = [_category_mask(op, key, index, default)
+                 for key, default in (("require", 0), ("anyof", 0), ("inverted", 0),
+                                      ("return", abi.PM_SCAN_CATEGORIES))]
+        max_pages = op.get("max_pages", 0)
+        if not _is_int(max_pages) or not 0 <= max_pages < _U64:
+            raise ScriptError(f"must be an integer 0..2^64-1 (0: no limit), not {_show(max_pages)}",
+                              index=index, field_name="max_pages")
+        vec_len = op.get("vec_len", 512)
+        if not _is_int(vec_len) or not 0 <= vec_len <= MAX_SCAN_VEC:
+            raise ScriptError(f"must be an integer 0..{MAX_SCAN_VEC}, not {_show(vec_len)}",
+                              index=index, field_name="vec_len")
+        kw["scan"] = (*masks, max_pages, vec_len)
     elif name in ("ftruncate", "fallocate_punch", "seal"):
         kw["file"] = _script_file(op, index, ctx.files)
         if name == "ftruncate":

@@ -1,0 +1,60 @@
+"""The op-format extensions of docs/opscript.md ("Extensions"): their validation, and what
+each op does on the model where no kernel is needed to say it.
+
+Every bad value is refused in one line naming the op (index and name) and the field. The
+kernel's own answers are pinned by the corpus (tests/conformance/ops/ and the scripts the
+extensions added elsewhere), which both backends must reproduce.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsemm import abi
+from sparsemm.opscript.model_backend import run_model
+from sparsemm.opscript.script import ScriptError, parse_script
+
+
+def _doc(*ops, **top):
+    return {"ops": list(ops), **top}
+
+
+BAD = [
+    # pagemap_scan
+    (_doc({"op": "pagemap_scan", "at": 0, "require": ["guards"]}),
+     "op 0 (pagemap_scan) field 'require': unknown flag 'guards'"),
+    (_doc({"op": "pagemap_scan", "at": 0, "anyof": -1}), "op 0 (pagemap_scan) field 'anyof': a raw category mask"),
+    (_doc({"op": "pagemap_scan", "at": 0, "return": 1 << 64}), "op 0 (pagemap_scan) field 'return'"),
+    (_doc({"op": "pagemap_scan", "at": 0, "inverted": "guard"}), "op 0 (pagemap_scan) field 'inverted'"),
+    (_doc({"op": "pagemap_scan", "at": 0, "max_pages": -1}), "op 0 (pagemap_scan) field 'max_pages'"),
+    (_doc({"op": "pagemap_scan", "at": 0, "vec_len": 4097}), "op 0 (pagemap_scan) field 'vec_len'"),
+    (_doc({"op": "pagemap_scan", "at": 0, "len": 2048}), "op 0 (pagemap_scan) field 'at': the range"),
+]
+
+
+@pytest.mark.parametrize("doc, needle", BAD)
+def test_bad_values_are_one_line_naming_op_and_field(doc, needle):
+    with pytest.raises(ScriptError) as info:
+        parse_script(doc)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _run(*ops, **top):
+    return run_model(parse_script(_doc(*ops, **top)))
+
+
+def test_pagemap_scan_masks_default_to_every_category_returned():
+    recs = _run({"op": "mmap", "at": 0, "len": 4, "prot": "rw"},
+                {"op": "madvise", "at": 1, "advice": "guard_install"},
+                {"op": "pagemap_scan", "at": 0, "len": 4},
+                {"op": "pagemap_scan", "at": 0, "len": 4, "require": abi.PAGE_IS_GUARD,
+                 "return": ["guard"]})
+    assert recs[2]["value"] == {"regions": [[0, 1, ["written"]], [1, 2, ["written", "swapped", "guard"]],
+                                            [2, 4, ["written"]]], "walk_end": 4}
+    assert recs[3]["value"] == {"regions": [[1, 2, ["guard"]]], "walk_end": 4}
+
+
+def test_pagemap_scan_unknown_bit_is_einval_before_the_range():
+    recs = _run({"op": "pagemap_scan", "at_bytes": 1, "require": 1 << 9})
+    assert recs[0]["ret"] == "EINVAL"
