@@ -29,6 +29,11 @@ BAD = [
     (_doc({"op": "pagemap_scan", "at": 0, "max_pages": -1}), "op 0 (pagemap_scan) field 'max_pages'"),
     (_doc({"op": "pagemap_scan", "at": 0, "vec_len": 4097}), "op 0 (pagemap_scan) field 'vec_len'"),
     (_doc({"op": "pagemap_scan", "at": 0, "len": 2048}), "op 0 (pagemap_scan) field 'at': the range"),
+    # mseal
+    (_doc({"op": "mseal", "at": 0, "flags": ["x"]}), "op 0 (mseal) field 'flags': must be an integer"),
+    (_doc({"op": "mseal", "at": 0, "flags": 1 << 64}), "op 0 (mseal) field 'flags'"),
+    (_doc({"op": "mseal", "at": 1020, "len": 8}), "op 0 (mseal) field 'at': the range"),
+    (_doc({"op": "mseal", "len": 8}), "op 0 (mseal) field 'at': missing"),
 ]
 
 
@@ -58,3 +63,15 @@ def test_pagemap_scan_masks_default_to_every_category_returned():
 def test_pagemap_scan_unknown_bit_is_einval_before_the_range():
     recs = _run({"op": "pagemap_scan", "at_bytes": 1, "require": 1 << 9})
     assert recs[0]["ret"] == "EINVAL"
+
+
+def test_mseal_then_munmap_and_discard_are_eperm_on_the_model():
+    recs = _run({"op": "mmap", "at": 0, "len": 4, "prot": "r"},
+                {"op": "mseal", "at": 0, "len": 4},
+                {"op": "munmap", "at": 0, "len": 4},
+                {"op": "madvise", "at": 0, "advice": "guard_install"},
+                {"op": "mprotect", "at": 0, "len": 4, "prot": "rw"},
+                {"op": "mlock", "at": 0, "len": 4},
+                {"op": "snapshot"})
+    assert [r["ret"] for r in recs] == ["ok", "ok", "EPERM", "EPERM", "EPERM", "ok", "ok"]
+    assert recs[-1]["value"]["vmas"] == [[0, 4, "r--p", "anon", 0, "lo sl"]]

@@ -15,6 +15,7 @@ import errno
 from typing import TYPE_CHECKING, Callable
 
 from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, page_align
+from sparsemm.model._flags import _VM_SEALED
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
@@ -141,19 +142,32 @@ class MmCore(abc.ABC):
         """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
         markers), free the page tables no longer spanned; tells the design (``on_unmap``).
         ENOMEM (OSError) when a split would pass ``max_map_count``; nothing changed then.
+        EPERM when a VMA of the range is sealed (``mseal``): only the split at ``start`` is
+        done then, if the first VMA is not the sealed one.
         Precondition: ``start < end``, both page aligned. O(k log n + zap)."""
         vmas = self.tree.overlapping(start, end)
         if not vmas:
             return
-        self.design.on_unmap(start, end)
         first, last = vmas[0], vmas[-1]
+        sealed = any(int(v.vm_flags) & _VM_SEALED for v in vmas)
         if first.vm_start < start:
             if end < first.vm_end and len(self.tree) >= self.max_map_count:
                 raise kerr(errno.ENOMEM, "munmap: split over max_map_count")
+            if int(first.vm_flags) & _VM_SEALED:
+                raise kerr(errno.EPERM, "munmap: sealed vma")
+            if sealed:  # vms_gather_munmap_vmas(): the first split stays when a later VMA is sealed
+                upper = split_vma(self.tree, first, start, _NO_LIMIT)
+                first.changed_unmerged = upper.changed_unmerged = True  # left split, as the kernel does
+                raise kerr(errno.EPERM, "munmap: sealed vma")
+            self.design.on_unmap(start, end)
             upper = split_vma(self.tree, first, start, _NO_LIMIT)
             if first is last:
                 last = upper
             vmas[0] = upper
+        elif sealed:
+            raise kerr(errno.EPERM, "munmap: sealed vma")
+        else:
+            self.design.on_unmap(start, end)
         if last.vm_end > end:
             split_vma(self.tree, last, end, _NO_LIMIT)
         self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)

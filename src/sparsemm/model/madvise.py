@@ -20,6 +20,11 @@ from sparsemm.model.merge import vma_modify_flags
 from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
+#: mm/madvise.c: is_discard(): the advice a sealed read-only private anonymous VMA refuses.
+_DISCARD_ADVICE = frozenset(int(m) for m in (
+    Madv.FREE, Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.REMOVE, Madv.DONTFORK, Madv.WIPEONFORK,
+    Madv.GUARD_INSTALL))
+
 #: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
 #: CONFIG_MEMORY_FAILURE off: MADV_HWPOISON/SOFT_OFFLINE are EINVAL here).
 _VALID_ADVICE = frozenset(int(m) for m in (
@@ -114,6 +119,9 @@ class MadviseMixin(MmCore):
                 return self.design.remove(self, vma, start, end)
             return _resume_after(vma, end)
         f = vma.vm_flags
+        if f & VmFlag.SEALED and advice in _DISCARD_ADVICE and vma.is_anonymous() \
+                and not f & VmFlag.WRITE:  # can_madvise_modify(): per VMA, earlier ones done
+            raise kerr(errno.EPERM, "madvise: discard on a sealed read-only anonymous vma")
         new = f
         if advice == Madv.REMOVE:
             return self._madvise_remove(vma, start, end)

@@ -26,8 +26,8 @@ from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
-                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SHARED,
-                                    _VM_WRITE)
+                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SEALED,
+                                    _VM_SHARED, _VM_WRITE)
 
 __all__ = ["AddressSpace", "SegFault", "DEFAULT_MMAP_BASE"]
 
@@ -252,6 +252,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         """mm/mprotect.c: mprotect_fixup(); returns the VMA now covering ``start``."""
         oldflags = int(vma.vm_flags)
         newflags = int(newflags)
+        if oldflags & _VM_SEALED:  # can_modify_vma(): before the no-change case
+            raise kerr(errno.EPERM, "mprotect: sealed vma")
         if newflags == oldflags:
             return vma
         if newflags & _VM_WRITE:
@@ -324,6 +326,43 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             tmp = vma.vm_end if vma.vm_end > tmp else nend  # vma_iter_end()
         if tmp < end:
             raise kerr(errno.ENOMEM, "mlock: hole at end")
+
+    # ------------------------------------------------------------------ mseal
+
+    def mseal(self, addr: int, length: int, flags: int = 0) -> None:
+        """mm/mseal.c: do_mseal(): seal every VMA of ``[addr, addr + length)`` (VM_SEALED,
+        splitting at the ends): from then on munmap, MAP_FIXED over it, mremap and mprotect
+        of it give EPERM, and so does discard advice (``madvise``) on read-only private
+        anonymous memory. EINVAL for flags or an unaligned or wrapping range, ENOMEM when
+        the range holds a hole (nothing sealed then). O(k log n)."""
+        if flags:
+            raise kerr(errno.EINVAL, "mseal: flags")
+        if addr & ~abi.PAGE_MASK:
+            raise kerr(errno.EINVAL, "mseal: unaligned")
+        aligned = abi.page_align(length) & ULONG_MAX
+        if length and not aligned:
+            raise kerr(errno.EINVAL, "mseal: length rounds to 0")
+        end = addr + aligned
+        if end > ULONG_MAX:
+            raise kerr(errno.EINVAL, "mseal: wraps")
+        if end == addr:
+            return
+        cursor = addr  # range_contains_unmapped()
+        for vma in self.tree.overlapping(addr, end):
+            if vma.vm_start > cursor:
+                break
+            cursor = vma.vm_end
+        if cursor < end:
+            raise kerr(errno.ENOMEM, "mseal: range has a hole")
+        tmp = addr
+        while tmp < end:  # mseal_apply()
+            vma = self.tree.find_vma(tmp)
+            nend = min(vma.vm_end, end)
+            if not vma.is_guard_entry and not int(vma.vm_flags) & _VM_SEALED:
+                prev = self.tree.prev(vma) if tmp == vma.vm_start else vma
+                vma = vma_modify_flags(self.tree, prev, vma, tmp, nend, int(vma.vm_flags) | _VM_SEALED,
+                                       self.max_map_count)
+            tmp = nend
 
     # ------------------------------------------------------------------ fork / exit
 

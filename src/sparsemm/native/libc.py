@@ -1,7 +1,7 @@
 """ctypes bindings to the memory-management system calls, raising ``OSError``.
 
 Owns the raw calls (mmap, munmap, mprotect, madvise, mremap, mlock/mlock2,
-munlock, process_vm_readv/writev, memfd_create, process_madvise, pidfd_open,
+munlock, mseal, process_vm_readv/writev, memfd_create, process_madvise, pidfd_open,
 ftruncate, fallocate, fcntl seals, ioctl). Addresses are ints; nothing is checked here
 beyond what the kernel checks: these are the unchecked primitives the checked
 API (``sparsemm.native.mapping``) and the op-script kernel backend build on.
@@ -166,6 +166,12 @@ def process_madvise(pidfd: int, ranges: list[tuple[int, int]], advice: int, flag
     return _check(_syscall(c_long(abi.SYS_process_madvise), c_int(pidfd), vec,
                            c_size_t(len(ranges)), c_int(advice), ctypes.c_uint(flags)),
                   "process_madvise")
+
+
+def mseal(addr: int, length: int, flags: int = 0) -> None:
+    """``mseal(2)`` (Linux 6.10+): seal the VMAs of the range against unmapping and changes."""
+    _check(_syscall(c_long(abi.SYS_mseal), c_ulong(_word(addr)), c_ulong(_word(length)),
+                    c_ulong(_word(flags))), "mseal")
 
 
 def ftruncate(fd: int, length: int) -> None:

@@ -303,6 +303,9 @@ class KernelRunner(OpDispatcher):
             os.close(pidfd)
         return {"value": done // abi.PAGE_SIZE}
 
+    def op_mseal(self, op: Op):
+        libc.mseal(op.addr, op.length, op.flags)
+
     def op_pagemap_scan(self, op: Op):
         mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
         fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)

@@ -88,6 +88,9 @@ class _ModelRunner(OpDispatcher):
             done += length
         return {"value": done // abi.PAGE_SIZE}
 
+    def op_mseal(self, op: Op):
+        self.mm.mseal(op.addr, op.length & ULONG_MAX, op.flags)
+
     def op_pagemap_scan(self, op: Op):
         mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
         regions, walk_end = procfs.pagemap_scan(self.mm, op.addr, (op.addr + op.length) & ULONG_MAX,

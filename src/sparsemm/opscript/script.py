@@ -89,12 +89,14 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "fallocate_punch": (frozenset({"file", "at", "len"}), frozenset({"file", "at"})),
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
     "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
+    "mseal": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
     "pagemap_scan": (frozenset({"at", "len", "require", "anyof", "inverted", "return", "max_pages",
                                 "vec_len"}), frozenset({"at"})),
 }
 OP_NAMES = tuple(OP_FIELDS)
 #: Ops whose (addr, length) is one range of the address space.
-_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan"})
+_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan",
+                        "mseal"})
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -497,7 +499,7 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     base = ctx.base
     kw: dict[str, Any] = {"index": index, "name": name, "raw": op}
     if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch",
-                "pagemap_scan"):
+                "pagemap_scan", "mseal"):
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
@@ -605,6 +607,12 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
                               f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
                               field_name="op")
+    elif name == "mseal":
+        flags = op.get("flags", 0)
+        if not _is_int(flags) or not 0 <= flags < _U64:
+            raise ScriptError(f"must be an integer 0..2^64-1 (the kernel takes none: 0), not {_show(flags)}",
+                              index=index, field_name="flags")
+        kw["flags"] = flags
     elif name == "pagemap_scan":
         masks = [_category_mask(op, key, index, default)
                  for key, default in (("require", 0), ("anyof", 0), ("inverted", 0),
