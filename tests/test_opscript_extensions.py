@@ -34,6 +34,14 @@ BAD = [
     (_doc({"op": "mseal", "at": 0, "flags": 1 << 64}), "op 0 (mseal) field 'flags'"),
     (_doc({"op": "mseal", "at": 1020, "len": 8}), "op 0 (mseal) field 'at': the range"),
     (_doc({"op": "mseal", "len": 8}), "op 0 (mseal) field 'at': missing"),
+    # raw prot and flag bits
+    (_doc({"op": "mmap", "at": 0, "prot": 1 << 31}), "op 0 (mmap) field 'prot': raw prot"),
+    (_doc({"op": "mmap", "at": 0, "prot": -1}), "op 0 (mmap) field 'prot': raw prot"),
+    (_doc({"op": "mprotect", "at": 0, "prot": ["r", "semaphore"]}), "op 0 (mprotect) field 'prot': unknown flag"),
+    (_doc({"op": "mprotect", "at": 0, "prot": 1.0}), "op 0 (mprotect) field 'prot': must be a string"),
+    (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", -2]}), "op 0 (mmap) field 'flags': raw flag bits"),
+    (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", 1 << 31]}), "op 0 (mmap) field 'flags'"),
+    (_doc({"op": "mremap", "at": 0, "new_len": 1, "flags": [1]}), "op 0 (mremap) field 'flags': must be a list of names"),
 ]
 
 
@@ -75,3 +83,17 @@ def test_mseal_then_munmap_and_discard_are_eperm_on_the_model():
                 {"op": "snapshot"})
     assert [r["ret"] for r in recs] == ["ok", "ok", "EPERM", "EPERM", "EPERM", "ok", "ok"]
     assert recs[-1]["value"]["vmas"] == [[0, 4, "r--p", "anon", 0, "lo sl"]]
+
+
+def test_raw_prot_and_flags_reach_the_call_as_written():
+    s = parse_script(_doc({"op": "mmap", "at": 0, "prot": ["r", "sem"], "flags": ["droppable", "anonymous", 64]},
+                          {"op": "mprotect", "at": 0, "prot": 19}))
+    assert s.ops[0].prot == abi.PROT_READ | abi.PROT_SEM
+    assert s.ops[0].flags == (abi.MapFlag.DROPPABLE | abi.MAP_ANONYMOUS | 64 | abi.MAP_FIXED_NOREPLACE)
+    assert s.ops[1].prot == 19
+
+
+def test_map_stack_sets_nohugepage_on_the_model():
+    recs = _run({"op": "mmap", "at": 0, "len": 4, "prot": "rw", "flags": ["private", "anonymous", "stack"]},
+                {"op": "snapshot"})
+    assert recs[1]["value"]["vmas"] == [[0, 4, "rw-p", "anon", 0, "nh"]]

@@ -42,6 +42,7 @@ class Prot(enum.IntFlag):
 
 
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0x0, 0x1, 0x2, 0x4
+PROT_SEM = 0x8  # accepted by mprotect (arch_validate_prot()), no effect on x86
 PROT_GROWSDOWN = 0x0100_0000
 PROT_GROWSUP = 0x0200_0000
 
@@ -50,6 +51,7 @@ class MapFlag(enum.IntFlag):
     SHARED = 0x01
     PRIVATE = 0x02
     SHARED_VALIDATE = 0x03
+    DROPPABLE = 0x08  # a map type (Linux 6.11+): anonymous memory the kernel may drop
     FIXED = 0x10
     ANONYMOUS = 0x20
     GROWSDOWN = 0x100
@@ -159,6 +161,7 @@ class VmFlag(enum.IntFlag):
     HUGEPAGE = 0x20000000
     NOHUGEPAGE = 0x40000000
     MERGEABLE = 0x80000000
+    DROPPABLE = 1 << 40
     SEALED = 1 << 42
 
 
@@ -196,12 +199,13 @@ VM_MNEMONICS: dict[VmFlag, str] = {
     VmFlag.HUGEPAGE: "hg",
     VmFlag.NOHUGEPAGE: "nh",
     VmFlag.MERGEABLE: "mg",
+    VmFlag.DROPPABLE: "dp",
     VmFlag.SEALED: "sl",
 }
 MNEMONIC_TO_VMFLAG: dict[str, VmFlag] = {v: k for k, v in VM_MNEMONICS.items()}
 
 #: The VmFlags an op-script snapshot reports (OPSCRIPT.md), sorted.
-SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl")))
+SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl", "dp")))
 
 
 def vmflags_to_mnemonics(flags: int) -> list[str]:
@@ -271,6 +275,17 @@ MAP_BY_NAME: dict[str, int] = {
     "noreserve": MapFlag.NORESERVE,
     "locked": MapFlag.LOCKED,
     "growsdown": MapFlag.GROWSDOWN,
+    "shared_validate": MapFlag.SHARED_VALIDATE,
+    "droppable": MapFlag.DROPPABLE,
+    "stack": MapFlag.STACK,
+    "nonblock": MapFlag.NONBLOCK,
+    "hugetlb": MapFlag.HUGETLB,
+}
+
+#: Raw ``prot`` bits beyond r/w/x an op script may name (``"prot": ["r", "sem"]``).
+PROT_BY_NAME: dict[str, int] = {
+    "r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC, "sem": PROT_SEM,
+    "growsdown": PROT_GROWSDOWN, "growsup": PROT_GROWSUP,
 }
 
 MADV_BY_NAME: dict[str, int] = {m.name.lower(): int(m) for m in Madv}

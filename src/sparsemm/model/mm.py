@@ -26,8 +26,8 @@ from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
-                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SEALED,
-                                    _VM_SHARED, _VM_WRITE)
+                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NOHUGEPAGE, _VM_NORESERVE,
+                                    _VM_SEALED, _VM_SHARED, _VM_WRITE)
 
 __all__ = ["AddressSpace", "SegFault", "DEFAULT_MMAP_BASE"]
 
@@ -45,6 +45,10 @@ _MAP_SHARED, _MAP_PRIVATE, _MAP_SHARED_VALIDATE = int(MapFlag.SHARED), int(MapFl
 _MAP_FIXED, _MAP_FIXED_NOREPLACE = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE)
 _MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFlag.GROWSDOWN), int(MapFlag.LOCKED)
 _MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
+_MAP_NONBLOCK, _MAP_STACK, _MAP_DROPPABLE = int(MapFlag.NONBLOCK), int(MapFlag.STACK), int(MapFlag.DROPPABLE)
+_MAP_TYPE = 0x0F  # include/uapi/linux/mman.h
+#: What MAP_DROPPABLE adds (mm/mmap.c: do_mmap()).
+_DROPPABLE_FLAGS = int(VmFlag.DROPPABLE | VmFlag.WIPEONFORK | VmFlag.DONTDUMP | VmFlag.NORESERVE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
@@ -127,6 +131,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             vm_flags |= _VM_GROWSDOWN
         if flags & _MAP_LOCKED:
             vm_flags |= _VM_LOCKED
+        if flags & _MAP_STACK:  # calc_vm_flag_bits(): no THP for a stack
+            vm_flags |= _VM_NOHUGEPAGE
         # get_unmapped_area()
         if flags & _MAP_FIXED:
             if addr > TASK_SIZE - length:
@@ -139,7 +145,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
-        map_type = flags & 0x3
+        map_type = flags & _MAP_TYPE
         if file is not None:
             if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
                 raise kerr(errno.EOPNOTSUPP, "mmap: unknown flag with MAP_SHARED_VALIDATE")
@@ -155,6 +161,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                     raise kerr(errno.EINVAL, "mmap: shared growsdown")
                 pgoff = 0
                 vm_flags |= _VM_SHARED | _VM_MAYSHARE
+            elif map_type == _MAP_DROPPABLE:
+                if flags & _MAP_LOCKED or vm_flags & _VM_GROWSDOWN:
+                    raise kerr(errno.EINVAL, "mmap: droppable and locked or growsdown")
+                vm_flags |= _DROPPABLE_FLAGS
+                pgoff = addr >> PAGE_SHIFT
             elif map_type == _MAP_PRIVATE:
                 pgoff = addr >> PAGE_SHIFT
             else:
@@ -186,7 +197,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         if file is not None:
             self._use_file(file)
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
-        if flags & _MAP_POPULATE or vm_flags & _VM_LOCKED:
+        if vm_flags & _VM_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
             self.mm_populate(addr, length, ignore_errors=True)
         return addr
 
@@ -213,8 +224,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         """mm/mprotect.c: do_mprotect_pkey(): set the protection of every VMA in
         ``[addr, addr + length)`` (guard entries skipped, T7); ENOMEM at a hole, after the
         VMAs before it changed. O(k log n); populating a locked range adds O(p)."""
-        if prot & ~(abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC | abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
-            raise kerr(errno.EINVAL, "mprotect: bad prot")
+        grows = prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP)
+        prot &= ~grows
+        if grows == abi.PROT_GROWSDOWN | abi.PROT_GROWSUP:
+            raise kerr(errno.EINVAL, "mprotect: PROT_GROWSDOWN and PROT_GROWSUP")
         if addr & ~abi.PAGE_MASK:
             raise kerr(errno.EINVAL, "mprotect: unaligned")
         if not length:
@@ -223,11 +236,19 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         end = (addr + length) & ULONG_MAX
         if end <= addr:
             raise kerr(errno.ENOMEM, "mprotect: wraps")
-        if prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
-            raise kerr(errno.EINVAL, "mprotect: PROT_GROWS* not modelled")
+        if prot & ~(_PROT_RWX | abi.PROT_SEM):  # arch_validate_prot() (generic: PROT_SEM allowed)
+            raise kerr(errno.EINVAL, "mprotect: bad prot")
         vma = self.tree.find_vma(addr)
         if vma is None or vma.vm_start >= end:
             raise kerr(errno.ENOMEM, "mprotect: no vma")
+        if grows & abi.PROT_GROWSDOWN:  # from the start of the growsdown VMA
+            addr = vma.vm_start
+            if not int(vma.vm_flags) & _VM_GROWSDOWN:
+                raise kerr(errno.EINVAL, "mprotect: PROT_GROWSDOWN on a VMA that does not grow down")
+        elif vma.vm_start > addr:
+            raise kerr(errno.ENOMEM, "mprotect: no vma at start")
+        elif grows:  # PROT_GROWSUP: x86 has no VM_GROWSUP
+            raise kerr(errno.EINVAL, "mprotect: PROT_GROWSUP")
         newprot = prot & _PROT_RWX  # calc_vm_prot_bits(), as a plain int
         self.design.on_mprotect(addr, end)
         tmp = addr
@@ -320,7 +341,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             newflags = (vma.vm_flags & ~VM_LOCKED_MASK) | lock
             nend = min(vma.vm_end, end)
             # mlock_fixup()
-            if newflags != vma.vm_flags and not vma.vm_flags & VM_SPECIAL:
+            if newflags != vma.vm_flags and not vma.vm_flags & (VM_SPECIAL | VmFlag.DROPPABLE):
                 prev = self.tree.prev(vma) if tmp == vma.vm_start else vma
                 vma = vma_modify_flags(self.tree, prev, vma, tmp, nend, newflags, self.max_map_count)
             tmp = vma.vm_end if vma.vm_end > tmp else nend  # vma_iter_end()

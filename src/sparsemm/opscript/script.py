@@ -300,17 +300,46 @@ def _offset(op: dict, key: str, scale: int, index: int, *, signed: bool = False)
     return value * scale
 
 
-def _names(op: dict, key: str, table: dict[str, int], index: int) -> int:
+def _names(op: dict, key: str, table: dict[str, int], index: int, *, raw: bool = False) -> int:
+    """The OR of a list of flag names from ``table``; with ``raw``, the list may also hold
+    integers 0..2^31-1 (bits the names do not cover, unknown bits), OR-ed in as written."""
     value = op.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ScriptError(f"must be a list of names, not {_show(value)}", index=index, field_name=key)
+    if not isinstance(value, list) or not all(isinstance(v, str) or (raw and _is_int(v)) for v in value):
+        want = "a list of names and raw integers" if raw else "a list of names"
+        raise ScriptError(f"must be {want}, not {_show(value)}", index=index, field_name=key)
     word = 0
     for name in value:
+        if _is_int(name):
+            if not 0 <= name <= _INT_MAX:
+                raise ScriptError(f"raw flag bits {_show(name)} do not fit the kernel's int argument "
+                                  f"(0..{_INT_MAX})", index=index, field_name=key)
+            word |= name
+            continue
         if name not in table:
             raise ScriptError(f"unknown flag {_show(name)} (known: {', '.join(sorted(table))})",
                               index=index, field_name=key)
         word |= table[name]
     return word
+
+
+def _prot(prot: Any, index: int) -> int:
+    """A ``prot`` field: letters (``"rw"``, ``"none"``), a list of ``abi.PROT_BY_NAME`` names
+    (``["r", "sem", "growsdown"]``), or a raw integer 0..2^31-1 (unknown bits included)."""
+    if isinstance(prot, str):
+        try:
+            return abi.parse_prot(prot)
+        except ValueError:
+            raise ScriptError(f"bad prot {_show(prot)}: use a combination of r, w, x, or 'none'",
+                              index=index, field_name="prot") from None
+    if _is_int(prot):
+        if not 0 <= prot <= _INT_MAX:
+            raise ScriptError(f"raw prot {_show(prot)} does not fit the kernel's int argument "
+                              f"(0..{_INT_MAX})", index=index, field_name="prot")
+        return prot
+    if isinstance(prot, list):
+        return _names({"prot": prot}, "prot", abi.PROT_BY_NAME, index)
+    raise ScriptError(f"must be a string such as 'rw' or 'none', a list of prot names or a raw "
+                      f"integer, not {_show(prot)}", index=index, field_name="prot")
 
 
 def _category_mask(op: dict, key: str, index: int, default: int) -> int:
@@ -503,18 +532,10 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
-        prot = op.get("prot")
-        if not isinstance(prot, str):
-            raise ScriptError(f"must be a string such as 'rw' or 'none', not {_show(prot)}",
-                              index=index, field_name="prot")
-        try:
-            kw["prot"] = abi.parse_prot(prot)
-        except ValueError:
-            raise ScriptError(f"bad prot {_show(prot)}: use a combination of r, w, x, or 'none'",
-                              index=index, field_name="prot") from None
+        kw["prot"] = _prot(op.get("prot"), index)
 
     if name == "mmap":
-        flags = _names(op, "flags", abi.MAP_BY_NAME, index) if "flags" in op else (
+        flags = _names(op, "flags", abi.MAP_BY_NAME, index, raw=True) if "flags" in op else (
             abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
         if not flags & abi.MAP_FIXED:
             flags |= abi.MAP_FIXED_NOREPLACE
