@@ -42,6 +42,8 @@ BAD = [
     (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", -2]}), "op 0 (mmap) field 'flags': raw flag bits"),
     (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", 1 << 31]}), "op 0 (mmap) field 'flags'"),
     (_doc({"op": "mremap", "at": 0, "new_len": 1, "flags": [1]}), "op 0 (mremap) field 'flags': must be a list of names"),
+    # touch with cpu
+    (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]
 
 
@@ -97,3 +99,15 @@ def test_map_stack_sets_nohugepage_on_the_model():
     recs = _run({"op": "mmap", "at": 0, "len": 4, "prot": "rw", "flags": ["private", "anonymous", "stack"]},
                 {"op": "snapshot"})
     assert recs[1]["value"]["vmas"] == [[0, 4, "rw-p", "anon", 0, "nh"]]
+
+
+def test_cpu_touch_names_the_signal_and_leaves_the_parent_unpopulated():
+    recs = _run({"op": "mmap", "at": 0, "len": 3, "prot": "rw"},
+                {"op": "madvise", "at": 1, "advice": "guard_install"},
+                {"op": "touch", "at": 0, "len": 3, "access": "write", "value": 4, "cpu": True},
+                {"op": "touch", "at": 0, "len": 3, "access": "read"},
+                {"op": "snapshot"},
+                files={"f": {"pages": 1}})
+    assert recs[2]["value"] == ["ok", "SIGSEGV", "ok"]
+    assert recs[3]["value"] == [0, "fault", 0]  # the private stores stayed in the child
+    assert recs[4]["value"]["pages"] == "PGP"  # the process_vm reads populated, the CPU touch did not

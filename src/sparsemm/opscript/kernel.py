@@ -9,8 +9,10 @@ a script reach its own interpreter's memory. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
+import mmap
 import os
 import resource
 import signal
@@ -242,6 +244,54 @@ class KernelRunner(OpDispatcher):
             raise OSError(errno.EFAULT, "short read")
         return data[0]
 
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        """Each child writes one result per page into a shared buffer (2 bytes: done, byte)
+        before the next access, so what it did survives the signal that kills it."""
+        values: list = []
+        buf = mmap.mmap(-1, max(1, 2 * npages))
+        cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
+        base = ctypes.addressof(cbuf)
+        parent = os.getpid()
+        try:
+            i = 0
+            while i < npages:
+                pid = os.fork()
+                if pid == 0:
+                    status = 0
+                    try:
+                        set_pdeathsig(parent)
+                        _no_core_dump()
+                        for j in range(i, npages):
+                            page = addr + j * abi.PAGE_SIZE
+                            if write:
+                                ctypes.memset(page, value, 1)
+                                got = 0
+                            else:
+                                got = ctypes.string_at(page, 1)[0]
+                            ctypes.memset(base + 2 * j + 1, got, 1)
+                            ctypes.memset(base + 2 * j, 1, 1)
+                    except BaseException:  # noqa: BLE001 - the parent reports a failed child
+                        status = 1
+                    finally:
+                        os._exit(status)
+                _, status = os.waitpid(pid, 0)
+                done = i
+                while done < npages and buf[2 * done]:
+                    values.append("ok" if write else buf[2 * done + 1])
+                    done += 1
+                if os.WIFSIGNALED(status) and done < npages:
+                    values.append(signal.Signals(os.WTERMSIG(status)).name)
+                    i = done + 1
+                elif done == npages and status == 0:
+                    i = done
+                else:
+                    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                    raise KernelBackendError(f"touch child {describe_status(code)} at page {done}")
+        finally:
+            del cbuf
+            buf.close()
+        return values
+
     def op_fork(self, op: Op):
         """Run ``op.child`` in a forked child that streams its records through a pipe; a
         child that dies is reported with the op it was running."""
@@ -350,6 +400,12 @@ class KernelRunner(OpDispatcher):
                 mapped[p] = 1
         pages = "".join(rec.page_char(w, bool(m)) for w, m in zip(words, mapped))
         return rec.snapshot_value(views, pages)
+
+
+def _no_core_dump() -> None:
+    """A forked toucher killed by a signal must not dump core (``PR_SET_DUMPABLE`` 0 skips
+    the dump whatever ``core_pattern`` says)."""
+    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 def _first_hole(start: int, end: int, maps) -> int:

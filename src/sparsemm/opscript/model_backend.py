@@ -11,7 +11,7 @@ from sparsemm import abi
 from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as unsigned long
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
-from sparsemm.model.mm import AddressSpace
+from sparsemm.model.mm import AddressSpace, SegFault
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
@@ -54,6 +54,26 @@ class _ModelRunner(OpDispatcher):
 
     def touch_page(self, addr: int, write: bool, value: int):
         return self.mm.touch(addr, write, value)
+
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        values: list = []
+        child = None
+        try:
+            for i in range(npages):
+                if child is None:
+                    child = self.mm.fork()
+                try:
+                    got = child.access(addr + i * abi.PAGE_SIZE, write, value)
+                except SegFault as exc:  # the child dies; the next page gets a new one
+                    values.append(exc.signal)
+                    child.exit()
+                    child = None
+                    continue
+                values.append("ok" if write else got)
+        finally:
+            if child is not None:
+                child.exit()
+        return values
 
     def op_fork(self, op: Op):
         child = _ModelRunner(self.script, self.mm.fork(), self.files)

@@ -81,7 +81,7 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "mremap": (frozenset({"at", "len", "new_len", "flags", "to"}), frozenset({"at", "new_len"})),
     "mlock": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
     "munlock": (frozenset({"at", "len"}), frozenset({"at"})),
-    "touch": (frozenset({"at", "len", "access", "value"}), frozenset({"at", "access"})),
+    "touch": (frozenset({"at", "len", "access", "value", "cpu"}), frozenset({"at", "access"})),
     "fork": (frozenset({"child"}), frozenset({"child"})),
     "snapshot": (frozenset(), frozenset()),
     # Extensions (docs/opscript.md): file operations on a script file.
@@ -160,6 +160,7 @@ class Op:
     file: str | None = None
     offset: int = 0  # bytes into ``file`` (mmap pgoff)
     access: str | None = None  # "read" | "write"
+    cpu: bool = False  # touch: a real load/store in a forked child, not process_vm_readv/writev
     value: int = 1
     child: tuple["Op", ...] = ()
     seals: int = 0
@@ -598,6 +599,10 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"must be an integer 0..255, not {_show(value)}", index=index,
                               field_name="value")
         kw["value"] = value
+        cpu = op.get("cpu", False)
+        if not isinstance(cpu, bool):
+            raise ScriptError(f"must be true or false, not {_show(cpu)}", index=index, field_name="cpu")
+        kw["cpu"] = cpu
         if not 0 <= kw["length"] <= MAX_TOUCH_PAGES * PAGE:
             raise ScriptError(f"touch covers 0..{MAX_TOUCH_PAGES} pages", index=index,
                               field_name="len_bytes" if "len_bytes" in op else "len")
