@@ -42,6 +42,12 @@ BAD = [
     (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", -2]}), "op 0 (mmap) field 'flags': raw flag bits"),
     (_doc({"op": "mmap", "at": 0, "prot": "r", "flags": ["private", 1 << 31]}), "op 0 (mmap) field 'flags'"),
     (_doc({"op": "mremap", "at": 0, "new_len": 1, "flags": [1]}), "op 0 (mremap) field 'flags': must be a list of names"),
+    # disk files and read-only descriptors
+    (_doc({"op": "mmap", "at": 0, "prot": "r", "readonly": True}), "op 0 (mmap) field 'readonly': a read-only descriptor needs a 'file'"),
+    (_doc({"op": "mmap", "at": 0, "prot": "r", "file": "f", "readonly": "yes"}, files={"f": {"pages": 1}}),
+     "op 0 (mmap) field 'readonly': must be true or false"),
+    (_doc(files={"f": {"pages": 1, "disk": 1}}), "file 'f': 'disk' must be true or false"),
+    (_doc(files={"f": {"pages": 1, "tmpfs": True}}), "file 'f': want"),
     # touch with cpu
     (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]
@@ -106,8 +112,18 @@ def test_cpu_touch_names_the_signal_and_leaves_the_parent_unpopulated():
                 {"op": "madvise", "at": 1, "advice": "guard_install"},
                 {"op": "touch", "at": 0, "len": 3, "access": "write", "value": 4, "cpu": True},
                 {"op": "touch", "at": 0, "len": 3, "access": "read"},
-                {"op": "snapshot"},
-                files={"f": {"pages": 1}})
+                {"op": "snapshot"})
     assert recs[2]["value"] == ["ok", "SIGSEGV", "ok"]
     assert recs[3]["value"] == [0, "fault", 0]  # the private stores stayed in the child
     assert recs[4]["value"]["pages"] == "PGP"  # the process_vm reads populated, the CPU touch did not
+
+
+def test_readonly_shared_mapping_has_no_maywrite_on_the_model():
+    recs = _run({"op": "mmap", "at": 0, "len": 2, "prot": "rw", "flags": ["shared"], "file": "f", "readonly": True},
+                {"op": "mmap", "at": 0, "len": 2, "prot": "r", "flags": ["shared"], "file": "f", "readonly": True},
+                {"op": "mprotect", "at": 0, "len": 2, "prot": "rw"},
+                {"op": "seal", "file": "d", "seals": ["write"]},
+                {"op": "snapshot"},
+                files={"f": {"pages": 2}, "d": {"pages": 1, "disk": True}})
+    assert [r["ret"] for r in recs] == ["EACCES", "ok", "EACCES", "EINVAL", "ok"]
+    assert recs[4]["value"]["vmas"] == [[0, 2, "r--s", "f", 0, ""]]

@@ -199,6 +199,10 @@ class MadviseMixin(MmCore):
         span = HPAGE_PMD_NR << PAGE_SHIFT
         hstart = (start + span - 1) & ~(span - 1)
         hend = end & ~(span - 1)
+        if vma.vm_file is not None and vma.vm_file.disk:
+            # file_thp_enabled(): a regular file takes a THP only while no one has it open for
+            # writing; an op script's disk file always has a writable descriptor open.
+            raise kerr(errno.EINVAL, "madvise: collapse of a file open for writing")
         if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart >= hend:
             raise kerr(errno.EINVAL, "madvise: nothing to collapse")  # measured on 6.18
         failed = False

@@ -104,11 +104,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
     # ------------------------------------------------------------------ mmap
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, file: MemFile | None = None,
-             offset: int = 0) -> int:
+             offset: int = 0, readonly: bool = False) -> int:
         """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(): map ``length`` bytes of ``file``
         from ``offset`` (anonymous without ``file`` or with MAP_ANONYMOUS) with ``prot``
-        and ``flags`` (PROT_/MAP_ bits); returns the address. O(k log n), plus the
-        populate of MAP_POPULATE/MAP_LOCKED."""
+        and ``flags`` (PROT_/MAP_ bits); returns the address. ``readonly``: ``file`` is
+        open without FMODE_WRITE. O(k log n), plus the populate of MAP_POPULATE/MAP_LOCKED."""
         if offset & ~abi.PAGE_MASK:  # arch/x86/kernel/sys_x86_64.c: sys_mmap()
             raise kerr(errno.EINVAL, "mmap: unaligned offset")
         flags = int(flags)  # plain int bits below (see _MAP_*)
@@ -150,7 +150,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
                 raise kerr(errno.EOPNOTSUPP, "mmap: unknown flag with MAP_SHARED_VALIDATE")
             if map_type == _MAP_SHARED or map_type == _MAP_SHARED_VALIDATE:
+                if readonly and prot & abi.PROT_WRITE:
+                    raise kerr(errno.EACCES, "mmap: writable shared mapping of a read-only file")
                 vm_flags |= _VM_SHARED | _VM_MAYSHARE
+                if readonly:  # no VM_MAYWRITE, and no VM_SHARED: maps still says 's'
+                    vm_flags &= ~(_VM_MAYWRITE | _VM_SHARED)
             elif map_type != _MAP_PRIVATE:
                 raise kerr(errno.EINVAL, "mmap: neither shared nor private")
             if vm_flags & _VM_GROWSDOWN:

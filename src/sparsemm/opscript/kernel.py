@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 
 from sparsemm import abi
 from sparsemm.native import _scan, libc, procfs
@@ -146,6 +147,8 @@ class KernelRunner(OpDispatcher):
         self.base = script.base
         self.end = script.base + script.arena_bytes
         self.fds: dict[str, int] = {}
+        self.ro_fds: dict[str, int] = {}  # the same files opened O_RDONLY
+        self.disk_paths: dict[str, str] = {}  # a disk file's path -> its script name
         self.pid = os.getpid()
         self.own: list[tuple[int, int, str]] = []
 
@@ -162,13 +165,36 @@ class KernelRunner(OpDispatcher):
                     f"{entry.path or '(anonymous)'}: this process can give at most {free} pages")
 
     def create_files(self) -> None:
-        _raise_nofile(len(self.script.files) + _SPARE_FDS)
-        for name, pages in self.script.files.items():
-            fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
-            libc.ftruncate(fd, pages * abi.PAGE_SIZE)
-            for i in range(pages):
-                os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
-            self.fds[name] = fd
+        """Each script file as a memfd, or (``disk``) a regular file in a new directory under
+        ``tempfile.gettempdir()``; filled, written back (a disk file's pages are clean), and
+        opened a second time ``O_RDONLY`` for ``readonly`` mmaps. Disk files are unlinked
+        and their directory removed at once: nothing is left behind, however the run ends."""
+        _raise_nofile(2 * len(self.script.files) + _SPARE_FDS)
+        disk_dir = tempfile.mkdtemp(prefix="sparsemm-files-") if self.script.disk_files else None
+        try:
+            for name, pages in self.script.files.items():
+                if name in self.script.disk_files:
+                    path = os.path.join(disk_dir, name)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    self.disk_paths[path] = name
+                else:
+                    fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
+                    path = f"/proc/self/fd/{fd}"
+                self.fds[name] = fd
+                libc.ftruncate(fd, pages * abi.PAGE_SIZE)
+                for i in range(pages):
+                    os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
+                if name in self.script.disk_files:
+                    os.fsync(fd)
+                self.ro_fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            if disk_dir is not None:
+                for path in self.disk_paths:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                os.rmdir(disk_dir)
 
     # -- what a script may reach outside the arena ----------------------------------------
 
@@ -210,7 +236,7 @@ class KernelRunner(OpDispatcher):
     # -- the calls -----------------------------------------------------------
 
     def op_mmap(self, op: Op):
-        fd = self.fds[op.file] if op.file is not None else -1
+        fd = -1 if op.file is None else (self.ro_fds if op.readonly else self.fds)[op.file]
         flags = op.flags
         if op.file is None and not flags & abi.MAP_ANONYMOUS:
             fd = -1  # a script without a file and without "anonymous": the kernel says EBADF
@@ -376,6 +402,8 @@ class KernelRunner(OpDispatcher):
             return "anon"
         if path.startswith("/dev/zero"):
             return "shared-anon"
+        if path.endswith(" (deleted)") and path[: -len(" (deleted)")] in self.disk_paths:
+            return self.disk_paths[path[: -len(" (deleted)")]]
         if path.startswith("/memfd:"):
             name = path[len("/memfd:"):]
             return name[: -len(" (deleted)")] if name.endswith(" (deleted)") else name

@@ -31,7 +31,8 @@ class _ModelRunner(OpDispatcher):
 
     def op_mmap(self, op: Op):
         file = self.files[op.file] if op.file is not None else None
-        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset)
+        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset,
+                     op.readonly)
 
     def op_munmap(self, op: Op):
         self.mm.munmap(op.addr, op.length & ULONG_MAX)
@@ -148,7 +149,8 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
         raise BackendUnavailable(str(exc)) from None
-    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files)
+             for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)
 
 

@@ -74,7 +74,8 @@ _ADDR_PAIRS = {"at": "at_bytes", "len": "len_bytes", "new_len": "new_len_bytes",
 
 OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # op: (allowed, required)
-    "mmap": (frozenset({"at", "len", "prot", "flags", "file", "pgoff", "pgoff_bytes"}), frozenset({"at", "prot"})),
+    "mmap": (frozenset({"at", "len", "prot", "flags", "file", "pgoff", "pgoff_bytes", "readonly"}),
+             frozenset({"at", "prot"})),
     "munmap": (frozenset({"at", "len"}), frozenset({"at"})),
     "mprotect": (frozenset({"at", "len", "prot"}), frozenset({"at", "prot"})),
     "madvise": (frozenset({"at", "len", "advice"}), frozenset({"at", "advice"})),
@@ -160,6 +161,7 @@ class Op:
     file: str | None = None
     offset: int = 0  # bytes into ``file`` (mmap pgoff)
     access: str | None = None  # "read" | "write"
+    readonly: bool = False  # mmap: through a descriptor of ``file`` opened O_RDONLY
     cpu: bool = False  # touch: a real load/store in a forked child, not process_vm_readv/writev
     value: int = 1
     child: tuple["Op", ...] = ()
@@ -183,6 +185,7 @@ class Script:
     arena_pages: int
     files: dict[str, int]  # name -> pages
     ops: tuple[Op, ...]
+    disk_files: frozenset[str] = frozenset()  # files on a disk filesystem, not memfds
     note: str = ""
     base: int = abi.ARENA_BASE
     expect: list | None = None
@@ -543,6 +546,13 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
         kw["flags"] = int(flags)
         if op.get("file") is not None:
             kw["file"] = _script_file(op, index, ctx.files)
+        readonly = op.get("readonly", False)
+        if not isinstance(readonly, bool):
+            raise ScriptError(f"must be true or false, not {_show(readonly)}", index=index,
+                              field_name="readonly")
+        if readonly and "file" not in kw:
+            raise ScriptError("a read-only descriptor needs a 'file'", index=index, field_name="readonly")
+        kw["readonly"] = readonly
         if "pgoff" in op and "pgoff_bytes" in op:
             raise ScriptError("give 'pgoff' or 'pgoff_bytes', not both", index=index, field_name="pgoff")
         for key, scale in (("pgoff", PAGE), ("pgoff_bytes", 1)):
@@ -687,8 +697,8 @@ def _count_ops(ctx: _Ctx, n: int, index: int | None) -> None:
                           field_name="child" if index is not None else None)
 
 
-def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
-    """(arena_pages, files, outside_arena) of a script document, checked."""
+def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
+    """(arena_pages, files, outside_arena, disk_files) of a script document, checked."""
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
             raise ScriptError(f"unknown top-level field {_show(key)}")
@@ -702,11 +712,17 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
     if len(files_doc) > MAX_FILES:
         raise ScriptError(f"'files' names {len(files_doc)} files; a script may have at most {MAX_FILES}")
     files: dict[str, int] = {}
+    disk: set[str] = set()
     total = 0
     for fname, spec in files_doc.items():
         _file_name(fname)
-        if not isinstance(spec, dict) or set(spec) != {"pages"}:
-            raise ScriptError(f"file {_show(fname)}: want {{\"pages\": N}}, not {_show(spec)}")
+        if not isinstance(spec, dict) or "pages" not in spec or not set(spec) <= {"pages", "disk"}:
+            raise ScriptError(f"file {_show(fname)}: want {{\"pages\": N}} or {{\"pages\": N, \"disk\": "
+                              f"true}}, not {_show(spec)}")
+        if not isinstance(spec.get("disk", False), bool):
+            raise ScriptError(f"file {_show(fname)}: 'disk' must be true or false, not {_show(spec['disk'])}")
+        if spec.get("disk"):
+            disk.add(fname)
         pages = spec["pages"]
         if not _is_int(pages) or not 0 <= pages <= MAX_FILE_PAGES:
             raise ScriptError(f"file {_show(fname)}: 'pages' must be an integer 0..{MAX_FILE_PAGES}, "
@@ -733,7 +749,7 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, list):
         raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
-    return arena_pages, files, outside
+    return arena_pages, files, outside, frozenset(disk)
 
 
 def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> Script:
@@ -747,7 +763,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     try:
         if not isinstance(doc, dict):
             raise ScriptError("a script is a JSON object with an 'ops' list")
-        arena_pages, files, outside = _top_level(doc)
+        arena_pages, files, outside, disk = _top_level(doc)
         ops = doc.get("ops")
         if not isinstance(ops, list):
             raise ScriptError("'ops' must be a list")
@@ -762,7 +778,8 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
             wrapped.index, wrapped.field_name, wrapped.op_name = exc.index, exc.field_name, exc.op_name
             raise wrapped from None
         raise
-    return Script(arena_pages=arena_pages, files=files, ops=parsed, note=doc.get("note", ""),
+    return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk,
+                  note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
                   warnings=tuple(ctx.warnings))
 
