@@ -48,6 +48,11 @@ BAD = [
      "op 0 (mmap) field 'readonly': must be true or false"),
     (_doc(files={"f": {"pages": 1, "disk": 1}}), "file 'f': 'disk' must be true or false"),
     (_doc(files={"f": {"pages": 1, "tmpfs": True}}), "file 'f': want"),
+    # userfaultfd
+    (_doc({"op": "uffd_copy", "at": 0, "value": 256}), "op 0 (uffd_copy) field 'value'"),
+    (_doc({"op": "uffd_copy", "at": 0, "len": 70000}, arena_pages=100000), "op 0 (uffd_copy) field 'len': uffd_copy covers"),
+    (_doc({"op": "uffd_register", "at": 0, "mode": ["wp"]}), "op 0 (uffd_register) field 'mode': unknown field"),
+    (_doc({"op": "uffd_unregister", "at": 1020, "len": 8}), "op 0 (uffd_unregister) field 'at': the range"),
     # touch with cpu
     (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]
@@ -127,3 +132,17 @@ def test_readonly_shared_mapping_has_no_maywrite_on_the_model():
                 files={"f": {"pages": 2}, "d": {"pages": 1, "disk": True}})
     assert [r["ret"] for r in recs] == ["EACCES", "ok", "EACCES", "EINVAL", "ok"]
     assert recs[4]["value"]["vmas"] == [[0, 2, "r--s", "f", 0, ""]]
+
+
+def test_uffd_copy_replaces_a_guard_marker_and_stops_at_a_page():
+    recs = _run({"op": "mmap", "at": 0, "len": 4, "prot": "rw"},
+                {"op": "uffd_register", "at": 0, "len": 4},
+                {"op": "madvise", "at": 1, "advice": "guard_install"},
+                {"op": "touch", "at": 0, "len": 1, "access": "read"},
+                {"op": "uffd_copy", "at": 1, "len": 1, "value": 9},
+                {"op": "uffd_copy", "at": 0, "len": 3, "value": 8},
+                {"op": "touch", "at": 0, "len": 3, "access": "read"})
+    assert recs[3]["value"] == ["fault"]  # a registered missing page: SIGBUS feature
+    assert recs[4] == {"i": 4, "op": "uffd_copy", "ret": "ok", "value": 1}
+    assert recs[5] == {"i": 5, "op": "uffd_copy", "ret": "EAGAIN", "value": 1}
+    assert recs[6]["value"] == [8, 9, "fault"]

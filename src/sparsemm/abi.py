@@ -205,7 +205,7 @@ VM_MNEMONICS: dict[VmFlag, str] = {
 MNEMONIC_TO_VMFLAG: dict[str, VmFlag] = {v: k for k, v in VM_MNEMONICS.items()}
 
 #: The VmFlags an op-script snapshot reports (OPSCRIPT.md), sorted.
-SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl", "dp")))
+SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl", "dp", "um")))
 
 
 def vmflags_to_mnemonics(flags: int) -> list[str]:
@@ -255,6 +255,16 @@ SYS_mlock2 = 325
 SYS_pidfd_open = 434
 SYS_process_madvise = 440
 SYS_mseal = 462
+
+# userfaultfd (include/uapi/linux/userfaultfd.h), x86-64.
+SYS_userfaultfd = 323
+UFFD_API = 0xAA
+UFFD_FEATURE_SIGBUS = 1 << 7
+UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api), 24 bytes
+UFFDIO_REGISTER = 0xC020AA00  # _IOWR(0xAA, 0x00, struct uffdio_register), 32 bytes
+UFFDIO_UNREGISTER = 0x8010AA01  # _IOR(0xAA, 0x01, struct uffdio_range), 16 bytes
+UFFDIO_COPY = 0xC028AA03  # _IOWR(0xAA, 0x03, struct uffdio_copy), 40 bytes
+UFFDIO_REGISTER_MODE_MISSING = 1
 
 # SIGSEGV si_code values.
 SEGV_MAPERR = 1

@@ -18,7 +18,7 @@ from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE,
 from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PTRS_PER_TABLE, pmd_start, pte_index
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP, _VM_MAYREAD, _VM_MAYWRITE,
-                                    _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_WRITE)
+                                    _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_UFFD_MISSING, _VM_WRITE)
 
 #: mm/memory.c: fault_around_bytes default (64 KiB) in pages.
 FAULT_AROUND_PAGES = 16
@@ -105,6 +105,8 @@ class FaultMixin(MmCore):
             raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
         if entry is None:
             if vma.is_anonymous():  # do_anonymous_page()
+                if int(vma.vm_flags) & _VM_UFFD_MISSING:  # handle_userfault(): SIGBUS feature
+                    raise FaultError("SIGBUS")
                 if self._thp_eligible(vma, page):
                     self._fault_thp(vma, page, write)
                     return
@@ -116,14 +118,16 @@ class FaultMixin(MmCore):
                 return
             f = vma.vm_file
             pgoff = vma.file_pgoff(addr)
+            # shmem_get_folio_gfp(): a page the file lacks goes to userfaultfd (SIGBUS feature)
+            uffd_miss = bool(int(vma.vm_flags) & _VM_UFFD_MISSING) and pgoff not in f.cache
             if not write:  # do_read_fault(): fault-around first, even when addr is past EOF
                 self._fault_around(vma, addr)
-                if pgoff >= f.npages:
+                if pgoff >= f.npages or uffd_miss:
                     raise FaultError("SIGBUS")
                 if self.pt.get(page) is None:
                     self.set_pte(page, f.get_page(pgoff))
                 return
-            if pgoff >= f.npages:
+            if pgoff >= f.npages or uffd_miss:
                 raise FaultError("SIGBUS")
             if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
                 self.anon_vma_prepare(vma)

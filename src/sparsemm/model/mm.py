@@ -3,7 +3,7 @@
 Owns the syscall surface: mmap, munmap, mprotect, mlock, fork, exit, ``counts()`` and
 ``check()``; the shared state and primitives are ``core.MmCore``'s, faults live in
 ``fault``, madvise in ``madvise``, mremap in ``mremap``, file operations in ``fileops``,
-guard advice in the design (``designs``). Pure Python: no OS calls.
+guard advice in the design (``designs``), userfaultfd in ``uffd``. Pure Python: no OS calls.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
 from sparsemm.model.madvise import MadviseMixin
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
+from sparsemm.model.uffd import VM_UFFD_FLAGS, UffdMixin
 from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
@@ -53,7 +54,7 @@ _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
 
-class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
+class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixin, MmCore):
     """One process's memory map (``mm_struct``): VMAs, page tables, counters (``MmCore``).
 
     ``guard_design`` names what MADV_GUARD_INSTALL/REMOVE do: one of
@@ -400,6 +401,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                 continue
             new = vma.copy()
             new.vm_flags &= ~VM_LOCKED_MASK
+            new.vm_flags &= ~VM_UFFD_FLAGS  # dup_userfaultfd(): no UFFD_FEATURE_EVENT_FORK
             if new.vm_flags & VmFlag.WIPEONFORK:
                 new.anon_vma, new.anon_vma_forked = None, False
             elif vma.anon_vma is not None:  # anon_vma_fork(): a new anon_vma, chain of two

@@ -148,6 +148,7 @@ class KernelRunner(OpDispatcher):
         self.end = script.base + script.arena_bytes
         self.fds: dict[str, int] = {}
         self.ro_fds: dict[str, int] = {}  # the same files opened O_RDONLY
+        self.uffd: tuple[int, int] | None = None  # (pid that made it, its userfaultfd)
         self.disk_paths: dict[str, str] = {}  # a disk file's path -> its script name
         self.pid = os.getpid()
         self.own: list[tuple[int, int, str]] = []
@@ -378,6 +379,34 @@ class KernelRunner(OpDispatcher):
         finally:
             os.close(pidfd)
         return {"value": done // abi.PAGE_SIZE}
+
+    def _uffd(self) -> int:
+        """This process's userfaultfd (made on first use; a fork child makes its own: the
+        parent's would act on the parent's memory)."""
+        if self.uffd is None or self.uffd[0] != os.getpid():
+            self.uffd = (os.getpid(), libc.userfaultfd(abi.UFFD_FEATURE_SIGBUS))
+        return self.uffd[1]
+
+    def op_uffd_register(self, op: Op):
+        libc.uffd_register(self._uffd(), op.addr, op.length, abi.UFFDIO_REGISTER_MODE_MISSING)
+
+    def op_uffd_unregister(self, op: Op):
+        libc.uffd_unregister(self._uffd(), op.addr, op.length)
+
+    def op_uffd_copy(self, op: Op):
+        npages = -(-op.length // abi.PAGE_SIZE) + 1
+        src = mmap.mmap(-1, npages * abi.PAGE_SIZE)
+        try:
+            src.write(bytes([op.value]) * len(src))
+            csrc = ctypes.c_char.from_buffer(src)
+            copied, err = libc.uffd_copy(self._uffd(), op.addr, ctypes.addressof(csrc), op.length)
+            del csrc
+        finally:
+            src.close()
+        out = {"value": copied // abi.PAGE_SIZE}
+        if err:
+            out["ret"] = rec.errno_name(err)
+        return out
 
     def op_mseal(self, op: Op):
         libc.mseal(op.addr, op.length, op.flags)

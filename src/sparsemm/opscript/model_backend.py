@@ -109,6 +109,22 @@ class _ModelRunner(OpDispatcher):
             done += length
         return {"value": done // abi.PAGE_SIZE}
 
+    def op_uffd_register(self, op: Op):
+        self.mm.uffd_register(op.addr, op.length & ULONG_MAX)
+
+    def op_uffd_unregister(self, op: Op):
+        self.mm.uffd_unregister(op.addr, op.length & ULONG_MAX)
+
+    def op_uffd_copy(self, op: Op):
+        try:
+            copied, err = self.mm.uffd_copy(op.addr, op.length & ULONG_MAX, op.value)
+        except OSError as exc:  # refused before copying: the ioctl's copy field stays 0
+            copied, err = 0, exc.errno
+        out = {"value": copied // abi.PAGE_SIZE}
+        if err:
+            out["ret"] = rec.errno_name(err)
+        return out
+
     def op_mseal(self, op: Op):
         self.mm.mseal(op.addr, op.length & ULONG_MAX, op.flags)
 

@@ -41,6 +41,7 @@ MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
 MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
+MAX_COPY_PAGES = 1 << 16  # one uffd_copy's source buffer is written whole: 256 MiB
 MAX_SCAN_VEC = 4096  # regions one pagemap_scan may return (its record holds each)
 
 #: Advice refused unless the caller asks for it (``parse_script(allow_dangerous=True)``,
@@ -91,13 +92,16 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
     "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
     "mseal": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
+    "uffd_register": (frozenset({"at", "len"}), frozenset({"at"})),
+    "uffd_unregister": (frozenset({"at", "len"}), frozenset({"at"})),
+    "uffd_copy": (frozenset({"at", "len", "value"}), frozenset({"at"})),
     "pagemap_scan": (frozenset({"at", "len", "require", "anyof", "inverted", "return", "max_pages",
                                 "vec_len"}), frozenset({"at"})),
 }
 OP_NAMES = tuple(OP_FIELDS)
 #: Ops whose (addr, length) is one range of the address space.
 _RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan",
-                        "mseal"})
+                        "mseal", "uffd_register", "uffd_unregister", "uffd_copy"})
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -532,7 +536,7 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     base = ctx.base
     kw: dict[str, Any] = {"index": index, "name": name, "raw": op}
     if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch",
-                "pagemap_scan", "mseal"):
+                "pagemap_scan", "mseal", "uffd_register", "uffd_unregister", "uffd_copy"):
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
@@ -643,6 +647,16 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
                               f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
                               field_name="op")
+    elif name == "uffd_copy":
+        value = op.get("value", 1)
+        if not _is_int(value) or not 0 <= value <= 255:
+            raise ScriptError(f"must be an integer 0..255, not {_show(value)}", index=index,
+                              field_name="value")
+        kw["value"] = value
+        if not 0 <= kw["length"] <= MAX_COPY_PAGES * PAGE:
+            raise ScriptError(f"uffd_copy covers 0..{MAX_COPY_PAGES} pages", index=index,
+                              field_name="len_bytes" if "len_bytes" in op else "len")
+        ctx.spend_populate(-(-kw["length"] // PAGE), index, "len")
     elif name == "mseal":
         flags = op.get("flags", 0)
         if not _is_int(flags) or not 0 <= flags < _U64:
