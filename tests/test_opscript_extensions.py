@@ -53,6 +53,11 @@ BAD = [
     (_doc({"op": "uffd_copy", "at": 0, "len": 70000}, arena_pages=100000), "op 0 (uffd_copy) field 'len': uffd_copy covers"),
     (_doc({"op": "uffd_register", "at": 0, "mode": ["wp"]}), "op 0 (uffd_register) field 'mode': unknown field"),
     (_doc({"op": "uffd_unregister", "at": 1020, "len": 8}), "op 0 (uffd_unregister) field 'at': the range"),
+    # process_madvise at a child
+    (_doc({"op": "process_madvise", "ranges": [[0, 1]], "advice": "cold", "target": "parent"}),
+     "op 0 (process_madvise) field 'target'"),
+    (_doc({"op": "process_madvise", "ranges": [[0, 1]], "advice": "cold", "flags": 1 << 32}),
+     "op 0 (process_madvise) field 'flags'"),
     # touch with cpu
     (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]
@@ -146,3 +151,13 @@ def test_uffd_copy_replaces_a_guard_marker_and_stops_at_a_page():
     assert recs[4] == {"i": 4, "op": "uffd_copy", "ret": "ok", "value": 1}
     assert recs[5] == {"i": 5, "op": "uffd_copy", "ret": "EAGAIN", "value": 1}
     assert recs[6]["value"] == [8, 9, "fault"]
+
+
+def test_process_madvise_at_a_child_takes_only_the_remote_advice():
+    recs = _run({"op": "mmap", "at": 0, "len": 2, "prot": "rw"},
+                {"op": "process_madvise", "target": "child", "ranges": [[0, 2]], "advice": "guard_install"},
+                {"op": "process_madvise", "target": "child", "ranges": [[0, 2]], "advice": "cold"},
+                {"op": "snapshot"})
+    assert recs[1]["ret"] == "EINVAL"
+    assert recs[2]["value"] == {"pages": 2, "child": {"vmas": [[0, 2, "rw-p", "anon", 0, ""]], "pages": ".."}}
+    assert recs[3]["value"]["pages"] == ".."

@@ -373,12 +373,56 @@ class KernelRunner(OpDispatcher):
         libc.add_seals(self.fds[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
+        if op.target == "child":
+            return self._process_madvise_child(op)
         pidfd = libc.pidfd_open(self.pid)
         try:
-            done = libc.process_madvise(pidfd, list(op.ranges), op.advice)
+            done = libc.process_madvise(pidfd, list(op.ranges), op.advice, op.flags)
         finally:
             os.close(pidfd)
         return {"value": done // abi.PAGE_SIZE}
+
+    def _process_madvise_child(self, op: Op):
+        """Fork a child that waits; advise its memory through a pidfd; the child then sends
+        its snapshot (the advice's effect) and exits."""
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            status = 0
+            try:
+                os.close(go_w)
+                os.close(out_r)
+                set_pdeathsig(parent)
+                os.read(go_r, 1)
+                with os.fdopen(out_w, "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(self.snapshot()))
+            except BaseException:  # noqa: BLE001 - the parent reports a failed child
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(go_r)
+        os.close(out_w)
+        try:
+            pidfd = libc.pidfd_open(pid)
+            try:
+                done, err = libc.process_madvise(pidfd, list(op.ranges), op.advice, op.flags), 0
+            except OSError as exc:
+                done, err = 0, exc.errno
+            finally:
+                os.close(pidfd)
+            os.write(go_w, b"x")
+            with os.fdopen(out_r, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        finally:
+            os.close(go_w)
+            _, status = os.waitpid(pid, 0)
+        if status != 0 or not text:
+            raise KernelBackendError(f"process_madvise child of op {op.index} failed")
+        if err:
+            raise OSError(err, "process_madvise")
+        return {"value": {"pages": done // abi.PAGE_SIZE, "child": json.loads(text)}}
 
     def _uffd(self) -> int:
         """This process's userfaultfd (made on first use; a fork child makes its own: the

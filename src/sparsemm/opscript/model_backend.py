@@ -7,6 +7,8 @@ Owns no semantics of its own: every behaviour lives in the model.
 
 from __future__ import annotations
 
+import errno
+
 from sparsemm import abi
 from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as unsigned long
 from sparsemm.model import procfs
@@ -98,16 +100,39 @@ class _ModelRunner(OpDispatcher):
         self.mm.add_seals(self.files[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
-        done = 0
-        for addr, length in op.ranges:
-            try:
-                self.mm.madvise(addr, length, op.advice)
-            except OSError:
-                if done:
-                    break
-                raise
-            done += length
-        return {"value": done // abi.PAGE_SIZE}
+        if op.flags:
+            raise OSError(errno.EINVAL, "process_madvise: flags")
+        if op.target == "self":
+            return {"value": _vector_madvise(self.mm, op) // abi.PAGE_SIZE}
+        child = self.mm.fork()
+        try:
+            if op.advice not in _REMOTE_ADVICE:  # process_madvise_remote_valid()
+                raise OSError(errno.EINVAL, "process_madvise: advice not for another process")
+            done = _vector_madvise(child, op)
+            return {"value": {"pages": done // abi.PAGE_SIZE,
+                              "child": snapshot(child, self.base, self.end)}}
+        finally:
+            child.exit()
+
+
+#: mm/madvise.c: process_madvise_remote_valid(): the advice one process may give another.
+_REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi.Madv.WILLNEED,
+                                            abi.Madv.COLLAPSE))
+
+
+def _vector_madvise(mm: AddressSpace, op: Op) -> int:
+    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
+    advised ends the call with the bytes done, else it is the call's error."""
+    done = 0
+    for addr, length in op.ranges:
+        try:
+            mm.madvise(addr, length, op.advice)
+        except OSError:
+            if done:
+                break
+            raise
+        done += length
+    return done
 
     def op_uffd_register(self, op: Op):
         self.mm.uffd_register(op.addr, op.length & ULONG_MAX)

@@ -90,7 +90,7 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ftruncate": (frozenset({"file", "pages", "bytes"}), frozenset({"file"})),
     "fallocate_punch": (frozenset({"file", "at", "len"}), frozenset({"file", "at"})),
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
-    "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
+    "process_madvise": (frozenset({"ranges", "advice", "target", "flags"}), frozenset({"ranges", "advice"})),
     "mseal": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
     "uffd_register": (frozenset({"at", "len"}), frozenset({"at"})),
     "uffd_unregister": (frozenset({"at", "len"}), frozenset({"at"})),
@@ -166,6 +166,7 @@ class Op:
     offset: int = 0  # bytes into ``file`` (mmap pgoff)
     access: str | None = None  # "read" | "write"
     readonly: bool = False  # mmap: through a descriptor of ``file`` opened O_RDONLY
+    target: str = "self"  # process_madvise: "self" or "child" (a fork made for the call)
     cpu: bool = False  # touch: a real load/store in a forked child, not process_vm_readv/writev
     value: int = 1
     child: tuple["Op", ...] = ()
@@ -590,6 +591,16 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             if kw["advice"] in _POPULATING_ADVICE:
                 ctx.spend_populate(_populated(npages * PAGE), index, "ranges")
         kw["ranges"] = tuple(out)
+        target = op.get("target", "self")
+        if target not in ("self", "child"):
+            raise ScriptError(f"must be 'self' or 'child', not {_show(target)}", index=index,
+                              field_name="target")
+        kw["target"] = target
+        flags = op.get("flags", 0)
+        if not _is_int(flags) or not 0 <= flags < 1 << 32:
+            raise ScriptError(f"must be an unsigned int 0..2^32-1 (the kernel takes none: 0), not "
+                              f"{_show(flags)}", index=index, field_name="flags")
+        kw["flags"] = flags
     elif name == "mremap":
         kw["new_length"] = _address(op, "new_len", index, base, relative=False)
         kw["flags"] = _names(op, "flags", abi.MREMAP_BY_NAME, index)
