@@ -115,25 +115,6 @@ class _ModelRunner(OpDispatcher):
             child.exit()
 
 
-#: mm/madvise.c: process_madvise_remote_valid(): the advice one process may give another.
-_REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi.Madv.WILLNEED,
-                                            abi.Madv.COLLAPSE))
-
-
-def _vector_madvise(mm: AddressSpace, op: Op) -> int:
-    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
-    advised ends the call with the bytes done, else it is the call's error."""
-    done = 0
-    for addr, length in op.ranges:
-        try:
-            mm.madvise(addr, length, op.advice)
-        except OSError:
-            if done:
-                break
-            raise
-        done += length
-    return done
-
     def op_uffd_register(self, op: Op):
         self.mm.uffd_register(op.addr, op.length & ULONG_MAX)
 
@@ -158,6 +139,26 @@ def _vector_madvise(mm: AddressSpace, op: Op) -> int:
         regions, walk_end = procfs.pagemap_scan(self.mm, op.addr, (op.addr + op.length) & ULONG_MAX,
                                                 mask, anyof, inverted, ret_mask, max_pages, vec_len)
         return {"value": rec.scan_value(regions, walk_end, self.base)}
+
+
+#: mm/madvise.c: process_madvise_remote_valid(): the advice one process may give another.
+_REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi.Madv.WILLNEED,
+                                            abi.Madv.COLLAPSE))
+
+
+def _vector_madvise(mm: AddressSpace, op: Op) -> int:
+    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
+    advised ends the call with the bytes done, else it is the call's error."""
+    done = 0
+    for addr, length in op.ranges:
+        try:
+            mm.madvise(addr, length, op.advice)
+        except OSError:
+            if done:
+                break
+            raise
+        done += length
+    return done
 
 
 def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
