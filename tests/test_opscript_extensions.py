@@ -58,6 +58,11 @@ BAD = [
      "op 0 (process_madvise) field 'target'"),
     (_doc({"op": "process_madvise", "ranges": [[0, 1]], "advice": "cold", "flags": 1 << 32}),
      "op 0 (process_madvise) field 'flags'"),
+    # special mappings
+    (_doc({"op": "special_madvise", "mapping": "stack", "advice": "guard_install"}),
+     "op 0 (special_madvise) field 'mapping'"),
+    (_doc({"op": "special_madvise", "mapping": "vdso", "advice": "dontneed"}),
+     "op 0 (special_madvise) field 'advice': only guard_install and guard_remove"),
     # touch with cpu
     (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]

@@ -452,6 +452,15 @@ class KernelRunner(OpDispatcher):
             out["ret"] = rec.errno_name(err)
         return out
 
+    def op_special_madvise(self, op: Op):
+        """Guard advice on the first page of one of this process's special mappings (the
+        parser allows no other advice: these must not change)."""
+        want = f"[{op.mapping}]"
+        entry = next((e for e in procfs.read_maps() if e.path == want), None)
+        if entry is None:
+            raise KernelBackendError(f"op {op.index} (special_madvise): this process has no {want}")
+        libc.madvise(entry.start, abi.PAGE_SIZE, op.advice)
+
     def op_mseal(self, op: Op):
         libc.mseal(op.addr, op.length, op.flags)
 

@@ -14,6 +14,7 @@ from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as u
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace, SegFault
+from sparsemm.model.vma import Vma
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
@@ -131,6 +132,17 @@ class _ModelRunner(OpDispatcher):
             out["ret"] = rec.errno_name(err)
         return out
 
+    def op_special_madvise(self, op: Op):
+        """The model's address space has no special mappings: the advice goes to a scratch
+        one holding a VMA with the mapping's flags (``_SPECIAL``), or, for the vsyscall page
+        (a gate area above TASK_SIZE, no VMA), to an empty one."""
+        scratch = AddressSpace()
+        flags = _SPECIAL[op.mapping]
+        addr = _SPECIAL_AT if flags is not None else _VSYSCALL_AT
+        if flags is not None:
+            scratch.tree.insert(Vma(addr, addr + 2 * abi.PAGE_SIZE, flags, addr >> abi.PAGE_SHIFT, None))
+        scratch.madvise(addr, abi.PAGE_SIZE, op.advice)
+
     def op_mseal(self, op: Op):
         self.mm.mseal(op.addr, op.length & ULONG_MAX, op.flags)
 
@@ -140,6 +152,21 @@ class _ModelRunner(OpDispatcher):
                                                 mask, anyof, inverted, ret_mask, max_pages, vec_len)
         return {"value": rec.scan_value(regions, walk_end, self.base)}
 
+
+#: The VMA flags of the special mappings (smaps VmFlags on 6.18 x86-64): the vDSO is
+#: ``rd ex mr mw me de`` (``_install_special_mapping()`` adds VM_DONTEXPAND), the vvar pages
+#: ``rd mr pf io de dd``; the vsyscall page is no VMA (None).
+_SPECIAL = {
+    "vdso": abi.VmFlag.READ | abi.VmFlag.EXEC | abi.VmFlag.MAYREAD | abi.VmFlag.MAYWRITE
+            | abi.VmFlag.MAYEXEC | abi.VmFlag.DONTEXPAND,
+    "vvar": abi.VmFlag.READ | abi.VmFlag.MAYREAD | abi.VmFlag.PFNMAP | abi.VmFlag.IO
+            | abi.VmFlag.DONTEXPAND | abi.VmFlag.DONTDUMP,
+    "vvar_vclock": abi.VmFlag.READ | abi.VmFlag.MAYREAD | abi.VmFlag.PFNMAP | abi.VmFlag.IO
+                   | abi.VmFlag.DONTEXPAND | abi.VmFlag.DONTDUMP,
+    "vsyscall": None,
+}
+_SPECIAL_AT = 0x7F00_0000_0000
+_VSYSCALL_AT = 0xFFFF_FFFF_FF60_0000
 
 #: mm/madvise.c: process_madvise_remote_valid(): the advice one process may give another.
 _REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi.Madv.WILLNEED,

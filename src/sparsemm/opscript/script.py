@@ -92,6 +92,7 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
     "process_madvise": (frozenset({"ranges", "advice", "target", "flags"}), frozenset({"ranges", "advice"})),
     "mseal": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
+    "special_madvise": (frozenset({"mapping", "advice"}), frozenset({"mapping", "advice"})),
     "uffd_register": (frozenset({"at", "len"}), frozenset({"at"})),
     "uffd_unregister": (frozenset({"at", "len"}), frozenset({"at"})),
     "uffd_copy": (frozenset({"at", "len", "value"}), frozenset({"at"})),
@@ -111,6 +112,8 @@ SEAL_BY_NAME = {
     "future_write": abi.F_SEAL_FUTURE_WRITE,
 }
 MLOCK_BY_NAME = {"onfault": abi.MLOCK_ONFAULT}
+#: The special mappings ``special_madvise`` may name: their /proc/PID/maps names.
+SPECIAL_MAPPINGS = ("vdso", "vvar", "vvar_vclock", "vsyscall")
 
 
 class ScriptError(ValueError):
@@ -166,6 +169,7 @@ class Op:
     offset: int = 0  # bytes into ``file`` (mmap pgoff)
     access: str | None = None  # "read" | "write"
     readonly: bool = False  # mmap: through a descriptor of ``file`` opened O_RDONLY
+    mapping: str | None = None  # special_madvise: "vdso", "vvar", "vvar_vclock" or "vsyscall"
     target: str = "self"  # process_madvise: "self" or "child" (a fork made for the call)
     cpu: bool = False  # touch: a real load/store in a forked child, not process_vm_readv/writev
     value: int = 1
@@ -658,6 +662,16 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
                               f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
                               field_name="op")
+    elif name == "special_madvise":
+        mapping = op.get("mapping")
+        if mapping not in SPECIAL_MAPPINGS:
+            raise ScriptError(f"must be one of {', '.join(SPECIAL_MAPPINGS)}, not {_show(mapping)}",
+                              index=index, field_name="mapping")
+        kw["mapping"] = mapping
+        kw["advice"] = _advice(op, index, ctx)
+        if kw["advice"] not in (abi.Madv.GUARD_INSTALL, abi.Madv.GUARD_REMOVE):
+            raise ScriptError("only guard_install and guard_remove: other advice could change the "
+                              "process's own special mappings", index=index, field_name="advice")
     elif name == "uffd_copy":
         value = op.get("value", 1)
         if not _is_int(value) or not 0 <= value <= 255:
