@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from sparsemm import abi
+from sparsemm.opscript.dispatch import BackendUnavailable
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import ScriptError, parse_script
 
@@ -63,6 +64,10 @@ BAD = [
      "op 0 (special_madvise) field 'mapping'"),
     (_doc({"op": "special_madvise", "mapping": "vdso", "advice": "dontneed"}),
      "op 0 (special_madvise) field 'advice': only guard_install and guard_remove"),
+    # hugetlb
+    (_doc(hugetlb_pages=65), "'hugetlb_pages' must be an integer 0..64"),
+    (_doc({"op": "mmap", "at": 768, "len": 1, "prot": "rw", "flags": ["private", "anonymous", "hugetlb"]}),
+     "op 0 (mmap) field 'at': the range"),
     # touch with cpu
     (_doc({"op": "touch", "at": 0, "access": "read", "cpu": 1}), "op 0 (touch) field 'cpu': must be true or false"),
 ]
@@ -166,3 +171,37 @@ def test_process_madvise_at_a_child_takes_only_the_remote_advice():
     assert recs[1]["ret"] == "EINVAL"
     assert recs[2]["value"] == {"pages": 2, "child": {"vmas": [[0, 2, "rw-p", "anon", 0, ""]], "pages": ".."}}
     assert recs[3]["value"]["pages"] == ".."
+
+
+def test_hugetlb_reservation_is_counted_and_given_back_on_the_model():
+    hp = ["private", "anonymous", "hugetlb"]
+    recs = _run({"op": "mmap", "at": 0, "len": 1, "prot": "rw", "flags": hp},
+                {"op": "mmap", "at": 512, "len": 1, "prot": "rw", "flags": hp},
+                {"op": "munmap", "at": 0, "len": 512},
+                {"op": "mmap", "at": 512, "len": 1, "prot": "rw", "flags": hp},
+                {"op": "madvise", "at": 512, "advice": "guard_install"},
+                hugetlb_pages=1)
+    assert [r["ret"] for r in recs] == ["ok", "ENOMEM", "ok", "ok", "EINVAL"]
+
+
+@pytest.mark.kernel
+def test_a_hugetlb_script_leaves_nr_hugepages_as_it_found_it():
+    import os
+
+    from sparsemm.native import libc
+    from sparsemm.opscript.kernel import run_kernel
+
+    if os.geteuid() != 0 or not libc.guard_regions_supported():
+        pytest.skip("needs root (vm.nr_hugepages) and a guard-capable kernel")
+    path = "/proc/sys/vm/nr_hugepages"
+    before = open(path).read()
+    script = parse_script(_doc({"op": "mmap", "at": 0, "len": 1, "prot": "rw",
+                                "flags": ["private", "anonymous", "hugetlb"]},
+                               {"op": "touch", "at": 0, "len": 1, "access": "write"},
+                               hugetlb_pages=1))
+    try:
+        recs = run_kernel(script)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    assert [r["ret"] for r in recs] == ["ok", "ok"]
+    assert open(path).read() == before

@@ -14,7 +14,7 @@ import abc
 import errno
 from typing import TYPE_CHECKING, Callable
 
-from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, page_align
+from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, VmFlag, page_align
 from sparsemm.model._flags import _VM_SEALED
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
@@ -30,6 +30,7 @@ __all__ = ["MmCore", "MMAP_MIN_ADDR"]
 
 #: vm.mmap_min_addr (the default): no mapping below it, and placement never goes there.
 MMAP_MIN_ADDR = 0x10000
+HPAGE_SHIFT = 21  # a hugetlb page (and a PMD THP): 2 MiB
 #: split_vma()'s limit where the caller has checked max_map_count itself (munmap).
 _NO_LIMIT = 1 << 62
 
@@ -46,7 +47,9 @@ class MmCore(abc.ABC):
     - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
     - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
       counts in neither, as in the kernel); changed only by ``set_pte``/``clear_pte``;
-    - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``.
+    - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``;
+    - ``hugetlb_pool``: ``[free huge pages]``, one list shared by a process and its fork
+      children (the machine's pool), taken by a hugetlb mmap's reservation, returned by munmap.
 
     The primitives below are public to the model (its modules and guard designs call them)
     but not part of the syscall API; each states its preconditions. The abstract methods
@@ -54,7 +57,7 @@ class MmCore(abc.ABC):
     """
 
     __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "rss_anon", "rss_file",
-                 "files", "exited")
+                 "files", "exited", "hugetlb_pool")
 
     tree: VmaTree
     pt: PageTable
@@ -65,6 +68,7 @@ class MmCore(abc.ABC):
     rss_file: int
     files: set[MemFile]
     exited: bool
+    hugetlb_pool: list[int]
 
     def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int) -> None:
         self.design = design
@@ -76,6 +80,7 @@ class MmCore(abc.ABC):
         self.rss_file = 0
         self.files = set()
         self.exited = False
+        self.hugetlb_pool = [0]  # free 2 MiB huge pages (nr_hugepages), shared with fork children
 
     @property
     def map_count(self) -> int:
@@ -173,6 +178,8 @@ class MmCore(abc.ABC):
         self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         for vma in vmas:
             self.tree.remove(vma)
+            if vma.vm_flags & VmFlag.HUGETLB:  # hugetlb_vm_op_close(): the reservation goes back
+                self.hugetlb_pool[0] += (vma.vm_end - vma.vm_start) >> HPAGE_SHIFT
         self.zap_range(start, end, drop_markers=True)
         nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
         floor = prev.vm_end if prev is not None else 0

@@ -48,6 +48,8 @@ _MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFla
 _MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
 _MAP_NONBLOCK, _MAP_STACK, _MAP_DROPPABLE = int(MapFlag.NONBLOCK), int(MapFlag.STACK), int(MapFlag.DROPPABLE)
 _MAP_TYPE = 0x0F  # include/uapi/linux/mman.h
+_MAP_HUGETLB = int(MapFlag.HUGETLB)
+_HPAGE = 1 << 21  # a hugetlb page, bytes
 #: What MAP_DROPPABLE adds (mm/mmap.c: do_mmap()).
 _DROPPABLE_FLAGS = int(VmFlag.DROPPABLE | VmFlag.WIPEONFORK | VmFlag.DONTDUMP | VmFlag.NORESERVE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
@@ -117,6 +119,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             file = None
         elif file is None:
             raise kerr(errno.EBADF, "mmap: no file")
+        elif flags & _MAP_HUGETLB:  # ksys_mmap_pgoff(): only hugetlbfs files take it
+            raise kerr(errno.EINVAL, "mmap: MAP_HUGETLB on a file that is not hugetlbfs")
+        if file is None and flags & _MAP_HUGETLB:
+            return self._mmap_hugetlb(addr, length, prot, flags)
         pgoff = offset >> PAGE_SHIFT
         if not length:
             raise kerr(errno.EINVAL, "mmap: zero length")
@@ -204,6 +210,45 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
         if vm_flags & _VM_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
             self.mm_populate(addr, length, ignore_errors=True)
+        return addr
+
+    def _mmap_hugetlb(self, addr: int, length: int, prot: int, flags: int) -> int:
+        """MAP_ANONYMOUS|MAP_HUGETLB (2 MiB pages): the length rounds up to huge pages, which
+        the mapping reserves from ``hugetlb_pool`` (ENOMEM when too few are free); a fixed address must be huge-page aligned (EINVAL). The VMA maps a
+        new hugetlbfs file (VM_HUGETLB | VM_DONTEXPAND, never merged); faults map whole huge
+        pages. Approximation: the reservation is counted per VMA, returned by munmap; fork
+        children share the parent's. O(k log n)."""
+        if not length:
+            raise kerr(errno.EINVAL, "mmap: zero length")
+        length = (length + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+        if not length or length > TASK_SIZE:
+            raise kerr(errno.ENOMEM, "mmap: length")
+        map_type = flags & _MAP_TYPE
+        if map_type not in (_MAP_SHARED, _MAP_PRIVATE):
+            raise kerr(errno.EINVAL, "mmap: neither shared nor private")
+        if flags & (_MAP_FIXED | _MAP_FIXED_NOREPLACE):
+            if addr > TASK_SIZE - length:
+                raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
+            if addr & (_HPAGE - 1):
+                raise kerr(errno.EINVAL, "mmap: hugetlb address not huge-page aligned")
+        else:
+            addr = self.get_unmapped_area(addr, length)
+        if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
+            raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        need = length // _HPAGE  # MAP_NORESERVE reserves as well here (an approximation)
+        if need > self.hugetlb_pool[0]:
+            raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
+        vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
+                    | (_VM_SHARED | _VM_MAYSHARE if map_type == _MAP_SHARED else 0))
+        if flags & _MAP_LOCKED:
+            vm_flags |= _VM_LOCKED
+        if flags & _MAP_NORESERVE:
+            vm_flags |= _VM_NORESERVE
+        self.unmap_range(addr, addr + length)
+        self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
+        file = MemFile("hugetlb", length, fill_pattern=False)
+        self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
+        self._use_file(file)
         return addr
 
     def _use_file(self, file: MemFile) -> None:
@@ -396,6 +441,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e + r + H)."""
         child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base)
         child.design = self.design.fork()
+        child.hugetlb_pool = self.hugetlb_pool
         for vma in self.tree:
             if vma.vm_flags & VmFlag.DONTCOPY:
                 continue

@@ -9,6 +9,7 @@ a script reach its own interpreter's memory. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -23,7 +24,7 @@ from sparsemm import abi
 from sparsemm.native import _scan, libc, procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
-from sparsemm.opscript.dispatch import OpDispatcher
+from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_ranges, page_align,
                                       parse_script, refused_by_arguments)
 
@@ -62,11 +63,59 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
     """
     if timeout is None:
         timeout = default_timeout()
-    for _ in range(max(1, attempts)):
-        records, quiet = _run_child(script, timeout)
-        if quiet:
-            break
+    with hugetlb_pool(script.hugetlb_pages):
+        for _ in range(max(1, attempts)):
+            records, quiet = _run_child(script, timeout)
+            if quiet:
+                break
     return records
+
+
+_NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+def _free_huge_pages() -> int:
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def hugetlb_pool(pages: int):
+    """Make sure ``pages`` 2 MiB huge pages are free while the block runs: raise
+    ``vm.nr_hugepages`` by what is missing, and put back the value found when done (only
+    if no one else changed it meanwhile). ``BackendUnavailable`` with the reason when they
+    cannot be had (not root, memory too fragmented). Runs in the parent, so a killed child
+    cannot leave the setting changed."""
+    if pages <= 0:
+        yield
+        return
+    try:
+        with open(_NR_HUGEPAGES, encoding="ascii") as fh:
+            before = int(fh.read())
+        missing = pages - _free_huge_pages()
+        if missing <= 0:
+            yield
+            return
+        target = before + missing
+        with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+            fh.write(str(target))
+    except OSError as exc:
+        raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
+                                 f"cannot be raised here ({exc.strerror or exc})") from None
+    try:
+        if _free_huge_pages() < pages:
+            raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "
+                                     "set that many aside (memory too fragmented)")
+        yield
+    finally:
+        with open(_NR_HUGEPAGES, encoding="ascii") as fh:
+            now = int(fh.read())
+        if now == target:
+            with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(before))
 
 
 def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
@@ -486,6 +535,8 @@ class KernelRunner(OpDispatcher):
             return "shared-anon"
         if path.endswith(" (deleted)") and path[: -len(" (deleted)")] in self.disk_paths:
             return self.disk_paths[path[: -len(" (deleted)")]]
+        if path.startswith("/anon_hugepage"):
+            return "hugetlb"
         if path.startswith("/memfd:"):
             name = path[len("/memfd:"):]
             return name[: -len(" (deleted)")] if name.endswith(" (deleted)") else name

@@ -218,6 +218,7 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
         raise BackendUnavailable(str(exc)) from None
+    mm.hugetlb_pool[0] = script.hugetlb_pages
     files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files)
              for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)

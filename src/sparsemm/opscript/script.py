@@ -42,7 +42,8 @@ MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
 MAX_COPY_PAGES = 1 << 16  # one uffd_copy's source buffer is written whole: 256 MiB
-MAX_SCAN_VEC = 4096  # regions one pagemap_scan may return (its record holds each)
+MAX_SCAN_VEC = 4096
+MAX_HUGETLB_PAGES = 64  # 2 MiB huge pages a script may ask the machine to set aside (128 MiB)  # regions one pagemap_scan may return (its record holds each)
 
 #: Advice refused unless the caller asks for it (``parse_script(allow_dangerous=True)``,
 #: ``--allow-dangerous``): on the kernel they damage the machine, not the script's process.
@@ -62,12 +63,13 @@ _MASK64 = _U64 - 1
 _I63 = 1 << 63
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 PAGE = abi.PAGE_SIZE
+_HPAGE = 512 * PAGE  # a 2 MiB huge page (MAP_HUGETLB rounds lengths up to it)
 
 #: Top-level keys a script may carry besides ``ops``. ``note`` says what the script pins;
 #: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
 #: ranges outside the arena (error-path tests).
 TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
-                  "outside_arena"}
+                  "outside_arena", "hugetlb_pages"}
 
 #: For each op: its allowed fields (besides ``op``) and the required ones.
 #: Address fields come in a page form and a byte form (one of each pair).
@@ -195,6 +197,7 @@ class Script:
     files: dict[str, int]  # name -> pages
     ops: tuple[Op, ...]
     disk_files: frozenset[str] = frozenset()  # files on a disk filesystem, not memfds
+    hugetlb_pages: int = 0  # free 2 MiB huge pages the script needs (the kernel backend reserves them)
     note: str = ""
     base: int = abi.ARENA_BASE
     expect: list | None = None
@@ -432,6 +435,8 @@ def _ranges_of(op: Op) -> list[tuple[int, int, str]]:
     name = op.name
     raw = op.raw
     at = "at_bytes" if "at_bytes" in raw else "at"
+    if name == "mmap" and op.flags & abi.MapFlag.HUGETLB:  # the length rounds up to 2 MiB
+        return [(op.addr, op.addr + ((op.length + _HPAGE - 1) & ~(_HPAGE - 1) & _MASK64), at)]
     if name in _RANGE_OPS:
         return [(op.addr, op.addr + page_align(op.length), at)]
     if name == "touch":
@@ -771,6 +776,9 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
             raise ScriptError(f"the files have more than {MAX_TOTAL_FILE_PAGES} pages in all (each page "
                               "is written when the file is created)")
         files[fname] = pages
+    hugetlb = doc.get("hugetlb_pages", 0)
+    if not _is_int(hugetlb) or not 0 <= hugetlb <= MAX_HUGETLB_PAGES:
+        raise ScriptError(f"'hugetlb_pages' must be an integer 0..{MAX_HUGETLB_PAGES}, not {_show(hugetlb)}")
     outside = doc.get("outside_arena", False)
     if not isinstance(outside, bool):
         raise ScriptError(f"'outside_arena' must be true or false, not {_show(outside)}")
@@ -803,6 +811,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
         if not isinstance(doc, dict):
             raise ScriptError("a script is a JSON object with an 'ops' list")
         arena_pages, files, outside, disk = _top_level(doc)
+        hugetlb = doc.get("hugetlb_pages", 0)
         ops = doc.get("ops")
         if not isinstance(ops, list):
             raise ScriptError("'ops' must be a list")
@@ -817,7 +826,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
             wrapped.index, wrapped.field_name, wrapped.op_name = exc.index, exc.field_name, exc.op_name
             raise wrapped from None
         raise
-    return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk,
+    return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk, hugetlb_pages=hugetlb,
                   note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
                   warnings=tuple(ctx.warnings))
