@@ -205,3 +205,26 @@ def test_a_hugetlb_script_leaves_nr_hugepages_as_it_found_it():
         pytest.skip(str(exc))
     assert [r["ret"] for r in recs] == ["ok", "ok"]
     assert open(path).read() == before
+
+
+def test_text_rendering_shows_scan_regions_and_copies():
+    from sparsemm.opscript.records import render_text
+
+    recs = _run({"op": "mmap", "at": 0, "len": 2, "prot": "rw"},
+                {"op": "madvise", "at": 1, "advice": "guard_install"},
+                {"op": "pagemap_scan", "at": 0, "len": 2, "require": ["guard"], "return": ["guard"]})
+    assert "[1,2)guard walk_end=2" in render_text(recs)
+
+
+def test_cli_refuses_a_bad_new_field_in_one_line():
+    import json
+    import subprocess
+    import sys
+
+    doc = json.dumps(_doc({"op": "pagemap_scan", "at": 0, "vec_len": -1}))
+    for backend in ("model", "kernel"):
+        proc = subprocess.run([sys.executable, "-m", "sparsemm", "run", "-", "--backend", backend],
+                              input=doc, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1
+        assert "op 0 (pagemap_scan) field 'vec_len'" in proc.stderr

@@ -128,6 +128,11 @@ def render_text(records: list[dict], ops: list[dict] | None = None, indent: str 
         value = rec.get("value")
         if rec["op"] == "touch" and value is not None:
             head += "  [" + " ".join(str(v) if v != FAULT else "F" for v in value) + "]"
+        if rec["op"] == "pagemap_scan" and value is not None:
+            head += "  " + " ".join(f"[{s},{e}){'+'.join(c) or '-'}" for s, e, c in value["regions"])
+            head += f" walk_end={value['walk_end']}"
+        if rec["op"] == "uffd_copy" and value is not None:
+            head += f"  copied={value}"
         lines.append(head)
         if rec["op"] == "snapshot" and value is not None:
             lines.append(f"{indent}      {draw_pages(value)}")
