@@ -30,8 +30,9 @@ __all__ = ["FleetOptions", "FleetError", "BatchResult", "RunStats", "analyze_fil
            "code_digest", "local_client", "remote_client", "run_fleet", "batches", "STAGES",
            "DEFAULT_BATCH_FILES", "DEFAULT_BATCH_BYTES", "DEFAULT_CONNECT_TIMEOUT"]
 
-#: Files per task: enough to amortise the scheduler's per-task cost (about 1-3 ms here,
-#: bench/results_fleet.md) over small maps, few enough to balance the end of a run.
+#: Files per task: enough to amortise the scheduler's per-task cost over small maps (one
+#: file per task took 2.4x the wall time of 16, bench/results_fleet.md), few enough to
+#: balance the end of a run.
 DEFAULT_BATCH_FILES = 16
 #: A batch also closes at this many bytes of input.
 DEFAULT_BATCH_BYTES = 16 << 20
@@ -163,8 +164,8 @@ def _quiet_dask() -> None:
 def local_client(workers: int):
     """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1 (every
     port, the scheduler's HTTP one included, chosen by the kernel), and a client on it;
-    both closed on exit. Start-up: about 1-2 s
-    (bench/results_fleet.md)."""
+    both closed on exit. Start-up: seconds (5-11 s on a busy 2-vCPU machine,
+    bench/results_fleet.md)."""
     import dask
     from distributed import Client, LocalCluster
 
