@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench record check-corpus clean
+.PHONY: demo test bench record check-corpus clean strace
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sparsemm demo
 
-test: $(STAMP)
+# sparsemm trace records system calls with Debian's strace: install it where it is missing.
+strace:
+	@command -v strace >/dev/null 2>&1 || { echo "installing strace (sparsemm trace needs it)"; \
+	  $(SUDO) apt-get install -y strace || { $(SUDO) apt-get update && $(SUDO) apt-get install -y strace; }; }
+
+test: $(STAMP) strace
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

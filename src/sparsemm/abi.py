@@ -257,6 +257,7 @@ MAP_BY_NAME: dict[str, int] = {
     "noreserve": MapFlag.NORESERVE,
     "locked": MapFlag.LOCKED,
     "growsdown": MapFlag.GROWSDOWN,
+    "stack": MapFlag.STACK,
 }
 
 MADV_BY_NAME: dict[str, int] = {m.name.lower(): int(m) for m in Madv}

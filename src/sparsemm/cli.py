@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.trace.cli import add_parser as add_trace_parser
+
+    add_trace_parser(sub)
     return parser
 
 

@@ -43,6 +43,7 @@ _MAP_SHARED, _MAP_PRIVATE, _MAP_SHARED_VALIDATE = int(MapFlag.SHARED), int(MapFl
 _MAP_FIXED, _MAP_FIXED_NOREPLACE = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE)
 _MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFlag.GROWSDOWN), int(MapFlag.LOCKED)
 _MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
+_MAP_STACK, _VM_NOHUGEPAGE = int(MapFlag.STACK), int(VmFlag.NOHUGEPAGE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
@@ -218,6 +219,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             vm_flags |= _VM_GROWSDOWN
         if flags & _MAP_LOCKED:
             vm_flags |= _VM_LOCKED
+        if flags & _MAP_STACK:  # calc_vm_flag_bits(): MAP_STACK -> VM_NOHUGEPAGE (THP kernels, 6.7+)
+            vm_flags |= _VM_NOHUGEPAGE
         # get_unmapped_area()
         if flags & _MAP_FIXED:
             if addr > TASK_SIZE - length:

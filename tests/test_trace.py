@@ -1,0 +1,279 @@
+"""``sparsemm trace`` on real programs under Debian's strace: the as-run replay against /proc, the designs, attach, errors.
+
+The programs are small Python scripts run by this interpreter; strace is installed by
+``make test`` (the Makefile's apt-get step). Chromium is not: its test skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_guards, run_cli
+
+PYTHON = os.path.realpath(sys.executable)
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
+                                  reason="strace is not installed (make test installs it)")
+
+LADDERS = textwrap.dedent("""
+    import ctypes, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    P, N = 4096, int(sys.argv[1])
+
+    def ladder(advice):
+        base = libc.mmap(None, (2 * N + 1) * P, 3, 0x22, -1, 0)
+        for i in range(N):
+            at = ctypes.c_void_p(base + (2 * i + 1) * P)
+            rc = libc.madvise(at, P, 102) if advice else libc.mprotect(at, P, 0)
+            assert rc == 0, ctypes.get_errno()
+
+    threads = [threading.Thread(target=ladder, args=(False,)), threading.Thread(target=ladder, args=(True,))]
+    threads += [threading.Thread(target=lambda: bytearray(1 << 20)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+""")
+
+
+def _trace(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--quiet", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+@needs_strace
+@needs_guards
+def test_threaded_ladders_end_with_the_measured_count_and_markers_peak_far_below_vmas(tmp_path):
+    n = 300
+    prog = tmp_path / "ladders.py"
+    prog.write_text(LADDERS)
+    png = tmp_path / "trace.png"
+    proc = _trace("--json", "--plot", str(png), "--", PYTHON, str(prog), str(n))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    d = doc["designs"]
+    measured = doc["measured_final_vmas"]
+    assert measured is not None and doc["measurement"]["held"]
+    assert d["as-run"]["final_vmas"] == measured
+    assert doc["as_run_check"]["matches"] is True and doc["as_run_check"]["mismatched_calls"] == 0
+    # the program's 300 PROT_NONE guards are VMAs as run; its 300 markers are not
+    assert d["vma"]["peak_vmas"] >= d["as-run"]["peak_vmas"] + 2 * n - 10
+    assert d["pte"]["peak_vmas"] <= d["as-run"]["peak_vmas"] - 2 * n + 10
+    assert d["vma"]["peak_vmas"] - d["pte"]["peak_vmas"] >= 4 * n - 20  # hundreds of VMAs apart
+    assert d["tree"]["peak_vmas"] < d["vma"]["peak_vmas"]
+    assert d["as-run"]["calls"]["guard_install"] >= n and d["as-run"]["calls"]["mprotect"] >= n
+    assert d["as-run"]["calls"]["brk"] >= 1  # the heap was replayed, and matched
+    assert d["pte"]["kernel_time_estimate_ms"] < d["vma"]["kernel_time_estimate_ms"]
+    assert len(d["as-run"]["series"]) >= 10
+    assert max(s["root_vmas"] for s in d["vma"]["series"]) <= d["vma"]["peak_vmas"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (proc_doc,) = [p for p in doc["processes"] if p["replayed"]]
+    assert proc_doc["measured_vmas"] == measured and proc_doc["matches"] is True
+
+
+SYSV = textwrap.dedent("""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(0, 64 * 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    assert shmid >= 0
+    addr = libc.shmat(shmid, None, 0)
+    libc.shmctl(shmid, 0, None)  # IPC_RMID: gone once detached
+    print(hex(addr))
+""")
+
+
+@needs_strace
+def test_as_run_divergence_is_reported_with_the_first_differing_range(tmp_path):
+    """System V shared memory maps a segment whose size the trace does not show: the replay
+    cannot model it, and says where the process and the model part ways."""
+    prog = tmp_path / "sysv.py"
+    prog.write_text(SYSV)
+    save = tmp_path / "rec"
+    proc = _trace("--save", str(save), "--", PYTHON, str(prog))
+    assert proc.returncode == 0, proc.stderr
+    addr = int(proc.stdout.splitlines()[0], 16)
+    text = proc.stdout
+    assert "as-run replay DIVERGED" in text
+    assert f"the process has {addr:#x}-{addr + 64 * 4096:#x} rw-s" in text
+    assert "shmat (System V shared memory: its size is not in the trace) x1" in text
+    # the recording replays to the same verdict, and the JSON carries it
+    again = _trace("--load", str(save), "--json")
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["as_run_check"]["matches"] is False
+    assert doc["measurement"]["as_run_vmas"] == doc["measured_final_vmas"] - 1
+    assert f"{addr:#x}" in doc["measurement"]["first_difference"]
+
+
+ATTACHED = textwrap.dedent("""
+    import ctypes, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    base = libc.mmap(None, 101 * 4096, 3, 0x22, -1, 0)
+    for i in range(50):
+        assert libc.mprotect(ctypes.c_void_p(base + (2 * i + 1) * 4096), 4096, 0) == 0
+    print("done", flush=True)
+    time.sleep(600)
+""")
+
+
+def _status(pid: int, field: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split()[1]
+    return ""
+
+
+@needs_strace
+def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
+    prog = tmp_path / "attached.py"
+    prog.write_text(ATTACHED)
+    child = subprocess.Popen([PYTHON, str(prog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        tracer = subprocess.Popen([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--pid",
+                                   str(child.pid), "--duration", "4"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while _status(child.pid, "TracerPid") in ("", "0") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _status(child.pid, "TracerPid") not in ("", "0"), "strace never attached"
+        while _status(child.pid, "State") in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.05)  # continued once every thread is traced
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        out, err = tracer.communicate(timeout=120)
+        assert tracer.returncode == 0, err
+        doc = json.loads(out)
+        assert doc["mode"] == "pid" and doc["pid"] == child.pid
+        assert doc["measurement"]["kind"] == "detach" and doc["measurement"]["held"]
+        assert doc["measured_final_vmas"] == doc["designs"]["as-run"]["final_vmas"]
+        assert doc["as_run_check"]["matches"] is True
+        assert doc["designs"]["as-run"]["calls"]["mprotect"] >= 50
+        assert doc["designs"]["pte"]["final_vmas"] <= doc["designs"]["as-run"]["final_vmas"] - 100
+        # left running and untraced
+        time.sleep(0.2)
+        assert _status(child.pid, "TracerPid") == "0"
+        assert _status(child.pid, "State") not in ("T", "t")
+    finally:
+        if "tracer" in locals() and tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        child.kill()
+        child.wait()
+
+
+MARKERS = textwrap.dedent("""
+    import sparsemm
+    with sparsemm.Mapping(256 * 4096) as m:
+        for i in range(1, 256, 2):
+            m.guard(i * 4096, 4096)
+        heap = sparsemm.GuardedHeap()
+        bufs = [heap.alloc(100) for _ in range(200)]
+        print(sum(1 for line in open("/proc/self/maps") if "[vsyscall]" not in line))
+""")
+
+
+@needs_strace
+@needs_guards
+def test_a_program_using_guard_markers(tmp_path):
+    prog = tmp_path / "markers.py"
+    prog.write_text(MARKERS)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--no-series", "--",
+                           PYTHON, str(prog)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.split("\n", 1)[1])
+    d = doc["designs"]
+    assert doc["as_run_check"]["matches"] is True
+    assert d["as-run"]["calls"]["guard_install"] >= 128 + 200
+    assert "series" not in d["as-run"]
+    # markers as run: under the vma design each of those guards is a VMA of its own
+    assert d["vma"]["peak_vmas"] >= d["as-run"]["peak_vmas"] + 2 * 128
+    assert d["pte"]["peak_vmas"] <= d["as-run"]["peak_vmas"]
+    assert int(proc.stdout.split("\n", 1)[0]) == d["as-run"]["peak_vmas"]  # what the program saw at its peak
+
+
+@needs_strace
+def test_a_failing_command_is_still_reported(tmp_path):
+    proc = _trace("--", PYTHON, "-c", "import sys; sys.exit(3)")
+    assert proc.returncode == 0, proc.stderr
+    assert "as-run replay ends with" in proc.stdout and "every VMA matches" in proc.stdout
+
+
+def test_missing_strace_says_how_to_install_it(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))  # no strace, no env
+    proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--", PYTHON, "-c", "pass"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install strace" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--hold", "abc", "--", "true"], "--hold"),
+    (["--hold", "-1", "--", "true"], "--hold"),
+    (["--jobs", "9", "--", "true"], "--jobs"),
+    ([], "give exactly one of"),
+    (["--pid", "1", "--", "true"], "give exactly one of"),
+    (["--duration", "3", "--", "true"], "--duration needs --pid"),
+    (["--pid", "abc"], "--pid"),
+    (["--load", "/nonexistent/recording"], "not a trace recording"),
+    (["--", "/nonexistent/program"], "command not found"),
+])
+def test_bad_options_are_one_line_and_exit_2(args, words):
+    proc = run_cli("trace", "--quiet", *args)
+    assert proc.returncode == 2, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+@needs_strace
+def test_bad_pids_are_one_line():
+    dead = subprocess.Popen([PYTHON, "-c", "pass"])
+    dead.wait()
+    proc = run_cli("trace", "--quiet", "--pid", str(dead.pid))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"pid {dead.pid}: no such process" in proc.stderr
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@needs_strace
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_loading_a_page(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><h1>sparsemm</h1><script>let a = [];"
+                    "for (let i = 0; i < 20000; i++) a.push({i, s: 'x'.repeat(i % 97)});"
+                    "document.title = a.length;</script></body></html>")
+    profile = tmp_path / "profile"
+    proc = _trace("--json", "--no-series", "--", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", page.as_uri(), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    replayed = [p for p in doc["processes"] if p["replayed"]]
+    assert len(replayed) >= 3  # browser, zygote(s), renderer
+    measured = [p for p in replayed if p["measured_vmas"] is not None]
+    assert measured and all(p["matches"] for p in measured), [p["first_difference"] for p in measured]
+    d = doc["designs"]
+    assert d["vma"]["all_processes"]["peak_vmas"] > d["pte"]["all_processes"]["peak_vmas"]
