@@ -157,8 +157,8 @@ def test_stderr_output_with_pid_prefixes_and_relative_times():
     evs = events(STDERR, default_pid=4242)
     pids = Counter(e.pid for e in evs)
     assert pids[4242] > 50 and len(pids) >= 5  # the first process unprefixed, threads "[pid N]"
-    ts = [e.ts for e in evs]
-    assert ts == sorted(ts) and ts[-1] < 60  # -r deltas, summed
+    ts = [e.ts for e in tp.parse_file(STDERR, 4242, order="entry")]
+    assert ts == sorted(ts) and 0 < ts[-1] < 60  # -r deltas, summed; a split call at its entry
     assert len(calls(evs, "clone3")) == len(calls(events(RAW), "clone3"))
 
 
@@ -194,3 +194,33 @@ def test_padded_returns_delays_and_interruptions():
     assert evs[3].name == "exit_group" and evs[3].ret is None and evs[3].ok
     assert evs[4].kind == tp.KILLED and evs[4].name == "SIGKILL"
     assert len(evs) == 5
+
+
+def test_entry_order_puts_a_split_call_where_it_began():
+    """Chromium's network thread unmapped a file view (entered first, printed last) while
+    another thread grew a mapping into the freed range in place: only the entry order makes
+    the mremap possible."""
+    path = DATA / "chromium_reorder.strace"
+    by_line = [(e.name, tp.int_arg(e.args[0])) for e in tp.parse_file(path) if e.kind == tp.CALL]
+    by_entry = [(e.name, tp.int_arg(e.args[0])) for e in tp.parse_file(path, order="entry") if e.kind == tp.CALL]
+    assert by_line.index(("munmap", 0x7F81BB297000)) > by_line.index(("mremap", 0x7F81BB28C000))
+    assert by_entry.index(("munmap", 0x7F81BB297000)) < by_entry.index(("mremap", 0x7F81BB28C000))
+    assert sorted(by_line) == sorted(by_entry)
+    ts = [e.ts for e in tp.parse_file(path, order="entry")]
+    assert ts == sorted(ts)
+
+
+def test_a_barrier_keeps_calls_in_flight_after_the_map_read():
+    """A renderer thread entered mprotect just before another entered exit_group, where the
+    map was read; the mprotect waited for the read's mmap lock and completed after it."""
+    path = DATA / "chromium_exit_barrier.strace"
+    barrier = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "exit_group(0 <unf" in ln)
+    order = [(e.kind, e.name, e.args[0] if e.args else None)
+             for e in tp.parse_file(path, order="entry", barriers={barrier}) if e.pid in (5862, 5873)]
+    pos_exit = order.index((tp.ENTER, "exit_group", "0"))
+    pos_late = order.index((tp.CALL, "mprotect", "0x291c0078c000"))
+    pos_done = order.index((tp.CALL, "mprotect", "0x291c00788000"))
+    assert pos_done < pos_exit < pos_late
+    plain = [(e.kind, e.name, e.args[0] if e.args else None)
+             for e in tp.parse_file(path, order="entry") if e.pid in (5862, 5873)]
+    assert plain.index((tp.CALL, "mprotect", "0x291c0078c000")) < plain.index((tp.ENTER, "exit_group", "0"))

@@ -9,6 +9,7 @@ kills and ``superseded by execve``. It knows nothing of the model or of /proc.
 
 from __future__ import annotations
 
+import heapq
 import re
 import signal as _signal
 from dataclasses import dataclass, field
@@ -247,7 +248,7 @@ class _Parser:
     def __init__(self, source: str, default_pid: int):
         self.source = source
         self.default_pid = default_pid
-        self.pending: dict[int, tuple[str, str, int | None]] = {}  # pid -> (name, text, changed_pid)
+        self.pending: dict[int, tuple[str, str, int | None, float | None]] = {}  # pid -> (name, text, changed, entry ts)
         self.relative: bool | None = None  # -r deltas (decided at the first timestamp)
         self.clock = 0.0
         self.last_clock: float | None = None
@@ -286,7 +287,8 @@ class _Parser:
             held = self.pending.pop(pid, None)
             if held is None or (held[0] != name and name != "???"):
                 return None  # the entry half predates the trace (attach): nothing to complete
-            return self.finish(lineno, pid, ts, held[0], held[1] + body[r.end():], held[2])
+            entry_ts = held[3] if held[3] is not None else ts  # a joined call is placed at its entry
+            return self.finish(lineno, pid, entry_ts, held[0], held[1] + body[r.end():], held[2])
         if c == "+":
             if (x := _EXITED.match(body)) is not None:
                 self.pending.pop(pid, None)
@@ -315,15 +317,15 @@ class _Parser:
                 changed = int(pc.group(1))
                 text = text[: pc.start()]
             if changed is not None:
-                self.pending[changed] = (name, text, changed)  # the execve completes as the leader
+                self.pending[changed] = (name, text, changed, ts)  # the execve completes as the leader
             else:
-                self.pending[pid] = (name, text, None)
+                self.pending[pid] = (name, text, None, ts)
             if name in _ENTER_NAMES:
                 return Event(lineno, pid, ts, ENTER, name=name, args=split_args(text))
             return None
         pc = _PID_CHANGED.search(rest)
         if pc is not None:  # "execve(...) <pid changed to N ...>" then the leader's resumed line
-            self.pending[int(pc.group(1))] = (name, rest[: pc.start()], int(pc.group(1)))
+            self.pending[int(pc.group(1))] = (name, rest[: pc.start()], int(pc.group(1)), ts)
             return None
         return self.finish(lineno, pid, ts, name, rest, None)
 
@@ -347,13 +349,26 @@ class _Parser:
         return Event(lineno, pid, ts, CALL, name=name, args=args, ret=ret, err=err, changed_pid=changed)
 
 
-def parse_lines(lines: Iterable[str], source: str = "<trace>", default_pid: int = 0) -> Iterator[Event]:
-    """Events from strace output lines, in file order. ``default_pid`` is the pid of lines
-    without one (a trace made without ``-f``). Raises ``TraceParseError`` on a line that is
-    neither a system call, a signal, a process event nor one of strace's own messages.
-    O(length of the text)."""
+def parse_lines(lines: Iterable[str], source: str = "<trace>", default_pid: int = 0, *,
+                order: str = "line", barriers=frozenset()) -> Iterator[Event]:
+    """Events from strace output lines. ``default_pid`` is the pid of lines without one (a
+    trace made without ``-f``, or strace's stderr output for its first process). Raises
+    ``TraceParseError`` on a line that is neither a system call, a signal, a process event
+    nor one of strace's own messages. O(length of the text).
+
+    ``order="line"``: as the lines complete them. ``order="entry"``: by entry time (a call's
+    ``ts`` is when it was entered; strace prints a split call's result only when it is
+    done, after calls of other threads that began later): an event is held back until no
+    call still in flight entered before it. Memory O(calls in flight). ``barriers``: line
+    numbers where the process's map was read (entry order only): the event of such a line
+    comes after every call completed on an earlier line and before every call still in
+    flight there, whatever their entry times (those had not been applied when it was read:
+    reading /proc/PID/maps holds the mmap lock they wait for)."""
+    if order not in ("line", "entry"):
+        raise ValueError(f"order {order!r}: want 'line' or 'entry'")
     parser = _Parser(source, default_pid)
     carry = ""
+    held: list = []  # heap of (ts, lineno, event)
     for lineno, line in enumerate(lines, 1):
         if carry:  # the rest of a line strace's own message cut in two (stderr output)
             line, carry = carry + line.lstrip(" "), ""
@@ -362,11 +377,25 @@ def parse_lines(lines: Iterable[str], source: str = "<trace>", default_pid: int 
             carry = line[:cut]
             continue
         event = parser.line(lineno, line)
-        if event is not None:
+        if order == "line" or (event is not None and event.ts is None and not held):
+            if event is not None:
+                yield event
+            continue
+        if event is not None and lineno in barriers:
+            while held:
+                yield heapq.heappop(held)[2]
             yield event
+            continue
+        if event is not None:
+            heapq.heappush(held, (event.ts if event.ts is not None else float("-inf"), lineno, event))
+        oldest = min((p[3] for p in parser.pending.values() if p[3] is not None), default=None)
+        while held and (oldest is None or held[0][0] <= oldest):
+            yield heapq.heappop(held)[2]
+    while held:
+        yield heapq.heappop(held)[2]
 
 
-def parse_file(path, default_pid: int = 0) -> Iterator[Event]:
+def parse_file(path, default_pid: int = 0, *, order: str = "line", barriers=frozenset()) -> Iterator[Event]:
     """``parse_lines`` over a file (read line by line, never whole)."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        yield from parse_lines(f, str(path), default_pid)
+        yield from parse_lines(f, str(path), default_pid, order=order, barriers=barriers)

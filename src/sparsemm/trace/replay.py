@@ -638,7 +638,7 @@ def replay(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardP
                 r.tgid[tid] = snap.pid
     lineno = 0
     with gc_paused():
-        for ev in tp.parse_file(rec.log):
+        for ev in tp.parse_file(rec.log, order="entry", barriers=frozenset(s.lineno for s in rec.snapshots)):
             lineno = ev.lineno
             r.on_event(ev)
     r.finish(lineno)
