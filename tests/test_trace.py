@@ -21,30 +21,10 @@ import pytest
 from conftest import needs_guards, run_cli
 
 PYTHON = os.path.realpath(sys.executable)
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"  # the programs docs/trace.md traces
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
                                   reason="strace is not installed (make test installs it)")
 
-LADDERS = textwrap.dedent("""
-    import ctypes, sys, threading
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    P, N = 4096, int(sys.argv[1])
-
-    def ladder(advice):
-        base = libc.mmap(None, (2 * N + 1) * P, 3, 0x22, -1, 0)
-        for i in range(N):
-            at = ctypes.c_void_p(base + (2 * i + 1) * P)
-            rc = libc.madvise(at, P, 102) if advice else libc.mprotect(at, P, 0)
-            assert rc == 0, ctypes.get_errno()
-
-    threads = [threading.Thread(target=ladder, args=(False,)), threading.Thread(target=ladder, args=(True,))]
-    threads += [threading.Thread(target=lambda: bytearray(1 << 20)) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-""")
 
 
 def _trace(*args, timeout=600):
@@ -57,8 +37,7 @@ def _trace(*args, timeout=600):
 @needs_guards
 def test_threaded_ladders_end_with_the_measured_count_and_markers_peak_far_below_vmas(tmp_path):
     n = 300
-    prog = tmp_path / "ladders.py"
-    prog.write_text(LADDERS)
+    prog = EXAMPLES / "ladders.py"
     png = tmp_path / "trace.png"
     proc = _trace("--json", "--plot", str(png), "--", PYTHON, str(prog), str(n))
     assert proc.returncode == 0, proc.stderr
@@ -83,24 +62,13 @@ def test_threaded_ladders_end_with_the_measured_count_and_markers_peak_far_below
     assert proc_doc["measured_vmas"] == measured and proc_doc["matches"] is True
 
 
-SYSV = textwrap.dedent("""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.shmat.restype = ctypes.c_void_p
-    shmid = libc.shmget(0, 64 * 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
-    assert shmid >= 0
-    addr = libc.shmat(shmid, None, 0)
-    libc.shmctl(shmid, 0, None)  # IPC_RMID: gone once detached
-    print(hex(addr))
-""")
 
 
 @needs_strace
 def test_as_run_divergence_is_reported_with_the_first_differing_range(tmp_path):
     """System V shared memory maps a segment whose size the trace does not show: the replay
     cannot model it, and says where the process and the model part ways."""
-    prog = tmp_path / "sysv.py"
-    prog.write_text(SYSV)
+    prog = EXAMPLES / "sysv.py"
     save = tmp_path / "rec"
     proc = _trace("--save", str(save), "--", PYTHON, str(prog))
     assert proc.returncode == 0, proc.stderr
@@ -180,22 +148,12 @@ def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
         child.wait()
 
 
-MARKERS = textwrap.dedent("""
-    import sparsemm
-    with sparsemm.Mapping(256 * 4096) as m:
-        for i in range(1, 256, 2):
-            m.guard(i * 4096, 4096)
-        heap = sparsemm.GuardedHeap()
-        bufs = [heap.alloc(100) for _ in range(200)]
-        print(sum(1 for line in open("/proc/self/maps") if "[vsyscall]" not in line))
-""")
 
 
 @needs_strace
 @needs_guards
 def test_a_program_using_guard_markers(tmp_path):
-    prog = tmp_path / "markers.py"
-    prog.write_text(MARKERS)
+    prog = EXAMPLES / "markers.py"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
     proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--no-series", "--",
                            PYTHON, str(prog)], capture_output=True, text=True, timeout=600, env=env)
@@ -261,16 +219,13 @@ CHROMIUM = shutil.which("chromium")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_headless_chromium_loading_a_page(tmp_path):
-    page = tmp_path / "page.html"
-    page.write_text("<html><body><h1>sparsemm</h1><script>let a = [];"
-                    "for (let i = 0; i < 20000; i++) a.push({i, s: 'x'.repeat(i % 97)});"
-                    "document.title = a.length;</script></body></html>")
+    page = EXAMPLES / "heavy.html"
     profile = tmp_path / "profile"
     proc = _trace("--json", "--no-series", "--", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", page.as_uri(), timeout=900)
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    doc = json.loads(proc.stdout[proc.stdout.index("{\n \"schema\""):])  # after the page Chromium dumps
     replayed = [p for p in doc["processes"] if p["replayed"]]
     assert len(replayed) >= 3  # browser, zygote(s), renderer
     measured = [p for p in replayed if p["measured_vmas"] is not None]

@@ -232,12 +232,12 @@ def _cmdline(pid: int) -> list[str]:
 
 def take_snapshot(tid: int, lineno: int, kind: str, expect_nr: int | None, *, smaps: bool) -> Snapshot | None:
     """Read the maps of the process of ``tid``, checking around the read that the task stayed
-    held (in system call ``expect_nr``). None when the process is gone."""
+    held (in system call ``expect_nr``). None when the process is gone or has no map left."""
     pid = _tgid(tid) or tid
     before = _task_state(tid)
     maps = _read(f"/proc/{pid}/maps")
-    if maps is None:
-        return None
+    if not maps:
+        return None  # gone, or already exiting (a fatal signal won the race: its mm is released)
     sm = _read(f"/proc/{pid}/smaps") if smaps else None
     fields = _stat_fields(pid)
     after = _task_state(tid)

@@ -416,8 +416,8 @@ class _Replayer:
                 self.measure(mm, snap)
 
     def measure(self, mm: _Mm, snap: Snapshot) -> None:
-        if mm.states is None:
-            return
+        if mm.states is None or not snap.maps.strip():
+            return  # (recordings before the recorder skipped an exiting process's empty map)
         for d, s in mm.states.items():
             mm.res.final[d] = s.vmas
             mm.res.final_kernel_bytes[d], _, mm.res.final_table_bytes[d] = self.mm_cost(mm, d)
@@ -508,6 +508,8 @@ class _Replayer:
             else:
                 last = series[-1]
                 kb, mc, rkb, tb = last.kernel_bytes, last.map_count, last.root_kernel_bytes, last.table_bytes
+                if root is not None and not last.root_vmas:  # the process appeared since
+                    rkb = self.mm_cost(root, d)[0]
             series.append(Sample(self.t, self.events, self.totals[d], max(self.window_max[d], self.totals[d]),
                                  root.last_vmas[d] if root else 0, mc, kb, rkb, tb, self.calls_total[d]))
             self.window_max[d] = self.totals[d]
