@@ -39,7 +39,8 @@ MODEL_DESIGN = {"as-run": "pte", "vma": "vma", "pte": "pte", "tree": "tree"}
 _CONVERTS = frozenset({"pte", "tree"})
 #: When the replay assumes private writable memory was written (it then has an anon_vma, as
 #: after its first write fault, which the trace does not show): "fork" (default) at each fork,
-#: for the whole address space; "eager" whenever a call makes memory writable; "lazy" never.
+#: for the whole address space, and when an mprotect takes write permission away (a decommit);
+#: "eager" also whenever a call makes memory writable; "lazy" never.
 WRITTEN = ("fork", "eager", "lazy")
 
 PAGE = abi.PAGE_SIZE
@@ -151,8 +152,8 @@ class DesignMm:
     def _assume_written(self, start: int, end: int, always: bool = False) -> None:
         """Give every private writable VMA in [start, end) an anon_vma, as its first write fault
         would (``anon_vma_prepare``): in ``eager`` mode after each call that makes memory
-        writable, in ``fork`` mode (and ``always``) for the whole address space at fork. The
-        trace shows no faults; anon_vmas decide which neighbours may merge later."""
+        writable; with ``always`` (fork, an mprotect that takes write away) in every mode but
+        ``lazy``. The trace shows no faults; anon_vmas decide which neighbours may merge later."""
         if not (always or self.written == "eager") or end <= start:
             return
         mm = self.mm
@@ -284,7 +285,9 @@ class DesignMm:
         end = at + abi.page_align(length)
         if self.def_flags:
             self._lock_new(at, end)
-        self._assume_written(at, end)
+        if not (flags & _MAP_FIXED and flags & _MAP_ANON):
+            # a loader's MAP_FIXED anonymous mapping is a library's .bss: untouched until used
+            self._assume_written(at, end)
         self.reconcile(at - PAGE, end + PAGE)
         return result
 
@@ -306,6 +309,9 @@ class DesignMm:
 
     def mprotect(self, addr: int, length: int, prot: int) -> CallResult:
         mm = self.mm
+        if not prot & abi.PROT_WRITE and self.written != "lazy":
+            # memory a program stops writing was written while it could be (a decommit, RELRO)
+            self._assume_written(addr, addr + abi.page_align(length), always=True)
         if not self.converts:
             self._count("mprotect")
             try:

@@ -55,7 +55,8 @@ class Event:
     ``lineno`` is the 1-based line that completed it (the ``resumed`` line of a split call):
     the position recorded snapshots refer to. ``ts`` is seconds (``-ttt`` epoch, ``-tt``
     clock time, or the running sum of ``-r`` deltas), None without timestamps. ``args`` are
-    the raw argument texts; ``ret`` is the return value (None for ``?``), ``err`` the errno
+    the raw argument texts (``end_ts``: when a split call's result was printed); ``ret`` is
+    the return value (None for ``?``), ``err`` the errno
     name of a failed call (``"ENOMEM"``), ``status`` an exit status or the pid of a
     superseding execve. ``changed_pid``: an execve line that ended ``<pid changed to N ...>``.
     """
@@ -70,6 +71,7 @@ class Event:
     err: str | None = None
     status: int | None = None
     changed_pid: int | None = None
+    end_ts: float | None = None  # when its result was printed (a split call: later than ts)
 
     @property
     def ok(self) -> bool:
@@ -288,7 +290,9 @@ class _Parser:
             if held is None or (held[0] != name and name != "???"):
                 return None  # the entry half predates the trace (attach): nothing to complete
             entry_ts = held[3] if held[3] is not None else ts  # a joined call is placed at its entry
-            return self.finish(lineno, pid, entry_ts, held[0], held[1] + body[r.end():], held[2])
+            event = self.finish(lineno, pid, entry_ts, held[0], held[1] + body[r.end():], held[2])
+            event.end_ts = ts
+            return event
         if c == "+":
             if (x := _EXITED.match(body)) is not None:
                 self.pending.pop(pid, None)

@@ -140,7 +140,7 @@ class ReplayResult:
 class _Mm:
     """One address space during the replay: its tasks and its state under each design."""
 
-    __slots__ = ("res", "users", "states", "last_vmas", "dirty", "cost_cache", "pid")
+    __slots__ = ("res", "users", "states", "last_vmas", "dirty", "cost_cache", "pid", "open_check")
 
     def __init__(self, res: MmResult, states: dict[str, DesignMm] | None):
         self.res = res
@@ -150,6 +150,9 @@ class _Mm:
         self.last_vmas = {d: s.vmas for d, s in states.items()} if states else {}
         self.dirty = {d: True for d in (states or {})}
         self.cost_cache: dict[str, tuple[int, int]] = {}
+        #: [snapshot, entry time of the event it was read at, comparison index, calls applied since]
+        #: while a mismatch may still be explained by calls in flight at the read
+        self.open_check: list | None = None
 
 
 def compare_maps(state: DesignMm, snap: Snapshot) -> Comparison:
@@ -223,6 +226,7 @@ class _Replayer:
         self.progress = progress_counter
         self.calls_total = dict.fromkeys(designs, 0)
         self.execs = 0
+        self.deferred: list = []  # (mm, event, op): calls waiting for a call in flight beside them
 
     # --- address spaces ------------------------------------------------------------------------
 
@@ -335,6 +339,8 @@ class _Replayer:
     def on_event(self, ev: tp.Event) -> None:
         if ev.pid == self.rec.heartbeat_pid:
             return
+        if self.deferred and ev.ts is not None:
+            self.retry_deferred(ev.ts, force=False)
         self.events += 1
         if ev.ts is not None:
             if self.t0 is None:
@@ -413,19 +419,45 @@ class _Replayer:
         mm = self.task_of(ev)
         for snap in self.snap_by_line.get(ev.lineno, ()):
             if snap.kind == "exit" and mm is not None:
-                self.measure(mm, snap)
+                self.measure(mm, snap, ev.ts)
 
-    def measure(self, mm: _Mm, snap: Snapshot) -> None:
+    def measure(self, mm: _Mm, snap: Snapshot, ts: float | None = None) -> None:
+        """Compare the as-run model with ``snap`` now (every call completed before its line is
+        applied, none in flight there). On a mismatch, calls of other threads that were in
+        flight at the read (entered before ``ts``, completed after) may have taken effect
+        before it: the check stays open and is redone after each of them (``recheck``)."""
         if mm.states is None or not snap.maps.strip():
             return  # (recordings before the recorder skipped an exiting process's empty map)
-        for d, s in mm.states.items():
-            mm.res.final[d] = s.vmas
-            mm.res.final_kernel_bytes[d], _, mm.res.final_table_bytes[d] = self.mm_cost(mm, d)
+        self.set_final(mm)
         if "as-run" in mm.states:
-            mm.res.comparisons.append(compare_maps(mm.states["as-run"], snap))
+            cmp = compare_maps(mm.states["as-run"], snap)
+            mm.res.comparisons.append(cmp)
+            if not cmp.matches and ts is not None:
+                mm.open_check = [snap, ts, len(mm.res.comparisons) - 1, 0]
         # setproctitle() leaves one string: look at its words
         words = " ".join(snap.cmdline).split()
         mm.res.role = next((a.split("=", 1)[1] for a in words if a.startswith("--type=")), mm.res.role)
+
+    def set_final(self, mm: _Mm) -> None:
+        for d, st in mm.states.items():
+            mm.res.final[d] = st.vmas
+            mm.res.final_kernel_bytes[d], _, mm.res.final_table_bytes[d] = self.mm_cost(mm, d)
+
+    def recheck(self, mm: _Mm, ev: tp.Event) -> None:
+        snap, ts, idx, n = mm.open_check
+        if ev.ts is None or ev.ts >= ts:
+            mm.open_check = None  # nothing else was in flight at the read
+            return
+        n += 1
+        cmp = compare_maps(mm.states["as-run"], snap)
+        if cmp.matches:
+            cmp.note = (f"matches once the {n} call(s) of other threads in flight at the read (entered "
+                        "before, printed after) are applied")
+            mm.res.comparisons[idx] = cmp
+            self.set_final(mm)
+            mm.open_check = None
+        else:
+            mm.open_check[3] = n
 
     # --- calls --------------------------------------------------------------------------------------
 
@@ -440,6 +472,53 @@ class _Replayer:
         if isinstance(op, str):
             self.unmodelled[op] += 1
             return
+        if (ev.end_ts is not None and ev.ts is not None and ev.end_ts > ev.ts
+                and self.conflicts(mm, op[0], op[1])):
+            self.deferred.append((mm, ev, op))  # another thread's call in flight made room first
+            return
+        self.run(mm, ev, op)
+        if self.deferred:
+            self.retry_deferred(ev.ts, force=False)
+
+    def conflicts(self, mm: _Mm, method: str, args) -> bool:
+        """Can the traced result of this call not have happened on the model's state yet?
+        A mapping placed where something is still mapped, an in-place growth into a taken
+        range, a move onto one: the kernel ran another thread's overlapping call (an munmap,
+        a move) first. O(log n) per design."""
+        if method == "mmap":
+            addr, length, _, flags, _, _, _, traced = args
+            if traced is None or flags & 0x10:
+                return False
+            lo, hi = traced, traced + abi.page_align(length)
+        elif method == "mremap":
+            old, old_len, new_len, flags, _, traced = args
+            if traced is None or flags & 0x2:
+                return False
+            if traced == old:
+                if new_len <= old_len:
+                    return False
+                lo, hi = old + abi.page_align(old_len), old + abi.page_align(new_len)
+            else:
+                lo, hi = traced, traced + abi.page_align(new_len)
+        else:
+            return False
+        return any(st.mm.tree.overlapping(lo, hi) for st in mm.states.values())
+
+    def retry_deferred(self, now: float | None, force: bool) -> None:
+        """Apply the deferred calls whose conflict is gone, and (``force``, or once ``now`` is
+        past the time their result was printed: nothing else can have run first) the rest."""
+        waiting = self.deferred
+        self.deferred = []
+        for mm, ev, op in waiting:
+            if mm.res.ended_line is not None or mm.states is None:
+                continue
+            late = force or (now is not None and now > ev.end_ts)
+            if late or not self.conflicts(mm, op[0], op[1]):
+                self.run(mm, ev, op)
+            else:
+                self.deferred.append((mm, ev, op))
+
+    def run(self, mm: _Mm, ev: tp.Event, op) -> None:
         mm.res.calls += 1
         method, args, span = op
         for d, st in mm.states.items():
@@ -471,6 +550,8 @@ class _Replayer:
                 if vmas > mm.res.peak[d]:
                     mm.res.peak[d] = vmas
             mm.dirty[d] = True
+        if mm.open_check is not None:
+            self.recheck(mm, ev)
 
     # --- metrics ------------------------------------------------------------------------------------
 
@@ -515,6 +596,7 @@ class _Replayer:
             self.window_max[d] = self.totals[d]
 
     def finish(self, lineno: int) -> None:
+        self.retry_deferred(None, force=True)
         self.sample(force_cost=True)
         for snap in self.rec.snapshots:
             if snap.kind == "detach":
