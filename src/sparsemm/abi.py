@@ -229,6 +229,13 @@ PAGE_IS_SOFT_DIRTY = 1 << 7
 PAGE_IS_GUARD = 1 << 8
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
 
+# PROCMAP_QUERY on /proc/PID/maps (Linux 6.11+): the one VMA covering an address.
+PROCMAP_QUERY = 0xC0686611  # _IOWR('f', 17, struct procmap_query), sizeof == 104
+PROCMAP_QUERY_VMA_READABLE = 0x01
+PROCMAP_QUERY_VMA_WRITABLE = 0x02
+PROCMAP_QUERY_VMA_EXECUTABLE = 0x04
+PROCMAP_QUERY_VMA_SHARED = 0x08
+
 # x86-64 system call numbers for calls glibc 2.36 has no wrapper for.
 SYS_process_vm_readv = 310
 SYS_process_vm_writev = 311

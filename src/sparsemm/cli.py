@@ -78,10 +78,17 @@ def _designs(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from sparsemm.native.probe import features
+    import json
 
-    print(features().describe())
-    return 0
+    from sparsemm.native.probe import EXIT_ERROR, features
+
+    try:
+        feats = features()
+    except OSError as exc:  # the probe's own mappings failed: say so, exit EXIT_ERROR
+        print(f"sparsemm probe: could not probe the kernel: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(feats.to_json(), indent=2) if args.json else feats.describe())
+    return feats.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure only; do not run the model for a prediction")
     p.set_defaults(func=_measure)
 
-    p = sub.add_parser("probe", help="which guard-region features this kernel has")
+    p = sub.add_parser(
+        "probe", help="which guard-region features this kernel has",
+        description="Ask the running kernel which guard-region features it has (the same "
+                    "answer every time).",
+        epilog="exit status: 0 guard markers work, 1 not available (Mapping and GuardedHeap "
+               "use the PROT_NONE fallback), 2 the probe could not run. "
+               "Examples: sparsemm probe; sparsemm probe --json")
+    p.add_argument("--json", action="store_true",
+                   help="print the features as a JSON object (schema sparsemm.probe/1)")
     p.set_defaults(func=_probe)
 
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers

@@ -2,7 +2,7 @@
 
 Owns the raw calls (mmap, munmap, mprotect, madvise, mremap, mlock/mlock2,
 munlock, process_vm_readv/writev, memfd_create, process_madvise, pidfd_open,
-ftruncate, fallocate, fcntl seals). Addresses are ints; nothing is checked here
+ftruncate, fallocate, fcntl seals, ioctl). Addresses are ints; nothing is checked here
 beyond what the kernel checks: these are the unchecked primitives the checked
 API (``sparsemm.native.mapping``) and the op-script kernel backend build on.
 """
@@ -45,6 +45,7 @@ _syscall.argtypes = None  # let ctypes pass each argument by its own ctypes type
 _ftruncate = _fn("ftruncate", c_int, c_int, ctypes.c_int64)
 _fallocate = _fn("fallocate", c_int, c_int, c_int, ctypes.c_int64, ctypes.c_int64)
 _memset = _fn("memset", c_void_p, c_void_p, c_int, c_size_t)
+_ioctl = _fn("ioctl", c_int, c_int, c_ulong, c_void_p)
 
 _WORD = (1 << 64) - 1
 
@@ -134,6 +135,17 @@ def process_vm_writev(pid: int, remote_addr: int, data: bytes) -> int:
                   remote_addr, len(data))
 
 
+def process_vm_writev_from(pid: int, remote_addr: int, local_addr: int, length: int) -> int:
+    """Copy ``length`` bytes from our ``local_addr`` to ``remote_addr`` of ``pid``.
+
+    No user-space copy of the source: the kernel reads it, so a source that
+    faults ends the copy (a partial count, or ``OSError(EFAULT)`` when nothing
+    was copied) instead of raising SIGSEGV. Returns the bytes written.
+    """
+    return _vm_rw(abi.SYS_process_vm_writev, "process_vm_writev", pid, local_addr, remote_addr,
+                  length)
+
+
 def memfd_create(name: str, flags: int = abi.MFD_CLOEXEC) -> int:
     """``memfd_create(2)``; returns the file descriptor."""
     return _check(_syscall(c_long(abi.SYS_memfd_create), ctypes.c_char_p(name.encode()),
@@ -165,6 +177,11 @@ def add_seals(fd: int, seals: int) -> None:
     import fcntl
 
     fcntl.fcntl(fd, abi.F_ADD_SEALS, seals)
+
+
+def ioctl(fd: int, request: int, arg: int) -> int:
+    """``ioctl(2)`` with a pointer argument (``arg`` is an address); returns its result."""
+    return _check(_ioctl(fd, request, arg), "ioctl")
 
 
 def memset(addr: int, byte: int, length: int) -> None:

@@ -1,9 +1,9 @@
-"""``Mapping``: one mmap with guard pages, checked access and the buffer protocol.
+"""``Mapping``: one mmap of this process, with guard pages and checked access.
 
-Owns a single mapping of this process and everything done to it: guard
-install/remove (kernel guard markers, or a ``PROT_NONE`` fallback with the same
-observable result), protection, commit/decommit, checked reads and writes that
-raise ``GuardFault`` instead of SIGSEGV. Builds on ``libc`` and ``procfs``; it
+Owns a single mapping and everything done to it: guard install/remove (kernel
+guard markers, or a ``PROT_NONE`` fallback with the same observable result),
+protection, commit/decommit, checked copies that raise ``GuardFault`` instead of
+SIGSEGV, and explicit unchecked views. Builds on ``libc`` and ``procfs``; it
 must not touch memory it did not map. The model behind it: ``docs/native.md``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import io
+import functools
 import mmap as _mmap
 import operator
 import os
@@ -19,12 +19,14 @@ import threading
 import weakref
 
 from sparsemm import abi
-from sparsemm.native import _scan, libc
+from sparsemm.native import _scan, libc, procfs
 from sparsemm.native._runs import RunMap
 
 PAGE = abi.PAGE_SIZE
 _RW = abi.PROT_READ | abi.PROT_WRITE
 _PROT_ALL = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
+_OFF_MAX = 1 << 63  # off_t
+_FD_MAX = 1 << 31  # int
 
 MODES = ("markers", "prot_none")
 FAULT_REASONS = ("guard", "protection", "outside")
@@ -33,15 +35,22 @@ FAULT_REASONS = ("guard", "protection", "outside")
 class GuardFault(OSError):
     """A checked access (or ``commit``) touched a page it may not: errno ``EFAULT``.
 
-    ``address`` is the first faulting byte address, ``offset`` the same byte
-    relative to the mapping, ``reason`` one of ``"guard"`` (a guard page),
-    ``"protection"`` (the page's protection forbids the access) or ``"outside"``
-    (no memory behind the address: unmapped, or past the end of a mapped file).
+    ``access`` is ``"read"``, ``"write"`` or ``"commit"`` for the mapping's own
+    pages: ``address`` is the first faulting byte, ``offset`` the same byte
+    relative to the mapping. ``access="source"`` means ``write_at``'s ``data``
+    buffer could not be read: ``address`` is its first unreadable byte and
+    ``offset`` that byte's index in ``data``. ``reason`` is ``"guard"`` (a guard
+    page), ``"protection"`` (the page's protection forbids the access) or
+    ``"outside"`` (no memory behind the address: unmapped, or past the end of a
+    mapped file).
     """
 
     def __init__(self, address: int, offset: int, reason: str, access: str) -> None:
-        super().__init__(errno.EFAULT,
-                         f"{access} fault at offset {offset:#x} (address {address:#x}): {_WHY[reason]}")
+        if access == "source":
+            what = f"source buffer unreadable at its byte {offset:#x}"
+        else:
+            what = f"{access} fault at offset {offset:#x}"
+        super().__init__(errno.EFAULT, f"{what} (address {address:#x}): {_WHY[reason]}")
         self.address = address
         self.offset = offset
         self.reason = reason
@@ -59,10 +68,11 @@ _WHY = {
 
 
 class VmaLimitError(OSError, MemoryError):
-    """The process reached ``vm.max_map_count``: the kernel refused another VMA split.
+    """The process reached ``vm.max_map_count``: the kernel refused another VMA.
 
     Raised by the ``prot_none`` fallback (each guard in the middle of a mapping
-    costs two VMAs) and by ``GuardedHeap`` when it predicts the wall. Both an
+    costs two VMAs), by ``Mapping()`` when the kernel refuses a new mapping at
+    the limit, and by ``GuardedHeap`` when it predicts the wall. Both an
     ``OSError`` (errno ``ENOMEM``) and a ``MemoryError``.
     """
 
@@ -77,16 +87,15 @@ class VmaLimitError(OSError, MemoryError):
 def max_map_count() -> int:
     """``/proc/sys/vm/max_map_count`` (``abi.DEFAULT_MAX_MAP_COUNT`` if unreadable)."""
     try:
-        with open("/proc/sys/vm/max_map_count", encoding="ascii") as fh:
-            return int(fh.read())
+        return procfs.read_int("/proc/sys/vm/max_map_count")
     except (OSError, ValueError):
         return abi.DEFAULT_MAX_MAP_COUNT
 
 
 def map_count() -> int:
-    """This process's VMA count (``mm_struct::map_count``): lines of ``/proc/self/maps``. O(VMAs)."""
-    with open("/proc/self/maps", "rb") as fh:
-        return fh.read().count(b"\n")
+    """This process's VMA count (``mm_struct::map_count``). O(VMAs) time, O(1) memory:
+    safe to call at ``vm.max_map_count``."""
+    return procfs.count_vmas()
 
 
 def vma_limit_message(guards: int, count: int, limit: int, what: str = "this mapping") -> str:
@@ -96,11 +105,34 @@ def vma_limit_message(guards: int, count: int, limit: int, what: str = "this map
             f"guards in one VMA) or raise the limit (sysctl -w vm.max_map_count=N).")
 
 
+def _at_vma_limit() -> tuple[int, int] | None:
+    """``(count, limit)`` if the process is at ``vm.max_map_count`` (within a few VMAs
+    the interpreter may have freed since the kernel said ENOMEM), else None."""
+    count, limit = map_count(), max_map_count()
+    return (count, limit) if count + 8 >= limit else None
+
+
 def _markers_available(file_backed: bool) -> bool:
     from sparsemm.native.probe import features
 
     feats = features()
     return feats.guard_regions and (feats.file_guards or not file_backed)
+
+
+def _resolve_mode(guard_mode: str, file_backed: bool) -> str:
+    """The guard mode a mapping (or heap) asking for ``guard_mode`` gets on this kernel."""
+    if guard_mode == "prot_none":
+        return "prot_none"
+    if guard_mode not in ("auto", "markers"):
+        raise ValueError(f"guard_mode must be 'auto', 'markers' or 'prot_none', got {guard_mode!r}")
+    if _markers_available(file_backed):
+        return "markers"
+    if guard_mode == "markers":
+        what = "shared/file-backed mappings (Linux >= 6.15)" if file_backed else "Linux >= 6.13"
+        raise OSError(errno.EOPNOTSUPP,
+                      f"guard_mode='markers' needs MADV_GUARD_INSTALL on {what}; this kernel "
+                      f"lacks it. Use guard_mode='auto' or 'prot_none' (one VMA per guard).")
+    return "prot_none"
 
 
 def _parse_prot(prot: str | int) -> int:
@@ -114,6 +146,24 @@ def _parse_prot(prot: str | int) -> int:
 
 def _prot_str(prot: int) -> str:
     return abi.prot_to_perms(prot, False)[:3]
+
+
+def _file_descriptor(file: object) -> int:
+    """-1 for anonymous memory, else the descriptor of ``file`` (an int or ``fileno()``)."""
+    if file is None:
+        return -1
+    if isinstance(file, bool):
+        raise TypeError("file must be a file object or a descriptor, got bool")
+    if isinstance(file, int):
+        fd = operator.index(file)
+    else:
+        fileno = getattr(file, "fileno", None)
+        if fileno is None:
+            raise TypeError(f"file must be a file object or a descriptor, got {type(file).__name__}")
+        fd = operator.index(fileno())
+    if not 0 <= fd < _FD_MAX:
+        raise ValueError(f"bad file descriptor {fd}")
+    return fd
 
 
 class _PyBuffer(ctypes.Structure):
@@ -130,60 +180,106 @@ _GetBuffer.restype = ctypes.c_int
 _ReleaseBuffer = ctypes.pythonapi.PyBuffer_Release
 _ReleaseBuffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 _ReleaseBuffer.restype = None
+_PyBUF_SIMPLE = 0
 
 
 def buffer_address(obj: object) -> int:
     """The address of ``obj``'s buffer (read-only buffers too), released again at once."""
     view = _PyBuffer()
-    _GetBuffer(obj, ctypes.byref(view), 0)  # PyBUF_SIMPLE; raises on failure
+    _GetBuffer(obj, ctypes.byref(view), _PyBUF_SIMPLE)  # raises on failure
     try:
         return view.buf or 0
     finally:
         _ReleaseBuffer(ctypes.byref(view))
 
 
-# Locks held across os.fork() by another thread would stay locked in the child.
+@functools.lru_cache(maxsize=64)
+def _readonly_bytes_type(n: int) -> type:
+    """A ctypes byte array type that can hold a reference (for read-only mappings,
+    which ``from_buffer`` refuses)."""
+    return type("_ReadOnlyBytes", (ctypes.c_ubyte * n,), {"__slots__": ("_keep",)})
+
+
+# -- fork ------------------------------------------------------------------------------
+# A fork waits until no other thread is inside a Mapping method (each holds its
+# _lock), so the child gets consistent records and unlocked locks, as glibc does
+# for malloc. GuardedHeap's handlers (registered later, so run earlier) take the
+# heap locks first: a heap holds its lock while it calls its chunks' methods.
 _LIVE: "weakref.WeakSet[Mapping]" = weakref.WeakSet()
+_live_lock = threading.Lock()
+_held_at_fork: list = []
 
 
-def _reinit_locks_after_fork() -> None:
+def _live_snapshot() -> list:
+    """The live mappings, without ``_live_lock`` (a concurrent add may interrupt a copy)."""
+    for _ in range(8):
+        try:
+            return list(_LIVE)
+        except RuntimeError:
+            continue
+    return []
+
+
+def _before_fork() -> None:
+    _live_lock.acquire()
     for m in list(_LIVE):
+        m._lock.acquire()
+        _held_at_fork.append(m)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop()._lock.release()
+    _live_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _live_lock
+    for m in _held_at_fork:
         m._lock = threading.RLock()
+    _held_at_fork.clear()
+    _live_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reinit_locks_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
-class Mapping(_mmap.mmap):
-    """One ``mmap`` of this process, with guard pages and checked access.
+class Mapping:
+    """One memory mapping of this process, with guard pages and checked access.
 
-    A subclass of ``mmap.mmap`` for its buffer protocol: ``memoryview(m)``
-    and ``numpy.frombuffer(m, dtype=np.uint8)`` see the mapping directly
-    (unchecked: touching a guard through them is a real SIGSEGV), ``close()``
-    with exported buffers raises ``BufferError``, use after close
-    ``ValueError``. The inherited stream methods (``seek``, ``find``,
-    ``read_byte``...) are unchecked too; ``read``/``write`` are replaced by the
-    checked ``read(offset, n)``/``write(offset, data)``.
+    ``Mapping(length, prot="rw", *, shared=False, file=None, offset=0,
+    guard_mode="auto")`` maps ``length`` bytes (a page multiple): private
+    anonymous memory by default, ``MAP_SHARED`` with ``shared=True``, a file
+    (object or descriptor, from byte ``offset``) with ``file=``.
+    ``Mapping.reserve(length)`` maps address space only.
 
-    All offsets and lengths are bytes relative to the start of the mapping; the
-    page operations want page multiples. Every method that changes state holds
-    ``_lock`` (an ``RLock``), as do the checked accessors, so a concurrent
-    ``close()`` cannot unmap under them.
+    Not an ``mmap.mmap``: no file position, no indexing, no raw methods. Every
+    method checks its arguments (``ValueError``/``TypeError`` before any system
+    call; ``ValueError`` after ``close()``) and never crashes the interpreter:
+    ``read_at``/``write_at`` copy through the kernel and raise ``GuardFault``.
+    ``unchecked_view()`` is the one way to the raw memory (buffer protocol,
+    numpy), where touching a guard page is a real SIGSEGV.
 
-    State (invariants, checked by ``_check()``):
-      ``_prot``: RunMap page -> intended protection, covering every page. With
-        ``prot_none`` guards it is the protection ``unguard`` restores.
-      ``_guarded``: RunMap page -> True, the fallback's guard record (always
-        empty in ``markers`` mode, where the page tables are the record).
+    Offsets and lengths are bytes from the start of the mapping; page
+    operations (``guard``, ``unguard``, ``protect``, ``commit``, ``decommit``)
+    want page multiples. Methods are thread-safe.
     """
 
-    # mmap.mmap instances have no __dict__ unless a subclass asks for one.
-    __slots__ = ("_addr", "_length", "_shared", "_file_backed", "_mode", "_prot", "_guarded",
-                 "_lock")
+    # State, changed only under _lock (checked by _check()):
+    #   _mm       the stdlib mmap that owns the pages: it unmaps them when closed or
+    #             collected, and refuses to close while an unchecked view exports them.
+    #   _base     None, or a cached memoryview of _mm that exports are made from.
+    #   _prot     RunMap page -> protection set by protect(), covering every page;
+    #             with prot_none guards, the protection unguard() restores.
+    #   _guarded  RunMap page -> True: the fallback's guard record (always empty with
+    #             markers, where the page tables are the record).
+    __slots__ = ("_mm", "_base", "_writable", "_addr", "_length", "_shared", "_file_backed", "_mode",
+                 "_prot", "_guarded", "_lock", "__weakref__")
 
-    def __new__(cls, length: int, prot: str | int = "rw", *, shared: bool = False,
-                file: object = None, offset: int = 0, guard_mode: str = "auto") -> "Mapping":
-        return cls._create(length, prot, shared, file, offset, guard_mode, noreserve=False)
+    def __init__(self, length: int, prot: str | int = "rw", *, shared: bool = False,
+                 file: object = None, offset: int = 0, guard_mode: str = "auto") -> None:
+        self._map(length, prot, shared, file, offset, guard_mode, noreserve=False)
 
     @classmethod
     def reserve(cls, length: int, *, guard_mode: str = "auto") -> "Mapping":
@@ -192,74 +288,70 @@ class Mapping(_mmap.mmap):
         ``protect()`` makes parts usable; pages are only allocated when touched
         (or ``commit()``-ed).
         """
-        return cls._create(length, "none", False, None, 0, guard_mode, noreserve=True)
+        self = cls.__new__(cls)
+        self._map(length, "none", False, None, 0, guard_mode, noreserve=True)
+        return self
 
-    @classmethod
-    def _create(cls, length, prot, shared, file, offset, guard_mode, *, noreserve) -> "Mapping":
+    def _map(self, length, prot, shared, file, offset, guard_mode, *, noreserve) -> None:
+        if hasattr(self, "_mm"):
+            raise TypeError("this Mapping is already mapped")
         length = operator.index(length)
         offset = operator.index(offset)
         if not 0 < length <= abi.TASK_SIZE:
             raise ValueError(f"length must be between 1 and {abi.TASK_SIZE:#x} bytes, got {length}")
         if length % PAGE:
             raise ValueError(f"length {length:#x} is not a multiple of the page size ({PAGE} bytes)")
-        if offset < 0 or offset % PAGE:
-            raise ValueError(f"offset {offset:#x} must be >= 0 and a multiple of the page size "
-                             f"({PAGE} bytes)")
+        if not 0 <= offset < _OFF_MAX or offset % PAGE:
+            raise ValueError(f"offset {offset:#x} must be >= 0, below 2**63 and a multiple of the "
+                             f"page size ({PAGE} bytes)")
         if offset and file is None:
             raise ValueError("offset is only meaningful with file=")
         prot_bits = _parse_prot(prot)
-        fd = -1
-        if file is not None:
-            fd = file if isinstance(file, int) else file.fileno()
-            if fd < 0:
-                raise ValueError(f"bad file descriptor {fd}")
+        fd = _file_descriptor(file)
         file_backed = fd >= 0
-        mode = cls._resolve_mode(guard_mode, file_backed or shared)
-        flags = (_mmap.MAP_SHARED if shared else _mmap.MAP_PRIVATE)
+        shared = bool(shared)
+        mode = _resolve_mode(guard_mode, file_backed or shared)
+        flags = _mmap.MAP_SHARED if shared else _mmap.MAP_PRIVATE
         if noreserve:
             flags |= abi.MapFlag.NORESERVE
-        # Created read-write so the buffer is writable (stdlib mmap derives its
-        # buffer's read-only flag from the creation prot); then set the real prot.
+        # Mapped read-write so the stdlib mmap exports a writable buffer (it derives
+        # that from the creation prot); the real prot is set right after.
+        created = _RW
         try:
-            self = super().__new__(cls, fd, length, flags=flags, prot=_RW, offset=offset)
-        except PermissionError:
-            if not file_backed or prot_bits & abi.PROT_WRITE:
-                raise
-            self = super().__new__(cls, fd, length, flags=flags, prot=prot_bits or abi.PROT_READ,
-                                   offset=offset)
-        self._addr = buffer_address(self)
+            try:
+                mm = _mmap.mmap(fd, length, flags=flags, prot=_RW, offset=offset)
+            except PermissionError:
+                if not file_backed or prot_bits & abi.PROT_WRITE:
+                    raise
+                created = abi.PROT_READ  # a read-only file: map it read-only
+                mm = _mmap.mmap(fd, length, flags=flags, prot=created, offset=offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOMEM and (wall := _at_vma_limit()):
+                raise VmaLimitError(f"cannot map {length} bytes: " + vma_limit_message(
+                    0, *wall, what="the new mapping"), map_count=wall[0],
+                    max_map_count=wall[1]) from exc
+            raise
+        self._mm = mm
+        self._base = None
+        self._writable = created == _RW
+        self._addr = buffer_address(mm)
         self._length = length
         self._shared = shared
         self._file_backed = file_backed
         self._mode = mode
         self._prot = RunMap()
-        self._prot.assign(0, length // PAGE, _RW)
+        self._prot.assign(0, length // PAGE, created)
         self._guarded = RunMap()
         self._lock = threading.RLock()
-        if prot_bits != _RW:
+        if prot_bits != created:
             try:
                 libc.mprotect(self._addr, length, prot_bits)
             except BaseException:
-                _mmap.mmap.close(self)
+                mm.close()
                 raise
             self._prot.assign(0, length // PAGE, prot_bits)
-        _LIVE.add(self)
-        return self
-
-    @staticmethod
-    def _resolve_mode(guard_mode: str, file_backed: bool) -> str:
-        if guard_mode == "prot_none":
-            return "prot_none"
-        if guard_mode not in ("auto", "markers"):
-            raise ValueError(f"guard_mode must be 'auto', 'markers' or 'prot_none', got {guard_mode!r}")
-        if _markers_available(file_backed):
-            return "markers"
-        if guard_mode == "markers":
-            what = "shared/file-backed mappings (Linux >= 6.15)" if file_backed else "Linux >= 6.13"
-            raise OSError(errno.EOPNOTSUPP,
-                          f"guard_mode='markers' needs MADV_GUARD_INSTALL on {what}; this kernel "
-                          f"lacks it. Use guard_mode='auto' or 'prot_none' (one VMA per guard).")
-        return "prot_none"
+        with _live_lock:
+            _LIVE.add(self)
 
     # -- properties -------------------------------------------------------
 
@@ -270,6 +362,10 @@ class Mapping(_mmap.mmap):
 
     @property
     def length(self) -> int:
+        """Length in bytes (a page multiple)."""
+        return self._length
+
+    def __len__(self) -> int:
         return self._length
 
     @property
@@ -280,6 +376,10 @@ class Mapping(_mmap.mmap):
     @property
     def shared(self) -> bool:
         return self._shared
+
+    @property
+    def closed(self) -> bool:
+        return self._mm.closed
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self._addr:#x}"
@@ -292,20 +392,29 @@ class Mapping(_mmap.mmap):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def resize(self, newsize: int) -> None:
-        raise io.UnsupportedOperation("a Mapping cannot be resized (its guard records are per page)")
+    def __reduce__(self):
+        raise TypeError("a Mapping cannot be copied or pickled: it is this process's memory")
 
     def close(self) -> None:
-        """Unmap. ``BufferError`` while buffers (memoryviews, numpy arrays) are exported."""
+        """Unmap. Idempotent. All or nothing: ``BufferError`` (and the mapping stays
+        open and usable) while an unchecked view, or a slice or array over one, lives."""
         with self._lock:
-            _mmap.mmap.close(self)  # raises BufferError with exports, no-op when closed
+            if self._base is not None:
+                self._base.release()  # our cache; the views made from it still export _mm
+                self._base = None
+            try:
+                self._mm.close()  # no-op when closed
+            except BufferError:
+                raise BufferError("cannot close the mapping: an unchecked view (or a slice or "
+                                  "array over one) still uses it; release or drop it first") from None
             self._guarded = RunMap()
+        with _live_lock:
             _LIVE.discard(self)
 
     # -- argument checks (all before any system call) ---------------------
 
     def _open(self) -> None:
-        if self.closed:
+        if self._mm.closed:
             raise ValueError("mapping is closed")
 
     def _range(self, offset: int, length: int, *, pages: bool = True) -> tuple[int, int]:
@@ -337,7 +446,8 @@ class Mapping(_mmap.mmap):
         as the file (private file) after ``unguard``; shared pages keep their
         data in the file/shmem object. The fallback does the same with
         ``mprotect(PROT_NONE)`` + ``MADV_DONTNEED``. Both refuse (EINVAL) on
-        mlocked mappings. O(1) syscalls with markers; O(runs in range) fallback.
+        mlocked mappings. O(1) syscalls with markers (which fill page tables
+        over the range: 8 bytes per page); O(runs in range) with the fallback.
         """
         lo, hi = self._range(offset, length)
         with self._lock:
@@ -362,7 +472,7 @@ class Mapping(_mmap.mmap):
             try:
                 libc.madvise(addr, nbytes, abi.Madv.DONTNEED)
             except OSError as exc:
-                self._apply_effective(lo, hi)  # put back what we changed
+                self._apply_effective(lo, hi, quiet=True)  # put back what we changed
                 if exc.errno == errno.EINVAL:
                     raise OSError(errno.EINVAL, "guard refused: the prot_none fallback discards the "
                                   "range with MADV_DONTNEED, which the kernel refuses on mlocked "
@@ -508,13 +618,13 @@ class Mapping(_mmap.mmap):
 
     # -- checked access ---------------------------------------------------
 
-    def read(self, offset: int, n: int) -> bytes:  # type: ignore[override]
-        """``n`` bytes at ``offset`` via ``process_vm_readv`` on ourselves.
+    def read_at(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset``, copied by the kernel (``process_vm_readv`` on ourselves).
 
         Never faults the interpreter: raises ``GuardFault`` naming the first
-        byte that could not be read. O(n).
+        byte that could not be read. Allocates ``n`` bytes for the result. O(n).
         """
-        lo, _ = self._range(offset, n, pages=False)
+        self._range(offset, n, pages=False)
         with self._lock:
             self._open()
             if n == 0:
@@ -530,28 +640,40 @@ class Mapping(_mmap.mmap):
                 raise self._fault(addr + len(data), write=False)
             return data
 
-    def write(self, offset: int, data: bytes) -> int:  # type: ignore[override]
-        """Write ``data`` at ``offset`` via ``process_vm_writev``; returns ``len(data)``.
+    def write_at(self, offset: int, data) -> int:
+        """Write the bytes-like ``data`` at ``offset``; returns ``len(data)`` in bytes.
 
-        Raises ``GuardFault`` at the first byte that could not be written (the
-        bytes before it were written, as a CPU store loop would have).
+        The kernel copies straight from ``data``'s buffer (``process_vm_writev``),
+        so neither side can fault the interpreter: ``GuardFault`` names the
+        first byte that could not be written (the bytes before it were written,
+        as a CPU store loop would have), or with ``access="source"`` the first
+        byte of ``data`` that could not be read (``data`` may itself be an
+        unchecked view over a guard page). ``data`` must be C-contiguous. O(n).
         """
-        data = memoryview(data).tobytes()  # any bytes-like object; TypeError for an int
-        self._range(offset, len(data), pages=False)
-        with self._lock:
-            self._open()
-            if not data:
-                return 0
-            addr = self._addr + offset
-            try:
-                done = libc.process_vm_writev(os.getpid(), addr, data)
-            except OSError as exc:
-                if exc.errno != errno.EFAULT:
-                    raise
-                done = 0
-            if done < len(data):
-                raise self._fault(addr + done, write=True)
-            return done
+        src = _PyBuffer()
+        _GetBuffer(data, ctypes.byref(src), _PyBUF_SIMPLE)  # TypeError/BufferError; pins data
+        try:
+            n = src.len
+            self._range(offset, n, pages=False)
+            with self._lock:
+                self._open()
+                if n == 0:
+                    return 0
+                addr = self._addr + offset
+                try:
+                    done = libc.process_vm_writev_from(os.getpid(), addr, src.buf, n)
+                except OSError as exc:
+                    if exc.errno != errno.EFAULT:
+                        raise
+                    done = 0
+                if done < n:
+                    if not _readable(src.buf + done):
+                        raise GuardFault(src.buf + done, done, _classify_foreign(src.buf + done),
+                                         "source")
+                    raise self._fault(addr + done, write=True)
+                return done
+        finally:
+            _ReleaseBuffer(ctypes.byref(src))
 
     def _fault(self, addr: int, *, write: bool) -> GuardFault:
         """Classify the fault at byte ``addr``: guard, protection, or outside."""
@@ -566,16 +688,44 @@ class Mapping(_mmap.mmap):
         if not self._prot.get(page, 0) & need:  # type: ignore[operator]
             return GuardFault(addr, offset, "protection", access)
         # Our record allows it: ask the kernel's view (someone may have changed it behind us).
-        page_addr = addr - addr % PAGE
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                rng, perms = line.split(None, 2)[:2]
-                start_s, _, end_s = rng.partition("-")
-                if int(start_s, 16) <= page_addr < int(end_s, 16):
-                    if perms[1 if write else 0] == "-":
-                        return GuardFault(addr, offset, "protection", access)
-                    break
+        vma = procfs.vma_at(addr)
+        if vma is not None and vma[2][1 if write else 0] == "-":
+            return GuardFault(addr, offset, "protection", access)
         return GuardFault(addr, offset, "outside", access)
+
+    # -- unchecked access ---------------------------------------------------
+
+    def unchecked_view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A ``memoryview`` (format ``"B"``) of ``[offset, offset+length)``: the raw memory.
+
+        **Unchecked**: reading or writing a guard page or a forbidden page
+        through it (or through ``numpy.frombuffer`` over it) is a real SIGSEGV
+        that kills the interpreter, as in C. Writable unless the mapping is a
+        read-only file. While it (or any slice or array over it) lives,
+        ``close()`` raises ``BufferError``. O(1).
+        """
+        if length is None:
+            self._range(offset, 0, pages=False)
+            length = self._length - offset
+        self._range(offset, length, pages=False)
+        with self._lock:
+            self._open()
+            view = memoryview(self._export(offset, length))
+            return (view if self._writable else view.toreadonly()).cast("B")
+
+    def _export(self, offset: int, n: int):
+        """A ctypes byte array over ``n`` bytes at ``offset`` that holds an export of
+        the mapping: the mapping cannot be unmapped while it (or a view of it)
+        lives. Weak-referenceable, so owners can tell when every view is gone.
+        Caller holds ``_lock``, or owns the mapping outright (GuardedHeap's chunks,
+        used only under the heap's lock)."""
+        if self._writable:
+            if self._base is None:
+                self._base = memoryview(self._mm)
+            return (ctypes.c_ubyte * n).from_buffer(self._base, offset)
+        arr = _readonly_bytes_type(n).from_address(self._addr + offset)
+        arr._keep = memoryview(self._mm)  # the export (read-only mmaps refuse from_buffer)
+        return arr
 
     # -- fallback internals (caller holds _lock) ----------------------------
 
@@ -585,12 +735,12 @@ class Mapping(_mmap.mmap):
         except OSError as exc:
             if quiet:
                 return
-            if exc.errno == errno.ENOMEM:
-                limit, count = max_map_count(), map_count()
-                if count >= limit - 2:
-                    raise VmaLimitError(vma_limit_message(len(self._guarded.spans()), count, limit),
-                                        guards=len(self._guarded.spans()), map_count=count,
-                                        max_map_count=limit) from exc
+            # ENOMEM on our own, fully mapped range: the kernel refused a VMA split.
+            # Counting must not allocate: at the limit the interpreter cannot map more.
+            if exc.errno == errno.ENOMEM and (wall := _at_vma_limit()):
+                guards = len(self._guarded)  # runs; touching guard runs are merged
+                raise VmaLimitError(vma_limit_message(guards, *wall), guards=guards,
+                                    map_count=wall[0], max_map_count=wall[1]) from exc
             raise
 
     def _unguarded_spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
@@ -612,11 +762,42 @@ class Mapping(_mmap.mmap):
             self._mprotect(s, e, abi.PROT_NONE, quiet=quiet)
 
     def _check(self) -> None:
-        """Invariants (tests call this after every step)."""
+        """Invariants (tests call this after every step); ``AssertionError`` if broken."""
         self._prot._check()
         self._guarded._check()
         if not self.closed:
             covered = sum(e - s for s, e, _ in self._prot.items(0, self._length // PAGE))
-            assert covered == self._length // PAGE
-        if self._mode == "markers":
-            assert not len(self._guarded)
+            if covered != self._length // PAGE:
+                raise AssertionError(f"protection record covers {covered} of "
+                                     f"{self._length // PAGE} pages")
+        if self._mode == "markers" and len(self._guarded):
+            raise AssertionError("marker mode keeps no guard record")
+
+
+def _readable(addr: int) -> bool:
+    """Whether one byte at ``addr`` of this process can be read (checked, no fault)."""
+    try:
+        return len(libc.process_vm_readv(os.getpid(), addr, 1)) == 1
+    except OSError:
+        return False
+
+
+def _classify_foreign(addr: int) -> str:
+    """Why byte ``addr`` (not necessarily ours) cannot be read: guard, protection, outside."""
+    page = addr - addr % PAGE
+    try:
+        if _scan.ranges_with(page, PAGE, abi.PAGE_IS_GUARD):
+            return "guard"
+    except OSError:
+        pass
+    # A fallback guard of another Mapping? Read without locks (taking them could
+    # deadlock against a copy in the other direction, or a fork); a racing change
+    # only changes the reason given.
+    for m in _live_snapshot():
+        if m._mode == "prot_none" and m._addr <= addr < m._addr + m._length:
+            if m._guarded.get((addr - m._addr) // PAGE) is not None:
+                return "guard"
+    vma = procfs.vma_at(addr)
+    if vma is None:
+        return "outside"
+    return "protection" if vma[2][0] == "-" else "outside"

@@ -1,17 +1,22 @@
 """Readers for a live process's ``/proc/PID/{maps,smaps,pagemap,status}``.
 
 Owns the small, exact records the kernel backend and the native layer need
-(``MapsEntry``, pagemap words). The full-featured parser for saved map files
-(every field, error reporting by line) belongs to ``sparsemm.analyze``.
+(``MapsEntry``, pagemap words, the VMA covering an address, the VMA count).
+The full-featured parser for saved map files (every field, error reporting by
+line) belongs to ``sparsemm.analyze``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 from sparsemm import abi
+from sparsemm.native import libc
 
 
 @dataclass(slots=True)
@@ -45,6 +50,99 @@ def read_maps(pid: int | str = "self") -> list[MapsEntry]:
     """Every VMA of ``pid`` from ``/proc/PID/maps``, in address order."""
     with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as fh:
         return [_parse_maps_line(line) for line in fh if line.strip()]
+
+
+def vma_at(addr: int, pid: int | str = "self") -> tuple[int, int, str] | None:
+    """``(vm_start, vm_end, perms)`` of the VMA covering byte ``addr``, or None.
+
+    Asks the kernel for that one VMA with the ``PROCMAP_QUERY`` ioctl (Linux
+    6.11+): O(log VMAs) and no allocation that grows with the VMA count, so it
+    works at ``vm.max_map_count``. Older kernels: a streamed scan of maps, O(VMAs).
+    """
+    fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        query = _ProcmapQuery(size=ctypes.sizeof(_ProcmapQuery), query_addr=addr & ((1 << 64) - 1))
+        try:
+            libc.ioctl(fd, abi.PROCMAP_QUERY, ctypes.addressof(query))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None  # nothing mapped at addr
+            if exc.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        else:
+            flags = query.vma_flags
+            perms = "".join(letter if flags & bit else "-" for letter, bit in (
+                ("r", abi.PROCMAP_QUERY_VMA_READABLE), ("w", abi.PROCMAP_QUERY_VMA_WRITABLE),
+                ("x", abi.PROCMAP_QUERY_VMA_EXECUTABLE)))
+            return query.vma_start, query.vma_end, perms + (
+                "s" if flags & abi.PROCMAP_QUERY_VMA_SHARED else "p")
+    finally:
+        os.close(fd)
+    with open(f"/proc/{pid}/maps", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            rng, perms = line.split(None, 2)[:2]
+            start_s, _, end_s = rng.partition("-")
+            start, end = int(start_s, 16), int(end_s, 16)
+            if start <= addr < end:
+                return start, end, perms
+            if start > addr:
+                break
+    return None
+
+
+class _ProcmapQuery(ctypes.Structure):
+    # include/uapi/linux/fs.h: struct procmap_query (104 bytes)
+    _u64, _u32 = ctypes.c_uint64, ctypes.c_uint32
+    _fields_ = [("size", _u64), ("query_flags", _u64), ("query_addr", _u64),
+                ("vma_start", _u64), ("vma_end", _u64), ("vma_flags", _u64),
+                ("vma_page_size", _u64), ("vma_offset", _u64), ("inode", _u64),
+                ("dev_major", _u32), ("dev_minor", _u32), ("vma_name_size", _u32),
+                ("build_id_size", _u32), ("vma_name_addr", _u64), ("build_id_addr", _u64)]
+
+
+# count_vmas() reads into one buffer allocated here, at import: near
+# vm.max_map_count the process may be unable to map anything new, and the count
+# is what the error path needs then. One reader at a time; a fork child gets a
+# fresh lock (another thread may have held it at the fork).
+_COUNT_BUF = bytearray(1 << 16)
+_COUNT_BUFS = [_COUNT_BUF]
+_count_lock = threading.Lock()
+
+
+def _new_count_lock() -> None:
+    global _count_lock
+    _count_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_count_lock)
+
+
+def count_vmas(pid: int | str = "self") -> int:
+    """The VMA count of ``pid`` (``mm_struct::map_count``): lines of ``/proc/PID/maps``.
+
+    O(VMAs) time and O(1) memory: it reads into a buffer allocated at import,
+    so it works when the process is at ``vm.max_map_count``.
+    """
+    with _count_lock:
+        fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            count = 0
+            while True:
+                n = os.readv(fd, _COUNT_BUFS)
+                if not n:
+                    return count
+                count += _COUNT_BUF.count(b"\n", 0, n)
+        finally:
+            os.close(fd)
+
+
+def read_int(path: str) -> int:
+    """A small integer file such as ``/proc/sys/vm/max_map_count``, without a file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
 
 
 def read_smaps(pid: int | str = "self") -> list[MapsEntry]:
