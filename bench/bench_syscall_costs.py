@@ -1,12 +1,13 @@
 """Per-call cost of the memory-management system calls on this kernel: the constants behind `sparsemm trace`'s kernel-time estimate.
 
-Run: PYTHONPATH=src python3 bench/bench_syscall_costs.py [--rounds N] [--store]
+Run: PYTHONPATH=src python3 bench/bench_syscall_costs.py [--rounds N] [--out FILE] [--store]
 Compiles a small C program (needs cc) that times each call kind in a tight loop
 (clock_gettime around N calls, nanoseconds per call, as seen from user space, so the
-syscall entry and exit are included), runs it ``--rounds`` times, and writes the median
-and the worst round per kind to ``bench/results_syscall_costs.md``. ``--store`` also
-writes the medians to ``src/sparsemm/data/syscall_costs.json`` (the package data the
-estimate reads); ``make bench`` does not pass it, so it never rewrites tracked files.
+syscall entry and exit are included), runs it ``--rounds`` times, and prints the median
+and the worst round per kind as Markdown (``--out FILE`` also writes it;
+``bench/results_syscall_costs.md`` holds the recorded run). ``--store`` writes the medians
+to ``src/sparsemm/data/syscall_costs.json`` (the package data the estimate reads);
+``make bench`` passes neither, so it never rewrites tracked files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "src" / "sparsemm" / "data" / "syscall_costs.json"
-RESULTS = HERE / "results_syscall_costs.md"
 
 # Each kind: what one call does. The loops alternate so that every call does work (a split
 # then a merge, a grow then a shrink), on memory that was written first where it matters.
@@ -142,6 +142,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="runs of the C helper (default 7)")
     ap.add_argument("--calls", type=int, default=20000, help="calls per kind per run (default 20000)")
     ap.add_argument("--store", action="store_true", help=f"write the medians to {DATA.relative_to(HERE.parent)}")
+    ap.add_argument("--out", help="also write the results (Markdown) to this file")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_helper(Path(tmp))
@@ -166,7 +167,8 @@ def main(argv: list[str]) -> int:
             lines.append(f"| {kind} | {what} | {med[kind]:,.1f} | {worst[kind]:,.1f} |")
         else:
             lines.append(f"| {kind} | {what} | not available on this kernel | |")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.store:
         doc = {
