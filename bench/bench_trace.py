@@ -178,7 +178,7 @@ class Synth:
         self.brk = new
 
     def run(self, calls: int) -> None:
-        self.emit(self.pid, f'execve("/usr/bin/synth", ["synth"], 0x7ffd00020000 /* 1 var */) = 0')
+        self.emit(self.pid, 'execve("/usr/bin/synth", ["synth"], 0x7ffd00020000 /* 1 var */) = 0')
         self.call("brk(NULL)       = %#x" % START_BRK)
         idioms = [(self.thread, 2), (self.thread_exit, 2), (self.super_page, 3), (self.commit_span, 40),
                   (self.decommit_span, 15), (self.recommit_span, 10), (self.malloc_big, 8), (self.free_big, 8),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -195,6 +194,7 @@ def test_missing_strace_says_how_to_install_it(tmp_path):
     (["--pid", "abc"], "--pid"),
     (["--load", "/nonexistent/recording"], "not a trace recording"),
     (["--", "/nonexistent/program"], "command not found"),
+    (["--bogus", "--", "true"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_options_are_one_line_and_exit_2(args, words):
     proc = run_cli("trace", "--quiet", *args)

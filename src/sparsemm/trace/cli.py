@@ -28,7 +28,7 @@ def _positive(name: str):
         except ValueError:
             value = float("nan")
         if not (value > 0 and value < 1e6):
-            raise argparse.ArgumentTypeError(f"{name}: want a positive number of seconds, not {text[:40]!r}")
+            raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text[:40]!r}")
         return value
 
     parse.__name__ = name
@@ -83,6 +83,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         p.exit(EXIT_USAGE, f"sparsemm trace: {' '.join(message.split())} (see sparsemm trace --help)\n")
 
     p.error = one_line_error  # option errors are one line, like every sparsemm failure
+    parse_known = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = parse_known(args, namespace)
+        if extras:  # else the top-level parser reports them with its usage block
+            one_line_error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    p.parse_known_args = parse_known_args
     return p
 
 

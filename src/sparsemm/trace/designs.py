@@ -22,7 +22,7 @@ from sparsemm import abi
 from sparsemm.abi import Madv, MapFlag, MremapFlag, VmFlag
 from sparsemm.analyze.guards import GuardPolicy, GuardSide, Role, find_guards
 from sparsemm.analyze.maps import MapEntry, MapKind
-from sparsemm.model import AddressSpace, MemFile
+from sparsemm.model import AddressSpace
 from sparsemm.model.brk import BrkState, sys_brk
 from sparsemm.model.mlockall import mlockall_def_flags, sys_mlockall, sys_munlockall
 from sparsemm.model.mseal import sys_mseal

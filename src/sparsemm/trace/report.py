@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 from sparsemm.trace.costs import costs, estimate
-from sparsemm.trace.designs import DESIGNS
 from sparsemm.trace.record import Recording
 from sparsemm.trace.replay import Comparison, MmResult, ReplayResult
 
@@ -237,5 +236,3 @@ def plot(rec: Recording, res: ReplayResult, path: str) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-__all__ += ["DESIGNS"]
