@@ -83,6 +83,8 @@ def test_as_run_divergence_is_reported_with_the_first_differing_range(tmp_path):
     assert doc["as_run_check"]["matches"] is False
     assert doc["measurement"]["as_run_vmas"] == doc["measured_final_vmas"] - 1
     assert f"{addr:#x}" in doc["measurement"]["first_difference"]
+    nobody = _trace("--load", str(save), "--focus", "1")
+    assert nobody.returncode == 2 and nobody.stderr.count("\n") == 1 and "--focus 1" in nobody.stderr
 
 
 ATTACHED = textwrap.dedent("""
@@ -237,7 +239,9 @@ def test_headless_chromium_loading_a_page(tmp_path):
     assert doc["as_run_check"]["matches"] is True, doc["as_run_check"]["message"]
     assert len(measured) >= 10 and len(differ) <= len(measured) // 10, differ
     assert all(abs(p[2] - p[3]["as-run"]) <= 3 for p in differ), differ
-    renderers = [p for p in measured if p["role"] == "renderer"]
-    assert renderers and max(p["peak_vmas"]["vma"] - p["peak_vmas"]["pte"] for p in renderers) >= 100
+    # the renderer's PartitionAlloc/V8 guard ladder: hundreds of VMAs fewer as markers
+    # (measured or not: Chromium ends renderers with SIGTERM, often before exit_group)
+    assert max(p["peak_vmas"]["vma"] - p["peak_vmas"]["pte"] for p in replayed) >= 100, [
+        (p["pid"], p["role"], p["peak_vmas"]) for p in replayed]
     d = doc["designs"]
     assert d["vma"]["all_processes"]["peak_vmas"] > d["pte"]["all_processes"]["peak_vmas"]

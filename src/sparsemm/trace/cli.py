@@ -161,6 +161,8 @@ def _main(args: argparse.Namespace) -> int:
                                  progress=say.replay if say else None)
         except TraceParseError as exc:
             raise _Usage(f"cannot read the trace: {exc}") from None
+        if args.focus is not None and res.root is None:
+            raise _Usage(f"--focus {args.focus}: no replayed address space of that pid in the trace")
         if args.plot:
             try:
                 report.plot(rec, res, args.plot)
