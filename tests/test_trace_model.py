@@ -215,7 +215,8 @@ def test_brk_replay_matches_the_kernel(tmp_path):
     kernel returned and end with the process's own map."""
     prog = tmp_path / "brk.py"
     prog.write_text(BRK_PROGRAM)
-    proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--no-series", "--",
+    proc = subprocess.run([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--hold", "1", "--json",
+                           "--no-series", "--",
                            os.path.realpath(sys.executable), str(prog)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
