@@ -53,19 +53,36 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsemm.opscript.measure import measure_main
+    import json
+
+    from sparsemm.opscript.measure import compare, measure_script, prediction_from_counts
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
+    script = load_script(args.script)
     prediction = None
     if not args.no_predict:
         from sparsemm.opscript.designs import run_design
-        from sparsemm.opscript.measure import prediction_from_counts
 
-        result = run_design(load_script(args.script), "pte")
+        result = run_design(script, "pte")
         if not result.error:
             prediction = prediction_from_counts(result.counts)
-    return measure_main(args, prediction)
+    m = measure_script(script, repeat=args.repeat)
+    rows = compare(m, prediction)
+    if args.json:
+        doc = m.as_dict()
+        doc["rows"] = [r.as_dict() for r in rows]
+        if prediction is not None:
+            doc["prediction"] = prediction
+        print(json.dumps(doc, indent=1))
+    else:
+        from sparsemm._term import console
+        from sparsemm.measure_view import render_measurement
+
+        title = f"{script.note or args.script}: on the kernel" + (
+            ", beside the model's prediction (design pte)" if prediction is not None else "")
+        console().print(render_measurement(m, rows, title=title))
+    return 0
 
 
 def _designs(args: argparse.Namespace) -> int:
@@ -123,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_designs)
 
     p = sub.add_parser("measure",
-                       help="build a script's layout on the kernel; measure VMAs, VmPTE, slab objects")
+                       help="build a script's layout on the kernel; measure VMAs, VmPTE, kernel bytes")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
@@ -149,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.trace.cli import add_parser as add_trace_parser
 
     add_trace_parser(sub)
+
+    from sparsemm.efence.cli import add_parser as add_efence_parser
+
+    add_efence_parser(sub)
     return parser
 
 

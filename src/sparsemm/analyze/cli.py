@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from importlib import resources
@@ -28,11 +27,9 @@ class UsageError(Exception):
 # --- helpers ----------------------------------------------------------------------------------
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from sparsemm._term import console
 
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
-    return Console(file=stream, width=width, highlight=False)
+    return console(stderr)
 
 
 def _policy(args):
@@ -229,8 +226,9 @@ def _reproduce(args) -> int:
                           "reproductions": [r.as_dict() for r in reps]}, indent=1))
     else:
         con = _console()
+        said: set[str] = set()  # each note once over the designs
         for r in reps:
-            con.print(render_reproduction(r))
+            con.print(render_reproduction(r, said))
             con.print()
     exact = all(r.exact_vmas for r in reps)
     return 0 if exact else 1
@@ -263,15 +261,17 @@ def _demo(args) -> int:
         "        memory around them stays one VMA\n"
         "  [bold]tree[/bold]  proposal: guards are maple-tree entries without a vm_area_struct\n"
         "Then it builds the same layout on this machine's kernel (vma and pte designs) and\n"
-        "measures it: the predicted VMA counts and page tables should match exactly.", border_style="blue"))
+        "measures it: the predicted VMA counts and page tables should match exactly, and the\n"
+        "kernel bytes charged to a memory cgroup around the rebuild within a page or two.", border_style="blue"))
     report = analyze(entries, GuardPolicy(), source=DEMO_MAPS)
     con.print(render_report(report))
     con.print()
     if not args.no_reproduce:
+        said: set[str] = set()  # each note once over the designs
         for d in ("vma", "pte"):
             with _console(stderr=True).status(f"building the layout on the kernel, design {d}…"):
                 rep = reproduce(report.layout_obj, d, repeat=1, source=DEMO_MAPS)
-            con.print(render_reproduction(rep))
+            con.print(render_reproduction(rep, said))
             con.print()
     if args.plot:
         path = plot_report(report, args.plot)

@@ -47,6 +47,7 @@ class DesignResult:
             "bytes": {"vm_area_struct": self.cost.vm_area_struct, "anon_vma": self.cost.anon_vma,
                       "anon_vma_chain": self.cost.anon_vma_chain, "maple_node": self.cost.maple_node,
                       "page_tables": self.cost.page_tables, "total": self.cost.total},
+            "memcg_bytes": self.cost.memcg,
             "failed_ops": self.failed_ops,
             "enomem_ops": self.enomem_ops,
             "hit_max_map_count": self.hit_max_map_count,
@@ -236,6 +237,7 @@ def format_report(results: dict[str, DesignResult]) -> str:
         ("maple_node B", lambda r: f"{r.cost.maple_node:,}"),
         ("page tables B", lambda r: f"{r.cost.page_tables:,}"),
         ("total kernel B", lambda r: f"{r.cost.total:,}"),
+        ("memcg charged B", lambda r: f"{r.cost.memcg:,}"),
         ("failed ops (ENOMEM)", lambda r: f"{r.failed_ops} ({r.enomem_ops})"),
         ("hit max_map_count", lambda r: "yes" if r.hit_max_map_count else "no"),
     ]

@@ -61,8 +61,13 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
 # Inside the child.
 
 
-class _Runner(OpDispatcher):
-    """Executes ops in this process. ``fds`` maps script file names to memfds."""
+class KernelRunner(OpDispatcher):
+    """Executes a script's ops on the kernel, in this process (public: ``opscript.measure``
+    runs its layouts through it). ``fds`` maps script file names to memfds.
+
+    Use: ``r = KernelRunner(script); r.check_arena_empty(); r.create_files()``, then
+    ``r.run_op(op)`` per op (its record) or ``r.run_ops(ops)``.
+    """
 
     def __init__(self, script: Script):
         self.script = script
@@ -203,7 +208,7 @@ class _Runner(OpDispatcher):
 def _child_main() -> int:
     doc = json.loads(sys.stdin.read())
     script = parse_script(doc)
-    runner = _Runner(script)
+    runner = KernelRunner(script)
     runner.check_arena_empty()
     runner.create_files()
     before = procfs.thp_activity()
