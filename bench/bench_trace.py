@@ -2,7 +2,7 @@
 
 Run: PYTHONPATH=src python3 bench/bench_trace.py [--quick] [--calls N] [--jobs J] [--out FILE]
 Writes a synthetic strace log of N memory-management calls (default 1,000,000; --quick:
-100,000, about a minute of CPU, a few minutes of wall time on a busy 2-vCPU machine) of a
+100,000: about 20 s of CPU, a minute of wall time on a busy 2-vCPU machine) of a
 multi-threaded program whose mix is modelled on the Chromium and CPython traces in
 docs/trace.md: thread stacks carved from PROT_NONE reservations, PartitionAlloc-style 2 MiB
 super pages committed and decommitted by mprotect with guard pages, malloc-style
