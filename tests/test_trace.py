@@ -99,7 +99,11 @@ ATTACHED = textwrap.dedent("""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    print("ready", flush=True)
+    held = libc.mmap(None, 41 * 4096, 3, 0x22, -1, 0)
+    markers = 0
+    for i in range(20):  # guard markers it already holds when sparsemm attaches
+        markers += libc.madvise(ctypes.c_void_p(held + (2 * i + 1) * 4096), 4096, 102) == 0
+    print("ready", markers, flush=True)
     sys.stdin.readline()
     base = libc.mmap(None, 101 * 4096, 3, 0x22, -1, 0)
     for i in range(50):
@@ -122,7 +126,8 @@ def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
     prog.write_text(ATTACHED)
     child = subprocess.Popen([PYTHON, str(prog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout.readline().strip() == "ready"
+        ready, markers = child.stdout.readline().split()
+        assert ready == "ready"
         tracer = subprocess.Popen([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--pid",
                                    str(child.pid), "--duration", "4"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -144,6 +149,8 @@ def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
         assert doc["as_run_check"]["matches"] is True
         assert doc["designs"]["as-run"]["calls"]["mprotect"] >= 50
         assert doc["designs"]["pte"]["final_vmas"] <= doc["designs"]["as-run"]["final_vmas"] - 100
+        # the markers it held at attach were read from its page tables: as VMAs they count
+        assert doc["designs"]["vma"]["final_vmas"] >= doc["designs"]["as-run"]["final_vmas"] + 2 * int(markers)
         # left running and untraced
         time.sleep(0.2)
         assert _status(child.pid, "TracerPid") == "0"
@@ -231,7 +238,8 @@ CHROMIUM = shutil.which("chromium")
 def test_headless_chromium_loading_a_page(tmp_path):
     page = EXAMPLES / "heavy.html"
     profile = tmp_path / "profile"
-    proc = _trace("--json", "--no-series", "--", CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+    proc = _trace("--json", "--no-series", "--with-payload", "--", CHROMIUM, "--headless", "--no-sandbox",
+                  "--disable-gpu",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", page.as_uri(), timeout=900)
     assert proc.returncode == 0, proc.stderr

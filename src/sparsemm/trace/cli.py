@@ -75,6 +75,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="when the replay assumes writable memory was written, so has an anon_vma (faults are "
                         "not in a trace): at each fork (default), at every call that makes memory "
                         "writable, or never; see docs/trace.md")
+    p.add_argument("--with-payload", action="store_true",
+                   help="pte and tree also turn the guard policy's decommitted payload (large PROT_NONE "
+                        "ranges inside used memory, e.g. PartitionAlloc's) into markers / entries, as "
+                        "analyze's +payload counts")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="the program to run (after --)")
     p.set_defaults(func=trace_main)
@@ -157,7 +161,7 @@ def _main(args: argparse.Namespace) -> int:
             except (rc.StraceMissing, rc.RecordError) as exc:
                 raise _Usage(str(exc)) from None
         try:
-            res = replay_designs(rec, written=args.written, jobs=args.jobs, focus=args.focus,
+            res = replay_designs(rec, written=args.written, jobs=args.jobs, focus=args.focus, payload=args.with_payload,
                                  progress=say.replay if say else None)
         except TraceParseError as exc:
             raise _Usage(f"cannot read the trace: {exc}") from None

@@ -96,10 +96,10 @@ class DesignMm:
     """
 
     __slots__ = ("design", "mm", "guards", "brk_state", "def_flags", "files", "calls", "issued", "history",
-                 "policy", "written", "converts", "forks", "fork_vmas", "_guard_cache")
+                 "policy", "written", "converts", "forks", "fork_vmas", "_guard_cache", "roles")
 
     def __init__(self, design: str, mm: AddressSpace, files: dict, brk: BrkState, policy: GuardPolicy,
-                 written: str = "fork"):
+                 written: str = "fork", payload: bool = False):
         self.design = design
         self.mm = mm
         self.converts = design in _CONVERTS
@@ -115,6 +115,9 @@ class DesignMm:
         if written not in WRITTEN:
             raise ValueError(f"unknown anon_vma assumption {written!r} (choose from {', '.join(WRITTEN)})")
         self.written = written
+        #: the policy roles this design turns into its guards: guard pages, and with ``payload``
+        #: the decommitted payload too (large PROT_NONE ranges inside used memory)
+        self.roles = (Role.GUARD, Role.DECOMMITTED) if payload else (Role.GUARD,)
         self.forks = 0  # fork copies of this address space (kernel time: dup_mmap per VMA)
         self.fork_vmas = 0
 
@@ -123,7 +126,7 @@ class DesignMm:
         if self.written != "lazy":
             self._assume_written(0, 1 << 64, always=True)
         child = DesignMm(self.design, self.mm.fork(), dict(self.files), self.brk_state.copy(), self.policy,
-                         self.written)
+                         self.written, Role.DECOMMITTED in self.roles)
         if self.guards is not None:
             child.guards = self.guards.copy()
         if self.history is not None:
@@ -209,7 +212,7 @@ class DesignMm:
                 continue
             prev, nxt = tree.prev(vma), tree.next(vma)
             role, side = self._is_guard(prev, vma, nxt)
-            if role is Role.GUARD:
+            if role in self.roles:
                 self._convert(vma, prev if side is not GuardSide.ABOVE else nxt)
 
     def _convert(self, vma, neighbour) -> bool:
@@ -385,7 +388,7 @@ class DesignMm:
         flags = int(vma.vm_flags)
         role, _ = self._is_guard(_Piece(vma.vm_start, start, flags), _Piece(start, end, flags & ~_VM_RWX),
                                  _Piece(end, vma.vm_end, flags))
-        if role is not Role.GUARD:
+        if role not in self.roles:
             return False
         try:
             self.mm.madvise(start, end - start, _GUARD_INSTALL)

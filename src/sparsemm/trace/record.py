@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sparsemm import abi
 from sparsemm.trace import parse as tp
 
 __all__ = ["TRACED_SYSCALLS", "Snapshot", "Recording", "StraceMissing", "RecordError", "find_strace",
@@ -87,6 +88,9 @@ class Snapshot:
     comm: str = ""
     cmdline: list[str] = field(default_factory=list)
     tids: list[int] = field(default_factory=list)  # attach: the tasks of the process
+    #: the guard-marker runs ``[start, end)`` in bytes read with the map (page tables, through
+    #: ``native.guards``); None when they could not be read (the reason in ``note``)
+    guards: list[list[int]] | None = None
 
 
 @dataclass(slots=True)
@@ -240,15 +244,48 @@ def take_snapshot(tid: int, lineno: int, kind: str, expect_nr: int | None, *, sm
         return None  # gone, or already exiting (a fatal signal won the race: its mm is released)
     sm = _read(f"/proc/{pid}/smaps") if smaps else None
     fields = _stat_fields(pid)
+    guards, why = _marker_runs(pid, maps)
     after = _task_state(tid)
     held = before == after and before[0] is not None and (
         expect_nr is None or before[0] == str(expect_nr))
     note = "" if held else (f"task {tid} was not held through the read (syscall {before[0]} -> {after[0]}, "
                             f"context switches {before[1]} -> {after[1]})")
+    if why:
+        note = (note + "; " if note else "") + why
     start_brk = int(fields[44]) if fields and len(fields) > 44 else None
     comm = (_read(f"/proc/{pid}/comm") or "").strip()
     return Snapshot(pid=pid, tid=tid, lineno=lineno, kind=kind, maps=maps, smaps=sm, start_brk=start_brk,
-                    held=held, note=note, taken_at=time.time(), comm=comm, cmdline=_cmdline(pid))
+                    held=held, note=note, taken_at=time.time(), comm=comm, cmdline=_cmdline(pid),
+                    guards=guards)
+
+
+def _marker_runs(pid: int, maps: str) -> tuple[list[list[int]] | None, str]:
+    """The guard-marker runs of every VMA of ``maps`` (PAGEMAP_SCAN skips unpopulated page
+    tables, so asking for all of them is cheap), merged where they touch; or (None, why)."""
+    from sparsemm.native import guards as native_guards
+
+    ranges = []
+    for line in maps.splitlines():
+        head = line.split(" ", 1)[0]
+        start, _, end = head.partition("-")
+        try:
+            lo, hi = int(start, 16), int(end, 16)
+        except ValueError:
+            continue
+        if hi <= abi.TASK_SIZE:
+            ranges.append((lo, hi))
+    try:
+        with native_guards.PagemapReader(pid, native_guards.guard_method()) as reader:
+            runs = reader.runs(ranges)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return None, f"guard markers not read ({' '.join(str(exc).split())})"
+    merged: list[list[int]] = []
+    for s, e in runs:
+        if merged and merged[-1][1] == s:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    return merged, ""
 
 
 # --- the recording loop ---------------------------------------------------------------------------

@@ -135,6 +135,7 @@ class ReplayResult:
     notes: list[str]
     duration_s: float
     t0: float | None
+    payload: bool = False  # pte/tree also turned the decommitted payload into guards
 
 
 class _Mm:
@@ -161,7 +162,7 @@ def compare_maps(state: DesignMm, snap: Snapshot) -> Comparison:
     O(n)."""
     real = [e for e in parse_maps(snap.maps, f"maps of pid {snap.pid}") if e.kind is not MapKind.VSYSCALL]
     model = [v for v in state.mm if not v.is_guard_entry]
-    first = None
+    first, rng = None, (0, 0)
     n = max(len(real), len(model))
     for i in range(n):
         r = real[i] if i < len(real) else None
@@ -181,16 +182,43 @@ def compare_maps(state: DesignMm, snap: Snapshot) -> Comparison:
                      f"where the model has {m.vm_start:#x}-{m.vm_end:#x} {m.perms}")
             rng = (min(r.start, m.vm_start), max(r.start, m.vm_start) + abi.PAGE_SIZE)
         break
+    if first is None and snap.guards is not None:
+        first, rng = _compare_markers(state, snap.guards)
     last_line = state.last_call_on(*rng) if first is not None else None
     return Comparison(snap.lineno, snap.kind, len(real), len(model), snap.held, first, last_line, snap.note)
+
+
+def _compare_markers(state: DesignMm, real: list) -> tuple[str | None, tuple[int, int] | None]:
+    """The model's guard-marker runs against those read from the process (both merged where
+    they touch): (None, None), or the first difference and its byte range."""
+    model: list[list[int]] = []
+    for run in state.mm.pt.marker_runs():
+        s, e = run.start << abi.PAGE_SHIFT, run.stop << abi.PAGE_SHIFT
+        if model and model[-1][1] == s:
+            model[-1][1] = e
+        else:
+            model.append([s, e])
+    for i in range(max(len(real), len(model))):
+        r = real[i] if i < len(real) else None
+        m = model[i] if i < len(model) else None
+        if r is not None and m is not None and list(r) == m:
+            continue
+        if m is None:
+            return f"guard markers: the process has {r[0]:#x}-{r[1]:#x}, the model none there", tuple(r)
+        if r is None:
+            return f"guard markers: the model has {m[0]:#x}-{m[1]:#x}, the process none there", tuple(m)
+        return (f"guard markers: the process has {r[0]:#x}-{r[1]:#x} where the model has {m[0]:#x}-{m[1]:#x}",
+                (min(r[0], m[0]), max(r[1], m[1])))
+    return None, None
 
 
 class _Replayer:
     """The replay of one recording under ``designs`` (one pass over the trace)."""
 
     def __init__(self, rec: Recording, designs: tuple[str, ...], policy: GuardPolicy, written: str,
-                 progress_counter=None, focus: int | None = None):
+                 progress_counter=None, focus: int | None = None, payload: bool = False):
         self.rec = rec
+        self.payload = payload
         self.focus = focus if focus is not None else rec.root_pid
         self.designs = designs
         self.policy = policy
@@ -257,9 +285,16 @@ class _Replayer:
         states = {}
         for d in self.designs:
             mm, files = seed_mm(entries, MODEL_DESIGN[d], self.rec.max_map_count)
-            st = DesignMm(d, mm, files, BrkState(start_brk, brk), self.policy, self.written)
+            st = DesignMm(d, mm, files, BrkState(start_brk, brk), self.policy, self.written, self.payload)
+            for start, end in snap.guards or ():  # markers it already holds (attach)
+                try:
+                    mm.madvise(start, end - start, abi.Madv.GUARD_INSTALL)
+                except OSError as exc:
+                    self.notes.append(f"pid {snap.pid}: its guard markers at {start:#x}-{end:#x} do not "
+                                      f"fit the model ({exc})")
             st.reconcile(0, abi.TASK_SIZE)  # existing PROT_NONE guards (attach)
             st.calls.clear()
+            st.issued = 0
             states[d] = st
         return self.new_mm(snap.pid, label, born, lineno, None, states)
 
@@ -708,11 +743,12 @@ def _decode(ev: tp.Event):
 
 
 def replay(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardPolicy | None = None,
-           written: str = "fork", progress_counter=None, focus: int | None = None) -> ReplayResult:
+           written: str = "fork", progress_counter=None, focus: int | None = None,
+           payload: bool = False) -> ReplayResult:
     """Replay ``rec`` under ``designs`` in this process (one pass over the log). O(calls x
     the model's cost per call); memory O(VMAs + samples), the log is streamed."""
     started = time.monotonic()
-    r = _Replayer(rec, designs, policy or GuardPolicy(), written, progress_counter, focus)
+    r = _Replayer(rec, designs, policy or GuardPolicy(), written, progress_counter, focus, payload)
     for snap in rec.snapshots:
         if snap.kind == "attach":
             mm = r.seed(snap, 0, "attach", snap.comm or str(snap.pid))
@@ -732,13 +768,13 @@ def replay(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardP
     return ReplayResult(designs=r.result(time.monotonic() - started), mms=[m.res for m in r.mms],
                         root=r.root.res.ident if r.root is not None else None, events=r.events, calls=r.calls,
                         unmodelled=dict(r.unmodelled), untracked_calls=r.untracked_calls, notes=r.notes,
-                        duration_s=time.monotonic() - started, t0=r.t0)
+                        duration_s=time.monotonic() - started, t0=r.t0, payload=payload)
 
 
-def _child(conn, rec, designs, policy, written, counter, focus) -> None:
+def _child(conn, rec, designs, policy, written, counter, focus, payload) -> None:
     try:
         conn.send(("ok", replay(rec, designs, policy=policy, written=written, progress_counter=counter,
-                                focus=focus)))
+                                focus=focus, payload=payload)))
     except BaseException as exc:  # reported by the parent as one line
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -747,7 +783,7 @@ def _child(conn, rec, designs, policy, written, counter, focus) -> None:
 
 def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardPolicy | None = None,
                    written: str = "fork", jobs: int | None = None, progress=None,
-                   focus: int | None = None) -> ReplayResult:
+                   focus: int | None = None, payload: bool = False) -> ReplayResult:
     """Replay under every design, the designs split over ``jobs`` forked worker processes
     (default: the CPUs, at most one per design); each worker streams and parses the log
     itself. ``progress(done, total)`` (trace lines) is called about every two seconds.
@@ -755,14 +791,14 @@ def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy
     come from the worker that replayed it. A worker's failure is raised as RuntimeError."""
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(designs)))
     if jobs == 1:
-        return replay(rec, designs, policy=policy, written=written, focus=focus)
+        return replay(rec, designs, policy=policy, written=written, focus=focus, payload=payload)
     groups = [tuple(designs[i::jobs]) for i in range(jobs)]
     ctx = multiprocessing.get_context("fork")
     workers = []
     for g in groups:
         counter = ctx.Value("q", 0, lock=False)
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(send, rec, g, policy, written, counter, focus), daemon=True)
+        proc = ctx.Process(target=_child, args=(send, rec, g, policy, written, counter, focus, payload), daemon=True)
         proc.start()
         send.close()
         workers.append((proc, recv, counter))

@@ -104,6 +104,7 @@ def to_json(rec: Recording, res: ReplayResult, *, series: bool = True) -> str:
         "strace": rec.strace_version,
         "recording": {"lines": rec.lines, "duration_s": round(rec.duration_s, 3), "hold_s": rec.hold_seconds,
                       "exit_status": rec.exit_status, "untraced_syscalls": rec.untraced},
+        "payload_as_guards": res.payload,
         "measured_final_vmas": cmp.measured_vmas if cmp else None,
         "measurement": None if cmp is None else {
             "line": cmp.lineno, "kind": cmp.kind, "held": cmp.held, "as_run_vmas": cmp.model_vmas,
@@ -170,6 +171,9 @@ def format_text(rec: Recording, res: ReplayResult) -> str:
     out.append(("  " if ok is not False else "  ! ") + text)
     c = costs()
     out.append("  final/peak VMAs and kernel bytes: the process; calls, kernel time, refused: every traced process")
+    out.append("  pte/tree: " + ("guards and decommitted payload (--with-payload)" if res.payload else
+                                 "guard pages (--with-payload: decommitted payload too)")
+               + " as markers / tree entries, by the guard policy of sparsemm analyze")
     out.append(f"  * estimated from per-call costs measured on Linux {c.kernel} ({c.measured}, "
                "bench/bench_syscall_costs.py), not measured in this run")
     out.append("  kernel bytes: vm_area_structs, anon_vmas and their chains, maple nodes (model.costs); +tables: "
