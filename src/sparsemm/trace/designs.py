@@ -5,8 +5,8 @@ Owns ``DesignMm``. ``as-run`` applies every call as the program made it (the ker
 does the same on a model whose guard advice becomes ``mprotect(PROT_NONE)``. ``pte`` and
 ``tree`` also turn the program's own PROT_NONE guard idioms into markers or guard entries:
 after each call, every private anonymous PROT_NONE VMA near the changed range that the
-guard policy (``analyze.guards.GuardPolicy``) calls a guard is made accessible like the
-neighbour it would merge with and guard-installed; ``guards`` remembers those ranges so a
+guard policy (``analyze.guards.GuardPolicy``) calls a guard (with ``payload``, decommitted
+payload too) is made accessible like the neighbour it would merge with and guard-installed; ``guards`` remembers those ranges so a
 later ``mprotect`` that opens one removes the guard instead, and ``mremap``/``mprotect(NONE)``
 over one first put the PROT_NONE VMA back. Calls issued are counted per kind, as a program
 written for the design would make them.
@@ -51,7 +51,6 @@ _VM_MAYSHARE, _VM_WRITE = int(VmFlag.MAYSHARE), int(VmFlag.WRITE)
 _NOT_CANDIDATE = int(VM_SPECIAL | VmFlag.LOCKED | VmFlag.LOCKONFAULT | VmFlag.HUGETLB | VmFlag.GROWSDOWN
                      | VmFlag.MAYSHARE)
 _MAP_FIXED, _MAP_FIXED_NOREPLACE, _MAP_ANON = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE), int(MapFlag.ANONYMOUS)
-_MAP_SHARED_TYPES = (int(MapFlag.SHARED), int(MapFlag.SHARED_VALIDATE))
 _GUARD_INSTALL, _GUARD_REMOVE = int(Madv.GUARD_INSTALL), int(Madv.GUARD_REMOVE)
 _MREMAP_FIXED, _MREMAP_MAYMOVE = int(MremapFlag.FIXED), int(MremapFlag.MAYMOVE)
 
