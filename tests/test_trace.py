@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -129,8 +130,7 @@ def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
         ready, markers = child.stdout.readline().split()
         assert ready == "ready"
         tracer = subprocess.Popen([sys.executable, "-m", "sparsemm", "trace", "--quiet", "--json", "--pid",
-                                   str(child.pid), "--duration", "4"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                   str(child.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while _status(child.pid, "TracerPid") in ("", "0") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -140,6 +140,7 @@ def test_pid_attach_reads_the_map_stopped_and_detaches(tmp_path):
         child.stdin.write("go\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "done"
+        tracer.send_signal(signal.SIGINT)  # Ctrl-C ends the trace: stop, read the map, detach
         out, err = tracer.communicate(timeout=120)
         assert tracer.returncode == 0, err
         doc = json.loads(out)

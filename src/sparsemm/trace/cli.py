@@ -1,8 +1,8 @@
 """The ``sparsemm trace`` command: options, progress, output. The work is in ``record``, ``replay``, ``report``.
 
-``add_parser(subparsers)`` registers the command. Every user-caused failure (strace
-missing, bad pid, no command, a bad option value, an unreadable recording or trace line)
-is one line on stderr and exit status 2.
+``add_parser(subparsers)`` registers the command (option errors are one line through the
+shared ``sparsemm._options.Parser``). Every user-caused failure (strace missing, bad pid,
+no command, an unreadable recording or trace line) is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,39 +12,16 @@ import shutil
 import sys
 import time
 
+from sparsemm._options import count, number
+
 __all__ = ["add_parser", "trace_main"]
 
 EXIT_USAGE = 2
+_PID_MAX = 1 << 22  # PID_MAX_LIMIT on 64-bit
 
 
 class _Usage(Exception):
     """One line for stderr, exit status 2."""
-
-
-def _positive(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not (value > 0 and value < 1e6):
-            raise argparse.ArgumentTypeError(f"want a positive number of seconds, not {text[:40]!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
-
-
-def _pid(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 1 << 22:
-        raise argparse.ArgumentTypeError(f"want a process id, not {text[:40]!r}")
-    return int(text)
-
-
-def _jobs(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 4:
-        raise argparse.ArgumentTypeError(f"want 1..4 worker processes, not {text[:40]!r}")
-    return int(text)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,20 +33,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "See docs/trace.md.",
         usage="sparsemm trace [options] -- CMD [ARGS...]\n       sparsemm trace [options] --pid PID\n"
               "       sparsemm trace [options] --load DIR")
-    p.add_argument("--pid", type=_pid, help="attach to this running process instead of starting a command")
-    p.add_argument("--duration", type=_positive("--duration"),
+    p.add_argument("--pid", type=count("--pid", 1, _PID_MAX),
+                   help="attach to this running process instead of starting a command")
+    p.add_argument("--duration", type=number("--duration", 0, 1e6, lo_open=True),
                    help="with --pid: seconds to trace (default: until the process exits or Ctrl-C)")
     p.add_argument("--load", metavar="DIR", help="replay a recording saved with --save (no tracing)")
     p.add_argument("--save", metavar="DIR", help="keep the recording (strace log and maps) in this new directory")
-    p.add_argument("--focus", type=_pid, metavar="PID",
+    p.add_argument("--focus", type=count("--focus", 1, _PID_MAX), metavar="PID",
                    help="report this traced process (a renderer, say) instead of the root one")
     p.add_argument("--json", action="store_true", help="print the result as JSON (schema sparsemm.trace/1)")
     p.add_argument("--no-series", action="store_true", help="with --json: leave the time series out")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of VMAs and kernel bytes over time per design")
-    p.add_argument("--hold", type=_positive("--hold"), default=0.25,
+    p.add_argument("--hold", type=number("--hold", 0, 60, lo_open=True), default=0.25,
                    help="seconds strace holds a task at execve and exit_group while its maps are read "
                         "(default 0.25)")
-    p.add_argument("--jobs", type=_jobs, default=None,
+    p.add_argument("--jobs", type=count("--jobs", 1, 4), default=None,
                    help="worker processes for the replay (default: one per CPU, at most 4)")
     p.add_argument("--written", choices=("fork", "eager", "lazy"), default="fork",
                    help="when the replay assumes writable memory was written, so has an anon_vma (faults are "
@@ -83,19 +61,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="the program to run (after --)")
     p.set_defaults(func=trace_main)
 
-    def one_line_error(message: str):
-        p.exit(EXIT_USAGE, f"sparsemm trace: {' '.join(message.split())} (see sparsemm trace --help)\n")
-
-    p.error = one_line_error  # option errors are one line, like every sparsemm failure
-    parse_known = p.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, extras = parse_known(args, namespace)
-        if extras:  # else the top-level parser reports them with its usage block
-            one_line_error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-    p.parse_known_args = parse_known_args
     return p
 
 

@@ -570,14 +570,23 @@ def record_pid(pid: int, directory: Path, *, duration: float | None, hold: float
     known, unknown = _known_syscalls(strace)
     session = _Session(directory, hold, progress, pid)
     started = time.time()
-    stopped_for_end = False
+    stopped = False  # we stopped the process and have not continued it yet
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        os.kill(pid, signal.SIGSTOP)
+
+    def cont() -> None:
+        nonlocal stopped
+        if stopped and os.path.isdir(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGCONT)
+        stopped = False
 
     def stop_and_measure() -> None:
-        nonlocal stopped_for_end
         if not os.path.isdir(f"/proc/{pid}"):
             return
-        stopped_for_end = True
-        os.kill(pid, signal.SIGSTOP)
+        stop()
         _wait(lambda: _all_stopped(pid), 5)
         session.drain()
         snap = take_snapshot(pid, session.lines, "detach", None, smaps=False)
@@ -588,10 +597,10 @@ def record_pid(pid: int, directory: Path, *, duration: float | None, hold: float
         session.strace.send_signal(signal.SIGINT)  # strace detaches on SIGINT
         session.stop_heartbeat()
 
+    hb = -1
     try:
-        os.kill(pid, signal.SIGSTOP)
+        stop()
         if not _wait(lambda: _all_stopped(pid), 5):
-            os.kill(pid, signal.SIGCONT)
             raise RecordError(f"pid {pid}: did not stop within 5 s of SIGSTOP")
         tids = _tids(pid)
         snap = take_snapshot(pid, 0, "attach", None, smaps=True)
@@ -606,9 +615,8 @@ def record_pid(pid: int, directory: Path, *, duration: float | None, hold: float
         session.start_strace(cmd)
         session.open()
         if not _wait(lambda: _traced(pid, session.strace.pid) or session.strace.poll() is not None, 10):
-            os.kill(pid, signal.SIGCONT)
             raise RecordError(f"pid {pid}: strace did not attach within 10 s")
-        os.kill(pid, signal.SIGCONT)
+        cont()
         if session.strace.poll() is not None:
             raise RecordError(session.strace_error())
         deadline = time.monotonic() + duration if duration is not None else None
@@ -619,9 +627,8 @@ def record_pid(pid: int, directory: Path, *, duration: float | None, hold: float
             stop_and_measure()
             session.run(stop_when_idle=True)
     finally:
-        session.close()
-        if stopped_for_end and os.path.isdir(f"/proc/{pid}"):
-            os.kill(pid, signal.SIGCONT)
+        session.close()  # strace detaches (SIGTERM) if it still runs
+        cont()  # never leave the process stopped, whatever happened
     rec = Recording(directory=str(directory), mode="pid", command=_cmdline(pid) or snap.cmdline, root_pid=pid,
                     heartbeat_pid=hb, snapshots=session.snapshots, max_map_count=_max_map_count(),
                     kernel=_kernel(), strace_version=_strace_version(strace), hold_seconds=hold,
