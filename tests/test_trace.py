@@ -1,7 +1,8 @@
 """``sparsemm trace`` on real programs under Debian's strace: the as-run replay against /proc, the designs, attach, errors.
 
 The programs are small Python scripts run by this interpreter; strace is installed by
-``make test`` (the Makefile's apt-get step). Chromium is not: its test skips without it.
+``make test`` (the Makefile's apt-get step), which also makes these tests fail rather than
+skip without it (``conftest.needs_strace``). Chromium is not: its test skips without it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_guards, run_cli
+from conftest import needs_guards, needs_strace, run_cli
 
 PYTHON = os.path.realpath(sys.executable)
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"  # the programs docs/trace.md traces
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
-                                  reason="strace is not installed (make test installs it)")
-
-
 
 #: Seconds strace holds a task at execve and exit_group while its map is read: longer than
 #: the default, because the machine running the tests may be busy (a missed hold means no
@@ -191,6 +188,23 @@ def test_a_failing_command_is_still_reported(tmp_path):
     proc = _trace("--", PYTHON, "-c", "import sys; sys.exit(3)")
     assert proc.returncode == 0, proc.stderr
     assert "as-run replay ends with" in proc.stdout and "every VMA matches" in proc.stdout
+
+
+@needs_strace
+def test_an_unreadable_trace_line_is_one_line_naming_it(tmp_path):
+    """A recording whose log has a line no strace prints: exit 2, the file and line named,
+    from the replay workers too (--jobs 2) as from one process."""
+    save = tmp_path / "rec"
+    proc = _trace("--save", str(save), "--", "/bin/true")
+    assert proc.returncode == 0, proc.stderr
+    log = save / "strace.log"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[4] = "12345 1.0 this is not strace output\n"
+    log.write_text("".join(lines))
+    for jobs in ("1", "2"):
+        bad = _trace("--load", str(save), "--jobs", jobs)
+        assert bad.returncode == 2, bad.stderr
+        assert bad.stderr.count("\n") == 1 and f"{log}:5: cannot read" in bad.stderr, bad.stderr
 
 
 def test_missing_strace_says_how_to_install_it(tmp_path):

@@ -7,14 +7,13 @@ import ctypes
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import in_child
+from conftest import in_child, needs_strace
 from sparsemm import abi
 from sparsemm.abi import VmFlag
 from sparsemm.analyze.maps import parse_smaps
@@ -208,7 +207,7 @@ BRK_PROGRAM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (make test installs it)")
+@needs_strace
 def test_brk_replay_matches_the_kernel(tmp_path):
     """The kernel is the judge: a program moves its break with raw brk calls (grow, unaligned,
     shrink, refused, a read-only heap end); the as-run replay must return every value the

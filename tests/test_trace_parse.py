@@ -224,3 +224,21 @@ def test_a_barrier_keeps_calls_in_flight_after_the_map_read():
     plain = [(e.kind, e.name, e.args[0] if e.args else None)
              for e in tp.parse_file(path, order="entry") if e.pid in (5862, 5873)]
     assert plain.index((tp.CALL, "mprotect", "0x291c0078c000")) < plain.index((tp.ENTER, "exit_group", "0"))
+
+
+def test_calls_strace_could_not_name_are_read():
+    """strace prints ``???(`` for a call whose number it could not read at its entry (seen in
+    a Chromium trace: a task caught inside a call as it was killed). Such lines are calls
+    named ``???``, not errors; a result half that names the call completes it by that name."""
+    lines = ["9 1.0 ???( <unfinished ...>",
+             "9 1.1 +++ killed by SIGKILL +++",
+             "10 1.2 ???()                    = ?",
+             "11 1.3 ???( <unfinished ...>",
+             "11 1.4 <... ??? resumed>)       = 0",
+             "12 1.5 ???( <unfinished ...>",
+             "12 1.6 <... munmap resumed>)    = 0"]
+    evs = list(tp.parse_lines(lines))
+    assert [(e.pid, e.kind, e.name) for e in evs] == [
+        (9, tp.KILLED, "SIGKILL"), (10, tp.CALL, tp.UNNAMED), (11, tp.CALL, tp.UNNAMED), (12, tp.CALL, "munmap")]
+    assert evs[1].ret is None and evs[2].ret == 0
+    assert [e.name for e in tp.parse_lines(lines, order="entry")] == [e.name for e in evs]

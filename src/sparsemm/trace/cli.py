@@ -128,8 +128,15 @@ def _main(args: argparse.Namespace) -> int:
         try:
             res = replay_designs(rec, written=args.written, jobs=args.jobs, focus=args.focus, payload=args.with_payload,
                                  progress=say.replay if say else None)
-        except TraceParseError as exc:
-            raise _Usage(f"cannot read the trace: {exc}") from None
+        except (TraceParseError, RuntimeError) as exc:
+            # the program ran and cannot run again the same way: a replay failure keeps its recording
+            kept = ""
+            if temp is not None:
+                kept = f" (the recording is kept: sparsemm trace --load {temp})"
+                temp = None
+            if isinstance(exc, TraceParseError):
+                raise _Usage(f"cannot read the trace: {exc}{kept}") from None
+            raise RuntimeError(f"{exc}{kept}") from None
         if args.focus is not None and res.root is None:
             raise _Usage(f"--focus {args.focus}: no replayed address space of that pid in the trace")
         if args.plot:

@@ -20,7 +20,7 @@ from sparsemm import abi
 __all__ = ["Event", "TraceParseError", "parse_lines", "parse_file", "split_args", "int_arg",
            "flags_arg", "fd_arg", "iovec_arg", "struct_field", "PROT_NAMES", "MAP_NAMES",
            "MADV_NAMES", "MREMAP_NAMES", "MLOCK_NAMES", "MCL_NAMES", "CLONE_NAMES", "CLONE_VM",
-           "CLONE_THREAD", "CLONE_VFORK", "PR_SET_VMA", "SYSCALL_ALIASES"]
+           "CLONE_THREAD", "CLONE_VFORK", "PR_SET_VMA", "SYSCALL_ALIASES", "UNNAMED"]
 
 # Event kinds.
 CALL = "call"  # a completed system call (name, args, ret/err)
@@ -32,6 +32,9 @@ SUPERSEDED = "superseded"  # "+++ superseded by execve in pid N +++" (status = N
 
 #: Unknown syscalls as an older strace prints them, by the name this parser gives them.
 SYSCALL_ALIASES = {"syscall_0x1ce": "mseal", "syscall_462": "mseal"}
+#: The name strace prints (``???(``) for a call whose number it could not read at its entry
+#: (a task caught inside a call, a task being killed); its result half may name it.
+UNNAMED = "???"
 
 _CLONE_FAMILY = frozenset({"clone", "clone3", "fork", "vfork"})
 #: Calls whose unfinished entry half is reported as an ENTER event: a clone's flags are
@@ -225,7 +228,7 @@ def struct_field(text: str, name: str) -> str | None:
 # [pid N] / N prefix, then an optional timestamp (-ttt epoch, -tt/-t clock time, -r delta).
 _HEAD = re.compile(r"(?:\[pid\s+(\d+)\]\s*|(\d+)\s+)?\s*(?:(\d+\.\d+|\d\d:\d\d:\d\d(?:\.\d+)?)\s+)?")
 _RESUMED = re.compile(r"<\.\.\. ([\w?]+) resumed>\s?")
-_CALL = re.compile(r"([a-z_][\w]*)\(")
+_CALL = re.compile(r"([a-z_][\w]*|\?\?\?)\(")  # "???": a call strace could not name
 _RET = re.compile(r"\s*(0x[0-9a-f]+|-?\d+|\?)(?:\s+([A-Z][A-Z0-9_]+)(?:\s+\([^)]*\))?)?")
 _UNFINISHED = " <unfinished ...>"
 _PID_CHANGED = re.compile(r"\s*<pid changed to (\d+) \.\.\.>\s*\Z")
@@ -287,8 +290,10 @@ class _Parser:
                 self.fail(lineno, f"cannot read {body[:60]!r}")
             name = r.group(1)
             held = self.pending.pop(pid, None)
-            if held is None or (held[0] != name and name != "???"):
+            if held is None or (held[0] != name and "???" not in (name, held[0])):
                 return None  # the entry half predates the trace (attach): nothing to complete
+            if held[0] == UNNAMED and name != UNNAMED:  # the result half names the call
+                held = (name, *held[1:])
             entry_ts = held[3] if held[3] is not None else ts  # a joined call is placed at its entry
             event = self.finish(lineno, pid, entry_ts, held[0], held[1] + body[r.end():], held[2])
             event.end_ts = ts

@@ -404,6 +404,10 @@ class _Replayer:
                     self.task_of(ev)
             elif name == "exit_group":
                 self.on_exit_group(ev)
+            elif name == tp.UNNAMED:
+                mm = self.task_of(ev)
+                if mm is not None and mm.states is not None:
+                    self.unmodelled["??? (a call strace could not name)"] += 1
         elif kind == tp.ENTER:
             self.task_of(ev)
             if name in _CLONES:
@@ -775,6 +779,8 @@ def _child(conn, rec, designs, policy, written, counter, focus, payload) -> None
     try:
         conn.send(("ok", replay(rec, designs, policy=policy, written=written, progress_counter=counter,
                                 focus=focus, payload=payload)))
+    except tp.TraceParseError as exc:  # bad input: the parent raises it again
+        conn.send(("parse", (exc.source, exc.lineno, exc.reason)))
     except BaseException as exc:  # reported by the parent as one line
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -788,7 +794,8 @@ def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy
     (default: the CPUs, at most one per design); each worker streams and parses the log
     itself. ``progress(done, total)`` (trace lines) is called about every two seconds.
     Results are merged: the topology is the same in every worker, each design's figures
-    come from the worker that replayed it. A worker's failure is raised as RuntimeError."""
+    come from the worker that replayed it. A worker's failure is raised as RuntimeError, an
+    unreadable trace line as ``TraceParseError``."""
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(designs)))
     if jobs == 1:
         return replay(rec, designs, policy=policy, written=written, focus=focus, payload=payload)
@@ -813,6 +820,8 @@ def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy
                     status, value = recv.recv()
                 except EOFError:
                     raise RuntimeError(f"replay worker {proc.pid} died (exit status {proc.exitcode})") from None
+                if status == "parse":
+                    raise tp.TraceParseError(*value)
                 if status != "ok":
                     raise RuntimeError(f"replay worker failed: {value}")
                 results[i] = value
