@@ -242,3 +242,15 @@ def test_calls_strace_could_not_name_are_read():
         (9, tp.KILLED, "SIGKILL"), (10, tp.CALL, tp.UNNAMED), (11, tp.CALL, tp.UNNAMED), (12, tp.CALL, "munmap")]
     assert evs[1].ret is None and evs[2].ret == 0
     assert [e.name for e in tp.parse_lines(lines, order="entry")] == [e.name for e in evs]
+
+
+def test_a_call_in_progress_at_detach_is_no_event():
+    """strace -p ends with ``<detached ...>`` on a call still in progress (seen at the end of
+    a --pid trace: the heartbeat's madvise): neither half gives a call."""
+    lines = ["10500 1.0 madvise(NULL, 0, 0) = 0",
+             "10500 1.1 madvise(NULL, 0, 0 <detached ...>",
+             "7 1.2 mmap(NULL, 4096, 0x3, 0x22, -1, 0 <unfinished ...>",
+             "7 1.3 <... mmap resumed> <detached ...>"]
+    for order in ("line", "entry"):
+        evs = list(tp.parse_lines(lines, order=order))
+        assert [(e.pid, e.name, e.ret) for e in evs] == [(10500, "madvise", 0)]

@@ -231,6 +231,7 @@ _RESUMED = re.compile(r"<\.\.\. ([\w?]+) resumed>\s?")
 _CALL = re.compile(r"([a-z_][\w]*|\?\?\?)\(")  # "???": a call strace could not name
 _RET = re.compile(r"\s*(0x[0-9a-f]+|-?\d+|\?)(?:\s+([A-Z][A-Z0-9_]+)(?:\s+\([^)]*\))?)?")
 _UNFINISHED = " <unfinished ...>"
+_DETACHED = " <detached ...>"  # strace detached (``-p`` ended) while the call was in progress
 _PID_CHANGED = re.compile(r"\s*<pid changed to (\d+) \.\.\.>\s*\Z")
 _EXITED = re.compile(r"\+\+\+ exited with (-?\d+) \+\+\+")
 _KILLED = re.compile(r"\+\+\+ killed by (SIG\w+)")
@@ -283,6 +284,9 @@ class _Parser:
         pid = int(m.group(1) or m.group(2) or self.default_pid)
         ts = self.timestamp(m.group(3))
         body = line[m.end():]
+        if body.endswith(_DETACHED):  # its result is not in the trace: no call, no event
+            self.pending.pop(pid, None)
+            return None
         c = body[:1]
         if c == "<":
             r = _RESUMED.match(body)

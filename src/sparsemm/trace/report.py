@@ -145,7 +145,8 @@ def format_text(rec: Recording, res: ReplayResult) -> str:
     """The human report: one row per design, the as-run check, the processes, the notes."""
     root = root_of(res)
     out = []
-    what = " ".join(rec.command) if rec.mode == "command" else f"pid {rec.root_pid} ({' '.join(rec.command)})"
+    argv = " ".join(rec.command).replace("\n", "\\n")  # one line, even for python3 -c 'a\nb'
+    what = argv if rec.mode == "command" else f"pid {rec.root_pid} ({argv})"
     out.append(f"sparsemm trace: {what}")
     out.append(f"  {rec.lines:,} trace lines, {res.calls:,} memory-management calls, "
                f"{sum(1 for m in res.mms if m.seeded)} address space(s) replayed, "
