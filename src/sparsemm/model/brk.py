@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sparsemm import abi
 from sparsemm.abi import VmFlag
 from sparsemm.model._util import TASK_SIZE
-from sparsemm.model.merge import MergeState, merge_new_range
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
 from sparsemm.model.vma import Vma
 
 __all__ = ["BrkState", "sys_brk", "STACK_GUARD_GAP", "VM_DATA_DEFAULT_FLAGS"]
@@ -88,13 +88,13 @@ def sys_brk(mm, state: BrkState, brk: int, *, def_flags: int = 0) -> int:
     if prev is not None and prev.vm_start < state.start_brk:
         prev = None  # vma_prev_limit(&vmi, mm->start_brk)
     pgoff = oldbrk >> abi.PAGE_SHIFT
-    vma = None
+    merged = False
     if prev is not None and prev.vm_end == oldbrk:
         vmg = MergeState(prev, None, None, oldbrk, newbrk, pgoff, flags, None, None, just_expand=True)
-        vma = merge_new_range(mm.tree, vmg)
-    if vma is None:
+        merged = merge_new_range(mm.tree, vmg) is VMA_MERGE_SUCCESS
+    if not merged:
         mm.tree.insert(Vma(oldbrk, newbrk, flags, pgoff))
     state.brk = brk
     if def_flags & VmFlag.LOCKED:
-        mm._mm_populate(oldbrk, newbrk - oldbrk, ignore_errors=True)
+        mm.mm_populate(oldbrk, newbrk - oldbrk, ignore_errors=True)
     return brk

@@ -52,7 +52,7 @@ def sys_mlockall(mm, flags: int) -> None:
         if not flags & abi.MCL_ONFAULT:
             for vma in list(mm.tree):
                 if not vma.is_guard_entry:
-                    mm._mm_populate(vma.vm_start, vma.vm_end - vma.vm_start, ignore_errors=True)
+                    mm.mm_populate(vma.vm_start, vma.vm_end - vma.vm_start, ignore_errors=True)
 
 
 def sys_munlockall(mm) -> None:

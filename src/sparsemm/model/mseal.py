@@ -12,7 +12,7 @@ import errno
 
 from sparsemm import abi
 from sparsemm.abi import VmFlag
-from sparsemm.model._util import U64, kerr
+from sparsemm.model._util import kerr
 from sparsemm.model.merge import vma_modify_flags
 
 __all__ = ["sys_mseal"]
@@ -26,11 +26,11 @@ def sys_mseal(mm, addr: int, length: int, flags: int = 0) -> None:
         raise kerr(errno.EINVAL, "mseal: flags")
     if addr & ~abi.PAGE_MASK:
         raise kerr(errno.EINVAL, "mseal: unaligned start")
-    aligned = abi.page_align(length) & U64
+    aligned = abi.page_align(length) & abi.ULONG_MAX
     if length and not aligned:
         raise kerr(errno.EINVAL, "mseal: length rounds to 0")
     end = addr + aligned
-    if end > U64:
+    if end > abi.ULONG_MAX:
         raise kerr(errno.EINVAL, "mseal: wraps")
     if end == addr:
         return

@@ -19,24 +19,40 @@ from array import array
 from collections import Counter
 
 from sparsemm import abi
+from sparsemm._ranges import RangeMap
 from sparsemm.abi import Madv, MapFlag, MremapFlag, VmFlag
 from sparsemm.analyze.guards import GuardPolicy, GuardSide, Role, find_guards
 from sparsemm.analyze.maps import MapEntry, MapKind
 from sparsemm.model import AddressSpace
+from sparsemm.model.designs import GuardShape, design_class, kernel_design, names
 from sparsemm.model.brk import BrkState, sys_brk
 from sparsemm.model.mlockall import mlockall_def_flags, sys_mlockall, sys_munlockall
 from sparsemm.model.mseal import sys_mseal
-from sparsemm.model.rangemap import RangeMap
 from sparsemm.model.vma import VM_SPECIAL
 from sparsemm.trace.seed import file_for
 
-__all__ = ["DESIGNS", "MODEL_DESIGN", "DesignMm", "CallResult", "WRITTEN"]
+__all__ = ["AS_RUN", "trace_designs", "model_design", "DesignMm", "CallResult", "WRITTEN"]
 
-#: The designs a trace is replayed under, in report order.
-DESIGNS = ("as-run", "vma", "pte", "tree")
-#: The model guard design each runs on.
-MODEL_DESIGN = {"as-run": "pte", "vma": "vma", "pte": "pte", "tree": "tree"}
-_CONVERTS = frozenset({"pte", "tree"})
+#: The replay of the calls exactly as the program made them, on the kernel's own design.
+AS_RUN = "as-run"
+
+
+def trace_designs() -> tuple[str, ...]:
+    """What a trace is replayed under, in report order: as run, then every registered guard
+    design (``model.designs.names()``). O(d log d)."""
+    return (AS_RUN, *names())
+
+
+def model_design(design: str) -> str:
+    """The model guard design a replay runs on: the kernel's own for as-run. ValueError for
+    an unknown design."""
+    return kernel_design() if design == AS_RUN else design_class(design).name
+
+
+def _guards_are_vmas(design: str) -> bool:
+    """Is a guard of this model design a VMA of its own (so the program's PROT_NONE guards
+    already are the design's, and its markers become mprotect calls)?"""
+    return design_class(design).guard_shape is GuardShape.VMA
 #: When the replay assumes private writable memory was written (it then has an anon_vma, as
 #: after its first write fault, which the trace does not show): "fork" (default) at each fork,
 #: for the whole address space, and when an mprotect takes write permission away (a decommit);
@@ -95,20 +111,22 @@ class DesignMm:
     """
 
     __slots__ = ("design", "mm", "guards", "brk_state", "def_flags", "files", "calls", "issued", "history",
-                 "policy", "written", "converts", "forks", "fork_vmas", "_guard_cache", "roles")
+                 "policy", "written", "converts", "guard_calls", "forks", "fork_vmas", "_guard_cache", "roles")
 
     def __init__(self, design: str, mm: AddressSpace, files: dict, brk: BrkState, policy: GuardPolicy,
                  written: str = "fork", payload: bool = False):
         self.design = design
         self.mm = mm
-        self.converts = design in _CONVERTS
+        # a design whose guards are no VMAs turns the program's PROT_NONE guards into its own
+        self.converts = design != AS_RUN and not _guards_are_vmas(design)
+        self.guard_calls = "mprotect" if _guards_are_vmas(model_design(design)) else None
         self.guards = RangeMap() if self.converts else None
         self.brk_state = brk
         self.def_flags = 0
         self.files = files
         self.calls: Counter = Counter()
         self.issued = 0  # sum of calls
-        self.history = _History() if design == "as-run" else None
+        self.history = _History() if design == AS_RUN else None
         self._guard_cache: dict = {}
         self.policy = policy
         if written not in WRITTEN:
@@ -162,7 +180,7 @@ class DesignMm:
         for vma in mm.tree.overlapping(start, end):
             if (vma.anon_vma is None and not vma.is_guard_entry
                     and int(vma.vm_flags) & (_VM_WRITE | _VM_MAYSHARE | int(VM_SPECIAL)) == _VM_WRITE):
-                mm._anon_vma_prepare(vma)
+                mm.anon_vma_prepare(vma)
 
     # --- the guard policy on the model ------------------------------------------------------
 
@@ -227,7 +245,7 @@ class DesignMm:
             except OSError:
                 pass
             return False
-        self.guards.set(start >> _SHIFT, end >> _SHIFT, prot)
+        self.guards.assign(start >> _SHIFT, end >> _SHIFT, prot)
         self._count("guard_install")
         return True
 
@@ -235,21 +253,21 @@ class DesignMm:
         """Put back the PROT_NONE VMAs this design made guards of in [start, end)."""
         if self.guards is None or not self.guards.overlaps(start >> _SHIFT, (end + PAGE - 1) >> _SHIFT):
             return
-        for ps, pe, _ in self.guards.pieces(start >> _SHIFT, (end + PAGE - 1) >> _SHIFT):
+        for ps, pe, _ in self.guards.items(start >> _SHIFT, (end + PAGE - 1) >> _SHIFT):
             a, b = ps << _SHIFT, pe << _SHIFT
             try:
                 self.mm.madvise(a, b - a, _GUARD_REMOVE)
                 self.mm.mprotect(a, b - a, abi.PROT_NONE)
             except OSError:
                 pass
-            self.guards.set(ps, pe, None)
+            self.guards.clear(ps, pe)
 
     def _forget(self, start: int, end: int) -> None:
         g = self.guards
         if g is not None and end > start:
             first, last = start >> _SHIFT, (end + PAGE - 1) >> _SHIFT
             if g.overlaps(first, last):
-                g.set(first, last, None)
+                g.clear(first, last)
 
     # --- the system calls ------------------------------------------------------------------
 
@@ -344,7 +362,7 @@ class DesignMm:
                 self.reconcile(addr - PAGE, end + PAGE)
             return None
         # opening the range: remove the guards this design put in it, then set the protection
-        pieces = self.guards.pieces(addr >> _SHIFT, end >> _SHIFT) if self.guards else []
+        pieces = self.guards.items(addr >> _SHIFT, end >> _SHIFT) if self.guards else []
         for ps, pe, _ in pieces:
             try:
                 mm.madvise(ps << _SHIFT, (pe - ps) << _SHIFT, _GUARD_REMOVE)
@@ -393,16 +411,16 @@ class DesignMm:
             self.mm.madvise(start, end - start, _GUARD_INSTALL)
         except OSError:
             return False
-        g.set(start >> _SHIFT, end >> _SHIFT, int(vma.vm_flags) & _RWX)
+        g.assign(start >> _SHIFT, end >> _SHIFT, int(vma.vm_flags) & _RWX)
         self._count("guard_install")
         return True
 
     def madvise(self, addr: int, length: int, advice: int) -> CallResult:
         mm = self.mm
         if advice == _GUARD_INSTALL:
-            self._count("guard_install" if self.design != "vma" else "mprotect")
+            self._count(self.guard_calls or "guard_install")
         elif advice == _GUARD_REMOVE:
-            self._count("guard_remove" if self.design != "vma" else "mprotect")
+            self._count(self.guard_calls or "guard_remove")
         else:
             self._count("madvise")
         if advice == _GUARD_REMOVE and self.guards is not None and length:
@@ -410,7 +428,7 @@ class DesignMm:
             # as run, these ranges are PROT_NONE VMAs with no markers: the remove leaves them be
             cursor = addr
             result = None
-            for ps, pe, _ in self.guards.pieces(addr >> _SHIFT, end >> _SHIFT) + [(end >> _SHIFT, 0, None)]:
+            for ps, pe, _ in self.guards.items(addr >> _SHIFT, end >> _SHIFT) + [(end >> _SHIFT, 0, None)]:
                 if (ps << _SHIFT) > cursor:
                     try:
                         mm.madvise(cursor, (ps << _SHIFT) - cursor, advice)

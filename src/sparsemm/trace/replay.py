@@ -23,7 +23,7 @@ from sparsemm.analyze.maps import MapKind, parse_maps
 from sparsemm.model.brk import BrkState
 from sparsemm.model.costs import kernel_cost
 from sparsemm.trace import parse as tp
-from sparsemm.trace.designs import DESIGNS, MODEL_DESIGN, DesignMm
+from sparsemm.trace.designs import AS_RUN, DesignMm, model_design, trace_designs
 from sparsemm.trace.record import Recording, Snapshot
 from sparsemm.trace.seed import entries_of, seed_mm
 
@@ -284,7 +284,7 @@ class _Replayer:
         brk = heap.end if (heap is not None and born == "attach") else start_brk
         states = {}
         for d in self.designs:
-            mm, files = seed_mm(entries, MODEL_DESIGN[d], self.rec.max_map_count)
+            mm, files = seed_mm(entries, model_design(d), self.rec.max_map_count)
             st = DesignMm(d, mm, files, BrkState(start_brk, brk), self.policy, self.written, self.payload)
             for start, end in snap.guards or ():  # markers it already holds (attach)
                 try:
@@ -468,8 +468,8 @@ class _Replayer:
         if mm.states is None or not snap.maps.strip():
             return  # (recordings before the recorder skipped an exiting process's empty map)
         self.set_final(mm)
-        if "as-run" in mm.states:
-            cmp = compare_maps(mm.states["as-run"], snap)
+        if AS_RUN in mm.states:
+            cmp = compare_maps(mm.states[AS_RUN], snap)
             mm.res.comparisons.append(cmp)
             if not cmp.matches and ts is not None:
                 mm.open_check = [snap, ts, len(mm.res.comparisons) - 1, 0]
@@ -488,7 +488,7 @@ class _Replayer:
             mm.open_check = None  # nothing else was in flight at the read
             return
         n += 1
-        cmp = compare_maps(mm.states["as-run"], snap)
+        cmp = compare_maps(mm.states[AS_RUN], snap)
         if cmp.matches:
             cmp.note = (f"matches once the {n} call(s) of other threads in flight at the read (entered "
                         "before, printed after) are applied")
@@ -564,7 +564,7 @@ class _Replayer:
             before = st.issued
             result = getattr(st, method)(*args)
             self.calls_total[d] += st.issued - before
-            if d == "as-run":
+            if d == AS_RUN:
                 model_res, kernel_res = result, (None if method == "brk" else ev.err)
                 if model_res != kernel_res:
                     self.mismatch_count += 1
@@ -668,8 +668,8 @@ class _Replayer:
                 calls={k: v for k, v in calls.items() if v}, forks=forks, fork_vmas=fork_vmas,
                 failed=self.failed[d],
                 first_failure=self.first_failure.get(d),
-                mismatches=self.mismatches if d == "as-run" else [],
-                mismatch_count=self.mismatch_count if d == "as-run" else 0)
+                mismatches=self.mismatches if d == AS_RUN else [],
+                mismatch_count=self.mismatch_count if d == AS_RUN else 0)
         return out
 
 
@@ -746,12 +746,13 @@ def _decode(ev: tp.Event):
     return None
 
 
-def replay(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardPolicy | None = None,
+def replay(rec: Recording, designs: tuple[str, ...] | None = None, *, policy: GuardPolicy | None = None,
            written: str = "fork", progress_counter=None, focus: int | None = None,
            payload: bool = False) -> ReplayResult:
-    """Replay ``rec`` under ``designs`` in this process (one pass over the log). O(calls x
+    """Replay ``rec`` under ``designs`` (default ``trace_designs()``) in this process (one pass over the log). O(calls x
     the model's cost per call); memory O(VMAs + samples), the log is streamed."""
     started = time.monotonic()
+    designs = trace_designs() if designs is None else designs
     r = _Replayer(rec, designs, policy or GuardPolicy(), written, progress_counter, focus, payload)
     for snap in rec.snapshots:
         if snap.kind == "attach":
@@ -787,7 +788,7 @@ def _child(conn, rec, designs, policy, written, counter, focus, payload) -> None
         conn.close()
 
 
-def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy: GuardPolicy | None = None,
+def replay_designs(rec: Recording, designs: tuple[str, ...] | None = None, *, policy: GuardPolicy | None = None,
                    written: str = "fork", jobs: int | None = None, progress=None,
                    focus: int | None = None, payload: bool = False) -> ReplayResult:
     """Replay under every design, the designs split over ``jobs`` forked worker processes
@@ -796,6 +797,7 @@ def replay_designs(rec: Recording, designs: tuple[str, ...] = DESIGNS, *, policy
     Results are merged: the topology is the same in every worker, each design's figures
     come from the worker that replayed it. A worker's failure is raised as RuntimeError, an
     unreadable trace line as ``TraceParseError``."""
+    designs = trace_designs() if designs is None else designs
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(designs)))
     if jobs == 1:
         return replay(rec, designs, policy=policy, written=written, focus=focus, payload=payload)
@@ -849,5 +851,5 @@ def _merge(parts: list[ReplayResult], groups) -> ReplayResult:
             mine.role = mine.role or theirs.role
         base.duration_s = max(base.duration_s, part.duration_s)
     order = [d for g in groups for d in g]
-    base.designs = {d: base.designs[d] for d in DESIGNS if d in base.designs} or {d: base.designs[d] for d in order}
+    base.designs = {d: base.designs[d] for d in trace_designs() if d in base.designs} or {d: base.designs[d] for d in order}
     return base

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 
+from sparsemm.model.designs import GuardShape, design_class
 from sparsemm.trace.costs import costs, estimate
+from sparsemm.trace.designs import AS_RUN
 from sparsemm.trace.record import Recording
 from sparsemm.trace.replay import Comparison, MmResult, ReplayResult
 
@@ -34,7 +36,7 @@ def verdict(rec: Recording, res: ReplayResult) -> tuple[bool | None, str]:
     """(as-run matches the measurement, or None when nothing was measured; one paragraph)."""
     root = root_of(res)
     cmp = _measurement(root)
-    asrun = res.designs.get("as-run")
+    asrun = res.designs.get(AS_RUN)
     if root is None:
         return None, "no address space of the root process was replayed (see the notes)"
     if cmp is None:
@@ -93,7 +95,7 @@ def to_json(rec: Recording, res: ReplayResult, *, series: bool = True) -> str:
     root = root_of(res)
     cmp = _measurement(root)
     ok, text = verdict(rec, res)
-    asrun = res.designs.get("as-run")
+    asrun = res.designs.get(AS_RUN)
     c = costs()
     doc = {
         "schema": SCHEMA,
@@ -208,6 +210,11 @@ def _n(v) -> str:
     return "-" if v is None else f"{v:,}"
 
 
+#: Line style and colour by what a guard is (the registry's ``GuardShape``), as run in black.
+_LINES = {AS_RUN: ("-", "black"), GuardShape.VMA: ("--", "tab:red"), GuardShape.MARKER: ("-", "tab:blue"),
+          GuardShape.ENTRY: (":", "tab:green")}
+
+
 def plot(rec: Recording, res: ReplayResult, path: str) -> None:
     """Two panels over the trace's time for the reported process (the root one, or --focus):
     its VMAs and its VMA-side kernel bytes, one line per design."""
@@ -217,15 +224,12 @@ def plot(rec: Recording, res: ReplayResult, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    colours = {"as-run": "black", "vma": "tab:red", "pte": "tab:blue", "tree": "tab:green"}
-    styles = {"as-run": "-", "vma": "--", "pte": "-", "tree": ":"}
     for name, d in res.designs.items():
+        style, colour = _LINES[AS_RUN if name == AS_RUN else design_class(name).guard_shape]
         alive = [s for s in d.samples if s.root_vmas] or d.samples  # the process's lifetime
         t = [s.t for s in alive]
-        ax1.plot(t, [s.root_vmas for s in alive], styles.get(name, "-"), color=colours.get(name),
-                 label=name, linewidth=1.4)
-        ax2.plot(t, [s.root_kernel_bytes / _KiB for s in alive], styles.get(name, "-"),
-                 color=colours.get(name), label=name, linewidth=1.4)
+        ax1.plot(t, [s.root_vmas for s in alive], style, color=colour, label=name, linewidth=1.4)
+        ax2.plot(t, [s.root_kernel_bytes / _KiB for s in alive], style, color=colour, label=name, linewidth=1.4)
     root = root_of(res)
     ax1.set_ylabel("VMAs")
     ax2.set_ylabel("VMA-side kernel memory, KiB\n(model estimate)")

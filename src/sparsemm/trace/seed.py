@@ -95,6 +95,6 @@ def seed_mm(entries: list[MapEntry], design: str, max_map_count: int) -> tuple[A
         vma = Vma(e.start, e.end, flags, pgoff, vm_file, anon_vma)
         mm.tree.insert(vma)
         if vm_file is not None:
-            mm._use_file(vm_file)
+            mm.use_file(vm_file)
         prev = vma
     return mm, files
