@@ -1,5 +1,6 @@
-"""The model calls ``sparsemm trace`` added: brk, mseal, mlockall; checked against this kernel where
-a process can do them without breaking its own allocator (a forked child, smaps compared)."""
+"""The model calls ``sparsemm trace`` replays beyond the op scripts: brk and mlockall (added for it),
+mseal (``AddressSpace.mseal``); checked against this kernel where a process can do them without
+breaking its own allocator (a forked child, smaps compared)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from sparsemm.analyze.maps import parse_smaps
 from sparsemm.model import AddressSpace
 from sparsemm.model.brk import STACK_GUARD_GAP, BrkState, sys_brk
 from sparsemm.model.mlockall import sys_mlockall, sys_munlockall
-from sparsemm.model.mseal import sys_mseal
 from sparsemm.model.vma import Vma
 from sparsemm.trace.seed import seed_mm
 
@@ -76,16 +76,16 @@ def test_mseal_splits_like_a_flag_change_and_checks_its_arguments():
     mm = AddressSpace()
     base = abi.ARENA_BASE
     mm.mmap(base, 8 * P, abi.PROT_READ | abi.PROT_WRITE, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED)
-    sys_mseal(mm, base + 2 * P, 2 * P)
+    mm.mseal(base + 2 * P, 2 * P)
     assert [(v.vm_start - base) // P for v in mm] == [0, 2, 4]
     assert [bool(v.vm_flags & VmFlag.SEALED) for v in mm] == [False, True, False]
-    sys_mseal(mm, base + 3 * P, 2 * P)  # overlapping an already sealed piece: only the rest changes
+    mm.mseal(base + 3 * P, 2 * P)  # overlapping an already sealed piece: only the rest changes
     assert [((v.vm_start - base) // P, bool(v.vm_flags & VmFlag.SEALED)) for v in mm] == [(0, False), (2, True),
                                                                                           (5, False)]
     for args, code in (((base + 1, P), errno.EINVAL), ((base, P, 1), errno.EINVAL),
                        ((base + 6 * P, 4 * P), errno.ENOMEM), ((base, (1 << 64) - 1), errno.EINVAL)):
         with pytest.raises(OSError) as info:
-            sys_mseal(mm, *args)
+            mm.mseal(*args)
         assert info.value.errno == code, args
     mm.check()
 
@@ -143,7 +143,7 @@ def test_mseal_matches_the_kernel():
     errs = []
     for page, npages in ops:
         try:
-            sys_mseal(mm, base + page * P, npages * P)
+            mm.mseal(base + page * P, npages * P)
             errs.append(0)
         except OSError as exc:
             errs.append(exc.errno)

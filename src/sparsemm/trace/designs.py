@@ -27,7 +27,6 @@ from sparsemm.model import AddressSpace
 from sparsemm.model.designs import GuardShape, design_class, kernel_design, names
 from sparsemm.model.brk import BrkState, sys_brk
 from sparsemm.model.mlockall import mlockall_def_flags, sys_mlockall, sys_munlockall
-from sparsemm.model.mseal import sys_mseal
 from sparsemm.model.vma import VM_SPECIAL
 from sparsemm.trace.seed import file_for
 
@@ -516,7 +515,7 @@ class DesignMm:
     def mseal(self, addr: int, length: int, flags: int) -> CallResult:
         self._count("mseal")
         try:
-            sys_mseal(self.mm, addr, length, flags)
+            self.mm.mseal(addr, length, flags)
         except OSError as exc:
             return _errname(exc)
         return None
