@@ -41,6 +41,9 @@ _RECORDING = "recording.json"
 _LOG = "strace.log"
 _SCHEMA = "sparsemm.trace-recording/1"
 _HEARTBEAT_PERIOD = 0.02  # seconds between the heartbeat's system calls
+#: Seconds strace gets to detach (``--pid``: after its SIGINT) before it is killed; a killed
+#: tracer's tracees are detached by the kernel, and the process is continued in any case.
+_DETACH_GRACE = 30.0
 # x86-64 syscall numbers a held task shows in /proc/TID/syscall.
 _NR = {"execve": 59, "execveat": 322, "exit_group": 231}
 
@@ -410,10 +413,13 @@ class _Session:
             if not self.pump(0.02):
                 return
 
-    def run(self, stop_when_idle: bool, deadline: float | None = None, on_stop=None) -> None:
+    def run(self, stop_when_idle: bool, deadline: float | None = None, on_stop=None,
+            give_up: float | None = None) -> None:
         """Read until strace exits. ``stop_when_idle``: once every traced task of the command
         has exited, end the heartbeat so strace can finish. ``deadline``/``on_stop``: at that
-        monotonic time call ``on_stop()`` (pid mode: stop, snapshot, detach)."""
+        monotonic time call ``on_stop()`` (pid mode: stop, snapshot, detach). ``give_up``
+        (set ``_DETACH_GRACE`` after ``on_stop`` too): at that time kill a strace still
+        running, with a note, so a detach that never ends cannot hang the command."""
         stopped = False
         while self.pump(0.05):
             if stop_when_idle and self.seen_root and not self.live:
@@ -421,6 +427,12 @@ class _Session:
             if not stopped and deadline is not None and time.monotonic() >= deadline:
                 stopped = True
                 on_stop()
+                give_up = time.monotonic() + _DETACH_GRACE if give_up is None else give_up
+            if give_up is not None and time.monotonic() >= give_up and self.strace.poll() is None:
+                self.notes.append(f"strace had not detached {_DETACH_GRACE:.0f} s after it was told to: "
+                                  "killed (the trace may end early)")
+                self.strace.kill()
+                give_up = None
         self.log.flush()
 
     def close(self) -> None:
@@ -625,7 +637,7 @@ def record_pid(pid: int, directory: Path, *, duration: float | None, hold: float
         except KeyboardInterrupt:
             session.notes.append("interrupted (Ctrl-C)")
             stop_and_measure()
-            session.run(stop_when_idle=True)
+            session.run(stop_when_idle=True, give_up=time.monotonic() + _DETACH_GRACE)
     finally:
         session.close()  # strace detaches (SIGTERM) if it still runs
         cont()  # never leave the process stopped, whatever happened
