@@ -14,7 +14,7 @@ import abc
 import errno
 from typing import TYPE_CHECKING, Callable
 
-from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, page_align
+from sparsemm.abi import PAGE_MASK, PAGE_SHIFT, TASK_SIZE, page_align
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
@@ -164,6 +164,17 @@ class MmCore(abc.ABC):
         floor = prev.vm_end if prev is not None else 0
         ceiling = nxt.vm_start if nxt is not None else 0
         self.pt.free_pgtables(start, end, floor, ceiling)
+
+    def do_munmap(self, start: int, length: int) -> None:
+        """mm/vma.c: do_vmi_munmap(): the argument checks of every munmap path (the syscall,
+        mremap's shrink and its MREMAP_FIXED target), then ``unmap_range``. EINVAL (OSError)
+        for an unaligned ``start``, a range past TASK_SIZE or an empty one. O(unmap_range)."""
+        if start & ~PAGE_MASK or start > TASK_SIZE or length > TASK_SIZE - start:
+            raise kerr(errno.EINVAL, "munmap: bad range")
+        end = start + page_align(length)
+        if end == start:
+            raise kerr(errno.EINVAL, "munmap: zero length")
+        self.unmap_range(start, end)
 
     def get_unmapped_area(self, hint: int, length: int) -> int:
         """arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is free,

@@ -200,12 +200,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
     def munmap(self, addr: int, length: int) -> None:
         """mm/mmap.c: __vm_munmap() / do_vmi_munmap(): unmap ``[addr, addr + length)``.
         O(k log n + t + f + log r + runs dropped)."""
-        if addr & ~abi.PAGE_MASK or addr > TASK_SIZE or length > TASK_SIZE - addr:
-            raise kerr(errno.EINVAL, "munmap: bad range")
-        end = addr + abi.page_align(length)
-        if end == addr:
-            raise kerr(errno.EINVAL, "munmap: zero length")
-        self.unmap_range(addr, end)
+        self.do_munmap(addr, length)
 
     # ------------------------------------------------------------------ mprotect
 

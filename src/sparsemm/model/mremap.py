@@ -48,7 +48,8 @@ class MremapMixin(MmCore):
                 raise kerr(errno.EINVAL, "mremap: fixed without maymove")
             if flags & MremapFlag.DONTUNMAP and old_len != new_len:
                 raise kerr(errno.EINVAL, "mremap: dontunmap resize")
-            if addr + old_len > new_addr and new_addr + new_len > addr:
+            # unsigned sums: an old_len near 2**64 wraps below addr and overlaps nothing
+            if (addr + old_len) & ULONG_MAX > new_addr and new_addr + new_len > addr:
                 raise kerr(errno.EINVAL, "mremap: overlap")
         if self.map_count + 2 >= self.max_map_count - 3:
             raise kerr(errno.ENOMEM, "mremap: near max_map_count")
@@ -62,7 +63,7 @@ class MremapMixin(MmCore):
         elif old_len == new_len:
             return addr
         elif old_len > new_len:
-            self.unmap_range(addr + new_len, addr + old_len)  # shrink_vma()
+            self.do_munmap(addr + new_len, old_len - new_len)  # shrink_vma()
             return addr
         else:
             res = self._expand_vma(vma, addr, old_len, new_len, flags)
@@ -122,11 +123,13 @@ class MremapMixin(MmCore):
     def _mremap_to(self, addr: int, old_len: int, new_len: int, flags: int, new_addr: int) -> int:
         """mm/mremap.c: mremap_to()."""
         if flags & MremapFlag.FIXED:
-            self.unmap_range(new_addr, new_addr + new_len)
+            self.do_munmap(new_addr, new_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
         if old_len > new_len:
-            self.unmap_range(addr + new_len, addr + old_len)
+            # shrink_vma(): do_vmi_munmap() refuses an old_len reaching past TASK_SIZE (EINVAL),
+            # after the MREMAP_FIXED target above is already unmapped
+            self.do_munmap(addr + new_len, old_len - new_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
             old_len = new_len
