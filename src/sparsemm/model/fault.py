@@ -73,7 +73,7 @@ class FaultMixin(MmCore):
             self.anon_vma_prepare(vma)
         for p in range(p0, p0 + HPAGE_PMD_NR):
             self.set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
-        self.pt.map_huge_pmd(p0)  # a PMD mapping needs no PTE table
+        self.pt.map_huge_pmd(p0, deposit=True)  # no PTE table, but one deposited
 
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
@@ -104,6 +104,9 @@ class FaultMixin(MmCore):
         if entry is GUARD:
             raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
         if entry is None:
+            # __handle_mm_fault() allocates the PUD and PMD tables first; they stay even
+            # when the fault then fails (a read past EOF: SIGBUS)
+            self.pt.alloc_pmd_table(page)
             if vma.is_anonymous():  # do_anonymous_page()
                 if self._thp_eligible(vma, page):
                     self._fault_thp(vma, page, write)

@@ -134,6 +134,7 @@ class MadviseMixin(MmCore):
                     raise kerr(errno.EINVAL, "madvise: MADV_FREE on non-anon")
                 return end  # lazyfree: pages stay mapped until reclaim (R-F2)
             self.zap_range(start, end)  # R-F1: guard markers survive
+            self.pt.reclaim_pte_tables(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
             return end
         if advice == Madv.GUARD_INSTALL:
             return self.design.install(self, vma, start, end)
@@ -213,7 +214,7 @@ class MadviseMixin(MmCore):
                 for i, e in enumerate(ents):
                     if e is None or e.kind != FRAME_ANON:
                         self.set_pte(p0 + i, Frame(0, FRAME_ANON))
-                self.pt.map_huge_pmd(p0)
+                self.pt.map_huge_pmd(p0, deposit=True)  # the old PTE table is deposited
             else:
                 f = vma.vm_file
                 for i, e in enumerate(ents):

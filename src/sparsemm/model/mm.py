@@ -384,7 +384,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                 shmem.add(vma.vm_file)
         return MmCounts(vmas=self.map_count, anon_vmas=len(anon_vmas), anon_vma_chains=chains,
                         shmem_files=len(shmem),
-                        maple_nodes=self.tree.node_count(), pte_tables=len(self.pt.pte_tables),
+                        maple_nodes=self.tree.node_count(), pte_tables=self.pt.pte_table_pages(),
                         pmd_tables=len(self.pt.pmd_tables), pud_tables=len(self.pt.pud_tables),
                         guard_entries=self.tree.reserved_count, gap_slots=self.tree.gap_count)
 
