@@ -43,6 +43,8 @@ class MmCore(abc.ABC):
     - ``pt``: the ``PageTable``: frames, guard markers, huge PMDs, table pages;
     - ``design``: the ``GuardDesign`` whose hooks the guard advice, munmap and mprotect call;
     - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
+    - ``commit_limit``: the pages the overcommit heuristic lets one call commit
+      (``vm.overcommit_memory = 0``: total RAM plus swap), None for no limit;
     - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
       counts in neither, as in the kernel); changed only by ``set_pte``/``clear_pte``;
     - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``.
@@ -52,25 +54,28 @@ class MmCore(abc.ABC):
     are the contract: what one part provides to the others, implemented by the module named.
     """
 
-    __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "rss_anon", "rss_file",
-                 "files", "exited")
+    __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "commit_limit",
+                 "rss_anon", "rss_file", "files", "exited")
 
     tree: VmaTree
     pt: PageTable
     design: "GuardDesign"
     max_map_count: int
     mmap_base: int
+    commit_limit: int | None
     rss_anon: int
     rss_file: int
     files: set[MemFile]
     exited: bool
 
-    def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int) -> None:
+    def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int,
+                   commit_limit: int | None = None) -> None:
         self.design = design
         self.tree = VmaTree(mmap_min_addr=MMAP_MIN_ADDR)
         self.pt = PageTable()
         self.max_map_count = max_map_count
         self.mmap_base = mmap_base
+        self.commit_limit = commit_limit
         self.rss_anon = 0
         self.rss_file = 0
         self.files = set()
@@ -175,6 +180,13 @@ class MmCore(abc.ABC):
         if end == start:
             raise kerr(errno.EINVAL, "munmap: zero length")
         self.unmap_range(start, end)
+
+    def vm_enough_memory(self, npages: int) -> None:
+        """mm/util.c: __vm_enough_memory() in the heuristic mode (``OVERCOMMIT_GUESS``): one
+        call may not commit more pages than RAM plus swap; ENOMEM (OSError) if it would. The
+        heuristic keeps no running total, so nothing is recorded. O(1)."""
+        if self.commit_limit is not None and npages > self.commit_limit:
+            raise kerr(errno.ENOMEM, "overcommit: more than RAM plus swap")
 
     def get_unmapped_area(self, hint: int, length: int) -> int:
         """arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is free,

@@ -55,7 +55,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
     ``guard_design`` names what MADV_GUARD_INSTALL/REMOVE do: one of
     ``designs.names()`` (``vma``, ``pte``, ``tree`` built in), default the kernel's own
     (``designs.kernel_design()``, ``pte``). ``max_map_count`` is vm.max_map_count;
-    ``mmap_base`` the top of the top-down mmap area for non-fixed placement.
+    ``mmap_base`` the top of the top-down mmap area for non-fixed placement;
+    ``commit_limit`` the overcommit heuristic's limit in pages (RAM plus swap; None: none).
 
     The syscall methods take arguments as the kernel does (unsigned 64-bit lengths and
     addresses) and have no preconditions: a call the kernel refuses raises ``OSError``
@@ -65,10 +66,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
     __slots__ = ()
 
     def __init__(self, guard_design: str | None = None, max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
-                 mmap_base: int = DEFAULT_MMAP_BASE):
+                 mmap_base: int = DEFAULT_MMAP_BASE, commit_limit: int | None = None):
         """A fresh, empty address space. ValueError for an unknown ``guard_design``. O(1)."""
         design = make_design(kernel_design() if guard_design is None else guard_design)
-        self._init_core(design, max_map_count, mmap_base)
+        self._init_core(design, max_map_count, mmap_base, commit_limit)
 
     # ------------------------------------------------------------------ basics
 
@@ -170,6 +171,14 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         # mm/vma.c: __mmap_region()
         if (vm_flags & (_VM_NORESERVE | _VM_SHARED | _VM_WRITE)) == _VM_WRITE:
             vm_flags |= _VM_ACCOUNT  # accountable_mapping()
+            # __mmap_setup(): charge the pages not already charged to the VMAs it replaces
+            replaced = 0 if flags & _MAP_FIXED_NOREPLACE else sum(
+                (min(v.vm_end, addr + length) - max(v.vm_start, addr)) >> PAGE_SHIFT
+                for v in self.tree.overlapping(addr, addr + length)
+                if not v.is_guard_entry and v.vm_flags & _VM_ACCOUNT)
+            self.vm_enough_memory((length >> PAGE_SHIFT) - replaced)
+        elif file is None and vm_flags & _VM_SHARED and not vm_flags & _VM_NORESERVE:
+            self.vm_enough_memory(length >> PAGE_SHIFT)  # shmem_zero_setup(): shmem_acct_size()
         if not flags & _MAP_FIXED_NOREPLACE:  # with it, [addr, addr+length) was found empty above
             self.unmap_range(addr, addr + length)
         nxt, prev = self.tree.find_vma_prev(addr)  # prev: the last VMA if nothing above
@@ -251,6 +260,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             return vma
         if newflags & _VM_WRITE:
             if not oldflags & (_VM_ACCOUNT | _VM_WRITE | _VM_HUGETLB | _VM_SHARED | _VM_NORESERVE):
+                self.vm_enough_memory((end - start) >> PAGE_SHIFT)
                 newflags |= _VM_ACCOUNT
         elif oldflags & _VM_ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
             newflags &= ~_VM_ACCOUNT
@@ -324,7 +334,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
 
     def fork(self) -> "AddressSpace":
         """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e + r + H)."""
-        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base)
+        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base, self.commit_limit)
         child.design = self.design.fork()
         for vma in self.tree:
             if vma.vm_flags & VmFlag.DONTCOPY:

@@ -143,6 +143,8 @@ class MremapMixin(MmCore):
         if vma.vm_end - addr == old_len and vma.vm_end + delta <= TASK_SIZE \
                 and not self.tree.overlapping(vma.vm_end, vma.vm_end + delta):
             # vma_merge_extend(): vma is prev, the extension a new range
+            if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge()
+                self.vm_enough_memory(delta >> PAGE_SHIFT)
             vmg = MergeState(vma, None, self.tree.next(vma), vma.vm_end, vma.vm_end + delta,
                              vma.file_pgoff(vma.vm_end), vma.vm_flags, vma.vm_file, vma.anon_vma)
             if merge_new_range(self.tree, vmg) is not VMA_MERGE_SUCCESS:
@@ -158,6 +160,9 @@ class MremapMixin(MmCore):
         if self.map_count >= self.max_map_count - 3:
             raise kerr(errno.ENOMEM, "mremap: near max_map_count")
         vma = self.tree.find(addr)
+        if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge(): DONTUNMAP keeps the old pages
+            self.vm_enough_memory((new_len if flags & MremapFlag.DONTUNMAP
+                                   else abs(new_len - old_len)) >> PAGE_SHIFT)
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT

@@ -12,6 +12,7 @@ from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as u
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace
+from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
@@ -115,6 +116,8 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     raises ``BackendUnavailable``.
     """
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
+    # the kernel's overcommit heuristic depends on this machine's RAM and swap (docs/model.md)
+    kw["commit_limit"] = native_procfs.overcommit_limit_pages()
     try:
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
