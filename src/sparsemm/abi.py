@@ -15,6 +15,9 @@ PAGE_MASK = ~(PAGE_SIZE - 1)
 
 #: The largest ``unsigned long`` (2**64 - 1): syscall arguments wrap modulo 2**64.
 ULONG_MAX = (1 << 64) - 1
+#: MAX_LFS_FILESIZE on 64-bit (LLONG_MAX): the s_maxbytes of tmpfs/shmem, the largest file
+#: offset a mapping or fallocate may reach.
+MAX_LFS_FILESIZE = (1 << 63) - 1
 
 #: Entries in one page-table page at every level (x86-64, 4 KiB pages).
 PTRS_PER_TABLE = 512

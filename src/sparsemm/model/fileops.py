@@ -30,6 +30,8 @@ class FileOpsMixin(MmCore):
         private CoW copies stay, markers stay). O(users x n + pages)."""
         if offset < 0 or length <= 0:
             raise kerr(errno.EINVAL, "fallocate: bad range")  # fs/open.c: vfs_fallocate()
+        if offset + length > abi.MAX_LFS_FILESIZE:  # vfs_fallocate(), before shmem's seal check
+            raise kerr(errno.EFBIG, "fallocate: past the maximum file size")
         if file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE):
             raise kerr(errno.EPERM, "fallocate: write-sealed")
         end = offset + length

@@ -140,6 +140,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        if file is not None and (length > abi.MAX_LFS_FILESIZE  # file_mmap_ok()
+                                 or pgoff > (abi.MAX_LFS_FILESIZE - length) >> PAGE_SHIFT):
+            raise kerr(errno.EOVERFLOW, "mmap: offset + length past the maximum file size")
         map_type = flags & 0x3
         if file is not None:
             if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
