@@ -79,7 +79,12 @@ class _ModelRunner(OpDispatcher):
 
     def op_process_madvise(self, op: Op):
         done = 0
+        budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
         for addr, length in op.ranges:
+            length = min(length, budget)
+            if not budget:
+                break  # vector_madvise() stops when the (cut) vector is used up
+            budget -= length
             try:
                 self.mm.madvise(addr, length, op.advice)
             except OSError:
