@@ -181,8 +181,13 @@ class MadviseMixin(MmCore):
         if new == f:
             return _resume_after(vma, end)
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
-        return _resume_after(vma_modify_flags(self.tree, prev, vma, start, end, new,
-                                              self.max_map_count), end)
+        try:
+            vma = vma_modify_flags(self.tree, prev, vma, start, end, new, self.max_map_count)
+        except OSError as exc:  # madvise_vma_behavior(): a split over max_map_count is EAGAIN
+            if exc.errno == errno.ENOMEM:
+                raise kerr(errno.EAGAIN, "madvise: split over max_map_count") from None
+            raise
+        return _resume_after(vma, end)
 
     def _collapse(self, vma: Vma, start: int, end: int) -> int:
         """mm/khugepaged.c: madvise_collapse(): collapse each aligned 2 MiB of the range into a THP.

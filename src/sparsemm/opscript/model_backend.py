@@ -120,6 +120,8 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     ``design``: a registered guard design (default the kernel's own); an unknown one
     raises ``BackendUnavailable``.
     """
+    if max_map_count is None:  # the script's headroom: the VMAs the kernel child can still add
+        max_map_count = script.map_count_headroom
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     # the kernel's overcommit heuristic depends on this machine's RAM and swap (docs/model.md)
     kw["commit_limit"] = native_procfs.overcommit_limit_pages()
