@@ -18,7 +18,7 @@ from sparsemm.abi import PAGE_MASK, PAGE_SHIFT, TASK_SIZE, page_align
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
-from sparsemm.model.pagetable import GUARD, PageTable
+from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PageTable, pmd_start
 from sparsemm.model.vma import Vma
 from sparsemm.model.vma_tree import VmaTree
 
@@ -133,7 +133,7 @@ class MmCore(abc.ABC):
         """
         pt = self.pt
         first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-        pt.split_huge_range(first, last)
+        self.split_huge_range(first, last)
         for page, entry in pt.frames(first, last):
             if only is None or only(entry):
                 pt.clear(page)
@@ -141,6 +141,23 @@ class MmCore(abc.ABC):
         if drop_markers:
             pt.remove_markers(first, last)
         pt.zap_huge_pmds(first, last)
+
+    def split_huge_range(self, first: int, end: int) -> None:
+        """``split_huge_pmd()`` of every huge PMD that pages ``[first, end)`` cover only in
+        part: an anonymous THP keeps its pages under its deposited table; a page-cache large
+        folio mapped by the PMD is unmapped whole (``__split_huge_pmd_locked()`` on a file
+        VMA only clears the PMD; a later fault maps it again). O(1) plus 512 per dropped block."""
+        for p0 in (pmd_start(first), pmd_start(end - 1)) if end > first else ():
+            if self.pt.is_file_huge(p0) and not (first <= p0 and p0 + HPAGE_PMD_NR <= end):
+                self.drop_huge_block(p0)
+        self.pt.split_huge_range(first, end)
+
+    def drop_huge_block(self, p0: int) -> None:
+        """Unmap the whole block of the huge PMD at page ``p0`` (entries and the PMD), leaving
+        no PTE table: a file PMD split or zap. O(HPAGE_PMD_NR)."""
+        for page, _ in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+            self.clear_pte(page)
+        self.pt.forget_huge_pmd(p0)
 
     def unmap_range(self, start: int, end: int) -> None:
         """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
@@ -161,7 +178,7 @@ class MmCore(abc.ABC):
             vmas[0] = upper
         if last.vm_end > end:
             split_vma(self.tree, last, end, _NO_LIMIT)
-        self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        self.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         for vma in vmas:
             self.tree.remove(vma)
         self.zap_range(start, end, drop_markers=True)
@@ -227,6 +244,12 @@ class MmCore(abc.ABC):
     @abc.abstractmethod
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """The mprotect syscall (``mm.py``; used by the ``vma`` guard design)."""
+
+    @abc.abstractmethod
+    def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set | None,
+                          even_cows: bool = False) -> None:
+        """``unmap_mapping_range()`` of file pages ``first..last`` in this mm (``fileops.py``;
+        used by madvise's collapse, which unmaps the small pages a new folio replaces)."""
 
     @abc.abstractmethod
     def punch_hole(self, file: MemFile, offset: int, length: int) -> None:

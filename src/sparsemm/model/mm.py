@@ -269,6 +269,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             newflags &= ~_VM_ACCOUNT
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
         vma = vma_modify_flags(self.tree, prev, vma, start, end, newflags, self.max_map_count)
+        # change_protection(): a huge PMD the range covers in part is split (a file one unmapped)
+        self.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         # VM_ACCOUNT etc. already in newflags; mprotect of a locked private mapping to writable populates
         if (oldflags & (_VM_WRITE | _VM_SHARED | _VM_LOCKED)) == _VM_LOCKED \
                 and newflags & _VM_WRITE:
@@ -359,7 +361,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                 continue
             first, last = vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT
             for page, entry in self.pt.frames(first, last):
-                child.set_pte(page, entry)
+                if not self.pt.is_file_huge(page):  # copy_huge_pmd() leaves file PMDs to refault
+                    child.set_pte(page, entry)
             self.pt.copy_markers_to(child.pt, first, last)  # run by run
             self.pt.copy_huge_pmds_to(child.pt, first, last)
         child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node

@@ -15,6 +15,7 @@ from sparsemm.abi import ULONG_MAX, MremapFlag, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
+from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
 
 
@@ -167,7 +168,10 @@ class MremapMixin(MmCore):
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
         src_end = src0 + (old_len >> PAGE_SHIFT)
-        self.pt.split_huge_range(src0, src_end)
+        self.split_huge_range(src0, src_end)
+        if (dst0 - src0) % HPAGE_PMD_NR:  # not moved at the PMD level: file PMDs unmapped
+            for p0 in self.pt.file_huge_in(src0, src_end):
+                self.drop_huge_block(p0)
         self.pt.move_range(src0, src_end, dst0)
         if flags & MremapFlag.DONTUNMAP:
             old = self.tree.find(addr)

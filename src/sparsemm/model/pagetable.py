@@ -430,6 +430,27 @@ class PageTable:
         """Is ``page`` mapped through a huge PMD? O(1)."""
         return (page >> PTE_SHIFT) in self._huge
 
+    def is_file_huge(self, page: int) -> bool:
+        """Is ``page`` mapped through a huge PMD without a deposited table (a page-cache large
+        folio: shmem/file)? Splitting such a PMD unmaps the whole block. O(1)."""
+        t = page >> PTE_SHIFT
+        return t in self._huge and t not in self._deposited
+
+    def file_huge_in(self, first: int, end: int) -> list[int]:
+        """The first pages of the file huge PMDs (no deposit) whose block meets ``[first, end)``.
+        O(min(PMD entries in range, H))."""
+        if not self._huge or end <= first:
+            return []
+        return [t << PTE_SHIFT for t in self._huge_in(pmd_start(first), end)
+                if t not in self._deposited]
+
+    def forget_huge_pmd(self, page: int) -> None:
+        """Clear the huge PMD of the block holding ``page`` after its entries were cleared
+        (a file PMD split or zapped: no PTE table takes its place). O(1)."""
+        t = page >> PTE_SHIFT
+        self._huge.discard(t)
+        self._deposited.discard(t)
+
     def huge_pmd_count(self) -> int:
         """PMD entries that map a THP or the huge zero page. O(1)."""
         return len(self._huge)
@@ -479,7 +500,8 @@ class PageTable:
         """Fork's ``copy_huge_pmd()`` for the huge PMDs of ``[first, end)``: ``dst`` maps them
         huge too (the caller copies the entries). O(min(PMD entries in range, H))."""
         for t in self._huge_in(first, end):
-            dst.map_huge_pmd(t << PTE_SHIFT, t in self._deposited)
+            if t in self._deposited:  # anonymous only: a file PMD is left to refault
+                dst.map_huge_pmd(t << PTE_SHIFT, True)
 
     def _huge_in(self, first: int, end: int) -> list[int]:
         """The huge PMD entries whose block starts in ``[first, end)``: a probe of each PMD
