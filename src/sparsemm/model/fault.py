@@ -125,8 +125,8 @@ class FaultMixin(MmCore):
         huge = self.pt.pmd_none(page) and not int(vma.vm_flags) & _VM_NOHUGEPAGE
         get = self.pt.get
         for i in range(HPAGE_PMD_NR):
-            if get(p0 + i) is None:
-                self.set_pte(p0 + i, f.get_page(start + i))
+            if get(p0 + i) is None and (huge or start + i < f.npages):
+                self.set_pte(p0 + i, f.folio_page(start + i))
         if huge:
             self.pt.map_huge_pmd(p0)  # page cache folio: no table deposited
         return True

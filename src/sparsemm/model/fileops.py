@@ -91,10 +91,11 @@ class FileOpsMixin(MmCore):
         file.size = size
         new = file.npages
         if new < old:
+            last = max(old - 1, max(file.cache, default=0))  # a collapsed folio may pass EOF
             victims = {id(v) for k, v in file.cache.items() if k >= new}
             for mm in list(file.users):
-                mm._unmap_file_pages(file, new, old - 1, victims, even_cows=True)
-            file.drop_range(new, old - 1)
+                mm._unmap_file_pages(file, new, last, victims, even_cows=True)
+            file.drop_range(new, last)
 
     def _split_folios(self, file: MemFile, first: int, last: int | None) -> None:
         """shmem_undo_range()'s truncate_inode_partial_folio(): a large folio that pages

@@ -79,6 +79,15 @@ class MemFile:
             frame = self.cache[pgoff] = Frame(0, FRAME_FILE)
         return frame
 
+    def folio_page(self, pgoff: int) -> Frame:
+        """The page ``pgoff`` of a large folio, allocated (zeroed) if missing, also past EOF:
+        a shmem collapse builds the whole 2 MiB folio even where the file ends inside it,
+        and the PMD maps it across i_size. O(1)."""
+        frame = self.cache.get(pgoff)
+        if frame is None:
+            frame = self.cache[pgoff] = Frame(0, FRAME_FILE)
+        return frame
+
     def folio_of(self, pgoff: int) -> tuple[int, int] | None:
         """``(first pgoff, pages)`` of the large folio holding ``pgoff``, or None for a base
         page. Folios are naturally aligned powers of two. O(log2 of the PMD size)."""

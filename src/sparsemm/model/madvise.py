@@ -233,8 +233,8 @@ class MadviseMixin(MmCore):
         EOF. Returns whether the block is now PMD-mapped."""
         f = vma.vm_file
         start = vma.file_pgoff(p0 << PAGE_SHIFT)
-        if start % HPAGE_PMD_NR or start + HPAGE_PMD_NR > f.npages:
-            return False
+        if start % HPAGE_PMD_NR or start >= f.npages:
+            return False  # (a folio reaching past EOF is built: shmem maps PMDs across i_size)
         built = f.folios.get(start) != HPAGE_PMD_NR  # else only this VMA's mapping changes
         if built:  # collapse_file(): the new folio replaces the small ones, unmapped everywhere
             for b in [b for b in f.folios if start <= b < start + HPAGE_PMD_NR]:
@@ -248,7 +248,7 @@ class MadviseMixin(MmCore):
             get = self.pt.get
             for i in range(HPAGE_PMD_NR):
                 if get(p0 + i) is None:
-                    self.set_pte(p0 + i, f.get_page(start + i))
+                    self.set_pte(p0 + i, f.folio_page(start + i))
             self.pt.map_huge_pmd(p0)  # no deposited table for a page-cache folio
         if built:  # collapse_file() ends with retract_page_tables()
             for mm in list(f.users):
