@@ -69,9 +69,10 @@ class PageTable:
       ``mm_pgtables_bytes``); a split turns it into the block's PTE table, a zap frees it.
 
     A table page is allocated when the first entry below it is installed (a marker run
-    allocates every table it covers, as ``madvise_guard_install`` does) and freed only by
-    ``free_pgtables()`` (never on zap: measured on 6.18, MADV_DONTNEED and guard removal
-    keep tables). Complexity: n frames, r marker runs, T PTE tables holding frames, H huge
+    allocates every table it covers, as ``madvise_guard_install`` does) and freed by
+    ``free_pgtables()``, by ``reclaim_pte_tables()`` (a DONTNEED that empties a whole 2 MiB
+    block; other zaps and guard removal keep tables) and by ``move_range()`` (a whole aligned
+    block moves its table). Complexity: n frames, r marker runs, T PTE tables holding frames, H huge
     PMDs, k results; single-page ops O(1) plus O(log r) when markers exist; range queries
     O(min(tables in range, T) + k log PTRS_PER_TABLE + log r); marker install/remove
     O(log r + runs touched + frames in range + tables allocated); huge-PMD range operations
