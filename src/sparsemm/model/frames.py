@@ -37,7 +37,8 @@ _FOLIO_PAGES = 1 << (abi.PTRS_PER_TABLE.bit_length() - 1)
 
 
 class MemFile:
-    """A shmem file (memfd, or the object behind MAP_SHARED|MAP_ANONYMOUS).
+    """A shmem file (memfd, or the object behind MAP_SHARED|MAP_ANONYMOUS), or with ``disk`` a
+    regular file whose pages the page cache holds clean.
 
     ``size`` is in bytes; ``cache`` maps page offsets to page-cache frames. A
     named script file starts fully cached with page *i* holding ``(i + 1) & 0xff``
@@ -46,10 +47,13 @@ class MemFile:
     holds the address spaces mapping it, for ``unmap_mapping_range()``.
     """
 
-    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "folios")
+    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk",
+                 "folios")
 
-    def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False):
+    def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False,
+                 disk: bool = False):
         self.name = name
+        self.disk = disk  # a regular file on a disk filesystem (no seals), not shmem
         self.label = "shared-anon" if shared_anon else name
         self.size = size
         self.seals = 0

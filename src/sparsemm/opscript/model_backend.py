@@ -7,11 +7,14 @@ Owns no semantics of its own: every behaviour lives in the model.
 
 from __future__ import annotations
 
+import errno
+
 from sparsemm import abi
 from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as unsigned long
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
-from sparsemm.model.mm import AddressSpace
+from sparsemm.model.mm import AddressSpace, SegFault
+from sparsemm.model.vma import Vma
 from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
@@ -32,7 +35,8 @@ class _ModelRunner(OpDispatcher):
 
     def op_mmap(self, op: Op):
         file = self.files[op.file] if op.file is not None else None
-        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset)
+        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset,
+                     op.readonly)
 
     def op_munmap(self, op: Op):
         self.mm.munmap(op.addr, op.length & ULONG_MAX)
@@ -56,6 +60,26 @@ class _ModelRunner(OpDispatcher):
     def touch_page(self, addr: int, write: bool, value: int):
         return self.mm.touch(addr, write, value)
 
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        values: list = []
+        child = None
+        try:
+            for i in range(npages):
+                if child is None:
+                    child = self.mm.fork()
+                try:
+                    got = child.access(addr + i * abi.PAGE_SIZE, write, value)
+                except SegFault as exc:  # the child dies; the next page gets a new one
+                    values.append(exc.signal)
+                    child.exit()
+                    child = None
+                    continue
+                values.append("ok" if write else got)
+        finally:
+            if child is not None:
+                child.exit()
+        return values
+
     def op_fork(self, op: Op):
         child = _ModelRunner(self.script, self.mm.fork(), self.files)
         try:
@@ -78,21 +102,9 @@ class _ModelRunner(OpDispatcher):
         self.mm.add_seals(self.files[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
-        done = 0
-        budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
-        for addr, length in op.ranges:
-            length = min(length, budget)
-            if not budget:
-                break  # vector_madvise() stops when the (cut) vector is used up
-            budget -= length
-            try:
-                self.mm.madvise(addr, length, op.advice)
-            except OSError:
-                if done:
-                    break
-                raise
-            done += length
-        return {"value": done // abi.PAGE_SIZE}
+from sparsemm.model.mm import AddressSpace, SegFault
+from sparsemm.model.vma import Vma
+from sparsemm.native import procfs as native_procfs
 
 
 def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
@@ -129,7 +141,9 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
         raise BackendUnavailable(str(exc)) from None
-    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
+    mm.hugetlb_pool[0] = script.hugetlb_pages
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files)
+             for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)
 
 
