@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from sparsemm import abi
 from sparsemm.native import libc, procfs
@@ -20,6 +21,13 @@ from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import OpDispatcher
 from sparsemm.opscript.script import Op, Script, parse_script
 
+
+
+#: For benchmarks (bench/bench_replay.py): set to a file path, the child writes there, as JSON,
+#: how long its ops took, each ``run_op`` timed alone (the op's calls into the kernel and its
+#: record; no start-up, imports, parsing or JSON): ``{"ops": n, "seconds": s, "by_op":
+#: {name: [n, s]}}``. A fork op's time holds its child's ops. Unset: nothing is timed.
+OP_TIMES_ENV = "SPARSEMM_KERNEL_OP_TIMES"
 
 
 class KernelBackendError(RuntimeError):
@@ -205,15 +213,41 @@ class KernelRunner(OpDispatcher):
         return rec.snapshot_value(views, pages)
 
 
+class _OpTimes:
+    """The time of each op the child runs, summed per op name (``OP_TIMES_ENV``)."""
+
+    def __init__(self, runner: KernelRunner):
+        self._run_op = runner.run_op
+        self.by_op: dict[str, list] = {}
+
+    def run_op(self, op: Op) -> dict:
+        t0 = time.perf_counter()
+        record = self._run_op(op)
+        dt = time.perf_counter() - t0
+        slot = self.by_op.setdefault(op.name, [0, 0.0])
+        slot[0] += 1
+        slot[1] += dt
+        return record
+
+    def write(self, path: str) -> None:
+        doc = {"ops": sum(n for n, _ in self.by_op.values()),
+               "seconds": sum(s for _, s in self.by_op.values()), "by_op": self.by_op}
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+
+
 def _child_main() -> int:
     doc = json.loads(sys.stdin.read())
     script = parse_script(doc)
     runner = KernelRunner(script)
     runner.check_arena_empty()
     runner.create_files()
+    times = _OpTimes(runner) if os.environ.get(OP_TIMES_ENV) else None
     before = procfs.thp_activity()
-    records = runner.run_ops(script.ops)
+    records = [times.run_op(op) for op in script.ops] if times else runner.run_ops(script.ops)
     quiet = procfs.thp_activity() == before
+    if times:
+        times.write(os.environ[OP_TIMES_ENV])
     sys.stdout.write(json.dumps({"records": records, "thp_quiet": quiet}))
     sys.stdout.flush()
     return 0
