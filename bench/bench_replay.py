@@ -147,7 +147,7 @@ def spread(xs: list[float], fmt: str = "{:.3f}") -> str:
 def report(run: Run, results: list[dict], repeats: int) -> str:
     lines = run.header(
         "Replaying a random op script: the model against the kernel, three ways (`bench/bench_replay.py`)",
-        [f"Script: `guard_mix(N)` (in the bench): a random mix over 4,096 pages of guard install "
+        ["Script: `guard_mix(N)` (in the bench): a random mix over 4,096 pages of guard install "
          "(30 %) and remove (15 %), writes (20 %), mprotect (15 %), munmap (10 %) and re-mmap; "
          "some ops fail on holes, identically on both backends (records compared).",
          f"{repeats} repeats; within each, the two sides run one after the other, kernel first in "
