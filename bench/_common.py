@@ -91,12 +91,51 @@ class Run:
     def path(self) -> Path:
         return (HERE if self.args.record else OUT_DIR) / f"results_{self.name}.md"
 
-    def write(self, text: str) -> Path:
-        """Print ``text`` and write it to this run's results file; return the file."""
+    def write(self, text: str, *, echo: bool = True) -> Path:
+        """Write ``text`` to this run's results file (and print it, with ``echo``); return the file."""
         dest = self.path()
         dest.parent.mkdir(parents=True, exist_ok=True)
         text = text.rstrip("\n") + "\n"
         dest.write_text(text, encoding="utf-8")
-        print(text)
+        if echo:
+            print(text)
         print(f"written to {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}", flush=True)
         return dest
+
+
+def skip(run: Run, title: str, why: str) -> int:
+    """A prerequisite is missing: with ``--record`` that is an error (exit 2, nothing written);
+    otherwise the results say the run was skipped and why (exit 0)."""
+    if run.args.record:
+        print(f"bench_{run.name}: cannot record: {why}", file=sys.stderr)
+        return 2
+    print(f"bench_{run.name}: skipped: {why}", file=sys.stderr)
+    run.write("\n".join(run.header(title) + [f"Skipped: {why}."]))
+    return 0
+
+
+class Tee:
+    """Collects what is printed while it is active (``with Tee() as tee: ...; tee.text``)
+    and still prints it."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self._stdout = None
+
+    def write(self, s: str) -> int:
+        self.parts.append(s)
+        return self._stdout.write(s)
+
+    def flush(self) -> None:
+        self._stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __enter__(self) -> "Tee":
+        self._stdout, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.stdout = self._stdout
