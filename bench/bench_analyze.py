@@ -177,11 +177,11 @@ def spread(xs: list[float]) -> str:
 def main(argv: list[str]) -> int:
     ap = parser(__doc__, FULL, QUICK)
     ap.add_argument("--repeat", type=int, help="end-to-end runs per input and worker count "
-                    "(default 7; --quick 1); the stages: best of 3 (--quick 1)")
+                    "(default 5; --quick 1); the stages: best of 3 (--quick 1)")
     ap.add_argument("--profile", action="store_true", help="add a cProfile of one analysis")
     args = ap.parse_args(argv)
     run = Run("analyze_designs", args, argv, full=FULL, quick=QUICK)
-    repeat = args.repeat or (1 if args.quick else 7)
+    repeat = args.repeat or (1 if args.quick else 5)
     stage_repeat = 1 if args.quick else 3
     nvmas = 6_553 if args.quick else TARGET_VMAS
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:

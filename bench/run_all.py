@@ -29,10 +29,11 @@ Gathered by `make bench-record` (`bench/run_all.py --record`) from the `results_
 benchmark writes; `make bench` writes the same to `out/bench/` and leaves these files alone.
 
 Machine: a 2-vCPU Firecracker guest, Linux 6.18, CPython 3.11, **shared with up to eight
-other jobs** (load averages of 3 to 9 on 2 vCPUs while these ran; each section gives its own).
-Absolute times are therefore slow and noisy: read the ratios, which each script measures side
-by side (alternating) within one run, and the spread it gives beside each median. Every
-section says how its figures were obtained, with the command and the date.
+other jobs**: each section gives the load average at its start and end (often 8 to 15 on the
+2 vCPUs). Absolute times are therefore slow and noisy, and a second core is never free: read
+the ratios, which each script measures side by side (alternating) within one run, and the
+spread given beside each median. Every section says how its figures were obtained, with the
+command and the date; predictions of the cost model are marked as such.
 """
 
 #: Sections first in RESULTS.md (the headline figures); the rest follow by name.
