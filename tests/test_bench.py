@@ -113,6 +113,7 @@ def test_kernel_child_reports_its_op_time(tmp_path):
     assert {k: v[0] for k, v in times["by_op"].items()} == {"mmap": 1, "madvise": 2, "touch": 1, "fork": 1}
     assert all(s > 0 for _, s in times["by_op"].values())
     assert times["seconds"] == pytest.approx(sum(s for _, s in times["by_op"].values()))
+    assert times["cpu_user"] >= 0 and times["cpu_system"] >= 0
     # a fork op holds its child's run: a fork, a pipe and a wait are slower than one madvise
     assert times["by_op"]["fork"][1] > times["by_op"]["madvise"][1] / 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ from sparsemm.opscript.script import Op, Script, parse_script
 #: For benchmarks (bench/bench_replay.py): set to a file path, the child writes there, as JSON,
 #: how long its ops took, each ``run_op`` timed alone (the op's calls into the kernel and its
 #: record; no start-up, imports, parsing or JSON): ``{"ops": n, "seconds": s, "by_op":
-#: {name: [n, s]}}``. A fork op's time holds its child's ops. Unset: nothing is timed.
+#: {name: [n, s]}, "cpu_user": s, "cpu_system": s}`` (the last two: the child's CPU time from
+#: its first op to its last, getrusage). A fork op's time holds its child's ops. Unset:
+#: nothing is timed.
 OP_TIMES_ENV = "SPARSEMM_KERNEL_OP_TIMES"
 
 
@@ -219,6 +222,7 @@ class _OpTimes:
     def __init__(self, runner: KernelRunner):
         self._run_op = runner.run_op
         self.by_op: dict[str, list] = {}
+        self._rusage = resource.getrusage(resource.RUSAGE_SELF)
 
     def run_op(self, op: Op) -> dict:
         t0 = time.perf_counter()
@@ -230,8 +234,10 @@ class _OpTimes:
         return record
 
     def write(self, path: str) -> None:
+        ru, ru0 = resource.getrusage(resource.RUSAGE_SELF), self._rusage
         doc = {"ops": sum(n for n, _ in self.by_op.values()),
-               "seconds": sum(s for _, s in self.by_op.values()), "by_op": self.by_op}
+               "seconds": sum(s for _, s in self.by_op.values()), "by_op": self.by_op,
+               "cpu_user": ru.ru_utime - ru0.ru_utime, "cpu_system": ru.ru_stime - ru0.ru_stime}
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(doc, fh)
 
