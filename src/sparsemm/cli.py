@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.efence.cli import add_parser as add_efence_parser
 
     add_efence_parser(sub)
+
+    from sparsemm.analyze.live_guards import add_parser as add_guards_parser
+    from sparsemm.analyze.snapshot import add_parser as add_snapshot_parser
+
+    add_guards_parser(sub)  # guards PID: the guards a live process holds
+    add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
     return parser
 
 

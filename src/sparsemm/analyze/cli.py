@@ -64,9 +64,13 @@ def _guarded(command: str, fn, args) -> int:
     from sparsemm.analyze.maps import MapsParseError
     from sparsemm.opscript.script import ScriptError
 
+    from sparsemm.native.guards import GuardReadUnavailable, NoSuchProcess, ProcAccessError
+
     try:
         return fn(args)
     except (UsageError, MapsParseError, ScriptError, ValueError) as exc:
+        return _fail(command, exc)
+    except (ProcAccessError, NoSuchProcess, GuardReadUnavailable) as exc:  # their str() is the line
         return _fail(command, exc)
     except FileNotFoundError as exc:
         return _fail(command, f"{exc.filename}: no such file or process")
@@ -76,6 +80,9 @@ def _guarded(command: str, fn, args) -> int:
         return _fail(command, f"{exc.filename}: is a directory")
     except UnicodeDecodeError:
         return _fail(command, "input is not text")
+    except BrokenPipeError:  # the reader went away (| head): not an error; before OSError, its base
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:
         return _fail(command, f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
     except RuntimeError as exc:  # a measuring child failed
@@ -83,8 +90,6 @@ def _guarded(command: str, fn, args) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 def _check_target(target: str) -> None:
@@ -98,23 +103,17 @@ def _check_target(target: str) -> None:
 
 
 def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
-    from sparsemm.analyze.maps import load
-    from sparsemm.analyze.report import analyze
+    from sparsemm.analyze.report import analyze_source
 
-    if on_stage:
-        on_stage(f"reading {target}")
-    entries = load(target)
-    if not entries:
-        raise UsageError(f"{target}: no mappings in the input")
-    name = f"pid {target}" if target.isdigit() else ("<stdin>" if target == "-" else os.path.basename(target.rstrip("/")))
-    return analyze(entries, policy, source=name, touch=touch, on_stage=on_stage, workers=workers)
+    return analyze_source(target, policy, touch, on_stage=on_stage, workers=workers)
 
 
 def _worker(path: str, policy, touch: str):
     """Directory mode, in a worker process: (path, report without layout, error line)."""
     try:
         r = _analyze_one(path, policy, touch, workers=1)  # the pool already uses every core
-        r.layout_obj = None  # not needed by the summary; keeps the pickle small
+        # not needed by the summary; keeps the pickle small
+        r.layout_obj = r.layout_payload_obj = r.classification = None
         return path, r, None
     except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
         return path, None, " ".join(str(exc).split()) or type(exc).__name__
@@ -137,6 +136,8 @@ def _analyze_dir(args, policy) -> int:
 
     if args.plot:
         raise UsageError("--plot draws one process: give a file or pid, not a directory")
+    if getattr(args, "mappings", False):
+        raise UsageError("--mappings lists one process: give a file or pid, not a directory")
     files = _dir_files(args.target)
     results = {}
     t0 = time.perf_counter()
@@ -173,6 +174,7 @@ def _analyze(args) -> int:
     if args.plot:
         _check_plot_path(args.plot)
     err = _console(stderr=True)
+    mappings = getattr(args, "mappings", False)
     with err.status("analyzing…") as status:
         report = _analyze_one(args.target, policy, args.touch,
                               on_stage=lambda s: status.update(s + "…"))
@@ -182,13 +184,20 @@ def _analyze(args) -> int:
             status.update("plotting…")
             plot_report(report, args.plot)
     if args.json:
-        doc = report.to_json()
+        doc = report.to_json(with_mappings=mappings)
         if args.plot:
             doc["plot"] = os.path.abspath(args.plot)
+        for w in report.warnings:
+            print(f"sparsemm analyze: warning: {w}", file=sys.stderr)
         print(json.dumps(doc, indent=1))
     else:
+        from sparsemm.analyze.report import render_mappings
+
         con = _console()
         con.print(render_report(report))
+        if mappings:
+            print(file=con.file)
+            print(render_mappings(report), file=con.file)
         if args.plot:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
     return 0
@@ -217,9 +226,10 @@ def _reproduce(args) -> int:
     reps = []
     with err.status("analyzing…") as status:
         report = _analyze_one(args.target, policy, args.touch, on_stage=lambda s: status.update(s + "…"))
+        layout = report.layout_payload_obj if getattr(args, "with_payload", False) else report.layout_obj
         for d in designs:
             status.update(f"building the layout on the kernel, design {d}…")
-            reps.append(reproduce(report.layout_obj, d, repeat=args.repeat, source=report.source))
+            reps.append(reproduce(layout, d, repeat=args.repeat, source=report.source))
     if args.json:
         print(json.dumps({"schema": "sparsemm.reproduce/1", "source": report.source,
                           "original_vmas": report.vmas,
@@ -278,10 +288,15 @@ def _demo(args) -> int:
         con.print(f"plot: {os.path.abspath(path)}  (one band per design: green anonymous memory, red "
                   "guards, grey reservations, blue files; white lines are VMA boundaries)")
     vma, pte = report.designs["vma"], report.designs["pte"]
+    pte_p = report.designs_with_payload.get("pte")
     if not vma.error and not pte.error:
+        more = ""
+        if report.payload and pte_p is not None and not pte_p.error:
+            more = (f" With PartitionAlloc's {report.payload:,} ranges of decommitted payload as markers "
+                    f"too: {pte_p.map_count:,} VMAs, {pte_p.saved_bytes / 1024:,.0f} KiB saved.")
         con.print(f"[bold]In short:[/bold] guard markers take this renderer from {vma.map_count:,} to "
                   f"{pte.map_count:,} VMAs ({pte.saved_vmas:,} fewer) and save "
-                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.")
+                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.{more}")
     con.print(f"[dim]demo took {time.perf_counter() - t0:.1f} s[/dim]")
     return 0
 
@@ -306,19 +321,24 @@ def demo_main(args: argparse.Namespace) -> int:
 def _add_policy(p: argparse.ArgumentParser) -> None:
     from sparsemm.analyze.rebuild import TOUCH_MODES
 
+    _add_policy_options(p)
+    p.add_argument("--touch", choices=TOUCH_MODES, default="auto",
+                   help="pages the rebuild touches: rss (smaps Rss per VMA), first (first page of each "
+                        "accessible anonymous VMA), none; auto = rss for smaps, first for maps")
+
+
+def _add_policy_options(p: argparse.ArgumentParser) -> None:
+    """The guard policy's options (``_policy(args)`` reads them)."""
     g = p.add_argument_group("guard policy (what counts as a guard)")
     g.add_argument("--max-guard-kib", type=float, metavar="KIB",
                    help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
     g.add_argument("--max-borderline-mib", metavar="MIB|none",
-                   help="never a guard above this size (default 1024); between the two, the cheaper "
-                        "of VMA and markers decides")
+                   help="never a guard nor decommitted payload above this size (default 1024); between "
+                        "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
     g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
     g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
     g.add_argument("--table-7-1", action="store_true",
-                   help="the rule of costs-and-workloads.md §7.1 (<=64 KiB ---p next to rw-p)")
-    p.add_argument("--touch", choices=TOUCH_MODES, default="auto",
-                   help="pages the rebuild touches: rss (smaps Rss per VMA), first (first page of each "
-                        "accessible anonymous VMA), none; auto = rss for smaps, first for maps")
+                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
 
 
 def add_parsers(subparsers) -> None:
@@ -326,20 +346,26 @@ def add_parsers(subparsers) -> None:
     ``ArgumentParser.add_subparsers``); each sets ``func`` to its ``*_main``."""
     p = subparsers.add_parser(
         "analyze", help="what each guard design makes of a process: VMAs, kernel bytes, max_map_count",
-        description="Analyze a process (pid), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
+        description="Analyze a process (pid, read live with its guard markers), a snapshot file "
+                    "(sparsemm snapshot), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
                     "every file of a directory.")
-    p.add_argument("target", help="pid, maps/smaps file, directory, or - for standard input")
+    p.add_argument("target", help="pid, snapshot, maps/smaps file, directory, or - for standard input")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
+    p.add_argument("--mappings", action="store_true",
+                   help="also list every VMA with its role (guard, decommitted payload, reservation, kept, "
+                        "existing markers) and what each design makes of it (JSON: a 'mappings' list)")
     _add_policy(p)
     p.set_defaults(func=analyze_main)
 
     p = subparsers.add_parser(
         "reproduce", help="build a process's layout on the kernel and compare with the prediction")
-    p.add_argument("target", help="maps/smaps file, pid, or - for standard input")
+    p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
     p.add_argument("--design", action="append", choices=("vma", "pte"),
                    help="design to build (repeatable; default both)")
     p.add_argument("--repeat", type=int, default=1, help="fresh runs to take the median of (default 1)")
+    p.add_argument("--with-payload", action="store_true",
+                   help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_policy(p)
     p.set_defaults(func=reproduce_main)

@@ -41,6 +41,7 @@ class Reproduction:
     exact_vmpte: bool = False
     memcg_ok: bool | None = None
     original_vmas: int | None = None  # the source's VMAs (what the vma design must give)
+    existing_markers: int = 0  # marker runs the process held (each a PROT_NONE VMA under vma)
 
     def as_dict(self) -> dict:
         return {"design": self.design, "source": self.source, "original_vmas": self.original_vmas,
@@ -84,7 +85,7 @@ def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "")
                         exact_vmpte=exact("vmpte_bytes"),
                         memcg_ok=None if memcg is None or memcg.measured is None
                         else memcg.verdict in ("exact", "within"),
-                        original_vmas=layout.vmas)
+                        original_vmas=layout.vmas, existing_markers=layout.existing_markers)
 
 
 def render_reproduction(rep: Reproduction, shared_notes: set[str] | None = None):
@@ -94,7 +95,10 @@ def render_reproduction(rep: Reproduction, shared_notes: set[str] | None = None)
 
     m = rep.measured
     extra = []
-    if rep.original_vmas is not None and rep.design == "vma":
+    if rep.existing_markers and rep.design == "vma":
+        extra.append(f"the process holds {rep.existing_markers:,} guard-marker run(s): under the vma design "
+                     "each is a PROT_NONE VMA, so the count differs from the original's on purpose")
+    elif rep.original_vmas is not None and rep.design == "vma":
         ok = m.values.get("arena_vmas") == rep.original_vmas
         extra.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
                      f"{'the same count' if ok else 'a different count'} under the vma design")
