@@ -75,19 +75,22 @@ def synthetic_map(nvmas: int = TARGET_VMAS, files: int = 400, shape=SUPER_PAGE) 
     return "\n".join(out[files:] + out[:files]) + "\n"
 
 
-def timed(fn, repeat: int) -> tuple[list[float], object]:
-    """(wall times of ``repeat`` runs, the last result)."""
-    times, out = [], None
+def timed(fn, repeat: int) -> tuple[list[float], list[float], object]:
+    """(wall times, CPU times of this process and the children it waited for, the last
+    result) of ``repeat`` runs."""
+    walls, cpus, out = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time() + children_cpu(), time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return times, out
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() + children_cpu() - c0)
+    return walls, cpus, out
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = timed(fn, repeat)
-    return min(times), out
+def best(fn, repeat: int) -> tuple[float, float, object]:
+    """(best wall, best CPU, the last result)."""
+    walls, cpus, out = timed(fn, repeat)
+    return min(walls), min(cpus), out
 
 
 def _bench_shape(shape, repeat: int, rows: list, nvmas: int) -> float:
@@ -95,23 +98,23 @@ def _bench_shape(shape, repeat: int, rows: list, nvmas: int) -> float:
     entries = parse_maps(synthetic_map(nvmas, shape=shape), "synthetic")
     if len(entries) != nvmas:
         raise SystemExit(f"bench_analyze: the synthetic map has {len(entries)} VMAs, not {nvmas}")
-    t, cls = best(lambda: find_guards(entries), repeat)
-    rows.append(("find_guards", t, f"{cls.summary.guards:,} guards"))
-    t, lay = best(lambda: build_layout(entries, cls), repeat)
-    rows.append(("build_layout (rebuild script)", t, f"{len(lay.script['ops']):,} ops"))
-    t, script = best(lambda: parse_script(lay.script), repeat)
+    t, c, cls = best(lambda: find_guards(entries), repeat)
+    rows.append(("find_guards", t, c, f"{cls.summary.guards:,} guards"))
+    t, c, lay = best(lambda: build_layout(entries, cls), repeat)
+    rows.append(("build_layout (rebuild script)", t, c, f"{len(lay.script['ops']):,} ops"))
+    t, c, script = best(lambda: parse_script(lay.script), repeat)
     k = design_free_prefix(script)
-    rows.append(("parse_script (the layout script)", t, f"{k:,} ops before the first guard op"))
+    rows.append(("parse_script (the layout script)", t, c, f"{k:,} ops before the first guard op"))
     for d in ("vma", "pte", "tree"):
-        t, res = best(lambda d=d: run_design(script, d), repeat)
-        rows.append((f"model run, design {d} alone (whole script)", t, res.error or f"{res.counts.vmas:,} VMAs"))
-    t, _ = best(lambda: run_designs_shared(script, parallel=False), repeat)
-    rows.append(("run_designs_shared, one design at a time", t, "prefix once, 3 tails"))
-    t, _ = best(lambda: run_designs_shared(script, parallel=True), repeat)
-    rows.append(("run_designs_shared, parallel", t, "prefix once, 3 tails at once"))
-    times, rep = timed(lambda: analyze(entries, source="synthetic"), repeat)
+        t, c, res = best(lambda d=d: run_design(script, d), repeat)
+        rows.append((f"model run, design {d} alone (whole script)", t, c, res.error or f"{res.counts.vmas:,} VMAs"))
+    t, c, _ = best(lambda: run_designs_shared(script, parallel=False), repeat)
+    rows.append(("run_designs_shared, one design at a time", t, c, "prefix once, 3 tails"))
+    t, c, _ = best(lambda: run_designs_shared(script, parallel=True), repeat)
+    rows.append(("run_designs_shared, parallel", t, c, "prefix once, 3 tails at once"))
+    times, cpus, rep = timed(lambda: analyze(entries, source="synthetic"), repeat)
     t, med = min(times), statistics.median(times)
-    rows.append(("analyze() total (best; median, worst in the result column)", t,
+    rows.append(("analyze() total (best; wall median, worst in the result column)", t, min(cpus),
                  f"median {med:.2f} s, worst {max(times):.2f} s; " + "; ".join(
                      f"{n} {d.map_count:,}" if not d.error else f"{n} n/a" for n, d in rep.designs.items())))
     return med
@@ -209,12 +212,12 @@ def main(argv: list[str]) -> int:
     print("2. stages in one process", flush=True)
     rows = []
     for shape_name, shape in SHAPES.items():
-        rows.append((f"**{shape_name}** map", None, " · ".join(f"`{p} {k}K`" for p, k in shape)))
+        rows.append((f"**{shape_name}** map", None, None, " · ".join(f"`{p} {k}K`" for p, k in shape)))
         _bench_shape(shape, stage_repeat, rows, nvmas)
     width = max(len(r[0]) for r in rows)
-    table = [f"| {'stage':<{width}} | ms | result |", f"|{'-' * (width + 2)}|---|---|"]
-    table += [f"| {name:<{width}} | {'' if t is None else f'{t * 1000:.1f}'} | {what} |"
-              for name, t, what in rows]
+    table = [f"| {'stage':<{width}} | wall ms | CPU ms | result |", f"|{'-' * (width + 2)}|---|---|---|"]
+    table += [f"| {name:<{width}} | {'' if t is None else f'{t * 1000:.1f}'} | "
+              f"{'' if c is None else f'{c * 1000:.1f}'} | {what} |" for name, t, c, what in rows]
 
     prof = ""
     if args.profile:
@@ -272,7 +275,8 @@ def main(argv: list[str]) -> int:
             f"core: {verdict}.", ""]
     doc += ["### Stages in one process", "",
             f"Each stage of `analyze()` timed alone in the bench's process on the already parsed map "
-            f"({nvmas:,} VMAs), best of {stage_repeat}; no start-up, imports, file reading or parsing. "
+            f"({nvmas:,} VMAs), best of {stage_repeat} for wall time and for CPU time (this process's and "
+            "that of the children it forked and waited for); no start-up, imports, file reading or parsing. "
             "\"design X alone\" replays the whole layout script with the garbage collector on (what "
             "`sparsemm designs` pays per design); `run_designs_shared` runs the ops before the first "
             "guard op once, then each design's rest in a forked child (one at a time, or at the "
