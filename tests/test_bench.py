@@ -72,8 +72,11 @@ def test_results_md_is_the_gathering_of_the_results_files(clone):
     """bench/RESULTS.md is exactly what `run_all.py --gather` makes of bench/results_*.md."""
     subprocess.run([sys.executable, "bench/run_all.py", "--gather"], cwd=clone, check=True,
                    env=env_for(clone), timeout=120, capture_output=True)
-    assert git(clone, "status", "--porcelain") == "", (
-        "bench/RESULTS.md is out of date: run `python bench/run_all.py --gather`")
+    try:
+        assert git(clone, "status", "--porcelain") == "", (
+            "bench/RESULTS.md is out of date: run `python bench/run_all.py --gather`")
+    finally:
+        git(clone, "checkout", "-q", "--", ".")  # the clone stays as committed for the next test
 
 
 @pytest.mark.slow
