@@ -30,9 +30,10 @@ SAMPLE_IDS = [p.stem for p in SAMPLES]
 
 # The wiring into sparsemm.cli is the integrator's: until then drive add_parsers directly.
 RUNNER = """
-import argparse, sys
+import sys
+from sparsemm._options import Parser
 from sparsemm.analyze.cli import add_parsers
-p = argparse.ArgumentParser(prog="sparsemm"); sub = p.add_subparsers(dest="command", required=True)
+p = Parser(prog="sparsemm"); sub = p.add_subparsers(dest="command", required=True)
 add_parsers(sub)
 a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
 """
@@ -232,7 +233,7 @@ def test_cli_stdin():
     (["analyze", "999999999"], "no process"),
     (["analyze", "BADMAPS"], "BADMAPS"),
     (["analyze", "SAMPLE", "--plot", "x.gif"], ".png or .svg"),
-    (["analyze", "SAMPLE", "--max-guard-kib", "-1"], "max_guard_bytes"),
+    (["analyze", "SAMPLE", "--max-guard-kib=-1"], "argument --max-guard-kib"),
     (["reproduce", "SAMPLE", "--repeat", "0"], "--repeat"),
     (["analyze", "EMPTY"], "no mappings"),
 ])

@@ -392,6 +392,9 @@ def ref_layout(entries, classification, touch="auto", arena_limit=rb.REPRODUCIBL
             u.noreserve = not u.noreserve if prev.noreserve == u.noreserve else u.noreserve
     ops = [t for p in placed for t in rb._touch_ops(p, units[p.unit].backing, mode)]
     touched = sum(t["len"] for t in ops)
+    if touched > rb.MAX_TOUCHED_PAGES and touch == "auto":  # too much Rss: first pages instead
+        ops = [t for p in placed for t in rb._touch_ops(p, units[p.unit].backing, "first")]
+        touched = sum(t["len"] for t in ops)
     ops += [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"} if p.role is Role.GUARD
             else {"op": "mprotect", "at": p.at, "len": p.npages, "prot": "none"}
             for p in placed if p.role in (Role.GUARD, Role.DECOMMITTED)]
@@ -408,7 +411,7 @@ def test_build_layout_matches_reference(name, entries, touch):
             try:
                 want = ref_layout(entries, c, touch, limits[-1])
             except rb.LayoutError as err:  # a file too large for a script
-                with pytest.raises(rb.LayoutError, match="a script file may have") as got:
+                with pytest.raises(rb.LayoutError, match="may have") as got:
                     rb.build_layout(entries, c, touch=touch, arena_limit=limits[-1])
                 assert str(got.value) == str(err)
                 break

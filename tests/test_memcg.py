@@ -19,7 +19,7 @@ import pytest
 
 from sparsemm.native import memcg
 from sparsemm.opscript.designs import run_design
-from sparsemm.opscript.measure import measure_script, prediction_from_counts
+from sparsemm.opscript.measure import MeasureError, measure_script, prediction_from_counts
 from sparsemm.opscript.script import parse_script
 
 from conftest import needs_guards
@@ -144,7 +144,7 @@ def test_stale_cgroups_of_dead_runs_are_removed_and_nothing_else():
 @needs_memcg
 def test_the_cgroup_is_removed_when_the_child_fails():
     doc = ladder(30_000)
-    with pytest.raises(subprocess.TimeoutExpired):
+    with pytest.raises(MeasureError, match="timed out after 0.5 s"):
         measure_script(parse_script(doc), repeat=1, timeout=0.5)
     assert ours(os.getpid()) == []
 

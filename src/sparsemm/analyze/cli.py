@@ -14,10 +14,15 @@ import sys
 import time
 from importlib import resources
 
+from sparsemm._options import count, number, number_or_none, perms
+
 __all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
+MAX_REPEAT = 100  # --repeat: fresh measuring children, each up to four attempts
+MAX_KIB = float(1 << 37)  # the 128 TiB user address space, in KiB
+_UNSET = object()  # --max-borderline-mib not given (None means "no bound")
 
 
 class UsageError(Exception):
@@ -40,9 +45,9 @@ def _policy(args):
     kw = {}
     if args.max_guard_kib is not None:
         kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
-    if args.max_borderline_mib is not None:
-        kw["max_borderline_bytes"] = (None if args.max_borderline_mib.lower() == "none"
-                                      else int(float(args.max_borderline_mib) * 1024 * 1024))
+    if args.max_borderline_mib is not _UNSET:
+        kw["max_borderline_bytes"] = (None if args.max_borderline_mib is None
+                                      else int(args.max_borderline_mib * 1024 * 1024))
     if args.cost_ratio is not None:
         kw["cost_ratio"] = args.cost_ratio
     if args.neighbour_perms is not None:
@@ -72,6 +77,12 @@ def _guarded(command: str, fn, args) -> int:
         return _fail(command, exc)
     except (ProcAccessError, NoSuchProcess, GuardReadUnavailable) as exc:  # their str() is the line
         return _fail(command, exc)
+    except MemoryError:
+        print(f"sparsemm {command}: out of memory (docs/analyze.md lists the input limits)",
+              file=sys.stderr)
+        return 1
+    except RecursionError:
+        return _fail(command, "input nested too deeply")
     except FileNotFoundError as exc:
         return _fail(command, f"{exc.filename}: no such file or process")
     except PermissionError as exc:
@@ -93,13 +104,26 @@ def _guarded(command: str, fn, args) -> int:
 
 
 def _check_target(target: str) -> None:
-    """Reject what ``maps.load`` would misread, with a one-line reason."""
-    if target == "-" or target.isdigit():
-        if target.isdigit() and not os.path.exists(f"/proc/{target}"):
-            raise UsageError(f"no process with pid {target}")
+    """Reject what ``maps.load`` would misread, with a one-line reason. A pid may be given
+    as ``1234``, ``/proc/1234`` or ``/proc/self``; anything else must exist."""
+    from sparsemm.analyze.maps import proc_pid
+
+    if target == "-":
+        return
+    pid = proc_pid(target)
+    if pid is not None:
+        if not os.path.isdir(f"/proc/{pid}"):
+            raise UsageError(f"no process with pid {pid}")
         return
     if not os.path.exists(target):
         raise UsageError(f"{target}: no such file, directory or pid")
+
+
+def _is_dir_target(target: str) -> bool:
+    """Directory mode: a directory that is not a /proc/PID (those are pids)."""
+    from sparsemm.analyze.maps import proc_pid
+
+    return target != "-" and proc_pid(target) is None and os.path.isdir(target)
 
 
 def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
@@ -142,7 +166,8 @@ def _analyze_dir(args, policy) -> int:
     results = {}
     t0 = time.perf_counter()
     with Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True) as prog:
+                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as prog:
         task = prog.add_task("", total=len(files))
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             futs = [pool.submit(_worker, f, policy, args.touch) for f in files]
@@ -152,6 +177,11 @@ def _analyze_dir(args, policy) -> int:
                 prog.update(task, advance=1, description=os.path.basename(path))
     reports = [results[f][0] for f in files if results[f][0] is not None]
     errors = [(os.path.basename(f), results[f][1]) for f in files if results[f][1] is not None]
+    if not reports:  # nothing to summarise: each file's error, where errors go
+        for name, err in errors:
+            print(f"sparsemm analyze: {err if err.startswith(name + ':') else f'{name}: {err}'}",
+                  file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         doc = many_to_json(reports, errors)
         doc["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
@@ -169,7 +199,7 @@ def _analyze(args) -> int:
 
     policy = _policy(args)
     _check_target(args.target)
-    if args.target != "-" and os.path.isdir(args.target):
+    if _is_dir_target(args.target):
         return _analyze_dir(args, policy)
     if args.plot:
         _check_plot_path(args.plot)
@@ -215,11 +245,9 @@ def _check_plot_path(path: str) -> None:
 def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
-    if args.repeat < 1:
-        raise UsageError("--repeat must be at least 1")
     policy = _policy(args)
     _check_target(args.target)
-    if args.target != "-" and os.path.isdir(args.target):
+    if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
     designs = args.design or ["vma", "pte"]
     err = _console(stderr=True)
@@ -330,13 +358,16 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
 def _add_policy_options(p: argparse.ArgumentParser) -> None:
     """The guard policy's options (``_policy(args)`` reads them)."""
     g = p.add_argument_group("guard policy (what counts as a guard)")
-    g.add_argument("--max-guard-kib", type=float, metavar="KIB",
+    g.add_argument("--max-guard-kib", type=number("max-guard-kib", 0, MAX_KIB), metavar="KIB",
                    help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
-    g.add_argument("--max-borderline-mib", metavar="MIB|none",
+    g.add_argument("--max-borderline-mib", type=number_or_none("max-borderline-mib", 0, MAX_KIB / 1024),
+                   default=_UNSET, metavar="MIB|none",
                    help="never a guard nor decommitted payload above this size (default 1024); between "
                         "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
-    g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
-    g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
+    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6),
+                   help=">1 favours markers in that test (default 1)")
+    g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
+                   help="neighbours must have exactly these perms, e.g. rw-p")
     g.add_argument("--table-7-1", action="store_true",
                    help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
 
@@ -363,7 +394,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
     p.add_argument("--design", action="append", choices=("vma", "pte"),
                    help="design to build (repeatable; default both)")
-    p.add_argument("--repeat", type=int, default=1, help="fresh runs to take the median of (default 1)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")

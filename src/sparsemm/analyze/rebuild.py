@@ -20,17 +20,22 @@ from sparsemm import abi
 from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardSide, Role
 from sparsemm.analyze.maps import MapEntry, MapKind
-from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_TOUCH_PAGES
+from sparsemm.opscript.script import (MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_POPULATE_PAGES,
+                                      MAX_TOTAL_FILE_PAGES, MAX_TOUCH_PAGES)
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
-           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES"]
+           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES", "MAX_TOUCHED_PAGES"]
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 PAGE = abi.PAGE_SIZE
 
 #: The arena the kernel can hold in a fresh Python child: from ARENA_BASE (16 TiB) up to
-#: 0x5000_0000_0000, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
-REPRODUCIBLE_ARENA_BYTES = min(0x5000_0000_0000 - abi.ARENA_BASE, MAX_ARENA_PAGES * PAGE)
+#: opscript.script.ARENA_LIMIT, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
+REPRODUCIBLE_ARENA_BYTES = MAX_ARENA_PAGES * PAGE
+#: The most pages a rebuild touches (an op script may populate no more, opscript.script):
+#: 4 GiB. Beyond it, ``touch="auto"`` falls back from ``rss`` to ``first`` with a note and an
+#: explicit ``touch="rss"`` is a ``LayoutError``.
+MAX_TOUCHED_PAGES = MAX_POPULATE_PAGES
 
 TOUCH_MODES = ("auto", "rss", "first", "none")
 
@@ -196,19 +201,21 @@ def _file_names(vmas: list[MapEntry], file_idx: list[int]) -> dict[str, str]:
 def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str]
                  ) -> tuple[dict[int, int], dict[str, int]]:
     """(pgoff in pages per vmas index, file pages per script file) for the file-backed VMAs
-    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES; then that
-    file's offsets are renumbered in address order, keeping contiguity between
-    address-adjacent VMAs (what decides a merge). O(len(file_idx))."""
+    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES (or all files
+    together MAX_TOTAL_FILE_PAGES: then every file); such a file's offsets are renumbered in
+    address order, keeping contiguity between address-adjacent VMAs (what decides a merge).
+    O(len(file_idx))."""
     extent: dict[str, int] = {}
     for i in file_idx:
         e = vmas[i]
         extent[e.path] = max(extent.get(e.path, 0), (e.offset + e.size) // PAGE)
+    keep_limit = MAX_FILE_PAGES if sum(extent.values()) <= MAX_TOTAL_FILE_PAGES else -1
     pgoffs: dict[int, int] = {}
     cursor: dict[str, int] = {}
     last: dict[str, int] = {}  # path -> vmas index of the previous VMA of that path
     for i in file_idx:
         e = vmas[i]
-        if extent[e.path] <= MAX_FILE_PAGES:
+        if extent[e.path] <= keep_limit:
             pgoffs[i] = e.offset // PAGE
             continue
         j = last.get(e.path)
@@ -227,6 +234,10 @@ def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str
     if too_big:
         raise LayoutError(f"file {too_big[0]!r} needs {pages[too_big[0]]} pages, more than the "
                           f"{MAX_FILE_PAGES} a script file may have")
+    if sum(pages.values()) > MAX_TOTAL_FILE_PAGES:
+        raise LayoutError(f"the mapped files need {sum(pages.values()):,} pages even renumbered, more "
+                          f"than the {MAX_TOTAL_FILE_PAGES:,} a script's files may have in all (each "
+                          "page is written when the rebuild creates its file)")
     return pgoffs, pages
 
 
@@ -484,7 +495,19 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
         if u.backing == "file":
             op["file"], op["pgoff"] = u.file, u.pgoff
         ops.append(op)
-    touch_ops, touched = _touches(placed, [u.backing for u in units], mode)
+    unit_backings = [u.backing for u in units]
+    touch_ops, touched = _touches(placed, unit_backings, mode)
+    notes = []
+    if touched > MAX_TOUCHED_PAGES:
+        if touch != "auto":
+            raise LayoutError(f"the rebuild would touch {touched:,} pages ({touched * PAGE / GiB:,.1f} GiB, "
+                              f"smaps Rss); at most {MAX_TOUCHED_PAGES:,} ({MAX_TOUCHED_PAGES * PAGE // GiB} "
+                              "GiB) can be: use --touch first or none")
+        notes.append(f"touch=auto: the smaps Rss is {touched:,} pages, more than the {MAX_TOUCHED_PAGES:,} "
+                     "a rebuild touches; the first page of each VMA is touched instead (page tables "
+                     "are then a lower bound)")
+        mode = "first"
+        touch_ops, touched = _touches(placed, unit_backings, mode)
     ops += touch_ops
     installs = [(p.at, p.npages, True) for p in itertools.compress(placed, is_guard)]
     guards = len(installs)
@@ -500,14 +523,14 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     what = f"{guards} guards" if not payload else f"{guards - payload} guards and {payload} payload ranges"
     if marker_runs:
         what += f" and {len(marker_runs)} existing marker runs"
+    shown = (source or "a process").encode("utf-8", "backslashreplace").decode("utf-8")
     script = {
-        "note": (f"layout of {source or 'a process'}: {n} VMAs, {what} as "
+        "note": (f"layout of {shown}: {n} VMAs, {what} as "
                  f"guard_install; gaps compressed modulo {_fmt_bytes(granule)}; touch={mode}"),
         "arena_pages": arena_pages,
         "files": {name: {"pages": file_pages[name]} for name in sorted(file_pages)},
         "ops": ops,
     }
-    notes = []
     if shrunk:
         notes.append(f"{shrunk} PROT_NONE reservation(s) shrunk to fit the arena (same size modulo "
                      f"{_fmt_bytes(granule)})")

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sparsemm.analyze.maps import MapEntry, MapsParseError, parse_auto, parse_maps, parse_smaps
+from sparsemm.analyze.maps import (MAX_INPUT_BYTES, MapEntry, MapsParseError, parse_auto, parse_maps,
+                                   parse_smaps, proc_pid, read_text)
 from sparsemm.native import guards as native_guards
 from sparsemm.native import probe
 
@@ -156,15 +157,17 @@ def load_snapshot(text: str, source: str = "<snapshot>") -> Snapshot:
 # --- reading a live process ----------------------------------------------------------------
 
 def _read(pid: int, name: str, binary: bool = False):
+    """``/proc/PID/NAME`` within the input limits and the read timeout (``_input.read_input``)."""
+    from sparsemm._input import InputError, read_input
+
     path = f"/proc/{pid}/{name}"
     try:
-        if binary:
-            with open(path, "rb") as fh:
-                return fh.read()
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise native_guards.proc_error(pid, path, exc) from None
+        data = read_input(path, max_bytes=MAX_INPUT_BYTES)
+    except InputError as exc:
+        if exc.errno is None:
+            raise
+        raise native_guards.proc_error(pid, path, OSError(exc.errno, os.strerror(exc.errno), path)) from None
+    return data if binary else data.decode("utf-8", "surrogateescape")
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -419,7 +422,6 @@ class Source:
     snapshot: Snapshot | None = None
 
 
-_PROC_PID = re.compile(r"/proc/(\d+|self)/?\Z")
 
 
 def _gu_warning(entries: list[MapEntry], what: str) -> list[str]:
@@ -448,17 +450,12 @@ def load_source(target: str | int | os.PathLike, *, method: str | None = None) -
     if isinstance(target, int):
         target = str(target)
     text_target = os.fspath(target)
-    m = _PROC_PID.match(text_target)
-    pid = text_target if text_target.isdigit() else (m.group(1) if m else None)
+    pid = proc_pid(text_target)
     if pid is not None:
         snap = take(pid, method=method)
         return _from_snapshot(snap, f"pid {snap.pid}", "pid")
-    if text_target == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        with open(text_target, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            text = fh.read()
-        name = Path(text_target).name or text_target
+    text = read_text(text_target)  # a regular file or stdin, within the input limits
+    name = "<stdin>" if text_target == "-" else (Path(text_target).name or text_target)
     if is_snapshot_text(text):
         return _from_snapshot(load_snapshot(text, name), name, "snapshot")
     entries = parse_auto(text, name)

@@ -240,10 +240,14 @@ def _fork_call(fn):
 
     gc.freeze()  # the collector would otherwise touch (and so copy) every inherited page
     rfd, wfd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never return into the caller's stack
         status = 0
         try:
+            from sparsemm.opscript.child import set_pdeathsig
+
+            set_pdeathsig(parent)  # dies with the command (Ctrl-C, SIGTERM, SIGKILL)
             os.close(rfd)
             gc.disable()
             try:

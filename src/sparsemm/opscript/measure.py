@@ -16,12 +16,10 @@ Printing is the CLI's (``sparsemm.measure_view``).
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,9 +66,6 @@ _SLAB_METHOD = "/proc/slabinfo active_objs after a shrink, after minus before (w
 #: median, whichever is larger. Its median and spread are then the quiet runs'.
 SLAB_AGREEMENT = (8, 0.01)
 SLAB_MIN_RUNS = 3
-
-#: Held (flock) while a measuring child runs, so concurrent ``measure`` calls do not overlap.
-LOCK_PATH = os.environ.get("SPARSEMM_MEASURE_LOCK", "/tmp/sparsemm-measure.lock")
 SLAB_SYSFS = "/sys/kernel/slab"
 SLABINFO = "/proc/slabinfo"
 # An RCU grace period is a few ms on an idle 2-CPU guest; the environment variable is for
@@ -283,25 +278,22 @@ def whole_machine_problem(spread: tuple[int, int], median: int, runs: int) -> st
 
 
 def _run_child(script: Script, timeout: float, env: dict[str, str]) -> dict:
-    # Two measurements at once would each count the other's objects: one at a time per machine.
+    """One measuring child (``opscript.child``), under the measurement lock (``opscript.lock``):
+    two measurements at once would each count the other's objects."""
+    from sparsemm.opscript.child import ChildTimeout, run_child
+    from sparsemm.opscript.lock import LockError, measure_lock
+
     try:
-        lock = os.open(LOCK_PATH, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
-    except OSError:
-        lock = -1  # unusable lock path: measure unlocked
-    try:
-        if lock >= 0:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            [sys.executable, "-m", "sparsemm.opscript.measure"], input=json.dumps(script.doc),
-            capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONHASHSEED": "0", **env})
-    finally:
-        if lock >= 0:
-            os.close(lock)
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise MeasureError(f"measure child failed: {detail[0]}")
-    return json.loads(proc.stdout)
+        with measure_lock():
+            end = run_child("sparsemm.opscript.measure", json.dumps(script.doc).encode(),
+                            timeout=timeout, env=env)
+    except ChildTimeout as exc:
+        raise MeasureError(f"measure child timed out after {exc.seconds:g} s") from None
+    except LockError as exc:
+        raise MeasureError(str(exc)) from None
+    if end.returncode != 0:
+        raise MeasureError(f"measure child failed: {end.last_error_line()}")
+    return json.loads(end.stdout)
 
 
 def prediction_from_counts(counts) -> dict[str, int]:
