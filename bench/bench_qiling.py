@@ -252,6 +252,10 @@ def main(argv: list[str]) -> int:
             d = r[s]
             if d and "failed" in d:
                 notes.append(f"{r['regions']:,} regions, {SIDE_NAMES[s]}: the process failed: {d['failed']}")
+            if d and "build_stopped_at" in d:
+                notes.append(f"{r['regions']:,} regions, {SIDE_NAMES[s]}: building the layout was stopped "
+                             f"after {d['build_s']:.0f} s, at {d['build_stopped_at']:,} regions (each "
+                             "`ql.mem.map` scans every region, and unicorn maps its RAM): its ops were not run")
             for key, o in ((d or {}).get("ops") or {}).items():
                 if o["errors"]:
                     notes.append(f"{r['regions']:,} regions, {SIDE_NAMES[s]} {key}: {o['errors']}")
