@@ -150,7 +150,8 @@ def qiling_python(arg: str | None) -> tuple[str | None, str]:
     if arg:
         probe = subprocess.run([arg, "-c", "import qiling"], capture_output=True, text=True)
         if probe.returncode == 0:
-            return arg, f"`{arg}`"
+            return arg, (f"a separate interpreter with qiling installed (`--qiling-python` or "
+                         f"`QILING_PYTHON`; here `{Path(arg).name}` of a virtual environment)")
         return None, f"`{arg}` cannot import qiling ({probe.stderr.strip().splitlines()[-1:]})"
     return None, ("qiling is not installed here (it is optional: `pip install -e '.[qiling]'`, "
                   "or give `--qiling-python` an interpreter that has it)")
