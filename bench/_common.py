@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,20 @@ def parser(doc: str, full: str, quick: str) -> argparse.ArgumentParser:
     ap.add_argument("--record", action="store_true",
                     help="write the tracked bench/results_*.md (full runs only; make bench-record)")
     return ap
+
+
+def code_version() -> str:
+    """The commit the measured code is at (``git describe``-like), "with local changes" when
+    ``src/`` or ``bench/`` differ from it; "unknown" outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short=10", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with local changes" if dirty else "")
 
 
 def load() -> str:
@@ -81,7 +96,7 @@ class Run:
             "",
             f"- Date: {now}; {kind}; took {self.elapsed():.0f} s (a full run takes {self.full}, "
             f"--quick {self.quick}).",
-            f"- Command: `{self.command}`",
+            f"- Command: `{self.command}`; code: {code_version()}.",
             f"- Machine: Linux {platform.release()}, {platform.machine()}, Python "
             f"{platform.python_version()}, {os.cpu_count()} vCPUs; load average {self.load_start} "
             f"at the start, {load()} at the end: {BUSY}.",
