@@ -38,6 +38,7 @@ from sparsemm.analyze.guards import find_guards  # noqa: E402
 from sparsemm.analyze.maps import parse_maps  # noqa: E402
 from sparsemm.analyze.rebuild import build_layout  # noqa: E402
 from sparsemm.analyze.report import analyze  # noqa: E402
+from sparsemm.model import designs  # noqa: E402
 from sparsemm.opscript.designs import design_free_prefix, run_design, run_designs_shared  # noqa: E402
 from sparsemm.opscript.script import parse_script  # noqa: E402
 
@@ -105,13 +106,13 @@ def _bench_shape(shape, repeat: int, rows: list, nvmas: int) -> float:
     t, c, script = best(lambda: parse_script(lay.script), repeat)
     k = design_free_prefix(script)
     rows.append(("parse_script (the layout script)", t, c, f"{k:,} ops before the first guard op"))
-    for d in ("vma", "pte", "tree"):
+    for d in designs.names():
         t, c, res = best(lambda d=d: run_design(script, d), repeat)
         rows.append((f"model run, design {d} alone (whole script)", t, c, res.error or f"{res.counts.vmas:,} VMAs"))
     t, c, _ = best(lambda: run_designs_shared(script, parallel=False), repeat)
-    rows.append(("run_designs_shared, one design at a time", t, c, "prefix once, 3 tails"))
+    rows.append(("run_designs_shared, one design at a time", t, c, f"prefix once, {len(designs.names())} tails"))
     t, c, _ = best(lambda: run_designs_shared(script, parallel=True), repeat)
-    rows.append(("run_designs_shared, parallel", t, c, "prefix once, 3 tails at once"))
+    rows.append(("run_designs_shared, parallel", t, c, f"prefix once, {len(designs.names())} tails at once"))
     times, cpus, rep = timed(lambda: analyze(entries, source="synthetic"), repeat)
     t, med = min(times), statistics.median(times)
     rows.append(("analyze() total (best; wall median, worst in the result column)", t, min(cpus),
@@ -229,7 +230,7 @@ def main(argv: list[str]) -> int:
         def in_one_process():
             cls = find_guards(entries)
             script = parse_script(build_layout(entries, cls).script)
-            for d in ("vma", "pte", "tree"):
+            for d in designs.names():
                 run_design(script, d)
 
         pr = cProfile.Profile()
@@ -255,7 +256,7 @@ def main(argv: list[str]) -> int:
          "The machine's second vCPU is not free: other jobs run on both, so 2 workers gain less "
          "than they would on an idle machine, and sometimes nothing."])
     doc += ["| input | file | 1 worker, wall s | 2 workers, wall s | 2 / 1 (wall) | 1 worker, CPU s | "
-            "2 workers, CPU s | same answer | VMAs: vma · pte · tree |",
+            "2 workers, CPU s | same answer | VMAs: " + " · ".join(e2e[0]["designs"]) + " |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in e2e:
         t1, t2 = r["times"][1], r["times"][2]

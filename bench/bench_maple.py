@@ -375,6 +375,7 @@ def overhead(repeat: int, vmas: int, map_vmas: int, log) -> list[tuple[str, floa
     from sparsemm.analyze.guards import find_guards
     from sparsemm.analyze.maps import parse_maps
     from sparsemm.analyze.rebuild import build_layout
+    from sparsemm.model import designs
     from sparsemm.model.vma_tree import VmaTree
     from sparsemm.opscript.designs import run_design
     from sparsemm.opscript.script import parse_script
@@ -394,7 +395,7 @@ def overhead(repeat: int, vmas: int, map_vmas: int, log) -> list[tuple[str, floa
 
     for _ in range(repeat):
         for on in (False, True):
-            for d in ("vma", "pte", "tree"):
+            for d in designs.names():
                 timed(f"analyze's model runs, {map_vmas:,}-VMA map, design {d}", on,
                       lambda d=d: run_design(script, d))
             mm = None

@@ -17,10 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Run, Tee, parser, skip  # noqa: E402
+from sparsemm.model import designs  # noqa: E402
 from sparsemm.native import memcg  # noqa: E402
 from sparsemm.opscript.designs import run_design  # noqa: E402
 from sparsemm.opscript.measure import compare, measure_script, prediction_from_counts  # noqa: E402
 from sparsemm.opscript.script import load_script  # noqa: E402
+
+KERNEL_DESIGN = designs.kernel_design()  # the design the running kernel implements
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "conformance"
 FULL, QUICK = "about 8 minutes", "about 30 s (every 20th script)"
@@ -47,7 +50,7 @@ def main(argv: list[str]) -> int:
         for path in paths:
             name = str(path.relative_to(CORPUS))
             script = load_script(str(path))
-            result = run_design(script, "pte")
+            result = run_design(script, KERNEL_DESIGN)
             if result.error:
                 skipped.append(f"{name} (model: {result.error})")
                 continue

@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Run, Tee, parser, skip  # noqa: E402
+from sparsemm.model import designs
 from sparsemm.model.costs import constants
 from sparsemm.native import memcg
 from sparsemm.opscript.designs import run_design
@@ -212,7 +213,7 @@ def part_busy(repeat: int, out: dict, quick: bool = False) -> None:
             jitter = _slab_jitter()
             cases = [(f"measure, {GUARDS:,} guards (vma, random)",
                       lambda: (measure_script(vma_script, repeat=repeat), vma_pred))]
-            for d in (("pte",) if quick else ("vma", "pte")):
+            for d in ((designs.kernel_design(),) if quick else designs.reproducible()):
                 def rep(d=d):
                     r = reproduce(report.layout_obj, d, repeat=repeat, source="renderer")
                     return r.measured, r.predicted["memcg_bytes"]

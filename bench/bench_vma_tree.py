@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Run, parser  # noqa: E402
-from sparsemm.model.vma_tree import PAGE_SIZE, VmaTree  # noqa: E402
+from sparsemm.abi import PAGE_SIZE  # noqa: E402
+from sparsemm.model.vma_tree import VmaTree  # noqa: E402
 
 FULL, QUICK = "about 1.5 minutes", "about 5 s"
 

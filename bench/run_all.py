@@ -27,8 +27,8 @@ INTRO = """# Benchmark results
 
 Gathered by `make bench-record` (`bench/run_all.py --record`) from the `results_*.md` each
 benchmark writes; `make bench` writes the same to `out/bench/` and leaves these files alone.
-Three sections are readings written by hand of earlier runs (pooled runs, a comparison with
-another checkout) and say so; `make bench-record` does not rewrite them.
+Four sections are readings written by hand of earlier runs (pooled runs, comparisons with
+other checkouts) and say so; `make bench-record` does not rewrite them.
 
 Machine: a 2-vCPU Firecracker guest, Linux 6.18, CPython 3.11, **shared with up to eight
 other jobs**: each section gives the load average at its start and end (often 8 to 15 on the

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from sparsemm.analyze.report import AnalysisReport
+from sparsemm.model.designs import design_class
 
 __all__ = ["COLOURS", "LABELS", "MARK_COLOURS", "MARK_LABELS", "BYTE_COLOURS", "FOLD_MIN", "GAP", "QUANTUM", "OVERVIEW_COLUMNS",
            "Item", "Mark", "Band", "BandView", "Strip", "band_view", "design_rows", "overview", "guard_shape", "width_of"]
@@ -56,11 +57,9 @@ def width_of(size: int) -> float:
 
 def guard_shape(design: str) -> str:
     """How ``design`` holds a guard: ``"vma"`` (a PROT_NONE VMA), ``"marker"`` (page-table
-    markers inside the VMA around it) or ``"entry"`` (a maple-tree entry, no VMA)."""
-    shapes = {"vma": "vma", "pte": "marker", "tree": "entry"}
-    if design not in shapes:
-        raise ValueError(f"no band view for design {design!r}")
-    return shapes[design]
+    markers inside the VMA around it) or ``"entry"`` (a maple-tree entry, no VMA), from the
+    design registry's ``guard_shape``."""
+    return design_class(design).guard_shape.value  # ValueError naming the choices if unknown
 
 
 @dataclass(slots=True)

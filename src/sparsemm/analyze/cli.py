@@ -270,7 +270,9 @@ def _reproduce(args) -> int:
     _check_target(args.target)
     if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
-    designs = args.design or ["vma", "pte"]
+    from sparsemm.model.designs import reproducible
+
+    designs = args.design or list(reproducible())
     if args.html:
         _check_html_path(args.html)
     err = _console(stderr=True)
@@ -332,9 +334,11 @@ def _demo(args) -> int:
     report = analyze(entries, GuardPolicy(), source=DEMO_MAPS)
     con.print(render_report(report))
     con.print()
+    from sparsemm.model.designs import baseline, kernel_design, reproducible
+
     if not args.no_reproduce:
         said: set[str] = set()  # each note once over the designs
-        for d in ("vma", "pte"):
+        for d in reproducible():
             with _console(stderr=True).status(f"building the layout on the kernel, design {d}…"):
                 rep = reproduce(report.layout_obj, d, repeat=1, source=DEMO_MAPS)
             con.print(render_reproduction(rep, said))
@@ -343,8 +347,8 @@ def _demo(args) -> int:
         path = plot_report(report, args.plot)
         con.print(f"plot: {os.path.abspath(path)}  (one band per design: green anonymous memory, red "
                   "guards, grey reservations, blue files; white lines are VMA boundaries)")
-    vma, pte = report.designs["vma"], report.designs["pte"]
-    pte_p = report.designs_with_payload.get("pte")
+    vma, pte = report.designs[baseline()], report.designs[kernel_design()]
+    pte_p = report.designs_with_payload.get(kernel_design())
     if not vma.error and not pte.error:
         more = ""
         if report.payload and pte_p is not None and not pte_p.error:
@@ -365,7 +369,8 @@ def analyze_main(args: argparse.Namespace) -> int:
 
 
 def reproduce_main(args: argparse.Namespace) -> int:
-    """``sparsemm reproduce TARGET [--design vma|pte]... [--repeat N] [--json]``."""
+    """``sparsemm reproduce TARGET [--design D]... [--repeat N] [--json]`` (D: a design the
+    kernel can build, ``designs.reproducible()``)."""
     return _guarded("reproduce", _reproduce, args)
 
 
@@ -423,8 +428,10 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce", help="build a process's layout on the kernel and compare with the prediction")
     p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
-    p.add_argument("--design", action="append", choices=("vma", "pte"),
-                   help="design to build (repeatable; default both)")
+    from sparsemm.model.designs import reproducible
+
+    p.add_argument("--design", action="append", choices=reproducible(),
+                   help="design to build (repeatable; default: every one the kernel can build)")
     p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
                    help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
     p.add_argument("--with-payload", action="store_true",

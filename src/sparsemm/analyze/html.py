@@ -22,6 +22,7 @@ from sparsemm.analyze.bands import (BYTE_COLOURS, COLOURS, GAP, LABELS, MARK_COL
                                     Band, BandView, band_view, design_rows, overview)
 from sparsemm.analyze.rebuild import _fmt_bytes
 from sparsemm.analyze.report import BYTE_KEYS, OUTCOMES, AnalysisReport, DesignFigures, _size, mappings
+from sparsemm.model.designs import baseline, kernel_design
 
 __all__ = ["render_html", "write_html", "PAGE_ROWS"]
 
@@ -402,7 +403,7 @@ def _measured_section(report: AnalysisReport, reproductions, with_payload: bool)
                         f'<td>{_verdict(r)}</td><td class="prov">{_e(how)}</td></tr>')
         notes = [f"median of {len(m.runs)} run(s)" + (f" ({m.attempts} made)" if m.attempts > len(m.runs) else "")]
         notes += how_notes(m) + list(m.notes) + [f"skipped: {s}" for s in m.skipped]
-        out.append(f"<h3>design {_e(rep.design)}{' +payload' if with_payload and rep.design != 'vma' else ''} "
+        out.append(f"<h3>design {_e(rep.design)}{' +payload' if with_payload and rep.design != baseline() else ''} "
                    "on the kernel</h3>"
                    '<table class="figs"><thead><tr><th>quantity</th><th class="num">predicted (model)</th>'
                    '<th class="num">measured (kernel)</th><th class="num">runs min..max</th>'
@@ -585,17 +586,19 @@ def _measured_line(reproductions) -> str:
 
 def _summary(report: AnalysisReport, view: BandView, reproductions) -> str:
     cards = [(f"{report.vmas:,}", "VMAs in the original (counted)")]
-    vma = report.designs.get("vma")
+    base = baseline()  # the status quo (vma): the design the others are compared with
+    vma = report.designs.get(base)
     for label, f in _columns(report, view):
-        if f.error or label == "vma":
+        if f.error or label == base:
             continue
         saved = "" if f.saved_vmas is None else f", {f.saved_vmas:,} fewer"
         cards.append((f"{f.map_count:,}", f"VMAs under {label} (predicted{saved})"))
-    pte = report.designs.get("pte")
+    own = kernel_design()  # the kernel's own design (pte)
+    pte = report.designs.get(own)
     if pte is not None and not pte.error and pte.saved_bytes is not None:
-        cards.append((_b(pte.saved_bytes), "kernel memory pte saves vs vma (predicted)"))
+        cards.append((_b(pte.saved_bytes), f"kernel memory {own} saves vs {base} (predicted)"))
     if vma is not None and not vma.error:
-        cards.append((f"{vma.headroom_pct:.1f}%", f"of max_map_count {report.max_map_count:,} left (vma)"))
+        cards.append((f"{vma.headroom_pct:.1f}%", f"of max_map_count {report.max_map_count:,} left ({base})"))
     lines = [f"{report.vmas:,} VMAs, {report.guards:,} guards ({report.sandwiches:,} sandwiched, "
              f"{report.one_sided:,} one-sided), {report.reservations:,} reservations"]
     if report.payload:
