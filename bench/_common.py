@@ -42,14 +42,15 @@ def parser(doc: str, full: str, quick: str) -> argparse.ArgumentParser:
 
 
 def code_version() -> str:
-    """The commit the measured code is at (``git describe``-like), "with local changes" when
-    ``src/`` or ``bench/`` differ from it; "unknown" outside a git checkout."""
+    """The commit the measured code is at, "with local changes" when ``src/`` or the bench
+    scripts differ from it (not the results files a recording run rewrites); "unknown"
+    outside a git checkout."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()
     try:
         commit = git("rev-parse", "--short=10", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "bench/*.py")
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return f"commit {commit}" + (" with local changes" if dirty else "")
