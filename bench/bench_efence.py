@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 from _common import Run, parser  # noqa: E402
 from sparsemm.efence import driver  # noqa: E402
 
-FULL, QUICK = "about 10 minutes", "about 40 s"
+FULL, QUICK = "about 15 minutes", "about 40 s"
 
 LIBEFENCE = "/usr/lib/libefence.so.0"
 CASES_C = ROOT / "tests" / "efence" / "cases.c"

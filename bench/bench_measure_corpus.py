@@ -26,7 +26,7 @@ from sparsemm.opscript.script import load_script  # noqa: E402
 KERNEL_DESIGN = designs.kernel_design()  # the design the running kernel implements
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "conformance"
-FULL, QUICK = "about 8 minutes", "about 30 s (every 20th script)"
+FULL, QUICK = "about 16 minutes", "about 30 s (every 20th script)"
 TITLE = "The conformance corpus measured beside the model (`bench/bench_measure_corpus.py`)"
 
 

@@ -1,6 +1,6 @@
 """Kernel bytes in a memory cgroup: the model's ``memcg_bytes`` against the kernel, busy or quiet.
 
-Runs about 4 minutes on a 2-CPU machine (as root; needs a memory cgroup, see docs/opscript.md).
+Runs about 6 minutes on the shared 2-vCPU machine (as root; needs a memory cgroup, see docs/opscript.md).
 Three parts, each printed as a Markdown table:
 
 1. independent: 20,000 one-page guards in a written 40,001-page mapping, as ``mprotect``
@@ -48,7 +48,7 @@ PAGE = mmap.PAGESIZE
 MADV_GUARD_INSTALL = 102
 GUARDS = 20_000  # part 1 (2,000 with --quick)
 VMPTE_GUARDS = 30_000  # part 3 (3,000 with --quick)
-FULL, QUICK = "about 4 minutes", "about 40 s"
+FULL, QUICK = "about 6 minutes", "about 40 s"
 TITLE = "Kernel bytes in a memory cgroup, busy or quiet (`bench/bench_memcg.py`)"
 
 

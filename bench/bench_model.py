@@ -27,7 +27,7 @@ from _common import Run, parser  # noqa: E402
 from sparsemm.abi import MapFlag  # noqa: E402
 from sparsemm.model.mm import AddressSpace  # noqa: E402
 
-FULL, QUICK = "about 4 minutes (the build under tracemalloc: 1.5 minutes)", "about 10 s"
+FULL, QUICK = "10 to 15 minutes (most of it the build under tracemalloc)", "about 10 s"
 PAGE = 4096
 BASE = 0x1000_0000_0000          # far from the arena
 STRIDE = 4 * PAGE                # each region: 2 pages mapped, then a 2-page gap

@@ -39,7 +39,7 @@ from sparsemm.native.mapping import Mapping, map_count, max_map_count  # noqa: E
 
 P = abi.PAGE_SIZE
 RW = abi.PROT_READ | abi.PROT_WRITE
-FULL, QUICK = "about 40 s", "about 10 s (1,000 guards, 3 repeats, smaller walls)"
+FULL, QUICK = "about 1 minute", "about 10 s (1,000 guards, 3 repeats, smaller walls)"
 REPEATS = 5  # best of, for the rate measurements (3 with --quick)
 
 C_BENCH = r"""
