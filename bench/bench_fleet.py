@@ -25,7 +25,6 @@ Run: ``.venv/bin/python bench/bench_fleet.py [--quick] [--files N] [--rounds R] 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import os
@@ -43,11 +42,14 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the derived-maps helper the te
 
 from fleet_maps import ThreadedChild, derive, sources_texts, write_files  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from _common import Run, parser  # noqa: E402
+
 from sparsemm.analyze.fleet import (DEFAULT_BATCH_FILES, STAGES, FleetOptions, analyze_batch,  # noqa: E402
                                     analyze_file, local_client, run_fleet)
 from sparsemm.analyze.fleet_inputs import plan_inputs  # noqa: E402
 
-RESULTS = HERE / "results_fleet.md"
+FULL, QUICK = "over an hour at load 15 (2,000 files, 1 round: 35 min); 20-25 min idle", "about 2 minutes (100 files)"
 WORKERS = (1, 2, 4)
 
 
@@ -210,15 +212,17 @@ def report(args, nfiles, base, startup, runs, batch_runs, ser, elapsed, rounds_d
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1,000 files, 1 round (about 2 minutes)")
+    argv = sys.argv[1:] if argv is None else argv
+    ap = parser(__doc__, FULL, QUICK)
     ap.add_argument("--files", type=int, help="number of files (default 10,000)")
     ap.add_argument("--rounds", type=int, help="rounds of 1, 2, 4 workers (default 3)")
     ap.add_argument("--baseline-every", type=int, default=1, metavar="K",
                     help="the no-engine baseline on every K-th file, scaled (default 1: every file)")
-    ap.add_argument("--record", action="store_true", help=f"also write {RESULTS.relative_to(HERE.parent)}")
     args = ap.parse_args(argv)
-    nfiles = args.files or (1_000 if args.quick else 10_000)
+    run = Run("fleet", args, argv, full=FULL, quick=QUICK)
+    nfiles = args.files or (100 if args.quick else 10_000)
+    if args.quick:
+        args.baseline_every = max(args.baseline_every, 10)
     rounds = args.rounds or (1 if args.quick else 3)
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     t_start = time.perf_counter()
@@ -253,10 +257,7 @@ def main(argv=None) -> int:
             # Each finished round is written: a long run cut short keeps what it measured.
             text = report(args, nfiles, base, startup, runs, batch_runs, ser, time.perf_counter() - t_start,
                           rounds_done=r + 1, rounds=rounds)
-            if args.record:
-                RESULTS.write_text(text + "\n")
-                print(f"round {r + 1}/{rounds} written to {RESULTS}", file=sys.stderr, flush=True)
-    print(text)
+            run.write(text, echo=r + 1 == rounds)
     return 0
 
 
