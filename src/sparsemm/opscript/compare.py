@@ -55,6 +55,11 @@ def compare_script(script: Script, *, design: str = "pte") -> tuple[bool, str]:
     """Run on both backends; ``(same, report)``."""
     kernel = run_script(script, "kernel")
     model = run_script(script, "model", design=design)
+    return difference_report(model, kernel)
+
+
+def difference_report(model: list[dict], kernel: list[dict]) -> tuple[bool, str]:
+    """``(same, report)`` for two record lists: the first difference side by side."""
     diff = first_difference(model, kernel)
     if diff is None:
         return True, f"same: {len(kernel)} records agree"

@@ -1,0 +1,78 @@
+"""Backends with planted differences, for the fuzzer's own tests (docs/fuzzing.md,
+"Testing the fuzzer"): load one with ``SPARSEMM_FUZZ_MODEL=fuzz_plant:NAME`` (this
+directory on ``PYTHONPATH``) or pass it to ``engine.Backends``.
+
+Each plant is the real model with its records changed afterwards (the model itself
+is untouched), so the planted difference has a known minimal script.
+"""
+
+from __future__ import annotations
+
+from sparsemm.opscript.model_backend import run_model
+from sparsemm.opscript.script import Script
+
+PLANTED_MPROTECT = "mprotect ret EACCES!=ok"
+PLANTED_CHILD_SNAPSHOT = "child snapshot pages .!=P"
+
+
+def honest_model(script: Script) -> list:
+    """The model as it is (used as the 'kernel' side of fast tests)."""
+    return run_model(script, check=True)
+
+
+def _raw_ops(script: Script) -> list:
+    return script.doc.get("ops", [])
+
+
+def mprotect_x_eacces(script: Script) -> list:
+    """The model, except that a successful ``mprotect`` to exactly ``"x"`` says EACCES.
+    Minimal script: a one-page mmap, then that mprotect."""
+    records = run_model(script, check=True)
+    _perturb_mprotect(records, _raw_ops(script))
+    return records
+
+
+def _perturb_mprotect(records: list, ops: list) -> None:
+    for rec in records:
+        raw = ops[rec["i"]] if rec["i"] < len(ops) else {}
+        if rec["op"] == "mprotect" and raw.get("prot") == "x" and rec["ret"] == "ok":
+            rec["ret"] = "EACCES"
+        if rec["op"] == "fork" and isinstance(rec.get("value"), list):
+            _perturb_mprotect(rec["value"], raw.get("child", []))
+
+
+def child_snapshot_loses_a_page(script: Script) -> list:
+    """The model, except that in a fork child's snapshot the first present page shows
+    as not present. Minimal script: memory made present, then a fork whose child only
+    takes a snapshot."""
+    records = run_model(script, check=True)
+    for rec in records:
+        if rec["op"] == "fork" and isinstance(rec.get("value"), list):
+            for child in rec["value"]:
+                if child["op"] == "snapshot" and "P" in child["value"]["pages"]:
+                    pages = child["value"]["pages"]
+                    n = pages.index("P")
+                    child["value"]["pages"] = pages[:n] + "." + pages[n + 1:]
+    return records
+
+
+def both_plants(script: Script) -> list:
+    records = child_snapshot_loses_a_page(script)
+    _perturb_mprotect(records, _raw_ops(script))
+    return records
+
+
+class ModelCrash(RuntimeError):
+    pass
+
+
+def crashes_on_guard_remove_of_locked(script: Script) -> list:
+    """Raises (as a model bug would) when ``guard_remove`` follows an ``mlock`` anywhere."""
+    names = [(op.get("op"), op.get("advice")) for op in _raw_ops(script)]
+    locked = False
+    for name, advice in names:
+        if name == "mlock":
+            locked = True
+        if locked and name == "madvise" and advice == "guard_remove":
+            raise ModelCrash("planted: guard_remove after mlock at 0x100000000000")
+    return run_model(script, check=True)
