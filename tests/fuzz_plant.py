@@ -12,7 +12,7 @@ from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import Script
 
 PLANTED_MPROTECT = "mprotect ret EACCES!=ok"
-PLANTED_CHILD_SNAPSHOT = "child snapshot pages .!=P"
+PLANTED_CHILD_SNAPSHOT = "snapshot pages .!=P"
 
 
 def honest_model(script: Script) -> list:

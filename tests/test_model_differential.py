@@ -1,29 +1,42 @@
 """Differential test: random op scripts on the model and on the running kernel must agree.
 
-Hypothesis draws scripts (mmap of every kind, munmap, mprotect, madvise incl. guards,
-mremap in place / fixed / dontunmap, mlock/munlock, touches, forks with small child
-lists, snapshots) on a small arena so that ops collide. ``SPARSEMM_DIFF_EXAMPLES``
-sets the number of examples (default 100); ``SPARSEMM_DIFF_EXAMPLES=5000 make test``
-or ``SPARSEMM_DIFF_EXAMPLES=5000 pytest -k differential`` runs thousands.
+The scripts come from ``sparsemm fuzz``'s generator (``sparsemm.fuzz.generate``);
+hypothesis draws the seeds. The "mixed" profile is the mix this test always drew
+(mmap of every kind, munmap, mprotect, madvise incl. guards, mremap in place / fixed /
+dontunmap, mlock/munlock, touches, forks with small child lists, file ops, snapshots on
+a small arena so that ops collide); "thp" works at 2 MiB scale; "guards", "files" and
+"errors" run fewer examples each. ``SPARSEMM_DIFF_EXAMPLES`` sets the number of examples
+(default 100; thp a quarter, the others a tenth): ``SPARSEMM_DIFF_EXAMPLES=5000 make
+test`` or ``SPARSEMM_DIFF_EXAMPLES=5000 pytest -k differential`` runs thousands.
+
+A difference whose signature is one of the open findings in ``tests/fuzz_findings/``
+(found by ``sparsemm fuzz``, waiting for a model fix) is reported as a hypothesis event,
+not a failure; any other difference fails, with the script shrunk to a minimal one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, event, given, settings
 
+from sparsemm.fuzz import findings
+from sparsemm.fuzz.difference import classify
+from sparsemm.fuzz.engine import Fuzzer
 from sparsemm.native import libc
 from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import parse_script
 
-ARENAS = (16, 48)
-FILES = {"f": {"pages": 20}, "g": {"pages": 6}}
+from strategies import profile_script
+
 EXAMPLES = int(os.environ.get("SPARSEMM_DIFF_EXAMPLES", "100"))
+OPEN_FINDINGS = findings.existing(Path(__file__).resolve().parent / "fuzz_findings")
+#: Kernel runs of a script before a difference counts (THP fallback under fragmentation).
+RUNS = 3
 
 pytestmark = [
     pytest.mark.kernel,
@@ -31,193 +44,46 @@ pytestmark = [
                        reason="the running kernel has no guard regions (needs Linux >= 6.13 with MADV_GUARD_INSTALL)"),
 ]
 
-PROTS = ["", "r", "rw", "rx", "rwx", "w", "x"]
-ADVICE = ["dontneed", "free", "guard_install", "guard_remove", "wipeonfork", "keeponfork",
-          "dontfork", "dofork", "populate_read", "populate_write", "willneed", "cold",
-          "pageout", "normal", "random", "sequential", "dontdump", "dodump", "hugepage",
-          "nohugepage", "remove", "dontneed_locked", "mergeable", "unmergeable", "collapse"]
-KINDS = [["private", "anonymous"], ["shared", "anonymous"], ["private"], ["shared"]]
-
-npages = st.integers(1, 12)
+SETTINGS = dict(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@st.composite
-def mmap_op(draw, arena):
-    kind = list(draw(st.sampled_from(KINDS)))
-    extra = draw(st.lists(st.sampled_from(["fixed", "fixed", "populate", "noreserve", "locked",
-                                           "growsdown"]), max_size=2, unique=True))
-    a = draw(st.integers(0, arena - 1))
-    n = draw(st.integers(1, max(1, min(12, arena - a))))
-    op = {"op": "mmap", "at": a, "len": n, "prot": draw(st.sampled_from(PROTS)), "flags": kind + extra}
-    if "anonymous" not in kind:
-        op["file"] = draw(st.sampled_from(["f", "f", "g"]))
-        op["pgoff"] = draw(st.integers(0, 16))
-    return op
-
-
-@st.composite
-def range_op(draw, name, arena):
-    a = draw(st.integers(0, arena - 1))
-    return {"op": name, "at": a, "len": draw(st.integers(1, max(1, min(12, arena - a + 2))))}
-
-
-EDGE_LENGTHS = [0, 1, 4095, 4097, -1, -4096, (1 << 64) - 1, (1 << 63), 1 << 47]
-
-
-@st.composite
-def edge_op(draw, arena):
-    """Byte-form arguments: unaligned starts, odd, zero, negative and huge lengths, raw advice."""
-    name = draw(st.sampled_from(["mmap", "munmap", "mprotect", "madvise", "mlock", "munlock",
-                                 "mremap"]))
-    op = {"op": name, "at_bytes": draw(st.integers(0, arena - 1)) * 4096 + draw(st.sampled_from([0, 0, 1, 2048])),
-          "len_bytes": draw(st.sampled_from(EDGE_LENGTHS + [4096 * draw(npages)]))}
-    if name == "mmap":
-        op.update(prot=draw(st.sampled_from(PROTS)),
-                  flags=list(draw(st.sampled_from(KINDS[:2]))) + ["fixed"])
-        if op["len_bytes"] < 0 or op["len_bytes"] > 1 << 20:
-            op["len_bytes"] = 4096 * 3  # a huge fixed mapping would leave the arena
-    elif name == "mprotect":
-        op["prot"] = draw(st.sampled_from(PROTS))
-    elif name == "madvise":
-        if op["len_bytes"] in (1 << 47, 1 << 63):
-            # madvise walks every VMA above the start, holes or not: it would reach the
-            # runner's own interpreter mappings. Keep the range inside the arena.
-            op["len_bytes"] = 4096 * 5
-        # never 100/101 (MADV_HWPOISON/SOFT_OFFLINE): as root they would poison real pages
-        op["advice"] = draw(st.one_of(st.sampled_from(ADVICE), st.integers(-1, 99),
-                                      st.integers(102, 130)))
-    elif name == "mremap":
-        op["new_len_bytes"] = draw(st.sampled_from([0, 1, 4096, 8192, -4096]))
-        op["flags"] = draw(st.sampled_from([[], ["fixed"], ["dontunmap"], ["maymove", "fixed"]]))
-        if "fixed" in op["flags"]:
-            op["to_bytes"] = draw(st.integers(0, arena - 1)) * 4096 + draw(st.sampled_from([0, 1]))
-    return op
-
-
-@st.composite
-def simple_op(draw, arena):
-    choice = draw(st.sampled_from(["mmap", "mmap", "mmap", "munmap", "mprotect", "madvise",
-                                   "madvise", "madvise", "mremap", "mlock", "munlock", "touch",
-                                   "touch", "touch", "snapshot", "file"]))
-    if choice == "mmap":
-        return draw(mmap_op(arena))
-    if choice == "file":
-        kind = draw(st.sampled_from(["ftruncate", "fallocate_punch", "process_madvise"]))
-        if kind == "ftruncate":
-            if draw(st.booleans()):
-                return {"op": "ftruncate", "file": draw(st.sampled_from(["f", "g"])),
-                        "bytes": draw(st.integers(0, 24 * 4096))}
-            return {"op": "ftruncate", "file": draw(st.sampled_from(["f", "g"])),
-                    "pages": draw(st.integers(0, 24))}
-        if kind == "fallocate_punch":
-            if draw(st.booleans()):
-                return {"op": "fallocate_punch", "file": draw(st.sampled_from(["f", "g"])),
-                        "at_bytes": draw(st.integers(0, 20 * 4096)),
-                        "len_bytes": draw(st.integers(0, 8 * 4096))}
-            return {"op": "fallocate_punch", "file": draw(st.sampled_from(["f", "g"])),
-                    "at": draw(st.integers(0, 20)), "len": draw(st.integers(1, 8))}
-        ranges = draw(st.lists(st.tuples(st.integers(0, arena - 1), st.integers(1, 4)).map(list), min_size=1, max_size=3))
-        return {"op": "process_madvise", "ranges": ranges,
-                "advice": draw(st.sampled_from(["guard_install", "guard_remove", "dontneed",
-                                                "cold", "pageout", "willneed"]))}
-    if choice == "snapshot":
-        return {"op": "snapshot"}
-    op = draw(range_op(choice, arena))
-    if choice == "mprotect":
-        op["prot"] = draw(st.sampled_from(PROTS))
-    elif choice == "madvise":
-        op["advice"] = draw(st.sampled_from(ADVICE))
-    elif choice == "mlock":
-        if draw(st.booleans()):
-            op["flags"] = ["onfault"]
-    elif choice == "touch":
-        op["access"] = draw(st.sampled_from(["read", "write"]))
-        op["value"] = draw(st.integers(0, 255))
-    elif choice == "mremap":
-        mode = draw(st.sampled_from(["inplace", "fixed", "dontunmap"]))
-        new_len = draw(st.integers(1, 12))
-        if mode == "inplace":
-            op["new_len"] = min(new_len, arena - op["at"]) or 1
-            op["flags"] = []
-        else:
-            to = draw(st.integers(0, arena - 1))
-            op["new_len"] = op["len"] if mode == "dontunmap" else new_len
-            op["new_len"] = max(1, min(op["new_len"], arena - to))
-            op["flags"] = ["maymove", "fixed"] + (["dontunmap"] if mode == "dontunmap" else [])
-            op["to"] = to
-    return op
-
-
-@st.composite
-def op_script(draw):
-    arena = draw(st.sampled_from(ARENAS))  # a dense arena makes ops collide more
-    op = simple_op(arena)
-    fork = st.builds(lambda child: {"op": "fork", "child": child + [{"op": "snapshot"}]},
-                     st.lists(op, max_size=6))
-    ops = draw(st.lists(st.one_of(op, op, op, op, fork), min_size=1, max_size=24))
-    return {"arena_pages": arena, "files": FILES, "ops": ops + [{"op": "snapshot"}]}
-
-
-def assert_same(doc: dict) -> None:
+def assert_same(seed: int, profile: str, doc: dict) -> None:
     script = parse_script(doc)
     model = run_model(script, check=True)
-    for _ in range(3):  # the kernel may fall back from a THP to base pages under fragmentation
-        kernel = run_kernel(script)
-        if model == kernel:
+    for _ in range(RUNS):
+        diff = classify(model, run_kernel(script))
+        if diff is None:
             return
-    if model != kernel:
-        for a, b in zip(model, kernel):
-            if a != b:
-                raise AssertionError(
-                    "model and kernel disagree\nscript: " + json.dumps(doc)
-                    + f"\nmodel : {json.dumps(a)}\nkernel: {json.dumps(b)}")
-        raise AssertionError("record counts differ: " + json.dumps(doc))
+    if diff.signature in OPEN_FINDINGS:
+        event(f"open finding: {diff.signature}")
+        return
+    minimal, run, _ = Fuzzer(seed=seed, profiles=[profile], examples=0,
+                             findings_dir="/nonexistent", shrink_tests=150).minimize(doc)
+    raise AssertionError(
+        f"model and kernel disagree ({profile} profile, seed {seed}): {diff.signature}\n"
+        f"model : {json.dumps(diff.model)[:2000]}\nkernel: {json.dumps(diff.kernel)[:2000]}\n"
+        f"minimal script ({run.diff.signature if run.diff else 'did not reproduce'}):\n"
+        + json.dumps(minimal) + "\nscript as generated:\n" + json.dumps(doc))
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(op_script())
-def test_model_matches_kernel_on_random_scripts(doc):
-    assert_same(doc)
+@settings(max_examples=EXAMPLES, **SETTINGS)
+@given(profile_script("mixed"))
+def test_model_matches_kernel_on_random_scripts(case):
+    assert_same(case[0], "mixed", case[1])
 
 
-THP_ARENA = 2048
-THP_LENS = [1, 3, 16, 256, 512, 1024]
+@settings(max_examples=max(10, EXAMPLES // 4), **SETTINGS)
+@given(profile_script("thp"))
+def test_model_matches_kernel_at_thp_scale(case):
+    assert_same(case[0], "thp", case[1])
 
 
-@st.composite
-def thp_op(draw):
-    """Ops at THP scale: 2 MiB-multiple mappings, MADV_HUGEPAGE/COLLAPSE, partial changes."""
-    a = draw(st.sampled_from([0, 512, 1024, 1536, 1536])) + draw(st.sampled_from([0, 0, 1, 100, 300]))
-    n = max(1, min(draw(st.sampled_from(THP_LENS)), THP_ARENA - a))
-    kind = draw(st.sampled_from(["mmap", "madvise", "madvise", "madvise", "touch", "touch",
-                                 "mprotect", "munmap", "mremap", "fork", "snapshot"]))
-    if kind == "mmap":
-        return {"op": "mmap", "at": a, "len": n, "prot": draw(st.sampled_from(["rw", "r", "rw"])),
-                "flags": ["private", "anonymous"] + draw(st.sampled_from([[], ["fixed"], ["populate"]]))}
-    if kind == "madvise":
-        return {"op": "madvise", "at": a, "len": n, "advice": draw(st.sampled_from(
-            ["hugepage", "hugepage", "nohugepage", "collapse", "guard_install", "guard_remove",
-             "dontneed", "populate_write", "populate_read", "pageout", "wipeonfork"]))}
-    if kind == "touch":
-        return {"op": "touch", "at": a, "len": draw(st.integers(1, 3)),
-                "access": draw(st.sampled_from(["read", "write"]))}
-    if kind == "mprotect":
-        return {"op": "mprotect", "at": a, "len": n, "prot": draw(st.sampled_from(["r", "rw", ""]))}
-    if kind == "munmap":
-        return {"op": "munmap", "at": a, "len": n}
-    if kind == "mremap":
-        to = draw(st.sampled_from([0, 512, 1024, 1536])) + draw(st.sampled_from([0, 7]))
-        return {"op": "mremap", "at": a, "len": n, "new_len": max(1, min(n, THP_ARENA - to)),
-                "flags": ["maymove", "fixed"], "to": to}
-    if kind == "fork":
-        return {"op": "fork", "child": [{"op": "touch", "at": a, "len": 2, "access": "write"},
-                                        {"op": "snapshot"}]}
-    return {"op": "snapshot"}
+@pytest.mark.parametrize("profile", ["guards", "files", "errors"])
+def test_model_matches_kernel_on_profile(profile):
+    @settings(max_examples=max(5, EXAMPLES // 10), **SETTINGS)
+    @given(profile_script(profile))
+    def run(case):
+        assert_same(case[0], profile, case[1])
 
-
-@settings(max_examples=max(10, EXAMPLES // 4), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(thp_op(), min_size=1, max_size=16))
-def test_model_matches_kernel_at_thp_scale(ops):
-    assert_same({"arena_pages": THP_ARENA, "ops": ops + [{"op": "snapshot"}]})
+    run()

@@ -26,8 +26,9 @@ class Difference:
     """The first difference between two runs of one script.
 
     ``index`` is the top-level op it is in (``None`` when unknown), ``where`` the
-    record's path (``op 3 > child op 1``); ``model``/``kernel`` are the two records (or
-    error texts). ``signature`` leaves out positions and values that shrinking changes.
+    record's path (``op 3 > child op 1``), ``in_child`` whether that is in a fork
+    child; ``model``/``kernel`` are the two records (or error texts). ``signature``
+    leaves out positions and values that shrinking changes.
     """
 
     op: str
@@ -41,19 +42,14 @@ class Difference:
 
     @property
     def signature(self) -> str:
-        parts = ("child" if self.in_child else "", self.op, self.field, self.detail)
-        return " ".join(p for p in parts if p)
-
-    @property
-    def kind(self) -> str:
-        """The signature without where it happened (top level or a fork child): what
-        the shrinker preserves, so that it may unwrap a fork."""
+        """What kind of difference this is: op, field, detail. Not where it is (top
+        level or a fork child), so that shrinking may unwrap a fork and keep it."""
         return " ".join(p for p in (self.op, self.field, self.detail) if p)
 
     @property
     def slug(self) -> str:
         """A file-name-safe short form of the signature."""
-        text = "-".join(p for p in ("child" if self.in_child else "", self.op, self.field) if p)
+        text = "-".join(p for p in (self.op, self.field) if p)
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60] or "difference"
 
 

@@ -299,7 +299,7 @@ class Fuzzer:
             final = last  # the records of the accepted step: no new run after Ctrl-C
         else:
             final = self.evaluate(minimal)  # once more: the minimal script must show it too
-            if final.diff is None or final.diff.kind != run.diff.kind:
+            if final.diff is None or final.diff.signature != sig:
                 minimal, final = doc, run  # it did not: keep the script as generated
                 shrinker.complete = False
         f = findings.Finding(
@@ -312,9 +312,18 @@ class Fuzzer:
         findings.write(self.dir, f)
         self.stats.findings.append(f)
         self._known[sig] = f
-        self._known.setdefault(f.signature, f)  # shrinking may have unwrapped a fork
         if shrinker.interrupted:
             raise KeyboardInterrupt
+
+    def minimize(self, doc: dict) -> tuple[dict, Run, Shrinker | None]:
+        """Shrink one script that shows a difference (no confirmation, no finding):
+        ``(minimal script, its run, the shrinker)``; ``(doc, run, None)`` when the two
+        sides agree. For tests that found a difference and want it small."""
+        run = self.evaluate(doc)
+        if run.diff is None:
+            return doc, run, None
+        minimal, shrinker, last = self._shrink(doc, run.diff)
+        return minimal, (run if minimal is doc else last), shrinker
 
     def _confirm(self, doc: dict, run: Run) -> str | None:
         """``"n/n"`` when every extra kernel run shows the same difference, else ``None``.
@@ -331,7 +340,7 @@ class Fuzzer:
 
     def _shrink(self, doc: dict, diff: Difference) -> tuple[dict, Shrinker, Run]:
         """``(minimal script, the shrinker, the run of its last accepted step)``."""
-        sig, kind = diff.signature, diff.kind
+        sig = diff.signature
         ops0 = count_ops(doc["ops"])
         last: list[Run] = [Run(diff=diff)]
 
@@ -340,7 +349,7 @@ class Fuzzer:
                 got = self.evaluate(candidate, model_only=diff.field == MODEL_ERROR)
             except ScriptError:
                 return False
-            if got.diff is not None and got.diff.kind == kind:
+            if got.diff is not None and got.diff.signature == sig:
                 last[0] = got
                 return True
             return False

@@ -212,14 +212,16 @@ class ScriptGen:
 
 
 # ---------------------------------------------------------------------------
-# The op generators. Weights: "mixed" keeps the differential test's old mix (per 80
-# draws: 16 forks, 12 mmap, 12 madvise, 12 touch, 4 each of munmap, mprotect, mremap,
-# mlock, munlock and snapshot, 4 file ops), plus a little of what it never drew.
+# The op generators. Weights: "mixed" is the differential test's mix as it always was
+# (per 80 draws: 16 forks, 12 mmap, 12 madvise, 12 touch, 4 each of munmap, mprotect,
+# mremap, mlock, munlock and snapshot, 4 file ops); the other profiles add the rest.
 
 
 @op_generator("mmap", mixed=12, guards=8, thp=8, files=14, errors=6, maxmap=2)
 def _mmap(g: ScriptGen) -> dict:
-    if g.profile.name == "files":
+    if not g.files:
+        kind = list(g.pick(MAP_KINDS[:2]))
+    elif g.profile.name == "files":
         kind = list(g.pick(MAP_KINDS[2:] * 3 + MAP_KINDS[:2]))
     elif g.profile.thp:
         kind = list(g.pick((MAP_KINDS[0],) * 4 + MAP_KINDS[1:]))
@@ -269,7 +271,7 @@ def _madvise(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("guard", mixed=1, guards=18, thp=4, files=4, errors=1, maxmap=2)
+@op_generator("guard", guards=18, thp=4, files=4, errors=1, maxmap=2)
 def _guard(g: ScriptGen) -> dict:
     """MADV_GUARD_INSTALL (twice as often) or MADV_GUARD_REMOVE."""
     op = _range(g, "madvise")
@@ -375,7 +377,7 @@ def _process_madvise(g: ScriptGen) -> dict:
     return {"op": "process_madvise", "ranges": ranges, "advice": g.pick(pool)}
 
 
-@op_generator("seal", mixed=0.5, files=3, errors=2)
+@op_generator("seal", files=3, errors=2)
 def _seal(g: ScriptGen) -> dict:
     seals = g.rng.sample(SEALS, g.rng.randint(1, 2))
     return {"op": "seal", "file": g.file(), "seals": seals}
@@ -384,7 +386,7 @@ def _seal(g: ScriptGen) -> dict:
 # -- error paths -------------------------------------------------------------
 
 
-@op_generator("edge", mixed=1, guards=0.5, files=1, errors=20, maxmap=1)
+@op_generator("edge", guards=0.5, files=1, errors=20, maxmap=1)
 def _edge(g: ScriptGen) -> dict:
     """Byte-form arguments: unaligned starts; odd, zero, negative and huge lengths; raw advice."""
     name = g.pick(("mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "mremap"))
@@ -406,7 +408,7 @@ def _edge(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mmap_edge", mixed=0.5, files=1, errors=6)
+@op_generator("mmap_edge", files=1, errors=6)
 def _mmap_edge(g: ScriptGen) -> dict:
     """mmap flag sets and offsets the kernel refuses (or surprisingly accepts)."""
     at, n = g.span()
@@ -426,7 +428,7 @@ def _mmap_edge(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mremap_edge", mixed=0.5, guards=0.5, files=1, errors=5)
+@op_generator("mremap_edge", guards=0.5, files=1, errors=5)
 def _mremap_edge(g: ScriptGen) -> dict:
     """mremap with an old length of 0 (duplicate a shared mapping), shrinking to odd
     lengths, overlapping fixed targets, dontunmap with a resize."""
@@ -447,7 +449,7 @@ def _mremap_edge(g: ScriptGen) -> dict:
     return {"op": "mremap", "at": at, "len": n, "new_len": n, "flags": ["fixed"], "to": to}
 
 
-@op_generator("madvise_raw", mixed=0.2, errors=3)
+@op_generator("madvise_raw", errors=3)
 def _madvise_raw(g: ScriptGen) -> dict:
     op = _range(g, "madvise")
     op["advice"] = g.pick(RAW_ADVICE)

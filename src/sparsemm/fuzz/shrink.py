@@ -179,7 +179,7 @@ class Shrinker:
                 if len(kept) != len(ranges):
                     progress = True
                     continue
-            for cand in simpler_ops(op):
+            for cand in simpler_ops(op, _page_starts(self.best["ops"])):
                 if self._try(self._with_op(path, i, cand)):
                     progress = True
                     break
@@ -204,11 +204,10 @@ class Shrinker:
             self._try(cand)
         for name in list(self.best.get("files", {})):
             pages = self.best["files"][name].get("pages", 0)
-            for smaller in sorted({0, 1, pages // 2, pages - 1}):
-                if 0 <= smaller < pages:
-                    cand = {**self.best, "files": {**self.best["files"], name: {"pages": smaller}}}
-                    if self._try(cand):
-                        break
+            for smaller in smaller_ints(pages, 0):
+                cand = {**self.best, "files": {**self.best["files"], name: {"pages": smaller}}}
+                if self._try(cand):
+                    break
 
     def _shrink_arena(self) -> None:
         arena = self.best.get("arena_pages")
@@ -221,19 +220,24 @@ class Shrinker:
             self._try({k: v for k, v in self.best.items() if k != "outside_arena"})
 
 
-def simpler_ops(op: dict) -> Iterator[dict]:
+def simpler_ops(op: dict, starts: tuple[int, ...] = ()) -> Iterator[dict]:
     """Simpler variants of one op, plainest first: page forms for aligned byte forms,
-    shorter lengths, plainer prots, one flag or seal fewer, no touch value, no offset."""
+    a lower start among ``starts`` (where other ops start, and 0), shorter lengths,
+    plainer prots, one flag or seal fewer, no touch value, no offset."""
     for key, bkey in _ADDR_KEYS:
         v = op.get(bkey)
         if isinstance(v, int) and v >= 0 and v % PAGE == 0:
             yield _replace_key(op, bkey, key, v // PAGE)
+    at = op.get("at")
+    if isinstance(at, int) and op.get("op") not in ("fallocate_punch",):
+        for lower in starts:
+            if lower < at:
+                yield {**op, "at": lower}
     for key in ("len", "new_len"):
         v = op.get(key)
         if isinstance(v, int) and v > 1:
-            for c in sorted({1, v // 2, v - 1}):
-                if c < v:
-                    yield {**op, key: c}
+            for c in smaller_ints(v, 1):
+                yield {**op, key: c}
     for key in ("len_bytes", "new_len_bytes"):
         v = op.get(key)
         if isinstance(v, int) and v > PAGE and v % PAGE:
@@ -259,9 +263,8 @@ def simpler_ops(op: dict) -> Iterator[dict]:
             if isinstance(v, int) and v > 0:
                 if key == "bytes" and v % PAGE == 0:
                     yield _replace_key(op, "bytes", "pages", v // PAGE)
-                for c in sorted({0, v // 2}):
-                    if c < v:
-                        yield {**op, key: c}
+                for c in smaller_ints(v, 0):
+                    yield {**op, key: c}
     if op.get("op") == "process_madvise" and isinstance(op.get("ranges"), list):
         for n, r in enumerate(op["ranges"]):
             if isinstance(r, list) and len(r) == 2 and isinstance(r[1], int) and r[1] > 1:
@@ -270,6 +273,34 @@ def simpler_ops(op: dict) -> Iterator[dict]:
                 yield {**op, "ranges": ranges}
     if "note" in op:
         yield {k: v for k, v in op.items() if k != "note"}
+
+
+def smaller_ints(v: int, least: int) -> list[int]:
+    """Candidates below ``v``, smallest first: ``least``, then v - v/2, v - v/4, ...,
+    v - 1. The first that works is taken, so a length of n shrinks in O(log^2 n) tests."""
+    out = [least] if least < v else []
+    step = (v - least) // 2
+    while step >= 1:
+        c = v - step
+        if least < c < v and c not in out:
+            out.append(c)
+        step //= 2
+    if v - 1 > least and v - 1 not in out:
+        out.append(v - 1)
+    return out
+
+
+def _page_starts(ops: list) -> tuple[int, ...]:
+    """0 and every page-form ``at`` of an arena op, fork children included, ascending."""
+    out = {0}
+    for op in ops:
+        if not isinstance(op, dict):
+            continue
+        if isinstance(op.get("at"), int) and op.get("op") != "fallocate_punch":
+            out.add(op["at"])
+        if isinstance(op.get("child"), list):
+            out.update(_page_starts(op["child"]))
+    return tuple(sorted(out))
 
 
 def _replace_key(op: dict, old: str, new: str, value) -> dict:

@@ -1,0 +1,30 @@
+"""Hypothesis strategies for random op scripts, shared by the differential tests.
+
+The scripts come from the fuzzer's generator (``sparsemm.fuzz.generate``, one table of
+op generators with a weight per profile); hypothesis only draws the seed, so a failing
+example is reproduced by its seed and shrunk by the fuzzer's shrinker, not by
+hypothesis. ``op_script()`` is the "mixed" profile (every op kind on a 16- or 48-page
+arena, forks with up to six child ops); ``guards=True`` the "guards" profile.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from sparsemm.fuzz.generate import PROFILES, generate_script, script_rng
+
+seeds = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+def profile_script(profile: str, min_ops: int | None = None, max_ops: int | None = None):
+    """Scripts of ``profile`` as ``(seed, doc)`` pairs."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}")
+    return seeds.map(lambda seed: (seed, generate_script(profile, script_rng(seed),
+                                                         min_ops=min_ops, max_ops=max_ops)))
+
+
+def op_script(min_ops: int = 1, max_ops: int = 24, guards: bool = False):
+    """Whole script documents: ``min_ops`` to ``max_ops`` top-level ops (a fork counts
+    as one), then a snapshot."""
+    return profile_script("guards" if guards else "mixed", min_ops, max_ops).map(lambda p: p[1])
