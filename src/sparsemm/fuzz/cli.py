@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 
-from sparsemm.fuzz.engine import Fuzzer, FuzzError, Stats, backends_from_env
+from sparsemm.fuzz.engine import Fuzzer, FuzzError, Recheck, Stats, backends_from_env, recheck
 from sparsemm.fuzz.generate import DEFAULT_PROFILES, PROFILES, count_ops
 from sparsemm.fuzz.suppress import KNOWN, SuppressionError, load_rules
 
@@ -48,6 +48,9 @@ def add_parser(subparsers) -> None:
                    help="suppression file of known divergences (repeatable); 'known' is the "
                         "one shipped with sparsemm for docs/divergences.md")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--recheck", metavar="DIR",
+                   help="generate nothing: run every finding under DIR again and say which "
+                        "still differ (exit 1), agree now, or differ differently")
     p.set_defaults(func=fuzz_main)
 
 
@@ -136,6 +139,9 @@ def summary_text(stats: Stats) -> str:
         ops = count_ops(f.script.get("ops", []))
         partly = "" if f.shrink.get("complete", True) else ", not fully shrunk"
         lines.append(f"  {f.path}: {f.signature} ({ops} ops, {f.hits} hits{partly})")
+    if stats.refused:
+        lines.append(f"  {stats.refused} generated scripts refused by the parser (a generator "
+                     f"bug), first: {stats.refused_example}")
     for sig, hits in stats.previous.items():
         lines.append(f"  known finding seen again: {sig} ({hits} hits)")
     for sig, n in stats.flaky.items():
@@ -145,7 +151,43 @@ def summary_text(stats: Stats) -> str:
     return "\n".join(lines)
 
 
+def recheck_main(args: argparse.Namespace) -> int:
+    """``--recheck DIR``: one line per finding; exit 1 while any still differs."""
+    if not os.path.isdir(args.recheck):
+        print(f"sparsemm fuzz: --recheck: {args.recheck} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    out = []
+
+    def show(r: Recheck) -> None:
+        if args.json:
+            return
+        if r.state == "agrees":
+            line = "agrees now: record its script into tests/conformance/, then delete it"
+        elif r.state == "differs":
+            line = f"still differs: {r.signature}"
+        else:
+            line = f"differs differently: {r.run.diff.signature} (was {r.signature})"
+        print(f"{r.path}: {line}", flush=True)
+
+    try:
+        out = recheck(args.recheck, backends_from_env(), on_each=show)
+    except FuzzError as exc:
+        print(f"sparsemm fuzz: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps([{"dir": str(r.path), "signature": r.signature, "state": r.state,
+                           "now": r.run.diff.signature if r.run.diff else None} for r in out],
+                         indent=2))
+    elif not out:
+        print(f"{args.recheck}: no findings")
+    return EXIT_FOUND if any(r.state != "agrees" for r in out) else 0
+
+
 def fuzz_main(args: argparse.Namespace) -> int:
+    if args.recheck is not None:
+        return recheck_main(args)
     try:
         opts = _options(args)
         backends = backends_from_env()

@@ -33,8 +33,9 @@ RunFn = Callable[[Script], list]
 CHECK_ARENA_PAGES = 1 << 16
 #: Kernel runs that must show a difference again before it counts (besides the first).
 CONFIRM_RUNS = 2
-#: Test runs one shrink may spend (it also stops at the run's deadline).
+#: Test runs and seconds one shrink may spend (it also stops at the run's deadline).
 SHRINK_TESTS = 400
+SHRINK_SECONDS = 300.0
 MODEL_HOOK = "SPARSEMM_FUZZ_MODEL"
 KERNEL_HOOK = "SPARSEMM_FUZZ_KERNEL"
 
@@ -114,6 +115,8 @@ class Stats:
     flaky: Counter = field(default_factory=Counter)  # signature -> unconfirmed differences
     findings: list = field(default_factory=list)  # Finding, in the order found
     previous: Counter = field(default_factory=Counter)  # signature -> hits of older findings
+    refused: int = 0  # generated scripts the parser refused (a generator bug)
+    refused_example: str = ""
     kernel_runs: int = 0
     shrink_runs: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -127,7 +130,7 @@ class Stats:
             "ops": self.ops, "elapsed_s": round(self.elapsed, 1), "kernel_runs": self.kernel_runs,
             "differences": self.differences, "duplicates": self.duplicates,
             "suppressed": dict(self.suppressed), "flaky": dict(self.flaky),
-            "interrupted": self.interrupted,
+            "interrupted": self.interrupted, "refused": self.refused,
             "findings": [{"dir": str(f.path) if f.path else None, "signature": f.signature,
                           "hits": f.hits, "ops": count_ops(f.script.get("ops", [])),
                           "shrunk": f.shrink.get("complete", True), "profile": f.profile}
@@ -151,7 +154,7 @@ class Fuzzer:
                  backends: Backends | None = None,
                  on_progress: Callable[[Stats], None] | None = None,
                  max_map_count: int | None = None, confirm_runs: int = CONFIRM_RUNS,
-                 shrink_tests: int = SHRINK_TESTS):
+                 shrink_tests: int = SHRINK_TESTS, shrink_seconds: float = SHRINK_SECONDS):
         profiles = tuple(profiles)
         for p in profiles:
             if p not in PROFILES:
@@ -172,6 +175,7 @@ class Fuzzer:
         self.max_map_count = max_map_count or _max_map_count()
         self.confirm_runs = confirm_runs
         self.shrink_tests = shrink_tests
+        self.shrink_seconds = shrink_seconds
         self.stats = Stats(self.seed, profiles)
         self.deadline = None if time_limit is None else self.stats.started + time_limit
         self._known: dict[str, object] = dict(findings.existing(self.dir))  # sig -> Finding | Path
@@ -251,7 +255,13 @@ class Fuzzer:
                 doc = generate_script(profile, script_rng(self.seed, i), max_ops=self.max_ops,
                                       max_map_count=self.max_map_count)
                 self._progress(f"{profile} script {i}")
-                run = self.evaluate(doc)
+                try:
+                    run = self.evaluate(doc)
+                except ScriptError as exc:  # the generator drew what the parser refuses
+                    self.stats.scripts += 1
+                    self.stats.refused += 1
+                    self.stats.refused_example = self.stats.refused_example or f"{profile} #{i}: {exc}"
+                    continue
                 self.stats.scripts += 1
                 self.stats.ops += count_ops(doc["ops"])
                 if run.diff is not None:
@@ -359,11 +369,52 @@ class Fuzzer:
             self._progress(f"shrinking {sig}: {count_ops(s.best['ops'])}/{ops0} ops, "
                            f"{s.tests} runs")
 
-        shrinker = Shrinker(test, max_tests=self.shrink_tests, deadline=self.deadline,
+        deadline = time.monotonic() + self.shrink_seconds
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline)
+        shrinker = Shrinker(test, max_tests=self.shrink_tests, deadline=deadline,
                             pinned=_is_pinned, on_step=step)
         self._progress(f"shrinking {sig}")
         minimal = shrinker.shrink(doc, last_index=diff.index)
         return minimal, shrinker, last[0]
+
+
+@dataclass(slots=True)
+class Recheck:
+    """One finding run again: its directory, the signature it was written with, and the
+    run now (``run.diff is None``: model and kernel agree on it now)."""
+
+    path: Path
+    signature: str
+    run: Run
+
+    @property
+    def state(self) -> str:
+        if self.run.diff is None:
+            return "agrees"
+        return "differs" if self.run.diff.signature == self.signature else "changed"
+
+
+def recheck(directory: str | Path, backends: Backends | None = None,
+            on_each: Callable[[Recheck], None] | None = None) -> list[Recheck]:
+    """Run every finding's ``script.json`` under ``directory`` on both sides again
+    (after a model fix, or on a new kernel). Findings in path order."""
+    fz = Fuzzer(seed=0, examples=0, findings_dir="/nonexistent", backends=backends)
+    out = []
+    for meta in sorted(Path(directory).glob("*/finding.json")):
+        try:
+            signature = json.loads(meta.read_text(encoding="utf-8"))["signature"]
+            doc = json.loads((meta.parent / "script.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FuzzError(f"{meta.parent}: not a finding ({exc})") from None
+        try:
+            run = fz.evaluate(doc)
+        except ScriptError as exc:
+            raise FuzzError(f"{meta.parent}/script.json: {exc}") from None
+        out.append(Recheck(meta.parent, signature, run))
+        if on_each is not None:
+            on_each(out[-1])
+    return out
 
 
 def _is_pinned(op: dict) -> bool:
