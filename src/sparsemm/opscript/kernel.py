@@ -22,6 +22,13 @@ from sparsemm.opscript.script import Op, Script, parse_script
 
 
 
+#: The child's environment. Its Python allocates through glibc malloc (not pymalloc's
+#: mmap'd arenas) and glibc never mmaps: every allocation then grows the heap VMA
+#: with brk, so the child still allocates, and reports, once a script has brought
+#: it to vm.max_map_count (a mmap'd arena would need a new VMA: MemoryError).
+CHILD_ENV = {"PYTHONHASHSEED": "0", "PYTHONMALLOC": "malloc", "MALLOC_MMAP_MAX_": "0"}
+
+
 class KernelBackendError(RuntimeError):
     """The child could not run the script (arena occupied, crash)."""
 
@@ -48,7 +55,7 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     proc = subprocess.run(
         [sys.executable, "-m", "sparsemm.opscript.kernel"],
         input=json.dumps(script.doc), capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
+        env={**os.environ, **CHILD_ENV},
     )
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
