@@ -402,6 +402,24 @@ def test_ctrl_c_stops_cleanly_with_what_it_has(tmp_path):
         assert (meta.parent / "script.json").exists()
 
 
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sparsemm", "fuzz", "--time", "600",
+                             "--findings", str(tmp_path / "f"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(TESTS), **HONEST})
+    try:
+        time.sleep(3)
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True and summary["scripts"] >= 0
+
+
 def test_ctrl_c_with_nothing_found_exits_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sparsemm", "fuzz", "--time", "600",
                              "--findings", str(tmp_path / "f"), "--json"],

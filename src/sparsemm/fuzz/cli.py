@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -185,6 +186,10 @@ def recheck_main(args: argparse.Namespace) -> int:
     return EXIT_FOUND if any(r.state != "agrees" for r in out) else 0
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def fuzz_main(args: argparse.Namespace) -> int:
     if args.recheck is not None:
         return recheck_main(args)
@@ -202,7 +207,11 @@ def fuzz_main(args: argparse.Namespace) -> int:
         print(f"sparsemm fuzz: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ref.append(fuzzer)
-    stats = fuzzer.run()
+    previous = signal.signal(signal.SIGTERM, _stop)  # stop as on Ctrl-C, with what it has
+    try:
+        stats = fuzzer.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if line is not None:
         line.clear()
     if args.json:

@@ -23,6 +23,7 @@ from sparsemm.opscript.corpus import dump_corpus_doc
 FINDING_SCHEMA = "sparsemm.fuzz-finding/1"
 #: A report longer than this keeps the lines around the first difference only.
 _MAX_REPORT_LINES = 120
+_MAX_LINE = 400  # characters: a process_madvise of 1,024 ranges is one long line
 
 
 @dataclass(slots=True)
@@ -146,6 +147,7 @@ def diff_text(f: Finding) -> str:
 
 
 def _trim(lines: list[str]) -> list[str]:
+    lines = [line if len(line) <= _MAX_LINE else line[:_MAX_LINE] + " ..." for line in lines]
     if len(lines) <= _MAX_REPORT_LINES:
         return lines
     mark = next((n for n, line in enumerate(lines) if "≠" in line), 0)
