@@ -8,6 +8,8 @@ is untouched), so the planted difference has a known minimal script.
 
 from __future__ import annotations
 
+import os
+
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import Script
 
@@ -18,6 +20,15 @@ PLANTED_CHILD_SNAPSHOT = "snapshot pages .!=P"
 def honest_model(script: Script) -> list:
     """The model as it is (used as the 'kernel' side of fast tests)."""
     return run_model(script, check=True)
+
+
+def honest_model_announcing(script: Script) -> list:
+    """``honest_model``, creating the file named by ``FUZZ_PLANT_STARTED`` on its first
+    call: a test waits for it before it signals the fuzzer."""
+    path = os.environ.get("FUZZ_PLANT_STARTED")
+    if path and not os.path.exists(path):
+        open(path, "w").close()
+    return honest_model(script)
 
 
 def _raw_ops(script: Script) -> list:
