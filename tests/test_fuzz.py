@@ -202,7 +202,13 @@ def test_fuzzer_finds_shrinks_and_writes_a_planted_difference(tmp_path):
     path = f.path
     assert path.parent == tmp_path and path.name.startswith("001-mprotect-ret")
     assert {p.name for p in path.iterdir()} == {"script.json", "original.json", "model.json",
-                                                 "kernel.json", "diff.txt", "finding.json"}
+                                                 "kernel.json", "diff.txt", "finding.json", "more"}
+    more = sorted((path / "more").iterdir())
+    assert [p.name for p in more] == ["1.json", "2.json", "3.json"][:min(3, f.hits - 1)]
+    for p in more:  # later scripts with the same difference, as generated
+        doc = json.loads(p.read_text())
+        assert classify(fuzz_plant.mprotect_x_eacces(parse_script(doc)),
+                        run_model(parse_script(doc))).signature == fuzz_plant.PLANTED_MPROTECT
     script = json.loads((path / "script.json").read_text())
     assert "fuzz finding" in script["note"] and "expect" not in script
     assert json.loads((path / "model.json").read_text()) == fuzz_plant.mprotect_x_eacces(parse_script(script))

@@ -295,8 +295,10 @@ class Fuzzer:
             self.stats.duplicates += 1
             if isinstance(known, findings.Finding):
                 known.hits += 1
+                findings.add_example(known.path, doc)
             else:
                 self.stats.previous[sig] += 1
+                findings.add_example(known, doc)
             return
         confirmed = self._confirm(doc, run)
         if confirmed is None:

@@ -118,6 +118,23 @@ def write(directory: Path, f: Finding) -> Path:
     return path
 
 
+#: Scripts kept per finding of the later differences with its signature (unshrunk):
+#: one signature can stand for more than one cause, and these show the variety.
+MAX_EXAMPLES = 3
+
+
+def add_example(path: Path | None, doc: dict) -> None:
+    """Keep ``doc`` as ``more/N.json`` in a finding's directory, up to MAX_EXAMPLES."""
+    if path is None:
+        return
+    more = path / "more"
+    have = len(list(more.glob("*.json"))) if more.is_dir() else 0
+    if have >= MAX_EXAMPLES:
+        return
+    more.mkdir(exist_ok=True)
+    _write(more / f"{have + 1}.json", dump_corpus_doc(doc))
+
+
 def save_metadata(f: Finding) -> None:
     if f.path is not None:
         _write(f.path / "finding.json", json.dumps(f.metadata(), indent=2) + "\n")
