@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench record check-corpus clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -1,4 +1,4 @@
-"""Calibration run: measure three simple layouts on the kernel and set them beside costs.py.
+"""Calibration run: measure simple layouts on the kernel and set them beside costs.py.
 
 Layouts, each at ~1k, ~10k and ~60k VMAs (sizes in pages):
   ladder      one RW mapping of 2g+1 pages, every odd page mprotect(PROT_NONE): 2g+1 VMAs
@@ -7,11 +7,17 @@ Layouts, each at ~1k, ~10k and ~60k VMAs (sizes in pages):
               is then 1; the size names the ladder it mirrors)
   stacks-236  glibc 2.36 thread stacks, 128 pages each, top page written: 2 VMAs per thread
   isolated    V one-page RW mappings with one-page holes between: V VMAs, 2V slots
+  shared-anon the same, shared anonymous: each mapping also makes a shmem file
 
 For each: the expected MmCounts delta (by hand, below), the measured median
-(``sparsemm.opscript.measure.measure_script``), and costs.py's prediction.
-Run as root: ``cd /work/main && PYTHONPATH=src python3 bench/bench_costs_calibration.py [--repeat N] [--sizes 1000,10000,60000]``.
-Prints a Markdown table and, with ``--json FILE``, the raw measurements.
+(``sparsemm.opscript.measure.measure_script``: object counts from /proc/slabinfo, whole machine;
+kernel bytes from the measuring child's memory cgroup), and costs.py's prediction. Then the
+bytes one object of each kind charges the cgroup, solved from the largest size of five layouts
+(ladder: VMAs only; ladder-pop: + chains; stacks-236: + anon_vmas; markers: page tables;
+shared-anon: + a shmem file each).
+Runs 5-15 minutes. Run as root: ``.venv/bin/python bench/bench_costs_calibration.py
+[--repeat N] [--sizes 1000,10000,60000]``. Prints Markdown tables and, with ``--json FILE``,
+the raw measurements.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import sys
 import time
 
 from sparsemm import workloads
-from sparsemm.model.costs import MmCounts, kernel_cost, maple_nodes_for_slots
+from sparsemm.model.costs import MmCounts, constants, kernel_cost, maple_nodes_for_slots
+from sparsemm.native.memcg import charge_slack_bytes
 from sparsemm.opscript.measure import measure_script
 from sparsemm.opscript.script import parse_script
 
@@ -75,6 +82,13 @@ def stacks(vmas: int) -> tuple[dict, MmCounts]:
     return doc, counts
 
 
+def shared_anon(vmas: int) -> tuple[dict, MmCounts]:
+    """V one-page shared anonymous mappings with holes: V VMAs, each with its own shmem file."""
+    ops = [{"op": "mmap", "at": 2 * i, "prot": "rw", "flags": ["shared", "anonymous"]} for i in range(vmas)]
+    doc = {"note": f"{vmas} isolated shared anonymous pages", "arena_pages": 2 * vmas, "ops": ops}
+    return doc, MmCounts(vmas=vmas, gap_slots=vmas, shmem_files=vmas)
+
+
 def isolated(vmas: int) -> tuple[dict, MmCounts]:
     ops = [{"op": "mmap", "at": 2 * i, "prot": "rw"} for i in range(vmas)]
     doc = {"note": f"{vmas} isolated one-page mappings", "arena_pages": 2 * vmas, "ops": ops}
@@ -87,6 +101,7 @@ LAYOUTS = {
     "markers": markers,
     "stacks-236": stacks,
     "isolated": isolated,
+    "shared-anon": shared_anon,
 }
 
 
@@ -101,21 +116,74 @@ def model_nodes(slots: int) -> int | str:
 
 HEAD = ("| layout | VMAs | slots | vm_area_struct meas/pred | anon_vma meas/pred | "
         "AVC meas/pred | maple_node meas | nodes/slot | costs.py nodes | vma_tree nodes | "
-        "VmPTE KiB meas/pred | slab B meas | slab B costs.py | runs: quiet/used (attempts) |")
+        "VmPTE KiB meas/pred | slab B meas | slab B costs.py | memcg B meas (min..max) | "
+        "memcg B costs.py | runs: quiet/used (attempts) |")
 SLAB_STRIDES = (("vm_area_struct", 192), ("anon_vma", 104), ("anon_vma_chain", 64), ("maple_node", 256))
 
 
-def row(name: str, counts: MmCounts, v: dict, runs: str) -> str:
+def row(name: str, counts: MmCounts, v: dict, runs: str, spread: dict | None = None) -> str:
     """One Markdown row: measured medians ``v`` beside costs.py's prediction for ``counts``."""
     cost = kernel_cost(counts)
     slots = counts.maple_slots
-    slab = sum(v.get(k, 0) * b for k, b in SLAB_STRIDES)
+    slab = sum(v[k] * b for k, b in SLAB_STRIDES) if all(k in v for k, _ in SLAB_STRIDES) else "-"
+    per_slot = f"{v['maple_node'] / slots:.4f}" if "maple_node" in v else "-"
     return (f"| {name} | {v['arena_vmas']} | {slots} | {v.get('vm_area_struct', '-')}/{counts.vmas} | "
             f"{v.get('anon_vma', '-')}/{counts.anon_vmas} | "
             f"{v.get('anon_vma_chain', '-')}/{counts.anon_vma_chains} | {v.get('maple_node', '-')} | "
-            f"{v.get('maple_node', 0) / slots:.4f} | {maple_nodes_for_slots(slots)} | "
+            f"{per_slot} | {maple_nodes_for_slots(slots)} | "
             f"{model_nodes(slots)} | {v['vmpte_bytes'] // 1024}/{cost.vmpte // 1024} | {slab} | "
-            f"{cost.total - cost.page_tables} | {runs} |")
+            f"{cost.total - cost.page_tables} | {memcg_cell(v, spread)} | {cost.memcg} | {runs} |")
+
+
+def memcg_cell(v: dict, spread: dict | None) -> str:
+    if "memcg_bytes" not in v:
+        return "-"
+    lo, hi = (spread or {}).get("memcg_bytes", (v["memcg_bytes"],) * 2)
+    return f"{v['memcg_bytes']} ({lo}..{hi})"
+
+
+def fit(measured: dict[str, tuple[MmCounts, int]]) -> list[str]:
+    """Bytes each object charges the cgroup, solved layout by layout from ``measured``
+    (layout -> (hand counts, memcg median) at one size), each with its uncertainty: the
+    charge slack spread over the objects solved for."""
+    slack = charge_slack_bytes()
+    page = constants().page_table
+    out = []
+
+    def tables(c: MmCounts) -> int:
+        return c.pte_tables + c.pmd_tables + c.pud_tables
+
+    if "ladder" not in measured:
+        return out
+    c, b = measured["ladder"]
+    vma = b / c.vmas
+    out.append(f"| vm_area_struct | ladder: memcg / VMAs | {vma:.2f} ± {slack / c.vmas:.2f} | "
+               f"{constants().charged('vm_area_struct')} |")
+    if "shared-anon" in measured:
+        c, b = measured["shared-anon"]
+        out.append(f"| shmem file of a shared anonymous mmap (inode, file, dentry) | shared-anon: "
+                   f"(memcg - VMAs) / files | {(b - c.vmas * vma) / c.shmem_files:.2f} ± "
+                   f"{slack / c.shmem_files:.2f} | {constants().memcg_shmem_file} |")
+    if "ladder-pop" not in measured:
+        return out
+    c, b = measured["ladder-pop"]
+    anon_vma_model = constants().charged("anon_vma")  # one object: negligible
+    avc = (b - tables(c) * page - c.vmas * vma - c.anon_vmas * anon_vma_model) / c.anon_vma_chains
+    out.append(f"| anon_vma_chain | ladder-pop: (memcg - tables - VMAs - 1 anon_vma) / chains | "
+               f"{avc:.2f} ± {slack / c.anon_vma_chains:.2f} | {constants().charged('anon_vma_chain')} |")
+    if "stacks-236" not in measured:
+        return out
+    c, b = measured["stacks-236"]
+    av = (b - tables(c) * page - c.vmas * vma - c.anon_vma_chains * avc) / c.anon_vmas
+    out.append(f"| anon_vma | stacks-236: (memcg - tables - VMAs - chains) / anon_vmas | "
+               f"{av:.2f} ± {slack / c.anon_vmas:.2f} | {constants().charged('anon_vma')} |")
+    if "markers" not in measured:
+        return out
+    c, b = measured["markers"]
+    per_table = (b - vma - av - avc) / tables(c)
+    out.append(f"| page-table page | markers: (memcg - 1 VMA - 1 anon_vma - 1 chain) / tables | "
+               f"{per_table:.1f} ± {slack / tables(c):.1f} | {page} |")
+    return out
 
 
 def pool(paths: list[str]) -> None:
@@ -156,6 +224,7 @@ def main() -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     raw = []
+    largest: dict[str, tuple[MmCounts, int]] = {}
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M:%S %Z')} kernel {platform.release()} "
           f"repeat={args.repeat} -->")
     print(HEAD)
@@ -166,13 +235,21 @@ def main() -> int:
             t0 = time.monotonic()
             m = measure_script(parse_script(doc), repeat=args.repeat)
             secs = time.monotonic() - t0
-            print(row(f"{name} {size // 1000}k", counts, m.values, f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})"), flush=True)
+            print(row(f"{name} {size // 1000}k", counts, m.values,
+                      f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})", m.spread), flush=True)
+            if "memcg_bytes" in m.values and size == max(sizes):
+                largest[name] = (counts, m.values["memcg_bytes"])
             raw.append({"layout": name, "size": size,
                         "counts": {k: getattr(counts, k) for k in counts.__slots__},
                         "measurement": m.as_dict(), "prediction": kernel_cost(counts).as_dict(),
                         "seconds": round(secs, 1)})
             if m.failed_ops:
                 print(f"<!-- {name} {size}: {m.failed_ops} ops failed -->")
+    if "ladder" in largest:
+        print(f"\nBytes charged to the memory cgroup per object, from the {max(sizes):,} rows:\n")
+        print("| object | solved from | measured (B) | costs.py charged (B) |")
+        print("|---|---|---|---|")
+        print("\n".join(fit(largest)))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(raw, fh, indent=1)

@@ -53,7 +53,7 @@ def test_sandwich():
     L G R   ->  markers: one VMA (L+G+R); tree: L, R (G is a tree entry)
     """
     c = find_guards(layout(RW, G4, RW))
-    assert roles(c) == [("mapping", None), ("guard", "both"), ("mapping", None)]
+    assert roles(c) == [("kept", None), ("guard", "both"), ("kept", None)]
     s = c.summary
     assert (s.vmas, s.guards, s.sandwiches, s.one_sided) == (3, 1, 1, 0)
     assert (s.vmas_if_markers, s.vmas_if_tree) == (1, 2)
@@ -64,7 +64,7 @@ def test_one_sided_both_ways():
     G R . L G    (glibc stack guard below its stack; a trailing guard above its region)
     """
     c = find_guards(layout(G4, RW, (1 * MiB, None), RW, G4))
-    assert roles(c) == [("guard", "above"), ("mapping", None), ("mapping", None), ("guard", "below")]
+    assert roles(c) == [("guard", "above"), ("kept", None), ("kept", None), ("guard", "below")]
     assert (c.summary.sandwiches, c.summary.one_sided) == (0, 2)
     assert (c.summary.vmas, c.summary.vmas_if_markers, c.summary.vmas_if_tree) == (4, 2, 2)
 
@@ -99,7 +99,7 @@ def test_neighbours_that_would_not_merge_with_each_other():
 ])
 def test_not_mergeable_neighbours(left, right):
     c = find_guards(layout(left, G4, (4 * KiB, None), right))
-    assert roles(c)[1] == ("mapping", None)
+    assert roles(c)[1] == ("kept", None)
     assert c.summary.isolated_prot_none == 1 and c.summary.guards == 0
 
 
@@ -115,7 +115,7 @@ def test_vmflags_decide_when_known():
     c = find_guards(layout(RW, G4, RW, smaps={1: "mr mw me sd gu"}))
     assert roles(c)[1] == ("guard", "both")
     c = find_guards(layout(RW, G4, RW, smaps={1: "mr mw me dd"}))
-    assert roles(c)[1] == ("mapping", None)
+    assert roles(c)[1] == ("kept", None)
     c = find_guards(layout(RW, G4, RW, smaps={2: "rd wr mr mw me ac dd"}))
     assert roles(c)[1] == ("guard", "below")
 
@@ -123,7 +123,7 @@ def test_vmflags_decide_when_known():
 def test_vsyscall_is_not_a_vma():
     es = parse_maps("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]\n")
     c = find_guards(es)
-    assert c.summary.vmas == 0 and roles(c) == [("mapping", None)]
+    assert c.summary.vmas == 0 and roles(c) == [("kept", None)]
 
 
 def test_cost_constants_come_from_the_packaged_json():
@@ -158,21 +158,27 @@ def test_cost_of_a_small_sandwich_and_of_a_reservation():
 def test_borderline_decided_by_cost_and_policy():
     """
     PartitionAlloc super pages: rw 4K | --- 2036K | rw 4K | ...  the tail lies in blocks its
-    neighbours populate (0 tables): a guard. A 6 MiB hole between two regions costs 2 tables
-    (8 KiB) > 550 B: a reservation, unless cost_ratio says markers are worth 30x.
+    neighbours populate (0 tables): decommitted payload, cheaper as markers, not a guard. A
+    6 MiB hole between two regions costs 2 tables (8 KiB) > 550 B: a reservation, unless
+    cost_ratio says markers are worth 30x.
     """
     tail = find_guards(layout((4 * KiB, "rw-p"), (2036 * KiB, "---p"), (4 * KiB, "rw-p"),
                               base=BASE + 2 * MiB - 8 * KiB))
-    assert (tail.roles[1].role, tail.roles[1].reason) == (Role.GUARD, "cheaper as markers")
+    assert (tail.roles[1].role, tail.roles[1].reason) == (Role.DECOMMITTED, "cheaper as markers")
     assert tail.roles[1].cost.marker_bytes == 0
-    assert find_guards(layout(RW, (2036 * KiB, "---p"), RW), GuardPolicy.table_7_1()).summary.guards == 0
+    s = tail.summary
+    assert (s.guards, s.payload, s.payload_bytes) == (0, 1, 2036 * KiB)
+    assert (s.vmas_if_markers, s.vmas_if_tree) == (3, 3)  # guards only: nothing changes
+    assert (s.vmas_if_markers_with_payload, s.vmas_if_tree_with_payload) == (1, 2)
+    table = find_guards(layout(RW, (2036 * KiB, "---p"), RW), GuardPolicy.table_7_1()).summary
+    assert (table.guards, table.payload) == (0, 0)
 
     es = layout((2 * MiB, "rw-p"), (6 * MiB, "---p"), (2 * MiB, "rw-p"))
     c = find_guards(es)
     assert (c.roles[1].role, c.roles[1].reason) == (Role.RESERVATION, "markers cost more")
     assert c.roles[1].cost.pte_tables == 3 and c.roles[1].side is GuardSide.BOTH
     c = find_guards(es, GuardPolicy(cost_ratio=30))
-    assert c.roles[1].role is Role.GUARD and c.summary.vmas_if_markers == 1
+    assert c.roles[1].role is Role.DECOMMITTED and c.summary.vmas_if_markers_with_payload == 1
     c = find_guards(es, GuardPolicy(max_guard_bytes=8 * MiB))
     assert (c.roles[1].role, c.roles[1].reason) == (Role.GUARD, "small")
     # With smaps, an untouched neighbour (Rss 0) does not lend its table.
@@ -188,8 +194,11 @@ def check_counts(c) -> None:
     s = c.summary
     assert s.guards == s.sandwiches + s.one_sided
     assert s.vmas_if_tree == s.vmas - s.guards
+    assert s.vmas_if_tree_with_payload == s.vmas_if_tree - s.payload
     assert s.vmas - 2 * s.sandwiches - s.one_sided <= s.vmas_if_markers <= s.vmas_if_tree
+    assert s.vmas_if_markers_with_payload <= s.vmas_if_markers
     assert sum(r.role is Role.GUARD for r in c.roles) == s.guards
+    assert sum(r.role is Role.DECOMMITTED for r in c.roles) == s.payload
     assert sum(r.role is Role.RESERVATION for r in c.roles) == s.reservations
 
 
@@ -199,11 +208,12 @@ TABLE_7_1 = {
     "chromium150_browser_default": (815, 49, 711, 760),
     "python311_glibc236_200threads": (535, 196, 139, 335),
 }
-# What the default GuardPolicy() computes: (guards, sandwiches, one-sided, reservations, markers, tree).
+# What the default GuardPolicy() computes: (guards, sandwiches, one-sided, reservations, markers,
+# tree), then (decommitted payload ranges, markers and tree with the payload as markers too).
 DEFAULT_POLICY = {
-    "chromium150_renderer_heavy_default": (344, 334, 10, 28, 722, 1056),
-    "chromium150_browser_default": (65, 59, 6, 4, 691, 750),
-    "python311_glibc236_200threads": (200, 196, 4, 15, 139, 335),
+    "chromium150_renderer_heavy_default": ((225, 217, 8, 28, 958, 1175), (119, 722, 1056)),
+    "chromium150_browser_default": ((55, 49, 6, 4, 711, 760), (10, 691, 750)),
+    "python311_glibc236_200threads": ((200, 196, 4, 15, 139, 335), (0, 139, 335)),
 }
 
 
@@ -224,30 +234,34 @@ def test_table_7_1_rule_reproduces_the_table_exactly(name):
 def test_default_policy_counts_and_tolerance_against_the_table(name):
     """The default policy finds more guards than §7.1 on Chromium, on purpose:
 
-    * renderer: +119 PROT_NONE ranges larger than 64 KiB pass the cost test (117 sandwiched,
-      2 one-sided; mostly PartitionAlloc's ``---p 2036K`` super-page tails: their 2 MiB blocks
-      already have PTE tables because the neighbouring metadata pages are populated, so
-      markers cost 0 B against 550 B of VMAs); +13 small sandwiches whose neighbours are
-      anonymous ``r--p`` (V8 read-only space?) rather than ``rw-p``. 212 -> 344 guards;
-      markers 984 -> 722, tree 1188 -> 1056.
-    * browser: +10 cost-test guards. Markers 711 -> 691, tree 760 -> 750.
-    * python: identical (the glibc 64 MiB malloc heaps' ``---p`` tails cost 30+ PTE tables
-      each and stay reservations).
+    * renderer: +13 small sandwiches whose neighbours are anonymous ``r--p`` (V8 read-only
+      space?) rather than ``rw-p``: 212 -> 225 guards, markers 984 -> 958, tree 1188 -> 1175.
+      Apart from the guards, 119 PROT_NONE ranges larger than 64 KiB pass the cost test (117
+      sandwiched, 2 one-sided): PartitionAlloc's decommitted super-page payload (``---p
+      2036K`` and the like), whose 2 MiB blocks already have PTE tables because the
+      neighbouring metadata pages are populated, so markers cost 0 B against 550 B of VMAs.
+      They are decommitted payload, not guards; as markers too they give 722 / 1056.
+    * browser: the table's guards exactly (711 / 760); 10 ranges of payload (691 / 750).
+    * python: identical, no payload (the glibc 64 MiB malloc heaps' ``---p`` tails cost 30+
+      PTE tables each and stay reservations).
 
     Tolerance: the default policy only ever adds guards to the table's set, so its counts lie
     at or below the table's, within 30 % of the table's VMA total on the markers side and
-    10 % on the tree side.
+    10 % on the tree side, with or without the payload.
     """
     vmas, sandwiches, markers, tree = TABLE_7_1[name]
     path = DATA / f"{name}.maps"
     c = find_guards(parse_maps(path.read_text(), name))
     check_counts(c)
     s = c.summary
+    guards_only, with_payload = DEFAULT_POLICY[name]
     assert (s.guards, s.sandwiches, s.one_sided, s.reservations, s.vmas_if_markers, s.vmas_if_tree) == \
-        DEFAULT_POLICY[name]
+        guards_only
+    assert (s.payload, s.vmas_if_markers_with_payload, s.vmas_if_tree_with_payload) == with_payload
+    assert all(r.size > 64 * KiB for r in (x.entry for x in c.roles if x.role is Role.DECOMMITTED))
+    assert markers - 0.30 * vmas <= s.vmas_if_markers_with_payload <= s.vmas_if_markers <= markers
+    assert tree - 0.10 * vmas <= s.vmas_if_tree_with_payload <= s.vmas_if_tree <= tree
     assert s.vmas == vmas and s.sandwiches >= sandwiches
-    assert markers - 0.30 * vmas <= s.vmas_if_markers <= markers
-    assert tree - 0.10 * vmas <= s.vmas_if_tree <= tree
     # Every table guard is also a default-policy guard.
     table = find_guards([r.entry for r in c.roles], GuardPolicy.table_7_1())
     table_guards = {r.entry.start for r in table.guards()}

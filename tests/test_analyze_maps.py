@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sparsemm._input import InputError
+
 from sparsemm import abi
 from sparsemm.analyze.maps import (MapKind, MapsParseError, load, looks_like_smaps, parse_auto,
                                    parse_maps, parse_smaps, read_pid)
@@ -143,16 +145,16 @@ HDR = "7f0000000000-7f0000001000 rw-p 00000000 00:00 0 "
      "out of order: it starts below the previous entry 8000-9000 (line 1)"),
     ("4000-9000 rw-p 00000000 00:00 0\n8000-a000 rw-p 00000000 00:00 0\n", 2,
      "overlaps the previous entry 4000-9000 (line 1)"),
-    ("4000-5g00 rw-p 00000000 00:00 0\n", 1, "bad hex in address range '4000-5g00'"),
-    ("0x4000-0x5000 rw-p 00000000 00:00 0\n", 1, "bad hex in address range"),
-    ("40005000 rw-p 00000000 00:00 0\n", 1, "bad address range '40005000'"),
-    ("4000-5000 rw-q 00000000 00:00 0\n", 1, "bad permissions 'rw-q'"),
-    ("4000-5000 rw-p 0000z000 00:00 0\n", 1, "bad hex offset '0000z000'"),
-    ("4000-5000 rw-p 00000000 0000 0\n", 1, "bad device '0000'"),
-    ("4000-5000 rw-p 00000000 00:00 x1\n", 1, "bad inode 'x1'"),
-    (f"{HDR}\n8000-9000 rw-p 00000000 00:\n", 2, "truncated line: 4 field(s)"),
+    ("4000-5g00 rw-p 00000000 00:00 0\n", 1, "bad hex in the address range (field 1)"),
+    ("0x4000-0x5000 rw-p 00000000 00:00 0\n", 1, "bad hex in the address range"),
+    ("40005000 rw-p 00000000 00:00 0\n", 1, "bad address range (field 1)"),
+    ("4000-5000 rw-q 00000000 00:00 0\n", 1, "bad permissions (field 2)"),
+    ("4000-5000 rw-p 0000z000 00:00 0\n", 1, "bad hex offset (field 3)"),
+    ("4000-5000 rw-p 00000000 0000 0\n", 1, "bad device (field 4)"),
+    ("4000-5000 rw-p 00000000 00:00 x1\n", 1, "bad inode (field 5)"),
+    (f"{HDR}\n8000-9000 rw-p 00000000 00:\n", 2, "not a maps line: 4 field(s)"),
     ("4000-5000\trw-p 00000000 00:00 0\n", 1, "single spaces"),
-    ("Size: 4 kB\n", 1, "unexpected smaps line 'Size:' in maps text"),
+    ("Size: 4 kB\n", 1, "unexpected smaps 'Size:' line in maps text"),
 ])
 def test_maps_errors_are_one_line_with_the_line_number(text, lineno, what):
     with pytest.raises(MapsParseError) as info:
@@ -161,6 +163,8 @@ def test_maps_errors_are_one_line_with_the_line_number(text, lineno, what):
     assert "\n" not in msg
     assert msg.startswith(f"renderer.maps:{lineno}: "), msg
     assert what in msg, msg
+    # the input is never quoted: the fields are named by position
+    assert not any(tok in msg for tok in ("5g00", "40005000", "rw-q", "0000z000", "'0000'", "x1", "00:'"))
     assert info.value.lineno == lineno and info.value.source == "renderer.maps"
     assert isinstance(info.value, ValueError)
 
@@ -168,7 +172,11 @@ def test_maps_errors_are_one_line_with_the_line_number(text, lineno, what):
 @pytest.mark.parametrize("text, lineno, what", [
     ("VmFlags: rd wr\n", 1, "'VmFlags:' line before any mapping header"),
     ("Rss: 4 kB\n", 1, "'Rss:' line before any mapping header"),
-    (f"{HDR}\nSize: 4 kB\nRss: four kB\nVmFlags: rd\n", 3, "bad value 'four'"),
+    (f"{HDR}\nSize: 4 kB\nRss: four kB\nVmFlags: rd\n", 3, "bad value in 'Rss:' line"),
+    (f"{HDR}\nSize: 4 kB\nRss: {'9' * 300} kB\nVmFlags: rd\n", 3, "at most 20 digits"),
+    (f"{HDR}\nSize: 4 kB\nRss: 8 kB\nVmFlags: rd\n", 1, "'Rss: 8 kB', more than its 4 kB"),
+    (f"{HDR}\nSize: 8 kB\nRss: 4 kB\nVmFlags: rd\n", 1, "says 'Size: 8 kB'; its range is 4 kB"),
+    (f"{HDR}\nSize: 4 kB\nSwap: 99999999999 kB\nVmFlags: rd\n", 1, "more than its 4 kB"),
     (f"{HDR}\nSize: 4 kB\nWeird line here\nVmFlags: rd\n", 3, "unknown smaps line format"),
     (f"{HDR}\nSize: 4 kB\nRss: 4 MB\nVmFlags: rd\n", 3, "unknown smaps line format"),
     (f"{HDR}\nSize: 4 kB\nSize: 4 kB\nVmFlags: rd\n", 3, "duplicate 'Size:'"),
@@ -238,8 +246,9 @@ def test_load_accepts_pid_forms_files_and_stdin(tmp_path, monkeypatch):
     bad.write_text(FIXTURE + "1000-2000 rw-p 00000000 00:00 0\n")
     with pytest.raises(MapsParseError, match=r"^bad\.maps:15: range 1000-2000 is out of order"):
         load(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="no process with pid 999999999"):
         load("/proc/999999999")
+    assert any(e.path.endswith("python3.11") or "python" in e.path for e in load("/proc/self"))
 
 
 def synthetic_maps(n: int) -> str:
@@ -271,13 +280,13 @@ def test_100k_line_file():
 
 def test_read_pid_falls_back_to_maps_when_smaps_is_not_permitted(monkeypatch):
     from sparsemm.analyze import maps as maps_mod
-    real = maps_mod._read_text
+    real = maps_mod.read_text
 
     def deny_smaps(path):
         if str(path).endswith("/smaps"):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(maps_mod, "_read_text", deny_smaps)
+    monkeypatch.setattr(maps_mod, "read_text", deny_smaps)
     es = read_pid(os.getpid())
     assert es and all(e.counters is None and e.vmflags is None for e in es)

@@ -30,9 +30,10 @@ SAMPLE_IDS = [p.stem for p in SAMPLES]
 
 # The wiring into sparsemm.cli is the integrator's: until then drive add_parsers directly.
 RUNNER = """
-import argparse, sys
+import sys
+from sparsemm._options import Parser
 from sparsemm.analyze.cli import add_parsers
-p = argparse.ArgumentParser(prog="sparsemm"); sub = p.add_subparsers(dest="command", required=True)
+p = Parser(prog="sparsemm"); sub = p.add_subparsers(dest="command", required=True)
 add_parsers(sub)
 a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))
 """
@@ -71,6 +72,23 @@ def test_pte_fewer_than_vma_and_matches_formula(report):
     assert pte.saved_bytes > 0
 
 
+def test_decommitted_payload_as_markers_is_the_second_set_of_counts(report):
+    """Guards only, and guards plus the decommitted payload as markers: the model's counts
+    equal find_guards' formula in both; the payload only ever lowers the counts; a map
+    without payload has one set of figures."""
+    for d in ("pte", "tree"):
+        f = report.designs_with_payload[d]
+        assert not f.error and f.failed_ops == 0
+        assert f.vmas == report.formula[f"{d}_with_payload"]
+        assert f.map_count <= report.designs[d].map_count
+    assert report.designs_with_payload["vma"].vmas == report.vmas  # the payload rebuild is faithful too
+    if report.payload:
+        assert report.designs_with_payload["pte"].map_count < report.designs["pte"].map_count
+        assert report.layout_payload_obj is not report.layout_obj
+    else:
+        assert report.designs_with_payload is report.designs
+
+
 def test_tree_between_pte_and_vma(report):
     tree = report.designs["tree"]
     if tree.error:
@@ -90,13 +108,20 @@ def test_headroom(report):
 def test_json_schema(report):
     doc = json.loads(json.dumps(report.to_json()))
     assert doc["schema"] == SCHEMA
-    for key in ("source", "maps_lines", "vmas", "max_map_count", "headroom_vmas", "guards", "formula",
-                "layout", "designs", "vma_matches_original", "policy", "seconds"):
+    for key in ("source", "input", "maps_lines", "vmas", "max_map_count", "headroom_vmas", "guards",
+                "formula", "layout", "designs", "designs_with_payload", "rebuilt_vmas",
+                "vma_matches_original", "policy", "warnings", "seconds"):
         assert key in doc
+    assert "mappings" not in doc  # only on request
     assert set(doc["guards"]) == {"guards", "sandwiches", "one_sided", "reservations",
-                                  "isolated_prot_none", "guard_bytes"}
-    assert set(doc["designs"]) == {"vma", "pte", "tree"}
-    for d in doc["designs"].values():
+                                  "isolated_prot_none", "guard_bytes", "decommitted_payload",
+                                  "decommitted_payload_bytes", "existing_markers", "existing_marker_bytes",
+                                  "vmas_with_markers"}
+    assert doc["guards"]["existing_markers"] is None  # a maps file cannot show markers
+    assert set(doc["formula"]) == {"pte", "tree", "pte_with_payload", "tree_with_payload"}
+    assert set(doc["designs"]) == set(doc["designs_with_payload"]) == {"vma", "pte", "tree"}
+    assert doc["rebuilt_vmas"] == doc["vmas"] and doc["warnings"] == []
+    for d in [*doc["designs"].values(), *doc["designs_with_payload"].values()]:
         for key in ("design", "vmas", "map_count", "guard_entries", "anon_vmas", "anon_vma_chains",
                     "maple_nodes", "page_table_pages", "bytes", "total_bytes", "saved_vmas", "saved_bytes",
                     "headroom_vmas", "headroom_pct", "hits_max_map_count", "failed_ops", "error"):
@@ -208,7 +233,7 @@ def test_cli_stdin():
     (["analyze", "999999999"], "no process"),
     (["analyze", "BADMAPS"], "BADMAPS"),
     (["analyze", "SAMPLE", "--plot", "x.gif"], ".png or .svg"),
-    (["analyze", "SAMPLE", "--max-guard-kib", "-1"], "max_guard_bytes"),
+    (["analyze", "SAMPLE", "--max-guard-kib=-1"], "argument --max-guard-kib"),
     (["reproduce", "SAMPLE", "--repeat", "0"], "--repeat"),
     (["analyze", "EMPTY"], "no mappings"),
 ])
@@ -235,7 +260,8 @@ def test_cli_dir_mode(tmp_path):
     assert doc["summary"]["files"] == 3 and doc["summary"]["errors"] == 1
     assert doc["summary"]["vmas"] == 1400 + 815 + 535
     assert doc["summary"]["vma"] == doc["summary"]["vmas"]
-    assert doc["summary"]["pte"] == 722 + 691 + 139
+    assert doc["summary"]["pte"] == 958 + 711 + 139  # guards only
+    assert doc["summary"]["decommitted_payload"] == 119 + 10 + 0
     cp = run_cmd("analyze", str(tmp_path))
     assert cp.returncode == 0, cp.stderr
     assert "summary" in cp.stdout and "total" in cp.stdout and "broken.maps" in cp.stdout
@@ -255,6 +281,7 @@ def test_reproduce_on_kernel_exact(path, design):
     assert r.measured.failed_ops == 0
     assert r.exact_vmas, r.rows
     assert r.exact_vmpte, r.rows
+    assert r.memcg_ok is not False, r.rows  # kernel bytes within the charge granularity, if measured
     expected = rep.vmas if design == "vma" else rep.designs["pte"].vmas
     assert r.measured.values["arena_vmas"] == expected
 

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from sparsemm.model.costs import (CostConstants, KernelCost, MmCounts, constants, kernel_cost,
-                                  maple_nodes_for_slots, vmpte_bytes)
+                                  maple_nodes_for_slots, memcg_bytes, vmpte_bytes)
 
 
 def test_constants_are_the_measured_ones():
@@ -84,3 +84,53 @@ def test_maple_nodes_estimated_from_slots_when_not_given():
     assert counts.maple_slots == 59999
     assert kernel_cost(counts).maple_nodes == maple_nodes_for_slots(59999)
     assert kernel_cost(MmCounts(vmas=5, maple_nodes=7)).maple_nodes == 7
+
+
+def test_memcg_bytes_charge_accounted_objects_with_their_pointer_and_every_table():
+    c = constants()
+    assert c.memcg_caches == ("vm_area_struct", "anon_vma", "anon_vma_chain")
+    assert c.charged("maple_node") == 0  # lib/maple_tree.c: no SLAB_ACCOUNT
+    assert c.charged("vm_area_struct") == c.vm_area_struct + c.memcg_obj_overhead
+    # A populated interior mprotect guard: +2 VMAs and +2 chains, maple nodes free of charge.
+    one = MmCounts(vmas=1, anon_vmas=1, anon_vma_chains=1, maple_nodes=1)
+    guarded = MmCounts(vmas=3, anon_vmas=1, anon_vma_chains=3, maple_nodes=40)
+    assert kernel_cost(guarded).memcg - kernel_cost(one).memcg == 2 * (192 + 8) + 2 * (64 + 8)
+    assert memcg_bytes(MmCounts(vmas=0, pte_tables=3, pmd_tables=1, pud_tables=1, p4d_tables=1)) == 6 * 4096
+    assert memcg_bytes(MmCounts(vmas=0, anon_vmas=1)) == 104 + 8
+
+
+def test_a_constants_file_may_charge_maple_nodes():
+    doc = json.loads(resources.files("sparsemm.data").joinpath("cost_constants.json").read_text())
+    doc["memcg"]["accounted_caches"].append("maple_node")
+    c = CostConstants.from_doc(doc)
+    assert memcg_bytes(MmCounts(vmas=1, maple_nodes=5), c) == 200 + 5 * (256 + 8)
+
+
+def test_designs_json_and_text_show_memcg_bytes(tmp_path):
+    from conftest import run_cli
+
+    n = 100  # populated interior guards in one RW mapping
+    ops = [{"op": "mmap", "at": 0, "len": 2 * n + 1, "prot": "rw"},
+           {"op": "touch", "at": 0, "len": 2 * n + 1, "access": "write"}]
+    ops += [{"op": "madvise", "at": 2 * i + 1, "advice": "guard_install"} for i in range(n)]
+    path = tmp_path / "guards.json"
+    path.write_text(json.dumps({"arena_pages": 2 * n + 1, "ops": ops}))
+    cp = run_cli("designs", str(path), "--json")
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
+    # The same page tables and anon_vma in every design; vma adds 2 VMAs + 2 chains per guard.
+    assert doc["vma"]["memcg_bytes"] - doc["pte"]["memcg_bytes"] == n * (2 * 200 + 2 * 72)
+    # tree entries are maple-tree slots, and maple nodes are not charged to a cgroup
+    assert doc["tree"]["memcg_bytes"] - doc["pte"]["memcg_bytes"] == (
+        (doc["tree"]["vmas"] - doc["pte"]["vmas"]) * (200 + 72))
+    cp = run_cli("designs", str(path))
+    row = next(line for line in cp.stdout.splitlines() if line.startswith("memcg charged B"))
+    assert f"{doc['vma']['memcg_bytes']:,}" in row
+
+
+def test_a_shared_anonymous_mapping_charges_its_shmem_file_once():
+    c = constants()
+    assert c.memcg_shmem_file == (752 + 8) + (192 + 8) + (192 + 8)  # inode, struct file, dentry
+    counts = MmCounts(vmas=3, shmem_files=2)
+    assert memcg_bytes(counts) == 3 * 200 + 2 * c.memcg_shmem_file
+    assert kernel_cost(counts).total == kernel_cost(MmCounts(vmas=3)).total  # slab total: VMA tree only

@@ -323,15 +323,17 @@ def test_fuzzer_rejects_unknown_profiles_and_missing_budget():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--time", "abc"], "--time must be a number"),
-    (["--time", "-1"], "--time must be at least"),
-    (["--time", "nan"], "--time must be at least"),
-    (["--examples", "0"], "--examples must be at least 1"),
-    (["--examples", "2.5"], "--examples must be an integer"),
-    (["--max-ops", "x"], "--max-ops must be an integer"),
-    (["--seed", "-3"], "--seed must be at least 0"),
+    (["--time", "abc"], "--time: want a number"),
+    (["--time", "0"], "--time: want a number"),
+    (["--time", "nan"], "--time: want a number"),
+    (["--time", "1e308"], "--time: want a number"),
+    (["--examples", "0"], "--examples: want an integer 1.."),
+    (["--examples", "2.5"], "--examples: want an integer"),
+    (["--max-ops", "x"], "--max-ops: want an integer"),
+    (["--seed", "-3"], "--seed: want an integer 0.."),
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--suppress", "/nonexistent/s.json"], "cannot read"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_options_are_one_line_and_exit_2(args, message):
     proc = fuzz_cli(*args, "--examples", "1", env=HONEST) if "--examples" not in args else \
@@ -408,8 +410,8 @@ def test_ctrl_c_stops_cleanly_with_what_it_has(tmp_path):
         assert (meta.parent / "script.json").exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_with_nothing_found_exits_130_with_the_summary(tmp_path, signum):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_with_nothing_found_exits_128_plus_it_with_the_summary(tmp_path, signum):
     started = tmp_path / "started"
     env = {**os.environ, "PYTHONPATH": str(TESTS), **HONEST, "FUZZ_PLANT_STARTED": str(started),
            "SPARSEMM_FUZZ_MODEL": "fuzz_plant:honest_model_announcing"}
@@ -424,7 +426,7 @@ def test_a_signal_with_nothing_found_exits_130_with_the_summary(tmp_path, signum
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + signum, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and not summary["findings"]
     assert "Traceback" not in stderr

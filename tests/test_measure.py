@@ -1,8 +1,11 @@
-"""sparsemm measure: a script's layout on the kernel, counted in VMAs, VmPTE and slab objects."""
+"""sparsemm measure: a script's layout on the kernel, in VMAs, VmPTE, kernel bytes and slab objects.
+
+The memory-cgroup measurement has its own tests (test_memcg.py); here the slab tests use the
+whole-machine fallback (``use_memcg=False``), which retries until runs are quiet.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -14,8 +17,9 @@ import pytest
 
 import sparsemm
 from sparsemm.model.costs import MmCounts
-from sparsemm.opscript.measure import (KEYS, SLAB_CACHES, Measurement, format_table, measure_main, measure_script,
-                                       prediction_from_counts)
+from sparsemm.measure_view import render_measurement
+from sparsemm.opscript.measure import (KEYS, SLAB_CACHES, Measurement, compare, measure_script,
+                                       prediction_from_counts, whole_machine_problem)
 from sparsemm.opscript.script import parse_script
 
 from conftest import needs_guards
@@ -31,6 +35,8 @@ def quiet_enough(m) -> None:
     """Slab deltas are system-wide: judge them only from runs no task start or exit disturbed."""
     if m.quiet_runs < 3:
         pytest.skip(f"machine too busy: {m.quiet_runs} quiet run(s) in {m.attempts} attempts")
+    if "vm_area_struct" in m.dropped:
+        pytest.skip(f"machine too busy: {m.dropped['vm_area_struct']}")
     # Another process mapping memory without forking escapes the quiet-run check; it
     # shows as runs of the same script disagreeing.
     lo, hi = m.spread.get("vm_area_struct", (0, 0))
@@ -59,7 +65,8 @@ def test_vma_counts_without_slabs():
 @needs_root
 def test_mprotect_guards_cost_one_vm_area_struct_per_vma():
     # Slab counts are system-wide: up to 40 fresh runs to find 5 quiet ones (see measure_script).
-    m = measure_script(parse_script(ladder()), repeat=5, max_attempts=40)
+    m = measure_script(parse_script(ladder()), repeat=5, max_attempts=40, use_memcg=False)
+    assert "memcg_bytes" not in m.values and m.memcg_unavailable == "not asked for"
     assert m.values["arena_vmas"] == 2 * N + 1
     assert m.values["map_count"] == 2 * N + 1
     assert m.values["vmpte_bytes"] >= 0
@@ -75,7 +82,7 @@ def test_mprotect_guards_cost_one_vm_area_struct_per_vma():
 
 @needs_root
 def test_ten_thousand_mprotect_guards_to_one_percent():
-    m = measure_script(parse_script(ladder(10_000)), repeat=5, max_attempts=40)
+    m = measure_script(parse_script(ladder(10_000)), repeat=5, max_attempts=40, use_memcg=False)
     assert m.values["arena_vmas"] == m.values["map_count"] == 20_001
     assert m.values["vmpte_bytes"] == 0
     quiet_enough(m)
@@ -86,7 +93,8 @@ def test_ten_thousand_mprotect_guards_to_one_percent():
 @needs_root
 @needs_guards
 def test_markers_add_no_vma_but_page_tables():
-    m = measure_script(parse_script(ladder(advice="guard_install")), repeat=5, max_attempts=40)
+    m = measure_script(parse_script(ladder(advice="guard_install")), repeat=5, max_attempts=40,
+                       use_memcg=False)
     assert m.values["arena_vmas"] == 1
     assert m.values["vmpte_bytes"] > 0
     # 2001 pages in a fresh 512 GiB range: 4 PTE tables + 1 PMD + 1 PUD
@@ -103,29 +111,80 @@ def test_failed_ops_are_counted():
     assert measure_script(parse_script(doc), repeat=1).failed_ops == 1
 
 
-def test_table_side_by_side_with_a_prediction():
-    m = Measurement(values={"arena_vmas": 2001, "map_count": 2001, "vmpte_bytes": 0,
-                            "vm_area_struct": 2001, "maple_node": 180},
-                    runs=[{}], spread={"arena_vmas": (2001, 2001)}, skipped=["anon_vma: test"])
+def _measurement(**kw) -> Measurement:
+    base = dict(values={"arena_vmas": 2001, "map_count": 2001, "vmpte_bytes": 0, "memcg_bytes": 400_000,
+                        "vm_area_struct": 2001},
+                runs=[{}] * 3, spread={"arena_vmas": (2001, 2001), "memcg_bytes": (398_000, 402_000),
+                                       "vm_area_struct": (1998, 2003)},
+                dropped={"maple_node": "runs disagree (73..577)"}, memcg="cgroup v1 test",
+                memcg_slack=20_480, skipped=["anon_vma: test"])
+    base.update(kw)
+    return Measurement(**base)
+
+
+def test_rows_side_by_side_with_a_prediction():
     pred = prediction_from_counts(MmCounts(vmas=2001, maple_nodes=150))
     assert set(pred) == set(KEYS)
-    text = format_table(m, pred)
-    lines = text.splitlines()
-    assert lines[1].split()[:6] == ["quantity", "measured", "min..max", "bytes", "predicted", "diff"]
-    row = next(line for line in lines if line.startswith("maple_node delta"))
-    assert row.split()[-5:] == ["180", "-", "46080", "150", "+30"]  # no spread given: "-"
-    assert "skipped: anon_vma: test" in text
-    assert "predicted" not in format_table(m)
+    assert pred["memcg_bytes"] == 2001 * 200  # 192 B vm_area_struct + its obj_cgroup pointer
+    rows = {r.key: r for r in compare(_measurement(), pred)}
+    assert rows["arena_vmas"].verdict == "exact" and rows["arena_vmas"].scope == "process"
+    assert rows["memcg_bytes"].verdict == "within" and rows["memcg_bytes"].diff == -200
+    assert rows["vm_area_struct"].verdict == "breakdown" and rows["vm_area_struct"].scope == "machine"
+    assert rows["maple_node"].verdict == "dropped" and rows["maple_node"].measured is None
+    assert "disagree" in rows["maple_node"].note
+    assert rows["anon_vma"].measured is None and rows["anon_vma"].verdict == ""
+    off = {r.key: r for r in compare(_measurement(values={"arena_vmas": 2002, "memcg_bytes": 500_000}), pred)}
+    assert off["arena_vmas"].verdict == "MISMATCH" and off["memcg_bytes"].verdict == "MISMATCH"
 
 
-def test_measure_main_json(tmp_path, capsys):
+def test_the_table_says_how_and_never_shows_a_dropped_figure():
+    from rich.console import Console
+
+    m = _measurement()
+    con = Console(width=160, record=True, file=open(os.devnull, "w"))
+    con.print(render_measurement(m, compare(m, prediction_from_counts(MmCounts(vmas=2001))), title="t"))
+    text = con.export_text()
+    assert "its memory cgroup" in text and "whole machine" in text
+    maple = next(line for line in text.splitlines() if "maple_node objects" in line and "│" in line)
+    assert "dropped" in maple and "73" not in maple  # the noisy figures only in the note
+    assert "dropped maple_node objects: runs disagree (73..577)" in text
+    assert "cgroup v1 test" in text and "skipped: anon_vma: test" in text
+    # Without a cgroup: said once, in words.
+    m = _measurement(values={"arena_vmas": 2001}, memcg="", memcg_unavailable="no permission")
+    con = Console(width=160, record=True, file=open(os.devnull, "w"))
+    con.print(render_measurement(m, compare(m), title="t"))
+    assert con.export_text().count("no memory cgroup (no permission)") == 1
+
+
+def test_whole_machine_rows_need_agreeing_runs():
+    assert "too few" in whole_machine_problem((100, 100), 100, runs=1)
+    assert whole_machine_problem((100, 108), 104, runs=3) == ""  # 8 objects apart: allowed
+    assert "disagree" in whole_machine_problem((100, 109), 104, runs=3)
+    assert whole_machine_problem((60_000, 60_500), 60_200, runs=3) == ""  # within 1%
+    assert "disagree" in whole_machine_problem((-818, 867), 797, runs=5)
+
+
+def test_one_run_gives_no_whole_machine_figures():
+    m = measure_script(parse_script(ladder(50)), repeat=1)
+    assert not set(SLAB_CACHES) & set(m.values)
+    assert all(k in m.dropped or any(s.startswith(k) for s in m.skipped) for k in SLAB_CACHES)
+
+
+def test_cli_measure_json_and_text(tmp_path):
+    from conftest import run_cli
+
     path = tmp_path / "s.json"
     path.write_text(json.dumps(ladder(10)))
-    assert measure_main(argparse.Namespace(script=str(path), repeat=1, json=True)) == 0
-    doc = json.loads(capsys.readouterr().out)
+    cp = run_cli("measure", str(path), "--repeat", "1", "--json")
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
     assert doc["values"]["arena_vmas"] == 21
-    assert measure_main(argparse.Namespace(script=str(path), repeat=1, json=False)) == 0
-    assert "VMAs in the arena" in capsys.readouterr().out
+    rows = {r["key"]: r for r in doc["rows"]}
+    assert rows["arena_vmas"]["verdict"] == "exact" and rows["arena_vmas"]["scope"] == "process"
+    assert doc["prediction"]["memcg_bytes"] == rows["memcg_bytes"]["predicted"]
+    cp = run_cli("measure", str(path), "--repeat", "1")
+    assert cp.returncode == 0, cp.stderr
+    assert "VMAs in the arena" in cp.stdout and "this process" in cp.stdout
 
 
 @pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
@@ -143,4 +202,5 @@ def test_without_root_the_slab_counts_are_listed_as_skipped():
         pytest.skip("the interpreter or the sources are not readable by nobody")
     out = json.loads(proc.stdout)
     assert out["delta"] == {"vmpte_bytes": 0, "map_count": 3, "arena_vmas": 3}
+    assert out["memcg"] == ""  # no cgroup was given to this child
     assert [s.split(":")[0] for s in out["skipped"]] == list(SLAB_CACHES)

@@ -1,34 +1,62 @@
 """The ``sparsemm`` command: thin wrappers over the layers below.
 
 Every failure a user can cause (a malformed script, a missing file, a backend
-that cannot run) is one line on stderr and exit status 2; never a traceback.
+that cannot run, a bad option) is one line on stderr and exit status 2; never a
+traceback. SIGTERM and SIGHUP unwind like Ctrl-C, so kernel-side children are
+stopped before the command exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
+from sparsemm._input import SettingError
+from sparsemm._options import Parser, Terminated, count, install_signal_handlers
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.runner import BACKENDS, DESIGNS, BackendUnavailable, run_script
 from sparsemm.opscript.script import ScriptError, load_script
 
 EXIT_USAGE = 2
+#: ``measure --repeat``/``reproduce --repeat``: each run is a fresh child and its own median input.
+MAX_REPEAT = 100
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-def _run(args: argparse.Namespace) -> int:
-    script = load_script(args.script)
-    records = run_script(script, args.backend, design=args.design)
-    if args.format == "json":
+def _load(args: argparse.Namespace):
+    """``args.script`` parsed; dangerous ops allowed by ``--allow-dangerous`` are explained."""
+    script = load_script(args.script, allow_dangerous=getattr(args, "allow_dangerous", False))
+    for warning in script.warnings:
+        print(f"sparsemm {args.command}: warning: {warning}; running it as --allow-dangerous asks",
+              file=sys.stderr)
+    return script
+
+
+def _print_records(script, records: list[dict], fmt: str) -> None:
+    if fmt == "json":
         print(rec.to_json(records))
     else:
         if script.note:
             print(f"# {script.note}")
         print(rec.render_text(records, script.doc.get("ops")))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sparsemm.opscript.kernel import KernelBackendError
+
+    script = _load(args)
+    try:
+        records = run_script(script, args.backend, design=args.design)
+    except KernelBackendError as exc:
+        if exc.records:  # what ran before the child died: kept, then the one-line error
+            _print_records(script, exc.records, args.format)
+            sys.stdout.flush()
+        raise
+    _print_records(script, records, args.format)
     return 0
 
 
@@ -46,32 +74,47 @@ def _record(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from sparsemm.opscript.compare import compare_script
 
-    script = load_script(args.script)
+    script = _load(args)
     same, report = compare_script(script, design=args.design)
     print(report)
     return 0 if same else 1
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from sparsemm.opscript.measure import measure_main
+    import json
 
-    if args.repeat < 1:
-        raise CliError("--repeat must be at least 1")
+    from sparsemm.opscript.measure import compare, measure_script, prediction_from_counts
+
+    script = _load(args)
     prediction = None
     if not args.no_predict:
         from sparsemm.opscript.designs import run_design
-        from sparsemm.opscript.measure import prediction_from_counts
 
-        result = run_design(load_script(args.script), "pte")
+        result = run_design(script, "pte")
         if not result.error:
             prediction = prediction_from_counts(result.counts)
-    return measure_main(args, prediction)
+    m = measure_script(script, repeat=args.repeat)
+    rows = compare(m, prediction)
+    if args.json:
+        doc = m.as_dict()
+        doc["rows"] = [r.as_dict() for r in rows]
+        if prediction is not None:
+            doc["prediction"] = prediction
+        print(json.dumps(doc, indent=1))
+    else:
+        from sparsemm._term import console
+        from sparsemm.measure_view import render_measurement
+
+        title = f"{script.note or args.script}: on the kernel" + (
+            ", beside the model's prediction (design pte)" if prediction is not None else "")
+        console().print(render_measurement(m, rows, title=title))
+    return 0
 
 
 def _designs(args: argparse.Namespace) -> int:
     from sparsemm.opscript.designs import format_report, report_json, run_designs
 
-    script = load_script(args.script)
+    script = _load(args)
     results = run_designs(script, *([tuple(args.design)] if args.design else []))
     print(report_json(results) if args.json else format_report(results))
     return 0
@@ -91,8 +134,14 @@ def _probe(args: argparse.Namespace) -> int:
     return feats.exit_status
 
 
+def _allow_dangerous(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-dangerous", action="store_true",
+                   help="run hwpoison/soft_offline advice (refused otherwise: on the kernel, as root, "
+                        "they take real memory out of service until reboot)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsemm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sparsemm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run an op script and print its records")
@@ -101,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", choices=DESIGNS, default="pte",
                    help="guard design (model only; the kernel is 'pte')")
     p.add_argument("--format", choices=("json", "text"), default="json")
+    _allow_dangerous(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("record", help="re-run corpus scripts on the kernel and store the records")
@@ -113,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run a script on both backends; show the first difference")
     p.add_argument("script")
     p.add_argument("--design", choices=DESIGNS, default="pte")
+    _allow_dangerous(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("designs", help="run a script under each guard design; VMAs and kernel bytes")
@@ -120,12 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", action="append", choices=DESIGNS,
                    help="only this design (repeatable; default: all three)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _allow_dangerous(p)
     p.set_defaults(func=_designs)
 
     p = sub.add_parser("measure",
-                       help="build a script's layout on the kernel; measure VMAs, VmPTE, slab objects")
+                       help="build a script's layout on the kernel; measure VMAs, VmPTE, kernel bytes")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
-    p.add_argument("--repeat", type=int, default=3, help="runs to take the median of (default 3)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=3,
+                   help=f"runs to take the median of, 1..{MAX_REPEAT} (default 3)")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     p.add_argument("--no-predict", action="store_true",
                    help="measure only; do not run the model for a prediction")
@@ -149,25 +202,50 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.efence.cli import add_parser as add_efence_parser
+
+    add_efence_parser(sub)
+
+    from sparsemm.analyze.live_guards import add_parser as add_guards_parser
+    from sparsemm.analyze.snapshot import add_parser as add_snapshot_parser
+
+    add_guards_parser(sub)  # guards PID: the guards a live process holds
+    add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
     return parser
 
 
+def _say(command: str, exc: BaseException | str) -> None:
+    print(f"sparsemm {command}: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    install_signal_handlers()
+    try:
+        args = build_parser().parse_args(argv)
+    except Terminated as exc:
+        return 128 + exc.signum
     try:
         return args.func(args)
-    except (ScriptError, CliError, BackendUnavailable) as exc:
-        print(f"sparsemm {args.command}: {exc}", file=sys.stderr)
+    except (ScriptError, CliError, BackendUnavailable, SettingError) as exc:
+        _say(args.command, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        _say(args.command, "interrupted")
+        return 128 + signal.SIGINT
+    except Terminated as exc:
+        _say(args.command, exc)
+        return 128 + exc.signum
     except BrokenPipeError:
         return 0
     except OSError as exc:
-        print(f"sparsemm {args.command}: {exc}", file=sys.stderr)
+        _say(args.command, exc)
         return EXIT_USAGE
+    except MemoryError:
+        _say(args.command, "out of memory")
+        return 1
     except RuntimeError as exc:  # e.g. the kernel backend child failed
-        print(f"sparsemm {args.command}: {exc}", file=sys.stderr)
+        _say(args.command, exc)
         return 1
 
 

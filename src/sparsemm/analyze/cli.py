@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from importlib import resources
+
+from sparsemm._options import count, number, number_or_none, perms
 
 __all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
+MAX_REPEAT = 100  # --repeat: fresh measuring children, each up to four attempts
+MAX_KIB = float(1 << 37)  # the 128 TiB user address space, in KiB
+_UNSET = object()  # --max-borderline-mib not given (None means "no bound")
 
 
 class UsageError(Exception):
@@ -28,11 +32,9 @@ class UsageError(Exception):
 # --- helpers ----------------------------------------------------------------------------------
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from sparsemm._term import console
 
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
-    return Console(file=stream, width=width, highlight=False)
+    return console(stderr)
 
 
 def _policy(args):
@@ -43,9 +45,9 @@ def _policy(args):
     kw = {}
     if args.max_guard_kib is not None:
         kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
-    if args.max_borderline_mib is not None:
-        kw["max_borderline_bytes"] = (None if args.max_borderline_mib.lower() == "none"
-                                      else int(float(args.max_borderline_mib) * 1024 * 1024))
+    if args.max_borderline_mib is not _UNSET:
+        kw["max_borderline_bytes"] = (None if args.max_borderline_mib is None
+                                      else int(args.max_borderline_mib * 1024 * 1024))
     if args.cost_ratio is not None:
         kw["cost_ratio"] = args.cost_ratio
     if args.neighbour_perms is not None:
@@ -67,10 +69,20 @@ def _guarded(command: str, fn, args) -> int:
     from sparsemm.analyze.maps import MapsParseError
     from sparsemm.opscript.script import ScriptError
 
+    from sparsemm.native.guards import GuardReadUnavailable, NoSuchProcess, ProcAccessError
+
     try:
         return fn(args)
     except (UsageError, MapsParseError, ScriptError, ValueError) as exc:
         return _fail(command, exc)
+    except (ProcAccessError, NoSuchProcess, GuardReadUnavailable) as exc:  # their str() is the line
+        return _fail(command, exc)
+    except MemoryError:
+        print(f"sparsemm {command}: out of memory (docs/analyze.md lists the input limits)",
+              file=sys.stderr)
+        return 1
+    except RecursionError:
+        return _fail(command, "input nested too deeply")
     except FileNotFoundError as exc:
         return _fail(command, f"{exc.filename}: no such file or process")
     except PermissionError as exc:
@@ -79,6 +91,9 @@ def _guarded(command: str, fn, args) -> int:
         return _fail(command, f"{exc.filename}: is a directory")
     except UnicodeDecodeError:
         return _fail(command, "input is not text")
+    except BrokenPipeError:  # the reader went away (| head): not an error; before OSError, its base
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:
         return _fail(command, f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
     except RuntimeError as exc:  # a measuring child failed
@@ -86,38 +101,43 @@ def _guarded(command: str, fn, args) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 def _check_target(target: str) -> None:
-    """Reject what ``maps.load`` would misread, with a one-line reason."""
-    if target == "-" or target.isdigit():
-        if target.isdigit() and not os.path.exists(f"/proc/{target}"):
-            raise UsageError(f"no process with pid {target}")
+    """Reject what ``maps.load`` would misread, with a one-line reason. A pid may be given
+    as ``1234``, ``/proc/1234`` or ``/proc/self``; anything else must exist."""
+    from sparsemm.analyze.maps import proc_pid
+
+    if target == "-":
+        return
+    pid = proc_pid(target)
+    if pid is not None:
+        if not os.path.isdir(f"/proc/{pid}"):
+            raise UsageError(f"no process with pid {pid}")
         return
     if not os.path.exists(target):
         raise UsageError(f"{target}: no such file, directory or pid")
 
 
-def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
-    from sparsemm.analyze.maps import load
-    from sparsemm.analyze.report import analyze
+def _is_dir_target(target: str) -> bool:
+    """Directory mode: a directory that is not a /proc/PID (those are pids)."""
+    from sparsemm.analyze.maps import proc_pid
 
-    if on_stage:
-        on_stage(f"reading {target}")
-    entries = load(target)
-    if not entries:
-        raise UsageError(f"{target}: no mappings in the input")
-    name = f"pid {target}" if target.isdigit() else ("<stdin>" if target == "-" else os.path.basename(target.rstrip("/")))
-    return analyze(entries, policy, source=name, touch=touch, on_stage=on_stage, workers=workers)
+    return target != "-" and proc_pid(target) is None and os.path.isdir(target)
+
+
+def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | None = None):
+    from sparsemm.analyze.report import analyze_source
+
+    return analyze_source(target, policy, touch, on_stage=on_stage, workers=workers)
 
 
 def _worker(path: str, policy, touch: str):
     """Directory mode, in a worker process: (path, report without layout, error line)."""
     try:
         r = _analyze_one(path, policy, touch, workers=1)  # the pool already uses every core
-        r.layout_obj = None  # not needed by the summary; keeps the pickle small
+        # not needed by the summary; keeps the pickle small
+        r.layout_obj = r.layout_payload_obj = r.classification = None
         return path, r, None
     except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
         return path, None, " ".join(str(exc).split()) or type(exc).__name__
@@ -140,11 +160,14 @@ def _analyze_dir(args, policy) -> int:
 
     if args.plot:
         raise UsageError("--plot draws one process: give a file or pid, not a directory")
+    if getattr(args, "mappings", False):
+        raise UsageError("--mappings lists one process: give a file or pid, not a directory")
     files = _dir_files(args.target)
     results = {}
     t0 = time.perf_counter()
     with Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True) as prog:
+                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as prog:
         task = prog.add_task("", total=len(files))
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             futs = [pool.submit(_worker, f, policy, args.touch) for f in files]
@@ -154,6 +177,11 @@ def _analyze_dir(args, policy) -> int:
                 prog.update(task, advance=1, description=os.path.basename(path))
     reports = [results[f][0] for f in files if results[f][0] is not None]
     errors = [(os.path.basename(f), results[f][1]) for f in files if results[f][1] is not None]
+    if not reports:  # nothing to summarise: each file's error, where errors go
+        for name, err in errors:
+            print(f"sparsemm analyze: {err if err.startswith(name + ':') else f'{name}: {err}'}",
+                  file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         doc = many_to_json(reports, errors)
         doc["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
@@ -171,11 +199,12 @@ def _analyze(args) -> int:
 
     policy = _policy(args)
     _check_target(args.target)
-    if args.target != "-" and os.path.isdir(args.target):
+    if _is_dir_target(args.target):
         return _analyze_dir(args, policy)
     if args.plot:
         _check_plot_path(args.plot)
     err = _console(stderr=True)
+    mappings = getattr(args, "mappings", False)
     with err.status("analyzing…") as status:
         report = _analyze_one(args.target, policy, args.touch,
                               on_stage=lambda s: status.update(s + "…"))
@@ -185,13 +214,20 @@ def _analyze(args) -> int:
             status.update("plotting…")
             plot_report(report, args.plot)
     if args.json:
-        doc = report.to_json()
+        doc = report.to_json(with_mappings=mappings)
         if args.plot:
             doc["plot"] = os.path.abspath(args.plot)
+        for w in report.warnings:
+            print(f"sparsemm analyze: warning: {w}", file=sys.stderr)
         print(json.dumps(doc, indent=1))
     else:
+        from sparsemm.analyze.report import render_mappings
+
         con = _console()
         con.print(render_report(report))
+        if mappings:
+            print(file=con.file)
+            print(render_mappings(report), file=con.file)
         if args.plot:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
     return 0
@@ -209,28 +245,28 @@ def _check_plot_path(path: str) -> None:
 def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
-    if args.repeat < 1:
-        raise UsageError("--repeat must be at least 1")
     policy = _policy(args)
     _check_target(args.target)
-    if args.target != "-" and os.path.isdir(args.target):
+    if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
     designs = args.design or ["vma", "pte"]
     err = _console(stderr=True)
     reps = []
     with err.status("analyzing…") as status:
         report = _analyze_one(args.target, policy, args.touch, on_stage=lambda s: status.update(s + "…"))
+        layout = report.layout_payload_obj if getattr(args, "with_payload", False) else report.layout_obj
         for d in designs:
             status.update(f"building the layout on the kernel, design {d}…")
-            reps.append(reproduce(report.layout_obj, d, repeat=args.repeat, source=report.source))
+            reps.append(reproduce(layout, d, repeat=args.repeat, source=report.source))
     if args.json:
         print(json.dumps({"schema": "sparsemm.reproduce/1", "source": report.source,
                           "original_vmas": report.vmas,
                           "reproductions": [r.as_dict() for r in reps]}, indent=1))
     else:
         con = _console()
+        said: set[str] = set()  # each note once over the designs
         for r in reps:
-            con.print(render_reproduction(r))
+            con.print(render_reproduction(r, said))
             con.print()
     exact = all(r.exact_vmas for r in reps)
     return 0 if exact else 1
@@ -263,25 +299,32 @@ def _demo(args) -> int:
         "        memory around them stays one VMA\n"
         "  [bold]tree[/bold]  proposal: guards are maple-tree entries without a vm_area_struct\n"
         "Then it builds the same layout on this machine's kernel (vma and pte designs) and\n"
-        "measures it: the predicted VMA counts and page tables should match exactly.", border_style="blue"))
+        "measures it: the predicted VMA counts and page tables should match exactly, and the\n"
+        "kernel bytes charged to a memory cgroup around the rebuild within a page or two.", border_style="blue"))
     report = analyze(entries, GuardPolicy(), source=DEMO_MAPS)
     con.print(render_report(report))
     con.print()
     if not args.no_reproduce:
+        said: set[str] = set()  # each note once over the designs
         for d in ("vma", "pte"):
             with _console(stderr=True).status(f"building the layout on the kernel, design {d}…"):
                 rep = reproduce(report.layout_obj, d, repeat=1, source=DEMO_MAPS)
-            con.print(render_reproduction(rep))
+            con.print(render_reproduction(rep, said))
             con.print()
     if args.plot:
         path = plot_report(report, args.plot)
         con.print(f"plot: {os.path.abspath(path)}  (one band per design: green anonymous memory, red "
                   "guards, grey reservations, blue files; white lines are VMA boundaries)")
     vma, pte = report.designs["vma"], report.designs["pte"]
+    pte_p = report.designs_with_payload.get("pte")
     if not vma.error and not pte.error:
+        more = ""
+        if report.payload and pte_p is not None and not pte_p.error:
+            more = (f" With PartitionAlloc's {report.payload:,} ranges of decommitted payload as markers "
+                    f"too: {pte_p.map_count:,} VMAs, {pte_p.saved_bytes / 1024:,.0f} KiB saved.")
         con.print(f"[bold]In short:[/bold] guard markers take this renderer from {vma.map_count:,} to "
                   f"{pte.map_count:,} VMAs ({pte.saved_vmas:,} fewer) and save "
-                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.")
+                  f"{pte.saved_bytes / 1024:,.0f} KiB of kernel memory by the model.{more}")
     con.print(f"[dim]demo took {time.perf_counter() - t0:.1f} s[/dim]")
     return 0
 
@@ -306,19 +349,27 @@ def demo_main(args: argparse.Namespace) -> int:
 def _add_policy(p: argparse.ArgumentParser) -> None:
     from sparsemm.analyze.rebuild import TOUCH_MODES
 
-    g = p.add_argument_group("guard policy (what counts as a guard)")
-    g.add_argument("--max-guard-kib", type=float, metavar="KIB",
-                   help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
-    g.add_argument("--max-borderline-mib", metavar="MIB|none",
-                   help="never a guard above this size (default 1024); between the two, the cheaper "
-                        "of VMA and markers decides")
-    g.add_argument("--cost-ratio", type=float, help=">1 favours markers in that test (default 1)")
-    g.add_argument("--neighbour-perms", metavar="PERMS", help="neighbours must have exactly these perms, e.g. rw-p")
-    g.add_argument("--table-7-1", action="store_true",
-                   help="the rule of costs-and-workloads.md §7.1 (<=64 KiB ---p next to rw-p)")
+    _add_policy_options(p)
     p.add_argument("--touch", choices=TOUCH_MODES, default="auto",
                    help="pages the rebuild touches: rss (smaps Rss per VMA), first (first page of each "
                         "accessible anonymous VMA), none; auto = rss for smaps, first for maps")
+
+
+def _add_policy_options(p: argparse.ArgumentParser) -> None:
+    """The guard policy's options (``_policy(args)`` reads them)."""
+    g = p.add_argument_group("guard policy (what counts as a guard)")
+    g.add_argument("--max-guard-kib", type=number("max-guard-kib", 0, MAX_KIB), metavar="KIB",
+                   help="PROT_NONE VMAs up to this size next to mergeable memory are guards (default 64)")
+    g.add_argument("--max-borderline-mib", type=number_or_none("max-borderline-mib", 0, MAX_KIB / 1024),
+                   default=_UNSET, metavar="MIB|none",
+                   help="never a guard nor decommitted payload above this size (default 1024); between "
+                        "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
+    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6),
+                   help=">1 favours markers in that test (default 1)")
+    g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
+                   help="neighbours must have exactly these perms, e.g. rw-p")
+    g.add_argument("--table-7-1", action="store_true",
+                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
 
 
 def add_parsers(subparsers) -> None:
@@ -326,20 +377,27 @@ def add_parsers(subparsers) -> None:
     ``ArgumentParser.add_subparsers``); each sets ``func`` to its ``*_main``."""
     p = subparsers.add_parser(
         "analyze", help="what each guard design makes of a process: VMAs, kernel bytes, max_map_count",
-        description="Analyze a process (pid), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
+        description="Analyze a process (pid, read live with its guard markers), a snapshot file "
+                    "(sparsemm snapshot), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
                     "every file of a directory.")
-    p.add_argument("target", help="pid, maps/smaps file, directory, or - for standard input")
+    p.add_argument("target", help="pid, snapshot, maps/smaps file, directory, or - for standard input")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
+    p.add_argument("--mappings", action="store_true",
+                   help="also list every VMA with its role (guard, decommitted payload, reservation, kept, "
+                        "existing markers) and what each design makes of it (JSON: a 'mappings' list)")
     _add_policy(p)
     p.set_defaults(func=analyze_main)
 
     p = subparsers.add_parser(
         "reproduce", help="build a process's layout on the kernel and compare with the prediction")
-    p.add_argument("target", help="maps/smaps file, pid, or - for standard input")
+    p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
     p.add_argument("--design", action="append", choices=("vma", "pte"),
                    help="design to build (repeatable; default both)")
-    p.add_argument("--repeat", type=int, default=1, help="fresh runs to take the median of (default 1)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
+    p.add_argument("--with-payload", action="store_true",
+                   help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_policy(p)
     p.set_defaults(func=reproduce_main)

@@ -1,9 +1,10 @@
-"""Guard finder: which VMAs of a parsed map are guards or reservations, and what each design makes of them.
+"""Guard finder: which VMAs of a parsed map are guards, decommitted payload or reservations, and what each design makes of them.
 
 Owns ``GuardPolicy`` (the documented, configurable decision rule), ``GuardCost`` (one
 guard's price under the VMA design vs as PTE markers, from ``data/cost_constants.json``)
-and ``Classification`` (per-VMA roles plus the predicted VMA counts for the ``pte`` and
-``tree`` designs). It reads ``MapEntry`` records only; it does not touch /proc or the model.
+and ``Classification`` (per-VMA roles, the guard markers the process already holds, and
+the predicted VMA counts for the ``pte`` and ``tree`` designs). It reads ``MapEntry``
+records and marker runs only; it does not touch /proc or the model.
 
 Vocabulary (addresses grow to the right)::
 
@@ -16,26 +17,37 @@ Vocabulary (addresses grow to the right)::
    rw-p  |  ---p (16 GiB)        a pool reservation: turning it into markers would need
      L        G                  ~8192 PTE tables (32 MiB), so it stays a VMA.
 
-How the counts compare with costs-and-workloads.md §7.1 (whose rule is: a sandwich is a
-``---p`` of at most 64 KiB between two anonymous ``rw-p``): ``GuardPolicy.table_7_1()``
-applies that rule and reproduces the table exactly (renderer 1400 -> 984 / 1188,
-browser 815 -> 711 / 760, python 535 -> 139 / 335). The default ``GuardPolicy()``
-differs on purpose in two ways, both visible on the renderer:
+The strict rule (a guard is a ``---p`` of at most 64 KiB between two anonymous ``rw-p``),
+``GuardPolicy.table_7_1()``, gives renderer 1400 -> 984 / 1188, browser 815 -> 711 / 760,
+python 535 -> 139 / 335 (VMAs with markers / with tree entries). The default
+``GuardPolicy()`` differs on purpose in two ways, both visible on the renderer:
 
-* a PROT_NONE range larger than ``max_guard_bytes`` that touches anonymous memory is
-  not dropped but priced: it is a guard when its markers would cost no more page-table
-  memory than the VMAs it costs (PartitionAlloc's ``---p 2036K`` tails between two
-  super pages fall in 2 MiB blocks their neighbours already populate, so they cost 0);
 * a neighbour may be any accessible private anonymous VMA (``r--p``, ``rwxp``...), not
-  only ``rw-p``: the guard merges with it all the same once its protection matches.
+  only ``rw-p``: the guard merges with it all the same once its protection matches;
+* a PROT_NONE range larger than ``max_guard_bytes`` that touches anonymous memory is
+  not dropped but priced: markers for it may cost no more page-table memory than its
+  VMAs (PartitionAlloc's ``---p 2036K`` between two super pages falls in 2 MiB blocks
+  its neighbours already populate, so it costs 0).
 
-Default-policy counts (VMAs -> with markers / with tree entries): renderer 1400 -> 722 /
-1056 (344 guards: the table's 212, +119 larger ranges that pass the cost test (117 of
-them sandwiched), +13 small sandwiches between anonymous ``r--p``), browser 815 -> 691 /
-750 (+10 priced), python 535 -> 139 / 335 (identical: the 15 ``---p 65404K`` tails of
-glibc's 64 MiB malloc heaps need 30+ PTE tables each and stay reservations).
+A PROT_NONE range larger than ``max_guard_bytes`` that passes the cost test is not a guard
+page: in Chromium it is PartitionAlloc's decommitted super-page payload (the ``---p
+2036K`` between a super page's metadata and its next slot span). Such ranges get their
+own role, ``Role.DECOMMITTED`` ("decommitted payload"), and two sets of counts are kept:
+guards only, and guards plus decommitted payload converted to markers.
+
+Default-policy counts (VMAs -> with markers / with tree entries), guards only and with the
+payload: renderer 1400 -> 958 / 1175 (225 guards: the strict rule's 212 and 13 small sandwiches
+between anonymous ``r--p``), with its 119 ranges of decommitted payload (117 sandwiched)
+-> 722 / 1056; browser 815 -> 711 / 760 (55 guards), with 10 payload ranges -> 691 / 750;
+python 535 -> 139 / 335 (200 guards, no payload: the 15 ``---p 65404K`` tails of glibc's
+64 MiB malloc heaps need 30+ PTE tables each and stay reservations).
 Neither rule sees anon_vma compatibility (invisible in /proc), so both may over-merge
 neighbours the kernel would keep apart.
+
+Markers the process already holds (``MADV_GUARD_INSTALL``, read from its page tables)
+are ``MarkerRun`` s, each inside one VMA. They do not change the roles; they change what
+the designs make of the VMAs holding them (``pte``: nothing; ``tree``: each run becomes
+an entry and splits its VMA; ``vma``: each run becomes a PROT_NONE VMA).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from sparsemm import abi
 from sparsemm._gc import gc_paused
 from sparsemm.analyze.maps import ANON_PRIVATE_KINDS, MapEntry, MapKind
 from sparsemm.model.costs import CostConstants, constants
@@ -55,9 +68,12 @@ __all__ = [
     "GuardSide",
     "GuardCost",
     "VmaRole",
+    "MarkerRun",
     "GuardSummary",
     "Classification",
     "find_guards",
+    "assign_markers",
+    "vma_pieces",
     "guard_cost",
     "MERGE_IGNORED_VMFLAGS",
 ]
@@ -88,15 +104,17 @@ class GuardPolicy:
     accessible private anonymous VMA they would merge with if their protection matched.
 
     A candidate of at most ``max_guard_bytes`` is a guard. One larger than
-    ``max_borderline_bytes`` (if set) is a reservation. In between, it is a guard when
-    ``marker_bytes <= cost_ratio * vma_bytes`` (see ``guard_cost``): keeping it as a VMA
-    costs more kernel memory than the page tables its markers would add. A PROT_NONE VMA
+    ``max_borderline_bytes`` (if set) is a reservation. In between, it is decommitted
+    payload (``Role.DECOMMITTED``: not a guard page, but memory the allocator gave back
+    inside used memory) when ``marker_bytes <= cost_ratio * vma_bytes`` (see
+    ``guard_cost``): keeping it as a VMA costs more kernel memory than the page tables its
+    markers would add; else a reservation. A PROT_NONE VMA
     that touches nothing mergeable is a reservation if larger than ``max_guard_bytes``,
     else a plain mapping (an isolated guard page: markers need a VMA to live in).
     """
 
-    max_guard_bytes: int = 64 * KiB  # always a guard at or below this size (the §7.1 bound)
-    max_borderline_bytes: int | None = 1 * GiB  # never a guard above this size (None: no bound)
+    max_guard_bytes: int = 64 * KiB  # always a guard at or below this size (the strict rule's bound)
+    max_borderline_bytes: int | None = 1 * GiB  # never guard nor payload above this size (None: no bound)
     cost_ratio: float = 1.0  # >1 favours markers, <1 favours keeping VMAs
     neighbour_perms: str | None = None  # e.g. "rw-p": neighbours must have exactly these perms
     assume_anon_vma: bool = True  # maps only: touching anon neighbours have an anon_vma (AVC cost)
@@ -114,15 +132,16 @@ class GuardPolicy:
 
     @classmethod
     def table_7_1(cls) -> GuardPolicy:
-        """The rule of costs-and-workloads.md §7.1: a guard is a ``---p`` of at most 64 KiB
-        next to an anonymous ``rw-p``; larger ones are never guards."""
+        """The strict rule: a guard is a ``---p`` of at most 64 KiB next to an anonymous
+        ``rw-p``; larger ones are never guards nor decommitted payload."""
         return cls(max_guard_bytes=64 * KiB, max_borderline_bytes=64 * KiB, neighbour_perms="rw-p")
 
 
 class Role(enum.StrEnum):
     GUARD = "guard"  # would become a marker / tree entry
+    DECOMMITTED = "decommitted payload"  # a large PROT_NONE range inside used memory (cheaper as markers)
     RESERVATION = "reservation"  # PROT_NONE address space that stays a VMA
-    MAPPING = "mapping"  # everything else (accessible memory, files, isolated guard pages)
+    MAPPING = "kept"  # everything else (accessible memory, files, isolated guard pages): kept as it is
 
 
 class GuardSide(enum.StrEnum):
@@ -147,13 +166,24 @@ class GuardCost:
 @dataclass(slots=True)
 class VmaRole:
     """The verdict on one entry. ``side`` and ``cost`` are set for every PROT_NONE anonymous
-    VMA that touches mergeable memory (guards, and reservations that lost the cost test)."""
+    VMA that touches mergeable memory (guards, decommitted payload, and reservations that
+    lost the cost test)."""
 
     entry: MapEntry
     role: Role
     side: GuardSide | None = None
     cost: GuardCost | None = None
     reason: str = ""  # "small", "cheaper as markers", "markers cost more", "too large", "isolated"
+
+
+@dataclass(slots=True, frozen=True)
+class MarkerRun:
+    """Guard markers the process already holds: pages [start, end) (bytes) of the VMA
+    ``index`` (into the classified entries). Runs of one VMA are sorted and do not touch."""
+
+    start: int
+    end: int
+    index: int
 
 
 @dataclass(slots=True)
@@ -165,10 +195,17 @@ class GuardSummary:
     reservations: int
     isolated_prot_none: int  # small PROT_NONE anonymous VMAs with nothing to merge with
     vmas_if_markers: int  # pte design: guards become markers, their neighbours merge
-    vmas_if_tree: int  # tree design, VMAs stay contiguous: -1 per guard
+    vmas_if_tree: int  # tree design, VMAs stay contiguous: -1 per guard, +1 per interior marker run
     guard_bytes: int  # address space the guards cover
     vma_design_bytes: int  # kernel memory the guards' VMAs cost today (sum of vma_bytes)
     marker_bytes: int  # page-table memory markers would add (sum of marker_bytes)
+    payload: int = 0  # Role.DECOMMITTED ranges
+    payload_bytes: int = 0  # address space they cover
+    vmas_if_markers_with_payload: int = 0  # pte design, guards and decommitted payload as markers
+    vmas_if_tree_with_payload: int = 0  # tree design, likewise
+    existing_markers: int = 0  # marker runs the process holds (split at VMA boundaries)
+    existing_marker_bytes: int = 0
+    vmas_with_markers: int = 0  # VMAs holding at least one of them
 
 
 @dataclass(slots=True)
@@ -176,11 +213,20 @@ class Classification:
     roles: list[VmaRole]  # one per input entry, same order
     summary: GuardSummary
     policy: GuardPolicy
+    markers: list[MarkerRun] = field(default_factory=list)  # existing markers, address order
+    markers_known: bool = False  # the input said which markers exist (a snapshot, a live read)
 
     def guards(self) -> list[VmaRole]:
         """The guard verdicts, in address order. O(n)."""
         guard = Role.GUARD
         return [r for r in self.roles if r.role is guard]
+
+    def markers_by_vma(self) -> dict[int, list[MarkerRun]]:
+        """Existing marker runs grouped by the index of their VMA. O(runs)."""
+        out: dict[int, list[MarkerRun]] = {}
+        for m in self.markers:
+            out.setdefault(m.index, []).append(m)
+        return out
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -256,17 +302,19 @@ def guard_cost(entry: MapEntry, below: MapEntry | None, above: MapEntry | None,
                policy: GuardPolicy) -> GuardCost:
     """Price ``entry`` (a PROT_NONE VMA) whose mergeable neighbours are ``below``/``above``
     (None where there is none). The VMA design pays, per VMA it saves, one vm_area_struct
-    plus a maple slot, plus an anon_vma_chain if the neighbours have an anon_vma
-    (costs-and-workloads.md §2.4). Markers pay one page-table page for every 2 MiB block
-    (PTE table) and 1 GiB block (PMD table) the range touches, except the boundary blocks
-    a populated neighbour already has a table for (§2.3). O(1).
+    plus a maple slot, plus an anon_vma_chain if the neighbours have an anon_vma. Markers
+    pay one page-table page for every 2 MiB block (PTE table) and 1 GiB block (PMD table)
+    the range touches, except the boundary blocks a populated neighbour already has a
+    table for. O(1).
     """
     return GuardCost(*_pricer(policy)(entry.start, entry.end, below, above))
 
 
-def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> Classification:
+def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None,
+                markers: list[tuple[int, int]] | None = None) -> Classification:
     """Classify every entry (sorted, as ``parse_maps`` returns them) and predict the VMA
-    counts of the ``pte`` (markers) and ``tree`` designs. O(n).
+    counts of the ``pte`` (markers) and ``tree`` designs, guards only and with the
+    decommitted payload. O(n + runs).
 
     The marker count is computed by merging, not by formula: each guard joins the
     neighbour(s) it would merge with, so a chain ``rw|---|rw|---|rw`` collapses to one
@@ -274,10 +322,76 @@ def find_guards(entries: list[MapEntry], policy: GuardPolicy | None = None) -> C
     ``r--p | ---p | rw-p``) joins one of them only. A guard only ever joins address-adjacent
     entries, so the merged VMAs are runs of indices and the VMAs that disappear are the
     distinct joined pairs (i, i+1) - what a union-find over indices would count.
+
+    ``markers``: the guard-marker runs the process already holds, as sorted,
+    non-overlapping ``(start, end)`` byte ranges (None: unknown). Each is split at VMA
+    boundaries into ``MarkerRun`` s. Raises ``ValueError`` for a run that is not
+    page-aligned, overlaps the previous one, or lies (partly) outside every VMA.
     """
     policy = policy or GuardPolicy()
     with gc_paused():  # one VmaRole per entry, none freed: see sparsemm._gc
-        return _find_guards(entries, policy)
+        c = _find_guards(entries, policy)
+    if markers is not None:
+        c.markers_known = True
+        if markers:
+            c.markers = assign_markers(entries, markers)
+            _count_markers(c)
+    return c
+
+
+def assign_markers(entries: list[MapEntry], runs: list[tuple[int, int]]) -> list[MarkerRun]:
+    """``runs`` (sorted, non-overlapping byte ranges) split at the boundaries of the VMAs
+    of ``entries`` into ``MarkerRun`` s. O(n + runs). Raises ``ValueError`` (one line) for a
+    run that is unaligned, empty, out of order, or not inside VMAs."""
+    page_mask = abi.PAGE_SIZE - 1
+    out: list[MarkerRun] = []
+    n = len(entries)
+    i = 0
+    prev_end = -1
+    for start, end in runs:
+        if not (isinstance(start, int) and isinstance(end, int)):
+            raise ValueError(f"guard run {start!r}-{end!r}: addresses must be integers")
+        if start >= end or (start | end) & page_mask:
+            raise ValueError(f"guard run {start:x}-{end:x} is empty or not page-aligned")
+        if start < prev_end:
+            raise ValueError(f"guard run {start:x}-{end:x} overlaps or precedes the previous run")
+        prev_end = end
+        pos = start
+        while pos < end:
+            while i < n and entries[i].end <= pos:
+                i += 1
+            if i == n or entries[i].start > pos or not entries[i].is_vma:
+                raise ValueError(f"guard run {start:x}-{end:x}: {pos:x} is not inside any VMA of the map")
+            e = entries[i]
+            stop = min(end, e.end)
+            out.append(MarkerRun(pos, stop, i))
+            pos = stop
+    return out
+
+
+def vma_pieces(entry: MapEntry, runs: list[MarkerRun]) -> int:
+    """How many VMAs are left of ``entry`` when its marker ``runs`` (sorted, not touching)
+    are cut out of it, as the ``tree`` design does (0 when they cover it). O(runs)."""
+    if not runs:
+        return 1
+    return len(runs) + 1 - (runs[0].start == entry.start) - (runs[-1].end == entry.end)
+
+
+def _count_markers(c: Classification) -> None:
+    """Add the existing markers to the summary: counts, and the ``tree`` design's splits
+    (a run cuts its VMA; a VMA that becomes a guard itself is counted there already)."""
+    s = c.summary
+    by_vma = c.markers_by_vma()
+    s.existing_markers = len(c.markers)
+    s.existing_marker_bytes = sum(m.end - m.start for m in c.markers)
+    s.vmas_with_markers = len(by_vma)
+    guard, payload = Role.GUARD, Role.DECOMMITTED
+    for index, runs in by_vma.items():
+        role = c.roles[index].role
+        delta = vma_pieces(c.roles[index].entry, runs) - 1
+        if role is not guard:
+            s.vmas_if_tree_with_payload += 0 if role is payload else delta
+            s.vmas_if_tree += delta
 
 
 def _find_guards(entries: list[MapEntry], policy: GuardPolicy) -> Classification:
@@ -294,11 +408,12 @@ def _find_guards(entries: list[MapEntry], policy: GuardPolicy) -> Classification
     anon_private_kinds = ANON_PRIVATE_KINDS
     vsyscall = MapKind.VSYSCALL
     # Enum members looked up once: Role.X costs a class attribute lookup per use.
-    MAPPING, GUARD, RESERVATION = Role.MAPPING, Role.GUARD, Role.RESERVATION
+    MAPPING, GUARD, RESERVATION, DECOMMITTED = Role.MAPPING, Role.GUARD, Role.RESERVATION, Role.DECOMMITTED
     BOTH, BELOW, ABOVE = GuardSide.BOTH, GuardSide.BELOW, GuardSide.ABOVE
 
-    guards = sandwiches = reservations = isolated = not_vmas = 0
-    guard_bytes = vma_design_bytes = marker_bytes = 0
+    guards = sandwiches = reservations = isolated = not_vmas = payload = 0
+    guard_bytes = vma_design_bytes = marker_bytes = payload_bytes = 0
+    joined_payload = bytearray(n)  # as joined, with the decommitted payload as markers too
 
     for i, e in enumerate(entries):
         kind = e.kind
@@ -347,18 +462,25 @@ def _find_guards(entries: list[MapEntry], policy: GuardPolicy) -> Classification
         else:
             side = ABOVE
         if size <= max_guard:
-            is_guard, reason = True, "small"
+            role, reason = GUARD, "small"
         elif max_border is not None and size > max_border:
-            is_guard, reason = False, "too large"
+            role, reason = RESERVATION, "too large"
         elif cost_marker_bytes <= cost_ratio * cost_vma_bytes:
-            is_guard, reason = True, "cheaper as markers"
+            role, reason = DECOMMITTED, "cheaper as markers"
         else:
-            is_guard, reason = False, "markers cost more"
-        if not is_guard:
-            append(VmaRole(e, RESERVATION, side, cost, reason))
+            role, reason = RESERVATION, "markers cost more"
+        append(VmaRole(e, role, side, cost, reason))
+        if role is RESERVATION:
             reservations += 1
             continue
-        append(VmaRole(e, GUARD, side, cost, reason))
+        if below is not None:
+            joined_payload[i - 1] = 1
+        if above is not None:
+            joined_payload[i] = 1
+        if role is DECOMMITTED:
+            payload += 1
+            payload_bytes += size
+            continue
         guards += 1
         sandwiches += side is BOTH
         guard_bytes += size
@@ -375,5 +497,8 @@ def _find_guards(entries: list[MapEntry], policy: GuardPolicy) -> Classification
         vmas=vmas, guards=guards, sandwiches=sandwiches, one_sided=guards - sandwiches,
         reservations=reservations, isolated_prot_none=isolated,
         vmas_if_markers=vmas - merges, vmas_if_tree=vmas - guards,
-        guard_bytes=guard_bytes, vma_design_bytes=vma_design_bytes, marker_bytes=marker_bytes)
+        guard_bytes=guard_bytes, vma_design_bytes=vma_design_bytes, marker_bytes=marker_bytes,
+        payload=payload, payload_bytes=payload_bytes,
+        vmas_if_markers_with_payload=vmas - joined_payload.count(1),
+        vmas_if_tree_with_payload=vmas - guards - payload)
     return Classification(roles, summary, policy)

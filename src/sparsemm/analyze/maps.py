@@ -3,8 +3,10 @@
 Owns ``MapEntry`` (one VMA as the kernel prints it, fs/proc/task_mmu.c:
 show_map_vma() and show_smap()), its ``MapKind`` classification and
 ``MapsParseError``. It validates what the kernel guarantees (sorted, non-overlapping,
-page-aligned, non-empty ranges) and reports the first violation by line. It does not
-interpret the layout (that is ``analyze.guards``) and never writes to /proc.
+page-aligned, non-empty ranges; smaps counters within their VMA) and reports the first
+violation by line, without quoting the input (it may be any file). It refuses inputs
+beyond ``MAX_VMAS`` and ``MAX_INPUT_BYTES``. It does not interpret the layout (that is
+``analyze.guards``) and never writes to /proc.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,30 @@ __all__ = [
     "looks_like_smaps",
     "read_pid",
     "load",
+    "MAX_VMAS",
+    "MAX_INPUT_BYTES",
+    "proc_pid",
+    "read_text",
 ]
+
+#: The most VMAs one input may have: 4x the default vm.max_map_count (65530), and the
+#: raised setting some servers use (262144). 262,144 VMAs analyze in ~10 s and ~400 MiB.
+MAX_VMAS = 1 << 18
+#: The most bytes read from one input (an smaps of MAX_VMAS VMAs is ~210 MiB).
+MAX_INPUT_BYTES = 256 << 20
+#: smaps lines per VMA accepted (Linux 6.18 prints 26).
+MAX_SMAPS_LINES_PER_VMA = 64
+#: Digits of an smaps counter (a 64-bit kB value has at most 20).
+_MAX_DIGITS = 20
+#: smaps counters that cannot exceed the VMA's size (kB).
+_BOUNDED_BY_SIZE = frozenset({
+    "Rss", "Pss", "Pss_Dirty", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty",
+    "Private_Clean", "Private_Dirty", "Referenced", "Anonymous", "KSM", "LazyFree", "AnonHugePages",
+    "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss",
+    "Locked"})
+#: smaps keys the kernel prints: named in errors (any other key is the input's, not quoted).
+_SMAPS_KEYS = _BOUNDED_BY_SIZE | {"Size", "KernelPageSize", "MMUPageSize", "THPeligible",
+                                  "ProtectionKey", "VmFlags"}
 
 
 class MapKind(enum.StrEnum):
@@ -179,26 +203,53 @@ def _classify(raw: str, shared: bool) -> tuple[str, bool, MapKind, str | None]:
 # --- diagnosis (slow path: only runs on a line the fast path rejected) ---------------------
 
 def _diagnose_header(line: str) -> str:
-    """What is wrong with a maps line that failed the fast prefix match."""
+    """What is wrong with a maps line that failed the fast prefix match (its fields are
+    named by position, never quoted: the input may be any file)."""
     parts = line.split()
     if len(parts) < 5:
-        return (f"truncated line: {len(parts)} field(s), a maps line needs at least 5 "
-                f"(range perms offset dev inode): {line[:80]!r}")
+        return (f"not a maps line: {len(parts)} field(s), a maps line needs at least 5 "
+                "(range perms offset dev inode)")
     rng, perms, off, dev, ino = parts[:5]
     start_s, dash, end_s = rng.partition("-")
     if not dash:
-        return f"bad address range {rng!r}: want START-END in hex"
+        return "bad address range (field 1): want START-END in hex"
     if not _HEX(start_s) or not _HEX(end_s):
-        return f"bad hex in address range {rng!r}"
+        return "bad hex in the address range (field 1)"
     if perms not in _PERMS:
-        return f"bad permissions {perms!r}: want [r-][w-][x-][ps]"
+        return "bad permissions (field 2): want [r-][w-][x-][ps]"
     if not _HEX(off):
-        return f"bad hex offset {off!r}"
+        return "bad hex offset (field 3)"
     if not _DEV(dev):
-        return f"bad device {dev!r}: want MAJOR:MINOR in hex"
+        return "bad device (field 4): want MAJOR:MINOR in hex"
     if not ino.isdigit() or not ino.isascii():
-        return f"bad inode {ino!r}: want a decimal number"
-    return f"malformed line (the fixed columns must be separated by single spaces): {line[:80]!r}"
+        return "bad inode (field 5): want a decimal number"
+    return "malformed line (the fixed columns must be separated by single spaces)"
+
+
+def _key_name(key: str) -> str:
+    """An smaps key for a message: the kernel's names quoted, anything else not."""
+    name = key[:-1]
+    return f"{key!r} line" if name in _SMAPS_KEYS else "attribute line"
+
+
+def _check_counters(entry: MapEntry, source: str) -> None:
+    """The kernel's bounds on one smaps block: ``Size`` is the range, and no resident,
+    swapped or locked amount exceeds it."""
+    size_kib = (entry.end - entry.start) >> 10
+    counters = entry.counters or {}
+    given = counters.get("Size")
+    if given is not None and given != size_kib:
+        raise MapsParseError(source, entry.lineno, f"the block of {entry.start:x}-{entry.end:x} "
+                             f"says 'Size: {given} kB'; its range is {size_kib} kB")
+    for name, value in counters.items():
+        if value > size_kib and name in _BOUNDED_BY_SIZE:
+            raise MapsParseError(source, entry.lineno, f"the block of {entry.start:x}-{entry.end:x} "
+                                 f"says '{name}: {value} kB', more than its {size_kib} kB")
+
+
+def _too_many(source: str, lineno: int) -> MapsParseError:
+    return MapsParseError(source, lineno, f"more than {MAX_VMAS:,} VMAs: sparsemm analyzes at most "
+                          "that many (docs/analyze.md, input limits)")
 
 
 def _check_range(start: int, end: int, prev: MapEntry | None) -> str | None:
@@ -234,6 +285,12 @@ def _parse(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
     with gc_paused():
         if isinstance(text_or_lines, bytes):
             text_or_lines = text_or_lines.decode("utf-8", "surrogateescape")
+        if isinstance(text_or_lines, str):
+            lines = text_or_lines.count("\n")
+            if lines > MAX_VMAS * (MAX_SMAPS_LINES_PER_VMA if smaps else 1) + 1:
+                raise MapsParseError(source, lines, f"more than {MAX_VMAS:,} VMAs' worth of lines: "
+                                     f"sparsemm analyzes at most {MAX_VMAS:,} VMAs (docs/analyze.md, "
+                                     "input limits)")
         if not smaps and isinstance(text_or_lines, str):
             entries = _parse_maps_text(text_or_lines)
             if entries is not None:
@@ -260,6 +317,8 @@ def _parse_maps_text(text: str) -> list[MapEntry] | None:
     rows = _MAPS_RANGE_LINE.findall(text)
     if len(rows) != text.count("\n") + (not text.endswith("\n")):
         return None  # some line did not match: let the line parser say which and why
+    if len(rows) > MAX_VMAS:
+        return None  # the line parser stops at the limit
     entries: list[MapEntry] = []
     append = entries.append
     # the rest of a line -> the MapEntry fields from perms to anon_name
@@ -317,21 +376,21 @@ def _parse_lines(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
         if key[-1] == ":":
             # An smaps attribute line under the current header.
             if not smaps:
-                raise MapsParseError(source, lineno, f"unexpected smaps line {key!r} in maps text "
+                raise MapsParseError(source, lineno, f"unexpected smaps {_key_name(key)} in maps text "
                                      "(parse it as smaps)")
             if cur is None:
-                raise MapsParseError(source, lineno, f"{key!r} line before any mapping header")
+                raise MapsParseError(source, lineno, f"{_key_name(key)} before any mapping header")
             if have_vmflags:
-                raise MapsParseError(source, lineno, f"{key!r} line after the VmFlags line that ends "
-                                     f"the block of {cur.start:x}-{cur.end:x}")
+                raise MapsParseError(source, lineno, f"{_key_name(key)} after the VmFlags line that "
+                                     f"ends the block of {cur.start:x}-{cur.end:x}")
             if len(parts) == 3 and parts[2] == "kB":
                 value = parts[1]
-                if not value.isdigit():
-                    raise MapsParseError(source, lineno, f"bad value {value!r} in {key!r} line: "
-                                         "want a decimal number of kB")
+                if not (value.isascii() and value.isdigit()) or len(value) > _MAX_DIGITS:
+                    raise MapsParseError(source, lineno, f"bad value in {_key_name(key)}: want a "
+                                         f"decimal number of kB of at most {_MAX_DIGITS} digits")
                 name = key[:-1]
                 if name in counters:
-                    raise MapsParseError(source, lineno, f"duplicate {key!r} line in the block of "
+                    raise MapsParseError(source, lineno, f"duplicate {_key_name(key)} in the block of "
                                          f"{cur.start:x}-{cur.end:x}")
                 counters[name] = int(value)
             elif key == "VmFlags:":
@@ -345,19 +404,22 @@ def _parse_lines(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
                     got = flags_cache[raw] = (frozenset(words), bits)
                 cur.vmflags, cur.vmflags_bits = got
                 have_vmflags = True
-            elif key in ("THPeligible:", "ProtectionKey:") and len(parts) == 2 and parts[1].isdigit():
+                _check_counters(cur, source)
+            elif (key in ("THPeligible:", "ProtectionKey:") and len(parts) == 2 and parts[1].isascii()
+                  and parts[1].isdigit() and len(parts[1]) <= _MAX_DIGITS):
                 if key == "THPeligible:":
                     cur.thp_eligible = int(parts[1])
                 else:
                     cur.protection_key = int(parts[1])
             else:
-                raise MapsParseError(source, lineno, f"unknown smaps line format: {line[:80]!r}")
+                raise MapsParseError(source, lineno, f"unknown smaps line format ({_key_name(key)})")
             continue
 
         # A maps line (or an smaps header).
         if len(parts) < 5 or prefix(line) is None:
             if smaps and not have_vmflags:
-                raise MapsParseError(source, lineno, f"unknown smaps line format: {line[:80]!r}")
+                raise MapsParseError(source, lineno, "unknown smaps line format (neither 'Key: value' "
+                                     "nor a mapping header)")
             raise MapsParseError(source, lineno, _diagnose_header(line))
         if smaps and not have_vmflags:
             assert cur is not None
@@ -382,6 +444,8 @@ def _parse_lines(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
         prev = cur = MapEntry(start, end, perms, prot, shared, int(parts[2], 16), majmin[0], majmin[1],
                               int(parts[4]), cls[0], cls[1], cls[2], cls[3], lineno)
         prev_end = end
+        if len(entries) >= MAX_VMAS:
+            raise _too_many(source, lineno)
         append(cur)
         if smaps:
             counters = cur.counters = {}
@@ -432,45 +496,61 @@ def parse_auto(text: str | bytes, source: str = "<maps>") -> list[MapEntry]:
     return _parse(text, source, smaps=looks_like_smaps(text))
 
 
-def _read_text(path: str | os.PathLike) -> str:
-    # newline="" keeps "\r" inside paths; surrogateescape keeps undecodable path bytes.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-        return fh.read()
+def read_text(path: str | os.PathLike) -> str:
+    """A maps/smaps input as text, within ``MAX_INPUT_BYTES`` and the line caps: a regular
+    file or ``-`` (``sparsemm._input.read_input``: FIFOs and devices refused, /proc read with
+    a timeout). Undecodable path bytes are kept (surrogateescape)."""
+    from sparsemm._input import read_input
+
+    data = read_input(os.fspath(path), max_bytes=MAX_INPUT_BYTES,
+                      max_lines=MAX_VMAS * MAX_SMAPS_LINES_PER_VMA + 1)
+    return data.decode("utf-8", "surrogateescape")
 
 
 def read_pid(pid: int | str, smaps: bool = True) -> list[MapEntry]:
     """The VMAs of a live process: ``/proc/PID/smaps`` (or ``maps`` if ``smaps`` is False,
     or if reading smaps is not permitted). ``pid`` may be a number or ``"self"``.
 
-    Raises ``OSError`` (ENOENT for no such process, EACCES if maps is unreadable too) and
-    ``MapsParseError`` (the kernel's text should always parse).
+    Raises ``sparsemm._input.InputError`` (no such process, not permitted, too large, too
+    slow) and ``MapsParseError`` (the kernel's text should always parse).
     """
+    from sparsemm._input import InputError, InputPermissionError
+
+    if not os.path.isdir(f"/proc/{pid}"):
+        raise InputError(f"no process with pid {pid}")
     if smaps:
         source = f"/proc/{pid}/smaps"
         try:
-            return parse_smaps(_read_text(source), source)
-        except PermissionError:
+            return parse_smaps(read_text(source), source)
+        except (InputPermissionError, PermissionError):
             pass
     source = f"/proc/{pid}/maps"
-    return parse_maps(_read_text(source), source)
+    return parse_maps(read_text(source), source)
 
 
-_PROC_PID = re.compile(r"/proc/(\d+|self)/?\Z")
+_PROC_PID = re.compile(r"/proc/(\d+|self|thread-self)/?\Z")
+
+
+def proc_pid(what: str) -> str | None:
+    """The pid a target names (``1234``, ``/proc/1234``, ``/proc/self``), else None."""
+    if what.isascii() and what.isdigit():
+        return what
+    m = _PROC_PID.match(what)
+    return m.group(1) if m else None
 
 
 def load(what: str | int | os.PathLike, smaps: bool = True) -> list[MapEntry]:
     """Entries from a saved maps/smaps file (kind auto-detected), a live pid (an int, a
-    string of digits, ``/proc/N``), or ``"-"`` for stdin. ``smaps`` only matters for live
-    pids (read smaps rather than maps).
+    string of digits, ``/proc/N``, ``/proc/self``), or ``"-"`` for stdin. ``smaps`` only
+    matters for live pids (read smaps rather than maps). Inputs are read within
+    ``MAX_INPUT_BYTES`` and parsed within ``MAX_VMAS``.
     """
     if isinstance(what, int):
         return read_pid(what, smaps)
     text_what = os.fspath(what)
     if text_what == "-":
-        return parse_auto(sys.stdin.read(), "<stdin>")
-    if text_what.isdigit():
-        return read_pid(int(text_what), smaps)
-    m = _PROC_PID.match(text_what)
-    if m:
-        return read_pid(m.group(1), smaps)
-    return parse_auto(_read_text(text_what), Path(text_what).name)
+        return parse_auto(read_text("-"), "<stdin>")
+    pid = proc_pid(text_what)
+    if pid is not None:
+        return read_pid(pid, smaps)
+    return parse_auto(read_text(text_what), Path(text_what).name)

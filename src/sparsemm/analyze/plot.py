@@ -14,10 +14,10 @@ from sparsemm.analyze.report import BYTE_KEYS, AnalysisReport
 
 __all__ = ["COLOURS", "plot_report"]
 
-COLOURS = {"rw": "#4caf50", "guard": "#d62728", "reservation": "#bdbdbd", "file": "#1f77b4",
-           "other": "#ff9f1c"}
-_LABELS = {"rw": "anonymous memory", "guard": "guard", "reservation": "reservation (PROT_NONE)",
-           "file": "file-backed", "other": "other ([stack], [vdso], shared…)"}
+COLOURS = {"rw": "#4caf50", "guard": "#d62728", "payload": "#9467bd", "reservation": "#bdbdbd",
+           "file": "#1f77b4", "other": "#ff9f1c"}
+_LABELS = {"rw": "anonymous memory", "guard": "guard", "payload": "decommitted payload (PROT_NONE)",
+           "reservation": "reservation (PROT_NONE)", "file": "file-backed", "other": "other ([stack], [vdso], shared…)"}
 _GAP = 0.6  # axis units drawn for any gap between VMAs
 _BYTE_COLOURS = ("#7b9acc", "#f2a541", "#c9a0dc", "#8cc084", "#e07a5f")
 
@@ -37,6 +37,11 @@ def _axis(report: AnalysisReport) -> list[tuple[float, float]]:
     return out
 
 
+def _stays(p) -> bool:
+    """A decommitted payload that this layout leaves a PROT_NONE VMA (not a guard install)."""
+    return p.category == "payload" and not p.guard
+
+
 def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> None:
     """One design's VMAs at height ``y``: coloured by category, with a white line at every
     VMA boundary of that design (so fewer lines = fewer VMAs)."""
@@ -52,8 +57,10 @@ def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> No
             cat = "rw" if design == "pte" else None  # pte: inside the VMA; tree: no VMA at all
         if cat is not None:
             by_cat.setdefault(cat, []).append((x, w))
-        # A boundary before p unless p continues one VMA of this design (pte: within a unit).
-        if i and not (design == "pte" and units[p.unit].is_span and p.unit == placed[i - 1].unit):
+        # A boundary before p unless p continues one VMA of this design (pte: within a unit,
+        # where only a decommitted payload left as it was stays a VMA of its own).
+        if i and not (design == "pte" and units[p.unit].is_span and p.unit == placed[i - 1].unit
+                      and not _stays(p) and not _stays(placed[i - 1])):
             boundaries.append(x)
     for cat, spans in by_cat.items():
         ax.broken_barh(spans, (y, h), facecolors=COLOURS[cat], linewidth=0)
@@ -116,22 +123,30 @@ def plot_report(report: AnalysisReport, path: str, *, title: str | None = None) 
               frameon=False)
 
     ok = [d for d in designs if not report.designs[d].error]
+    # The columns of both charts: each design, then (with decommitted payload) pte and tree
+    # with the payload as markers too - the second set of counts.
+    cols = [(d, d, report.designs[d]) for d in ok]
+    if report.payload:
+        cols += [(f"{d}\n+payload", d, report.designs_with_payload[d]) for d in ok
+                 if d != "vma" and not report.designs_with_payload[d].error]
     ax1 = fig.add_subplot(gs[1, 0])
-    names = ["original"] + ok
-    vals = [report.vmas] + [report.designs[d].map_count for d in ok]
-    bars = ax1.bar(names, vals, color=["#555555"] + ["#4c72b0"] * len(ok))
+    names = ["original"] + [label for label, _, _ in cols]
+    vals = [report.vmas] + [f.map_count for _, _, f in cols]
+    colours = ["#555555"] + [COLOURS["payload"] if "+payload" in label else "#4c72b0" for label, _, _ in cols]
+    bars = ax1.bar(names, vals, color=colours)
     ax1.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=8)
-    ax1.set_title("VMAs (map_count)", fontsize=10)
+    ax1.set_title("VMAs (map_count)" + ("; +payload: decommitted payload as markers too"
+                                        if report.payload else ""), fontsize=10)
     ax1.set_ylim(0, max(vals) * 1.18 if vals else 1)
     ax2 = fig.add_subplot(gs[1, 1])
-    bottom = [0.0] * len(ok)
+    labels = [label for label, _, _ in cols]
+    bottom = [0.0] * len(cols)
     for key, colour in zip(BYTE_KEYS, _BYTE_COLOURS):
-        v = [report.designs[d].bytes.get(key, 0) / 1024 for d in ok]
-        ax2.bar(ok, v, bottom=bottom, color=colour, label=key)
+        v = [f.bytes.get(key, 0) / 1024 for _, _, f in cols]
+        ax2.bar(labels, v, bottom=bottom, color=colour, label=key)
         bottom = [b + x for b, x in zip(bottom, v)]
-    for i, d in enumerate(ok):
-        ax2.text(i, bottom[i], f"{report.designs[d].total_bytes / 1024:,.0f} KiB", ha="center",
-                 va="bottom", fontsize=8)
+    for i, (_, _, f) in enumerate(cols):
+        ax2.text(i, bottom[i], f"{f.total_bytes / 1024:,.0f} KiB", ha="center", va="bottom", fontsize=8)
     ax2.set_title("kernel memory by object (KiB, model)", fontsize=10)
     ax2.set_ylim(0, max(bottom) * 1.18 if bottom and max(bottom) else 1)
     ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

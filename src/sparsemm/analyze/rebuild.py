@@ -2,8 +2,11 @@
 
 Owns ``Layout`` (the script plus where each original VMA went) and ``layout_script``. Every
 guard ``find_guards`` found becomes ``madvise guard_install`` inside one ``mmap`` spanning the
-guard and its mergeable neighbours; every other VMA is an ``mmap`` of the same size, protection
-and backing. Gaps are compressed. Reads ``MapEntry``/``Classification``; runs nothing.
+guard and its mergeable neighbours; decommitted payload likewise, as ``mprotect(PROT_NONE)``
+(or, ``with_payload``, as a guard install); every other VMA is an ``mmap`` of the same size,
+protection and backing; every guard marker the process already holds is a
+``madvise guard_install`` at its place. Gaps are compressed. Reads
+``MapEntry``/``Classification``; runs nothing.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ from sparsemm import abi
 from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardSide, Role
 from sparsemm.analyze.maps import MapEntry, MapKind
-from sparsemm.opscript.script import MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_TOUCH_PAGES
+from sparsemm.opscript.script import (MAX_ARENA_PAGES, MAX_FILE_PAGES, MAX_POPULATE_PAGES,
+                                      MAX_TOTAL_FILE_PAGES, MAX_TOUCH_PAGES)
 
 __all__ = ["Layout", "Placed", "Unit", "LayoutError", "layout_script", "build_layout",
-           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES"]
+           "REPRODUCIBLE_ARENA_BYTES", "TOUCH_MODES", "MAX_TOUCHED_PAGES"]
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 PAGE = abi.PAGE_SIZE
 
 #: The arena the kernel can hold in a fresh Python child: from ARENA_BASE (16 TiB) up to
-#: 0x5000_0000_0000, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
-REPRODUCIBLE_ARENA_BYTES = min(0x5000_0000_0000 - abi.ARENA_BASE, MAX_ARENA_PAGES * PAGE)
+#: opscript.script.ARENA_LIMIT, below where a PIE interpreter (0x55…/0x56…) and its heap are loaded.
+REPRODUCIBLE_ARENA_BYTES = MAX_ARENA_PAGES * PAGE
+#: The most pages a rebuild touches (an op script may populate no more, opscript.script):
+#: 4 GiB. Beyond it, ``touch="auto"`` falls back from ``rss`` to ``first`` with a note and an
+#: explicit ``touch="rss"`` is a ``LayoutError``.
+MAX_TOUCHED_PAGES = MAX_POPULATE_PAGES
 
 TOUCH_MODES = ("auto", "rss", "first", "none")
 
@@ -59,7 +67,9 @@ class Placed:
     at: int  # pages from the arena base
     npages: int  # pages (smaller than the original only for a shrunk reservation)
     unit: int  # index into Layout.units
-    category: str  # "rw", "guard", "reservation", "file", "other": the plot's colours
+    category: str  # "rw", "guard", "payload", "reservation", "file", "other": the plot's colours
+    guard: bool = False  # installed as a guard in this layout (a guard, or payload with_payload)
+    markers: list[tuple[int, int]] = field(default_factory=list)  # existing marker runs: (at, npages)
 
 
 @dataclass(slots=True)
@@ -101,6 +111,21 @@ class Layout:
     files: dict[str, str] = field(default_factory=dict)  # original path -> script file name
     separated: int = 0  # adjacent unit pairs kept apart by MAP_NORESERVE alternation
     notes: list[str] = field(default_factory=list)
+    with_payload: bool = False  # decommitted payload installed as guards too (else mprotect(PROT_NONE))
+    payload: int = 0  # decommitted payload ranges among the guard installs
+    existing_markers: int = 0  # guard_install ops for markers the process already holds
+
+    def as_is_script(self) -> dict:
+        """The script with the process as it was: the guards found by the policy as
+        ``mprotect(PROT_NONE)`` (the VMAs they were) and the existing markers as markers.
+        Run under the ``pte`` design it must give the original's VMA count. O(ops)."""
+        ops = []
+        installed = {(p.at, p.npages) for p in self.placed if p.guard}
+        for op in self.script["ops"]:
+            if op["op"] == "madvise" and (op["at"], op["len"]) in installed:
+                op = {"op": "mprotect", "at": op["at"], "len": op["len"], "prot": "none"}
+            ops.append(op)
+        return {**self.script, "note": self.script["note"] + " (as the process was)", "ops": ops}
 
 
 def _prot(prot: int) -> str:
@@ -140,10 +165,11 @@ _MAPPING_CATEGORY = {shared: {kind: (_mapping_category(kind, shared, False),
 
 
 def _categories(vmas: list[MapEntry], roles: list[Role]) -> list[str]:
-    """The plot's colour of each VMA: "guard", "reservation", "file", "rw" or "other". O(n)."""
-    guard, reservation, table = Role.GUARD, Role.RESERVATION, _MAPPING_CATEGORY
+    """The plot's colour of each VMA: "guard", "payload", "reservation", "file", "rw" or
+    "other". O(n)."""
+    guard, reservation, payload, table = Role.GUARD, Role.RESERVATION, Role.DECOMMITTED, _MAPPING_CATEGORY
     return ["guard" if role is guard else "reservation" if role is reservation
-            else table[e.shared][e.kind][e.prot == 0]
+            else "payload" if role is payload else table[e.shared][e.kind][e.prot == 0]
             for e, role in zip(vmas, roles)]
 
 
@@ -175,19 +201,21 @@ def _file_names(vmas: list[MapEntry], file_idx: list[int]) -> dict[str, str]:
 def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str]
                  ) -> tuple[dict[int, int], dict[str, int]]:
     """(pgoff in pages per vmas index, file pages per script file) for the file-backed VMAs
-    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES; then that
-    file's offsets are renumbered in address order, keeping contiguity between
-    address-adjacent VMAs (what decides a merge). O(len(file_idx))."""
+    ``file_idx``. Offsets are kept unless a file would exceed MAX_FILE_PAGES (or all files
+    together MAX_TOTAL_FILE_PAGES: then every file); such a file's offsets are renumbered in
+    address order, keeping contiguity between address-adjacent VMAs (what decides a merge).
+    O(len(file_idx))."""
     extent: dict[str, int] = {}
     for i in file_idx:
         e = vmas[i]
         extent[e.path] = max(extent.get(e.path, 0), (e.offset + e.size) // PAGE)
+    keep_limit = MAX_FILE_PAGES if sum(extent.values()) <= MAX_TOTAL_FILE_PAGES else -1
     pgoffs: dict[int, int] = {}
     cursor: dict[str, int] = {}
     last: dict[str, int] = {}  # path -> vmas index of the previous VMA of that path
     for i in file_idx:
         e = vmas[i]
-        if extent[e.path] <= MAX_FILE_PAGES:
+        if extent[e.path] <= keep_limit:
             pgoffs[i] = e.offset // PAGE
             continue
         j = last.get(e.path)
@@ -206,6 +234,10 @@ def _file_pgoffs(vmas: list[MapEntry], file_idx: list[int], names: dict[str, str
     if too_big:
         raise LayoutError(f"file {too_big[0]!r} needs {pages[too_big[0]]} pages, more than the "
                           f"{MAX_FILE_PAGES} a script file may have")
+    if sum(pages.values()) > MAX_TOTAL_FILE_PAGES:
+        raise LayoutError(f"the mapped files need {sum(pages.values()):,} pages even renumbered, more "
+                          f"than the {MAX_TOTAL_FILE_PAGES:,} a script's files may have in all (each "
+                          "page is written when the rebuild creates its file)")
     return pgoffs, pages
 
 
@@ -237,8 +269,8 @@ def _place(vm_starts: list[int], vm_ends: list[int], shrinkable: list[bool], gra
 
 def _units(roles: list, is_guard: list[bool]) -> list[tuple[int, int]]:
     """Contiguous index ranges joined by guards (the merging of find_guards), as
-    (first, last) pairs covering 0..len(roles)-1 in order. ``is_guard[i]``: ``roles[i].role
-    is Role.GUARD``. O(n)."""
+    (first, last) pairs covering 0..len(roles)-1 in order. ``is_guard[i]``: VMA i joins its
+    neighbours (``Role.GUARD`` or ``Role.DECOMMITTED``). O(n)."""
     n = len(roles)
     join_next = bytearray(n)  # join_next[i]: i and i+1 are one unit
     # (enum members looked up once: GuardSide.X costs a class attribute lookup per use)
@@ -268,16 +300,39 @@ def _resolve_touch(touch: str, vmas: list[MapEntry]) -> str:
     return touch
 
 
+def _free_pages(n: int, skip: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The first ``n`` pages of [0, ``limit``) outside the sorted, disjoint ``(at, npages)``
+    runs ``skip``, as ``(offset, npages)`` pieces. O(len(skip))."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for at, npages in skip:
+        if n <= 0:
+            break
+        if at > pos:
+            take = min(n, at - pos)
+            out.append((pos, take))
+            n -= take
+        pos = max(pos, at + npages)
+    if n > 0 and pos < limit:
+        out.append((pos, min(n, limit - pos)))
+    return out
+
+
 def _touch_ops(p: Placed, backing: str, mode: str) -> list[dict]:
-    """The touch ops for one non-guard VMA (at most MAX_TOUCH_PAGES per op)."""
+    """The touch ops for one non-guard VMA (at most MAX_TOUCH_PAGES per op). Pages under
+    the markers the process holds are never touched: they had no page in the original."""
     e = p.entry
     if mode == "none" or e.prot == 0 or p.role is Role.GUARD:
         return []
     writable = bool(e.prot & abi.PROT_WRITE)
+    skip = [(at - p.at, npages) for at, npages in p.markers]
     if mode == "first":
         if backing != "anon" or e.kind not in _TOUCH_ANON_KINDS:
             return []
-        return [{"op": "touch", "at": p.at, "len": 1, "access": "write" if writable else "read"}]
+        first = _free_pages(1, skip, p.npages)
+        if not first:
+            return []
+        return [{"op": "touch", "at": p.at + first[0][0], "len": 1, "access": "write" if writable else "read"}]
     # rss: Rss pages from the start (reads for file pages, writes for the anonymous part)
     if backing == "anon" and e.kind not in _TOUCH_ANON_KINDS:
         return []
@@ -294,9 +349,10 @@ def _touch_ops(p: Placed, backing: str, mode: str) -> list[dict]:
         plan.append((rss, "write" if writable else "read"))
     ops = []
     for n, access in plan:
-        for off in range(0, n, MAX_TOUCH_PAGES):
-            ops.append({"op": "touch", "at": p.at + off, "len": min(MAX_TOUCH_PAGES, n - off),
-                        "access": access})
+        for start, count in (_free_pages(n, skip, p.npages) if skip else ((0, n),)):
+            for off in range(0, count, MAX_TOUCH_PAGES):
+                ops.append({"op": "touch", "at": p.at + start + off,
+                            "len": min(MAX_TOUCH_PAGES, count - off), "access": access})
     return ops
 
 
@@ -318,18 +374,24 @@ def _touches(placed: list[Placed], unit_backing: list[str], mode: str) -> tuple[
 
 
 def build_layout(entries: list[MapEntry], classification: Classification, *, touch: str = "auto",
-                 source: str = "", arena_limit: int = REPRODUCIBLE_ARENA_BYTES) -> Layout:
-    """Rebuild ``entries`` (classified by ``find_guards``) as one op script. O(n).
+                 source: str = "", arena_limit: int = REPRODUCIBLE_ARENA_BYTES,
+                 with_payload: bool = False) -> Layout:
+    """Rebuild ``entries`` (classified by ``find_guards``) as one op script. O(n + marker runs).
+
+    ``with_payload``: the decommitted payload becomes guard installs too (the second set
+    of counts); otherwise it stays PROT_NONE VMAs. The classification's existing marker
+    runs are installed at their places in either case.
 
     Raises ``LayoutError`` when there is nothing to rebuild or no compression level fits
     the arena in ``arena_limit`` bytes.
     """
     with gc_paused():  # one Placed and about one op dict per VMA, none freed: see sparsemm._gc
-        return _build_layout(entries, classification.roles, touch, source, arena_limit)
+        return _build_layout(entries, classification.roles, touch, source, arena_limit, with_payload,
+                             classification.markers)
 
 
 def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: str,
-                  arena_limit: int) -> Layout:
+                  arena_limit: int, with_payload: bool = False, markers: list | None = None) -> Layout:
     # The VMAs ([vsyscall] is not one) with their verdicts; zip() semantics if the lengths differ.
     vsyscall = MapKind.VSYSCALL
     m = min(len(entries), len(all_roles))
@@ -344,13 +406,27 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     mode = _resolve_touch(touch, vmas)
     vm_roles = list(map(_ROLE, roles))
     is_guard = list(map(operator.is_, vm_roles, itertools.repeat(Role.GUARD)))  # role is GUARD, per VMA
-    unit_ranges = _units(roles, is_guard)
+    # Decommitted payload is rebuilt as the program made it: inside one mmap with its
+    # neighbours, then mprotect(PROT_NONE) (or, with_payload, a guard install like a guard).
+    payload_at = list(map(operator.is_, vm_roles, itertools.repeat(Role.DECOMMITTED)))
+    n_payload = payload_at.count(True)
+    joins = list(map(operator.or_, is_guard, payload_at)) if n_payload else is_guard
+    payload = 0
+    if with_payload and n_payload:
+        payload, is_guard = n_payload, joins
+    # Existing markers by VMA (indices into vmas: entries without [vsyscall], which holds none).
+    runs_of: dict[int, list] = {}
+    if markers:
+        vma_index = {id(e): k for k, e in enumerate(vmas)}
+        for m in markers:
+            runs_of.setdefault(vma_index[id(entries[m.index])], []).append(m)
+    unit_ranges = _units(roles, joins)
     backings = [_BACKING[e.shared][e.kind] for e in vmas]
 
     # Shrinkable: a lone PROT_NONE VMA nothing touches (a reservation) - last-resort compression.
     shrinkable = [False] * n
     for i, j in unit_ranges:
-        if i == j and vmas[i].prot == 0:
+        if i == j and vmas[i].prot == 0 and i not in runs_of:  # markers keep their offsets
             shrinkable[i] = True
     vm_starts = list(map(_START, vmas))
     vm_ends = list(map(_END, vmas))
@@ -367,9 +443,13 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     pgoffs, file_pages = _file_pgoffs(vmas, file_idx, names)
 
     unit_of = [u for u, (i, j) in enumerate(unit_ranges) for _ in range(j + 1 - i)]  # per VMA
-    placed = [Placed(e, role, s // PAGE, z // PAGE, u, category)
-              for e, role, s, z, u, category in zip(vmas, vm_roles, starts, sizes, unit_of,
-                                                    _categories(vmas, vm_roles))]
+    placed = [Placed(e, role, s // PAGE, z // PAGE, u, category, g)
+              for e, role, s, z, u, category, g in zip(vmas, vm_roles, starts, sizes, unit_of,
+                                                       _categories(vmas, vm_roles), is_guard)]
+    for k, runs in runs_of.items():
+        p = placed[k]
+        base = p.entry.start
+        p.markers = [(p.at + (m.start - base) // PAGE, (m.end - m.start) // PAGE) for m in runs]
 
     units: list[Unit] = []
     for i, j in unit_ranges:
@@ -378,7 +458,7 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
             base_i, guards_in = i, int(is_guard[i])
         else:
             try:
-                base_i = is_guard.index(False, i, j + 1)
+                base_i = joins.index(False, i, j + 1)
             except ValueError:
                 base_i = i  # guards only
             guards_in = is_guard[i:j + 1].count(True)
@@ -415,22 +495,42 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
         if u.backing == "file":
             op["file"], op["pgoff"] = u.file, u.pgoff
         ops.append(op)
-    touch_ops, touched = _touches(placed, [u.backing for u in units], mode)
+    unit_backings = [u.backing for u in units]
+    touch_ops, touched = _touches(placed, unit_backings, mode)
+    notes = []
+    if touched > MAX_TOUCHED_PAGES:
+        if touch != "auto":
+            raise LayoutError(f"the rebuild would touch {touched:,} pages ({touched * PAGE / GiB:,.1f} GiB, "
+                              f"smaps Rss); at most {MAX_TOUCHED_PAGES:,} ({MAX_TOUCHED_PAGES * PAGE // GiB} "
+                              "GiB) can be: use --touch first or none")
+        notes.append(f"touch=auto: the smaps Rss is {touched:,} pages, more than the {MAX_TOUCHED_PAGES:,} "
+                     "a rebuild touches; the first page of each VMA is touched instead (page tables "
+                     "are then a lower bound)")
+        mode = "first"
+        touch_ops, touched = _touches(placed, unit_backings, mode)
     ops += touch_ops
-    guard_ops = [{"op": "madvise", "at": p.at, "len": p.npages, "advice": "guard_install"}
-                 for p in itertools.compress(placed, is_guard)]
-    ops += guard_ops
-    guards = len(guard_ops)
+    installs = [(p.at, p.npages, True) for p in itertools.compress(placed, is_guard)]
+    guards = len(installs)
+    marker_runs = [run for k in sorted(runs_of) if not joins[k] for run in placed[k].markers]
+    protnone = [] if payload or not n_payload else \
+        [(p.at, p.npages, False) for p in itertools.compress(placed, payload_at)]
+    if marker_runs or protnone:  # in address order (a run inside a guard or payload goes with it)
+        installs = sorted(installs + [(at, npages, True) for at, npages in marker_runs] + protnone)
+    ops += [{"op": "madvise", "at": at, "len": npages, "advice": "guard_install"} if install else
+            {"op": "mprotect", "at": at, "len": npages, "prot": "none"} for at, npages, install in installs]
 
     arena_pages = max(1, -(-arena_bytes // PAGE))
+    what = f"{guards} guards" if not payload else f"{guards - payload} guards and {payload} payload ranges"
+    if marker_runs:
+        what += f" and {len(marker_runs)} existing marker runs"
+    shown = (source or "a process").encode("utf-8", "backslashreplace").decode("utf-8")
     script = {
-        "note": (f"layout of {source or 'a process'}: {n} VMAs, {guards} guards as "
+        "note": (f"layout of {shown}: {n} VMAs, {what} as "
                  f"guard_install; gaps compressed modulo {_fmt_bytes(granule)}; touch={mode}"),
         "arena_pages": arena_pages,
         "files": {name: {"pages": file_pages[name]} for name in sorted(file_pages)},
         "ops": ops,
     }
-    notes = []
     if shrunk:
         notes.append(f"{shrunk} PROT_NONE reservation(s) shrunk to fit the arena (same size modulo "
                      f"{_fmt_bytes(granule)})")
@@ -439,7 +539,8 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
                      "anonymous memory of the same size and protection")
     return Layout(script=script, placed=placed, units=units, vmas=n, guards=guards,
                   arena_pages=arena_pages, granule=granule, shrunk_reservations=shrunk, touch=mode,
-                  touched_pages=touched, files=names, separated=separated, notes=notes)
+                  touched_pages=touched, files=names, separated=separated, notes=notes,
+                  with_payload=with_payload, payload=payload, existing_markers=len(marker_runs))
 
 
 def _base_noreserve(u: Unit, base: MapEntry) -> bool:
@@ -453,9 +554,17 @@ def _base_noreserve(u: Unit, base: MapEntry) -> bool:
     return u.prot == "none" and not u.shared
 
 
-def _edge_prots(u: Unit, p: Placed) -> set[str]:
-    """Protections the VMA at a unit's edge can have across the designs."""
-    return {"none", u.prot} if p.role is Role.GUARD else {u.prot}
+def _edge_prots(u: Unit, p: Placed, low: bool) -> set[str]:
+    """Protections the VMA at a unit's edge can have across the designs: a guard's, and
+    those of an existing marker run at that edge (``low``: the unit's first page), are
+    both PROT_NONE (the vma design) and the unit's."""
+    if p.guard or p.role is Role.DECOMMITTED:
+        return {"none", u.prot}
+    if p.markers:
+        at, npages = p.markers[0] if low else p.markers[-1]
+        if (at == p.at) if low else (at + npages == p.at + p.npages):
+            return {"none", u.prot}
+    return {u.prot}
 
 
 def _could_merge(a: Unit, b: Unit, placed: list[Placed]) -> bool:
@@ -463,7 +572,7 @@ def _could_merge(a: Unit, b: Unit, placed: list[Placed]) -> bool:
     pa, pb = placed[a.last], placed[b.first]
     if pa.at + pa.npages != pb.at or a.backing != b.backing or a.backing == "shared-anon":
         return False
-    if not _edge_prots(a, pa) & _edge_prots(b, pb):
+    if not _edge_prots(a, pa, False) & _edge_prots(b, pb, True):
         return False
     if a.backing == "file":
         return a.file == b.file and a.shared == b.shared and a.pgoff + a.npages == b.pgoff

@@ -1,9 +1,10 @@
 """What each guard design makes of a real process: ``analyze(entries) -> AnalysisReport``.
 
 Owns ``AnalysisReport`` / ``DesignFigures``, their JSON form (schema in docs/analyze.md),
-the rich tables for people and the many-files mode. Rebuilds the layout with
-``analyze.rebuild`` and runs it on the model (``opscript.designs.run_design``); never
-touches the kernel (that is ``analyze.reproduce``).
+the per-VMA ``mappings`` view, the rich tables for people, the many-files mode and
+``analyze_source``, the single-file entry point (pid, snapshot, maps or smaps file).
+Rebuilds the layout with ``analyze.rebuild`` and runs it on the model
+(``opscript.designs.run_design``); never touches the kernel (that is ``analyze.reproduce``).
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ import time
 from dataclasses import dataclass, field
 
 from sparsemm._gc import gc_paused
-from sparsemm.analyze.guards import GuardPolicy, find_guards
+from sparsemm.analyze.guards import Classification, GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
 from sparsemm.model.costs import constants
-from sparsemm.opscript.designs import DesignResult, run_design, run_designs_shared, start_design
+from sparsemm.opscript.designs import DesignResult, run_design, run_scripts_shared, start_design
 from sparsemm.opscript.script import parse_script
 
 __all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
            "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
-           "BYTE_KEYS"]
+           "render_mappings", "mappings", "BYTE_KEYS"]
 
-SCHEMA = "sparsemm.analyze/2"
-MANY_SCHEMA = "sparsemm.analyze.many/2"
+SCHEMA = "sparsemm.analyze/3"
+MANY_SCHEMA = "sparsemm.analyze.many/3"
 DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
@@ -80,32 +81,56 @@ class AnalysisReport:
     policy: dict
     seconds: float = 0.0  # wall time of the analysis
     layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
+    payload: int = 0  # ranges of decommitted payload (Role.DECOMMITTED)
+    payload_bytes: int = 0
+    designs_with_payload: dict[str, DesignFigures] = field(default_factory=dict)  # payload as markers too
+    existing_markers: int | None = None  # marker runs the process holds (None: unknown)
+    existing_marker_bytes: int | None = None
+    vmas_with_markers: int | None = None
+    rebuilt_vmas: int | None = None  # the rebuild as the process was (existing markers as markers)
+    input_kind: str = ""  # "pid", "snapshot", "smaps", "maps" or "" (entries given)
+    warnings: list[str] = field(default_factory=list)
+    layout_payload_obj: Layout | None = field(default=None, repr=False)  # the with-payload rebuild
+    classification: Classification | None = field(default=None, repr=False)  # for mappings()
 
     @property
     def vma_matches_original(self) -> bool | None:
-        """The rebuild under the vma design has the original's VMAs (the rebuild's check)."""
-        d = self.designs.get("vma")
-        return None if d is None or d.vmas is None else d.vmas == self.vmas
+        """The rebuild as the process was (guards as PROT_NONE VMAs, the markers it holds as
+        markers) has the original's VMAs: the rebuild's check. Without existing markers
+        that is the ``vma`` design's run."""
+        return None if self.rebuilt_vmas is None else self.rebuilt_vmas == self.vmas
 
-    def to_json(self) -> dict:
-        """The documented JSON object (schema ``SCHEMA``)."""
-        return {
+    def to_json(self, *, with_mappings: bool = False) -> dict:
+        """The documented JSON object (schema ``SCHEMA``); ``with_mappings`` adds the
+        per-VMA ``mappings`` list (needs the classification and layouts)."""
+        doc = {
             "schema": SCHEMA,
             "source": self.source,
+            "input": self.input_kind,
             "maps_lines": self.maps_lines,
             "vmas": self.vmas,
             "max_map_count": self.max_map_count,
             "headroom_vmas": self.max_map_count - self.vmas,
             "guards": {"guards": self.guards, "sandwiches": self.sandwiches, "one_sided": self.one_sided,
                        "reservations": self.reservations, "isolated_prot_none": self.isolated_prot_none,
-                       "guard_bytes": self.guard_bytes},
+                       "guard_bytes": self.guard_bytes, "decommitted_payload": self.payload,
+                       "decommitted_payload_bytes": self.payload_bytes,
+                       "existing_markers": self.existing_markers,
+                       "existing_marker_bytes": self.existing_marker_bytes,
+                       "vmas_with_markers": self.vmas_with_markers},
             "formula": self.formula,
             "layout": self.layout,
             "designs": {n: d.as_dict() for n, d in self.designs.items()},
+            "designs_with_payload": {n: d.as_dict() for n, d in self.designs_with_payload.items()},
+            "rebuilt_vmas": self.rebuilt_vmas,
             "vma_matches_original": self.vma_matches_original,
             "policy": self.policy,
+            "warnings": list(self.warnings),
             "seconds": round(self.seconds, 4),
         }
+        if with_mappings:
+            doc["mappings"] = mappings(self)
+        return doc
 
 
 def design_result(layout_doc: dict, design: str) -> DesignResult:
@@ -131,67 +156,136 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
         failed_ops=result.failed_ops)
 
 
+def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: int | None
+                 ) -> list[dict[str, DesignResult]]:
+    """Each layout's designs on the model, one dict per layout.
+
+    Small layouts run the first layout's designs here and, with more than one worker,
+    the other layouts' designs in forked children meanwhile (each from scratch). From
+    ``PARALLEL_MIN_OPS`` ops on, the ops the layouts share at their start run once and each
+    (layout, design) continues in a forked copy (``run_scripts_shared``); with more than
+    one worker they run at the same time, and the first layout's ``tree`` (the slowest)
+    starts from scratch in a child at once, on the core that parsing and the shared
+    prefix leave idle."""
+    nops = len(layouts[0][0].script["ops"])
+    if workers is None:
+        workers = os.cpu_count() or 1
+    jobs = [(i, d) for i, (_, designs) in enumerate(layouts) for d in designs]
+    large = nops >= PARALLEL_MIN_OPS
+    results: list[dict[str, DesignResult]] = [{} for _ in layouts]
+    aside = []  # (layout, design, wait) run from scratch in children
+    if workers > 1 and len(jobs) > 1:
+        if large:  # the slowest design starts now, on the core the next stages leave idle
+            first = "tree" if "tree" in layouts[0][1] else layouts[0][1][0]
+            picked = [(0, first)]
+        else:  # a second rebuild runs beside the first
+            picked = [(i, d) for i, d in jobs if i > 0]
+        aside = [(i, d, start_design(layouts[i][0].script, d)) for i, d in picked]
+        jobs = [job for job in jobs if job not in picked]
+    here = sorted({i for i, _ in jobs})
+    stage(f"parsing the layout script{'s' if len(here) > 1 else ''} ({nops:,} ops)")
+    with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
+        scripts = {i: parse_script(layouts[i][0].script) for i in here}
+    if not large:
+        for i, d in jobs:
+            stage(f"running the {d} design on the model ({nops:,} ops)")
+            results[i][d] = run_design(scripts[i], d)
+    elif jobs:
+        parallel = workers > 1
+        stage(f"running {len(jobs) + len(aside)} design runs on the model{' in parallel' if parallel else ''} "
+              f"({nops:,} ops; the ops before the first guard once)")
+        for (i, d), r in zip(jobs, run_scripts_shared([(scripts[i], d) for i, d in jobs], parallel=parallel)):
+            results[i][d] = r
+    for i, d, wait in aside:
+        results[i][d] = wait()
+    return results
+
+
+def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], limit: int,
+                 shared: dict[str, DesignFigures] | None = None) -> dict[str, DesignFigures]:
+    """Figures per design in ``designs`` order, with savings against ``vma``; ``shared``
+    gives the figures of designs that were not run again (taken as they are)."""
+    shared = shared or {}
+    figs = {d: shared[d] if d in shared else _figures(d, results[d], limit) for d in designs}
+    base = figs.get("vma")
+    for d, f in figs.items():
+        if d not in shared and base is not None and not base.error and not f.error:
+            f.saved_vmas = base.map_count - f.map_count
+            f.saved_bytes = base.total_bytes - f.total_bytes
+    return figs
+
+
 def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
-            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None) -> AnalysisReport:
+            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None,
+            markers: list[tuple[int, int]] | None = None, warnings: list[str] | None = None,
+            input_kind: str = "") -> AnalysisReport:
     """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
-    first guard op among the designs (``run_designs_shared``: each design continues
-    in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
+    first guard op among the designs and both rebuilds (``run_scripts_shared``: each
+    run continues in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
     designs run at the same time, and the slowest (``tree``) starts from scratch
     in a child as soon as the layout is built, using the core that parsing and
     the shared prefix leave idle. Smaller layouts run each design here.
 
-    Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt.
+    ``markers``: the guard-marker runs the process already holds (byte ranges, sorted;
+    None: unknown). They stay markers under ``pte`` and become PROT_NONE VMAs under
+    ``vma`` and tree entries under ``tree``. When the map has decommitted payload, a
+    second rebuild with the payload as markers too gives ``designs_with_payload``;
+    otherwise those are the same figures. ``warnings`` are carried into the report.
+
+    Raises ``LayoutError`` (a ``ValueError``) if the layout cannot be rebuilt, and
+    ``ValueError`` for marker runs outside the map.
     """
     t0 = time.perf_counter()
     stage = on_stage or (lambda _text: None)
     policy = policy or GuardPolicy()
     stage(f"finding guards among {len(entries):,} VMAs")
-    cls = find_guards(entries, policy)
+    cls = find_guards(entries, policy, markers)
     stage("rebuilding the layout")
     layout = build_layout(entries, cls, touch=touch, source=source)
     limit = constants().max_map_count
-    nops = len(layout.script["ops"])
-    if workers is None:
-        workers = os.cpu_count() or 1
-    parallel = workers > 1 and nops >= PARALLEL_MIN_OPS and len(designs) > 1
-    rest, early = designs, None
-    if parallel:  # the slowest design starts now, on the core the next stages leave idle
-        first = "tree" if "tree" in designs else designs[0]
-        early = start_design(layout.script, first)
-        rest = tuple(d for d in designs if d != first)
-    stage(f"parsing the layout script ({nops:,} ops)")
-    with gc_paused():  # one Op per op, none freed (see sparsemm._gc)
-        script = parse_script(layout.script)
-    if nops < PARALLEL_MIN_OPS:
-        results = {}
-        for d in rest:
-            stage(f"running the {d} design on the model ({nops:,} ops)")
-            results[d] = run_design(script, d)
-    else:
-        stage(f"running {', '.join(designs)} on the model{' in parallel' if parallel else ''} "
-              f"({nops:,} ops; the ops before the first guard once)")
-        results = run_designs_shared(script, rest, parallel=parallel)
-    if early is not None:
-        results[first] = early()
-    figs = {d: _figures(d, results[d], limit) for d in designs}
-    base = figs.get("vma")
-    for f in figs.values():
-        if base is not None and not base.error and not f.error:
-            f.saved_vmas = base.map_count - f.map_count
-            f.saved_bytes = base.total_bytes - f.total_bytes
     s = cls.summary
+    layouts = [(layout, designs)]
+    layout_p = layout
+    if s.payload:
+        # The two scripts differ only in the payload's op (mprotect(PROT_NONE) or a guard
+        # install), which the vma design runs as the same mprotect: vma is run once.
+        stage("rebuilding the layout with the decommitted payload as guards")
+        layout_p = build_layout(entries, cls, touch=touch, source=source, with_payload=True)
+        layouts.append((layout_p, tuple(d for d in designs if d != "vma")))
+    results = _run_layouts(layouts, stage, workers)
+    figs = figs_p = _all_figures(results[0], designs, limit)
+    if s.payload:
+        figs_p = _all_figures(results[1], designs, limit, shared={d: figs[d] for d in designs if d == "vma"})
+    rebuilt = None
+    if layout.existing_markers:
+        stage("rebuilding the process as it was (existing markers as markers)")
+        as_is = run_design(parse_script(layout.as_is_script()), "pte")
+        rebuilt = None if as_is.error else as_is.counts.vmas
+    elif "vma" in figs and not figs["vma"].error:
+        rebuilt = figs["vma"].vmas
+    known = cls.markers_known
     return AnalysisReport(
         source=source, maps_lines=len(entries), vmas=s.vmas, guards=s.guards, sandwiches=s.sandwiches,
         one_sided=s.one_sided, reservations=s.reservations, isolated_prot_none=s.isolated_prot_none,
-        guard_bytes=s.guard_bytes, formula={"pte": s.vmas_if_markers, "tree": s.vmas_if_tree},
+        guard_bytes=s.guard_bytes,
+        formula={"pte": s.vmas_if_markers, "tree": s.vmas_if_tree,
+                 "pte_with_payload": s.vmas_if_markers_with_payload,
+                 "tree_with_payload": s.vmas_if_tree_with_payload},
         layout={"arena_pages": layout.arena_pages, "granule_bytes": layout.granule,
                 "shrunk_reservations": layout.shrunk_reservations, "touch": layout.touch,
                 "touched_pages": layout.touched_pages, "separated_pairs": layout.separated,
-                "files": len(layout.files), "ops": len(layout.script["ops"]), "notes": layout.notes},
+                "files": len(layout.files), "ops": len(layout.script["ops"]),
+                "existing_marker_installs": layout.existing_markers, "notes": layout.notes},
         designs=figs, max_map_count=limit, policy=_policy_dict(policy),
-        seconds=time.perf_counter() - t0, layout_obj=layout)
+        seconds=time.perf_counter() - t0, layout_obj=layout,
+        payload=s.payload, payload_bytes=s.payload_bytes, designs_with_payload=figs_p,
+        existing_markers=s.existing_markers if known else None,
+        existing_marker_bytes=s.existing_marker_bytes if known else None,
+        vmas_with_markers=s.vmas_with_markers if known else None,
+        rebuilt_vmas=rebuilt, input_kind=input_kind, warnings=list(warnings or ()),
+        layout_payload_obj=layout_p, classification=cls)
 
 
 def _policy_dict(p: GuardPolicy) -> dict:
@@ -199,13 +293,21 @@ def _policy_dict(p: GuardPolicy) -> dict:
             "cost_ratio": p.cost_ratio, "neighbour_perms": p.neighbour_perms}
 
 
-def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto") -> AnalysisReport:
-    """Load ``target`` (file, pid, ``/proc/N``, ``-``) with ``maps.load`` and analyze it."""
-    from sparsemm.analyze.maps import load
+def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto", *,
+                   on_stage=None, workers: int | None = None) -> AnalysisReport:
+    """The single-file entry point: read ``target`` (a pid or ``/proc/N``, read live with
+    its guard markers; a snapshot file; a maps or smaps file; ``-`` for stdin) with
+    ``snapshot.load_source`` and analyze it. Raises ``ValueError`` (one line) for an
+    input without mappings, and what ``load_source`` and ``analyze`` raise."""
+    from sparsemm.analyze.snapshot import load_source
 
-    entries = load(target)
-    name = f"pid {target}" if str(target).isdigit() else os.path.basename(str(target)) or str(target)
-    return analyze(entries, policy, source=name, touch=touch)
+    if on_stage:
+        on_stage(f"reading {target}")
+    src = load_source(target)
+    if not src.entries:
+        raise ValueError(f"{target}: no mappings in the input")
+    return analyze(src.entries, policy, source=src.name, touch=touch, on_stage=on_stage, workers=workers,
+                   markers=src.markers, warnings=src.warnings, input_kind=src.kind)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -224,56 +326,183 @@ def _n(v) -> str:
     return "n/a" if v is None else f"{v:,}"
 
 
+def _headline(r: AnalysisReport) -> str:
+    lines = [f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, {r.one_sided:,} one-sided), "
+             f"{r.reservations:,} reservations"]
+    if r.payload:
+        lines.append(f"{r.payload:,} ranges of decommitted payload ({_b(r.payload_bytes)} PROT_NONE inside used "
+                     "memory; not guards)")
+    if r.existing_markers:
+        lines.append(f"{r.existing_markers:,} guard-marker runs already held ({_b(r.existing_marker_bytes)} "
+                     f"in {r.vmas_with_markers:,} VMA(s))")
+    elif r.existing_markers == 0:
+        lines.append("no guard markers held")
+    return "\n".join(lines)
+
+
 def render_report(r: AnalysisReport):
-    """A rich renderable: the summary line and one column per design."""
+    """A rich renderable: the summary line and one column per design (and, when the map
+    has decommitted payload, one per design that turns it into markers too)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     head = Text()
     head.append(f"{r.source}: ", style="bold")
-    head.append(f"{r.vmas:,} VMAs, {r.guards:,} guards ({r.sandwiches:,} sandwiched, "
-                f"{r.one_sided:,} one-sided), {r.reservations:,} reservations\n"
+    head.append(f"{_headline(r)}\n"
                 f"max_map_count {r.max_map_count:,} ({100.0 * r.vmas / r.max_map_count:.1f}% used)")
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("")
     t.add_column("original", justify="right")
-    names = list(r.designs)
-    for n in names:
-        t.add_column(n, justify="right")
+    cols = [(n, r.designs) for n in r.designs]
+    if r.payload:  # the second set of counts: guards plus decommitted payload as markers
+        cols += [(n, r.designs_with_payload) for n in r.designs_with_payload if n != "vma"]
+    for n, figs in cols:
+        t.add_column(n if figs is r.designs else f"{n} +payload", justify="right")
 
     def row(label, orig, fn, style=None):
-        cells = [fn(r.designs[n]) if not r.designs[n].error else "n/a" for n in names]
+        cells = [fn(figs[n], figs) if not figs[n].error else "n/a" for n, figs in cols]
         t.add_row(label, orig, *cells, style=style)
 
-    row("VMAs (map_count)", _n(r.vmas), lambda d: _n(d.map_count), "bold")
-    row("  saved vs vma", "", lambda d: _n(d.saved_vmas) + (f" ({100 * d.saved_vmas / max(r.designs['vma'].map_count, 1):.0f}%)"
-                                                            if d.saved_vmas is not None and "vma" in r.designs else ""))
-    row("guard entries (tree)", "", lambda d: _n(d.guard_entries))
+    def saved_pct(d, figs):
+        base = figs.get("vma")
+        if d.saved_vmas is None or base is None or base.error:
+            return _n(d.saved_vmas)
+        return f"{_n(d.saved_vmas)} ({100 * d.saved_vmas / max(base.map_count, 1):.0f}%)"
+
+    row("VMAs (map_count)", _n(r.vmas), lambda d, f: _n(d.map_count), "bold")
+    row("  saved vs vma", "", saved_pct)
+    row("guard entries (tree)", "", lambda d, f: _n(d.guard_entries))
     row("headroom to max_map_count", _n(r.max_map_count - r.vmas),
-        lambda d: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
+        lambda d, f: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
     row("hits max_map_count", "yes" if r.vmas >= r.max_map_count else "no",
-        lambda d: "YES" if d.hits_max_map_count else "no")
-    row("anon_vma / chains", "", lambda d: f"{_n(d.anon_vmas)} / {_n(d.anon_vma_chains)}")
-    row("maple nodes", "", lambda d: _n(d.maple_nodes))
-    row("page-table pages", "", lambda d: _n(d.page_table_pages))
+        lambda d, f: "YES" if d.hits_max_map_count else "no")
+    row("anon_vma / chains", "", lambda d, f: f"{_n(d.anon_vmas)} / {_n(d.anon_vma_chains)}")
+    row("maple nodes", "", lambda d, f: _n(d.maple_nodes))
+    row("page-table pages", "", lambda d, f: _n(d.page_table_pages))
     for key in BYTE_KEYS:
-        row(f"  {key}", "", lambda d, key=key: _b(d.bytes.get(key)))
-    row("kernel bytes (total)", "", lambda d: _b(d.total_bytes), "bold")
-    row("  saved vs vma", "", lambda d: _b(d.saved_bytes))
+        row(f"  {key}", "", lambda d, f, key=key: _b(d.bytes.get(key)))
+    row("kernel bytes (total)", "", lambda d, f: _b(d.total_bytes), "bold")
+    row("  saved vs vma", "", lambda d, f: _b(d.saved_bytes))
     foot = []
-    for n in names:
-        if r.designs[n].error:
-            foot.append(f"{n}: {r.designs[n].error}")
+    for n, figs in cols:
+        if figs[n].error:
+            foot.append(f"{n}: {figs[n].error}")
     if r.vma_matches_original is False:
-        foot.append(f"warning: the vma-design rebuild has {r.designs['vma'].vmas} VMAs, the original {r.vmas}")
+        foot.append(f"warning: the rebuild as the process was has {r.rebuilt_vmas} VMAs, the original {r.vmas}")
     lay = r.layout
+    formula = f"formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}"
+    if r.payload:
+        formula += f" (+payload {r.formula['pte_with_payload']:,} / {r.formula['tree_with_payload']:,})"
     foot.append(f"rebuilt in an arena of {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB "
                 f"(gaps compressed modulo {lay['granule_bytes'] >> 20} MiB), touch={lay['touch']} "
-                f"({lay['touched_pages']:,} pages), formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}, "
-                f"{r.seconds:.2f} s")
+                f"({lay['touched_pages']:,} pages), {formula}, {r.seconds:.2f} s")
+    if r.payload:
+        foot.append("+payload: guards and the decommitted payload (large PROT_NONE ranges inside used "
+                    "memory, e.g. PartitionAlloc's decommitted super-page payload) as markers / tree entries")
+    if r.existing_markers:
+        foot.append(f"the {r.existing_markers:,} marker runs the process holds stay markers under pte, become "
+                    "PROT_NONE VMAs under vma and tree entries under tree; the rebuild as the process was "
+                    f"has {_n(r.rebuilt_vmas)} VMAs")
     foot.extend(lay["notes"])
-    return Group(head, t, Text("\n".join(foot), style="dim"))
+    parts = [head, t, Text("\n".join(foot), style="dim")]
+    if r.warnings:
+        parts.append(Text("\n".join(f"warning: {w}" for w in r.warnings), style="yellow"))
+    return Group(*parts)
+
+
+# --- mappings: every VMA with its role and what each design makes of it -----------------------
+
+#: What a design makes of a VMA or a marker run (the ``mappings`` vocabulary, docs/analyze.md).
+OUTCOMES = ("vma", "merged", "prot_none_vma", "marker", "tree_entry", "split")
+
+
+def _outcomes(installed: bool, merged: bool, runs: int) -> dict[str, str]:
+    """What ``vma``, ``pte`` and ``tree`` make of one VMA of the original: ``installed``
+    (a guard in this rebuild), ``merged`` (it merges with a guard under markers), with
+    ``runs`` existing marker runs."""
+    if installed:
+        return {"vma": "prot_none_vma", "pte": "marker", "tree": "tree_entry"}
+    split = "split" if runs else "vma"
+    return {"vma": split, "pte": "merged" if merged else "vma", "tree": split}
+
+
+def _merged(lay: Layout, sides: list) -> list[bool]:
+    """Per placed VMA: does it merge with a neighbouring guard under markers? (A guard on
+    its side BOTH, or ABOVE for the VMA above it / BELOW for the one below it.) O(n)."""
+    from sparsemm.analyze.guards import GuardSide
+
+    placed = lay.placed
+    n = len(placed)
+    up, down = (GuardSide.ABOVE, GuardSide.BOTH), (GuardSide.BELOW, GuardSide.BOTH)
+    out = [False] * n
+    for k, p in enumerate(placed):
+        if not p.guard:
+            continue
+        if k > 0 and sides[k] in down and not placed[k - 1].guard:
+            out[k - 1] = True
+        if k + 1 < n and sides[k] in up and not placed[k + 1].guard:
+            out[k + 1] = True
+    return out
+
+
+def mappings(r: AnalysisReport) -> list[dict]:
+    """Every VMA of the original, in address order: its range, perms, backing, role (and
+    why), its existing marker runs, and what each design makes of it, guards only
+    (``designs``) and with the decommitted payload as markers (``designs_with_payload``).
+    Needs the report's classification and layouts (a report from ``analyze``). O(n)."""
+    cls, lay, lay_p = r.classification, r.layout_obj, r.layout_payload_obj
+    if cls is None or lay is None or lay_p is None:
+        raise ValueError("this report carries no classification (reports from worker processes drop it)")
+    runs_of = cls.markers_by_vma()
+    index = {id(role.entry): i for i, role in enumerate(cls.roles)}
+    verdicts = [cls.roles[index[id(p.entry)]] for p in lay.placed]
+    sides = [v.side for v in verdicts]
+    merged, merged_p = _merged(lay, sides), _merged(lay_p, sides)
+    out = []
+    for k, (p, pp, v) in enumerate(zip(lay.placed, lay_p.placed, verdicts)):
+        e = p.entry
+        runs = runs_of.get(index[id(e)], [])
+        out.append({
+            "start": e.start, "end": e.end, "size": e.size, "perms": e.perms, "kind": e.kind.value,
+            "path": e.path, "role": v.role.value, "reason": v.reason or None,
+            "side": v.side.value if v.side is not None else None,
+            "markers": [{"start": m.start, "end": m.end} for m in runs],
+            "designs": _outcomes(p.guard, merged[k], len(runs)),
+            "designs_with_payload": _outcomes(pp.guard, merged_p[k], len(runs)),
+        })
+    return out
+
+
+def render_mappings(r: AnalysisReport) -> str:
+    """``mappings(r)`` as plain text (it is long: one line per VMA and per existing marker
+    run, never wrapped): address range, size, perms, backing, role (reason, side), what
+    vma, pte and tree make of it (and, with decommitted payload, pte and tree +payload),
+    and the mapping's path."""
+    rows = mappings(r)
+    out_cols = ["vma", "pte", "tree"] + (["pte +payload", "tree +payload"] if r.payload else [])
+    head = (f"{'address':<25} {'size':>9} {'perms':5} {'backing':11} {'role':<46} "
+            + " ".join(f"{c:<13}" for c in out_cols) + " mapping")
+    lines = [f"{r.source}: every VMA, its role and what each design makes of it", head]
+    for m in rows:
+        role = m["role"] + (f" ({m['reason']}, {m['side']})" if m["side"] else
+                            f" ({m['reason']})" if m["reason"] else "")
+        d, dp = m["designs"], m["designs_with_payload"]
+        outs = [d["vma"], d["pte"], d["tree"]] + ([dp["pte"], dp["tree"]] if r.payload else [])
+        lines.append(f"{m['start']:>12x}-{m['end']:<12x} {_size(m['size']):>9} {m['perms']:5} "
+                     f"{m['kind']:11} {role:<46} " + (" ".join(f"{o:<13}" for o in outs) + f" {m['path']}").rstrip())
+        for run in m["markers"]:
+            outs = ["prot_none_vma", "marker", "tree_entry"] + (["marker", "tree_entry"] if r.payload else [])
+            lines.append(f"  {run['start']:>10x}-{run['end']:<12x} {_size(run['end'] - run['start']):>9} "
+                         f"{'':5} {'':11} {'existing marker':<46} " + " ".join(f"{o:<13}" for o in outs).rstrip())
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift:,}{unit}"
+    return f"{n >> 10:,}K"
 
 
 def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
@@ -327,7 +556,8 @@ def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
 def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -> dict:
     """Directory mode JSON (schema ``MANY_SCHEMA``)."""
     summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
-               "guards": sum(r.guards for r in reports)}
+               "guards": sum(r.guards for r in reports),
+               "decommitted_payload": sum(r.payload for r in reports)}
     for d in DESIGNS:
         vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
         summary[d] = sum(vals) if len(vals) == len(reports) and reports else None

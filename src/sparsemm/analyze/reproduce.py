@@ -2,8 +2,9 @@
 
 Owns ``Reproduction`` and ``reproduce(layout, design)``: the layout script as is (``pte``:
 the kernel's own guard markers) or through ``to_vma_design`` (``vma``: guards as PROT_NONE
-VMAs) runs in a fresh child (``opscript.measure.measure_script``) and is set beside the
-model's prediction (``prediction_from_counts``). Never edits the layout.
+VMAs) runs in fresh children (``opscript.measure.measure_script``: VMAs and VmPTE of the
+child, kernel bytes of its memory cgroup, whole-machine slab objects) and is set beside the
+model's prediction (``prediction_from_counts``, ``compare``). Never edits the layout.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsemm.analyze.rebuild import Layout
-from sparsemm.opscript.measure import KEYS, Measurement, measure_script, prediction_from_counts
+from sparsemm.opscript.measure import Measurement, Row, compare, measure_script, prediction_from_counts
 from sparsemm.opscript.script import parse_script
 
 __all__ = ["REPRODUCIBLE", "EXACT_KEYS", "Reproduction", "reproduce", "render_reproduction"]
@@ -19,25 +20,34 @@ __all__ = ["REPRODUCIBLE", "EXACT_KEYS", "Reproduction", "reproduce", "render_re
 REPRODUCIBLE = ("vma", "pte")  # no kernel implements the tree design
 #: Quantities that must match exactly: they belong to this process alone.
 EXACT_KEYS = ("arena_vmas", "map_count", "vmpte_bytes")
-NOISE_NOTE = ("slab deltas are system-wide counts (shrunk, then read from /proc/slabinfo): other "
-              "processes and per-CPU caches move them; only VMAs and VmPTE are expected exact")
+PROVENANCE = ("VMAs, map_count and VmPTE: the measuring process's own (/proc/self); kernel bytes: "
+              "its memory cgroup's kernel-memory counter (page-granular); objects: /proc/slabinfo, "
+              "whole machine, only where the runs agree")
 
 
 @dataclass(slots=True)
 class Reproduction:
+    """One design built on the kernel: ``rows`` (``opscript.measure.Row``) set the measurement
+    beside the prediction. ``exact_vmas``/``exact_vmpte``: those rows matched exactly;
+    ``memcg_ok``: the kernel bytes matched within the charge granularity (``None`` when no
+    memory cgroup could measure them)."""
+
     design: str
     source: str
     predicted: dict[str, int]  # KEYS -> predicted value
     measured: Measurement
-    rows: list[dict] = field(default_factory=list)  # key, predicted, measured, diff, diff_pct, exact
+    rows: list[Row] = field(default_factory=list)
     exact_vmas: bool = False
     exact_vmpte: bool = False
+    memcg_ok: bool | None = None
     original_vmas: int | None = None  # the source's VMAs (what the vma design must give)
+    existing_markers: int = 0  # marker runs the process held (each a PROT_NONE VMA under vma)
 
     def as_dict(self) -> dict:
         return {"design": self.design, "source": self.source, "original_vmas": self.original_vmas,
-                "exact_vmas": self.exact_vmas, "exact_vmpte": self.exact_vmpte, "rows": self.rows,
-                "measured": self.measured.as_dict(), "note": NOISE_NOTE}
+                "exact_vmas": self.exact_vmas, "exact_vmpte": self.exact_vmpte,
+                "memcg_ok": self.memcg_ok, "rows": [r.as_dict() for r in self.rows],
+                "measured": self.measured.as_dict(), "note": PROVENANCE}
 
 
 def kernel_script(layout: Layout, design: str) -> dict:
@@ -63,57 +73,34 @@ def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "")
         raise RuntimeError(f"no prediction for design {design}: {result.error}")
     predicted = prediction_from_counts(result.counts)
     m = measure_script(parse_script(doc), repeat=repeat)
-    rows = []
-    for key in KEYS:
-        p, v = predicted.get(key), m.values.get(key)
-        diff = None if p is None or v is None else v - p
-        rows.append({"key": key, "predicted": p, "measured": v, "diff": diff,
-                     "diff_pct": None if diff is None or not p else round(100.0 * diff / p, 1),
-                     "exact": diff == 0 if diff is not None else None})
-    by = {r["key"]: r for r in rows}
+    rows = compare(m, predicted)
+    by = {r.key: r for r in rows}
+
+    def exact(key: str) -> bool:
+        return key in by and by[key].verdict == "exact"
+
+    memcg = by.get("memcg_bytes")
     return Reproduction(design=design, source=source, predicted=predicted, measured=m, rows=rows,
-                        exact_vmas=bool(by["arena_vmas"]["exact"] and by["map_count"]["exact"]),
-                        exact_vmpte=bool(by["vmpte_bytes"]["exact"]), original_vmas=layout.vmas)
+                        exact_vmas=exact("arena_vmas") and exact("map_count"),
+                        exact_vmpte=exact("vmpte_bytes"),
+                        memcg_ok=None if memcg is None or memcg.measured is None
+                        else memcg.verdict in ("exact", "within"),
+                        original_vmas=layout.vmas, existing_markers=layout.existing_markers)
 
 
-_LABELS = {"arena_vmas": "VMAs in the arena", "map_count": "map_count delta",
-           "vmpte_bytes": "VmPTE delta (bytes)", "vm_area_struct": "vm_area_struct objects",
-           "anon_vma": "anon_vma objects", "anon_vma_chain": "anon_vma_chain objects",
-           "maple_node": "maple_node objects"}
-
-
-def render_reproduction(rep: Reproduction):
-    """A rich renderable: predicted vs measured, exact marks, the noise note."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def render_reproduction(rep: Reproduction, shared_notes: set[str] | None = None):
+    """A rich renderable: predicted vs measured with verdicts, and how each figure was got.
+    Pass one ``shared_notes`` set to several calls to say each note once."""
+    from sparsemm.measure_view import render_measurement
 
     m = rep.measured
-    t = Table(title=f"{rep.source}: design {rep.design} on the kernel "
-                    f"(median of {len(m.runs)} run(s), {m.quiet_runs} quiet)",
-              header_style="bold", title_justify="left")
-    for col in ("quantity", "predicted", "measured", "diff", ""):
-        t.add_column(col, justify="left" if col == "quantity" else "right")
-    for r in rep.rows:
-        if r["measured"] is None and r["predicted"] is None:
-            continue
-        exact_key = r["key"] in EXACT_KEYS
-        if r["exact"]:
-            mark = "[green]exact[/green]"
-        elif exact_key:
-            mark = "[red]MISMATCH[/red]"
-        else:
-            mark = "" if r["diff_pct"] is None else f"{r['diff_pct']:+.1f}%"
-        t.add_row(_LABELS[r["key"]], "-" if r["predicted"] is None else f"{r['predicted']:,}",
-                  "-" if r["measured"] is None else f"{r['measured']:,}",
-                  "" if r["diff"] is None else f"{r['diff']:+,}", mark)
-    notes = [NOISE_NOTE]
-    if rep.original_vmas is not None and rep.design == "vma":
-        ok = rep.measured.values.get("arena_vmas") == rep.original_vmas
-        notes.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
+    extra = []
+    if rep.existing_markers and rep.design == "vma":
+        extra.append(f"the process holds {rep.existing_markers:,} guard-marker run(s): under the vma design "
+                     "each is a PROT_NONE VMA, so the count differs from the original's on purpose")
+    elif rep.original_vmas is not None and rep.design == "vma":
+        ok = m.values.get("arena_vmas") == rep.original_vmas
+        extra.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
                      f"{'the same count' if ok else 'a different count'} under the vma design")
-    notes.extend(m.notes)
-    notes.extend(f"skipped: {s}" for s in m.skipped)
-    if m.failed_ops:
-        notes.append(f"warning: {m.failed_ops} op(s) failed on the kernel")
-    return Group(t, Text("\n".join(notes), style="dim"))
+    return render_measurement(m, rep.rows, title=f"{rep.source}: design {rep.design} on the kernel",
+                              extra_notes=extra, shared_notes=shared_notes)

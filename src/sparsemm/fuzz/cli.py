@@ -2,7 +2,7 @@
 
 Owns only presentation: ``add_parser(subparsers)`` registers the command, the loop is
 ``engine.Fuzzer``. Exit status 0 nothing found, 1 a confirmed difference, 2 a bad
-option (one line on stderr), 130 interrupted before anything was found.
+option (one line on stderr), 128 + the signal when stopped before anything was found.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ import signal
 import sys
 import time
 
+from sparsemm._options import count, number
 from sparsemm.fuzz.engine import Fuzzer, FuzzError, Recheck, Stats, backends_from_env, recheck
 from sparsemm.fuzz.generate import DEFAULT_PROFILES, PROFILES, count_ops
 from sparsemm.fuzz.suppress import KNOWN, SuppressionError, load_rules
 
 DEFAULT_TIME = 60.0
-EXIT_FOUND, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+MAX_TIME = 366 * 24 * 3600.0  # a year: anything longer is a typo
+MAX_EXAMPLES = 10**9
+MAX_OPS = 100_000  # a script's top-level ops
+EXIT_FOUND, EXIT_USAGE = 1, 2
 
 
 def add_parser(subparsers) -> None:
@@ -32,19 +36,22 @@ def add_parser(subparsers) -> None:
                     "it to the findings directory (docs/fuzzing.md).",
         epilog=f"Profiles: {profiles}. Default profiles: {' '.join(DEFAULT_PROFILES)}; "
                "'all' runs every profile. Exit status: 0 no difference, 1 a confirmed "
-               "difference, 2 bad option, 130 interrupted with nothing found.")
-    p.add_argument("--time", metavar="SECONDS",
+               "difference, 2 bad option, 128 + the signal (130 for Ctrl-C) when stopped "
+               "with nothing found.")
+    p.add_argument("--time", metavar="SECONDS", type=number("time", 0, MAX_TIME, lo_open=True),
                    help=f"time budget, shrinking included (default {DEFAULT_TIME:g} unless "
                         "--examples is given)")
-    p.add_argument("--seed", metavar="N", help="seed of the run (default: a random one, printed)")
+    p.add_argument("--seed", metavar="N", type=count("seed", 0, (1 << 64) - 1),
+                   help="seed of the run (default: a random one, printed)")
     p.add_argument("--profile", metavar="NAME", nargs="+", action="extend", dest="profiles",
                    help="profiles to cycle through (repeatable)")
     p.add_argument("--findings", metavar="DIR", default="fuzz-findings",
                    help="where findings are written (default ./fuzz-findings; created on the "
                         "first finding; signatures already there count as known)")
-    p.add_argument("--max-ops", metavar="N", help="most top-level ops per script "
-                   "(default: the profile's)")
-    p.add_argument("--examples", metavar="N", help="stop after N scripts")
+    p.add_argument("--max-ops", metavar="N", type=count("max-ops", 1, MAX_OPS),
+                   help="most top-level ops per script (default: the profile's)")
+    p.add_argument("--examples", metavar="N", type=count("examples", 1, MAX_EXAMPLES),
+                   help="stop after N scripts")
     p.add_argument("--suppress", metavar="FILE", action="append", default=[],
                    help="suppression file of known divergences (repeatable); 'known' is the "
                         "one shipped with sparsemm for docs/divergences.md")
@@ -55,24 +62,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=fuzz_main)
 
 
-def _number(value: str | None, option: str, kind=int, minimum=1):
-    if value is None:
-        return None
-    try:
-        n = kind(value)
-    except ValueError:
-        raise FuzzError(f"{option} must be {'an integer' if kind is int else 'a number'}, "
-                        f"not {value!r}") from None
-    if not n >= minimum or n != n or n == float("inf"):
-        raise FuzzError(f"{option} must be at least {minimum}, not {value!r}")
-    return n
-
-
 def _options(args) -> dict:
-    time_limit = _number(args.time, "--time", float, minimum=0.001)
-    examples = _number(args.examples, "--examples")
-    max_ops = _number(args.max_ops, "--max-ops")
-    seed = _number(args.seed, "--seed", minimum=0)
+    time_limit, examples, max_ops, seed = args.time, args.examples, args.max_ops, args.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     if time_limit is None and examples is None:
@@ -176,7 +167,7 @@ def recheck_main(args: argparse.Namespace) -> int:
         print(f"sparsemm fuzz: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return 128 + signal.SIGINT
     if args.json:
         print(json.dumps([{"dir": str(r.path), "signature": r.signature, "state": r.state,
                            "now": r.run.diff.signature if r.run.diff else None} for r in out],
@@ -184,10 +175,6 @@ def recheck_main(args: argparse.Namespace) -> int:
     elif not out:
         print(f"{args.recheck}: no findings")
     return EXIT_FOUND if any(r.state != "agrees" for r in out) else 0
-
-
-def _stop(signum, frame):
-    raise KeyboardInterrupt
 
 
 def fuzz_main(args: argparse.Namespace) -> int:
@@ -207,11 +194,18 @@ def fuzz_main(args: argparse.Namespace) -> int:
         print(f"sparsemm fuzz: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ref.append(fuzzer)
-    previous = signal.signal(signal.SIGTERM, _stop)  # stop as on Ctrl-C, with what it has
+    stopped: list[int] = []
+
+    def stop(signum, frame):  # SIGTERM/SIGHUP end the run as Ctrl-C does, with what it has
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         stats = fuzzer.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if line is not None:
         line.clear()
     if args.json:
@@ -220,4 +214,6 @@ def fuzz_main(args: argparse.Namespace) -> int:
         print(summary_text(stats))
     if stats.findings or stats.previous:
         return EXIT_FOUND
-    return EXIT_INTERRUPTED if stats.interrupted else 0
+    if stats.interrupted:
+        return 128 + (stopped[0] if stopped else signal.SIGINT)
+    return 0

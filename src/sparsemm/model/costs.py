@@ -1,9 +1,10 @@
 """Kernel memory cost of an address-space state: object counts in, bytes out.
 
 Owns ``CostConstants`` (loaded from the one file ``sparsemm/data/cost_constants.json``),
-the input record ``MmCounts``, the output ``KernelCost`` and the byte arithmetic. Pure: no
-OS calls, no knowledge of how the counts were obtained (the model's VMA index and page
-table count them; ``sparsemm.opscript.measure`` measures them on the kernel).
+the input record ``MmCounts``, the output ``KernelCost`` and the byte arithmetic, both in
+slab bytes and as the bytes a memory cgroup is charged (``memcg_bytes``). Pure: no OS calls,
+no knowledge of how the counts were obtained (the model's VMA index and page table count
+them; ``sparsemm.opscript.measure`` measures them on the kernel).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from functools import lru_cache
 from importlib import resources
 
 __all__ = ["CostConstants", "MmCounts", "KernelCost", "constants", "kernel_cost",
-           "maple_nodes_for_slots", "vmpte_bytes"]
+           "maple_nodes_for_slots", "vmpte_bytes", "memcg_bytes"]
 
 CONSTANTS_RESOURCE = "cost_constants.json"
 
@@ -43,6 +44,12 @@ class CostConstants:
     maple_slot_bytes: int  # bytes of maple node one slot costs in a large tree (≈19)
     max_map_count: int  # DEFAULT_MAX_MAP_COUNT
     kernel: str  # what the constants were measured on, "6.18.44 x86-64"
+    # Memory-cgroup charging (mm/memcontrol.c): each object of a SLAB_ACCOUNT cache is charged
+    # its slab stride plus the obj_cgroup pointer kept for it (obj_full_size); page tables
+    # (GFP_PGTABLE_USER has __GFP_ACCOUNT) are charged whole pages. maple_node is not charged.
+    memcg_obj_overhead: int  # bytes per charged object (sizeof(struct obj_cgroup *))
+    memcg_caches: tuple[str, ...]  # the SLAB_ACCOUNT caches among the four above
+    memcg_shmem_file: int  # bytes charged for the shmem file of one shared anonymous mmap
 
     @property
     def vma_bytes(self) -> int:
@@ -70,7 +77,18 @@ class CostConstants:
             maple_slot_bytes=doc["maple_tree"]["model_bytes_per_slot"],
             max_map_count=doc["limits"]["DEFAULT_MAX_MAP_COUNT"],
             kernel=f"{version.group(1) if version else 'unknown'} {arch}",
+            memcg_obj_overhead=doc["memcg"]["obj_cgroup_pointer_bytes"],
+            memcg_caches=tuple(doc["memcg"]["accounted_caches"]),
+            memcg_shmem_file=sum(size + doc["memcg"]["obj_cgroup_pointer_bytes"] for name, size in
+                                 doc["memcg"]["shmem_file_objects"].items() if name != "note"),
         )
+
+    def charged(self, cache: str) -> int:
+        """Bytes one object of ``cache`` costs its memory cgroup: 0 for a cache without
+        SLAB_ACCOUNT, else the slab stride plus the per-object obj_cgroup pointer."""
+        if cache not in self.memcg_caches:
+            return 0
+        return getattr(self, cache) + self.memcg_obj_overhead
 
 
 @lru_cache(maxsize=1)
@@ -102,6 +120,7 @@ class MmCounts:
     pgd_tables: int | None = None
     guard_entries: int = 0
     gap_slots: int = 0  # NULL ranges between VMAs in the tree; only used when maple_nodes is None
+    shmem_files: int = 0  # shmem files of shared anonymous mmaps (memcg_bytes only)
 
     @property
     def maple_slots(self) -> int:
@@ -129,6 +148,7 @@ class KernelCost:
     hit_max_map_count: bool
     maple_nodes: int  # the node count used (given or estimated)
     vmpte: int  # bytes /proc/PID/status VmPTE would show for these page tables
+    memcg: int = 0  # bytes the process's memory cgroup is charged (``memcg_bytes``)
 
     def as_dict(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -168,6 +188,34 @@ def vmpte_bytes(counts: MmCounts, consts: CostConstants | None = None) -> int:
     return c.page_table * (counts.pte_tables + counts.pmd_tables + counts.pud_tables)
 
 
+def memcg_bytes(counts: MmCounts, consts: CostConstants | None = None) -> int:
+    """Bytes these objects charge to the process's memory cgroup (what its kernel-memory
+    counter, v1 ``memory.kmem.usage_in_bytes`` or v2 ``memory.stat kernel``, rises by).
+
+    ``vmas x charged(vm_area_struct) + anon_vmas x charged(anon_vma) + chains x
+    charged(anon_vma_chain)`` plus every page-table page (PTE, PMD, PUD, and P4D/PGD when
+    given), plus the inode, file and dentry of each shared anonymous mmap's shmem file
+    (``shmem_files``; not in ``kernel_cost().total``, which counts the VMA tree's objects and
+    page tables). Maple nodes cost nothing here: their cache is not accounted. The cgroup counts
+    these in whole pages, so a measurement is this within ``native.memcg.charge_slack_bytes``.
+    O(1) (O(log slots) only for a kernel that charges maple nodes and no node count given).
+    """
+    c = consts or constants()
+    total = (counts.vmas * c.charged("vm_area_struct") + counts.anon_vmas * c.charged("anon_vma")
+             + counts.anon_vma_chains * c.charged("anon_vma_chain") + _tables(counts) * c.page_table
+             + counts.shmem_files * c.memcg_shmem_file)
+    if c.charged("maple_node"):  # not on 6.18; a constants file for a kernel that accounts them
+        total += c.charged("maple_node") * (counts.maple_nodes if counts.maple_nodes is not None
+                                            else maple_nodes_for_slots(counts.maple_slots, c))
+    return total
+
+
+def _tables(counts: MmCounts) -> int:
+    """Page-table pages at every level ``counts`` has."""
+    return (counts.pte_tables + counts.pmd_tables + counts.pud_tables
+            + (counts.p4d_tables or 0) + (counts.pgd_tables or 0))
+
+
 def kernel_cost(counts: MmCounts, consts: CostConstants | None = None, *,
                 max_map_count: int | None = None, count_guard_entries: bool = False) -> KernelCost:
     """Bytes of kernel memory ``counts`` cost. O(log slots) (the node estimate), else O(1).
@@ -179,8 +227,7 @@ def kernel_cost(counts: MmCounts, consts: CostConstants | None = None, *,
     limit = c.max_map_count if max_map_count is None else max_map_count
     nodes = counts.maple_nodes if counts.maple_nodes is not None else maple_nodes_for_slots(
         counts.maple_slots, c)
-    tables = (counts.pte_tables + counts.pmd_tables + counts.pud_tables
-              + (counts.p4d_tables or 0) + (counts.pgd_tables or 0))
+    tables = _tables(counts)
     vma_b = counts.vmas * c.vm_area_struct
     av_b = counts.anon_vmas * c.anon_vma
     avc_b = counts.anon_vma_chains * c.anon_vma_chain
@@ -190,4 +237,5 @@ def kernel_cost(counts: MmCounts, consts: CostConstants | None = None, *,
     return KernelCost(
         vm_area_struct=vma_b, anon_vma=av_b, anon_vma_chain=avc_b, maple_node=mn_b,
         page_tables=pt_b, total=vma_b + av_b + avc_b + mn_b + pt_b, map_count=map_count,
-        hit_max_map_count=map_count >= limit, maple_nodes=nodes, vmpte=vmpte_bytes(counts, c))
+        hit_max_map_count=map_count >= limit, maple_nodes=nodes, vmpte=vmpte_bytes(counts, c),
+        memcg=memcg_bytes(counts, c))

@@ -481,12 +481,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         from sparsemm.model.costs import MmCounts
 
         anon_vmas = set()
+        shmem = set()  # shared anonymous mmaps' shmem files (shmem_zero_setup), shared by splits
         chains = 0
         for vma in self:
             if vma.anon_vma is not None:
                 anon_vmas.add(vma.anon_vma)
                 chains += 2 if vma.anon_vma_forked else 1
+            if vma.vm_file is not None and vma.vm_file.shared_anon:
+                shmem.add(vma.vm_file)
         return MmCounts(vmas=self.map_count, anon_vmas=len(anon_vmas), anon_vma_chains=chains,
+                        shmem_files=len(shmem),
                         maple_nodes=self.tree.node_count(), pte_tables=len(self.pt.pte_tables),
                         pmd_tables=len(self.pt.pmd_tables), pud_tables=len(self.pt.pud_tables),
                         guard_entries=self.tree.reserved_count, gap_slots=self.tree.gap_count)

@@ -152,6 +152,12 @@ def memfd_create(name: str, flags: int = abi.MFD_CLOEXEC) -> int:
                            ctypes.c_uint(flags)), "memfd_create")
 
 
+def membarrier(cmd: int, flags: int = 0) -> int:
+    """``membarrier(2)``; ``abi.MEMBARRIER_CMD_GLOBAL`` returns after an RCU grace period."""
+    return _check(_syscall(c_long(abi.SYS_membarrier), c_int(cmd), ctypes.c_uint(flags), c_int(0)),
+                  "membarrier")
+
+
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return _check(_syscall(c_long(abi.SYS_pidfd_open), c_int(pid), ctypes.c_uint(flags)),
                   "pidfd_open")

@@ -14,7 +14,7 @@ from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.script import load_script
 
 #: Key order of a corpus file, for stable diffs.
-KEY_ORDER = ("note", "tags", "variant", "arena_pages", "files", "ops", "expect")
+KEY_ORDER = ("note", "tags", "variant", "outside_arena", "arena_pages", "files", "ops", "expect")
 
 
 def corpus_files(paths) -> list[Path]:

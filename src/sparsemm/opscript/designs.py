@@ -47,6 +47,7 @@ class DesignResult:
             "bytes": {"vm_area_struct": self.cost.vm_area_struct, "anon_vma": self.cost.anon_vma,
                       "anon_vma_chain": self.cost.anon_vma_chain, "maple_node": self.cost.maple_node,
                       "page_tables": self.cost.page_tables, "total": self.cost.total},
+            "memcg_bytes": self.cost.memcg,
             "failed_ops": self.failed_ops,
             "enomem_ops": self.enomem_ops,
             "hit_max_map_count": self.hit_max_map_count,
@@ -156,6 +157,63 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     return results
 
 
+def run_scripts_shared(jobs: list[tuple[Script, str]], *, max_map_count: int | None = None,
+                       parallel: bool = True) -> list[DesignResult]:
+    """``run_design(script, design)`` for each job, running once the ops all the scripts
+    share at their start (equal as written, and before any design-dependent op: see
+    ``design_free_prefix``), then each job in a forked copy as ``run_designs_shared`` does.
+    The scripts must describe the same arena and files (two rebuilds of one layout that
+    differ in their guard ops). Results in job order, without ``records``.
+    CPU O(shared prefix + sum of the tails).
+    """
+    from sparsemm.opscript.model_backend import start_model
+
+    results = [DesignResult(d) for _, d in jobs]
+    todo = []
+    for i, (script, d) in enumerate(jobs):
+        try:
+            make_design(d)
+        except ValueError as exc:  # the model's own message
+            results[i].error = str(exc)
+        else:
+            todo.append(i)
+    if not todo:
+        return results
+    scripts = [jobs[i][0] for i in todo]
+    first = scripts[0]
+    k = min(design_free_prefix(sc) for sc in scripts)
+    for sc in scripts[1:]:
+        if sc is first:
+            continue
+        n = 0
+        for a, b in zip(first.ops[:k], sc.ops[:k]):
+            if a.raw != b.raw:
+                break
+            n += 1
+        k = n
+    runner = start_model(first, "pte", max_map_count=max_map_count)
+    with gc_paused():
+        prefix_records = runner.run_ops(first.ops[:k])
+
+    def finish(script: Script, design: str) -> DesignResult:
+        runner.mm.set_guard_design(design)
+        result = DesignResult(design)
+        _fill(result, prefix_records + runner.run_ops(script.ops[k:]), runner.mm)
+        return result
+
+    waiting = []
+    for i in todo:
+        script, d = jobs[i]
+        wait = _fork_call(lambda script=script, d=d: finish(script, d))
+        if parallel:
+            waiting.append((i, wait))
+        else:
+            results[i] = wait()
+    for i, wait in waiting:
+        results[i] = wait()
+    return results
+
+
 def start_design(doc: dict, design: str):
     """Start ``run_design`` of the script document ``doc`` under ``design`` in a forked
     child now (it parses the document there); return a function that waits for the
@@ -182,10 +240,14 @@ def _fork_call(fn):
 
     gc.freeze()  # the collector would otherwise touch (and so copy) every inherited page
     rfd, wfd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never return into the caller's stack
         status = 0
         try:
+            from sparsemm.opscript.child import set_pdeathsig
+
+            set_pdeathsig(parent)  # dies with the command (Ctrl-C, SIGTERM, SIGKILL)
             os.close(rfd)
             gc.disable()
             try:
@@ -236,6 +298,7 @@ def format_report(results: dict[str, DesignResult]) -> str:
         ("maple_node B", lambda r: f"{r.cost.maple_node:,}"),
         ("page tables B", lambda r: f"{r.cost.page_tables:,}"),
         ("total kernel B", lambda r: f"{r.cost.total:,}"),
+        ("memcg charged B", lambda r: f"{r.cost.memcg:,}"),
         ("failed ops (ENOMEM)", lambda r: f"{r.failed_ops} ({r.enomem_ops})"),
         ("hit max_map_count", lambda r: "yes" if r.hit_max_map_count else "no"),
     ]

@@ -1,9 +1,10 @@
 """The kernel backend: run an op script on the running Linux kernel.
 
-``run_kernel(script)`` starts a fresh Python child (``python -m
-sparsemm.opscript.kernel``) so no state carries between scripts; the child maps
-the arena at ``ARENA_BASE``, executes each op through ``sparsemm.native.libc``
-and prints the records. Owns nothing the model uses.
+``run_kernel(script)`` starts a fresh Python child through ``opscript.child`` (so no state
+carries between scripts, and the child dies with its caller); the child maps the arena at
+``ARENA_BASE``, executes each op through ``sparsemm.native.libc`` and streams one JSON line
+per record, so a crash keeps what ran and names the op that killed it. The child never lets
+a script reach its own interpreter's memory. Owns nothing the model uses.
 """
 
 from __future__ import annotations
@@ -11,29 +12,45 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
+import resource
+import signal
 import sys
 
 from sparsemm import abi
 from sparsemm.native import libc, procfs
 from sparsemm.opscript import records as rec
+from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
 from sparsemm.opscript.dispatch import OpDispatcher
-from sparsemm.opscript.script import Op, Script, parse_script
+from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_ranges, page_align,
+                                      parse_script, refused_by_arguments)
+
+_U64 = 1 << 64
+#: Descriptors the child keeps besides its memfds (stdio, the interpreter's, fork pipes).
+_SPARE_FDS = 64
 
 
-
-#: The child's environment. Its Python allocates through glibc malloc (not pymalloc's
-#: mmap'd arenas) and glibc never mmaps: every allocation then grows the heap VMA
-#: with brk, so the child still allocates, and reports, once a script has brought
+#: Added to the child's environment. Its Python allocates through glibc malloc (not
+#: pymalloc's mmap'd arenas) and glibc never mmaps: every allocation then grows the heap
+#: VMA with brk, so the child still allocates, and reports, once a script has brought
 #: it to vm.max_map_count (a mmap'd arena would need a new VMA: MemoryError).
-CHILD_ENV = {"PYTHONHASHSEED": "0", "PYTHONMALLOC": "malloc", "MALLOC_MMAP_MAX_": "0"}
+CHILD_ENV = {"PYTHONMALLOC": "malloc", "MALLOC_MMAP_MAX_": "0"}
 
 
 class KernelBackendError(RuntimeError):
-    """The child could not run the script (arena occupied, crash)."""
+    """The child could not run the script (a crash, a timeout). ``records``: what it
+    reported before it stopped (records of the ops that ran, in order)."""
+
+    def __init__(self, message: str, records: list[dict] | None = None):
+        super().__init__(message)
+        self.records = records or []
 
 
-def run_kernel(script: Script, *, timeout: float = 600.0, attempts: int = 4) -> list[dict]:
+class ChildRefused(KernelBackendError):
+    """Inside the child: the script cannot run here (the arena is not free, an op would
+    reach the child's own memory, too few descriptors). The caller sees a ``ScriptError``."""
+
+
+def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 4) -> list[dict]:
     """Run ``script`` in a fresh child process; return its records.
 
     The kernel has background actors a script cannot control: khugepaged may
@@ -42,7 +59,13 @@ def run_kernel(script: Script, *, timeout: float = 600.0, attempts: int = 4) -> 
     fragmentation. A run during which :func:`procfs.thp_activity` moved is run
     again, up to ``attempts`` times in all; the last run's records are returned
     either way (the activity may have been another process's).
+
+    Raises ``ScriptError`` when the child refuses the script (see ``ChildRefused``) and
+    ``KernelBackendError`` (with the records so far) when it crashes or runs longer than
+    ``timeout`` seconds (default ``child.default_timeout()``).
     """
+    if timeout is None:
+        timeout = default_timeout()
     for _ in range(max(1, attempts)):
         records, quiet = _run_child(script, timeout)
         if quiet:
@@ -52,24 +75,77 @@ def run_kernel(script: Script, *, timeout: float = 600.0, attempts: int = 4) -> 
 
 def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     """(records, whether the THP counters stood still from the first op to the last)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "sparsemm.opscript.kernel"],
-        input=json.dumps(script.doc), capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **CHILD_ENV},
-    )
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise KernelBackendError(f"kernel backend child failed: {detail[0]}")
-    out = json.loads(proc.stdout)
-    return out["records"], out["thp_quiet"]
+    records: list[dict] = []
+    state: dict = {}
+
+    def on_line(line: bytes) -> None:
+        msg = json.loads(line)
+        if "r" in msg:
+            records.append(msg["r"])
+        else:
+            state.update(msg)
+
+    doc = {k: v for k, v in script.doc.items() if k != "expect"}
+    payload = json.dumps({"doc": doc, "allow_dangerous": bool(script.warnings)}).encode()
+    try:
+        end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line,
+                        env=CHILD_ENV)
+    except ChildTimeout as exc:
+        raise KernelBackendError(f"kernel backend child timed out after {exc.seconds:g} s "
+                                 f"{_where(script, records)}; {_kept(records)}", records) from None
+    except ValueError:  # a line that is not JSON: the child wrote something else
+        raise KernelBackendError("kernel backend child wrote an unreadable record", records) from None
+    if "error" in state:
+        if state.get("kind") == "refused":
+            raise ScriptError(f"kernel backend: {state['error']}")
+        raise KernelBackendError(f"kernel backend child failed {_where(script, records)}: "
+                                 f"{state['error']}; {_kept(records)}", records)
+    if end.returncode != 0 or "done" not in state:
+        detail = (describe_status(end.returncode) if end.returncode < 0 else end.last_error_line())
+        raise KernelBackendError(f"kernel backend child {detail} {_where(script, records)}; "
+                                 f"{_kept(records)}", records)
+    return records, state["done"]["thp_quiet"]
+
+
+def _where(script: Script, records: list[dict]) -> str:
+    """Which op was running: the one after the last record received."""
+    n = len(records)
+    if n < len(script.ops):
+        return f"at op {n} ({script.ops[n].name})"
+    return "after the last op"
+
+
+def _kept(records: list[dict]) -> str:
+    return f"the {len(records)} record(s) before it are kept" if records else "no op had finished"
 
 
 # ---------------------------------------------------------------------------
 # Inside the child.
 
 
-class _Runner(OpDispatcher):
-    """Executes ops in this process. ``fds`` maps script file names to memfds."""
+def _raise_nofile(needed: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to ``needed`` (up to the hard limit), or refuse."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ChildRefused(f"the script's files need {needed} open descriptors; this system allows "
+                           f"{hard} per process (RLIMIT_NOFILE hard limit)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+class KernelRunner(OpDispatcher):
+    """Executes a script's ops on the kernel, in this process (public: ``opscript.measure``
+    runs its layouts through it). ``fds`` maps script file names to memfds.
+
+    Use: ``r = KernelRunner(script); r.check_arena_empty(); r.create_files()``, then
+    ``r.run_op(op)`` per op (its record) or ``r.run_ops(ops)``.
+
+    ``own``: the ranges of this process's own mappings when the script started (the
+    interpreter, its libraries and heap); with ``outside_arena`` an op whose reach
+    (``_reach``) holds any of them, or any mapping outside the arena zone
+    ``[ARENA_BASE, ARENA_LIMIT)``, is refused before it runs.
+    """
 
     def __init__(self, script: Script):
         self.script = script
@@ -77,20 +153,65 @@ class _Runner(OpDispatcher):
         self.end = script.base + script.arena_bytes
         self.fds: dict[str, int] = {}
         self.pid = os.getpid()
+        self.own: list[tuple[int, int, str]] = []
 
     def check_arena_empty(self) -> None:
-        for entry in procfs.read_maps():
+        """Refuse an arena this process cannot give (anything mapped in it); record ``own``."""
+        entries = [e for e in procfs.read_maps() if e.path != "[vsyscall]"]
+        self.own = [(e.start, e.end, e.path) for e in entries]
+        for entry in entries:
             if entry.start < self.end and entry.end > self.base:
-                raise KernelBackendError(
-                    f"arena {self.base:#x}-{self.end:#x} is not empty: {entry.start:#x}-{entry.end:#x}")
+                free = max(0, (entry.start - self.base) // abi.PAGE_SIZE)
+                raise ChildRefused(
+                    f"the arena {self.base:#x}-{self.end:#x} ({self.script.arena_pages} pages) overlaps "
+                    f"the kernel backend child's own mapping {entry.start:#x}-{entry.end:#x} "
+                    f"{entry.path or '(anonymous)'}: this process can give at most {free} pages")
 
     def create_files(self) -> None:
+        _raise_nofile(len(self.script.files) + _SPARE_FDS)
         for name, pages in self.script.files.items():
             fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
             libc.ftruncate(fd, pages * abi.PAGE_SIZE)
             for i in range(pages):
                 os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
             self.fds[name] = fd
+
+    # -- what a script may reach outside the arena ----------------------------------------
+
+    def _is_own(self, start: int, end: int) -> bool:
+        if start >= end:
+            return False
+        if not (abi.ARENA_BASE <= start and end <= ARENA_LIMIT):
+            return True  # outside the arena zone: the interpreter's mmap area, stack, ...
+        return any(s < end and e > start for s, e, _ in self.own)
+
+    def check_reach(self, op: Op, maps=None) -> None:
+        """Refuse ``op`` (``ChildRefused``) if it could change or read a mapping of this
+        process that is not the script's. Only scripts with ``outside_arena`` get here;
+        the parser refuses every other range that leaves the arena."""
+        if maps is None:
+            maps = [(e.start, e.end, e.path) for e in procfs.read_maps() if e.path != "[vsyscall]"]
+        for lo, hi in _reach(op, maps):
+            for s, e, path in maps:
+                if s < hi and e > lo and self._is_own(s, e):
+                    raise ChildRefused(
+                        f"op {op.index} ({op.name}) reaches {max(lo, s):#x}-{min(hi, e):#x}, memory "
+                        f"of the kernel backend child itself ({path or 'anonymous'}); "
+                        "outside_arena allows only ranges that hold nothing of the child's")
+
+    def check_all_reaches(self, ops) -> None:
+        """``check_reach`` of every op (fork children included) against the maps now."""
+        maps = [(s, e, p) for s, e, p in self.own]
+        stack = list(ops)
+        while stack:
+            op = stack.pop()
+            stack.extend(op.child)
+            self.check_reach(op, maps)
+
+    def run_op(self, op: Op) -> dict:
+        if self.script.outside_arena and op.name != "fork":
+            self.check_reach(op)
+        return super().run_op(op)
 
     # -- the calls -----------------------------------------------------------
 
@@ -130,27 +251,44 @@ class _Runner(OpDispatcher):
         return data[0]
 
     def op_fork(self, op: Op):
+        """Run ``op.child`` in a forked child that streams its records through a pipe; a
+        child that dies is reported with the op it was running."""
         rfd, wfd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: run, report, leave without running Python's exit handlers
             status = 0
             try:
                 os.close(rfd)
+                set_pdeathsig(parent)
                 self.pid = os.getpid()
-                data = json.dumps(self.run_ops(op.child)).encode()
-                with os.fdopen(wfd, "wb") as fh:
-                    fh.write(data)
+                out = os.fdopen(wfd, "w", encoding="utf-8")
+                _stream(out, self, op.child)
             except BaseException:  # noqa: BLE001 - the parent reports a failed child
                 status = 1
             finally:
                 os._exit(status)
         os.close(wfd)
-        with os.fdopen(rfd, "rb") as fh:
-            data = fh.read()
+        records: list[dict] = []
+        state: dict = {}
+        with os.fdopen(rfd, "r", encoding="utf-8") as fh:
+            for line in fh:
+                msg = json.loads(line)
+                if "r" in msg:
+                    records.append(msg["r"])
+                else:
+                    state.update(msg)
         _, status = os.waitpid(pid, 0)
-        if status != 0 or not data:
-            raise KernelBackendError(f"fork child of op {op.index} failed (status {status})")
-        return {"value": json.loads(data)}
+        n = len(records)
+        where = (f"at its op {n} ({op.child[n].name})" if n < len(op.child) else "after its last op")
+        if "error" in state:
+            cls = ChildRefused if state.get("kind") == "refused" else KernelBackendError
+            raise cls(state["error"] if cls is ChildRefused else
+                      f"fork child of op {op.index} failed {where}: {state['error']}")
+        if status != 0 or "done" not in state:
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            raise KernelBackendError(f"fork child of op {op.index} {describe_status(code)} {where}")
+        return {"value": records}
 
     def op_snapshot(self, op: Op):
         return {"value": self.snapshot()}
@@ -207,19 +345,91 @@ class _Runner(OpDispatcher):
         return rec.snapshot_value(views, pages)
 
 
+def _first_hole(start: int, end: int, maps) -> int:
+    """The end of the run of mappings that covers ``start`` without a gap, capped at ``end``
+    (``start`` itself when nothing is mapped there)."""
+    cur = start
+    for s, e, _ in maps:
+        if e <= cur:
+            continue
+        if s > cur or cur >= end:
+            break
+        cur = e
+    return min(cur, end)
+
+
+def _reach(op: Op, maps) -> list[tuple[int, int]]:
+    """The ranges ``op`` could change or read in this process, given its mappings ``maps``
+    ((start, end, path), address order). mprotect/mlock/munlock stop at the first hole
+    (ENOMEM); mremap's old range must lie in one VMA (else EFAULT); madvise, munmap, mmap,
+    touch and process_madvise reach their whole range."""
+    name = op.name
+    out = []
+    if name == "mremap":
+        start, end = op.addr, op.addr + page_align(op.length)
+        if not refused_by_arguments(name, start, end):
+            vma = next(((s, e) for s, e, _ in maps if s <= start < e), None)
+            if vma is not None and end <= vma[1]:
+                out.append((start, end))
+        if op.to_addr is not None and op.flags & abi.MremapFlag.FIXED:
+            to_end = op.to_addr + page_align(op.new_length)
+            if not refused_by_arguments(name, op.to_addr, to_end):
+                out.append((op.to_addr, to_end))
+        return out
+    for start, end in op_ranges(op):
+        if name in ("mlock", "munlock"):
+            start &= ~(abi.PAGE_SIZE - 1)
+        if refused_by_arguments(name, start, end):
+            continue
+        if name in ("mprotect", "mlock", "munlock"):
+            end = _first_hole(start, end, maps)
+        out.append((start, min(end, abi.TASK_SIZE)))
+    return out
+
+
+def _stream(out, runner: KernelRunner, ops) -> None:
+    """Run ``ops``, writing one flushed JSON line per record, then ``{"done": ...}``; a
+    failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line."""
+    def emit(obj) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    try:
+        before = procfs.thp_activity()
+        for op in ops:
+            emit({"r": runner.run_op(op)})
+        emit({"done": {"thp_quiet": procfs.thp_activity() == before}})
+    except ChildRefused as exc:
+        emit({"error": str(exc), "kind": "refused"})
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+        emit({"error": " ".join(f"{type(exc).__name__}: {exc}".split()), "kind": "failed"})
+        raise
+
+
 def _child_main() -> int:
-    doc = json.loads(sys.stdin.read())
-    script = parse_script(doc)
-    runner = _Runner(script)
-    runner.check_arena_empty()
-    runner.create_files()
-    before = procfs.thp_activity()
-    records = runner.run_ops(script.ops)
-    quiet = procfs.thp_activity() == before
-    sys.stdout.write(json.dumps({"records": records, "thp_quiet": quiet}))
-    sys.stdout.flush()
+    msg = json.loads(sys.stdin.read())
+    out = sys.stdout
+    try:
+        script = parse_script(msg["doc"], allow_dangerous=bool(msg.get("allow_dangerous")))
+        runner = KernelRunner(script)
+        runner.check_arena_empty()
+        if script.outside_arena:
+            runner.check_all_reaches(script.ops)
+        runner.create_files()
+    except (ChildRefused, ScriptError) as exc:
+        out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
+        out.flush()
+        return 2
+    try:
+        _stream(out, runner, script.ops)
+    except ChildRefused:
+        return 2
+    except Exception:  # noqa: BLE001 - already reported as an error line
+        return 1
     return 0
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a parent gone: end quietly
     sys.exit(_child_main())

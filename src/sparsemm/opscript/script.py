@@ -1,27 +1,71 @@
-"""Op scripts: parse and validate the JSON documents of OPSCRIPT.md into records.
+"""Op scripts: parse and validate the JSON documents of docs/opscript.md into records.
 
-Owns the ``Script``/``Op`` records and every validation error message. Knows
-nothing of either backend; both consume the same ``Script``.
+Owns the ``Script``/``Op`` records, every validation error message, and the limits a script
+must keep (sizes, nesting, the arena, the values the kernel ABI can carry, dangerous advice).
+Knows nothing of either backend; both consume the same ``Script``, so both refuse the same
+scripts.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sparsemm import abi
 
 DEFAULT_ARENA_PAGES = 1024
-MAX_TOUCH_PAGES = 1 << 20  # one touch op reports one value per page
-MAX_FILE_PAGES = 1 << 20  # each page of a script file is written at creation
-#: The arena may reach up to the top of the user address space (TASK_SIZE):
-#: reproduced real layouts hold TiB-sized reservations.
-MAX_ARENA_PAGES = (abi.TASK_SIZE - abi.ARENA_BASE) // abi.PAGE_SIZE
 
-#: Top-level keys a script may carry besides ``ops``. ``note`` says what the
-#: script pins; ``expect`` holds the records the kernel gave (the corpus).
-TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design"}
+# --- limits (docs/opscript.md, "Limits") --------------------------------------------------
+#: The arena the kernel backend's child can give: from ARENA_BASE (16 TiB) up to
+#: 0x5000_0000_0000 (80 TiB), below where a PIE interpreter and its heap are loaded
+#: (0x55..-0x56..) and the top-down mmap area. The model takes the same limit, so both
+#: backends refuse the same scripts.
+ARENA_LIMIT = 0x5000_0000_0000
+MAX_ARENA_PAGES = (ARENA_LIMIT - abi.ARENA_BASE) // abi.PAGE_SIZE  # 2^34 pages, 64 TiB
+MAX_SCRIPT_BYTES = 64 << 20  # a script file or stdin
+MAX_NESTING = 64  # JSON arrays and objects inside each other
+MAX_OPS = 1 << 20  # ops in all, fork children included
+MAX_FORK_DEPTH = 8  # forks inside forks
+MAX_FORKS = 256  # fork ops in all (each is a process on the kernel)
+MAX_FILES = 16384  # each is an open memfd on the kernel (a process may map thousands of files)
+MAX_FILE_PAGES = 1 << 20  # each page of a script file is written at creation
+MAX_TOTAL_FILE_PAGES = 1 << 21  # 8 GiB of written file pages in all
+MAX_TOUCH_PAGES = 1 << 20  # one touch op reports one value per page
+#: Pages that ops may populate in all (touch, mmap populate/locked, mlock, populate and
+#: collapse advice, and mremap growth in a script that locks memory): 4 GiB.
+MAX_POPULATE_PAGES = 1 << 20
+MAX_SNAPSHOT_PAGES = 1 << 22  # a snapshot's page string covers up to the whole arena
+MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
+MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
+MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
+MAX_TEXT_CHARS = 1 << 16  # a note or tag
+
+#: Advice refused unless the caller asks for it (``parse_script(allow_dangerous=True)``,
+#: ``--allow-dangerous``): on the kernel they damage the machine, not the script's process.
+DANGEROUS_ADVICE = {
+    int(abi.Madv.HWPOISON): "hwpoison (MADV_HWPOISON) marks the pages' physical memory as "
+                            "hardware-corrupted (root only): the memory is lost until reboot and "
+                            "any process touching it is killed",
+    int(abi.Madv.SOFT_OFFLINE): "soft_offline (MADV_SOFT_OFFLINE) takes the pages' physical "
+                                "memory out of service until reboot (root only)",
+}
+#: Advice that allocates memory for the whole range (MADV_COLLAPSE even for holes).
+_POPULATING_ADVICE = frozenset({int(abi.Madv.POPULATE_READ), int(abi.Madv.POPULATE_WRITE),
+                                int(abi.Madv.COLLAPSE)})
+
+_U64 = 1 << 64
+_MASK64 = _U64 - 1
+_I63 = 1 << 63
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+PAGE = abi.PAGE_SIZE
+
+#: Top-level keys a script may carry besides ``ops``. ``note`` says what the script pins;
+#: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
+#: ranges outside the arena (error-path tests).
+TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
+                  "outside_arena"}
 
 #: For each op: its allowed fields (besides ``op``) and the required ones.
 #: Address fields come in a page form and a byte form (one of each pair).
@@ -46,6 +90,8 @@ OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
 }
 OP_NAMES = tuple(OP_FIELDS)
+#: Ops whose (addr, length) is one range of the address space.
+_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock"})
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -58,18 +104,30 @@ MLOCK_BY_NAME = {"onfault": abi.MLOCK_ONFAULT}
 
 
 class ScriptError(ValueError):
-    """A malformed script. ``str()`` is one line naming the op index and field."""
+    """A malformed script. ``str()`` is one line naming the op (index and name) and field:
+    ``op 3 (mmap) field 'prot': bad prot 'rwz': ...``."""
 
     def __init__(self, message: str, *, index: int | None = None, field_name: str | None = None,
-                 path: str = ""):
+                 path: str = "", op_name: str | None = None):
         where = path
         if index is not None:
-            where += f"op {index}" if not where else f" op {index}"
+            where += (" " if where else "") + f"op {index}" + (f" ({op_name})" if op_name else "")
         if field_name is not None:
             where += f" field {field_name!r}"
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{where}: {message}" if where else message
+        super().__init__(" ".join(text.split()))  # one line, whatever the script held
+        self.message = message
         self.index = index
         self.field_name = field_name
+        self.op_name = op_name
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: short, one line, printable whatever the script held."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 80:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(slots=True)
@@ -79,9 +137,10 @@ class Op:
     Read-only by convention: not ``frozen``, because a frozen dataclass's ``__init__``
     costs six times as much, and a 65k-op layout script builds 65k of them.
 
-    ``addr``/``length``/``new_length``/``to_addr`` are ``None`` when the op has
-    no such field. ``flags`` holds the syscall's flag word (MAP_, MREMAP_ or
-    MLOCK_ bits, as the op takes); ``raw`` is the op as written.
+    ``addr``/``length``/``new_length``/``to_addr`` are the unsigned 64-bit words the
+    kernel sees (0..2^64-1), ``None`` when the op has no such field. ``flags`` holds the
+    syscall's flag word (MAP_, MREMAP_ or MLOCK_ bits, as the op takes); ``raw`` is the op
+    as written.
     """
 
     index: int
@@ -106,7 +165,12 @@ class Op:
 
 @dataclass(slots=True, frozen=True)
 class Script:
-    """A validated op script: arena size, named files, ops."""
+    """A validated op script: arena size, named files, ops.
+
+    ``outside_arena``: the script may name ranges outside the arena (error-path tests; the
+    kernel backend still refuses any that holds its own process's memory). ``warnings``:
+    one line per dangerous op the caller allowed, saying what it does.
+    """
 
     arena_pages: int
     files: dict[str, int]  # name -> pages
@@ -115,6 +179,8 @@ class Script:
     base: int = abi.ARENA_BASE
     expect: list | None = None
     doc: dict = field(default_factory=dict, compare=False, repr=False)  # the document as written
+    outside_arena: bool = False
+    warnings: tuple[str, ...] = ()
 
     @property
     def arena_bytes(self) -> int:
@@ -135,9 +201,54 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def page_align(length: int) -> int:
+    """``PAGE_ALIGN(length)`` as the kernel computes it on an unsigned long (wraps to 0)."""
+    return (length + PAGE - 1) & ~(PAGE - 1) & _MASK64
+
+
+class _Ctx:
+    """What parsing one script accumulates: the arena, the files, and the budgets spent."""
+
+    __slots__ = ("base", "end", "arena_pages", "files", "outside", "allow_dangerous", "ops",
+                 "forks", "populate", "snapshots", "locking", "regrow", "warnings")
+
+    def __init__(self, arena_pages: int, files: dict[str, int], outside: bool, allow_dangerous: bool):
+        self.base = abi.ARENA_BASE
+        self.end = abi.ARENA_BASE + arena_pages * PAGE
+        self.arena_pages = arena_pages
+        self.files = files
+        self.outside = outside
+        self.allow_dangerous = allow_dangerous
+        self.ops = 0
+        self.forks = 0
+        self.populate = 0  # pages
+        self.snapshots = 0
+        self.locking = False  # an op locks memory (mremap growth then populates)
+        self.regrow = 0  # pages of mremap growth
+        self.warnings: list[str] = []
+
+    def spend_populate(self, pages: int, index: int | None, field_name: str | None) -> None:
+        self.populate += pages
+        if self.populate > MAX_POPULATE_PAGES:
+            reached = (f"this op reaches {self.populate}" if index is not None else
+                       f"with mremap growth in a script that locks memory, {self.populate}")
+            raise ScriptError(f"the script's ops would populate more than {MAX_POPULATE_PAGES} pages "
+                              f"({MAX_POPULATE_PAGES * PAGE >> 30} GiB) in all; {reached}",
+                              index=index, field_name=field_name)
+
+
+def _populated(length: int) -> int:
+    """Pages a populating call over ``length`` bytes may fault in (0 if the kernel refuses the
+    length outright: it rounds to 0 or exceeds TASK_SIZE)."""
+    aligned = page_align(length)
+    return aligned // PAGE if aligned <= abi.TASK_SIZE else 0
+
+
 def _address(op: dict, key: str, index: int, base: int, *, relative: bool = True,
              default: int | None = None) -> int | None:
-    """Resolve a page-form/byte-form pair (``at``/``at_bytes``) to bytes."""
+    """Resolve a page-form/byte-form pair (``at``/``at_bytes``) to bytes, as the unsigned
+    64-bit word the kernel sees. Page forms must resolve to 0..2^64-1 (lengths: not
+    negative); byte forms to -2^63..2^64-1 (a negative value is its two's complement)."""
     byte_key = _ADDR_PAIRS[key]
     has_pages, has_bytes = key in op, byte_key in op
     if has_pages and has_bytes:
@@ -145,63 +256,240 @@ def _address(op: dict, key: str, index: int, base: int, *, relative: bool = True
     if has_bytes:
         value = op[byte_key]
         if not _is_int(value):
-            raise ScriptError(f"must be an integer, not {value!r}", index=index, field_name=byte_key)
-        return (base + value) if relative else value
+            raise ScriptError(f"must be an integer, not {_show(value)}", index=index,
+                              field_name=byte_key)
+        resolved = base + value if relative else value
+        if not -_I63 <= resolved < _U64:
+            what = "resolves to an address that" if relative else "is a value that"
+            raise ScriptError(f"{what} does not fit 64 bits (-2^63..2^64-1)", index=index,
+                              field_name=byte_key)
+        return resolved & _MASK64
     if has_pages:
         value = op[key]
         if not _is_int(value):
-            raise ScriptError(f"must be an integer number of pages, not {value!r}", index=index,
+            raise ScriptError(f"must be an integer number of pages, not {_show(value)}", index=index,
                               field_name=key)
         if key in ("len", "new_len") and value < 0:
             raise ScriptError("must not be negative (use the _bytes form for raw values)",
                               index=index, field_name=key)
-        return (base + value * abi.PAGE_SIZE) if relative else value * abi.PAGE_SIZE
+        resolved = (base + value * PAGE) if relative else value * PAGE
+        if not 0 <= resolved < _U64:
+            raise ScriptError(f"{_show(value)} pages {'resolves to an address that ' if relative else ''}"
+                              "does not fit 64 bits (the kernel would see it wrapped)", index=index,
+                              field_name=key)
+        return resolved
     return default
+
+
+def _offset(op: dict, key: str, scale: int, index: int, *, signed: bool = False) -> int:
+    """A file offset or size (``off_t``, signed 64-bit): ``op[key] * scale``, not negative
+    unless ``signed`` (a byte form that tests the kernel's EINVAL)."""
+    value = op[key]
+    lo = -_I63 if signed else 0
+    if not _is_int(value) or not lo <= value * scale < _I63:
+        want = "an integer" if signed else "a non-negative integer"
+        raise ScriptError(f"must be {want} whose byte value fits a signed 64-bit off_t, not "
+                          f"{_show(value)}", index=index, field_name=key)
+    return value * scale
 
 
 def _names(op: dict, key: str, table: dict[str, int], index: int) -> int:
     value = op.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ScriptError(f"must be a list of names, not {value!r}", index=index, field_name=key)
+        raise ScriptError(f"must be a list of names, not {_show(value)}", index=index, field_name=key)
     word = 0
     for name in value:
         if name not in table:
-            raise ScriptError(f"unknown flag {name!r} (known: {', '.join(sorted(table))})",
+            raise ScriptError(f"unknown flag {_show(name)} (known: {', '.join(sorted(table))})",
                               index=index, field_name=key)
         word |= table[name]
     return word
 
 
-def _parse_op(op: Any, index: int, base: int, files: dict[str, int]) -> Op:
+def _text(value: Any, what: str, index: int | None = None, field_name: str | None = None,
+          limit: int = MAX_TEXT_CHARS) -> str:
+    """``value`` if it is a string that every output can encode (no lone surrogate)."""
+    if not isinstance(value, str):
+        raise ScriptError(f"{what} must be a string, not {_show(value)}", index=index,
+                          field_name=field_name)
+    if len(value) > limit:
+        raise ScriptError(f"{what} is longer than {limit} characters", index=index,
+                          field_name=field_name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ScriptError(f"{what} holds a lone surrogate ({value[exc.start]!r} at character "
+                          f"{exc.start}): not valid Unicode text", index=index,
+                          field_name=field_name) from None
+    return value
+
+
+def _file_name(name: Any) -> str:
+    """A script file name: non-empty printable text without '/', at most MAX_NAME_BYTES bytes
+    of UTF-8 (the kernel shows it in /proc/PID/maps as ``/memfd:NAME``)."""
+    _text(name, f"file name {_show(name)}")
+    if (not name or "/" in name or not name.isprintable()
+            or len(name.encode("utf-8")) > MAX_NAME_BYTES):
+        raise ScriptError(f"bad file name {_show(name)}: want 1..{MAX_NAME_BYTES} bytes of "
+                          "printable text without '/'")
+    return name
+
+
+def _script_file(op: dict, index: int, files: dict[str, int]) -> str:
+    file = op.get("file")
+    if not isinstance(file, str) or file not in files:
+        raise ScriptError(f"names no file of the script: {_show(file)}", index=index,
+                          field_name="file")
+    return file
+
+
+def _advice(op: dict, index: int, ctx: _Ctx) -> int:
+    advice = op.get("advice")
+    if _is_int(advice):  # a raw number, for invalid-advice cases
+        if not _INT_MIN <= advice <= _INT_MAX:
+            raise ScriptError(f"raw advice {_show(advice)} does not fit the kernel's int argument "
+                              f"({_INT_MIN}..{_INT_MAX})", index=index, field_name="advice")
+        value = advice
+    elif isinstance(advice, str) and advice in abi.MADV_BY_NAME:
+        value = abi.MADV_BY_NAME[advice]
+    else:
+        raise ScriptError(f"unknown advice {_show(advice)}", index=index, field_name="advice")
+    danger = DANGEROUS_ADVICE.get(value)
+    if danger is not None:
+        if not ctx.allow_dangerous:
+            raise ScriptError(f"refused: {danger}; run it only on a machine you can reboot, with "
+                              "--allow-dangerous", index=index, field_name="advice")
+        ctx.warnings.append(f"op {index}: {danger}")
+    return value
+
+
+def _ranges_of(op: Op) -> list[tuple[int, int, str]]:
+    """(start, end, field) of every address range ``op`` names; ``end`` may exceed 2^64
+    (a range the kernel refuses as wrapping). Lengths are rounded up to pages."""
+    name = op.name
+    raw = op.raw
+    at = "at_bytes" if "at_bytes" in raw else "at"
+    if name in _RANGE_OPS:
+        return [(op.addr, op.addr + page_align(op.length), at)]
+    if name == "touch":
+        return [(op.addr, op.addr + -(-op.length // PAGE) * PAGE, at)]
+    if name == "mremap":
+        out = [(op.addr, op.addr + page_align(op.length), at)]
+        if not op.flags & abi.MremapFlag.FIXED:  # it may grow in place
+            out.append((op.addr, op.addr + page_align(op.new_length), at))
+        elif op.to_addr is not None:
+            out.append((op.to_addr, op.to_addr + page_align(op.new_length),
+                        "to_bytes" if "to_bytes" in raw else "to"))
+        return out
+    if name == "process_madvise":
+        return [(addr, addr + page_align(length), "ranges") for addr, length in op.ranges]
+    return []
+
+
+def op_ranges(op: Op) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of the address space ``op`` may change or read, as
+    the kernel computes them (lengths rounded up to pages modulo 2^64). ``end > 2^64`` is a
+    range the kernel refuses for wrapping (EINVAL/ENOMEM); ``start == end`` is empty.
+    Fork children are not included (see ``Op.child``). O(1), O(ranges) for process_madvise."""
+    return [(s, e) for s, e, _ in _ranges_of(op)]
+
+
+def refused_by_arguments(name: str, start: int, end: int) -> bool:
+    """True when the kernel rejects call ``name`` over ``[start, end)`` on its arguments alone,
+    before it looks at any memory: an empty or wrapping range (``end > 2^64``), an unaligned
+    start (but for mlock/munlock, which align it down, and our own touch), or, for mmap,
+    munmap and mremap, a range past TASK_SIZE."""
+    if start >= end or end > _U64:
+        return True
+    if start % PAGE and name not in ("mlock", "munlock", "touch"):
+        return True
+    return name in ("mmap", "munmap", "mremap") and end > abi.TASK_SIZE
+
+
+#: Calls that stop at the first unmapped page of their range (mprotect, mlock and munlock
+#: fail with ENOMEM there), so a range that starts in the arena zone cannot reach beyond it.
+_STOP_AT_HOLE = frozenset({"mprotect", "mlock", "munlock"})
+
+
+def _outside_ok(name: str, start: int, end: int, fname: str) -> bool:
+    """Whether a script with ``outside_arena`` may name ``[start, end)``: a range the kernel
+    refuses on its arguments, one above TASK_SIZE (nothing is mapped there), one inside the
+    arena zone ``[ARENA_BASE, ARENA_LIMIT)``, or one that starts in the zone for a call
+    that cannot cross a hole (mprotect/mlock/munlock; mremap's old range, which must lie in
+    one VMA). Everything else could reach the kernel backend's own interpreter."""
+    if refused_by_arguments(name, start, end) or start >= abi.TASK_SIZE:
+        return True
+    starts_in_zone = abi.ARENA_BASE <= start < ARENA_LIMIT
+    if name in _STOP_AT_HOLE or (name == "mremap" and fname.startswith("at")):
+        return starts_in_zone
+    return starts_in_zone and end <= ARENA_LIMIT
+
+
+def _check_ranges(op: Op, ctx: _Ctx) -> None:
+    for start, end, fname in _ranges_of(op):
+        if op.name == "touch" and end > _U64:
+            raise ScriptError("the touched pages run past 2^64", index=op.index, field_name=fname)
+        if ctx.base <= start and end <= ctx.end:
+            continue
+        what = (f"the range from {start:#x} wraps past 2^64" if end > _U64 else
+                f"the range {start:#x}-{end:#x}")
+        if not ctx.outside:
+            raise ScriptError(f"{what} leaves the arena {ctx.base:#x}-{ctx.end:#x}; a script testing "
+                              "error paths outside it says \"outside_arena\": true",
+                              index=op.index, field_name=fname)
+        if not _outside_ok(op.name, start, end, fname):
+            raise ScriptError(f"{what} could reach memory that is not the script's: even with "
+                              f"outside_arena, a range must stay in {abi.ARENA_BASE:#x}-{ARENA_LIMIT:#x}, "
+                              "lie above TASK_SIZE, or be one the kernel refuses on its arguments "
+                              "(unaligned, empty, wrapping)", index=op.index, field_name=fname)
+
+
+def _parse_op(op: Any, index: int, ctx: _Ctx, depth: int = 0) -> Op:
+    try:
+        return _parse_op_fields(op, index, ctx, depth)
+    except ScriptError as exc:
+        name = op.get("op") if isinstance(op, dict) else None
+        if exc.index != index or exc.op_name is not None or not isinstance(name, str) \
+                or name not in OP_FIELDS:
+            raise
+        raise ScriptError(exc.message, index=index, field_name=exc.field_name, op_name=name) from None
+
+
+def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     if not isinstance(op, dict):
         raise ScriptError(f"must be a JSON object, not {type(op).__name__}", index=index)
     name = op.get("op")
     if name is None:
         raise ScriptError("missing", index=index, field_name="op")
-    if name not in OP_FIELDS:
-        raise ScriptError(f"unknown op {name!r} (known: {', '.join(OP_NAMES)})", index=index,
+    if not isinstance(name, str) or name not in OP_FIELDS:
+        raise ScriptError(f"unknown op {_show(name)} (known: {', '.join(OP_NAMES)})", index=index,
                           field_name="op")
     allowed_keys, required = _OP_KEYS[name]
     for key in op:
         if key not in allowed_keys:
-            raise ScriptError(f"unknown field for {name}", index=index, field_name=key)
+            raise ScriptError(f"unknown field for {name}", index=index,
+                              field_name=key[:40] if isinstance(key, str) else _show(key))
     for key in required:
         if key not in op and _ADDR_PAIRS.get(key) not in op:
             raise ScriptError("missing", index=index, field_name=key)
+    if "note" in op:
+        _text(op["note"], "a note", index, "note")
 
+    base = ctx.base
     kw: dict[str, Any] = {"index": index, "name": name, "raw": op}
     if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch"):
         kw["addr"] = _address(op, "at", index, base)
-        kw["length"] = _address(op, "len", index, base, relative=False, default=abi.PAGE_SIZE)
+        kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
         prot = op.get("prot")
         if not isinstance(prot, str):
-            raise ScriptError(f"must be a string such as 'rw' or 'none', not {prot!r}", index=index,
-                              field_name="prot")
+            raise ScriptError(f"must be a string such as 'rw' or 'none', not {_show(prot)}",
+                              index=index, field_name="prot")
         try:
             kw["prot"] = abi.parse_prot(prot)
-        except ValueError as exc:
-            raise ScriptError(str(exc), index=index, field_name="prot") from None
+        except ValueError:
+            raise ScriptError(f"bad prot {_show(prot)}: use a combination of r, w, x, or 'none'",
+                              index=index, field_name="prot") from None
 
     if name == "mmap":
         flags = _names(op, "flags", abi.MAP_BY_NAME, index) if "flags" in op else (
@@ -209,153 +497,280 @@ def _parse_op(op: Any, index: int, base: int, files: dict[str, int]) -> Op:
         if not flags & abi.MAP_FIXED:
             flags |= abi.MAP_FIXED_NOREPLACE
         kw["flags"] = int(flags)
-        file = op.get("file")
-        if file is not None:
-            if not isinstance(file, str) or file not in files:
-                raise ScriptError(f"names no file of the script: {file!r}", index=index,
-                                  field_name="file")
-            kw["file"] = file
+        if op.get("file") is not None:
+            kw["file"] = _script_file(op, index, ctx.files)
         if "pgoff" in op and "pgoff_bytes" in op:
             raise ScriptError("give 'pgoff' or 'pgoff_bytes', not both", index=index, field_name="pgoff")
-        for key, scale in (("pgoff", abi.PAGE_SIZE), ("pgoff_bytes", 1)):
+        for key, scale in (("pgoff", PAGE), ("pgoff_bytes", 1)):
             if key in op:
-                if not _is_int(op[key]) or op[key] < 0:
-                    raise ScriptError(f"must be a non-negative integer, not {op[key]!r}", index=index,
-                                      field_name=key)
-                kw["offset"] = op[key] * scale
+                kw["offset"] = _offset(op, key, scale, index)
+        if flags & (abi.MapFlag.POPULATE | abi.MapFlag.LOCKED):
+            ctx.spend_populate(_populated(kw["length"]), index, "flags")
+            ctx.locking = ctx.locking or bool(flags & abi.MapFlag.LOCKED)
     elif name == "madvise":
-        kw["advice"] = _advice(op, index)
+        kw["advice"] = _advice(op, index, ctx)
+        if kw["advice"] in _POPULATING_ADVICE:
+            ctx.spend_populate(_populated(kw["length"]), index, "len")
     elif name == "process_madvise":
-        kw["advice"] = _advice(op, index)
+        kw["advice"] = _advice(op, index, ctx)
         ranges = op["ranges"]
         if not isinstance(ranges, list) or not ranges or not all(
                 isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges):
             raise ScriptError("must be a non-empty list of [at, len] page pairs", index=index,
                               field_name="ranges")
-        if any(r[1] < 0 for r in ranges):
-            raise ScriptError("lengths must not be negative", index=index, field_name="ranges")
-        kw["ranges"] = tuple((base + a * abi.PAGE_SIZE, n * abi.PAGE_SIZE) for a, n in ranges)
+        if len(ranges) > MAX_RANGES:
+            raise ScriptError(f"more than {MAX_RANGES} ranges (UIO_MAXIOV)", index=index,
+                              field_name="ranges")
+        out = []
+        for at, npages in ranges:
+            addr = base + at * PAGE
+            if npages < 0 or not 0 <= addr < _U64 or npages * PAGE >= _U64:
+                raise ScriptError(f"range {_show([at, npages])}: 'at' must resolve to a 64-bit address "
+                                  "and 'len' be a non-negative page count that fits 64 bits",
+                                  index=index, field_name="ranges")
+            out.append((addr, npages * PAGE))
+            if kw["advice"] in _POPULATING_ADVICE:
+                ctx.spend_populate(_populated(npages * PAGE), index, "ranges")
+        kw["ranges"] = tuple(out)
     elif name == "mremap":
         kw["new_length"] = _address(op, "new_len", index, base, relative=False)
         kw["flags"] = _names(op, "flags", abi.MREMAP_BY_NAME, index)
         kw["to_addr"] = _address(op, "to", index, base)
         if kw["flags"] & abi.MremapFlag.FIXED and kw["to_addr"] is None:
             raise ScriptError("mremap with 'fixed' needs 'to'", index=index, field_name="to")
+        ctx.regrow += _populated(kw["new_length"])
     elif name == "mlock":
         kw["flags"] = _names(op, "flags", MLOCK_BY_NAME, index)
+        if not kw["flags"] & abi.MLOCK_ONFAULT:
+            ctx.spend_populate(_populated(kw["length"]), index, "len")
+            ctx.locking = True
     elif name == "touch":
         access = op.get("access")
         if access not in ("read", "write"):
-            raise ScriptError(f"must be 'read' or 'write', not {access!r}", index=index,
+            raise ScriptError(f"must be 'read' or 'write', not {_show(access)}", index=index,
                               field_name="access")
         kw["access"] = access
         value = op.get("value", 1)
         if not _is_int(value) or not 0 <= value <= 255:
-            raise ScriptError(f"must be an integer 0..255, not {value!r}", index=index,
+            raise ScriptError(f"must be an integer 0..255, not {_show(value)}", index=index,
                               field_name="value")
         kw["value"] = value
-        if not 0 <= kw["length"] <= MAX_TOUCH_PAGES * abi.PAGE_SIZE:
+        if not 0 <= kw["length"] <= MAX_TOUCH_PAGES * PAGE:
             raise ScriptError(f"touch covers 0..{MAX_TOUCH_PAGES} pages", index=index,
-                              field_name="len")
+                              field_name="len_bytes" if "len_bytes" in op else "len")
+        ctx.spend_populate(-(-kw["length"] // PAGE), index, "len")
     elif name == "fork":
         child = op.get("child")
         if not isinstance(child, list):
             raise ScriptError("must be a list of ops", index=index, field_name="child")
+        ctx.forks += 1
+        if ctx.forks > MAX_FORKS:
+            raise ScriptError(f"more than {MAX_FORKS} fork ops in the script", index=index,
+                              field_name="op")
+        if depth >= MAX_FORK_DEPTH:
+            raise ScriptError(f"forks nest deeper than {MAX_FORK_DEPTH} levels", index=index,
+                              field_name="child")
+        _count_ops(ctx, len(child), index)
         try:
-            kw["child"] = tuple(_parse_op(c, i, base, files) for i, c in enumerate(child))
+            kw["child"] = tuple(_parse_op(c, i, ctx, depth + 1) for i, c in enumerate(child))
         except ScriptError as exc:
             raise ScriptError(f"in child: {exc}", index=index, field_name="child") from None
+    elif name == "snapshot":
+        ctx.snapshots += 1
+        if ctx.arena_pages > MAX_SNAPSHOT_PAGES:
+            raise ScriptError(f"a snapshot of an arena of {ctx.arena_pages} pages would draw every "
+                              f"page; snapshots take arenas of at most {MAX_SNAPSHOT_PAGES} pages",
+                              index=index, field_name="op")
+        if ctx.snapshots * ctx.arena_pages > MAX_SNAPSHOT_CHARS:
+            raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
+                              f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
+                              field_name="op")
     elif name in ("ftruncate", "fallocate_punch", "seal"):
-        file = op.get("file")
-        if not isinstance(file, str) or file not in files:
-            raise ScriptError(f"names no file of the script: {file!r}", index=index, field_name="file")
-        kw["file"] = file
+        kw["file"] = _script_file(op, index, ctx.files)
         if name == "ftruncate":
             if ("pages" in op) == ("bytes" in op):
                 raise ScriptError("give exactly one of 'pages' or 'bytes'", index=index,
                                   field_name="pages")
             key = "pages" if "pages" in op else "bytes"
-            if not _is_int(op[key]) or op[key] < 0:
-                raise ScriptError(f"must be a non-negative integer, not {op[key]!r}", index=index,
-                                  field_name=key)
-            kw["file_length"] = op[key] * (abi.PAGE_SIZE if key == "pages" else 1)
+            kw["file_length"] = _offset(op, key, PAGE if key == "pages" else 1, index)
         elif name == "fallocate_punch":
-            kw["addr"] = _address(op, "at", index, 0, relative=False)
-            kw["length"] = _address(op, "len", index, 0, relative=False, default=abi.PAGE_SIZE)
-            if kw["addr"] < 0:
-                raise ScriptError("must not be negative", index=index, field_name="at")
+            for key, default, attr in (("at", None, "addr"), ("len", PAGE, "length")):
+                byte_key = _ADDR_PAIRS[key]
+                if key in op and byte_key in op:
+                    raise ScriptError(f"give {key!r} or {byte_key!r}, not both", index=index,
+                                      field_name=key)
+                if key in op:
+                    kw[attr] = _offset(op, key, PAGE, index)
+                elif byte_key in op:
+                    kw[attr] = _offset(op, byte_key, 1, index, signed=True)
+                else:
+                    kw[attr] = default
         else:
             kw["seals"] = _names(op, "seals", SEAL_BY_NAME, index)
-    return Op(**kw)
+    parsed = Op(**kw)
+    if name != "fork":
+        _check_ranges(parsed, ctx)
+    return parsed
 
 
-def _advice(op: dict, index: int) -> int:
-    advice = op.get("advice")
-    if _is_int(advice):
-        return advice  # a raw number, for invalid-advice cases
-    if not isinstance(advice, str) or advice not in abi.MADV_BY_NAME:
-        raise ScriptError(f"unknown advice {advice!r}", index=index, field_name="advice")
-    return abi.MADV_BY_NAME[advice]
+def _count_ops(ctx: _Ctx, n: int, index: int | None) -> None:
+    ctx.ops += n
+    if ctx.ops > MAX_OPS:
+        raise ScriptError(f"more than {MAX_OPS} ops in all (fork children included)", index=index,
+                          field_name="child" if index is not None else None)
 
 
-def parse_script(doc: Any, *, path: str = "") -> Script:
-    """Validate a decoded JSON document; raise ``ScriptError`` naming the problem."""
-    if not isinstance(doc, dict):
-        raise ScriptError("a script is a JSON object with an 'ops' list", path=path)
+def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
+    """(arena_pages, files, outside_arena) of a script document, checked."""
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise ScriptError(f"unknown top-level field {key!r}", path=path)
+            raise ScriptError(f"unknown top-level field {_show(key)}")
     arena_pages = doc.get("arena_pages", DEFAULT_ARENA_PAGES)
     if not _is_int(arena_pages) or not 1 <= arena_pages <= MAX_ARENA_PAGES:
-        raise ScriptError(f"'arena_pages' must be an integer 1..{MAX_ARENA_PAGES}, not {arena_pages!r}",
-                          path=path)
+        raise ScriptError(f"'arena_pages' must be an integer 1..{MAX_ARENA_PAGES} (the arena ends "
+                          f"at most at {ARENA_LIMIT:#x}), not {_show(arena_pages)}")
     files_doc = doc.get("files", {})
     if not isinstance(files_doc, dict):
-        raise ScriptError("'files' must be an object of name: {\"pages\": N}", path=path)
+        raise ScriptError("'files' must be an object of name: {\"pages\": N}")
+    if len(files_doc) > MAX_FILES:
+        raise ScriptError(f"'files' names {len(files_doc)} files; a script may have at most {MAX_FILES}")
     files: dict[str, int] = {}
+    total = 0
     for fname, spec in files_doc.items():
-        if not fname or "/" in fname or len(fname) > 200:
-            raise ScriptError(f"bad file name {fname!r}", path=path)
-        pages = spec.get("pages") if isinstance(spec, dict) else None
+        _file_name(fname)
+        if not isinstance(spec, dict) or set(spec) != {"pages"}:
+            raise ScriptError(f"file {_show(fname)}: want {{\"pages\": N}}, not {_show(spec)}")
+        pages = spec["pages"]
         if not _is_int(pages) or not 0 <= pages <= MAX_FILE_PAGES:
-            raise ScriptError(f"file {fname!r}: 'pages' must be an integer 0..{MAX_FILE_PAGES}",
-                              path=path)
+            raise ScriptError(f"file {_show(fname)}: 'pages' must be an integer 0..{MAX_FILE_PAGES}, "
+                              f"not {_show(pages)}")
+        total += pages
+        if total > MAX_TOTAL_FILE_PAGES:
+            raise ScriptError(f"the files have more than {MAX_TOTAL_FILE_PAGES} pages in all (each page "
+                              "is written when the file is created)")
         files[fname] = pages
-    ops = doc.get("ops")
-    if not isinstance(ops, list):
-        raise ScriptError("'ops' must be a list", path=path)
-    note = doc.get("note", "")
-    if not isinstance(note, str):
-        raise ScriptError("'note' must be a string", path=path)
+    outside = doc.get("outside_arena", False)
+    if not isinstance(outside, bool):
+        raise ScriptError(f"'outside_arena' must be true or false, not {_show(outside)}")
+    if "note" in doc:
+        _text(doc["note"], "'note'")
+    if "variant" in doc:
+        _text(doc["variant"], "'variant'")
+    if "design" in doc:
+        _text(doc["design"], "'design'")
+    tags = doc.get("tags", [])
+    if not isinstance(tags, list):
+        raise ScriptError(f"'tags' must be a list of strings, not {_show(tags)}")
+    for tag in tags:
+        _text(tag, "a tag")
+    expect = doc.get("expect")
+    if expect is not None and not isinstance(expect, list):
+        raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
+    return arena_pages, files, outside
+
+
+def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> Script:
+    """Validate a decoded JSON document; raise ``ScriptError`` naming the problem.
+
+    Every field is checked for type and range (docs/opscript.md, "Limits"): values must fit
+    what the kernel ABI carries, every range must lie in the arena unless the script says
+    ``"outside_arena": true``, and ``DANGEROUS_ADVICE`` is refused unless
+    ``allow_dangerous`` (then ``Script.warnings`` says what each such op does). O(ops).
+    """
     try:
-        parsed = tuple(_parse_op(op, i, abi.ARENA_BASE, files) for i, op in enumerate(ops))
+        if not isinstance(doc, dict):
+            raise ScriptError("a script is a JSON object with an 'ops' list")
+        arena_pages, files, outside = _top_level(doc)
+        ops = doc.get("ops")
+        if not isinstance(ops, list):
+            raise ScriptError("'ops' must be a list")
+        ctx = _Ctx(arena_pages, files, outside, allow_dangerous)
+        _count_ops(ctx, len(ops), None)
+        parsed = tuple(_parse_op(op, i, ctx) for i, op in enumerate(ops))
+        if ctx.locking and ctx.regrow:
+            ctx.spend_populate(ctx.regrow, None, None)  # mremap growth of a locked VMA populates
     except ScriptError as exc:
         if path:
             wrapped = ScriptError(f"{path}: {exc}")
-            wrapped.index, wrapped.field_name = exc.index, exc.field_name
+            wrapped.index, wrapped.field_name, wrapped.op_name = exc.index, exc.field_name, exc.op_name
             raise wrapped from None
         raise
-    return Script(arena_pages=arena_pages, files=files, ops=parsed, note=note,
-                  expect=doc.get("expect"), doc=doc)
+    return Script(arena_pages=arena_pages, files=files, ops=parsed, note=doc.get("note", ""),
+                  expect=doc.get("expect"), doc=doc, outside_arena=outside,
+                  warnings=tuple(ctx.warnings))
 
 
-def load_script(path: str) -> Script:
-    """Read and validate a script file (``-`` is standard input)."""
-    import sys
+# --- reading a script file -------------------------------------------------------------------
 
+#: Every byte but the four brackets (and the quote): what the nesting check deletes.
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTE = bytes(c for c in range(256) if c not in b'[]{}"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def _structural_brackets(data: bytes) -> bytes:
+    """The brackets of JSON text ``data`` that are not inside strings, in order."""
+    # Drop escaped backslashes, then escaped quotes: every '"' left opens or closes a string.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Fast path: with only brackets and quotes kept, strings without brackets are '""'. If
+    # removing those leaves no quote, no string held a bracket: the pairs removed can only
+    # have been each string's own two quotes (consecutive quotes pair up one way only).
+    kept = unescaped.translate(None, _NOT_BRACKETS_OR_QUOTE).replace(b'""', b"")
+    if b'"' not in kept:
+        return kept
+    return b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+
+
+def nested_deeper_than(data: bytes, limit: int) -> bool:
+    """Whether JSON arrays and objects nest more than ``limit`` levels deep in ``data``
+    (brackets in strings do not count). False for text whose brackets do not pair up:
+    the decoder then reports it. O(len(data) x min(depth, limit)), in C-level passes.
+    """
+    brackets = _structural_brackets(data)
+    # Each pass removes the innermost pairs: a document of depth d is empty after d passes.
+    for _ in range(limit):
+        inner = _INNERMOST.sub(b"", brackets)
+        if len(inner) == len(brackets):
+            return False  # empty, or brackets that do not pair up
+        brackets = inner
+    return len(_INNERMOST.sub(b"", brackets)) < len(brackets)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_script_text(data: bytes, path: str = "") -> Any:
+    """The JSON document in ``data``, or ``ScriptError``: not UTF-8, nested deeper than
+    ``MAX_NESTING`` (checked before decoding, so the decoder cannot exhaust the stack), bad
+    JSON, ``NaN``/``Infinity``, numbers of more digits than Python converts."""
     try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-    except OSError as exc:
-        raise ScriptError(f"cannot read: {exc.strerror}", path=path) from None
-    except UnicodeDecodeError:
-        raise ScriptError("not UTF-8 text", path=path) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScriptError(f"not UTF-8 text (byte {exc.start})", path=path) from None
+    if nested_deeper_than(data, MAX_NESTING):
+        raise ScriptError(f"JSON nested deeper than {MAX_NESTING} levels", path=path)
     try:
-        doc = json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ScriptError(f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                           path=path) from None
-    return parse_script(doc, path=path)
+    except RecursionError:
+        raise ScriptError(f"JSON nested deeper than {MAX_NESTING} levels", path=path) from None
+    except ValueError as exc:  # a number of more than sys.get_int_max_str_digits() digits
+        reason = ("a number has too many digits" if "digits" in str(exc) else
+                  " ".join(str(exc).split())[:80])
+        raise ScriptError(f"bad JSON: {reason}", path=path) from None
+
+
+def load_script(path: str, *, allow_dangerous: bool = False) -> Script:
+    """Read and validate a script file (``-`` is standard input): a regular file of at most
+    ``MAX_SCRIPT_BYTES``; see ``decode_script_text`` and ``parse_script``."""
+    from sparsemm._input import InputError, read_input
+
+    try:
+        data = read_input(path, max_bytes=MAX_SCRIPT_BYTES)
+    except InputError as exc:
+        raise ScriptError(str(exc)) from None
+    shown = "<stdin>" if path == "-" else path
+    return parse_script(decode_script_text(data, shown), path=shown, allow_dangerous=allow_dangerous)

@@ -1,0 +1,21 @@
+"""``console()``: the rich console the CLI prints with, on a terminal or into a pipe.
+
+A pipe gets no colour and a width of at least 120 columns, so tables and file names are not
+broken mid-word. Owns nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+__all__ = ["console"]
+
+
+def console(stderr: bool = False):
+    """A ``rich.console.Console`` on stdout (or stderr)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
+    return Console(file=stream, width=width, highlight=False)
