@@ -77,6 +77,8 @@ def test_mprotect_guards_cost_one_vm_area_struct_per_vma():
     # runs (another process mapping without forking); the 10k test below checks to 1%.
     quiet_enough(m)
     assert abs(m.values["vm_area_struct"] - m.values["map_count"]) <= 150
+    if "maple_node" in m.dropped:  # the tool refuses a row whose runs disagree; so do we
+        pytest.skip(f"machine too busy for maple_node: {m.dropped['maple_node']}")
     assert 0 < m.values["maple_node"] < 0.25 * 2 * N  # between full and minimum fill
 
 

@@ -102,8 +102,9 @@ def constants() -> CostConstants:
 class MmCounts:
     """How many of each kernel object an ``mm_struct`` (or a delta of one) holds.
 
-    ``vmas`` is ``mm->map_count``. ``maple_nodes`` is what the model's VMA index reports;
-    ``None`` asks ``kernel_cost`` to estimate it from the slots (``vmas + gap_slots +
+    ``vmas`` is ``mm->map_count``. ``maple_nodes`` is what the model's VMA index reports (the
+    count of its node model, ``model.maple``, which followed the order of every split and
+    insert); ``None`` asks ``kernel_cost`` to estimate it from the slots (``vmas + gap_slots +
     guard_entries``) with ``maple_nodes_for_slots``. ``guard_entries`` are the reserved
     maple-tree entries of the ``tree`` design (no ``vm_area_struct``). ``p4d_tables`` and
     ``pgd_tables`` are optional: a 4-level x86-64 folds the P4D, and the PGD comes with the mm.
@@ -160,8 +161,9 @@ def maple_nodes_for_slots(slots: int, consts: CostConstants | None = None) -> in
 
     ``max(best case, ceil(nodes_per_slot * slots))``: the best case packs 16 slots per
     ``maple_leaf_64`` and 10 children per ``maple_arange_64``; the measured large-tree rate
-    is 0.0725 nodes/slot (costs-and-workloads.md §2.2). The model's VMA index
-    (``vma_tree.maple_node_count``) is the better estimate; this is for callers without one.
+    is 0.0725 nodes/slot (costs-and-workloads.md §2.2). The model's node count
+    (``AddressSpace.counts()``, from ``model.maple``) depends on the order of the operations
+    and is what the cost model uses; this is for callers with counts only.
     Under ~1000 slots the kernel itself is noisy (slab sheaves), so is any formula.
     """
     if slots <= 0:

@@ -457,6 +457,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 if first <= pmd << 9 < last:
                     child.huge_pmds.add(pmd)
                     child.pt.discard_pte_table(pmd << 9)
+        child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node
         self.design.after_fork(child)
         return child
 

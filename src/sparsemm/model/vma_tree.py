@@ -1,7 +1,8 @@
 """VmaTree: the model's index of VMAs by address, standing in for the kernel's maple tree ``mm->mm_mt``.
 
-Owns the address order of VMAs and the free-gap bookkeeping behind ``vm_unmapped_area()``,
-plus the maple-node cost estimate; it never touches a VMA's other fields and makes no OS calls.
+Owns the address order of VMAs and the free-gap bookkeeping behind ``vm_unmapped_area()``;
+reports every range it stores or erases to its node model (``model.maple``), which counts the
+maple nodes. It never touches a VMA's other fields and makes no OS calls.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from itertools import chain, compress
 from typing import Any, Iterator
+
+from sparsemm.model.maple import MapleTree
 
 __all__ = ["VmaTree", "PAGE_SIZE", "ULONG_MAX", "maple_node_count"]
 
@@ -95,15 +98,21 @@ class VmaTree:
     """
 
     __slots__ = ("mmap_min_addr", "task_size", "_mins", "_starts", "_vmas", "_gaps",
-                 "_seg", "_seg_size", "_len", "_nonzero_gaps", "_reserved")
+                 "_seg", "_seg_size", "_len", "_nonzero_gaps", "_reserved", "maple")
 
     LOAD = 256   # blocks hold LOAD//2 .. 2*LOAD VMAs (sortedcontainers' load-factor scheme)
+    NODE_MODEL = True  # whether new trees keep a node model by default (bench/bench_maple.py
+                       # turns it off to measure what it costs)
 
-    def __init__(self, mmap_min_addr: int = 0x10000, task_size: int = 0x7FFF_FFFF_F000) -> None:
+    def __init__(self, mmap_min_addr: int = 0x10000, task_size: int = 0x7FFF_FFFF_F000,
+                 nodes: bool | None = None) -> None:
         """An empty tree for an address space ``[0, task_size)``.  O(1).
 
         ``mmap_min_addr`` is the floor for :meth:`unmapped_area` searches (vm.mmap_min_addr);
         :meth:`insert` accepts VMAs below it, as the kernel does for privileged callers.
+        ``nodes``: keep a node model (:attr:`maple`, a ``MapleTree``) that every store and erase
+        is reported to (default :attr:`NODE_MODEL`); without one :meth:`node_count` falls back
+        to :func:`maple_node_count`.
         """
         if task_size & _PAGE_MASK or mmap_min_addr < 0 or task_size <= mmap_min_addr:
             raise ValueError("need 0 <= mmap_min_addr < task_size, task_size page aligned")
@@ -118,6 +127,7 @@ class VmaTree:
         self._len = 0
         self._nonzero_gaps = 0                   # VMAs whose gap below is > 0
         self._reserved = 0                       # stored entries that are not VMAs (see below)
+        self.maple: MapleTree | None = MapleTree() if (self.NODE_MODEL if nodes is None else nodes) else None
 
     # ---- size and iteration ------------------------------------------------------------------
 
@@ -242,8 +252,28 @@ class VmaTree:
         return self._len + self._nonzero_gaps + 1 if self._len else 0
 
     def node_count(self) -> int:
-        """``maple_node`` objects (256 B each) the kernel would use; see :func:`maple_node_count`.  O(log n)."""
+        """``maple_node`` objects (256 B each) the kernel would use.  O(log n).
+
+        The node model's count (:attr:`maple`, which followed every store in order), else the
+        slot-count estimate :func:`maple_node_count`.
+        """
+        if self.maple is not None:
+            return self.maple.node_count()
         return maple_node_count(self.slot_count)
+
+    def dup_nodes(self, parent: "VmaTree") -> None:
+        """Fork's tree copy (``dup_mmap`` -> ``__mt_dup``): take a node-for-node copy of
+        ``parent``'s node model, then erase the parent's entries this tree does not hold
+        (``VM_DONTCOPY``), one NULL store each as ``dup_mmap`` does.  O(n)."""
+        if parent.maple is None or self.maple is None:
+            return
+        maple = parent.maple.copy()
+        mine = {(v.vm_start, v.vm_end) for v in self}
+        for v in parent:
+            if (v.vm_start, v.vm_end) not in mine:
+                maple.flush()
+                maple.erase(v.vm_start, v.vm_end)
+        self.maple = maple
 
     # ---- mutation ----------------------------------------------------------------------------
 
@@ -262,8 +292,10 @@ class VmaTree:
             except ValueError:
                 self._reserved -= 1
                 raise
-            return
-        self._insert(vma, start, end)
+        else:
+            self._insert(vma, start, end)
+        if self.maple is not None:
+            self.maple.store(start, end, vma)
 
     def _insert(self, vma: Any, start: int, end: int) -> None:
         if not self._len:
@@ -324,6 +356,8 @@ class VmaTree:
         b, k = self._locate(vma)
         if getattr(vma, "is_guard_entry", False):
             self._reserved -= 1
+        if self.maple is not None:
+            self.maple.erase(vma.vm_start, vma.vm_end)
         starts = self._starts[b]
         gaps = self._gaps[b]
         gap = gaps[k]
@@ -361,6 +395,8 @@ class VmaTree:
         self._vmas[b][k] = new
         self._reserved += bool(getattr(new, "is_guard_entry", False)) - bool(
             getattr(old, "is_guard_entry", False))
+        if self.maple is not None:
+            self.maple.store(new.vm_start, new.vm_end, new)
 
     def split(self, vma: Any, addr: int, upper: Any) -> None:
         """Cut the stored ``vma`` at ``addr`` (``__split_vma()``'s tree update): ``vma`` keeps
@@ -383,6 +419,8 @@ class VmaTree:
         self._len += 1
         if getattr(upper, "is_guard_entry", False):
             self._reserved += 1
+        if self.maple is not None:  # __split_vma stores one part over the old entry's range
+            self.maple.store(addr, upper.vm_end, upper)
         if len(starts) > 2 * self.LOAD:
             self._split(b)
 
@@ -409,6 +447,8 @@ class VmaTree:
             nb = -1
         nxt_start = self._starts[nb][nk] if nb >= 0 else self.task_size
         if prev_end <= vm_start and vm_end <= nxt_start:
+            if self.maple is not None:
+                self._report_bounds(vma, vm_start, vm_end)
             if k == 0 and vm_start != starts[0]:
                 self._mins[b] = vm_start
             starts[k] = vm_start
@@ -427,6 +467,18 @@ class VmaTree:
             vma.vm_start, vma.vm_end = old_start, old_end
             self.insert(vma)
             raise
+
+    def _report_bounds(self, vma: Any, vm_start: int, vm_end: int) -> None:
+        """New bounds in place: the part given up is erased, a grown range is stored
+        (``vma_expand``/``commit_merge`` store the VMA over its whole new range)."""
+        maple = self.maple
+        old_start, old_end = vma.vm_start, vma.vm_end
+        if old_start < vm_start:
+            maple.erase(old_start, min(vm_start, old_end))
+        if vm_end < old_end:
+            maple.erase(max(vm_end, old_start), old_end)
+        if vm_start < old_start or vm_end > old_end:
+            maple.store(vm_start, vm_end, vma)
 
     # ---- vm_unmapped_area() --------------------------------------------------------------------
 
@@ -564,6 +616,14 @@ class VmaTree:
         for i in range(1, size):
             if seg[i] != max(seg[2 * i], seg[2 * i + 1]):
                 fail(f"segment node {i} is not the max of its children")
+        if self.maple is not None:  # the node model holds exactly the stored ranges
+            self.maple.check()
+            stored = [(lo, hi + 1) for lo, hi, entry in self.maple.ranges() if entry is not None]
+            expect = [(v.vm_start, v.vm_end) for v in self]
+            if stored != expect:
+                bad = next((i for i, (a, b) in enumerate(zip(stored, expect)) if a != b),
+                           min(len(stored), len(expect)))
+                fail(f"node model range {bad}: {stored[bad:bad + 1]} != VMA {expect[bad:bad + 1]}")
 
     # ---- internals -----------------------------------------------------------------------------
 
