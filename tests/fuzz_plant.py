@@ -2,19 +2,28 @@
 "Testing the fuzzer"): load one with ``SPARSEMM_FUZZ_MODEL=fuzz_plant:NAME`` (this
 directory on ``PYTHONPATH``) or pass it to ``engine.Backends``.
 
-Each plant is the real model with its records changed afterwards (the model itself
-is untouched), so the planted difference has a known minimal script.
+Most plants are the real model with its records changed afterwards (the model itself
+is untouched), so the planted difference has a known minimal script. One,
+``guard_remove_keeps_first_marker``, is a bug planted in the model itself (a monkeypatch
+of ``AddressSpace.madvise`` for the run): its difference shows only in what later ops
+observe, as a real model bug's would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+from sparsemm import abi
+from sparsemm.model import AddressSpace
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import Script
 
 PLANTED_MPROTECT = "mprotect ret EACCES!=ok"
 PLANTED_CHILD_SNAPSHOT = "snapshot pages .!=P"
+#: The signatures the guard_remove plant can show: a touch of the first page faults on
+#: the model, or a snapshot shows its marker.
+PLANTED_GUARD_REMOVE = ("touch value fault!=*", "snapshot pages G!=*")
 
 
 def honest_model(script: Script) -> list:
@@ -87,3 +96,32 @@ def crashes_on_guard_remove_of_locked(script: Script) -> list:
         if locked and name == "madvise" and advice == "guard_remove":
             raise ModelCrash("planted: guard_remove after mlock at 0x100000000000")
     return run_model(script, check=True)
+
+
+@contextlib.contextmanager
+def _guard_remove_keeps_first_marker():
+    """While active, the model's ``MADV_GUARD_REMOVE`` removes the markers of its range and
+    then puts one back on the range's first page (an off-by-one a model could have)."""
+    real = AddressSpace.madvise
+
+    def madvise(self, addr, length, advice):
+        real(self, addr, length, advice)
+        if advice == abi.MADV_GUARD_REMOVE and length > 0:
+            try:
+                real(self, addr, abi.PAGE_SIZE, abi.MADV_GUARD_INSTALL)
+            except OSError:
+                pass  # e.g. a locked VMA takes no marker: the plant stays silent there
+
+    AddressSpace.madvise = madvise
+    try:
+        yield
+    finally:
+        AddressSpace.madvise = real
+
+
+def guard_remove_keeps_first_marker(script: Script) -> list:
+    """The model with a planted bug: ``MADV_GUARD_REMOVE`` leaves the marker of its first
+    page in place. Minimal script: a mapping, a guard install and remove over its first
+    page, then an op that sees the marker (a touch faults, a snapshot shows ``G``)."""
+    with _guard_remove_keeps_first_marker():
+        return run_model(script, check=True)

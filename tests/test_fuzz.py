@@ -1,10 +1,11 @@
 """``sparsemm fuzz``: the generator, the shrinker, and the whole loop on planted differences.
 
-Most tests run the loop with both sides on the model, one of them perturbed after the
-fact (``tests/fuzz_plant.py``, injected through ``engine.Backends`` or the documented
-``SPARSEMM_FUZZ_MODEL``/``SPARSEMM_FUZZ_KERNEL`` hooks), so that the planted difference
-and its minimal script are known. The ``kernel`` tests run the real kernel against a
-planted model.
+Most tests run the loop with both sides on the model, one of them with a planted
+difference (``tests/fuzz_plant.py``: records changed after the fact, or a bug patched into
+the model's code for the run), injected through ``engine.Backends`` or the documented
+``SPARSEMM_FUZZ_MODEL``/``SPARSEMM_FUZZ_KERNEL`` hooks, so that the planted difference
+and its minimal script are known. The ``kernel`` tests run ``sparsemm fuzz`` in a
+subprocess against the real kernel, with a bug planted in its model.
 """
 
 from __future__ import annotations
@@ -435,23 +436,63 @@ def test_a_signal_with_nothing_found_exits_128_plus_it_with_the_summary(tmp_path
 # ----------------------------------------------------------------------------- the kernel
 
 
+GUARD_REMOVE_PLANT = {"SPARSEMM_FUZZ_MODEL": "fuzz_plant:guard_remove_keeps_first_marker"}
+
+
+def _names(ops):
+    return [(op["op"], op.get("advice"), op.get("at"), op.get("len")) for op in ops]
+
+
+#: The minimal scripts of the guard_remove plant (tests/fuzz_plant.py): a marker left
+#: behind shows in the snapshot's pages; one put on a VMA that had none, in its flags.
+GUARD_REMOVE_MINIMAL = {
+    "snapshot pages G!=.": [("mmap", None, 0, 1), ("madvise", "guard_install", 0, 1),
+                            ("madvise", "guard_remove", 0, 1), ("snapshot", None, None, None)],
+    "snapshot vmas flags gu:model": [("mmap", None, 0, 1), ("madvise", "guard_remove", 0, 1),
+                                     ("snapshot", None, None, None)],
+}
+
+
+def test_a_bug_planted_in_the_model_shows_in_later_ops_and_is_shrunk(tmp_path):
+    """A bug in the model's code (not in its records): MADV_GUARD_REMOVE leaves a marker.
+    The remove itself answers as the kernel does; only what later ops see differs."""
+    planted = Backends(model=fuzz_plant.guard_remove_keeps_first_marker,
+                       kernel=fuzz_plant.honest_model)
+    stats = Fuzzer(seed=2, profiles=["guards"], examples=5, max_ops=6, findings_dir=tmp_path,
+                   backends=planted).run()
+    assert {f.signature: _names(f.script["ops"]) for f in stats.findings} == GUARD_REMOVE_MINIMAL
+    for f in stats.findings:
+        assert f.shrink["complete"] and count_ops(f.original["ops"]) > len(f.script["ops"])
+        assert [r["ret"] for r in f.model] == [r["ret"] for r in f.kernel]
+    # the plant is the model's, for the run only: the model itself is untouched
+    doc = stats.findings[0].script
+    assert classify(run_model(parse_script(doc)), fuzz_plant.honest_model(parse_script(doc))) is None
+
+
 @pytest.mark.kernel
 @needs_guards
-def test_real_kernel_against_a_planted_model(tmp_path):
-    """End to end on the running kernel: the planted difference is found, confirmed on
-    the kernel and shrunk to the two ops it needs. (Real differences the run may meet
-    besides are findings too, and do not fail this test.)"""
-    proc = fuzz_cli("--examples", "60", "--seed", "5", "--profile", "mixed", "--findings",
-                    str(tmp_path), "--json", env={"SPARSEMM_FUZZ_MODEL": "fuzz_plant:mprotect_x_eacces"})
+def test_real_kernel_against_a_model_with_a_planted_bug(tmp_path):
+    """End to end, as a user runs it: ``sparsemm fuzz`` in a subprocess whose model has the
+    planted guard_remove bug, against the running kernel. The bug is found, confirmed on
+    the kernel, shrunk to its minimal script and written with the kernel's records. (Real
+    differences the run may meet besides are findings too, and do not fail this test.)"""
+    proc = fuzz_cli("--examples", "5", "--seed", "2", "--profile", "guards", "--max-ops", "6",
+                    "--findings", str(tmp_path), "--json", env=GUARD_REMOVE_PLANT)
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout)
-    planted = [f for f in summary["findings"] if f["signature"] == fuzz_plant.PLANTED_MPROTECT]
-    assert len(planted) == 1 and planted[0]["ops"] == 2
-    meta = json.loads((Path(planted[0]["dir"]) / "finding.json").read_text())
-    assert meta["confirmed"] == "3/3" and meta["shrink"]["complete"]
-    script = json.loads((Path(planted[0]["dir"]) / "script.json").read_text())
-    kernel = json.loads((Path(planted[0]["dir"]) / "kernel.json").read_text())
-    assert [r["ret"] for r in kernel] == ["ok", "ok"] and len(script["ops"]) == 2
+    planted = {f["signature"]: f for f in summary["findings"] if f["signature"] in GUARD_REMOVE_MINIMAL}
+    assert "snapshot pages G!=." in planted, summary
+    for sig, f in planted.items():
+        path = Path(f["dir"])
+        meta = json.loads((path / "finding.json").read_text())
+        assert meta["confirmed"] == "3/3" and meta["shrink"]["complete"]
+        script = json.loads((path / "script.json").read_text())
+        assert _names(script["ops"]) == GUARD_REMOVE_MINIMAL[sig]
+        kernel = json.loads((path / "kernel.json").read_text())
+        model = json.loads((path / "model.json").read_text())
+        assert [r["ret"] for r in kernel] == ["ok"] * len(script["ops"])
+        assert kernel[-1]["value"] == run_model(parse_script(script))[-1]["value"]
+        assert kernel[-1]["value"] != model[-1]["value"]
 
 
 @pytest.mark.kernel
