@@ -23,6 +23,7 @@ from sparsemm.analyze.guards import find_guards
 from sparsemm.analyze.maps import parse_maps
 from sparsemm.analyze.rebuild import build_layout
 from sparsemm.analyze.report import analyze
+from sparsemm.model import designs
 from sparsemm.opscript.designs import design_free_prefix, run_design, run_designs_shared
 from sparsemm.opscript.script import parse_script
 
@@ -83,7 +84,7 @@ def _bench_shape(shape, repeat: int, rows: list) -> float:
     t, script = best(lambda: parse_script(lay.script), repeat)
     k = design_free_prefix(script)
     rows.append(("parse_script (the layout script)", t, f"{k:,} ops before the first guard op"))
-    for d in ("vma", "pte", "tree"):
+    for d in designs.names():
         t, res = best(lambda d=d: run_design(script, d), repeat)
         rows.append((f"model run, design {d} alone (whole script)", t, res.error or f"{res.counts.vmas:,} VMAs"))
     t, _ = best(lambda: run_designs_shared(script, parallel=False), repeat)
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
             # what analyze() does, with every design in this process so the profiler sees it
             cls = find_guards(entries)
             script = parse_script(build_layout(entries, cls).script)
-            for d in ("vma", "pte", "tree"):
+            for d in designs.names():
                 run_design(script, d)
 
         pr = cProfile.Profile()

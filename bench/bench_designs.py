@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sparsemm import workloads  # noqa: E402
+from sparsemm.model import designs  # noqa: E402
 from sparsemm.opscript.designs import run_design  # noqa: E402
 from sparsemm.opscript.script import parse_script  # noqa: E402
 
@@ -34,7 +35,6 @@ WORKLOADS = [
      {"memory_pages": 16, "guard_pages": 496, "touch_pages": 0}, 100_000),
     ("random", workloads.random_guards, {}, 100_000),
 ]
-DESIGNS = ("vma", "pte", "tree")
 
 
 def kib(n: int) -> str:
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
                 continue
             script = parse_script(gen(n, **kw))
             res = {}
-            for d in DESIGNS:
+            for d in designs.names():  # the registry, in report order
                 t0 = time.perf_counter()
                 r = run_design(script, d)
                 res[d] = (r, time.perf_counter() - t0)

@@ -13,7 +13,8 @@ import sys
 import time
 import tracemalloc
 
-from sparsemm.model.vma_tree import PAGE_SIZE, VmaTree
+from sparsemm.abi import PAGE_SIZE
+from sparsemm.model.vma_tree import VmaTree
 
 P = PAGE_SIZE
 

@@ -350,3 +350,41 @@ def test_set_guard_design_switches_only_before_guards_exist():
     pte.madvise(BASE + 2 * PAGE, PAGE, abi.MADV_GUARD_INSTALL)
     with pytest.raises(ValueError, match="guards already exist"):
         pte.set_guard_design("tree")
+
+
+# ---------------------------------------------------------------------------- tree regressions
+# A guard entry cut by munmap or MAP_FIXED kept every piece of the VMA it replaced; a later
+# install beside it joined those stale pieces into the new entry, and a remove then restored
+# two VMAs over one range (ValueError "overlaps" from VmaTree.insert). Entries now keep
+# exactly the pieces of their own range (GuardEntry.check).
+
+
+def test_tree_entry_cut_by_a_fixed_mmap_then_reguarded_and_removed():
+    recs = model([{"op": "mmap", "at": 0, "len": 8, "prot": "rw", "flags": ["private"], "file": "f"},
+                  {"op": "madvise", "at": 2, "len": 4, "advice": "guard_install"},
+                  # |..|GGGG|..|  then a PROT_NONE mapping over the middle of the entry
+                  {"op": "mmap", "at": 3, "len": 2, "prot": "", "flags": ["private", "anonymous", "fixed"]},
+                  {"op": "madvise", "at": 1, "len": 6, "advice": "guard_install"},
+                  {"op": "madvise", "at": 1, "len": 6, "advice": "guard_remove"},
+                  {"op": "snapshot"}], "tree", files={"f": {"pages": 20}})
+    assert [r["ret"] for r in recs] == ["ok"] * 6
+    # Each page comes back as the VMA it was before its last guard: file pages 1-2 and 5-6
+    # merge with their untouched neighbours, pages 3-4 are the anonymous PROT_NONE mapping.
+    assert snap(recs)["vmas"] == [[0, 3, "rw-p", "f", 0, ""], [3, 5, "---p", "anon", 0, ""],
+                                  [5, 8, "rw-p", "f", 5, ""]]
+    assert snap(recs)["pages"] == "........"
+
+
+def test_tree_entry_cut_at_its_start_then_joined_from_below():
+    recs = model([{"op": "mmap", "at": 4, "len": 12, "prot": "r", "flags": ["shared", "anonymous", "fixed"]},
+                  {"op": "madvise", "at": 14, "len": 2, "advice": "guard_install"},
+                  {"op": "mmap", "at": 14, "len": 1, "prot": "rx", "flags": ["private", "anonymous", "fixed"]},
+                  {"op": "madvise", "at": 9, "len": 6, "advice": "guard_install"},
+                  {"op": "fork", "child": [{"op": "madvise", "at": 9, "len": 7, "advice": "guard_remove"},
+                                           {"op": "snapshot"}]},
+                  {"op": "snapshot"}], "tree", arena_pages=16)
+    child = recs[4]["value"]
+    assert [r["ret"] for r in child] == ["ok", "ok"]
+    assert [v[:4] for v in child[1]["value"]["vmas"]] == [
+        [4, 14, "r--s", "shared-anon"], [14, 15, "r-xp", "anon"], [15, 16, "r--s", "shared-anon"]]
+    assert snap(recs)["pages"][9:] == "GGGGGGG"

@@ -9,12 +9,12 @@ Scripts without ``expect`` yet are compared with a live kernel run instead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from sparsemm.native import libc
+from sparsemm.opscript.compare import describe_difference
 from sparsemm.opscript.model_backend import run_model
 from sparsemm.opscript.script import load_script
 
@@ -23,13 +23,6 @@ SCRIPTS = sorted(CORPUS.rglob("*.json"))
 
 #: corpus path (relative to tests/conformance) -> reason, mirrored in docs/divergences.md.
 DIVERGENT: dict[str, str] = {}
-
-
-def _first_difference(got: list, want: list) -> str:
-    for a, b in zip(got, want):
-        if a != b:
-            return f"\nmodel : {json.dumps(a)[:2000]}\nkernel: {json.dumps(b)[:2000]}"
-    return f"\nrecord counts differ: model {len(got)}, kernel {len(want)}"
 
 
 def _params():
@@ -51,7 +44,7 @@ def test_model_reproduces_corpus(path):
         want = run_kernel(script)
     else:
         want = script.expect
-    assert got == want, f"{path.name}: {script.note}" + _first_difference(got, want)
+    assert got == want, f"{path.name}: {script.note}\n" + describe_difference(got, want)
 
 
 def test_divergent_list_is_documented():
@@ -77,4 +70,4 @@ def test_model_scenarios_match_live_kernel(path):
         want = run_kernel(script)
         if got == want:
             break
-    assert got == want, f"{path.name}: {script.note}" + _first_difference(got, want)
+    assert got == want, f"{path.name}: {script.note}\n" + describe_difference(got, want)

@@ -278,7 +278,7 @@ class PageTableMachine(RuleBasedStateMachine):
 
     @rule(first=PAGES, n=LENGTHS)
     def zap_keep_markers(self, first, n):
-        """What _zap_range does for DONTNEED: clear the frames, keep the markers."""
+        """What AddressSpace.zap_range does for DONTNEED: clear the frames, keep the markers."""
         for p, f in self.pt.frames(first, first + n):
             assert self.pt.clear(p) is f
         for p, _ in self.ref.frames(first, first + n):

@@ -149,7 +149,7 @@ def test_help_shows_no_private_state():
     import pydoc
 
     text = pydoc.render_doc(Mapping, renderer=pydoc.plaintext)
-    for word in ("_prot", "_guarded", "_lock", "_mm", "RunMap", "invariant", "_check"):
+    for word in ("_prot", "_guarded", "_lock", "_mm", "RangeMap", "invariant", "_check"):
         assert not re.search(rf"\b{word}\b", text), word
     for word in ("read_at", "write_at", "unchecked_view", "GuardFault"):
         assert word in text

@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from sparsemm.model.vma_tree import PAGE_SIZE, ULONG_MAX, VmaTree, maple_node_count
+from sparsemm._invariant import InvariantError
+from sparsemm.abi import PAGE_SIZE, ULONG_MAX
+from sparsemm.model.vma_tree import VmaTree, maple_node_count
 
 P = PAGE_SIZE
 
@@ -214,11 +216,11 @@ def test_replace_swaps_the_object_and_counts_reserved_entries():
 def test_check_detects_corruption():
     t, v = build("AA.BB..CCC")
     v["B"].vm_end = 8 * P                      # mutated behind the tree's back: overlaps C
-    with pytest.raises(AssertionError, match="overlaps"):
+    with pytest.raises(InvariantError, match="overlaps"):
         t.check()
     t, v = build("AA.BB..CCC")
     t._nonzero_gaps += 1
-    with pytest.raises(AssertionError, match="_nonzero_gaps"):
+    with pytest.raises(InvariantError, match="_nonzero_gaps"):
         t.check()
 
 

@@ -13,6 +13,9 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT  # bytes
 PAGE_MASK = ~(PAGE_SIZE - 1)
 
+#: The largest ``unsigned long`` (2**64 - 1): syscall arguments wrap modulo 2**64.
+ULONG_MAX = (1 << 64) - 1
+
 #: Entries in one page-table page at every level (x86-64, 4 KiB pages).
 PTRS_PER_TABLE = 512
 
@@ -68,7 +71,7 @@ MAP_PRIVATE = MapFlag.PRIVATE
 MAP_FIXED = MapFlag.FIXED
 MAP_ANONYMOUS = MapFlag.ANONYMOUS
 MAP_FIXED_NOREPLACE = MapFlag.FIXED_NOREPLACE
-MAP_FAILED = (1 << 64) - 1  # (void *)-1 as an unsigned word
+MAP_FAILED = ULONG_MAX  # (void *)-1 as an unsigned word
 
 
 class Madv(enum.IntEnum):

@@ -14,8 +14,9 @@ import sys
 
 from sparsemm._input import SettingError
 from sparsemm._options import Parser, Terminated, count, install_signal_handlers
+from sparsemm.model import designs
 from sparsemm.opscript import records as rec
-from sparsemm.opscript.runner import BACKENDS, DESIGNS, BackendUnavailable, run_script
+from sparsemm.opscript.runner import BACKENDS, BackendUnavailable, run_script
 from sparsemm.opscript.script import ScriptError, load_script
 
 EXIT_USAGE = 2
@@ -90,7 +91,7 @@ def _measure(args: argparse.Namespace) -> int:
     if not args.no_predict:
         from sparsemm.opscript.designs import run_design
 
-        result = run_design(script, "pte")
+        result = run_design(script, designs.kernel_design())
         if not result.error:
             prediction = prediction_from_counts(result.counts)
     m = measure_script(script, repeat=args.repeat)
@@ -106,7 +107,7 @@ def _measure(args: argparse.Namespace) -> int:
         from sparsemm.measure_view import render_measurement
 
         title = f"{script.note or args.script}: on the kernel" + (
-            ", beside the model's prediction (design pte)" if prediction is not None else "")
+            f", beside the model's prediction (design {designs.kernel_design()})" if prediction is not None else "")
         console().print(render_measurement(m, rows, title=title))
     return 0
 
@@ -115,7 +116,7 @@ def _designs(args: argparse.Namespace) -> int:
     from sparsemm.opscript.designs import format_report, report_json, run_designs
 
     script = _load(args)
-    results = run_designs(script, *([tuple(args.design)] if args.design else []))
+    results = run_designs(script, tuple(args.design) if args.design else None)
     print(report_json(results) if args.json else format_report(results))
     return 0
 
@@ -143,12 +144,13 @@ def _allow_dangerous(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sparsemm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    design_names, native = designs.names(), designs.kernel_design()  # the registry, read now
 
     p = sub.add_parser("run", help="run an op script and print its records")
     p.add_argument("script", help="op script (JSON file, or - for standard input)")
     p.add_argument("--backend", choices=BACKENDS, default="kernel")
-    p.add_argument("--design", choices=DESIGNS, default="pte",
-                   help="guard design (model only; the kernel is 'pte')")
+    p.add_argument("--design", choices=design_names, default=native,
+                   help=f"guard design (model only; the kernel is {native!r})")
     p.add_argument("--format", choices=("json", "text"), default="json")
     _allow_dangerous(p)
     p.set_defaults(func=_run)
@@ -162,14 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run a script on both backends; show the first difference")
     p.add_argument("script")
-    p.add_argument("--design", choices=DESIGNS, default="pte")
+    p.add_argument("--design", choices=design_names, default=native)
     _allow_dangerous(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("designs", help="run a script under each guard design; VMAs and kernel bytes")
     p.add_argument("script")
-    p.add_argument("--design", action="append", choices=DESIGNS,
-                   help="only this design (repeatable; default: all three)")
+    p.add_argument("--design", action="append", choices=design_names,
+                   help="only this design (repeatable; default: all of them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _allow_dangerous(p)
     p.set_defaults(func=_designs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from sparsemm.model.rangemap import RangeMap
+from sparsemm._ranges import RangeMap
 from sparsemm.opscript.script import MAX_ARENA_PAGES
 
 __all__ = ["SUPER_PAGE_PAGES", "partition_alloc", "thread_stacks", "wasm_memories",
@@ -242,21 +242,21 @@ def _translate(ops: list[dict], prots: RangeMap) -> list[dict]:
         if name == "mmap":
             fixed = "fixed" in op.get("flags", [])
             if fixed or not prots.overlaps(at, at + n):
-                prots.set(at, at + n, op["prot"] or "none")
+                prots.assign(at, at + n, op["prot"] or "none")
             out.append(op)
         elif name == "munmap":
-            prots.set(at, at + n, None)
+            prots.clear(at, at + n)
             out.append(op)
         elif name == "mprotect":
-            for s, e, _ in prots.pieces(at, at + n):  # holes stay holes
-                prots.set(s, e, op["prot"] or "none")
+            for s, e, _ in prots.items(at, at + n):  # holes stay holes
+                prots.assign(s, e, op["prot"] or "none")
             out.append(op)
         elif name == "madvise" and op.get("advice") == "guard_install":
             out.append({"op": "mprotect", "at": at, "len": n, "prot": "none"})
         elif name == "madvise" and op.get("advice") == "guard_remove":
             # Back to what the script's own calls left there; holes stay holes.
             out.extend({"op": "mprotect", "at": s, "len": e - s, "prot": p}
-                       for s, e, p in prots.pieces(at, at + n))
+                       for s, e, p in prots.items(at, at + n))
         elif name == "fork":
             out.append({**op, "child": _translate(op["child"], prots.copy())})
         elif name in ("mremap", "process_madvise") or (name == "madvise" and op.get("advice") == "remove"):

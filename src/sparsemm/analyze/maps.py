@@ -421,8 +421,7 @@ def _parse_lines(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
                 raise MapsParseError(source, lineno, "unknown smaps line format (neither 'Key: value' "
                                      "nor a mapping header)")
             raise MapsParseError(source, lineno, _diagnose_header(line))
-        if smaps and not have_vmflags:
-            assert cur is not None
+        if smaps and not have_vmflags and cur is not None:  # have_vmflags is False only after a header
             raise MapsParseError(source, cur.lineno, f"truncated smaps block: {cur.start:x}-{cur.end:x} "
                                  f"has no VmFlags line before the next header (line {lineno})")
         start_s, _, end_s = key.partition("-")
@@ -451,8 +450,7 @@ def _parse_lines(text_or_lines, source: str, smaps: bool) -> list[MapEntry]:
             counters = cur.counters = {}
             have_vmflags = False
 
-    if smaps and not have_vmflags:
-        assert cur is not None
+    if smaps and not have_vmflags and cur is not None:
         raise MapsParseError(source, cur.lineno, f"truncated smaps block: {cur.start:x}-{cur.end:x} "
                              f"has no VmFlags line (the text ends at line {lineno})")
     return entries

@@ -17,17 +17,17 @@ from sparsemm._gc import gc_paused
 from sparsemm.analyze.guards import Classification, GuardPolicy, find_guards
 from sparsemm.analyze.maps import MapEntry
 from sparsemm.analyze.rebuild import Layout, build_layout
+from sparsemm.model import designs as registry
 from sparsemm.model.costs import constants
 from sparsemm.opscript.designs import DesignResult, run_design, run_scripts_shared, start_design
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["SCHEMA", "MANY_SCHEMA", "DESIGNS", "DesignFigures", "AnalysisReport", "analyze",
+__all__ = ["SCHEMA", "MANY_SCHEMA", "DesignFigures", "AnalysisReport", "analyze",
            "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
            "render_mappings", "mappings", "BYTE_KEYS"]
 
 SCHEMA = "sparsemm.analyze/3"
 MANY_SCHEMA = "sparsemm.analyze.many/3"
-DESIGNS = ("vma", "pte", "tree")
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
 #: From this many ops on, the designs share their prefix through fork (below, a fork costs more).
@@ -49,8 +49,8 @@ class DesignFigures:
     page_table_pages: int | None = None  # PTE + PMD + PUD tables
     bytes: dict[str, int] = field(default_factory=dict)  # BYTE_KEYS -> bytes
     total_bytes: int | None = None
-    saved_vmas: int | None = None  # vs the vma design (positive: fewer)
-    saved_bytes: int | None = None  # vs the vma design
+    saved_vmas: int | None = None  # vs the status-quo design (registry.baseline(): positive, fewer)
+    saved_bytes: int | None = None  # vs the status-quo design
     headroom_vmas: int | None = None  # max_map_count - map_count
     headroom_pct: float | None = None  # of max_map_count
     hits_max_map_count: bool | None = None
@@ -176,7 +176,7 @@ def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: 
     aside = []  # (layout, design, wait) run from scratch in children
     if workers > 1 and len(jobs) > 1:
         if large:  # the slowest design starts now, on the core the next stages leave idle
-            first = "tree" if "tree" in layouts[0][1] else layouts[0][1][0]
+            first = _slowest(layouts[0][1])
             picked = [(0, first)]
         else:  # a second rebuild runs beside the first
             picked = [(i, d) for i, d in jobs if i > 0]
@@ -203,11 +203,12 @@ def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: 
 
 def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], limit: int,
                  shared: dict[str, DesignFigures] | None = None) -> dict[str, DesignFigures]:
-    """Figures per design in ``designs`` order, with savings against ``vma``; ``shared``
-    gives the figures of designs that were not run again (taken as they are)."""
+    """Figures per design in ``designs`` order, with savings against the status-quo design
+    (``vma``); ``shared`` gives the figures of designs that were not run again (taken as
+    they are)."""
     shared = shared or {}
     figs = {d: shared[d] if d in shared else _figures(d, results[d], limit) for d in designs}
-    base = figs.get("vma")
+    base = figs.get(registry.baseline())
     for d, f in figs.items():
         if d not in shared and base is not None and not base.error and not f.error:
             f.saved_vmas = base.map_count - f.map_count
@@ -216,10 +217,11 @@ def _all_figures(results: dict[str, DesignResult], designs: tuple[str, ...], lim
 
 
 def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, source: str = "",
-            touch: str = "auto", designs: tuple[str, ...] = DESIGNS, on_stage=None, workers: int | None = None,
-            markers: list[tuple[int, int]] | None = None, warnings: list[str] | None = None,
-            input_kind: str = "") -> AnalysisReport:
-    """Classify, rebuild and run ``entries`` under each design. O(n) plus the model runs.
+            touch: str = "auto", designs: tuple[str, ...] | None = None, on_stage=None,
+            workers: int | None = None, markers: list[tuple[int, int]] | None = None,
+            warnings: list[str] | None = None, input_kind: str = "") -> AnalysisReport:
+    """Classify, rebuild and run ``entries`` under each design (default: every registered
+    one, in report order). O(n) plus the model runs.
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
     first guard op among the designs and both rebuilds (``run_scripts_shared``: each
@@ -238,6 +240,7 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     ``ValueError`` for marker runs outside the map.
     """
     t0 = time.perf_counter()
+    designs = registry.names() if designs is None else tuple(designs)
     stage = on_stage or (lambda _text: None)
     policy = policy or GuardPolicy()
     stage(f"finding guards among {len(entries):,} VMAs")
@@ -250,21 +253,24 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     layout_p = layout
     if s.payload:
         # The two scripts differ only in the payload's op (mprotect(PROT_NONE) or a guard
-        # install), which the vma design runs as the same mprotect: vma is run once.
+        # install), which a design whose guards are PROT_NONE VMAs (vma) runs as the same
+        # mprotect: such a design is run once.
         stage("rebuilding the layout with the decommitted payload as guards")
         layout_p = build_layout(entries, cls, touch=touch, source=source, with_payload=True)
-        layouts.append((layout_p, tuple(d for d in designs if d != "vma")))
+        layouts.append((layout_p, tuple(d for d in designs if not _payload_blind(d))))
     results = _run_layouts(layouts, stage, workers)
     figs = figs_p = _all_figures(results[0], designs, limit)
     if s.payload:
-        figs_p = _all_figures(results[1], designs, limit, shared={d: figs[d] for d in designs if d == "vma"})
+        figs_p = _all_figures(results[1], designs, limit,
+                              shared={d: figs[d] for d in designs if _payload_blind(d)})
     rebuilt = None
     if layout.existing_markers:
         stage("rebuilding the process as it was (existing markers as markers)")
-        as_is = run_design(parse_script(layout.as_is_script()), "pte")
+        # the kernel's own design keeps the markers the process holds as markers
+        as_is = run_design(parse_script(layout.as_is_script()), registry.kernel_design())
         rebuilt = None if as_is.error else as_is.counts.vmas
-    elif "vma" in figs and not figs["vma"].error:
-        rebuilt = figs["vma"].vmas
+    elif registry.baseline() in figs and not figs[registry.baseline()].error:
+        rebuilt = figs[registry.baseline()].vmas
     known = cls.markers_known
     return AnalysisReport(
         source=source, maps_lines=len(entries), vmas=s.vmas, guards=s.guards, sandwiches=s.sandwiches,
@@ -286,6 +292,25 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
         vmas_with_markers=s.vmas_with_markers if known else None,
         rebuilt_vmas=rebuilt, input_kind=input_kind, warnings=list(warnings or ()),
         layout_payload_obj=layout_p, classification=cls)
+
+
+def _slowest(designs: tuple[str, ...]) -> str:
+    """The design to start first: guard entries make the slowest model runs, then PROT_NONE
+    VMAs, then markers (tree 1.07 s, vma 0.66 s, pte 0.50 s on a 65,530-VMA map:
+    bench/results_analyze_designs.md)."""
+    speed = {registry.GuardShape.ENTRY: 0, registry.GuardShape.VMA: 1, registry.GuardShape.MARKER: 2}
+    known = [d for d in designs if d in registry.names()]
+    return min(known, key=lambda d: speed[registry.design_class(d).guard_shape]) if known else designs[0]
+
+
+def _payload_blind(design: str) -> bool:
+    """Does ``design`` build the same thing whether the decommitted payload is written as a
+    guard or as mprotect(PROT_NONE)? True where a guard is a PROT_NONE VMA (``vma``)."""
+    return design in registry.names() and registry.design_class(design).guard_shape is registry.GuardShape.VMA
+
+
+def _shape(design: str):
+    return registry.design_class(design).guard_shape if design in registry.names() else None
 
 
 def _policy_dict(p: GuardPolicy) -> dict:
@@ -356,7 +381,7 @@ def render_report(r: AnalysisReport):
     t.add_column("original", justify="right")
     cols = [(n, r.designs) for n in r.designs]
     if r.payload:  # the second set of counts: guards plus decommitted payload as markers
-        cols += [(n, r.designs_with_payload) for n in r.designs_with_payload if n != "vma"]
+        cols += [(n, r.designs_with_payload) for n in r.designs_with_payload if not _payload_blind(n)]
     for n, figs in cols:
         t.add_column(n if figs is r.designs else f"{n} +payload", justify="right")
 
@@ -364,15 +389,18 @@ def render_report(r: AnalysisReport):
         cells = [fn(figs[n], figs) if not figs[n].error else "n/a" for n, figs in cols]
         t.add_row(label, orig, *cells, style=style)
 
+    baseline = registry.baseline()
+
     def saved_pct(d, figs):
-        base = figs.get("vma")
+        base = figs.get(baseline)
         if d.saved_vmas is None or base is None or base.error:
             return _n(d.saved_vmas)
         return f"{_n(d.saved_vmas)} ({100 * d.saved_vmas / max(base.map_count, 1):.0f}%)"
 
+    entries = ", ".join(n for n in r.designs if _shape(n) is registry.GuardShape.ENTRY)
     row("VMAs (map_count)", _n(r.vmas), lambda d, f: _n(d.map_count), "bold")
-    row("  saved vs vma", "", saved_pct)
-    row("guard entries (tree)", "", lambda d, f: _n(d.guard_entries))
+    row(f"  saved vs {baseline}", "", saved_pct)
+    row(f"guard entries ({entries})" if entries else "guard entries", "", lambda d, f: _n(d.guard_entries))
     row("headroom to max_map_count", _n(r.max_map_count - r.vmas),
         lambda d, f: f"{_n(d.headroom_vmas)} ({d.headroom_pct:.1f}%)")
     row("hits max_map_count", "yes" if r.vmas >= r.max_map_count else "no",
@@ -383,7 +411,7 @@ def render_report(r: AnalysisReport):
     for key in BYTE_KEYS:
         row(f"  {key}", "", lambda d, f, key=key: _b(d.bytes.get(key)))
     row("kernel bytes (total)", "", lambda d, f: _b(d.total_bytes), "bold")
-    row("  saved vs vma", "", lambda d, f: _b(d.saved_bytes))
+    row(f"  saved vs {baseline}", "", lambda d, f: _b(d.saved_bytes))
     foot = []
     for n, figs in cols:
         if figs[n].error:
@@ -417,14 +445,25 @@ def render_report(r: AnalysisReport):
 OUTCOMES = ("vma", "merged", "prot_none_vma", "marker", "tree_entry", "split")
 
 
-def _outcomes(installed: bool, merged: bool, runs: int) -> dict[str, str]:
-    """What ``vma``, ``pte`` and ``tree`` make of one VMA of the original: ``installed``
-    (a guard in this rebuild), ``merged`` (it merges with a guard under markers), with
-    ``runs`` existing marker runs."""
-    if installed:
-        return {"vma": "prot_none_vma", "pte": "marker", "tree": "tree_entry"}
-    split = "split" if runs else "vma"
-    return {"vma": split, "pte": "merged" if merged else "vma", "tree": split}
+#: What a guard becomes, by the design's guard shape (the ``mappings`` vocabulary).
+_GUARD_OUTCOME = {registry.GuardShape.VMA: "prot_none_vma", registry.GuardShape.MARKER: "marker",
+                  registry.GuardShape.ENTRY: "tree_entry"}
+
+
+def _outcomes(designs, installed: bool, merged: bool, runs: int) -> dict[str, str]:
+    """What each of ``designs`` makes of one VMA of the original, by its guard shape:
+    ``installed`` (a guard in this rebuild), ``merged`` (it merges with a guard under
+    markers), with ``runs`` existing marker runs (they split the VMA unless they are markers)."""
+    out = {}
+    for d in designs:
+        shape = _shape(d)
+        if installed:
+            out[d] = _GUARD_OUTCOME[shape]
+        elif shape is registry.GuardShape.MARKER:
+            out[d] = "merged" if merged else "vma"
+        else:
+            out[d] = "split" if runs else "vma"
+    return out
 
 
 def _merged(lay: Layout, sides: list) -> list[bool]:
@@ -468,8 +507,8 @@ def mappings(r: AnalysisReport) -> list[dict]:
             "path": e.path, "role": v.role.value, "reason": v.reason or None,
             "side": v.side.value if v.side is not None else None,
             "markers": [{"start": m.start, "end": m.end} for m in runs],
-            "designs": _outcomes(p.guard, merged[k], len(runs)),
-            "designs_with_payload": _outcomes(pp.guard, merged_p[k], len(runs)),
+            "designs": _outcomes(r.designs, p.guard, merged[k], len(runs)),
+            "designs_with_payload": _outcomes(r.designs, pp.guard, merged_p[k], len(runs)),
         })
     return out
 
@@ -480,7 +519,9 @@ def render_mappings(r: AnalysisReport) -> str:
     vma, pte and tree make of it (and, with decommitted payload, pte and tree +payload),
     and the mapping's path."""
     rows = mappings(r)
-    out_cols = ["vma", "pte", "tree"] + (["pte +payload", "tree +payload"] if r.payload else [])
+    names = list(r.designs)
+    payload_names = [n for n in names if not _payload_blind(n)] if r.payload else []
+    out_cols = names + [f"{n} +payload" for n in payload_names]
     head = (f"{'address':<25} {'size':>9} {'perms':5} {'backing':11} {'role':<46} "
             + " ".join(f"{c:<13}" for c in out_cols) + " mapping")
     lines = [f"{r.source}: every VMA, its role and what each design makes of it", head]
@@ -488,11 +529,11 @@ def render_mappings(r: AnalysisReport) -> str:
         role = m["role"] + (f" ({m['reason']}, {m['side']})" if m["side"] else
                             f" ({m['reason']})" if m["reason"] else "")
         d, dp = m["designs"], m["designs_with_payload"]
-        outs = [d["vma"], d["pte"], d["tree"]] + ([dp["pte"], dp["tree"]] if r.payload else [])
+        outs = [d[n] for n in names] + [dp[n] for n in payload_names]
         lines.append(f"{m['start']:>12x}-{m['end']:<12x} {_size(m['size']):>9} {m['perms']:5} "
                      f"{m['kind']:11} {role:<46} " + (" ".join(f"{o:<13}" for o in outs) + f" {m['path']}").rstrip())
         for run in m["markers"]:
-            outs = ["prot_none_vma", "marker", "tree_entry"] + (["marker", "tree_entry"] if r.payload else [])
+            outs = [_GUARD_OUTCOME[_shape(n)] for n in names + payload_names]
             lines.append(f"  {run['start']:>10x}-{run['end']:<12x} {_size(run['end'] - run['start']):>9} "
                          f"{'':5} {'':11} {'existing marker':<46} " + " ".join(f"{o:<13}" for o in outs).rstrip())
     return "\n".join(lines)
@@ -509,37 +550,38 @@ def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
     """A rich table across many files, with a total row; the files that failed below it."""
     from rich.table import Table
 
+    names, base, native = registry.names(), registry.baseline(), registry.kernel_design()
     t = Table(title="sparsemm analyze: summary", header_style="bold")
-    for col in ("source", "VMAs", "guards", "vma", "pte", "tree", "pte saves", "pte saves bytes",
-                "headroom (vma)"):
+    for col in ("source", "VMAs", "guards", *names, f"{native} saves", f"{native} saves bytes",
+                f"headroom ({base})"):
         if col == "source":
             t.add_column(col, overflow="fold", min_width=24)
         else:
             t.add_column(col, justify="right", no_wrap=True)
     tot = {"vmas": 0, "guards": 0}
-    sums: dict[str, int | None] = {d: 0 for d in DESIGNS}
+    sums: dict[str, int | None] = {d: 0 for d in names}
     saved_b = 0
     for r in reports:
         cells = []
-        for d in DESIGNS:
+        for d in names:
             f = r.designs.get(d)
             cells.append("n/a" if f is None or f.error else _n(f.map_count))
             if f is None or f.error:
                 sums[d] = None
             elif sums[d] is not None:
                 sums[d] += f.map_count
-        pte = r.designs.get("pte")
-        saved = "n/a" if pte is None or pte.saved_vmas is None else f"{pte.saved_vmas:,} ({100 * pte.saved_vmas / max(r.vmas, 1):.0f}%)"
-        sb = None if pte is None else pte.saved_bytes
+        kern = r.designs.get(native)
+        saved = "n/a" if kern is None or kern.saved_vmas is None else f"{kern.saved_vmas:,} ({100 * kern.saved_vmas / max(r.vmas, 1):.0f}%)"
+        sb = None if kern is None else kern.saved_bytes
         saved_b += sb or 0
-        vma = r.designs.get("vma")
-        head = _n(vma.headroom_vmas) if vma is not None and not vma.error else _n(r.max_map_count - r.vmas)
+        sq = r.designs.get(base)
+        head = _n(sq.headroom_vmas) if sq is not None and not sq.error else _n(r.max_map_count - r.vmas)
         t.add_row(r.source, _n(r.vmas), _n(r.guards), *cells, saved, _b(sb), head)
         tot["vmas"] += r.vmas
         tot["guards"] += r.guards
     if len(reports) > 1:
-        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in DESIGNS),
-                  _n(None if sums["vma"] is None or sums["pte"] is None else sums["vma"] - sums["pte"]),
+        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in names),
+                  _n(None if sums[base] is None or sums[native] is None else sums[base] - sums[native]),
                   _b(saved_b), "", style="bold")
     if not errors:
         return t
@@ -558,7 +600,7 @@ def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -
     summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
                "guards": sum(r.guards for r in reports),
                "decommitted_payload": sum(r.payload for r in reports)}
-    for d in DESIGNS:
+    for d in registry.names():
         vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
         summary[d] = sum(vals) if len(vals) == len(reports) and reports else None
     return {"schema": MANY_SCHEMA, "summary": summary, "reports": [r.to_json() for r in reports],

@@ -1,8 +1,9 @@
 """Prove a prediction: build a rebuilt layout on the real kernel and measure it.
 
-Owns ``Reproduction`` and ``reproduce(layout, design)``: the layout script as is (``pte``:
-the kernel's own guard markers) or through ``to_vma_design`` (``vma``: guards as PROT_NONE
-VMAs) runs in fresh children (``opscript.measure.measure_script``: VMAs and VmPTE of the
+Owns ``Reproduction`` and ``reproduce(layout, design)``: for a design the kernel can build
+(``designs.reproducible()``), the layout script as is (``KernelForm.NATIVE``, ``pte``: the
+kernel's own guard markers) or through ``to_vma_design`` (``KernelForm.MPROTECT``, ``vma``:
+guards as PROT_NONE VMAs) runs in fresh children (``opscript.measure.measure_script``: VMAs and VmPTE of the
 child, kernel bytes of its memory cgroup, whole-machine slab objects) and is set beside the
 model's prediction (``prediction_from_counts``, ``compare``). Never edits the layout.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsemm.analyze.rebuild import Layout
+from sparsemm.model import designs
+from sparsemm.model.designs import KernelForm
 from sparsemm.opscript.measure import Measurement, Row, compare, measure_script, prediction_from_counts
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["REPRODUCIBLE", "EXACT_KEYS", "Reproduction", "reproduce", "render_reproduction"]
+__all__ = ["EXACT_KEYS", "Reproduction", "reproduce", "render_reproduction", "kernel_script"]
 
-REPRODUCIBLE = ("vma", "pte")  # no kernel implements the tree design
 #: Quantities that must match exactly: they belong to this process alone.
 EXACT_KEYS = ("arena_vmas", "map_count", "vmpte_bytes")
 PROVENANCE = ("VMAs, map_count and VmPTE: the measuring process's own (/proc/self); kernel bytes: "
@@ -51,14 +53,17 @@ class Reproduction:
 
 
 def kernel_script(layout: Layout, design: str) -> dict:
-    """The script the kernel runs for ``design``."""
-    if design == "pte":
+    """The script the kernel runs for ``design`` (its ``kernel_form``). ValueError for an
+    unknown design or one no kernel implements."""
+    form = designs.design_class(design).kernel_form
+    if form is KernelForm.NATIVE:
         return layout.script
-    if design == "vma":
+    if form is KernelForm.MPROTECT:
         from sparsemm.workloads import to_vma_design
 
         return to_vma_design(layout.script)
-    raise ValueError(f"design {design!r} cannot run on the kernel: use one of {', '.join(REPRODUCIBLE)}")
+    raise ValueError(f"design {design!r} cannot run on the kernel: use one of "
+                     f"{', '.join(designs.reproducible())}")
 
 
 def reproduce(layout: Layout, design: str, *, repeat: int = 1, source: str = "") -> Reproduction:
@@ -95,12 +100,13 @@ def render_reproduction(rep: Reproduction, shared_notes: set[str] | None = None)
 
     m = rep.measured
     extra = []
-    if rep.existing_markers and rep.design == "vma":
-        extra.append(f"the process holds {rep.existing_markers:,} guard-marker run(s): under the vma design "
-                     "each is a PROT_NONE VMA, so the count differs from the original's on purpose")
-    elif rep.original_vmas is not None and rep.design == "vma":
+    status_quo = rep.design == designs.baseline()  # the design the process itself uses
+    if rep.existing_markers and status_quo:
+        extra.append(f"the process holds {rep.existing_markers:,} guard-marker run(s): under the {rep.design} "
+                     "design each is a PROT_NONE VMA, so the count differs from the original's on purpose")
+    elif rep.original_vmas is not None and status_quo:
         ok = m.values.get("arena_vmas") == rep.original_vmas
         extra.append(f"original process: {rep.original_vmas:,} VMAs; the kernel rebuilt "
-                     f"{'the same count' if ok else 'a different count'} under the vma design")
+                     f"{'the same count' if ok else 'a different count'} under the {rep.design} design")
     return render_measurement(m, rep.rows, title=f"{rep.source}: design {rep.design} on the kernel",
                               extra_notes=extra, shared_notes=shared_notes)

@@ -1,7 +1,8 @@
 """Shared helpers of the model's syscall modules: units, errno construction, fault signals.
 
-Owns the constants every syscall module needs (U64 wrap, page sizes, TASK_SIZE) and the
-two exceptions a fault can end in. No state, no OS calls.
+Owns the page units every syscall module needs (from ``abi``), ``kerr`` and the two
+exceptions a fault can end in. Page-table geometry is ``pagetable``'s, 2**64 - 1 is
+``abi.ULONG_MAX``. No state, no OS calls.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ import errno
 
 from sparsemm import abi
 
-U64 = (1 << 64) - 1  # syscall arguments are unsigned long: lengths wrap like the kernel's
 PAGE_SHIFT = abi.PAGE_SHIFT
 PAGE_SIZE = abi.PAGE_SIZE
 TASK_SIZE = abi.TASK_SIZE
-#: Pages per PMD (a THP on x86-64).
-HPAGE_PMD_NR = 512
 
 
 def kerr(code: int, msg: str) -> OSError:

@@ -2,7 +2,8 @@
 
 Owns anon_vma preparation, the fault handler (anon, zero page, CoW, file fault-around,
 THP), the GUP checks behind ``touch`` and MADV_POPULATE/mlock, and CPU ``access``.
-Mixed into ``AddressSpace``; never changes VMAs except their ``anon_vma``.
+Mixed into ``AddressSpace`` (needs ``MmCore``'s ``tree``, ``pt`` and ``set_pte``);
+never changes VMAs except their ``anon_vma``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import errno
 
 from sparsemm import abi
 from sparsemm.abi import VmFlag
-from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, FaultError, SegFault, kerr
+from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, SegFault, kerr
+from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE, Frame
-from sparsemm.model.pagetable import GUARD
+from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PTRS_PER_TABLE, pmd_start, pte_index
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP, _VM_MAYREAD, _VM_MAYWRITE,
                                     _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_WRITE)
@@ -22,16 +24,21 @@ from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP
 FAULT_AROUND_PAGES = 16
 
 
-class FaultMixin:
-    """The fault paths of ``AddressSpace`` (mm/memory.c, mm/gup.c, mm/rmap.c)."""
+class FaultMixin(MmCore):
+    """The fault paths of ``AddressSpace`` (mm/memory.c, mm/gup.c, mm/rmap.c).
+
+    Provides ``anon_vma_prepare``, ``gup_check``, ``gup_page``, ``populate_vma_range`` and
+    ``mm_populate`` to the other parts (the ``MmCore`` contract).
+    """
 
     __slots__ = ()
 
     # ------------------------------------------------------------------ anon_vma
 
-    def _anon_vma_prepare(self, vma: Vma) -> None:
+    def anon_vma_prepare(self, vma: Vma) -> None:
         """mm/rmap.c: __anon_vma_prepare(): give ``vma`` an anon_vma, reusing a neighbour's
-        (``find_mergeable_anon_vma()``: next first, then prev) when compatible and unforked."""
+        (``find_mergeable_anon_vma()``: next first, then prev) when compatible and unforked.
+        Precondition: ``vma`` is in the tree. O(log n)."""
         if vma.anon_vma is not None:
             return
         nxt = self.tree.next(vma)
@@ -54,30 +61,29 @@ class FaultMixin:
         f = int(vma.vm_flags)
         if not f & _VM_HUGEPAGE or f & _VM_NOHUGEPAGE or not vma.is_anonymous():
             return False
-        p0 = page & ~(HPAGE_PMD_NR - 1)
+        p0 = pmd_start(page)
         if (p0 << PAGE_SHIFT) < vma.vm_start or ((p0 + HPAGE_PMD_NR) << PAGE_SHIFT) > vma.vm_end:
             return False
-        return not self.pt.has_pte_table(page) and (p0 >> 9) not in self.huge_pmds
+        return self.pt.pmd_none(page)
 
     def _fault_thp(self, vma: Vma, page: int, write: bool) -> None:
         """do_huge_pmd_anonymous_page(): a zeroed THP (write) or the huge zero page (read)."""
-        p0 = page & ~(HPAGE_PMD_NR - 1)
+        p0 = pmd_start(page)
         if write:
-            self._anon_vma_prepare(vma)
+            self.anon_vma_prepare(vma)
         for p in range(p0, p0 + HPAGE_PMD_NR):
-            self._set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
-        self.huge_pmds.add(p0 >> 9)
-        self.pt.discard_pte_table(p0)  # a PMD mapping needs no PTE table
+            self.set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
+        self.pt.map_huge_pmd(p0)  # a PMD mapping needs no PTE table
 
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
         the 16-page window around ``addr`` (clamped to the VMA, the PTE table and EOF),
         leaving present PTEs and guard markers alone."""
         page = addr >> PAGE_SHIFT
-        pte_off = page & 511
+        pte_off = pte_index(page)
         vma_off = vma.file_pgoff(addr) - vma.vm_pgoff
         from_pte = max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - min(pte_off, vma_off))
-        to_pte = min(from_pte + FAULT_AROUND_PAGES, 512, pte_off + vma.npages - vma_off)
+        to_pte = min(from_pte + FAULT_AROUND_PAGES, PTRS_PER_TABLE, pte_off + vma.npages - vma_off)
         f = vma.vm_file
         file_end = f.npages - 1
         base = page - pte_off
@@ -89,7 +95,7 @@ class FaultMixin:
                 continue
             frame = f.cache.get(pgoff)
             if frame is not None:
-                self._set_pte(p, frame)
+                self.set_pte(p, frame)
 
     def _handle_fault(self, vma: Vma, addr: int, write: bool, entry) -> None:
         """mm/memory.c: handle_mm_fault() for one page that needs it; ``entry`` is the page's
@@ -103,10 +109,10 @@ class FaultMixin:
                     self._fault_thp(vma, page, write)
                     return
                 if not write:
-                    self._set_pte(page, ZERO_PAGE)
+                    self.set_pte(page, ZERO_PAGE)
                     return
-                self._anon_vma_prepare(vma)
-                self._set_pte(page, Frame(0, FRAME_ANON))
+                self.anon_vma_prepare(vma)
+                self.set_pte(page, Frame(0, FRAME_ANON))
                 return
             f = vma.vm_file
             pgoff = vma.file_pgoff(addr)
@@ -115,33 +121,32 @@ class FaultMixin:
                 if pgoff >= f.npages:
                     raise FaultError("SIGBUS")
                 if self.pt.get(page) is None:
-                    self._set_pte(page, f.get_page(pgoff))
+                    self.set_pte(page, f.get_page(pgoff))
                 return
             if pgoff >= f.npages:
                 raise FaultError("SIGBUS")
             if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
-                self._anon_vma_prepare(vma)
-                self._set_pte(page, Frame(f.get_page(pgoff).byte, FRAME_ANON))
+                self.anon_vma_prepare(vma)
+                self.set_pte(page, Frame(f.get_page(pgoff).byte, FRAME_ANON))
                 return
-            self._set_pte(page, f.get_page(pgoff))  # do_shared_fault()
+            self.set_pte(page, f.get_page(pgoff))  # do_shared_fault()
             return
         if not write:
             return
         # do_wp_page(): the PTE is present and write-protected where a copy is due.
         if entry.kind == FRAME_ZERO:
-            if (page >> 9) in self.huge_pmds:
-                self.huge_pmds.discard(page >> 9)  # huge zero page: split, then a PTE fault
-                self.pt.alloc_tables(page)
-            self._anon_vma_prepare(vma)
-            self._set_pte(page, Frame(0, FRAME_ANON))
+            self.pt.split_huge_pmd(page)  # a huge zero page: split, then a PTE fault
+            self.anon_vma_prepare(vma)
+            self.set_pte(page, Frame(0, FRAME_ANON))
         elif int(vma.vm_flags) & _VM_SHARED:
             return
         elif entry.kind == FRAME_FILE or entry.mapcount > 1:  # wp_page_copy()
-            self._anon_vma_prepare(vma)
-            self._set_pte(page, Frame(entry.byte, FRAME_ANON))
+            self.anon_vma_prepare(vma)
+            self.set_pte(page, Frame(entry.byte, FRAME_ANON))
 
-    def _gup_check(self, vma: Vma, write: bool, force: bool) -> bool:
-        """mm/gup.c: check_vma_flags(): may GUP touch ``vma`` this way?"""
+    def gup_check(self, vma: Vma, write: bool, force: bool) -> bool:
+        """mm/gup.c: check_vma_flags(): may GUP touch ``vma`` this way (``force``:
+        FOLL_FORCE)? O(1)."""
         f = int(vma.vm_flags)
         if f & _VM_IO_PFNMAP:
             return False
@@ -154,8 +159,10 @@ class FaultMixin:
                 return False
         return True
 
-    def _gup_page(self, vma: Vma, addr: int, write: bool) -> Frame:
-        """Fault one page in for GUP (``faultin_page()`` loop) and return its frame."""
+    def gup_page(self, vma: Vma, addr: int, write: bool) -> Frame:
+        """Fault one page in for GUP (``faultin_page()`` loop) and return its frame.
+        Raises FaultError (guard marker: SIGSEGV; past EOF: SIGBUS). Precondition: ``addr``
+        lies in ``vma`` and ``gup_check`` allowed the access. O(1) (fault-around O(16))."""
         page = addr >> PAGE_SHIFT
         entry = self.pt.get(page)
         need = entry is None or entry is GUARD or (write and (
@@ -178,7 +185,7 @@ class FaultMixin:
         if (write and not f & _VM_WRITE) or not f & _VM_ACCESS_FLAGS:
             raise SegFault(addr, abi.SEGV_ACCERR)
         try:
-            frame = self._gup_page(vma, addr, write)
+            frame = self.gup_page(vma, addr, write)
         except FaultError as exc:
             raise SegFault(addr, abi.SEGV_MAPERR if exc.kind == "SIGSEGV" else 0, exc.kind) from None
         if write:
@@ -190,10 +197,10 @@ class FaultMixin:
         """One byte through ``process_vm_readv``/``writev`` on self (GUP without FOLL_FORCE).
         Returns the byte (read) or None (write); raises OSError(EFAULT) where it fails. O(log n)."""
         vma = self.tree.find(addr)
-        if vma is None or vma.is_guard_entry or not self._gup_check(vma, write, force=False):
+        if vma is None or vma.is_guard_entry or not self.gup_check(vma, write, force=False):
             raise kerr(errno.EFAULT, "process_vm_rw: bad address")
         try:
-            frame = self._gup_page(vma, addr, write)
+            frame = self.gup_page(vma, addr, write)
         except FaultError:
             raise kerr(errno.EFAULT, "process_vm_rw: fault") from None
         if write:
@@ -201,29 +208,32 @@ class FaultMixin:
             return None
         return frame.byte
 
-    def _populate_vma_range(self, vma: Vma, start: int, end: int) -> None:
+    def populate_vma_range(self, vma: Vma, start: int, end: int) -> None:
         """mm/gup.c: populate_vma_page_range(): fault in ``[start, end)`` of one VMA.
-        Raises OSError(EFAULT) at the first page GUP cannot fault in."""
+        Raises OSError(EFAULT) at the first page GUP cannot fault in. Precondition:
+        ``[start, end)`` lies in ``vma``, page aligned. O(pages)."""
         if vma.vm_flags & VmFlag.LOCKONFAULT:
             return
         write = (vma.vm_flags & (VmFlag.WRITE | VmFlag.SHARED)) == VmFlag.WRITE
         force = vma.is_accessible()
-        if not self._gup_check(vma, write, force):
+        if not self.gup_check(vma, write, force):
             raise kerr(errno.EFAULT, "populate: vma flags")
         for addr in range(start, end, PAGE_SIZE):
             try:
-                self._gup_page(vma, addr, write)
+                self.gup_page(vma, addr, write)
             except FaultError:
                 raise kerr(errno.EFAULT, "populate: fault") from None
 
-    def _mm_populate(self, start: int, length: int, ignore_errors: bool) -> None:
-        """mm/gup.c: __mm_populate(). Raises the first error unless ``ignore_errors``."""
+    def mm_populate(self, start: int, length: int, ignore_errors: bool) -> None:
+        """mm/gup.c: __mm_populate(): populate every VMA of ``[start, start + length)``
+        (guard entries and VM_IO/PFNMAP skipped). Raises the first error unless
+        ``ignore_errors``. O(k log n + pages)."""
         end = start + length
         for vma in self.tree.overlapping(start, end):
             if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP) or vma.is_guard_entry:
                 continue
             try:
-                self._populate_vma_range(vma, max(start, vma.vm_start), min(end, vma.vm_end))
+                self.populate_vma_range(vma, max(start, vma.vm_start), min(end, vma.vm_end))
             except OSError:
                 if not ignore_errors:
                     raise

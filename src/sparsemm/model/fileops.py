@@ -1,7 +1,8 @@
 """File operations that reach into mappings: hole punch, truncate, memfd seals.
 
 Owns what shmem_fallocate(), shmem_setattr() and memfd_add_seals() do to the page cache
-and to every address space mapping the file. Mixed into ``AddressSpace``.
+and to every address space mapping the file. Mixed into ``AddressSpace``: needs
+``MmCore``'s ``tree`` and ``zap_range``, and provides ``punch_hole`` to madvise.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import errno
 
 from sparsemm import abi
 from sparsemm.abi import VmFlag
-from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, U64, kerr
+from sparsemm.abi import ULONG_MAX
+from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, kerr
+from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_FILE, MemFile
 
 
-class FileOpsMixin:
+class FileOpsMixin(MmCore):
     """shmem/memfd operations of ``AddressSpace`` (mm/shmem.c, mm/memfd.c)."""
 
     __slots__ = ()
@@ -22,8 +25,9 @@ class FileOpsMixin:
     # ------------------------------------------------------------------ files
 
     def punch_hole(self, file: MemFile, offset: int, length: int) -> None:
-        """shmem_fallocate(PUNCH_HOLE): drop the cached pages and unmap them everywhere
-        (``unmap_mapping_range(even_cows=0)``: private CoW copies stay, markers stay). O(users x n + pages)."""
+        """shmem_fallocate(PUNCH_HOLE) of ``[offset, offset + length)`` bytes of ``file``: drop
+        the cached pages and unmap them everywhere (``unmap_mapping_range(even_cows=0)``:
+        private CoW copies stay, markers stay). O(users x n + pages)."""
         if offset < 0 or length <= 0:
             raise kerr(errno.EINVAL, "fallocate: bad range")  # fs/open.c: vfs_fallocate()
         if file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE):
@@ -33,13 +37,13 @@ class FileOpsMixin:
         # arithmetic: a punch ending inside page 0 makes unmap_end -1, so the unmap runs from
         # page 0 (offset 0) or page 1 to the end of the file (measured on 6.18).
         unmap_start = (offset + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        unmap_end = ((end & ~(PAGE_SIZE - 1)) - 1) & U64
+        unmap_end = ((end & ~(PAGE_SIZE - 1)) - 1) & ULONG_MAX
         if unmap_end > unmap_start:
             hba = unmap_start >> PAGE_SHIFT
-            hlen = ((((1 + unmap_end - unmap_start) & U64) + PAGE_SIZE - 1) & U64) >> PAGE_SHIFT
-            last_index = (hba + hlen - 1) & U64
+            hlen = ((((1 + unmap_end - unmap_start) & ULONG_MAX) + PAGE_SIZE - 1) & ULONG_MAX) >> PAGE_SHIFT
+            last_index = (hba + hlen - 1) & ULONG_MAX
             if last_index < hba:
-                last_index = U64
+                last_index = ULONG_MAX
             for mm in list(file.users):
                 mm._unmap_file_pages(file, hba, min(last_index, 1 << 60), None)
         tail = end >> PAGE_SHIFT
@@ -87,8 +91,12 @@ class FileOpsMixin:
                 mm._unmap_file_pages(file, new, old - 1, victims, even_cows=True)
             file.drop_range(new, old - 1)
 
-    def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set,
+    def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set | None,
                           even_cows: bool = False) -> None:
+        """unmap_mapping_range() in this mm: zap file pages ``first..last`` (inclusive, page
+        offsets in ``file``) of every VMA mapping them; only the frames in ``victims``
+        (ids), or every page-cache page when None; private CoW copies too if ``even_cows``.
+        O(n + zaps)."""
         for vma in self.tree:
             if vma.vm_file is not file:
                 continue
@@ -99,8 +107,8 @@ class FileOpsMixin:
             s = vma.vm_start + ((lo - vma.vm_pgoff) << PAGE_SHIFT)
             e = vma.vm_start + ((hi + 1 - vma.vm_pgoff) << PAGE_SHIFT)
             if even_cows and not vma.vm_flags & VmFlag.SHARED:
-                self._zap_range(s, e)
+                self.zap_range(s, e)
             elif victims is None:  # every page-cache page in the range (unmap_mapping_range)
-                self._zap_range(s, e, only=lambda en: en.kind == FRAME_FILE)
+                self.zap_range(s, e, only=lambda en: en.kind == FRAME_FILE)
             else:
-                self._zap_range(s, e, only=lambda en: en.kind == FRAME_FILE and id(en) in victims)
+                self.zap_range(s, e, only=lambda en: en.kind == FRAME_FILE and id(en) in victims)

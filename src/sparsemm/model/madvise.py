@@ -1,20 +1,24 @@
-"""madvise(2) on the model: validation, the VMA walk, flag advice, zaps, guards, collapse.
+"""madvise(2) on the model: validation, the VMA walk, flag advice, zaps, populate, collapse.
 
-Owns MADV_* semantics (R-A*..R-F* rules of guard-regions-semantics.md for the guard
-advice) and MADV_POPULATE_*. Mixed into ``AddressSpace``; uses its fault and merge paths.
+Owns MADV_* semantics and MADV_POPULATE_*; the guard advice goes to the address space's
+guard design (``designs``), per VMA piece or, for a ``whole_range`` design, as a whole.
+Mixed into ``AddressSpace``: needs ``MmCore``'s ``tree``, ``pt``, ``design``,
+``set_pte``/``clear_pte``, ``zap_range`` and, from the other parts, ``gup_check``,
+``gup_page`` and ``punch_hole``.
 """
 
 from __future__ import annotations
 
 import errno
 
-from sparsemm.abi import Madv, VmFlag
-from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, U64, FaultError, kerr
 from sparsemm import abi
+from sparsemm.abi import ULONG_MAX, Madv, VmFlag
+from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, kerr
+from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
+from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import VM_SPECIAL, Vma
-from sparsemm.model._flags import _GUARD_INSTALL_INELIGIBLE, _VM_MAYBE_GUARD
 
 #: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
 #: CONFIG_MEMORY_FAILURE off: MADV_HWPOISON/SOFT_OFFLINE are EINVAL here).
@@ -26,34 +30,42 @@ _VALID_ADVICE = frozenset(int(m) for m in (
     Madv.GUARD_INSTALL, Madv.GUARD_REMOVE))
 
 
+class MadviseMixin(MmCore):
+    """``madvise()`` of ``AddressSpace`` (mm/madvise.c, mm/khugepaged.c madvise_collapse).
 
-class MadviseMixin:
-    """``madvise()`` of ``AddressSpace`` (mm/madvise.c, mm/khugepaged.c madvise_collapse)."""
+    The per-VMA steps return the address the walk resumes at (``_resume_after``): the end
+    of their piece, or beyond it when the VMA now covering that end reaches further.
+    """
 
     __slots__ = ()
 
     # ------------------------------------------------------------------ madvise
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
-        """mm/madvise.c: do_madvise(). O(k log n) plus the page-table work: zaps
-        O(t + f), guard install/remove O(log r + runs touched + t) (docs/model.md
-        "Complexity"); populate O(p)."""
+        """mm/madvise.c: do_madvise(): apply ``advice`` (an MADV_ value) to
+        ``[addr, addr + length)``, VMA by VMA; ENOMEM for holes after the mapped parts
+        were done (R-A3), the first per-VMA error stops the walk (R-A4). O(k log n) plus
+        the page-table work: zaps O(t + f), guard install/remove O(log r + runs touched +
+        t) (docs/model.md "Complexity"); populate O(p)."""
         if advice not in _VALID_ADVICE:
             raise kerr(errno.EINVAL, "madvise: bad advice")
-        if self.design.madvise(self, addr, length, advice):
-            return  # the vma design: guard advice is mprotect
+        design = self.design
+        if design.whole_range and (advice == Madv.GUARD_INSTALL or advice == Madv.GUARD_REMOVE):
+            design.guard_range(self, addr, length, advice)  # e.g. the vma design's mprotect
+            return
         if addr & ~abi.PAGE_MASK:
             raise kerr(errno.EINVAL, "madvise: unaligned")  # R-A1
-        end_len = abi.page_align(length) & U64
+        end_len = abi.page_align(length) & ULONG_MAX
         if length and not end_len:
             raise kerr(errno.EINVAL, "madvise: length rounds to 0")
-        end = (addr + end_len) & U64
+        end = (addr + end_len) & ULONG_MAX
         if end < addr:
             raise kerr(errno.EINVAL, "madvise: wraps")
         if end == addr:
             return
         if advice in (Madv.POPULATE_READ, Madv.POPULATE_WRITE):
-            return self._madvise_populate(addr, end, advice == Madv.POPULATE_WRITE)
+            self._madvise_populate(addr, end, advice == Madv.POPULATE_WRITE)
+            return
         # madvise_walk_vmas(): apply per VMA in order, remember holes (R-A3, R-A4)
         unmapped = False
         start = addr
@@ -67,15 +79,14 @@ class MadviseMixin:
                 if start >= end:
                     break
             tmp = min(vma.vm_end, end)
-            prev = self._madvise_vma(vma, start, tmp, advice)
-            start = max(tmp, prev.vm_end) if prev is not None else tmp
+            start = self._madvise_vma(vma, start, tmp, advice)
             if start >= end:
                 break
         if unmapped:
             raise kerr(errno.ENOMEM, "madvise: range has holes")
 
     def _madvise_populate(self, start: int, end: int, write: bool) -> None:
-        """mm/madvise.c: madvise_populate(): GUP without FOLL_FORCE, page by page."""
+        """mm/madvise.c: madvise_populate(): GUP without FOLL_FORCE, page by page. O(p)."""
         addr = start
         while addr < end:
             vma = self.tree.find(addr)
@@ -83,36 +94,37 @@ class MadviseMixin:
                 raise kerr(errno.ENOMEM, "populate: no vma")
             if vma.is_guard_entry:  # tree design T7: a guard faults, as a marker does
                 raise kerr(errno.EFAULT, "populate: guard entry")
-            if not self._gup_check(vma, write, force=False):
+            if not self.gup_check(vma, write, force=False):
                 raise kerr(errno.EINVAL, "populate: incompatible vma")
             stop = min(end, vma.vm_end)
             while addr < stop:
                 try:
-                    self._gup_page(vma, addr, write)
+                    self.gup_page(vma, addr, write)
                 except FaultError:
                     raise kerr(errno.EFAULT, "populate: fault (guard or SIGBUS)") from None
                 addr += PAGE_SIZE
 
-    def _madvise_vma(self, vma: Vma, start: int, end: int, advice: int) -> None:
-        """mm/madvise.c: madvise_vma_behavior() on ``[start, end)`` of one VMA."""
+    def _madvise_vma(self, vma: Vma, start: int, end: int, advice: int) -> int:
+        """mm/madvise.c: madvise_vma_behavior() on ``[start, end)`` of one VMA (or guard
+        entry); returns the address the walk resumes at."""
         if vma.is_guard_entry:  # tree design: only the guard advice acts on an entry (T7)
             if advice == Madv.GUARD_INSTALL:
                 return self.design.install(self, vma, start, end)
             if advice == Madv.GUARD_REMOVE:
                 return self.design.remove(self, vma, start, end)
-            return vma
+            return _resume_after(vma, end)
         f = vma.vm_flags
         new = f
         if advice == Madv.REMOVE:
             return self._madvise_remove(vma, start, end)
         if advice == Madv.WILLNEED:
-            return  # no swap here, and readahead only fills the page cache
+            return end  # no swap here, and readahead only fills the page cache
         if advice in (Madv.COLD, Madv.PAGEOUT):
             if f & (VmFlag.LOCKED | VmFlag.PFNMAP | VmFlag.HUGETLB):
                 raise kerr(errno.EINVAL, "madvise: cold/pageout on locked vma")
             if advice == Madv.PAGEOUT:
                 self._pageout(vma, start, end)
-            return
+            return end
         if advice in (Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.FREE):
             forbidden = VmFlag.PFNMAP | (0 if advice == Madv.DONTNEED_LOCKED else VmFlag.LOCKED)
             if f & forbidden:
@@ -120,9 +132,9 @@ class MadviseMixin:
             if advice == Madv.FREE:
                 if not vma.is_anonymous():
                     raise kerr(errno.EINVAL, "madvise: MADV_FREE on non-anon")
-                return  # lazyfree: pages stay mapped until reclaim (R-F2)
-            self._zap_range(start, end)  # R-F1: guard markers survive
-            return
+                return end  # lazyfree: pages stay mapped until reclaim (R-F2)
+            self.zap_range(start, end)  # R-F1: guard markers survive
+            return end
         if advice == Madv.GUARD_INSTALL:
             return self.design.install(self, vma, start, end)
         if advice == Madv.GUARD_REMOVE:
@@ -132,7 +144,7 @@ class MadviseMixin:
         if advice in (Madv.MERGEABLE, Madv.UNMERGEABLE):
             if advice == Madv.MERGEABLE:
                 if f & (VmFlag.SHARED | VmFlag.MAYSHARE | VM_SPECIAL | VmFlag.HUGETLB | VmFlag.MIXEDMAP):
-                    return
+                    return end
                 new = f | VmFlag.MERGEABLE
             else:
                 new = f & ~VmFlag.MERGEABLE
@@ -166,14 +178,16 @@ class MadviseMixin:
             new = (f & ~VmFlag.HUGEPAGE) | VmFlag.NOHUGEPAGE
         # madvise_update_vma()
         if new == f:
-            return vma
+            return _resume_after(vma, end)
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
-        return vma_modify_flags(self.tree, prev, vma, start, end, new, self.max_map_count)
+        return _resume_after(vma_modify_flags(self.tree, prev, vma, start, end, new,
+                                              self.max_map_count), end)
 
-    def _collapse(self, vma: Vma, start: int, end: int) -> None:
+    def _collapse(self, vma: Vma, start: int, end: int) -> int:
         """mm/khugepaged.c: madvise_collapse(): collapse each aligned 2 MiB of the range into a THP.
         Fails (EINVAL) over guard markers (R-F16); anon needs a writable VMA with at least one
-        written page (a zero-page-only range is SCAN_PAGE_RO). Approximation: no other SCAN_ cause."""
+        written page (a zero-page-only range is SCAN_PAGE_RO). Approximation: no other SCAN_ cause.
+        Returns the resume address."""
         span = HPAGE_PMD_NR << PAGE_SHIFT
         hstart = (start + span - 1) & ~(span - 1)
         hend = end & ~(span - 1)
@@ -198,22 +212,22 @@ class MadviseMixin:
                     continue
                 for i, e in enumerate(ents):
                     if e is None or e.kind != FRAME_ANON:
-                        self._set_pte(p0 + i, Frame(0, FRAME_ANON))
-                self.huge_pmds.add(p0 >> 9)
-                self.pt.discard_pte_table(p0)
+                        self.set_pte(p0 + i, Frame(0, FRAME_ANON))
+                self.pt.map_huge_pmd(p0)
             else:
                 f = vma.vm_file
                 for i, e in enumerate(ents):
                     if e is None:
                         frame = f.get_page(vma.file_pgoff((p0 + i) << PAGE_SHIFT))
                         if frame is not None:
-                            self._set_pte(p0 + i, frame)
+                            self.set_pte(p0 + i, frame)
         if failed:
             raise kerr(errno.EINVAL, "madvise: collapse failed")
-        return vma
+        return _resume_after(vma, end)
 
-    def _madvise_remove(self, vma: Vma, start: int, end: int) -> None:
-        """mm/madvise.c: madvise_remove(): punch a hole in the shmem file (R-F6)."""
+    def _madvise_remove(self, vma: Vma, start: int, end: int) -> int:
+        """mm/madvise.c: madvise_remove(): punch a hole in the shmem file (R-F6); returns
+        the resume address."""
         if vma.vm_flags & VmFlag.LOCKED:
             raise kerr(errno.EINVAL, "madvise: remove on locked vma")
         if vma.vm_file is None:
@@ -222,29 +236,17 @@ class MadviseMixin:
             raise kerr(errno.EACCES, "madvise: remove needs a shared writable mapping")
         first = vma.file_pgoff(start)
         self.punch_hole(vma.vm_file, first << PAGE_SHIFT, (end - start))
+        return end
 
     def _pageout(self, vma: Vma, start: int, end: int) -> None:
         """mm/madvise.c: madvise_pageout() with no swap device: anon pages cannot be written
         out and stay; page-cache pages mapped once are unmapped (they stay cached)."""
         for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             if entry.kind == FRAME_FILE and entry.mapcount == 1:
-                self._clear_pte(page)
+                self.clear_pte(page)
 
-    def _guard_install(self, vma: Vma, start: int, end: int) -> None:
-        """mm/madvise.c: madvise_guard_install() (R-B2, R-C1, R-C5, R-C6)."""
-        f = int(vma.vm_flags)  # plain-int tests: IntFlag operators are slow (model._flags)
-        if f & _GUARD_INSTALL_INELIGIBLE:
-            raise kerr(errno.EINVAL, "guard install: ineligible vma")  # R-B2, R-F13
-        if not f & _VM_MAYBE_GUARD:
-            vma.vm_flags |= VmFlag.MAYBE_GUARD  # R-C6 (6.18.y sticky backport): no split, no merge
-        if vma.is_anonymous():
-            self._anon_vma_prepare(vma)
-        self._zap_range(start, end)  # R-C1: existing markers stay
-        # one run, every table of the range allocated; markers count in no RSS
-        self.pt.install_markers(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
 
-    def _guard_remove(self, vma: Vma, start: int, end: int) -> None:
-        """mm/madvise.c: madvise_guard_remove() (R-D1..R-D4): markers -> none; flag stays."""
-        if vma.vm_flags & (VM_SPECIAL | VmFlag.HUGETLB):
-            raise kerr(errno.EINVAL, "guard remove: ineligible vma")
-        self.pt.remove_markers(start >> PAGE_SHIFT, end >> PAGE_SHIFT)  # run by run
+def _resume_after(vma: Vma, end: int) -> int:
+    """Where the madvise walk goes on after a step that left ``vma`` covering ``end``: past
+    ``vma`` when a merge took it beyond ``end`` (``madvise_walk_vmas()``'s ``prev``)."""
+    return vma.vm_end if vma.vm_end > end else end

@@ -1,12 +1,14 @@
 """VMA merging and splitting: the rules of mm/vma.c, applied to a ``VmaTree``.
 
-Owns mergeability (``is_mergeable_vma``, ``is_mergeable_anon_vma``), the two
-merge entry points (new range: mmap/mremap; existing range: mprotect, mlock,
-madvise) and ``split_vma``. Touches only VMA fields and the tree, never PTEs.
+Owns mergeability (``is_mergeable_vma``, ``is_mergeable_anon_vma``), the merge
+state and its outcome (``MergeState``, ``MergeOutcome``), the two merge entry
+points (new range: mmap/mremap; existing range: mprotect, mlock, madvise) and
+``split_vma``. Touches only VMA fields and the tree, never PTEs.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 
 from sparsemm import abi
@@ -32,15 +34,34 @@ def is_mergeable_anon_vma(tgt: Vma, src_anon, src: Vma | None, copied_from: Vma 
     return src_anon is tgt_anon  # case 3: already shared (or both None)
 
 
+class MergeOutcome(enum.Enum):
+    """mm/vma.h ``enum vma_merge_state``: what a merge attempt came to. (No
+    ``VMA_MERGE_ERROR_NOMEM``: the model never fails to allocate.)"""
+
+    START = "start"  # not tried yet
+    NOMERGE = "nomerge"  # no neighbour can take the range: the caller creates or splits a VMA
+    SUCCESS = "success"  # ``MergeState.target`` now covers the range
+
+
+# The members under the kernel's names, for the hot paths: ``MergeOutcome.SUCCESS`` is an
+# enum descriptor lookup (about 0.25 us on 3.11), a module global about 0.02 us.
+VMA_MERGE_START = MergeOutcome.START
+VMA_MERGE_NOMERGE = MergeOutcome.NOMERGE
+VMA_MERGE_SUCCESS = MergeOutcome.SUCCESS
+
+
 class MergeState:
-    """The kernel's ``struct vma_merge_struct``: the proposed range and its neighbours.
+    """The kernel's ``struct vma_merge_struct``: the proposed range, its neighbours, and the
+    outcome of a merge attempt.
 
     ``start``/``end`` bytes; ``pgoff`` pages (of ``start``); ``middle`` is the VMA
-    being changed (existing-range merges) or None (new range).
+    being changed (existing-range merges) or None (new range). A merge function sets
+    ``state`` (a ``MergeOutcome``) and, on ``SUCCESS``, ``target``: the VMA now covering
+    ``[start, end)``.
     """
 
     __slots__ = ("prev", "middle", "next", "start", "end", "pgoff", "vm_flags", "file",
-                 "anon_vma", "copied_from", "just_expand")
+                 "anon_vma", "copied_from", "just_expand", "state", "target")
 
     def __init__(self, prev, middle, nxt, start, end, pgoff, vm_flags, file, anon_vma,
                  copied_from=None, just_expand=False):
@@ -48,6 +69,8 @@ class MergeState:
         self.start, self.end, self.pgoff = start, end, pgoff
         self.vm_flags, self.file, self.anon_vma = vm_flags, file, anon_vma
         self.copied_from, self.just_expand = copied_from, just_expand
+        self.state = VMA_MERGE_START
+        self.target: Vma | None = None
 
     def _pglen(self) -> int:
         return (self.end - self.start) >> abi.PAGE_SHIFT
@@ -86,17 +109,21 @@ def _dup_anon_vma(dst: Vma, src: Vma | None) -> None:
         dst.anon_vma_forked = src.anon_vma_forked
 
 
-def merge_new_range(tree, vmg: MergeState) -> Vma | None:
+def merge_new_range(tree, vmg: MergeState) -> MergeOutcome:
     """mm/vma.c: vma_merge_new_range(): extend prev and/or next over a new range. O(log n).
 
-    Returns the VMA now covering the range, or None (caller creates a new VMA).
+    ``SUCCESS``: ``vmg.target`` covers the range; ``NOMERGE``: nothing changed, the caller
+    creates a new VMA. Precondition: ``[start, end)`` is free, ``prev``/``next`` are the
+    VMAs around it (or None).
     """
     if int(vmg.vm_flags) & _VM_SPECIAL or (vmg.prev is None and vmg.next is None):
-        return None
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     left = vmg.can_merge_left()
     right = not vmg.just_expand and vmg.can_merge_right(left)
     if not left and not right:
-        return None
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     sticky = int(vmg.vm_flags) & _VM_STICKY
     if left:
         target = vmg.prev
@@ -120,17 +147,20 @@ def merge_new_range(tree, vmg: MergeState) -> Vma | None:
     if sticky:  # stays VmFlag
         target.vm_flags |= sticky
     target.changed_unmerged = False
-    return target
+    vmg.target, vmg.state = target, VMA_MERGE_SUCCESS
+    return VMA_MERGE_SUCCESS
 
 
-def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
+def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
     """mm/vma.c: vma_merge_existing_range(): give ``[start,end)`` of middle new flags by merging
-    it into prev and/or next. Returns the VMA covering the range, or None (no merge). O(log n)."""
+    it into prev and/or next. ``SUCCESS``: ``vmg.target`` covers the range; ``NOMERGE``:
+    nothing changed. Precondition: ``[start, end)`` lies inside ``middle``. O(log n)."""
     middle = vmg.middle
     left_side = vmg.start == middle.vm_start
     right_side = vmg.end == middle.vm_end
     if int(vmg.vm_flags) & _VM_SPECIAL or (not left_side and not right_side):
-        return None
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     if not left_side:
         vmg.prev = None
     if not right_side:
@@ -138,7 +168,8 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
     merge_left = left_side and vmg.can_merge_left()
     merge_right = right_side and vmg.can_merge_right(merge_left)
     if not merge_left and not merge_right:
-        return None
+        vmg.state = VMA_MERGE_NOMERGE
+        return VMA_MERGE_NOMERGE
     delete_middle = left_side and right_side
     sticky = int(vmg.vm_flags) & _VM_STICKY
     prev, nxt = vmg.prev, vmg.next
@@ -153,7 +184,8 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
         prev.changed_unmerged = False
-        return prev
+        vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
+        return VMA_MERGE_SUCCESS
     if merge_left:
         # prev extends over [start,end); middle shrinks or goes
         sticky |= int(prev.vm_flags) & _VM_STICKY
@@ -167,7 +199,8 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
         prev.changed_unmerged = False
-        return prev
+        vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
+        return VMA_MERGE_SUCCESS
     # merge_right: next extends down over [start,end)
     sticky |= int(nxt.vm_flags) & _VM_STICKY
     _dup_anon_vma(nxt, middle)
@@ -180,13 +213,16 @@ def merge_existing_range(tree, vmg: MergeState) -> Vma | None:
     if sticky:  # stays VmFlag
         nxt.vm_flags |= sticky
     nxt.changed_unmerged = False
-    return nxt
+    vmg.target, vmg.state = nxt, VMA_MERGE_SUCCESS
+    return VMA_MERGE_SUCCESS
 
 
 def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     """mm/vma.c: split_vma(): cut ``vma`` at ``addr``; return the new upper part. O(log n).
 
-    Raises ENOMEM at ``max_map_count``. Both halves keep the anon_vma (its chain is cloned).
+    Raises ENOMEM at ``max_map_count``. Both halves keep the anon_vma (its chain is cloned);
+    a guard entry's halves keep the pieces of their own ranges. Precondition:
+    ``vma.vm_start < addr < vma.vm_end``, ``addr`` page aligned.
     """
     if len(tree) >= max_map_count:
         raise OSError(errno.ENOMEM, "split_vma: map_count at vm.max_map_count")
@@ -194,19 +230,23 @@ def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     upper.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> abi.PAGE_SHIFT)
     upper.vm_start = addr
     tree.split(vma, addr, upper)
+    if vma.is_guard_entry:  # the tree design's entry: each half keeps only its own pieces
+        vma.clip_pieces()
+        upper.clip_pieces()
     return upper
 
 
 def vma_modify_flags(tree, prev: Vma | None, vma: Vma, start: int, end: int, new_flags: int,
                      max_map_count: int) -> Vma:
     """mm/vma.c: vma_modify_flags(): merge, else split, so that one VMA covers ``[start,end)``
-    with ``new_flags``; returns it. ``prev`` is the VMA before ``vma`` when start == vm_start."""
+    with ``new_flags``; returns it. ``prev`` is the VMA before ``vma`` when start == vm_start.
+    Raises ENOMEM when a split would pass ``max_map_count``. Precondition: ``[start, end)``
+    lies inside ``vma``. O(log n)."""
     nxt = tree.next(vma) if end == vma.vm_end else None
     vmg = MergeState(prev if start == vma.vm_start else None, vma, nxt, start, end,
                      vma.file_pgoff(start), new_flags, vma.vm_file, vma.anon_vma)
-    merged = merge_existing_range(tree, vmg)
-    if merged is not None:
-        return merged
+    if merge_existing_range(tree, vmg) is VMA_MERGE_SUCCESS:
+        return vmg.target
     if vma.vm_start < start:
         vma = split_vma(tree, vma, start, max_map_count)
     if vma.vm_end > end:

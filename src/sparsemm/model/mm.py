@@ -1,8 +1,9 @@
 """AddressSpace: the model's ``struct mm_struct`` and the syscalls that map and unmap.
 
-Owns the VMA tree, the page table and the counters; mmap, munmap, mprotect, mlock, fork
-and ``check()`` live here, faults in ``fault``, madvise in ``madvise``, mremap in
-``mremap``, file operations in ``fileops``. Pure Python: no OS calls.
+Owns the syscall surface: mmap, munmap, mprotect, mlock, fork, exit, ``counts()`` and
+``check()``; the shared state and primitives are ``core.MmCore``'s, faults live in
+``fault``, madvise in ``madvise``, mremap in ``mremap``, file operations in ``fileops``,
+guard advice in the design (``designs``). Pure Python: no OS calls.
 """
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from __future__ import annotations
 import errno
 
 from sparsemm import abi
-from sparsemm.abi import MapFlag, VmFlag
+from sparsemm._invariant import InvariantError
+from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, ULONG_MAX, MapFlag, VmFlag
 from sparsemm.model import merge as vmamerge
-from sparsemm.model._util import HPAGE_PMD_NR, PAGE_SHIFT, TASK_SIZE, U64, SegFault, kerr
+from sparsemm.model._util import SegFault, kerr
+from sparsemm.model.core import MMAP_MIN_ADDR, MmCore
+from sparsemm.model.designs import kernel_design, make_design
 from sparsemm.model.fault import FaultMixin
 from sparsemm.model.fileops import FileOpsMixin
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
 from sparsemm.model.madvise import MadviseMixin
-from sparsemm.model.designs import make_design
-from sparsemm.model.merge import MergeState, merge_new_range, split_vma, vma_modify_flags
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
-from sparsemm.model.pagetable import GUARD, PAGE_LIMIT, PageTable
+from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
-from sparsemm.model.vma_tree import VmaTree
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
                                     _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SHARED,
                                     _VM_WRITE)
@@ -47,39 +49,33 @@ _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
 
-class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
-    """One process's memory map (``mm_struct``): VMAs, page tables, counters.
+class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
+    """One process's memory map (``mm_struct``): VMAs, page tables, counters (``MmCore``).
 
-    ``guard_design`` picks what MADV_GUARD_INSTALL/REMOVE do: ``"pte"`` (upstream Linux:
-    PTE markers), ``"vma"`` (PROT_NONE VMAs) or ``"tree"`` (guard entries in the maple
-    tree); see ``designs``. ``max_map_count`` is vm.max_map_count;
+    ``guard_design`` names what MADV_GUARD_INSTALL/REMOVE do: one of
+    ``designs.names()`` (``vma``, ``pte``, ``tree`` built in), default the kernel's own
+    (``designs.kernel_design()``, ``pte``). ``max_map_count`` is vm.max_map_count;
     ``mmap_base`` the top of the top-down mmap area for non-fixed placement.
-    Counters: ``rss_anon``/``rss_file`` (present PTEs of anon/zero vs file pages;
-    the zero page counts in neither, as in the kernel).
+
+    The syscall methods take arguments as the kernel does (unsigned 64-bit lengths and
+    addresses) and have no preconditions: a call the kernel refuses raises ``OSError``
+    with its errno and changes what the kernel would have changed before failing.
     """
 
-    __slots__ = ("tree", "pt", "guard_design", "design", "max_map_count", "mmap_base", "rss_anon",
-                 "rss_file", "huge_pmds", "files", "exited")
+    __slots__ = ()
 
-    def __init__(self, guard_design: str = "pte", max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
+    def __init__(self, guard_design: str | None = None, max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
                  mmap_base: int = DEFAULT_MMAP_BASE):
-        self.design = make_design(guard_design)  # ValueError for an unknown name
-        self.guard_design = guard_design
-        self.tree = VmaTree()
-        self.pt = PageTable()
-        self.max_map_count = max_map_count
-        self.mmap_base = mmap_base
-        self.rss_anon = 0
-        self.rss_file = 0
-        self.huge_pmds: set[int] = set()  # PMD indices (page >> 9) mapped by one THP / huge zero page
-        self.files: set[MemFile] = set()
-        self.exited = False
+        """A fresh, empty address space. ValueError for an unknown ``guard_design``. O(1)."""
+        design = make_design(kernel_design() if guard_design is None else guard_design)
+        self._init_core(design, max_map_count, mmap_base)
 
     # ------------------------------------------------------------------ basics
 
     @property
-    def map_count(self) -> int:
-        return len(self.tree)
+    def guard_design(self) -> str:
+        """The name of this mm's guard design. O(1)."""
+        return self.design.name
 
     def __iter__(self):
         """The VMAs in address order (guard entries of the ``tree`` design are not VMAs)."""
@@ -95,107 +91,20 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         """Make ``name`` this mm's guard design from now on. Sound only before any guard
         advice ran: until then every design holds no state and behaves alike (see
         ``opscript.designs.design_free_prefix``). ValueError for an unknown name, or when
-        guard markers or guard entries already exist. O(1)."""
-        if self.pt.marker_pages() or self.tree.reserved_count:
+        the current design holds guards (markers, entries, saved protections). O(1)."""
+        design = make_design(name)
+        if self.design.has_state(self):
             raise ValueError("set_guard_design: guards already exist under the current design")
-        self.design = make_design(name)
-        self.guard_design = name
-
-    # PTE updates go through these two so counters and mapcounts stay exact.
-    def _set_pte(self, page: int, entry) -> None:
-        old = self.pt.set(page, entry)
-        if old is not None:
-            self._drop_entry(old)
-        if entry is not GUARD:
-            if entry.kind == FRAME_FILE:
-                self.rss_file += 1
-                entry.mapcount += 1
-            elif entry.kind == FRAME_ANON:
-                self.rss_anon += 1
-                entry.mapcount += 1
-
-    def _drop_entry(self, entry) -> None:
-        if entry is GUARD:
-            return
-        if entry.kind == FRAME_FILE:
-            self.rss_file -= 1
-            entry.mapcount -= 1
-        elif entry.kind == FRAME_ANON:
-            self.rss_anon -= 1
-            entry.mapcount -= 1
-
-    def _clear_pte(self, page: int):
-        entry = self.pt.clear(page)
-        if entry is not None:
-            self._drop_entry(entry)
-        return entry
-
-    def _split_huge_range(self, start: int, end: int) -> None:
-        """Split THP PMD mappings that ``[start, end)`` covers only in part (``split_huge_pmd``)."""
-        if not self.huge_pmds:
-            return
-        first, last = (start >> PAGE_SHIFT) >> 9, ((end >> PAGE_SHIFT) - 1) >> 9
-        for pmd in (first, last):
-            if pmd in self.huge_pmds:
-                p0 = pmd << 9
-                if not (start >> PAGE_SHIFT <= p0 and p0 + HPAGE_PMD_NR <= end >> PAGE_SHIFT):
-                    self.huge_pmds.discard(pmd)
-                    self.pt.alloc_tables(p0)
-
-    def _zap_range(self, start: int, end: int, *, drop_markers: bool = False,
-                   only=None) -> None:
-        """``zap_page_range_single()`` / ``unmap_vmas()``: clear PTEs in ``[start, end)``.
-
-        Guard markers survive unless ``drop_markers`` (munmap: ZAP_FLAG_DROP_MARKER), which
-        clears them run by run. ``only`` filters the present pages (e.g. file pages of one
-        MemFile). O(PageTable.frames() + frames cleared + marker runs dropped).
-        """
-        self._split_huge_range(start, end)
-        first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-        pt = self.pt
-        for page, entry in pt.frames(first, last):
-            if only is None or only(entry):
-                pt.clear(page)
-                self._drop_entry(entry)
-        if drop_markers:
-            pt.remove_markers(first, last)
-        if self.huge_pmds:
-            for pmd in [p for p in self.huge_pmds if first <= p << 9 < last]:
-                if pt.get(pmd << 9) is None:
-                    self.huge_pmds.discard(pmd)
-    # ------------------------------------------------------------------ unmap
-
-    def _unmap_range(self, start: int, end: int) -> None:
-        """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
-        markers), free page tables no longer spanned. Aligned arguments. O(k log n)."""
-        vmas = self.tree.overlapping(start, end)
-        if not vmas:
-            return
-        self.design.on_unmap(start, end)
-        first, last = vmas[0], vmas[-1]
-        if first.vm_start < start:
-            if end < first.vm_end and len(self.tree) >= self.max_map_count:
-                raise kerr(errno.ENOMEM, "munmap: split over max_map_count")
-            upper = split_vma(self.tree, first, start, 1 << 62)
-            if first is last:
-                last = upper
-            vmas[0] = upper
-        if last.vm_end > end:
-            split_vma(self.tree, last, end, 1 << 62)
-        self._split_huge_range(start, end)
-        for vma in vmas:
-            self.tree.remove(vma)
-        self._zap_range(start, end, drop_markers=True)
-        nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
-        floor = prev.vm_end if prev is not None else 0
-        ceiling = nxt.vm_start if nxt is not None else 0
-        self.pt.free_pgtables(start, end, floor, ceiling)
+        self.design = design
 
     # ------------------------------------------------------------------ mmap
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, file: MemFile | None = None,
              offset: int = 0) -> int:
-        """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(). Returns the address. O(k log n)."""
+        """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(): map ``length`` bytes of ``file``
+        from ``offset`` (anonymous without ``file`` or with MAP_ANONYMOUS) with ``prot``
+        and ``flags`` (PROT_/MAP_ bits); returns the address. O(k log n), plus the
+        populate of MAP_POPULATE/MAP_LOCKED."""
         if offset & ~abi.PAGE_MASK:  # arch/x86/kernel/sys_x86_64.c: sys_mmap()
             raise kerr(errno.EINVAL, "mmap: unaligned offset")
         flags = int(flags)  # plain int bits below (see _MAP_*)
@@ -206,7 +115,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         pgoff = offset >> PAGE_SHIFT
         if not length:
             raise kerr(errno.EINVAL, "mmap: zero length")
-        length = abi.page_align(length) & U64
+        length = abi.page_align(length) & ULONG_MAX
         if not length or length > TASK_SIZE:
             raise kerr(errno.ENOMEM, "mmap: length")
         if self.map_count > self.max_map_count:
@@ -224,10 +133,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
             if addr & ~abi.PAGE_MASK:
                 raise kerr(errno.EINVAL, "mmap: unaligned fixed address")
-            if addr < 0x10000:
+            if addr < MMAP_MIN_ADDR:
                 raise kerr(errno.EPERM, "mmap: below mmap_min_addr")
         else:
-            addr = self._get_unmapped_area(addr, length)
+            addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         map_type = flags & 0x3
@@ -262,12 +171,13 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         if (vm_flags & (_VM_NORESERVE | _VM_SHARED | _VM_WRITE)) == _VM_WRITE:
             vm_flags |= _VM_ACCOUNT  # accountable_mapping()
         if not flags & _MAP_FIXED_NOREPLACE:  # with it, [addr, addr+length) was found empty above
-            self._unmap_range(addr, addr + length)
+            self.unmap_range(addr, addr + length)
         nxt, prev = self.tree.find_vma_prev(addr)  # prev: the last VMA if nothing above
         vma = None
         if not (file is None and vm_flags & _VM_SHARED):
             vmg = MergeState(prev, None, nxt, addr, addr + length, pgoff, vm_flags, file, None)
-            vma = merge_new_range(self.tree, vmg)
+            if merge_new_range(self.tree, vmg) is VMA_MERGE_SUCCESS:
+                vma = vmg.target
         if vma is None:
             if file is None and vm_flags & _VM_SHARED:
                 file = MemFile("dev/zero", length, fill_pattern=False, shared_anon=True)  # shmem_zero_setup()
@@ -277,7 +187,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             self._use_file(file)
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
         if flags & _MAP_POPULATE or vm_flags & _VM_LOCKED:
-            self._mm_populate(addr, length, ignore_errors=True)
+            self.mm_populate(addr, length, ignore_errors=True)
         return addr
 
     def _use_file(self, file: MemFile) -> None:
@@ -285,43 +195,32 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             self.files.add(file)
             file.users.append(self)
 
-    def _last_vma(self) -> Vma | None:
-        return self.tree.last()
-
-    def _get_unmapped_area(self, hint: int, length: int) -> int:
-        """arch_get_unmapped_area_topdown(): the hint if free, else the highest gap below mmap_base."""
-        if hint:
-            hint = abi.page_align(hint)
-            if TASK_SIZE - length >= hint >= 0x10000 and not self.tree.overlapping(hint, hint + length):
-                return hint
-        found = self.tree.unmapped_area_topdown(length, 0x10000, self.mmap_base)
-        if found is None:
-            raise kerr(errno.ENOMEM, "no free address range")
-        return found
-
     # ------------------------------------------------------------------ munmap
 
     def munmap(self, addr: int, length: int) -> None:
-        """mm/mmap.c: __vm_munmap() / do_vmi_munmap(). O(k log n + t + f + log r + runs dropped)."""
+        """mm/mmap.c: __vm_munmap() / do_vmi_munmap(): unmap ``[addr, addr + length)``.
+        O(k log n + t + f + log r + runs dropped)."""
         if addr & ~abi.PAGE_MASK or addr > TASK_SIZE or length > TASK_SIZE - addr:
             raise kerr(errno.EINVAL, "munmap: bad range")
         end = addr + abi.page_align(length)
         if end == addr:
             raise kerr(errno.EINVAL, "munmap: zero length")
-        self._unmap_range(addr, end)
+        self.unmap_range(addr, end)
 
     # ------------------------------------------------------------------ mprotect
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
-        """mm/mprotect.c: do_mprotect_pkey(). O(k log n); populating a locked range adds O(p)."""
+        """mm/mprotect.c: do_mprotect_pkey(): set the protection of every VMA in
+        ``[addr, addr + length)`` (guard entries skipped, T7); ENOMEM at a hole, after the
+        VMAs before it changed. O(k log n); populating a locked range adds O(p)."""
         if prot & ~(abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC | abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
             raise kerr(errno.EINVAL, "mprotect: bad prot")
         if addr & ~abi.PAGE_MASK:
             raise kerr(errno.EINVAL, "mprotect: unaligned")
         if not length:
             return
-        length = abi.page_align(length) & U64
-        end = (addr + length) & U64
+        length = abi.page_align(length) & ULONG_MAX
+        end = (addr + length) & ULONG_MAX
         if end <= addr:
             raise kerr(errno.ENOMEM, "mprotect: wraps")
         if prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
@@ -366,7 +265,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         if (oldflags & (_VM_WRITE | _VM_SHARED | _VM_LOCKED)) == _VM_LOCKED \
                 and newflags & _VM_WRITE:
             try:
-                self._populate_vma_range(vma, start, end)
+                self.populate_vma_range(vma, start, end)
             except OSError:
                 pass
         return vma
@@ -374,15 +273,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     # ------------------------------------------------------------------ mlock
 
     def mlock(self, addr: int, length: int, flags: int = 0) -> None:
-        """mm/mlock.c: do_mlock() (mlock2 with MLOCK_ONFAULT in ``flags``). O(k log n + p)."""
+        """mm/mlock.c: do_mlock() (mlock2 with MLOCK_ONFAULT in ``flags``): lock every VMA of
+        the range (page-rounded) and populate it. O(k log n + p)."""
         if flags & ~abi.MLOCK_ONFAULT:
             raise kerr(errno.EINVAL, "mlock2: bad flags")
         lock = VmFlag.LOCKED | (VmFlag.LOCKONFAULT if flags & abi.MLOCK_ONFAULT else 0)
-        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & U64
+        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & ULONG_MAX
         addr &= abi.PAGE_MASK
         self._apply_vma_lock_flags(addr, length, lock)
         try:
-            self._mm_populate(addr, length, ignore_errors=False)
+            self.mm_populate(addr, length, ignore_errors=False)
         except OSError as exc:  # __mlock_posix_error_return()
             if exc.errno == errno.EFAULT:
                 raise kerr(errno.ENOMEM, "mlock: populate failed") from None
@@ -391,14 +291,14 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
             raise
 
     def munlock(self, addr: int, length: int) -> None:
-        """mm/mlock.c: munlock(). O(k log n)."""
-        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & U64
+        """mm/mlock.c: munlock(): clear VM_LOCKED/VM_LOCKONFAULT over the range. O(k log n)."""
+        length = abi.page_align(length + (addr & ~abi.PAGE_MASK)) & ULONG_MAX
         addr &= abi.PAGE_MASK
         self._apply_vma_lock_flags(addr, length, 0)
 
     def _apply_vma_lock_flags(self, start: int, length: int, lock: int) -> None:
         """mm/mlock.c: apply_vma_lock_flags()."""
-        end = (start + length) & U64
+        end = (start + length) & ULONG_MAX
         if end < start:
             raise kerr(errno.EINVAL, "mlock: wraps")
         if end == start:
@@ -428,8 +328,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     # ------------------------------------------------------------------ fork / exit
 
     def fork(self) -> "AddressSpace":
-        """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e)."""
-        child = AddressSpace(self.guard_design, self.max_map_count, self.mmap_base)
+        """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e + r + H)."""
+        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base)
         child.design = self.design.fork()
         for vma in self.tree:
             if vma.vm_flags & VmFlag.DONTCOPY:
@@ -451,12 +351,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
                 continue
             first, last = vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT
             for page, entry in self.pt.frames(first, last):
-                child._set_pte(page, entry)
+                child.set_pte(page, entry)
             self.pt.copy_markers_to(child.pt, first, last)  # run by run
-            for pmd in self.huge_pmds:
-                if first <= pmd << 9 < last:
-                    child.huge_pmds.add(pmd)
-                    child.pt.discard_pte_table(pmd << 9)
+            self.pt.copy_huge_pmds_to(child.pt, first, last)
         child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node
         self.design.after_fork(child)
         return child
@@ -464,7 +361,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
     def exit(self) -> None:
         """exit_mmap(): drop every mapping (frames' mapcounts fall back). O(e + T log T + r)."""
         for page, _ in self.pt.frames():
-            self._clear_pte(page)
+            self.clear_pte(page)
         self.pt.remove_markers(0, PAGE_LIMIT)
         for f in self.files:
             if self in f.users:
@@ -501,59 +398,68 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin):
         return self.pt.pgtables_bytes()
 
     def check(self) -> None:
-        """Assert the invariants of ARCHITECTURE.md; raises AssertionError naming the first broken one.
-        O(n log n + e + r (log n + tables per marker run))."""
+        """The model's invariants (docs/model.md "Invariants"); ``InvariantError`` names the
+        first broken one. Runs ``VmaTree.check``, ``PageTable.check`` and the design's
+        ``check`` too. O(n log n + e + r (log n + tables per marker run))."""
+        def fail(msg: str) -> None:
+            raise InvariantError(f"AddressSpace: {msg}")
+
         self.tree.check()
         prev = None
         n = 0
         for vma in self.tree:
-            n += not vma.is_guard_entry
-            assert vma.vm_start < vma.vm_end, f"empty vma {vma}"
-            assert not vma.vm_start & ~abi.PAGE_MASK and not vma.vm_end & ~abi.PAGE_MASK, f"unaligned {vma}"
+            if not vma.is_guard_entry:
+                n += 1
+            if vma.vm_start >= vma.vm_end:
+                fail(f"empty vma {vma}")
+            if vma.vm_start & ~abi.PAGE_MASK or vma.vm_end & ~abi.PAGE_MASK:
+                fail(f"unaligned {vma}")
             if prev is not None:
-                assert prev.vm_end <= vma.vm_start, f"overlap {prev} {vma}"
-                if prev.vm_end == vma.vm_start and not (prev.changed_unmerged or vma.changed_unmerged):
-                    assert not _would_merge(prev, vma), f"unmerged neighbours {prev} {vma}"
+                if prev.vm_end > vma.vm_start:
+                    fail(f"overlap {prev} {vma}")
+                if prev.vm_end == vma.vm_start and not (prev.changed_unmerged or vma.changed_unmerged) \
+                        and _would_merge(prev, vma):
+                    fail(f"unmerged neighbours {prev} {vma}")
             prev = vma
-        assert n == self.map_count
+        if n != self.map_count:
+            fail(f"map_count {self.map_count} != VMAs {n}")
         self.pt.check()
+        self.pt.check_coverage()
         for run in self.pt.marker_runs():
-            # every marker page inside a VMA (not a guard entry) and under a table
+            # every marker page inside a VMA (not a guard entry)
             cursor = run.start << PAGE_SHIFT
             for vma in self.tree.overlapping(cursor, run.stop << PAGE_SHIFT):
-                assert vma.vm_start <= cursor and not vma.is_guard_entry, \
-                    f"guard marker outside any vma at {cursor:#x}"
+                if vma.vm_start > cursor or vma.is_guard_entry:
+                    fail(f"guard marker outside any vma at {cursor:#x}")
                 cursor = vma.vm_end
-            assert cursor >= run.stop << PAGE_SHIFT, f"guard marker outside any vma at {cursor:#x}"
-            for t in range(run.start >> 9, ((run.stop - 1) >> 9) + 1):
-                assert t in self.pt.pte_tables or t in self.huge_pmds, \
-                    f"guard marker without a table at {t << 21:#x}"
+            if cursor < run.stop << PAGE_SHIFT:
+                fail(f"guard marker outside any vma at {cursor:#x}")
         anon = file = 0
         for page, entry in self.pt.frames():
             addr = page << PAGE_SHIFT
             vma = self.tree.find(addr)
-            assert vma is not None and not vma.is_guard_entry, f"entry outside any vma at {addr:#x}"
-            assert (page >> 9) in self.pt.pte_tables or (page >> 9) in self.huge_pmds, \
-                f"entry without a table at {addr:#x}"
+            if vma is None or vma.is_guard_entry:
+                fail(f"entry outside any vma at {addr:#x}")
             if entry.kind == FRAME_ANON:
                 anon += 1
-                assert vma.anon_vma is not None, f"anon page without anon_vma at {addr:#x}"
+                if vma.anon_vma is None:
+                    fail(f"anon page without anon_vma at {addr:#x}")
             elif entry.kind == FRAME_FILE:
                 file += 1
-                assert vma.vm_file is not None, f"file page in anon vma at {addr:#x}"
-        assert anon == self.rss_anon, f"rss_anon {self.rss_anon} != recount {anon}"
-        assert file == self.rss_file, f"rss_file {self.rss_file} != recount {file}"
+                if vma.vm_file is None:
+                    fail(f"file page in anon vma at {addr:#x}")
+        if anon != self.rss_anon:
+            fail(f"rss_anon {self.rss_anon} != recount {anon}")
+        if file != self.rss_file:
+            fail(f"rss_file {self.rss_file} != recount {file}")
         # Page-table pages: every table still allocated spans some VMA (free_pgtables frees the rest).
-        for shift, tables in ((9, self.pt.pte_tables), (18, self.pt.pmd_tables), (27, self.pt.pud_tables)):
+        for shift, tables in ((PTE_SHIFT, self.pt.pte_tables), (PMD_SHIFT, self.pt.pmd_tables),
+                              (PUD_SHIFT, self.pt.pud_tables)):
             span = 1 << (shift + PAGE_SHIFT)
             for t in tables:
-                assert self.tree.overlapping(t * span, (t + 1) * span), \
-                    f"page-table page {t:#x} (level shift {shift}) spans no VMA"
-
-
-def _calc_vm_prot_bits(prot: int) -> VmFlag:
-    """include/linux/mman.h: calc_vm_prot_bits() (no pkeys)."""
-    return VmFlag(prot & (abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC))
+                if not self.tree.overlapping(t * span, (t + 1) * span):
+                    fail(f"page-table page {t:#x} (level shift {shift}) spans no VMA")
+        self.design.check(self)
 
 
 def _would_merge(prev: Vma, nxt: Vma) -> bool:

@@ -1,7 +1,9 @@
 """mremap(2) on the model: resize in place, move (one or many VMAs), MREMAP_DONTUNMAP.
 
 Owns the checks and steps of mm/mremap.c (Linux 6.17+ multi-VMA moves) and copy_vma();
-page-table entries, guard markers included, move by offset (R-F12). Mixed into ``AddressSpace``.
+page-table entries, guard markers included, move by offset (R-F12). Mixed into
+``AddressSpace``: needs ``MmCore``'s ``tree``, ``pt``, ``unmap_range``,
+``get_unmapped_area`` and ``mm_populate``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import errno
 
 from sparsemm import abi
-from sparsemm.abi import MremapFlag, VmFlag
-from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, U64, kerr
-from sparsemm.model.merge import MergeState, merge_new_range
+from sparsemm.abi import ULONG_MAX, MremapFlag, VmFlag
+from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
+from sparsemm.model.core import MmCore
+from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
 
 
-class MremapMixin:
+class MremapMixin(MmCore):
     """``mremap()`` of ``AddressSpace``."""
 
     __slots__ = ()
@@ -23,10 +26,11 @@ class MremapMixin:
     # ------------------------------------------------------------------ mremap
 
     def mremap(self, addr: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
-        """mm/mremap.c: do_mremap(). Returns the (possibly new) address.
-        O(k log n + t + f + log r + runs moved)."""
-        old_len = abi.page_align(old_len) & U64
-        new_len = abi.page_align(new_len) & U64
+        """mm/mremap.c: do_mremap(): resize ``[addr, addr + old_len)`` to ``new_len`` in
+        place, or move it (MREMAP_MAYMOVE/FIXED/DONTUNMAP in ``flags``, ``new_addr``).
+        Returns the (possibly new) address. O(k log n + t + f + log r + runs moved)."""
+        old_len = abi.page_align(old_len) & ULONG_MAX
+        new_len = abi.page_align(new_len) & ULONG_MAX
         # check_mremap_params()
         if flags & ~(MremapFlag.FIXED | MremapFlag.MAYMOVE | MremapFlag.DONTUNMAP):
             raise kerr(errno.EINVAL, "mremap: bad flags")
@@ -58,12 +62,12 @@ class MremapMixin:
         elif old_len == new_len:
             return addr
         elif old_len > new_len:
-            self._unmap_range(addr + new_len, addr + old_len)  # shrink_vma()
+            self.unmap_range(addr + new_len, addr + old_len)  # shrink_vma()
             return addr
         else:
             res = self._expand_vma(vma, addr, old_len, new_len, flags)
         if populate:
-            self._mm_populate(res + old_len, delta, ignore_errors=True)
+            self.mm_populate(res + old_len, delta, ignore_errors=True)
         return res
 
     def _check_prep_vma(self, vma: Vma | None, addr: int, old_len: int, new_len: int, flags: int) -> bool:
@@ -118,16 +122,16 @@ class MremapMixin:
     def _mremap_to(self, addr: int, old_len: int, new_len: int, flags: int, new_addr: int) -> int:
         """mm/mremap.c: mremap_to()."""
         if flags & MremapFlag.FIXED:
-            self._unmap_range(new_addr, new_addr + new_len)
+            self.unmap_range(new_addr, new_addr + new_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
         if old_len > new_len:
-            self._unmap_range(addr + new_len, addr + old_len)
+            self.unmap_range(addr + new_len, addr + old_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
             old_len = new_len
         if not flags & MremapFlag.FIXED:
-            new_addr = self._get_unmapped_area(new_addr if flags & MremapFlag.DONTUNMAP else 0, new_len)
+            new_addr = self.get_unmapped_area(new_addr if flags & MremapFlag.DONTUNMAP else 0, new_len)
         return self._move_vma(addr, old_len, new_len, new_addr, flags)
 
     def _expand_vma(self, vma: Vma, addr: int, old_len: int, new_len: int, flags: int) -> int:
@@ -138,12 +142,12 @@ class MremapMixin:
             # vma_merge_extend(): vma is prev, the extension a new range
             vmg = MergeState(vma, None, self.tree.next(vma), vma.vm_end, vma.vm_end + delta,
                              vma.file_pgoff(vma.vm_end), vma.vm_flags, vma.vm_file, vma.anon_vma)
-            if merge_new_range(self.tree, vmg) is None:
+            if merge_new_range(self.tree, vmg) is not VMA_MERGE_SUCCESS:
                 raise kerr(errno.ENOMEM, "mremap: expand failed")
             return addr
         if not flags & MremapFlag.MAYMOVE:
             raise kerr(errno.ENOMEM, "mremap: cannot expand in place")
-        new_addr = self._get_unmapped_area(0, new_len)
+        new_addr = self.get_unmapped_area(0, new_len)
         return self._move_vma(addr, old_len, new_len, new_addr, flags)
 
     def _move_vma(self, addr: int, old_len: int, new_len: int, new_addr: int, flags: int) -> int:
@@ -154,9 +158,9 @@ class MremapMixin:
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
-        self._split_huge_range(addr, addr + old_len)
-        self.pt.move_range(src0, src0 + (old_len >> PAGE_SHIFT), dst0)
-        self.huge_pmds -= {p for p in self.huge_pmds if src0 <= p << 9 < src0 + (old_len >> PAGE_SHIFT)}
+        src_end = src0 + (old_len >> PAGE_SHIFT)
+        self.pt.split_huge_range(src0, src_end)
+        self.pt.move_range(src0, src_end, dst0)
         if flags & MremapFlag.DONTUNMAP:
             old = self.tree.find(addr)
             if old is not None:
@@ -165,10 +169,7 @@ class MremapMixin:
                 if old.vm_start == addr and old.vm_end == addr + old_len and old is not new_vma:
                     old.anon_vma, old.anon_vma_forked = None, False
         else:
-            acct = vma.vm_flags & VmFlag.ACCOUNT
-            self._unmap_range(addr, addr + old_len)
-            if acct:  # unmap_source_vma() restores VM_ACCOUNT on the remains
-                pass
+            self.unmap_range(addr, addr + old_len)
         return new_addr
 
     def _copy_vma(self, vma: Vma, addr: int, new_addr: int, new_len: int) -> Vma:
@@ -177,12 +178,11 @@ class MremapMixin:
         if vma.is_anonymous() and vma.anon_vma is None:
             pgoff = new_addr >> PAGE_SHIFT
         nxt = self.tree.find_vma(new_addr)
-        prev = self.tree.prev(nxt) if nxt is not None else self._last_vma()
+        prev = self.tree.prev(nxt) if nxt is not None else self.tree.last()
         vmg = MergeState(prev, None, nxt, new_addr, new_addr + new_len, pgoff, vma.vm_flags,
                          vma.vm_file, vma.anon_vma, copied_from=vma)
-        merged = merge_new_range(self.tree, vmg)
-        if merged is not None:
-            return merged
+        if merge_new_range(self.tree, vmg) is VMA_MERGE_SUCCESS:
+            return vmg.target
         new = vma.copy()
         new.vm_start, new.vm_end, new.vm_pgoff = new_addr, new_addr + new_len, pgoff
         self.tree.insert(new)

@@ -1,8 +1,11 @@
-"""PageTable: the model's x86-64 4-level page tables (PGD -> PUD -> PMD -> PTE).
+"""PageTable: the model's x86-64 4-level page tables (PGD -> PUD -> PMD -> PTE) and their geometry.
 
-Owns the leaf entries (a present ``Frame`` per page, guard markers as page runs) and
-the set of table pages at every level, so page-table memory can be counted like the
-kernel's ``mm_pgtables_bytes``. Knows nothing of VMAs or RSS; callers say what to zap.
+Owns the leaf entries (a present ``Frame`` per page, guard markers as page runs), the
+huge PMDs (a THP or the huge zero page mapped by one PMD entry), the set of table pages
+at every level, so page-table memory can be counted like the kernel's
+``mm_pgtables_bytes``, and the geometry every other module uses (``PTE_SHIFT``,
+``HPAGE_PMD_NR``, ``pte_index``, ``pmd_start``). Knows nothing of VMAs or RSS; callers
+say what to zap.
 """
 
 from __future__ import annotations
@@ -10,15 +13,38 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 
 from sparsemm import abi
+from sparsemm._invariant import InvariantError
 
 #: A guard PTE marker (``PTE_MARKER_GUARD``): a swap-type entry that faults with SIGSEGV.
 GUARD = "GUARD"
 
-_PTE_SHIFT = 9   # pages per PTE table: 512 (2 MiB)
-_PMD_SHIFT = 18  # pages per PMD table: 512 * 512 (1 GiB)
-_PUD_SHIFT = 27  # pages per PUD table: 512 GiB
+# -- geometry: everything below is in page numbers (``addr >> PAGE_SHIFT``) ---------------
+#: Entries in one table page at every level.
+PTRS_PER_TABLE = abi.PTRS_PER_TABLE
+#: log2(PTRS_PER_TABLE): one level up divides a page number by PTRS_PER_TABLE.
+TABLE_SHIFT = PTRS_PER_TABLE.bit_length() - 1
+#: ``page >> PTE_SHIFT`` is the PTE table holding ``page`` (and the PMD entry above it: one
+#: PTE table per PMD entry); ``>> PMD_SHIFT`` its PMD table, ``>> PUD_SHIFT`` its PUD table.
+PTE_SHIFT = TABLE_SHIFT
+PMD_SHIFT = 2 * TABLE_SHIFT
+PUD_SHIFT = 3 * TABLE_SHIFT
+#: Pages one PMD entry maps (2 MiB): a PTE table's reach, or one THP.
+HPAGE_PMD_NR = PTRS_PER_TABLE
+_PTE_INDEX_MASK = PTRS_PER_TABLE - 1
+#: Bits of a user address under 4-level paging (the PGD covers ``1 << ADDRESS_BITS`` bytes).
+ADDRESS_BITS = abi.PAGE_SHIFT + 4 * TABLE_SHIFT
 #: One past the highest page number (64-bit addresses): ``end`` of "every page".
 PAGE_LIMIT = 1 << (64 - abi.PAGE_SHIFT)
+
+
+def pte_index(page: int) -> int:
+    """The slot of ``page`` in its PTE table (``pte_index()``), 0..PTRS_PER_TABLE-1."""
+    return page & _PTE_INDEX_MASK
+
+
+def pmd_start(page: int) -> int:
+    """The first page the PMD entry above ``page`` maps (``addr & HPAGE_PMD_MASK``, in pages)."""
+    return page & ~_PTE_INDEX_MASK
 
 
 class PageTable:
@@ -28,25 +54,29 @@ class PageTable:
     Storage, all sparse:
 
     - ``_frames``: dict page -> Frame (O(1) ``get``/``set``/``clear``);
-    - ``_tables``: dict PTE-table index (``page >> 9``) -> set of its pages with a Frame,
+    - ``_tables``: dict PTE-table index (``page >> PTE_SHIFT``) -> set of its pages with a Frame,
       no empty sets, so a range query visits only the tables in range that hold frames;
     - ``_starts`` (a ``SortedInts``) and ``_run_end`` (dict start -> end): the guard markers
       as runs of pages ``[start, end)``, disjoint and never adjacent (adjacent runs
       coalesce), with ``_marker_pages`` their total. Memory O(runs), not O(marker pages);
     - ``pte_tables``/``pmd_tables``/``pud_tables``: the table indices that exist (a table
-      at level L covering page p has index ``p >> shift(L)``).
+      at level L covering page p has index ``p >> shift(L)``); read them, never change them;
+    - ``_huge``: the PMD entries (``page >> PTE_SHIFT``) that map their 2 MiB directly (a THP
+      or the huge zero page): the caller keeps all ``HPAGE_PMD_NR`` pages' entries, as
+      base-page entries, and the PMD entry needs no PTE table.
 
     A table page is allocated when the first entry below it is installed (a marker run
     allocates every table it covers, as ``madvise_guard_install`` does) and freed only by
     ``free_pgtables()`` (never on zap: measured on 6.18, MADV_DONTNEED and guard removal
-    keep tables). Complexity: n frames, r marker runs, T PTE tables holding frames, k
-    results; single-page ops O(1) plus O(log r) when markers exist; range queries
-    O(min(tables in range, T) + k log 512 + log r); marker install/remove O(log r + runs
-    touched + frames in range + tables allocated).
+    keep tables). Complexity: n frames, r marker runs, T PTE tables holding frames, H huge
+    PMDs, k results; single-page ops O(1) plus O(log r) when markers exist; range queries
+    O(min(tables in range, T) + k log PTRS_PER_TABLE + log r); marker install/remove
+    O(log r + runs touched + frames in range + tables allocated); huge-PMD range operations
+    O(min(PMD entries in range, H)).
     """
 
     __slots__ = ("_frames", "_tables", "_starts", "_run_end", "_marker_pages",
-                 "pte_tables", "pmd_tables", "pud_tables")
+                 "pte_tables", "pmd_tables", "pud_tables", "_huge")
 
     def __init__(self) -> None:
         self._frames: dict[int, object] = {}
@@ -57,6 +87,7 @@ class PageTable:
         self.pte_tables: set[int] = set()
         self.pmd_tables: set[int] = set()
         self.pud_tables: set[int] = set()
+        self._huge: set[int] = set()
 
     # -- single pages -------------------------------------------------------
 
@@ -93,16 +124,16 @@ class PageTable:
             if self._marker_pages and self.has_marker(page):
                 self._unmark(page, page + 1)
                 old = GUARD
-            t = page >> _PTE_SHIFT
+            t = page >> PTE_SHIFT
             pages = self._tables.get(t)
             if pages is None:
                 self._tables[t] = {page}
             else:
                 pages.add(page)
         frames[page] = entry
-        self.pte_tables.add(page >> _PTE_SHIFT)
-        self.pmd_tables.add(page >> _PMD_SHIFT)
-        self.pud_tables.add(page >> _PUD_SHIFT)
+        self.pte_tables.add(page >> PTE_SHIFT)
+        self.pmd_tables.add(page >> PMD_SHIFT)
+        self.pud_tables.add(page >> PUD_SHIFT)
         return old
 
     def clear(self, page: int):
@@ -117,7 +148,7 @@ class PageTable:
     def _drop_frame(self, page: int):
         e = self._frames.pop(page, None)
         if e is not None:
-            t = page >> _PTE_SHIFT
+            t = page >> PTE_SHIFT
             pages = self._tables[t]
             pages.discard(page)
             if not pages:
@@ -145,7 +176,7 @@ class PageTable:
         tabs = self._tables
         if end <= first or not tabs:
             return []
-        t0, t1 = first >> _PTE_SHIFT, (end - 1) >> _PTE_SHIFT
+        t0, t1 = first >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
         fr = self._frames
         if t0 == t1:  # the common case: inside one PTE table
             pages = tabs.get(t0)
@@ -161,8 +192,8 @@ class PageTable:
         out = []
         for t in idx:
             pages = tabs[t]
-            lo = t << _PTE_SHIFT
-            hi = lo + (1 << _PTE_SHIFT)
+            lo = t << PTE_SHIFT
+            hi = lo + (1 << PTE_SHIFT)
             if lo < first or hi > end:  # cut by the range
                 lo, hi = max(lo, first), min(hi, end)
                 if hi - lo <= len(pages):
@@ -244,9 +275,13 @@ class PageTable:
     def move_range(self, first: int, end: int, dst_first: int) -> None:
         """Move every entry of ``[first, end)`` (frames and markers) to the same offset from
         ``dst_first`` (``move_page_tables``). Source tables stay; destination tables are
-        allocated under each moved entry. Precondition: the destination range holds no
-        entries and does not overlap the source (mremap guarantees both).
-        O(frames moved + log r + runs moved + tables)."""
+        allocated under each moved entry, which the destination maps as base pages (the
+        source's huge PMDs in the range end). Preconditions: the destination range holds no
+        entries and does not overlap the source (mremap guarantees both), and no huge PMD
+        straddles an edge of the source (``split_huge_range`` first).
+        O(frames moved + log r + runs moved + tables + min(PMD entries in range, H))."""
+        if self._huge:
+            self._huge.difference_update(self._huge_in(first, end))
         delta = dst_first - first
         moved = [(p, self._drop_frame(p)) for p, _ in self.frames(first, end)]
         runs = self.marker_runs(first, end)
@@ -310,33 +345,98 @@ class PageTable:
 
     # -- table pages --------------------------------------------------------
 
-    def has_pte_table(self, page: int) -> bool:
-        return (page >> _PTE_SHIFT) in self.pte_tables
+    def pmd_none(self, page: int) -> bool:
+        """Is the PMD entry above ``page`` empty: neither a PTE table nor a huge PMD
+        (``pmd_none()``)? O(1)."""
+        t = page >> PTE_SHIFT
+        return t not in self.pte_tables and t not in self._huge
 
     def alloc_tables(self, page: int) -> None:
         """Allocate the PTE, PMD and PUD tables above ``page``. O(1)."""
-        self.pte_tables.add(page >> _PTE_SHIFT)
-        self.pmd_tables.add(page >> _PMD_SHIFT)
-        self.pud_tables.add(page >> _PUD_SHIFT)
+        self.pte_tables.add(page >> PTE_SHIFT)
+        self.pmd_tables.add(page >> PMD_SHIFT)
+        self.pud_tables.add(page >> PUD_SHIFT)
 
     def alloc_table_range(self, first: int, end: int) -> None:
         """Allocate every table covering pages ``[first, end)``. O(tables covering it)."""
-        if first >> _PTE_SHIFT == (end - 1) >> _PTE_SHIFT:  # one PTE table: one of each
+        if first >> PTE_SHIFT == (end - 1) >> PTE_SHIFT:  # one PTE table: one of each
             self.alloc_tables(first)
             return
-        for shift, tables in ((_PTE_SHIFT, self.pte_tables), (_PMD_SHIFT, self.pmd_tables),
-                              (_PUD_SHIFT, self.pud_tables)):
+        for shift, tables in ((PTE_SHIFT, self.pte_tables), (PMD_SHIFT, self.pmd_tables),
+                              (PUD_SHIFT, self.pud_tables)):
             tables.update(range(first >> shift, ((end - 1) >> shift) + 1))
 
-    def discard_pte_table(self, page: int) -> None:
-        """Drop the PTE table above ``page``: a huge PMD maps its 2 MiB directly. O(1)."""
-        self.pte_tables.discard(page >> _PTE_SHIFT)
+    # -- huge PMDs -----------------------------------------------------------
+
+    def is_huge(self, page: int) -> bool:
+        """Is ``page`` mapped through a huge PMD? O(1)."""
+        return (page >> PTE_SHIFT) in self._huge
+
+    def huge_pmd_count(self) -> int:
+        """PMD entries that map a THP or the huge zero page. O(1)."""
+        return len(self._huge)
+
+    def map_huge_pmd(self, page: int) -> None:
+        """Let one PMD entry map the 2 MiB holding ``page`` (a THP fault or collapse): its
+        PTE table goes. Precondition: the caller has set the entry of every page of the
+        block (``HPAGE_PMD_NR`` from ``pmd_start(page)``). O(1)."""
+        t = page >> PTE_SHIFT
+        self._huge.add(t)
+        self.pte_tables.discard(t)
+
+    def split_huge_pmd(self, page: int) -> bool:
+        """``split_huge_pmd()`` of the block holding ``page``, if it is huge: the same
+        entries, now under a PTE table. Returns whether it was huge. O(1)."""
+        t = page >> PTE_SHIFT
+        if t not in self._huge:
+            return False
+        self._huge.discard(t)
+        self.alloc_tables(t << PTE_SHIFT)
+        return True
+
+    def split_huge_range(self, first: int, end: int) -> None:
+        """Split the huge PMDs that ``[first, end)`` covers only in part (a partial zap,
+        unmap or move must not leave half a THP mapped by a PMD). O(1)."""
+        if not self._huge or end <= first:
+            return
+        for t in (first >> PTE_SHIFT, (end - 1) >> PTE_SHIFT):
+            if t in self._huge:
+                p0 = t << PTE_SHIFT
+                if not (first <= p0 and p0 + HPAGE_PMD_NR <= end):
+                    self._huge.discard(t)
+                    self.alloc_tables(p0)
+
+    def zap_huge_pmds(self, first: int, end: int) -> None:
+        """After a zap of ``[first, end)``: forget its huge PMDs whose first page now holds
+        nothing (``zap_huge_pmd()``). O(min(PMD entries in range, H))."""
+        if self._huge:
+            gone = [t for t in self._huge_in(first, end) if self.get(t << PTE_SHIFT) is None]
+            self._huge.difference_update(gone)
+
+    def copy_huge_pmds_to(self, dst: "PageTable", first: int, end: int) -> None:
+        """Fork's ``copy_huge_pmd()`` for the huge PMDs of ``[first, end)``: ``dst`` maps them
+        huge too (the caller copies the entries). O(min(PMD entries in range, H))."""
+        for t in self._huge_in(first, end):
+            dst.map_huge_pmd(t << PTE_SHIFT)
+
+    def _huge_in(self, first: int, end: int) -> list[int]:
+        """The huge PMD entries whose block starts in ``[first, end)``: a probe of each PMD
+        entry in range or a scan of the set, whichever is less. O(min(entries in range, H))."""
+        huge = self._huge
+        if not huge or end <= first:
+            return []
+        t0 = (first + _PTE_INDEX_MASK) >> PTE_SHIFT  # first block starting at or after `first`
+        t1 = (end - 1) >> PTE_SHIFT
+        if t1 - t0 < len(huge):
+            return [t for t in range(t0, t1 + 1) if t in huge]
+        return sorted(t for t in huge if t0 <= t <= t1)
 
     def table_pages(self) -> int:
         """Page-table pages below the PGD: PTE + PMD + PUD tables (``mm_pgtables_bytes / PAGE_SIZE``)."""
         return len(self.pte_tables) + len(self.pmd_tables) + len(self.pud_tables)
 
     def pgtables_bytes(self) -> int:
+        """``mm_pgtables_bytes()``: the table pages below the PGD, in bytes. O(1)."""
         return self.table_pages() * abi.PAGE_SIZE
 
     def free_pgtables(self, start: int, end: int, floor: int, ceiling: int) -> None:
@@ -348,9 +448,9 @@ class PageTable:
         kernel's rounding rules, restated per table. Entries inside must already be zapped.
         O(min(tables in range, tables)).
         """
-        top = ceiling if ceiling else (1 << 48)
-        for shift, tables in ((_PTE_SHIFT, self.pte_tables), (_PMD_SHIFT, self.pmd_tables),
-                              (_PUD_SHIFT, self.pud_tables)):
+        top = ceiling if ceiling else 1 << ADDRESS_BITS
+        for shift, tables in ((PTE_SHIFT, self.pte_tables), (PMD_SHIFT, self.pmd_tables),
+                              (PUD_SHIFT, self.pud_tables)):
             span = 1 << (shift + abi.PAGE_SHIFT)
             first = start // span
             last = (end - 1) // span
@@ -366,30 +466,59 @@ class PageTable:
     # -- checks ---------------------------------------------------------------
 
     def check(self) -> None:
-        """Assert the storage invariants (see the class docstring). O(n + r + T)."""
+        """The storage invariants of the class docstring; ``InvariantError`` names the first
+        broken one. O(n + T + r)."""
+        def fail(msg: str) -> None:
+            raise InvariantError(f"PageTable: {msg}")
+
         n = 0
         for t, pages in self._tables.items():
-            assert pages, f"empty table set {t:#x}"
+            if not pages:
+                fail(f"empty table set {t:#x}")
             for p in pages:
-                assert p >> _PTE_SHIFT == t, f"page {p:#x} filed under table {t:#x}"
-                assert p in self._frames, f"indexed page {p:#x} has no frame"
+                if p >> PTE_SHIFT != t:
+                    fail(f"page {p:#x} filed under table {t:#x}")
+                if p not in self._frames:
+                    fail(f"indexed page {p:#x} has no frame")
             n += len(pages)
-        assert n == len(self._frames), f"table index holds {n} pages, frames {len(self._frames)}"
+        if n != len(self._frames):
+            fail(f"table index holds {n} pages, frames {len(self._frames)}")
         for p, e in self._frames.items():
-            assert e is not None and e is not GUARD, f"bad frame at {p:#x}: {e!r}"
+            if e is None or e is GUARD:
+                fail(f"bad frame at {p:#x}: {e!r}")
         starts = self._starts.values()
         self._starts.check()
-        assert sorted(self._run_end) == starts, "run starts and run ends disagree"
+        if sorted(self._run_end) != starts:
+            fail("run starts and run ends disagree")
         total = 0
         prev_end = None
         for s in starts:
             e = self._run_end[s]
-            assert s < e, f"empty marker run at {s:#x}"
-            assert prev_end is None or prev_end < s, f"marker runs touch or overlap at {s:#x}"
-            assert not self.frames(s, e), f"frame inside marker run [{s:#x}, {e:#x})"
+            if not s < e:
+                fail(f"empty marker run at {s:#x}")
+            if prev_end is not None and prev_end >= s:
+                fail(f"marker runs touch or overlap at {s:#x}")
+            if self.frames(s, e):
+                fail(f"frame inside marker run [{s:#x}, {e:#x})")
             total += e - s
             prev_end = e
-        assert total == self._marker_pages, f"marker count {self._marker_pages} != recount {total}"
+        if total != self._marker_pages:
+            fail(f"marker count {self._marker_pages} != recount {total}")
+
+
+    def check_coverage(self) -> None:
+        """Every frame and every marker page lies under a PTE table or a huge PMD: true while
+        callers keep ``free_pgtables``' precondition (``AddressSpace.check`` runs this).
+        ``InvariantError`` otherwise. O(T + tables under the marker runs)."""
+        for t in self._tables:
+            if t not in self.pte_tables and t not in self._huge:
+                raise InvariantError(f"PageTable: entry without a table at "
+                                     f"{t << (PTE_SHIFT + abi.PAGE_SHIFT):#x}")
+        for s, e in self._run_end.items():
+            for t in range(s >> PTE_SHIFT, ((e - 1) >> PTE_SHIFT) + 1):
+                if t not in self.pte_tables and t not in self._huge:
+                    raise InvariantError(f"PageTable: guard marker without a table at "
+                                         f"{t << (PTE_SHIFT + abi.PAGE_SHIFT):#x}")
 
 
 def _page_of(item) -> int:
@@ -503,11 +632,15 @@ class SortedInts:
                 maxes.insert(k + 1, chunks[k + 1][-1])
 
     def check(self) -> None:
-        """Chunks non-empty and strictly increasing throughout; maxes match. O(n)."""
-        assert len(self._chunks) == len(self._maxes)
+        """Chunks non-empty and strictly increasing throughout; maxes match; ``InvariantError``
+        otherwise. O(n)."""
+        if len(self._chunks) != len(self._maxes):
+            raise InvariantError("SortedInts: chunks and maxes differ in length")
         prev = None
         for c, m in zip(self._chunks, self._maxes):
-            assert c and c[-1] == m and len(c) <= 2 * _LOAD, "bad SortedInts chunk"
+            if not c or c[-1] != m or len(c) > 2 * _LOAD:
+                raise InvariantError("SortedInts: bad chunk")
             for v in c:
-                assert prev is None or prev < v, "SortedInts not strictly increasing"
+                if prev is not None and prev >= v:
+                    raise InvariantError("SortedInts: not strictly increasing")
                 prev = v

@@ -1,14 +1,52 @@
 """Views of a model AddressSpace as /proc/PID/{maps,smaps,pagemap} print them.
 
-Owns the text formats and the pagemap word encoding; reads the model, never
-changes it. PFN fields are 0 (as for an unprivileged reader of pagemap).
+Owns the text formats, the pagemap word encoding and ``VmaInfo`` (one VMA as /proc shows
+it: what op-script snapshots are built from); reads the model, never changes it. PFN
+fields are 0 (as for an unprivileged reader of pagemap).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sparsemm import abi
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE
 from sparsemm.model.pagetable import GUARD
+
+
+@dataclass(slots=True, frozen=True)
+class VmaInfo:
+    """One VMA as /proc/PID/smaps shows it. ``vm_start``/``vm_end`` bytes; ``pgoff`` in
+    pages as maps prints it (0 for private anon); ``backing`` the file's label
+    (``shared-anon`` for MAP_SHARED|MAP_ANONYMOUS) or None for private anon memory;
+    ``vmflags`` the smaps ``VmFlags`` mnemonics."""
+
+    vm_start: int
+    vm_end: int
+    perms: str
+    backing: str | None
+    pgoff: int
+    vmflags: tuple[str, ...]
+
+
+def vmas_in(mm, start: int, end: int) -> list[VmaInfo]:
+    """The VMAs meeting ``[start, end)``, in order, as /proc shows them (the ``tree``
+    design's guard entries are not VMAs, T10). O(log n + k)."""
+    out = []
+    for vma in mm.tree.overlapping(start, end):
+        if vma.is_guard_entry:
+            continue
+        f = vma.vm_file
+        out.append(VmaInfo(vma.vm_start, vma.vm_end, vma.perms, None if f is None else f.label,
+                           vma.maps_pgoff(), tuple(abi.vmflags_to_mnemonics(vma.vm_flags))))
+    return out
+
+
+def mapped_end(mm, start: int, end: int) -> int:
+    """The end of the last VMA or guard entry meeting ``[start, end)``, capped at ``end``;
+    ``start`` if none does (how far a snapshot's page row runs, T10). O(log n)."""
+    found = mm.tree.overlapping(start, end)
+    return max(start, min(found[-1].vm_end, end)) if found else start
 
 #: Device and inode columns: shmem objects show the kernel's internal tmpfs device.
 _SHMEM_DEV = "00:01"

@@ -50,7 +50,7 @@ class Vma:
     VMA does not lend or borrow anon_vmas (mm/vma.c ``vma_had_uncowed_parents()``).
     """
 
-    #: True only for the ``tree`` design's guard entries (designs.GuardEntry): tree slots
+    #: True only for the ``tree`` design's guard entries (designs.tree.GuardEntry): tree slots
     #: that are not VMAs. Every walker that must not treat one as a VMA checks this.
     is_guard_entry = False
 
@@ -84,9 +84,6 @@ class Vma:
     def is_anonymous(self) -> bool:
         """``vma_is_anonymous()``: private anonymous memory (no vm_ops). Shmem is not."""
         return self.vm_file is None
-
-    def is_shared(self) -> bool:
-        return bool(self.vm_flags & VmFlag.MAYSHARE)
 
     def is_accessible(self) -> bool:
         """``vma_is_accessible()``: any of read/write/exec."""

@@ -12,13 +12,13 @@ from bisect import bisect_left, bisect_right
 from itertools import chain, compress
 from typing import Any, Iterator
 
+from sparsemm._invariant import InvariantError
+from sparsemm.abi import PAGE_SIZE, ULONG_MAX
 from sparsemm.model.maple import MapleTree
 
-__all__ = ["VmaTree", "PAGE_SIZE", "ULONG_MAX", "maple_node_count"]
+__all__ = ["VmaTree", "maple_node_count"]
 
-PAGE_SIZE = 4096
 _PAGE_MASK = PAGE_SIZE - 1
-ULONG_MAX = (1 << 64) - 1
 
 # --- maple-node cost model -------------------------------------------------------------------
 # include/linux/maple_tree.h: maple_leaf_64 has 16 slots, maple_arange_64 (internal nodes of an
@@ -563,9 +563,10 @@ class VmaTree:
     # ---- invariants --------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Verify every invariant and recount every cached counter; AssertionError if broken.  O(n)."""
+        """Verify every invariant and recount every cached counter; ``InvariantError`` if
+        broken.  O(n)."""
         def fail(msg: str) -> None:
-            raise AssertionError(f"VmaTree: {msg}")
+            raise InvariantError(f"VmaTree: {msg}")
 
         nblocks = len(self._starts)
         if not (len(self._mins) == len(self._vmas) == len(self._gaps) == nblocks):

@@ -47,12 +47,9 @@ _fallocate = _fn("fallocate", c_int, c_int, c_int, ctypes.c_int64, ctypes.c_int6
 _memset = _fn("memset", c_void_p, c_void_p, c_int, c_size_t)
 _ioctl = _fn("ioctl", c_int, c_int, c_ulong, c_void_p)
 
-_WORD = (1 << 64) - 1
-
-
 def _word(value: int) -> int:
     """An address or length as the unsigned machine word the kernel sees."""
-    return value & _WORD
+    return value & abi.ULONG_MAX
 
 
 def _raise(name: str) -> None:

@@ -19,8 +19,9 @@ import threading
 import weakref
 
 from sparsemm import abi
+from sparsemm._invariant import InvariantError
+from sparsemm._ranges import RangeMap
 from sparsemm.native import _scan, libc, procfs
-from sparsemm.native._runs import RunMap
 
 PAGE = abi.PAGE_SIZE
 _RW = abi.PROT_READ | abi.PROT_WRITE
@@ -270,9 +271,9 @@ class Mapping:
     #   _mm       the stdlib mmap that owns the pages: it unmaps them when closed or
     #             collected, and refuses to close while an unchecked view exports them.
     #   _base     None, or a cached memoryview of _mm that exports are made from.
-    #   _prot     RunMap page -> protection set by protect(), covering every page;
+    #   _prot     RangeMap page -> protection set by protect(), covering every page;
     #             with prot_none guards, the protection unguard() restores.
-    #   _guarded  RunMap page -> True: the fallback's guard record (always empty with
+    #   _guarded  RangeMap page -> True: the fallback's guard record (always empty with
     #             markers, where the page tables are the record).
     __slots__ = ("_mm", "_base", "_writable", "_addr", "_length", "_shared", "_file_backed", "_mode",
                  "_prot", "_guarded", "_lock", "__weakref__")
@@ -339,9 +340,9 @@ class Mapping:
         self._shared = shared
         self._file_backed = file_backed
         self._mode = mode
-        self._prot = RunMap()
+        self._prot = RangeMap()
         self._prot.assign(0, length // PAGE, created)
-        self._guarded = RunMap()
+        self._guarded = RangeMap()
         self._lock = threading.RLock()
         if prot_bits != created:
             try:
@@ -407,7 +408,7 @@ class Mapping:
             except BufferError:
                 raise BufferError("cannot close the mapping: an unchecked view (or a slice or "
                                   "array over one) still uses it; release or drop it first") from None
-            self._guarded = RunMap()
+            self._guarded = RangeMap()
         with _live_lock:
             _LIVE.discard(self)
 
@@ -762,16 +763,16 @@ class Mapping:
             self._mprotect(s, e, abi.PROT_NONE, quiet=quiet)
 
     def _check(self) -> None:
-        """Invariants (tests call this after every step); ``AssertionError`` if broken."""
-        self._prot._check()
-        self._guarded._check()
+        """Invariants (tests call this after every step); ``InvariantError`` if broken."""
+        self._prot.check()
+        self._guarded.check()
         if not self.closed:
             covered = sum(e - s for s, e, _ in self._prot.items(0, self._length // PAGE))
             if covered != self._length // PAGE:
-                raise AssertionError(f"protection record covers {covered} of "
+                raise InvariantError(f"Mapping: protection record covers {covered} of "
                                      f"{self._length // PAGE} pages")
         if self._mode == "markers" and len(self._guarded):
-            raise AssertionError("marker mode keeps no guard record")
+            raise InvariantError("Mapping: marker mode keeps no guard record")
 
 
 def _readable(addr: int) -> bool:

@@ -1,6 +1,7 @@
 """``sparsemm compare``: run a script on both backends and show the first difference.
 
-Owns the side-by-side report: the differing record, and for snapshots the
+Owns ``first_difference`` (the one way to find where two record lists part: the tests
+use it too) and the side-by-side report: the differing record, and for snapshots the
 model's and the kernel's VMAs and page rows one above the other.
 """
 
@@ -11,14 +12,15 @@ from sparsemm.opscript.runner import run_script
 from sparsemm.opscript.script import Script
 
 
-def first_difference(model: list[dict], kernel: list[dict], path: str = ""):
-    """``(path, model_record, kernel_record)`` of the first differing record, or ``None``.
+def first_difference(got: list[dict], want: list[dict], path: str = ""):
+    """``(path, got_record, want_record)`` of the first differing record of two record
+    lists (a missing record is None), or ``None`` when they are equal. O(records).
 
     Descends into fork children; ``path`` names the record (``op 3 > child op 1``).
     """
-    for n in range(max(len(model), len(kernel))):
-        m = model[n] if n < len(model) else None
-        k = kernel[n] if n < len(kernel) else None
+    for n in range(max(len(got), len(want))):
+        m = got[n] if n < len(got) else None
+        k = want[n] if n < len(want) else None
         here = f"{path}op {n}"
         if m == k:
             continue
@@ -51,8 +53,24 @@ def _side_by_side(m: dict | None, k: dict | None) -> list[str]:
     return lines
 
 
-def compare_script(script: Script, *, design: str = "pte") -> tuple[bool, str]:
-    """Run on both backends; ``(same, report)``."""
+def describe_difference(got: list[dict], want: list[dict], got_name: str = "model",
+                        want_name: str = "kernel", limit: int = 2000) -> str:
+    """One paragraph naming the first difference (``first_difference``): where, and both
+    records as JSON (each cut at ``limit`` characters); "" when the lists are equal."""
+    import json
+
+    diff = first_difference(got, want)
+    if diff is None:
+        return ""
+    where, a, b = diff
+    width = max(len(got_name), len(want_name))
+    return (f"first difference at {where}:\n{got_name:<{width}}: {json.dumps(a)[:limit]}\n"
+            f"{want_name:<{width}}: {json.dumps(b)[:limit]}")
+
+
+def compare_script(script: Script, *, design: str | None = None) -> tuple[bool, str]:
+    """Run on both backends (the model under ``design``, default the kernel's own);
+    ``(same, report)``."""
     kernel = run_script(script, "kernel")
     model = run_script(script, "model", design=design)
     return difference_report(model, kernel)

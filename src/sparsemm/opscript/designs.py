@@ -2,7 +2,8 @@
 
 Owns ``DesignResult`` and the report. Each design runs the same script on a
 fresh model address space; costs come from ``sparsemm.model.costs`` with the
-counts ``sparsemm.model.accounting`` takes from the final state.
+counts ``AddressSpace.counts()`` takes from the final state. The designs, their
+order and their names come from the registry (``sparsemm.model.designs``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import json
 from dataclasses import dataclass, field
 
 from sparsemm._gc import gc_paused
+from sparsemm.model import designs as registry
 from sparsemm.model.costs import KernelCost, MmCounts, kernel_cost
-from sparsemm.model.designs import GUARD_ADVICE, make_design
-from sparsemm.opscript.runner import BackendUnavailable
+from sparsemm.model.designs import GUARD_ADVICE
+from sparsemm.opscript.dispatch import BackendUnavailable
 from sparsemm.opscript.script import Script
-
-#: The designs in report order: the status quo first.
-DESIGNS = ("vma", "pte", "tree")
 
 
 @dataclass(slots=True)
@@ -108,7 +107,7 @@ def design_free_prefix(script: Script) -> int:
     return len(script.ops)
 
 
-def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | None = None,
+def run_designs_shared(script: Script, designs=None, *, max_map_count: int | None = None,
                        parallel: bool = True) -> dict[str, DesignResult]:
     """``run_design`` for each design, running the design-free prefix only once.
 
@@ -123,11 +122,12 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     """
     from sparsemm.opscript.model_backend import start_model
 
+    designs = registry.names() if designs is None else designs
     results = {d: DesignResult(d) for d in designs}
     known = []
     for d in designs:
         try:
-            make_design(d)
+            registry.design_class(d)
         except ValueError as exc:  # the model's own message
             results[d].error = str(exc)
         else:
@@ -135,7 +135,7 @@ def run_designs_shared(script: Script, designs=DESIGNS, *, max_map_count: int | 
     if not known:
         return results
     k = design_free_prefix(script)
-    runner = start_model(script, "pte", max_map_count=max_map_count)
+    runner = start_model(script, max_map_count=max_map_count)  # the prefix is design-free
     with gc_paused():
         prefix_records = runner.run_ops(script.ops[:k])
 
@@ -172,7 +172,7 @@ def run_scripts_shared(jobs: list[tuple[Script, str]], *, max_map_count: int | N
     todo = []
     for i, (script, d) in enumerate(jobs):
         try:
-            make_design(d)
+            registry.design_class(d)
         except ValueError as exc:  # the model's own message
             results[i].error = str(exc)
         else:
@@ -191,7 +191,7 @@ def run_scripts_shared(jobs: list[tuple[Script, str]], *, max_map_count: int | N
                 break
             n += 1
         k = n
-    runner = start_model(first, "pte", max_map_count=max_map_count)
+    runner = start_model(first, max_map_count=max_map_count)  # the prefix is design-free
     with gc_paused():
         prefix_records = runner.run_ops(first.ops[:k])
 
@@ -280,12 +280,13 @@ def _fork_call(fn):
     return wait
 
 
-def run_designs(script: Script, designs=DESIGNS, **kw) -> dict[str, DesignResult]:
-    return {d: run_design(script, d, **kw) for d in designs}
+def run_designs(script: Script, designs=None, **kw) -> dict[str, DesignResult]:
+    """``run_design`` for each of ``designs`` (default: every registered one, in report order)."""
+    return {d: run_design(script, d, **kw) for d in (registry.names() if designs is None else designs)}
 
 
 def format_report(results: dict[str, DesignResult]) -> str:
-    """A plain-text table: one column per design."""
+    """A plain-text table: one column per design, then one line describing each design."""
     rows = [
         ("VMAs (map_count)", lambda r: f"{r.cost.map_count}"),
         ("guard entries", lambda r: f"{r.counts.guard_entries}"),
@@ -314,6 +315,10 @@ def format_report(results: dict[str, DesignResult]) -> str:
     for n in names:
         if results[n].error:
             lines.append(f"{n}: {results[n].error}")
+    lines.append("")
+    for n in names:
+        if n in registry.names():
+            lines.append(f"{n}: {registry.design_class(n).description}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 Owns ``OpDispatcher``: a backend subclasses it, provides ``op_<name>`` methods, a
 ``touch_page`` and a ``remap`` primitive, and gets the record shapes of OPSCRIPT.md
-for free. Knows no kernel and no model.
+for free; and ``BackendUnavailable``, what a backend raises when it cannot run a script.
+Knows no kernel and no model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 from sparsemm import abi
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.script import Op
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (unknown backend or design, or the kernel lacks a feature)."""
 
 
 class OpDispatcher:

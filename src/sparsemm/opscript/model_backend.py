@@ -8,15 +8,13 @@ Owns no semantics of its own: every behaviour lives in the model.
 from __future__ import annotations
 
 from sparsemm import abi
+from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as unsigned long
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace
 from sparsemm.opscript import records as rec
-from sparsemm.opscript.dispatch import OpDispatcher
+from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
-
-
-_U64 = (1 << 64) - 1  # the kernel sees lengths and addresses as unsigned long
 
 
 class _ModelRunner(OpDispatcher):
@@ -33,26 +31,26 @@ class _ModelRunner(OpDispatcher):
 
     def op_mmap(self, op: Op):
         file = self.files[op.file] if op.file is not None else None
-        self.mm.mmap(op.addr & _U64, op.length & _U64, op.prot, op.flags, file, op.offset)
+        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset)
 
     def op_munmap(self, op: Op):
-        self.mm.munmap(op.addr, op.length & (_U64))
+        self.mm.munmap(op.addr, op.length & ULONG_MAX)
 
     def op_mprotect(self, op: Op):
-        self.mm.mprotect(op.addr, op.length & (_U64), op.prot)
+        self.mm.mprotect(op.addr, op.length & ULONG_MAX, op.prot)
 
     def op_madvise(self, op: Op):
-        self.mm.madvise(op.addr, op.length & (_U64), op.advice)
+        self.mm.madvise(op.addr, op.length & ULONG_MAX, op.advice)
 
     def remap(self, op: Op) -> int:
-        return self.mm.mremap(op.addr, op.length & _U64, op.new_length & _U64, op.flags,
-                              (op.to_addr or 0) & _U64)
+        return self.mm.mremap(op.addr, op.length & ULONG_MAX, op.new_length & ULONG_MAX, op.flags,
+                              (op.to_addr or 0) & ULONG_MAX)
 
     def op_mlock(self, op: Op):
-        self.mm.mlock(op.addr, op.length & (_U64), op.flags)
+        self.mm.mlock(op.addr, op.length & ULONG_MAX, op.flags)
 
     def op_munlock(self, op: Op):
-        self.mm.munlock(op.addr, op.length & (_U64))
+        self.mm.munlock(op.addr, op.length & ULONG_MAX)
 
     def touch_page(self, addr: int, write: bool, value: int):
         return self.mm.touch(addr, write, value)
@@ -92,19 +90,14 @@ class _ModelRunner(OpDispatcher):
 
 
 def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
-    """The snapshot value (OPSCRIPT.md): VMAs overlapping ``[base, end)`` and the pages string."""
-    views = []
-    last_mapped = base
-    for vma in mm.tree.overlapping(base, end):
-        last_mapped = max(last_mapped, min(vma.vm_end, end))
-        if vma.is_guard_entry:
-            continue  # tree design T10: not a VMA, but its pages show as G
-        backing = "anon" if vma.vm_file is None else vma.vm_file.label
-        mnemonics = abi.vmflags_to_mnemonics(vma.vm_flags)
-        views.append(rec.VmaView((vma.vm_start - base) // abi.PAGE_SIZE,
-                                 (vma.vm_end - base) // abi.PAGE_SIZE, vma.perms, backing,
-                                 vma.maps_pgoff(), rec.snapshot_flags(mnemonics)))
-    npages = (last_mapped - base) // abi.PAGE_SIZE
+    """The snapshot value (docs/opscript.md) of ``[base, end)``: the VMAs meeting it and the
+    pages string, built from what ``model.procfs`` shows (maps, pagemap) as the kernel
+    backend builds it from /proc. O(k + pages)."""
+    views = [rec.VmaView((v.vm_start - base) // abi.PAGE_SIZE, (v.vm_end - base) // abi.PAGE_SIZE,
+                         v.perms, "anon" if v.backing is None else v.backing, v.pgoff,
+                         rec.snapshot_flags(v.vmflags))
+             for v in procfs.vmas_in(mm, base, end)]
+    npages = (procfs.mapped_end(mm, base, end) - base) // abi.PAGE_SIZE  # guard entries too (T10)
     mapped = bytearray(npages)
     for v in views:
         for p in range(max(v.start, 0), min(v.end, npages)):
@@ -114,29 +107,28 @@ def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
     return rec.snapshot_value(views, pages)
 
 
-def start_model(script: Script, design: str = "pte", *, max_map_count: int | None = None
+def start_model(script: Script, design: str | None = None, *, max_map_count: int | None = None
                 ) -> _ModelRunner:
     """A runner for ``script`` on a fresh model address space (``.mm``), no op run yet.
 
-    An unknown ``design`` raises ``BackendUnavailable``.
+    ``design``: a registered guard design (default the kernel's own); an unknown one
+    raises ``BackendUnavailable``.
     """
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     try:
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
-        from sparsemm.opscript.runner import BackendUnavailable
-
         raise BackendUnavailable(str(exc)) from None
     files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)
 
 
-def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
+def run_model_state(script: Script, design: str | None = None, *, check: bool = False,
                     max_map_count: int | None = None) -> tuple[list[dict], AddressSpace]:
     """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state.
 
-    ``check`` runs ``AddressSpace.check()`` after every op (tests). ``design`` is the
-    guard design (``pte``, ``vma``, ``tree``); an unknown one raises ``BackendUnavailable``.
+    ``check`` runs ``AddressSpace.check()`` after every op (tests; ``InvariantError`` if it
+    fails). ``design``: see ``start_model``.
     """
     runner = start_model(script, design, max_map_count=max_map_count)
     mm = runner.mm
@@ -149,6 +141,6 @@ def run_model_state(script: Script, design: str = "pte", *, check: bool = False,
     return out, mm
 
 
-def run_model(script: Script, design: str = "pte", *, check: bool = False) -> list[dict]:
+def run_model(script: Script, design: str | None = None, *, check: bool = False) -> list[dict]:
     """Run ``script`` on a fresh model address space; return the records (see ``run_model_state``)."""
     return run_model_state(script, design, check=check)[0]

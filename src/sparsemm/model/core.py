@@ -1,0 +1,210 @@
+"""MmCore: the state an address space's parts share, and the contract between those parts.
+
+Owns the fields of ``AddressSpace`` (VMA tree, page table, guard design, limits, RSS
+counters, mapped files) and the primitives every syscall module uses: PTE updates with
+exact counters (``set_pte``/``clear_pte``), zaps and unmaps (``zap_range``/``unmap_range``)
+and placement (``get_unmapped_area``). What one part provides to another is declared here
+as an abstract method, so each mixin and each guard design states what it needs from
+``AddressSpace`` by naming this class. Pure Python: no OS calls.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+from typing import TYPE_CHECKING, Callable
+
+from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, page_align
+from sparsemm.model._util import kerr
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
+from sparsemm.model.merge import split_vma
+from sparsemm.model.pagetable import GUARD, PageTable
+from sparsemm.model.vma import Vma
+from sparsemm.model.vma_tree import VmaTree
+
+if TYPE_CHECKING:
+    from sparsemm.model.designs import GuardDesign
+
+__all__ = ["MmCore", "MMAP_MIN_ADDR"]
+
+#: vm.mmap_min_addr (the default): no mapping below it, and placement never goes there.
+MMAP_MIN_ADDR = 0x10000
+#: split_vma()'s limit where the caller has checked max_map_count itself (munmap).
+_NO_LIMIT = 1 << 62
+
+
+class MmCore(abc.ABC):
+    """The base of ``AddressSpace`` and of each of its mixins (``FaultMixin``,
+    ``MadviseMixin``, ``MremapMixin``, ``FileOpsMixin``).
+
+    Fields, shared by every part:
+
+    - ``tree``: the ``VmaTree`` (``mm->mm_mt``): VMAs and the ``tree`` design's guard entries;
+    - ``pt``: the ``PageTable``: frames, guard markers, huge PMDs, table pages;
+    - ``design``: the ``GuardDesign`` whose hooks the guard advice, munmap and mprotect call;
+    - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
+    - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
+      counts in neither, as in the kernel); changed only by ``set_pte``/``clear_pte``;
+    - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``.
+
+    The primitives below are public to the model (its modules and guard designs call them)
+    but not part of the syscall API; each states its preconditions. The abstract methods
+    are the contract: what one part provides to the others, implemented by the module named.
+    """
+
+    __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "rss_anon", "rss_file",
+                 "files", "exited")
+
+    tree: VmaTree
+    pt: PageTable
+    design: "GuardDesign"
+    max_map_count: int
+    mmap_base: int
+    rss_anon: int
+    rss_file: int
+    files: set[MemFile]
+    exited: bool
+
+    def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int) -> None:
+        self.design = design
+        self.tree = VmaTree(mmap_min_addr=MMAP_MIN_ADDR)
+        self.pt = PageTable()
+        self.max_map_count = max_map_count
+        self.mmap_base = mmap_base
+        self.rss_anon = 0
+        self.rss_file = 0
+        self.files = set()
+        self.exited = False
+
+    @property
+    def map_count(self) -> int:
+        """``mm->map_count``: VMAs, without the ``tree`` design's guard entries. O(1)."""
+        return len(self.tree)
+
+    # -- PTEs: every change goes through these two, so counters and mapcounts stay exact -------
+
+    def set_pte(self, page: int, entry) -> None:
+        """Install ``entry`` (a ``Frame`` or ``GUARD``) at ``page``, dropping what was there.
+        Precondition: ``page`` lies inside a VMA (not a guard entry). O(1), plus O(log r)
+        while markers exist (``PageTable.set``)."""
+        old = self.pt.set(page, entry)
+        if old is not None:
+            self._drop_entry(old)
+        if entry is not GUARD:
+            if entry.kind == FRAME_FILE:
+                self.rss_file += 1
+                entry.mapcount += 1
+            elif entry.kind == FRAME_ANON:
+                self.rss_anon += 1
+                entry.mapcount += 1
+
+    def clear_pte(self, page: int):
+        """Clear ``page`` and return what it held (a ``Frame``, ``GUARD`` or None). O(1),
+        plus O(log r) for a marker."""
+        entry = self.pt.clear(page)
+        if entry is not None:
+            self._drop_entry(entry)
+        return entry
+
+    def _drop_entry(self, entry) -> None:
+        if entry is GUARD:
+            return
+        if entry.kind == FRAME_FILE:
+            self.rss_file -= 1
+            entry.mapcount -= 1
+        elif entry.kind == FRAME_ANON:
+            self.rss_anon -= 1
+            entry.mapcount -= 1
+
+    def zap_range(self, start: int, end: int, *, drop_markers: bool = False,
+                  only: Callable[[Frame], bool] | None = None) -> None:
+        """``zap_page_range_single()`` / ``unmap_vmas()``: clear the present PTEs of
+        ``[start, end)`` (bytes). Huge PMDs the range covers in part are split first.
+
+        Guard markers survive unless ``drop_markers`` (munmap: ZAP_FLAG_DROP_MARKER),
+        which clears them run by run. ``only`` filters the present pages (e.g. file
+        pages of one MemFile). Tables stay. Precondition: ``start``/``end`` page aligned.
+        O(PageTable.frames() + frames cleared + marker runs dropped + huge PMDs in range).
+        """
+        pt = self.pt
+        first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        pt.split_huge_range(first, last)
+        for page, entry in pt.frames(first, last):
+            if only is None or only(entry):
+                pt.clear(page)
+                self._drop_entry(entry)
+        if drop_markers:
+            pt.remove_markers(first, last)
+        pt.zap_huge_pmds(first, last)
+
+    def unmap_range(self, start: int, end: int) -> None:
+        """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
+        markers), free the page tables no longer spanned; tells the design (``on_unmap``).
+        ENOMEM (OSError) when a split would pass ``max_map_count``; nothing changed then.
+        Precondition: ``start < end``, both page aligned. O(k log n + zap)."""
+        vmas = self.tree.overlapping(start, end)
+        if not vmas:
+            return
+        self.design.on_unmap(start, end)
+        first, last = vmas[0], vmas[-1]
+        if first.vm_start < start:
+            if end < first.vm_end and len(self.tree) >= self.max_map_count:
+                raise kerr(errno.ENOMEM, "munmap: split over max_map_count")
+            upper = split_vma(self.tree, first, start, _NO_LIMIT)
+            if first is last:
+                last = upper
+            vmas[0] = upper
+        if last.vm_end > end:
+            split_vma(self.tree, last, end, _NO_LIMIT)
+        self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        for vma in vmas:
+            self.tree.remove(vma)
+        self.zap_range(start, end, drop_markers=True)
+        nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
+        floor = prev.vm_end if prev is not None else 0
+        ceiling = nxt.vm_start if nxt is not None else 0
+        self.pt.free_pgtables(start, end, floor, ceiling)
+
+    def get_unmapped_area(self, hint: int, length: int) -> int:
+        """arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is free,
+        else the highest free range below ``mmap_base``; ENOMEM (OSError) if none.
+        Precondition: ``length`` a positive page multiple. Amortised O(log n)."""
+        if hint:
+            hint = page_align(hint)
+            if TASK_SIZE - length >= hint >= MMAP_MIN_ADDR \
+                    and not self.tree.overlapping(hint, hint + length):
+                return hint
+        found = self.tree.unmapped_area_topdown(length, MMAP_MIN_ADDR, self.mmap_base)
+        if found is None:
+            raise kerr(errno.ENOMEM, "no free address range")
+        return found
+
+    # -- the contract: what each part provides to the others -----------------------------------
+
+    @abc.abstractmethod
+    def anon_vma_prepare(self, vma: Vma) -> None:
+        """Give ``vma`` an anon_vma if it has none (``fault.py``; used by madvise, designs)."""
+
+    @abc.abstractmethod
+    def gup_check(self, vma: Vma, write: bool, force: bool) -> bool:
+        """May GUP touch ``vma`` this way? (``fault.py``; used by madvise populate)."""
+
+    @abc.abstractmethod
+    def gup_page(self, vma: Vma, addr: int, write: bool) -> Frame:
+        """Fault in one page for GUP and return its frame (``fault.py``; used by madvise)."""
+
+    @abc.abstractmethod
+    def populate_vma_range(self, vma: Vma, start: int, end: int) -> None:
+        """Fault in ``[start, end)`` of one VMA (``fault.py``; used by mprotect)."""
+
+    @abc.abstractmethod
+    def mm_populate(self, start: int, length: int, ignore_errors: bool) -> None:
+        """``__mm_populate()`` (``fault.py``; used by mmap, mlock, mremap)."""
+
+    @abc.abstractmethod
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        """The mprotect syscall (``mm.py``; used by the ``vma`` guard design)."""
+
+    @abc.abstractmethod
+    def punch_hole(self, file: MemFile, offset: int, length: int) -> None:
+        """shmem hole punch (``fileops.py``; used by MADV_REMOVE)."""
