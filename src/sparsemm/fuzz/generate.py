@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sparsemm import abi
-from sparsemm.opscript.script import TOP_LEVEL_KEYS
+from sparsemm.opscript.script import SPECIAL_MAPPINGS, TOP_LEVEL_KEYS
 
 PAGE = abi.PAGE_SIZE
 U64 = (1 << 64) - 1
@@ -324,6 +324,8 @@ def _touch(g: ScriptGen) -> dict:
         op = _range(g, "touch")
     op["access"] = g.pick(("read", "write"))
     op["value"] = g.rng.randint(0, 255)
+    if g.profile.name == "guards" and g.chance(0.1):
+        op["cpu"] = True  # a real load/store in a forked child: SIGSEGV or SIGBUS
     return op
 
 
@@ -381,6 +383,74 @@ def _process_madvise(g: ScriptGen) -> dict:
 def _seal(g: ScriptGen) -> dict:
     seals = g.rng.sample(SEALS, g.rng.randint(1, 2))
     return {"op": "seal", "file": g.file(), "seals": seals}
+
+
+# -- userfaultfd, mseal, PAGEMAP_SCAN, special mappings ----------------------
+
+#: PAGEMAP_SCAN categories (``PAGE_IS_*``) by their op-format names.
+SCAN_CATEGORIES = ("wpallowed", "written", "file", "present", "swapped", "pfnzero", "huge",
+                   "soft_dirty", "guard")
+
+
+def _categories(g: ScriptGen, raw: bool) -> list[str] | int:
+    if raw and g.chance(0.3):
+        return g.pick((0, 1 << 9, 1 << 63, (1 << 9) - 1))  # unknown bits: EINVAL
+    return g.rng.sample(SCAN_CATEGORIES, g.rng.randint(0, 2))
+
+
+@op_generator("pagemap_scan", guards=3, thp=1, files=1, errors=1.5)
+def _pagemap_scan(g: ScriptGen) -> dict:
+    """``PAGEMAP_SCAN`` over a range: markers (``guard``) most often, odd masks, a short
+    vector or a page limit that stops the walk early."""
+    at, n = g.span(past_end=2)
+    raw = g.profile.name == "errors"
+    op = {"op": "pagemap_scan", "at": at, "len": n}
+    if g.chance(0.5):
+        op["require"] = ["guard"] if g.chance(0.5) else _categories(g, raw)
+    if g.chance(0.3):
+        op["anyof"] = _categories(g, raw)
+    if g.chance(0.2):
+        op["inverted"] = _categories(g, raw)
+    if g.chance(0.5):
+        op["return"] = _categories(g, raw)
+    if g.chance(0.3):
+        op["max_pages"] = g.rng.randint(0, 4)
+    if g.chance(0.3):
+        op["vec_len"] = g.rng.randint(0, 3) if not raw else g.pick((0, 1, 4096))
+    return op
+
+
+@op_generator("uffd_register", guards=1.5, files=0.5, errors=0.5)
+def _uffd_register(g: ScriptGen) -> dict:
+    return _range(g, "uffd_register")
+
+
+@op_generator("uffd_unregister", guards=0.5, files=0.3, errors=0.5)
+def _uffd_unregister(g: ScriptGen) -> dict:
+    return _range(g, "uffd_unregister")
+
+
+@op_generator("uffd_copy", guards=1.5, files=0.5, errors=0.5)
+def _uffd_copy(g: ScriptGen) -> dict:
+    """``UFFDIO_COPY``, onto holes, present pages and guard markers alike."""
+    at, n = g.span()
+    return {"op": "uffd_copy", "at": at, "len": min(n, 4), "value": g.rng.randint(0, 255)}
+
+
+@op_generator("mseal", guards=1, files=0.5, errors=1)
+def _mseal(g: ScriptGen) -> dict:
+    """``mseal``: later discards, guard installs, munmap, mprotect and mremap meet it."""
+    op = _range(g, "mseal")
+    if g.profile.name == "errors" and g.chance(0.3):
+        op["flags"] = g.pick((1, 2, 1 << 31))
+    return op
+
+
+@op_generator("special_madvise", guards=0.3, errors=0.5)
+def _special_madvise(g: ScriptGen) -> dict:
+    """Guard advice on the process's own vdso/vvar/vsyscall (EINVAL, ENOMEM)."""
+    return {"op": "special_madvise", "mapping": g.pick(SPECIAL_MAPPINGS),
+            "advice": g.pick(GUARD_ADVICE)}
 
 
 # -- error paths -------------------------------------------------------------
