@@ -79,7 +79,7 @@ def test_every_generated_script_parses_and_runs_on_the_model(profile):
 
 def test_generator_draws_every_op_of_the_format_and_never_dangerous_advice():
     seen, advice = set(), set()
-    for profile in ("mixed", "guards", "thp", "files", "errors"):
+    for profile in ("mixed", "guards", "thp", "files", "errors", "extensions"):
         for i in range(200):
             for op in walk(generate_script(profile, script_rng("cover", i))["ops"]):
                 seen.add(op["op"])

@@ -95,12 +95,17 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "lengths, raw advice numbers, odd mmap/mremap flag sets, bad offsets, seals "
             "then the calls they refuse, odd process_madvise ranges",
             arenas=(16, 48), files=(("f", 20), ("g", 6)), ops=(1, 20)),
+    Profile("extensions", "the op format's extensions over guard markers: userfaultfd "
+            "(register, UFFDIO_COPY onto markers), mseal, PAGEMAP_SCAN, guard advice on the "
+            "vdso/vvar/vsyscall, real CPU touches (SIGSEGV/SIGBUS)",
+            arenas=(16, 48, 64), files=(("f", 20), ("g", 6)), ops=(1, 24), fork_depth=1,
+            setup=0.7),
     Profile("maxmap", "a prefix that splits one mapping into close to vm.max_map_count VMAs "
             "with a few process_madvise calls (1,024 ranges each), then splitting ops at "
             "the limit: mprotect, mlock, munmap, mremap, madvise, mmap",
             arenas=(0,), files=(), ops=(1, 16), advice=SPLIT_ADVICE),
 )}
-DEFAULT_PROFILES = ("mixed", "guards", "thp", "files", "errors")
+DEFAULT_PROFILES = ("mixed", "guards", "thp", "files", "errors", "extensions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +222,7 @@ class ScriptGen:
 # mremap, mlock, munlock and snapshot, 4 file ops); the other profiles add the rest.
 
 
-@op_generator("mmap", mixed=12, guards=8, thp=8, files=14, errors=6, maxmap=2)
+@op_generator("mmap", mixed=12, guards=8, extensions=6, thp=8, files=14, errors=6, maxmap=2)
 def _mmap(g: ScriptGen) -> dict:
     if not g.files:
         kind = list(g.pick(MAP_KINDS[:2]))
@@ -252,26 +257,26 @@ def _range(g: ScriptGen, name: str) -> dict:
     return {"op": name, "at": at, "len": n}
 
 
-@op_generator("munmap", mixed=4, guards=4, thp=4, files=4, errors=3, maxmap=3)
+@op_generator("munmap", mixed=4, guards=4, extensions=2, thp=4, files=4, errors=3, maxmap=3)
 def _munmap(g: ScriptGen) -> dict:
     return _range(g, "munmap")
 
 
-@op_generator("mprotect", mixed=4, guards=6, thp=5, files=4, errors=3, maxmap=5)
+@op_generator("mprotect", mixed=4, guards=6, extensions=2, thp=5, files=4, errors=3, maxmap=5)
 def _mprotect(g: ScriptGen) -> dict:
     op = _range(g, "mprotect")
     op["prot"] = g.pick(("r", "rw", "", "rw")) if g.profile.thp else g.prot()
     return op
 
 
-@op_generator("madvise", mixed=12, guards=6, thp=14, files=12, errors=5, maxmap=5)
+@op_generator("madvise", mixed=12, guards=6, extensions=3, thp=14, files=12, errors=5, maxmap=5)
 def _madvise(g: ScriptGen) -> dict:
     op = _range(g, "madvise")
     op["advice"] = g.pick(g.profile.advice)
     return op
 
 
-@op_generator("guard", guards=18, thp=4, files=4, errors=1, maxmap=2)
+@op_generator("guard", guards=18, extensions=10, thp=4, files=4, errors=1, maxmap=2)
 def _guard(g: ScriptGen) -> dict:
     """MADV_GUARD_INSTALL (twice as often) or MADV_GUARD_REMOVE."""
     op = _range(g, "madvise")
@@ -279,7 +284,7 @@ def _guard(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mremap", mixed=4, guards=5, thp=5, files=4, errors=2, maxmap=3)
+@op_generator("mremap", mixed=4, guards=5, extensions=3, thp=5, files=4, errors=2, maxmap=3)
 def _mremap(g: ScriptGen) -> dict:
     """In place, or a fixed move (with dontunmap: same length). Never a move the
     kernel places itself (its address differs on the model; docs/divergences.md)."""
@@ -315,7 +320,7 @@ def _munlock(g: ScriptGen) -> dict:
     return _range(g, "munlock")
 
 
-@op_generator("touch", mixed=12, guards=14, thp=10, files=14, errors=3, maxmap=1)
+@op_generator("touch", mixed=12, guards=14, extensions=8, thp=10, files=14, errors=3, maxmap=1)
 def _touch(g: ScriptGen) -> dict:
     if g.profile.thp:
         at = g.at()
@@ -324,17 +329,17 @@ def _touch(g: ScriptGen) -> dict:
         op = _range(g, "touch")
     op["access"] = g.pick(("read", "write"))
     op["value"] = g.rng.randint(0, 255)
-    if g.profile.name == "guards" and g.chance(0.1):
+    if g.profile.name == "extensions" and g.chance(0.3):
         op["cpu"] = True  # a real load/store in a forked child: SIGSEGV or SIGBUS
     return op
 
 
-@op_generator("snapshot", mixed=4, guards=4, thp=3, files=4, errors=2)
+@op_generator("snapshot", mixed=4, guards=4, extensions=3, thp=3, files=4, errors=2)
 def _snapshot(g: ScriptGen) -> dict:
     return {"op": "snapshot"}
 
 
-@op_generator("fork", forks=True, mixed=16, guards=10, thp=4, files=8, errors=3)
+@op_generator("fork", forks=True, mixed=16, guards=10, extensions=4, thp=4, files=8, errors=3)
 def _fork(g: ScriptGen) -> dict:
     """A fork whose child runs up to ``child_ops`` ops, then a snapshot."""
     g.depth += 1
@@ -365,7 +370,7 @@ def _punch(g: ScriptGen) -> dict:
             "len": g.rng.randint(1, 8)}
 
 
-@op_generator("process_madvise", mixed=4 / 3, guards=4, thp=1, files=2, errors=2, maxmap=1)
+@op_generator("process_madvise", mixed=4 / 3, guards=4, extensions=1, thp=1, files=2, errors=2, maxmap=1)
 def _process_madvise(g: ScriptGen) -> dict:
     ranges = []
     for _ in range(g.rng.randint(1, 3)):
@@ -398,12 +403,12 @@ def _categories(g: ScriptGen, raw: bool) -> list[str] | int:
     return g.rng.sample(SCAN_CATEGORIES, g.rng.randint(0, 2))
 
 
-@op_generator("pagemap_scan", guards=3, thp=1, files=1, errors=1.5)
+@op_generator("pagemap_scan", extensions=6)
 def _pagemap_scan(g: ScriptGen) -> dict:
     """``PAGEMAP_SCAN`` over a range: markers (``guard``) most often, odd masks, a short
     vector or a page limit that stops the walk early."""
     at, n = g.span(past_end=2)
-    raw = g.profile.name == "errors"
+    raw = g.chance(0.2)
     op = {"op": "pagemap_scan", "at": at, "len": n}
     if g.chance(0.5):
         op["require"] = ["guard"] if g.chance(0.5) else _categories(g, raw)
@@ -420,33 +425,33 @@ def _pagemap_scan(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("uffd_register", guards=1.5, files=0.5, errors=0.5)
+@op_generator("uffd_register", extensions=4)
 def _uffd_register(g: ScriptGen) -> dict:
     return _range(g, "uffd_register")
 
 
-@op_generator("uffd_unregister", guards=0.5, files=0.3, errors=0.5)
+@op_generator("uffd_unregister", extensions=1.5)
 def _uffd_unregister(g: ScriptGen) -> dict:
     return _range(g, "uffd_unregister")
 
 
-@op_generator("uffd_copy", guards=1.5, files=0.5, errors=0.5)
+@op_generator("uffd_copy", extensions=4)
 def _uffd_copy(g: ScriptGen) -> dict:
     """``UFFDIO_COPY``, onto holes, present pages and guard markers alike."""
     at, n = g.span()
     return {"op": "uffd_copy", "at": at, "len": min(n, 4), "value": g.rng.randint(0, 255)}
 
 
-@op_generator("mseal", guards=1, files=0.5, errors=1)
+@op_generator("mseal", extensions=2)
 def _mseal(g: ScriptGen) -> dict:
     """``mseal``: later discards, guard installs, munmap, mprotect and mremap meet it."""
     op = _range(g, "mseal")
-    if g.profile.name == "errors" and g.chance(0.3):
+    if g.chance(0.1):
         op["flags"] = g.pick((1, 2, 1 << 31))
     return op
 
 
-@op_generator("special_madvise", guards=0.3, errors=0.5)
+@op_generator("special_madvise", extensions=1)
 def _special_madvise(g: ScriptGen) -> dict:
     """Guard advice on the process's own vdso/vvar/vsyscall (EINVAL, ENOMEM)."""
     return {"op": "special_madvise", "mapping": g.pick(SPECIAL_MAPPINGS),
