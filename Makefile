@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench record check-corpus clean
+.PHONY: demo test bench bench-quick bench-record record check-corpus clean strace browser
 
 $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +18,38 @@ $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 demo: $(STAMP)
 	$(BIN)/sparsemm demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# sparsemm trace records system calls with Debian's strace: install it where it is missing.
+strace:
+	@command -v strace >/dev/null 2>&1 || { echo "installing strace (sparsemm trace needs it)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y strace || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y strace; }; }
 
+# analyze --html is tested in a real headless browser: Debian's chromium, installed where it is
+# missing (without recommends). Without a package manager or network the browser tests skip,
+# saying why; nothing else needs it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing chromium (the analyze --html tests open the page in it; about a minute)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	  || echo "could not install chromium: the browser tests will skip"; }
+
+# SPARSEMM_REQUIRE_STRACE: the trace tests fail, never skip, if strace is still missing.
+test: $(STAMP) strace browser
+	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest -q
+
+# Benchmarks write to out/bench/ (untracked); only bench-record rewrites bench/results_*.md
+# and bench/RESULTS.md. Qiling (optional): pip install -e '.[qiling]' or QILING_PYTHON=...
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --quick
+
+bench-record: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --record
 
 # Re-run the conformance corpus on this kernel and store the records it gives.
 record: $(STAMP)
