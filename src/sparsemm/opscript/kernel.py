@@ -9,6 +9,7 @@ a script reach its own interpreter's memory. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import errno
@@ -34,6 +35,11 @@ _U64 = 1 << 64
 _SPARE_FDS = 64
 
 
+#: Added to the child's environment. Its Python allocates through glibc malloc (not
+#: pymalloc's mmap'd arenas) and glibc never mmaps: every allocation then grows the heap
+#: VMA with brk, so the child still allocates, and reports, once a script has brought
+#: it to vm.max_map_count (a mmap'd arena would need a new VMA: MemoryError).
+CHILD_ENV = {"PYTHONMALLOC": "malloc", "MALLOC_MMAP_MAX_": "0"}
 #: For benchmarks (bench/bench_replay.py): set to a file path, the child writes there, as JSON,
 #: how long its ops took, each ``run_op`` timed alone (the op's calls into the kernel and its
 #: record; no start-up, imports, parsing, JSON or streaming), in wall and in CPU time (this
@@ -144,9 +150,8 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     doc = {k: v for k, v in script.doc.items() if k != "expect"}
     payload = json.dumps({"doc": doc, "allow_dangerous": bool(script.warnings)}).encode()
     try:
-        env = {"PYTHONMALLOC": "malloc"} if script.map_count_headroom is not None else None
         end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line,
-                        env=env)
+                        env=CHILD_ENV)
     except ChildTimeout as exc:
         raise KernelBackendError(f"kernel backend child timed out after {exc.seconds:g} s "
                                  f"{_where(script, records)}; {_kept(records)}", records) from None
@@ -313,9 +318,13 @@ class KernelRunner(OpDispatcher):
         the parser refuses every other range that leaves the arena."""
         if maps is None:
             maps = [(e.start, e.end, e.path) for e in procfs.read_maps() if e.path != "[vsyscall]"]
-        for lo, hi in _reach(op, maps):
-            for s, e, path in maps:
-                if s < hi and e > lo and self._is_own(s, e):
+        ends = [e for _, e, _ in maps]  # address order, so ends ascend: bisect, not a scan
+        for lo, hi in _reach(op, maps):  # (a maxmap script: 1,024 ranges over ~65,000 VMAs)
+            for k in range(bisect.bisect_right(ends, lo), len(maps)):
+                s, e, path = maps[k]
+                if s >= hi:
+                    break
+                if self._is_own(s, e):
                     raise ChildRefused(
                         f"op {op.index} ({op.name}) reaches {max(lo, s):#x}-{min(hi, e):#x}, memory "
                         f"of the kernel backend child itself ({path or 'anonymous'}); "
