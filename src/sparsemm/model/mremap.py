@@ -16,6 +16,7 @@ from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
 from sparsemm.model.pagetable import HPAGE_PMD_NR
+from sparsemm.model.uffd import VM_UFFD_FLAGS
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
 
 
@@ -175,6 +176,10 @@ class MremapMixin(MmCore):
             for p0 in self.pt.file_huge_in(src0, src_end):
                 self.drop_huge_block(p0)
         self.pt.move_range(src0, src_end, dst0)
+        # mremap_userfaultfd_prep(): the one context this model opens lacks
+        # UFFD_FEATURE_EVENT_REMAP, so the destination drops its registration (the source of
+        # a DONTUNMAP move keeps it).
+        new_vma.vm_flags &= ~VM_UFFD_FLAGS
         if flags & MremapFlag.DONTUNMAP:
             old = self.tree.find(addr)
             if old is not None:
