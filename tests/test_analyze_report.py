@@ -251,20 +251,22 @@ def test_cli_errors_are_one_line(tmp_path, args, needle):
 
 
 def test_cli_dir_mode(tmp_path):
+    """A directory is fleet mode (tests/test_fleet.py): its JSON summary totals the samples."""
     for p in SAMPLES:
         (tmp_path / p.name).write_text(p.read_text())
     (tmp_path / "broken.maps").write_text("garbage\n")
-    cp = run_cmd("analyze", str(tmp_path), "--json")
+    cp = run_cmd("analyze", str(tmp_path), "--json", "--workers", "2")
     assert cp.returncode == 0, cp.stderr
     doc = json.loads(cp.stdout)
-    assert doc["summary"]["files"] == 3 and doc["summary"]["errors"] == 1
-    assert doc["summary"]["vmas"] == 1400 + 815 + 535
-    assert doc["summary"]["vma"] == doc["summary"]["vmas"]
-    assert doc["summary"]["pte"] == 958 + 711 + 139  # guards only
-    assert doc["summary"]["decommitted_payload"] == 119 + 10 + 0
-    cp = run_cmd("analyze", str(tmp_path))
+    assert doc["files"] == 4 and doc["analyzed"] == 3 and doc["failed_files"] == 1
+    dist = doc["distributions"]
+    assert dist["original"]["vmas"]["total"] == 1400 + 815 + 535
+    assert dist["vma"]["map_count"]["total"] == 1400 + 815 + 535
+    assert dist["pte"]["map_count"]["total"] == 958 + 711 + 139  # guards only
+    assert doc["decommitted_payload"] == 119 + 10 + 0
+    cp = run_cmd("analyze", str(tmp_path), "--workers", "1")
     assert cp.returncode == 0, cp.stderr
-    assert "summary" in cp.stdout and "total" in cp.stdout and "broken.maps" in cp.stdout
+    assert "distributions" in cp.stdout and "broken.maps" in cp.stdout
 
 
 # --- on the kernel ------------------------------------------------------------------------------

@@ -132,77 +132,28 @@ def _analyze_one(target: str, policy, touch: str, on_stage=None, workers: int | 
     return analyze_source(target, policy, touch, on_stage=on_stage, workers=workers)
 
 
-def _worker(path: str, policy, touch: str):
-    """Directory mode, in a worker process: (path, report without layout, error line)."""
-    try:
-        r = _analyze_one(path, policy, touch, workers=1)  # the pool already uses every core
-        # not needed by the summary; keeps the pickle small
-        r.layout_obj = r.layout_payload_obj = r.classification = None
-        return path, r, None
-    except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
-        return path, None, " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _dir_files(path: str) -> list[str]:
-    files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                   if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
-    if not files:
-        raise UsageError(f"{path}: no files to analyze")
-    return files
-
-
-def _analyze_dir(args, policy) -> int:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from sparsemm.analyze.report import many_to_json, render_many
-
-    if args.plot:
-        raise UsageError("--plot draws one process: give a file or pid, not a directory")
-    if getattr(args, "mappings", False):
-        raise UsageError("--mappings lists one process: give a file or pid, not a directory")
-    if getattr(args, "html", None):
-        raise UsageError("--html reports one process: give a file or pid, not a directory")
-    files = _dir_files(args.target)
-    results = {}
-    t0 = time.perf_counter()
-    with Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=_console(stderr=True), transient=True,
-                  disable=not sys.stderr.isatty()) as prog:
-        task = prog.add_task("", total=len(files))
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            futs = [pool.submit(_worker, f, policy, args.touch) for f in files]
-            for fut in as_completed(futs):
-                path, rep, err = fut.result()
-                results[path] = (rep, err)
-                prog.update(task, advance=1, description=os.path.basename(path))
-    reports = [results[f][0] for f in files if results[f][0] is not None]
-    errors = [(os.path.basename(f), results[f][1]) for f in files if results[f][1] is not None]
-    if not reports:  # nothing to summarise: each file's error, where errors go
-        for name, err in errors:
-            print(f"sparsemm analyze: {err if err.startswith(name + ':') else f'{name}: {err}'}",
-                  file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        doc = many_to_json(reports, errors)
-        doc["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
-        print(json.dumps(doc, indent=1))
-    else:
-        con = _console()
-        con.print(render_many(reports, errors))
-        con.print(f"[dim]{len(files)} file(s) in {time.perf_counter() - t0:.1f} s on "
-                  f"{os.cpu_count()} worker(s)[/dim]")
-    return 0 if reports else EXIT_USAGE
-
-
 def _analyze(args) -> int:
-    from sparsemm.analyze.report import render_report
+    from sparsemm.analyze.fleet_inputs import is_many
 
     policy = _policy(args)
-    _check_target(args.target)
-    if _is_dir_target(args.target):
-        return _analyze_dir(args, policy)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.out:
+        from sparsemm.analyze.fleet_table import check_out_path
+
+        check_out_path(args.out)
+    targets = args.target
+    if len(targets) > 1 or is_many(targets[0]):
+        return _analyze_many(args, policy)
+    if args.scheduler:
+        raise UsageError("--scheduler analyzes many files: give a directory, a glob or a tarball")
+    return _analyze_single(args, policy, targets[0])
+
+
+def _analyze_single(args, policy, target: str) -> int:
+    from sparsemm.analyze.report import render_report
+
+    _check_target(target)
     if args.plot:
         _check_plot_path(args.plot)
     if args.html:
@@ -210,8 +161,8 @@ def _analyze(args) -> int:
     err = _console(stderr=True)
     mappings = getattr(args, "mappings", False)
     with err.status("analyzing…") as status:
-        report = _analyze_one(args.target, policy, args.touch,
-                              on_stage=lambda s: status.update(s + "…"))
+        report = _analyze_one(target, policy, args.touch, on_stage=lambda s: status.update(s + "…"),
+                              workers=args.workers)
         if args.plot:
             from sparsemm.analyze.plot import plot_report
 
@@ -222,12 +173,21 @@ def _analyze(args) -> int:
 
             status.update("writing the HTML report…")
             write_html(report, args.html)
+    out = None
+    if args.out:
+        from sparsemm.analyze.fleet_table import TableWriter, report_rows
+
+        writer = TableWriter(args.out)
+        writer.write(report_rows(report.source, report))
+        out = writer.close(ok=True)
     if args.json:
         doc = report.to_json(with_mappings=mappings)
         if args.plot:
             doc["plot"] = os.path.abspath(args.plot)
         if args.html:
             doc["html"] = os.path.abspath(args.html)
+        if out:
+            doc["out"] = os.path.abspath(out)
         for w in report.warnings:
             print(f"sparsemm analyze: warning: {w}", file=sys.stderr)
         print(json.dumps(doc, indent=1))
@@ -241,9 +201,123 @@ def _analyze(args) -> int:
             print(render_mappings(report), file=con.file)
         if args.plot:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
+        if out:
+            con.print(f"rows written to {os.path.abspath(out)}")
         if args.html:
             con.print(f"HTML report written to {os.path.abspath(args.html)}")
     return 0
+
+
+def _analyze_many(args, policy) -> int:
+    """Many files (directories, globs, tarballs): ``analyze.fleet`` on local worker
+    processes or on the Dask scheduler ``--scheduler``; rows to ``--out``; a summary."""
+    from sparsemm.analyze import fleet
+    from sparsemm.analyze.fleet_inputs import plan_inputs
+    from sparsemm.analyze.fleet_table import COLUMN_NAMES, Summary, TableWriter
+
+    if args.plot:
+        raise UsageError("--plot draws one process: give a file or pid, not many files")
+    if args.mappings:
+        raise UsageError("--mappings lists one process: give a file or pid, not many files")
+    if args.html:
+        raise UsageError("--html reports one process: give a file or pid, not many files")
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    if args.connect_timeout <= 0:
+        raise UsageError("--connect-timeout must be positive")
+    inputs = plan_inputs(args.target)
+    workers = args.workers or os.cpu_count() or 1
+    if inputs.total is not None:  # a small run starts fewer local workers
+        workers = min(workers, inputs.total)
+    summary = Summary(top=args.top)
+    design_col, error_col = COLUMN_NAMES.index("design"), COLUMN_NAMES.index("error")
+    writer = TableWriter(args.out) if args.out else None
+    err = _console(stderr=True)
+    where = f"the Dask scheduler at {args.scheduler}" if args.scheduler else f"{workers} local worker process(es)"
+    progress = _progress(err) if sys.stderr.isatty() else None
+    ok = False
+    t0 = time.perf_counter()
+    try:
+        task = None
+        if progress:
+            progress.start()
+            task = progress.add_task("starting " + ("the Dask client" if args.scheduler else "the workers"),
+                                     total=inputs.total)
+
+        def on_rows(rows):
+            if writer:
+                writer.write(rows)
+            for r in rows:
+                summary.add(r)
+                if r[design_col] is None:  # a file that could not be analyzed: its line, as the run reaches it
+                    warn(_file_error_line(r[0], r[error_col]))
+
+        def on_file(source):
+            if progress:
+                progress.update(task, advance=1, description=os.path.basename(source))
+
+        def warn(line):
+            (progress.console if progress else err).print(f"sparsemm analyze: {line}", highlight=False,
+                                                          soft_wrap=True, markup=False)
+
+        engine = (fleet.remote_client(args.scheduler, args.connect_timeout) if args.scheduler
+                  else fleet.local_client(workers))
+        with engine as client:
+            if progress:
+                progress.update(task, description="")
+            stats = fleet.run_fleet(client, inputs, fleet.FleetOptions(policy, args.touch), on_rows,
+                                    batch_files=args.batch, total=inputs.total, on_file=on_file, warn=warn,
+                                    address=where,
+                                    lost_timeout=args.connect_timeout)
+        ok = True
+    except fleet.FleetError as exc:
+        raise UsageError(str(exc) + _partial_note(writer, ok)) from None
+    except KeyboardInterrupt:
+        if writer:
+            print(f"sparsemm analyze: interrupted{_partial_note(writer, ok)}", file=sys.stderr)
+        raise
+    finally:
+        if progress:
+            progress.stop()
+        out = writer.close(ok) if writer else None
+    seconds = time.perf_counter() - t0
+    if summary.analyzed == 0:  # nothing to summarise; each file's error is on stderr already
+        return EXIT_USAGE
+    run = {"files": stats.files, "seconds": round(seconds, 3), "engine": "dask.distributed",
+           "scheduler": args.scheduler, "workers": stats.max_threads, "batch_files": stats.batch_files,
+           "batches": stats.batches, "retried_batches": stats.retried_batches,
+           "out": os.path.abspath(out) if out else None}
+    if args.json:
+        doc = summary.to_json()
+        doc["run"] = run
+        print(json.dumps(doc, indent=1))
+    else:
+        con = _console()
+        con.print(summary.render())
+        con.print(f"[dim]{stats.files:,} file(s) in {seconds:.1f} s on {where} "
+                  f"({stats.max_threads} worker thread(s), {stats.batches:,} task(s) of up to {stats.batch_files} file(s))"
+                  + (f"; rows written to {os.path.abspath(out)}" if out else "") + "[/dim]")
+    return 0
+
+
+def _file_error_line(source: str, error: str) -> str:
+    """A failed file's one stderr line (without the ``sparsemm analyze: `` prefix): most
+    errors name their file already (``FILE:LINE: ...``)."""
+    return error if error.startswith(source) else f"{source}: {error}"
+
+
+def _partial_note(writer, ok: bool) -> str:
+    if writer is None or ok:
+        return ""
+    return f"; the rows so far are in {writer.partial_path}"
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.description}"), console=console, transient=True)
 
 
 def _check_plot_path(path: str) -> None:
@@ -364,7 +438,8 @@ def _demo(args) -> int:
 # --- entry points -----------------------------------------------------------------------------
 
 def analyze_main(args: argparse.Namespace) -> int:
-    """``sparsemm analyze TARGET [--json] [--plot FILE] [policy options] [--touch MODE]``."""
+    """``sparsemm analyze TARGET... [--json] [--plot FILE] [--out FILE] [--workers N]
+    [--scheduler ADDRESS] [policy options] [--touch MODE]``."""
     return _guarded("analyze", _analyze, args)
 
 
@@ -411,18 +486,35 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "analyze", help="what each guard design makes of a process: VMAs, kernel bytes, max_map_count",
         description="Analyze a process (pid, read live with its guard markers), a snapshot file "
-                    "(sparsemm snapshot), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
-                    "every file of a directory.")
-    p.add_argument("target", help="pid, snapshot, maps/smaps file, directory, or - for standard input")
-    p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
-    p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
+                    "(sparsemm snapshot), a saved /proc/PID/maps or smaps file or '-' (stdin); or many files "
+                    "(directories, globs, tarballs) on local worker processes or a Dask cluster.",
+        epilog="Exit status: 0 when a process was analyzed (many files: at least one; each file that failed is "
+               "one line on stderr and a row with an error); 2 for bad input or options, an unusable Dask "
+               "cluster, or when no file could be analyzed; 130 on Ctrl-C.")
+    p.add_argument("target", nargs="+",
+                   help="pid, snapshot, maps/smaps file or - (one process); or directories, globs, tarballs, "
+                        "files (many)")
+    p.add_argument("--json", action="store_true", help="print JSON (schemas in docs/analyze.md, docs/fleet.md)")
+    p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg; one process)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write one row per process and design to FILE (.parquet or .csv; docs/fleet.md)")
     p.add_argument("--html", metavar="FILE",
                    help="write a self-contained HTML report to FILE: the design bands, the mappings table, "
-                        "the guard policy and every number with how it was obtained (docs/analyze.md)")
+                        "the guard policy and every number with how it was obtained (docs/analyze.md); one process")
     p.add_argument("--mappings", action="store_true",
                    help="also list every VMA with its role (guard, decommitted payload, reservation, kept, "
-                        "existing markers) and what each design makes of it (JSON: a 'mappings' list)")
+                        "existing markers) and what each design makes of it (JSON: a 'mappings' list; one process)")
     _add_policy(p)
+    g = p.add_argument_group("many files (docs/fleet.md)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="local worker processes (default: the number of CPUs); one process: designs in parallel")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is ADDRESS (e.g. tcp://host:8786)")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the scheduler and its workers (default 10)")
+    g.add_argument("--batch", type=int, default=16, metavar="N", help="files per task (default 16)")
+    g.add_argument("--top", type=int, default=10, metavar="N",
+                   help="processes listed in each ranking of the summary (default 10)")
     p.set_defaults(func=analyze_main)
 
     p = subparsers.add_parser(

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_INPUT_BYTES",
     "proc_pid",
     "read_text",
+    "read_bytes",
 ]
 
 #: The most VMAs one input may have: 4x the default vm.max_map_count (65530), and the
@@ -498,11 +499,15 @@ def read_text(path: str | os.PathLike) -> str:
     """A maps/smaps input as text, within ``MAX_INPUT_BYTES`` and the line caps: a regular
     file or ``-`` (``sparsemm._input.read_input``: FIFOs and devices refused, /proc read with
     a timeout). Undecodable path bytes are kept (surrogateescape)."""
+    return read_bytes(path).decode("utf-8", "surrogateescape")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """``read_text`` undecoded (fleet mode sends a file's bytes to its workers)."""
     from sparsemm._input import read_input
 
-    data = read_input(os.fspath(path), max_bytes=MAX_INPUT_BYTES,
+    return read_input(os.fspath(path), max_bytes=MAX_INPUT_BYTES,
                       max_lines=MAX_VMAS * MAX_SMAPS_LINES_PER_VMA + 1)
-    return data.decode("utf-8", "surrogateescape")
 
 
 def read_pid(pid: int | str, smaps: bool = True) -> list[MapEntry]:

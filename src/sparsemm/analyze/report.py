@@ -1,15 +1,17 @@
 """What each guard design makes of a real process: ``analyze(entries) -> AnalysisReport``.
 
 Owns ``AnalysisReport`` / ``DesignFigures``, their JSON form (schema in docs/analyze.md),
-the per-VMA ``mappings`` view, the rich tables for people, the many-files mode and
-``analyze_source``, the single-file entry point (pid, snapshot, maps or smaps file).
-Rebuilds the layout with ``analyze.rebuild`` and runs it on the model
-(``opscript.designs.run_design``); never touches the kernel (that is ``analyze.reproduce``).
+the per-VMA ``mappings`` view, the rich table for people and ``analyze_source``, the
+single-file entry point every mode calls (pid, snapshot, maps or smaps file; the
+many-files mode, ``analyze.fleet``, calls it per file). Rebuilds the layout with
+``analyze.rebuild`` and runs it on the model (``opscript.designs.run_design``); never
+touches the kernel (that is ``analyze.reproduce``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -22,12 +24,10 @@ from sparsemm.model.costs import constants
 from sparsemm.opscript.designs import DesignResult, run_design, run_scripts_shared, start_design
 from sparsemm.opscript.script import parse_script
 
-__all__ = ["SCHEMA", "MANY_SCHEMA", "DesignFigures", "AnalysisReport", "analyze",
-           "analyze_source", "design_result", "render_report", "render_many", "many_to_json",
-           "render_mappings", "mappings", "BYTE_KEYS"]
+__all__ = ["SCHEMA", "DesignFigures", "AnalysisReport", "analyze", "analyze_source",
+           "design_result", "render_report", "render_mappings", "mappings", "BYTE_KEYS"]
 
 SCHEMA = "sparsemm.analyze/3"
-MANY_SCHEMA = "sparsemm.analyze.many/3"
 #: Kernel memory by object, in the order the tables and plots show them.
 BYTE_KEYS = ("vm_area_struct", "anon_vma", "anon_vma_chain", "maple_node", "page_tables")
 #: From this many ops on, the designs share their prefix through fork (below, a fork costs more).
@@ -80,6 +80,10 @@ class AnalysisReport:
     max_map_count: int
     policy: dict
     seconds: float = 0.0  # wall time of the analysis
+    pid: int | None = None  # the process, when the input tells (see analyze_source)
+    comm: str | None = None  # its command name, when the input tells
+    host: str | None = None  # the host it ran on (snapshots)
+    uptime_s: float | None = None  # how long the process had been running when read (snapshots, live pids)
     layout_obj: Layout | None = field(default=None, repr=False)  # not in JSON
     payload: int = 0  # ranges of decommitted payload (Role.DECOMMITTED)
     payload_bytes: int = 0
@@ -106,6 +110,10 @@ class AnalysisReport:
         doc = {
             "schema": SCHEMA,
             "source": self.source,
+            "pid": self.pid,
+            "comm": self.comm,
+            "host": self.host,
+            "uptime_s": self.uptime_s,
             "input": self.input_kind,
             "maps_lines": self.maps_lines,
             "vmas": self.vmas,
@@ -318,21 +326,46 @@ def _policy_dict(p: GuardPolicy) -> dict:
             "cost_ratio": p.cost_ratio, "neighbour_perms": p.neighbour_perms}
 
 
-def analyze_source(target: str, policy: GuardPolicy | None = None, touch: str = "auto", *,
-                   on_stage=None, workers: int | None = None) -> AnalysisReport:
-    """The single-file entry point: read ``target`` (a pid or ``/proc/N``, read live with
-    its guard markers; a snapshot file; a maps or smaps file; ``-`` for stdin) with
-    ``snapshot.load_source`` and analyze it. Raises ``ValueError`` (one line) for an
-    input without mappings, and what ``load_source`` and ``analyze`` raise."""
+def analyze_source(target: str | int, policy: GuardPolicy | None = None, touch: str = "auto", *,
+                   data: str | bytes | None = None, on_stage=None,
+                   workers: int | None = None) -> AnalysisReport:
+    """The single-file entry point: read ``target`` with ``snapshot.load_source`` and
+    analyze it. Every mode calls it, one file at a time (``sparsemm analyze FILE``, and
+    each file of ``analyze.fleet``).
+
+    ``target`` is a live pid (``N``, ``/proc/N``: read with its guard markers), a
+    snapshot file, a maps or smaps file, or ``-`` (stdin). With ``data`` (a file's
+    content, as fleet workers receive it) nothing is read: ``target`` only names the file
+    and is the report's ``source`` as given. ``pid``, ``comm``, ``host`` and ``uptime_s`` come from a
+    live pid or a snapshot; a maps/smaps file named ``PID``, ``PID.maps``, ``PID.smaps``
+    or ``PID/maps`` / ``PID/smaps`` gives its pid. ``on_stage`` and ``workers`` are
+    ``analyze``'s. Raises ``ValueError`` (one line) for an input without mappings, and
+    what ``load_source`` and ``analyze`` raise.
+    """
     from sparsemm.analyze.snapshot import load_source
 
     if on_stage:
         on_stage(f"reading {target}")
-    src = load_source(target)
+    src = load_source(target, data=data)
     if not src.entries:
         raise ValueError(f"{target}: no mappings in the input")
-    return analyze(src.entries, policy, source=src.name, touch=touch, on_stage=on_stage, workers=workers,
-                   markers=src.markers, warnings=src.warnings, input_kind=src.kind)
+    report = analyze(src.entries, policy, source=src.name, touch=touch, on_stage=on_stage, workers=workers,
+                     markers=src.markers, warnings=src.warnings, input_kind=src.kind)
+    if src.snapshot is not None:
+        snap = src.snapshot
+        report.pid, report.comm, report.host, report.uptime_s = snap.pid, snap.comm, snap.host or None, snap.uptime_s
+    elif str(target) != "-":
+        report.pid = _pid_from_name(str(target))
+    return report
+
+
+# PID, PID.maps, PID.smaps, or a PID directory holding maps/smaps (a copy of /proc/PID).
+_PID_NAME = re.compile(r"(?:.*/)?(?:(\d+)(?:\.s?maps)?|(\d+)/s?maps)\Z")
+
+
+def _pid_from_name(name: str) -> int | None:
+    m = _PID_NAME.match(name)
+    return None if m is None else int(m.group(1) or m.group(2))
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -544,64 +577,3 @@ def _size(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift:,}{unit}"
     return f"{n >> 10:,}K"
-
-
-def render_many(reports: list[AnalysisReport], errors: list[tuple[str, str]]):
-    """A rich table across many files, with a total row; the files that failed below it."""
-    from rich.table import Table
-
-    names, base, native = registry.names(), registry.baseline(), registry.kernel_design()
-    t = Table(title="sparsemm analyze: summary", header_style="bold")
-    for col in ("source", "VMAs", "guards", *names, f"{native} saves", f"{native} saves bytes",
-                f"headroom ({base})"):
-        if col == "source":
-            t.add_column(col, overflow="fold", min_width=24)
-        else:
-            t.add_column(col, justify="right", no_wrap=True)
-    tot = {"vmas": 0, "guards": 0}
-    sums: dict[str, int | None] = {d: 0 for d in names}
-    saved_b = 0
-    for r in reports:
-        cells = []
-        for d in names:
-            f = r.designs.get(d)
-            cells.append("n/a" if f is None or f.error else _n(f.map_count))
-            if f is None or f.error:
-                sums[d] = None
-            elif sums[d] is not None:
-                sums[d] += f.map_count
-        kern = r.designs.get(native)
-        saved = "n/a" if kern is None or kern.saved_vmas is None else f"{kern.saved_vmas:,} ({100 * kern.saved_vmas / max(r.vmas, 1):.0f}%)"
-        sb = None if kern is None else kern.saved_bytes
-        saved_b += sb or 0
-        sq = r.designs.get(base)
-        head = _n(sq.headroom_vmas) if sq is not None and not sq.error else _n(r.max_map_count - r.vmas)
-        t.add_row(r.source, _n(r.vmas), _n(r.guards), *cells, saved, _b(sb), head)
-        tot["vmas"] += r.vmas
-        tot["guards"] += r.guards
-    if len(reports) > 1:
-        t.add_row("total", _n(tot["vmas"]), _n(tot["guards"]), *(_n(sums[d]) for d in names),
-                  _n(None if sums[base] is None or sums[native] is None else sums[base] - sums[native]),
-                  _b(saved_b), "", style="bold")
-    if not errors:
-        return t
-    from rich.console import Group
-    from rich.text import Text
-
-    lines = Text()
-    for src, err in errors:
-        lines.append(f"{src}: ", style="bold red")
-        lines.append(f"{err}\n")
-    return Group(t, lines)
-
-
-def many_to_json(reports: list[AnalysisReport], errors: list[tuple[str, str]]) -> dict:
-    """Directory mode JSON (schema ``MANY_SCHEMA``)."""
-    summary = {"files": len(reports), "errors": len(errors), "vmas": sum(r.vmas for r in reports),
-               "guards": sum(r.guards for r in reports),
-               "decommitted_payload": sum(r.payload for r in reports)}
-    for d in registry.names():
-        vals = [r.designs[d].map_count for r in reports if d in r.designs and not r.designs[d].error]
-        summary[d] = sum(vals) if len(vals) == len(reports) and reports else None
-    return {"schema": MANY_SCHEMA, "summary": summary, "reports": [r.to_json() for r in reports],
-            "errors": [{"source": s, "error": e} for s, e in errors]}

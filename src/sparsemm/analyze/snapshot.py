@@ -442,20 +442,27 @@ def _from_snapshot(snap: Snapshot, name: str, kind: str) -> Source:
     return Source(name, kind, entries, snap.guards, warnings, snap)
 
 
-def load_source(target: str | int | os.PathLike, *, method: str | None = None) -> Source:
+def load_source(target: str | int | os.PathLike, *, method: str | None = None,
+                data: str | bytes | None = None) -> Source:
     """Read one analyze input: a live pid (``N``, ``/proc/N``; taken as a ``Snapshot``, so
     its markers count), a snapshot file, a maps or smaps file, or ``-`` (stdin; any of
-    the three texts). Raises ``OSError`` (ENOENT, ``ProcAccessError``),
-    ``MapsParseError``, ``SnapshotError``, ``NoAddressSpace``."""
+    the three texts). With ``data`` (a file's content, as fleet workers receive it),
+    nothing is read: ``target`` only names it (the ``Source``'s name, as given). Raises
+    ``OSError`` (ENOENT, ``ProcAccessError``), ``MapsParseError``, ``SnapshotError``,
+    ``NoAddressSpace``."""
     if isinstance(target, int):
         target = str(target)
     text_target = os.fspath(target)
     pid = proc_pid(text_target)
-    if pid is not None:
+    if data is not None:
+        text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
+        name = text_target
+    elif pid is not None:
         snap = take(pid, method=method)
         return _from_snapshot(snap, f"pid {snap.pid}", "pid")
-    text = read_text(text_target)  # a regular file or stdin, within the input limits
-    name = "<stdin>" if text_target == "-" else (Path(text_target).name or text_target)
+    else:
+        text = read_text(text_target)  # a regular file or stdin, within the input limits
+        name = "<stdin>" if text_target == "-" else (Path(text_target).name or text_target)
     if is_snapshot_text(text):
         return _from_snapshot(load_snapshot(text, name), name, "snapshot")
     entries = parse_auto(text, name)
