@@ -599,7 +599,8 @@ class MapleTree:
 
     def _walk(self, index: int) -> list[_Step]:
         """The path from the root to the leaf holding ``index`` (``mas_wr_walk_index``)."""
-        node, lo, hi = self._root, 0, ULONG_MAX
+        node: Any = self._root
+        lo, hi = 0, ULONG_MAX
         path = []
         while True:
             piv = node.piv

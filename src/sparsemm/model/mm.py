@@ -335,7 +335,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             if vma.vm_flags & VmFlag.DONTCOPY:
                 continue
             new = vma.copy()
-            new.vm_flags &= ~VM_LOCKED_MASK
+            new.vm_flags = int(new.vm_flags & ~VM_LOCKED_MASK)
             if new.vm_flags & VmFlag.WIPEONFORK:
                 new.anon_vma, new.anon_vma_forked = None, False
             elif vma.anon_vma is not None:  # anon_vma_fork(): a new anon_vma, chain of two
