@@ -156,7 +156,7 @@ def _analyze_dir(args, policy) -> int:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sparsemm.analyze.report import many_to_json, render_many
+    from sparsemm.analyze.report import many_to_json, render_many, usable_cpus
 
     if args.plot:
         raise UsageError("--plot draws one process: give a file or pid, not a directory")
@@ -169,7 +169,7 @@ def _analyze_dir(args, policy) -> int:
                   TextColumn("{task.description}"), console=_console(stderr=True), transient=True,
                   disable=not sys.stderr.isatty()) as prog:
         task = prog.add_task("", total=len(files))
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with ProcessPoolExecutor(max_workers=usable_cpus()) as pool:
             futs = [pool.submit(_worker, f, policy, args.touch) for f in files]
             for fut in as_completed(futs):
                 path, rep, err = fut.result()
@@ -190,7 +190,7 @@ def _analyze_dir(args, policy) -> int:
         con = _console()
         con.print(render_many(reports, errors))
         con.print(f"[dim]{len(files)} file(s) in {time.perf_counter() - t0:.1f} s on "
-                  f"{os.cpu_count()} worker(s)[/dim]")
+                  f"{usable_cpus()} worker(s)[/dim]")
     return 0 if reports else EXIT_USAGE
 
 
