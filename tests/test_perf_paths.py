@@ -121,3 +121,16 @@ def test_analyze_counts_the_cpus_it_may_use_not_the_machine():
     free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=120)
     assert int(free.stdout) == len(os.sched_getaffinity(0))
+
+
+def test_run_model_keeps_no_node_model_and_gives_the_same_records():
+    from sparsemm.opscript.model_backend import run_model_state
+
+    doc = workloads.random_guards(200, seed=5)
+    doc["ops"].append({"op": "fork", "child": [{"op": "munmap", "at": 0, "len": 2}, {"op": "snapshot"}]})
+    script = parse_script(doc)
+    with_nodes, mm = run_model_state(script)
+    without, bare = run_model_state(script, node_model=False)
+    assert with_nodes == without == run_model(script)
+    assert mm.tree.maple is not None and bare.tree.maple is None
+    assert bare.fork().tree.maple is None and mm.fork().tree.maple is not None

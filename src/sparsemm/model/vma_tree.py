@@ -268,8 +268,12 @@ class VmaTree:
     def dup_nodes(self, parent: "VmaTree") -> None:
         """Fork's tree copy (``dup_mmap`` -> ``__mt_dup``): take a node-for-node copy of
         ``parent``'s node model, then erase the parent's entries this tree does not hold
-        (``VM_DONTCOPY``), one NULL store each as ``dup_mmap`` does.  O(n)."""
-        if parent.maple is None or self.maple is None:
+        (``VM_DONTCOPY``), one NULL store each as ``dup_mmap`` does; a parent without a node
+        model has a child without one.  O(n)."""
+        if parent.maple is None:
+            self.maple = None
+            return
+        if self.maple is None:
             return
         maple = parent.maple.copy()
         mine = {(v.vm_start, v.vm_end) for v in self}

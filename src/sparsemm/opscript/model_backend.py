@@ -125,14 +125,18 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
 
 
 def run_model_state(script: Script, design: str | None = None, *, check: bool = False,
-                    max_map_count: int | None = None) -> tuple[list[dict], AddressSpace]:
+                    max_map_count: int | None = None, node_model: bool = True
+                    ) -> tuple[list[dict], AddressSpace]:
     """Run ``script`` on a fresh model address space; ``(records, mm)`` with the final state.
 
     ``check`` runs ``AddressSpace.check()`` after every op (tests; ``InvariantError`` if it
-    fails). ``design``: see ``start_model``.
+    fails). ``design``: see ``start_model``. ``node_model=False`` keeps no maple node model
+    (no record shows its counts; ``mm.counts()`` then gives the slot-count estimate).
     """
     runner = start_model(script, design, max_map_count=max_map_count)
     mm = runner.mm
+    if not node_model:
+        mm.tree.maple = None  # the tree is empty: nothing is lost (VmaTree(nodes=False))
     if not check:
         # The model's objects hold no cycles (a 100,000-op run leaves no cyclic garbage), so
         # the collector's scans of them are wasted: 20-35 % of a design run (bench_perf.py).
@@ -146,5 +150,7 @@ def run_model_state(script: Script, design: str | None = None, *, check: bool = 
 
 
 def run_model(script: Script, design: str | None = None, *, check: bool = False) -> list[dict]:
-    """Run ``script`` on a fresh model address space; return the records (see ``run_model_state``)."""
-    return run_model_state(script, design, check=check)[0]
+    """Run ``script`` on a fresh model address space; return the records (see
+    ``run_model_state``). No record shows maple-node counts, so no node model is kept,
+    but with ``check`` (which verifies it after every op)."""
+    return run_model_state(script, design, check=check, node_model=check)[0]
