@@ -72,14 +72,17 @@ class OpDispatcher:
     def op_touch(self, op: Op):
         """One byte per page at its first byte; ``"fault"`` where the access fails."""
         write = op.access == "write"
+        touch_page, value, page = self.touch_page, op.value, abi.PAGE_SIZE
         values: list = []
-        for i in range(max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)):
+        append = values.append
+        start = op.addr
+        for addr in range(start, start + max(0, (op.length + page - 1) // page) * page, page):
             try:
-                got = self.touch_page(op.addr + i * abi.PAGE_SIZE, write, op.value)
+                got = touch_page(addr, write, value)
             except OSError:
-                values.append(rec.FAULT)
+                append(rec.FAULT)
                 continue
-            values.append("ok" if write else got)
+            append("ok" if write else got)
         return {"value": values}
 
     def op_mremap(self, op: Op):
