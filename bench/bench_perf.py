@@ -18,7 +18,7 @@ both see the same machine load:
   the two builds' outputs are compared (the seconds figure excepted).
 
 Run: ``.venv/bin/python bench/bench_perf.py [--quick] [--out FILE] [--sections replay,ops,parse,analyze]``.
-A full run takes about 25 minutes on a busy 2-vCPU machine, ``--quick`` about 4. Prints
+A full run takes 15 to 25 minutes on a busy 2-vCPU machine (925 s at load 13-18), ``--quick`` about 4. Prints
 markdown; ``--out FILE`` writes it there. Tracked files are never rewritten unless ``--out``
 names one.
 """
@@ -342,7 +342,7 @@ def main(argv=None) -> int:
     took = time.time() - started
     lines += [
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; took {took:.0f} s "
-        f"({'quick' if args.quick else 'full'} run; a full run takes about 25 minutes, --quick about 4).",
+        f"({'quick' if args.quick else 'full'} run; a full run takes 15 to 25 minutes, --quick about 4).",
         f"- Command: `.venv/bin/python bench/bench_perf.py{' --quick' if args.quick else ''}"
         f" --sections {args.sections}`",
         f"- Machine: Linux {platform.release()}, Python {platform.python_version()}, {os.cpu_count()} vCPUs, "
