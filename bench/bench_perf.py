@@ -18,9 +18,9 @@ both see the same machine load:
   the two builds' outputs are compared (the seconds figure excepted).
 
 Run: ``.venv/bin/python bench/bench_perf.py [--quick] [--out FILE] [--sections replay,ops,parse,analyze]``.
-A full run takes 15 to 25 minutes on a busy 2-vCPU machine (925 s at load 13-18), ``--quick`` about 4. Prints
-markdown; ``--out FILE`` writes it there. Tracked files are never rewritten unless ``--out``
-names one.
+A full run takes 15 to 25 minutes on a busy 2-vCPU machine (925 s at load 13-18),
+``--quick`` about 4. Prints markdown; ``--out FILE`` writes it there. Tracked files are never
+rewritten unless ``--out`` names one.
 """
 
 from __future__ import annotations
