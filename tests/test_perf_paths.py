@@ -134,3 +134,12 @@ def test_run_model_keeps_no_node_model_and_gives_the_same_records():
     assert with_nodes == without == run_model(script)
     assert mm.tree.maple is not None and bare.tree.maple is None
     assert bare.fork().tree.maple is None and mm.fork().tree.maple is not None
+
+
+def test_parse_short_path_keeps_the_hugetlb_range_check():
+    """A hugetlb mmap's range rounds up to 2 MiB: near the arena's end it leaves the arena."""
+    with pytest.raises(ScriptError) as exc:
+        parse_script({"arena_pages": 1024, "ops": [
+            {"op": "mmap", "at": 768, "len": 1, "prot": "rw", "flags": ["private", "anonymous", "hugetlb"]}]})
+    assert exc.value.field_name == "at"
+    parse_script({"arena_pages": 1024, "ops": [{"op": "mmap", "at": 768, "len": 1, "prot": "rw"}]})
