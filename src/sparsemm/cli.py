@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
 
+    from sparsemm.trace.cli import add_parser as add_trace_parser
+
+    add_trace_parser(sub)
+
     from sparsemm.efence.cli import add_parser as add_efence_parser
 
     add_efence_parser(sub)
