@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench record check-corpus clean strace browser
+.PHONY: demo test bench bench-quick bench-record record check-corpus clean strace browser
 
 # The compiled model core (setup.py, sparsemm/_compiled.py) is rebuilt when its sources change.
 CORE   := $(shell $(PYTHON) -c "import ast; t = ast.parse(open('src/sparsemm/_compiled.py').read()); \
@@ -46,9 +46,19 @@ test: $(STAMP) strace browser
 	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest -q
 	SPARSEMM_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
+# Benchmarks write to out/bench/ (untracked); only bench-record rewrites bench/results_*.md
+# and bench/RESULTS.md. Qiling (optional): pip install -e '.[qiling]' or QILING_PYTHON=...
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --quick
+
+bench-record: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --record
 
 # Re-run the conformance corpus on this kernel and store the records it gives.
 record: $(STAMP)

@@ -1,16 +1,32 @@
 """Hypothesis strategies for random op scripts, shared by the differential tests.
 
+``profile_script(profile)`` draws scripts from ``sparsemm fuzz``'s generator
+(``sparsemm.fuzz.generate``): hypothesis draws only the seed, so a failing example is
+reproduced by its seed and shrunk by the fuzzer's shrinker (the differential test).
+
 ``op_script()`` draws whole scripts on a small arena so that ops collide: mmap of every
 kind, munmap, mprotect, madvise incl. guards, mremap in place / fixed / dontunmap,
 mlock/munlock, touches, forks with small child lists, snapshots, file ops and, with
 ``edges``, byte-form edge arguments (``edge_op``: unaligned, zero, negative and huge
 lengths, raw advice; model only, since a huge range on the kernel backend reaches the
-runner's own mappings). ``thp_op()`` draws ops at THP scale (2 MiB-multiple ranges).
+runner's own mappings); tests/test_designs_random.py runs them through every design.
 """
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
+
+from sparsemm.fuzz.generate import PROFILES, generate_script, script_rng
+
+seeds = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+def profile_script(profile: str, min_ops: int | None = None, max_ops: int | None = None):
+    """Scripts of ``profile`` as ``(seed, doc)`` pairs."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}")
+    return seeds.map(lambda seed: (seed, generate_script(profile, script_rng(seed),
+                                                         min_ops=min_ops, max_ops=max_ops)))
 
 ARENAS = (16, 48)
 FILES = {"f": {"pages": 20}, "g": {"pages": 6}}
@@ -152,37 +168,3 @@ def op_script(draw, min_ops: int = 1, max_ops: int = 24, guards: bool = False, e
     # ranges may cross the arena's end and edge ops test the kernel's argument checks
     return {"arena_pages": arena, "files": FILES, "outside_arena": True, "ops": ops + [{"op": "snapshot"}]}
 
-
-THP_ARENA = 2048
-THP_LENS = [1, 3, 16, 256, 512, 1024]
-
-
-@st.composite
-def thp_op(draw):
-    """Ops at THP scale: 2 MiB-multiple mappings, MADV_HUGEPAGE/COLLAPSE, partial changes."""
-    a = draw(st.sampled_from([0, 512, 1024, 1536, 1536])) + draw(st.sampled_from([0, 0, 1, 100, 300]))
-    n = max(1, min(draw(st.sampled_from(THP_LENS)), THP_ARENA - a))
-    kind = draw(st.sampled_from(["mmap", "madvise", "madvise", "madvise", "touch", "touch",
-                                 "mprotect", "munmap", "mremap", "fork", "snapshot"]))
-    if kind == "mmap":
-        return {"op": "mmap", "at": a, "len": n, "prot": draw(st.sampled_from(["rw", "r", "rw"])),
-                "flags": ["private", "anonymous"] + draw(st.sampled_from([[], ["fixed"], ["populate"]]))}
-    if kind == "madvise":
-        return {"op": "madvise", "at": a, "len": n, "advice": draw(st.sampled_from(
-            ["hugepage", "hugepage", "nohugepage", "collapse", "guard_install", "guard_remove",
-             "dontneed", "populate_write", "populate_read", "pageout", "wipeonfork"]))}
-    if kind == "touch":
-        return {"op": "touch", "at": a, "len": draw(st.integers(1, 3)),
-                "access": draw(st.sampled_from(["read", "write"]))}
-    if kind == "mprotect":
-        return {"op": "mprotect", "at": a, "len": n, "prot": draw(st.sampled_from(["r", "rw", ""]))}
-    if kind == "munmap":
-        return {"op": "munmap", "at": a, "len": n}
-    if kind == "mremap":
-        to = draw(st.sampled_from([0, 512, 1024, 1536])) + draw(st.sampled_from([0, 7]))
-        return {"op": "mremap", "at": a, "len": n, "new_len": max(1, min(n, THP_ARENA - to)),
-                "flags": ["maymove", "fixed"], "to": to}
-    if kind == "fork":
-        return {"op": "fork", "child": [{"op": "touch", "at": a, "len": 2, "access": "write"},
-                                        {"op": "snapshot"}]}
-    return {"op": "snapshot"}

@@ -176,3 +176,26 @@ def test_thp_activity_reads_the_khugepaged_and_vmstat_counters():
     assert all(isinstance(v, int) and v >= 0 for v in fingerprint)
     with open(procfs.KHUGEPAGED_COLLAPSED) as fh:
         assert fingerprint[0] <= int(fh.read())
+
+
+def test_the_child_survives_a_script_that_reaches_max_map_count():
+    """A script that brings the child to vm.max_map_count, then snapshots and touches: the
+    child still allocates (brk, not mmap: kernel.CHILD_ENV) and reports every op. The
+    split that would pass the limit fails as the kernel says (ENOMEM), not the child."""
+    from sparsemm.native import procfs
+
+    limit = procfs.read_int("/proc/sys/vm/max_map_count")
+    singles = limit // 2 + 64  # more one-page splits than the limit allows
+    pages = 2 * singles + 2
+    ops = [{"op": "mmap", "at": 0, "len": pages, "prot": "rw", "flags": ["private", "anonymous", "noreserve"]}]
+    for start in range(0, singles, 1024):
+        ops.append({"op": "process_madvise", "advice": "dontfork",
+                    "ranges": [[2 * k + 1, 1] for k in range(start, min(singles, start + 1024))]})
+    ops += [{"op": "mprotect", "at": pages - 2, "len": 1, "prot": "r"},
+            {"op": "touch", "at": 0, "len": 2, "access": "write"}, {"op": "snapshot"}]
+    recs = run(ops, arena_pages=pages)
+    assert len(recs) == len(ops)
+    assert "ENOMEM" in {r["ret"] for r in recs[1:-3]} | {recs[-3]["ret"]}
+    assert recs[-2]["value"] == ["ok", "ok"]
+    vmas = snap(recs, -1)["vmas"]
+    assert limit - 1000 < len(vmas) <= limit

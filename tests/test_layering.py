@@ -3,7 +3,7 @@
 Neutral modules (``abi``, ``_invariant``, ``_ranges``, ``_gc``, ``_input``) import only each other;
 the model imports the neutral modules and itself, never the native layer or the tools;
 the native layer likewise never imports the model; ``opscript`` never imports the tools
-above it (``analyze``, ``cli``).
+above it (``analyze``, ``cli``); ``fuzz`` stands on ``opscript`` and never imports ``analyze``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ALLOWED = {
     "model": NEUTRAL,
     "native": NEUTRAL,
     "opscript": NEUTRAL | {"model", "native"},
+    "fuzz": NEUTRAL | {"model", "native", "opscript", "_options"},
 }
 
 

@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the features as a JSON object (schema sparsemm.probe/1)")
     p.set_defaults(func=_probe)
 
+    from sparsemm.fuzz.cli import add_parser as add_fuzz_parser
+
+    add_fuzz_parser(sub)
+
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)

@@ -73,6 +73,11 @@ def compare_script(script: Script, *, design: str | None = None) -> tuple[bool, 
     ``(same, report)``."""
     kernel = run_script(script, "kernel")
     model = run_script(script, "model", design=design)
+    return difference_report(model, kernel)
+
+
+def difference_report(model: list[dict], kernel: list[dict]) -> tuple[bool, str]:
+    """``(same, report)`` for two record lists: the first difference side by side."""
     diff = first_difference(model, kernel)
     if diff is None:
         return True, f"same: {len(kernel)} records agree"

@@ -9,6 +9,7 @@ a script reach its own interpreter's memory. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import errno
@@ -19,6 +20,7 @@ import resource
 import signal
 import sys
 import tempfile
+import time
 
 from sparsemm import abi
 from sparsemm.native import _scan, libc, procfs
@@ -31,6 +33,21 @@ from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_r
 _U64 = 1 << 64
 #: Descriptors the child keeps besides its memfds (stdio, the interpreter's, fork pipes).
 _SPARE_FDS = 64
+
+
+#: Added to the child's environment. Its Python allocates through glibc malloc (not
+#: pymalloc's mmap'd arenas) and glibc never mmaps: every allocation then grows the heap
+#: VMA with brk, so the child still allocates, and reports, once a script has brought
+#: it to vm.max_map_count (a mmap'd arena would need a new VMA: MemoryError).
+CHILD_ENV = {"PYTHONMALLOC": "malloc", "MALLOC_MMAP_MAX_": "0"}
+#: For benchmarks (bench/bench_replay.py): set to a file path, the child writes there, as JSON,
+#: how long its ops took, each ``run_op`` timed alone (the op's calls into the kernel and its
+#: record; no start-up, imports, parsing, JSON or streaming), in wall and in CPU time (this
+#: thread's: ``time.thread_time``): ``{"ops": n, "seconds": s, "cpu": s, "by_op": {name:
+#: [n, s, cpu]}, "clock": [wall, cpu]}``, ``clock`` being what the clock reads themselves add
+#: to one op's wall and CPU time (the median of 1,000 empty readings; not subtracted). A fork
+#: op's time holds its child's ops. Unset: nothing is timed.
+OP_TIMES_ENV = "SPARSEMM_KERNEL_OP_TIMES"
 
 
 class KernelBackendError(RuntimeError):
@@ -133,7 +150,8 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     doc = {k: v for k, v in script.doc.items() if k != "expect"}
     payload = json.dumps({"doc": doc, "allow_dangerous": bool(script.warnings)}).encode()
     try:
-        end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line)
+        end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line,
+                        env=CHILD_ENV)
     except ChildTimeout as exc:
         raise KernelBackendError(f"kernel backend child timed out after {exc.seconds:g} s "
                                  f"{_where(script, records)}; {_kept(records)}", records) from None
@@ -201,11 +219,14 @@ class KernelRunner(OpDispatcher):
         self.disk_paths: dict[str, str] = {}  # a disk file's path -> its script name
         self.pid = os.getpid()
         self.own: list[tuple[int, int, str]] = []
+        self.gate_lines = 0  # maps lines that are no VMA ([vsyscall])
 
     def check_arena_empty(self) -> None:
         """Refuse an arena this process cannot give (anything mapped in it); record ``own``."""
-        entries = [e for e in procfs.read_maps() if e.path != "[vsyscall]"]
+        self_maps = procfs.read_maps()
+        entries = [e for e in self_maps if e.path != "[vsyscall]"]
         self.own = [(e.start, e.end, e.path) for e in entries]
+        self.gate_lines = len(self_maps) - len(entries)
         for entry in entries:
             if entry.start < self.end and entry.end > self.base:
                 free = max(0, (entry.start - self.base) // abi.PAGE_SIZE)
@@ -246,6 +267,42 @@ class KernelRunner(OpDispatcher):
                         pass
                 os.rmdir(disk_dir)
 
+    # -- vm.max_map_count headroom ----------------------------------------------------------
+
+    def map_count(self) -> int:
+        """This process's ``mm->map_count``: its maps lines but the gate area ``[vsyscall]``
+        (not a VMA). Reads into a preallocated buffer, so it works at the limit. O(VMAs)."""
+        return procfs.count_vmas() - self.gate_lines
+
+    def pad_map_count(self, headroom: int) -> int:
+        """Add filler VMAs outside the arena until exactly ``headroom`` more fit under
+        ``vm.max_map_count`` (the script's ``map_count_headroom``), so a script reaching the
+        limit gives the same records whatever this interpreter mapped itself. The fillers are
+        one PROT_NONE mapping with every other page made PROT_READ (each such page adds two
+        VMAs; the last page one). Returns the map_count the script starts from; ChildRefused
+        when this process already has too many VMAs, RuntimeError if the count misses."""
+        target = procfs.read_int("/proc/sys/vm/max_map_count") - headroom
+        need = target - self.map_count()
+        if need < 0:
+            raise ChildRefused(f"map_count_headroom {headroom}: this process already has "
+                               f"{self.map_count()} VMAs, more than vm.max_map_count minus {headroom}")
+        if need:
+            pages = 2 * need + 2
+            addr = libc.mmap(0, pages * abi.PAGE_SIZE, abi.PROT_NONE,
+                             abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MapFlag.NORESERVE)
+            need = target - self.map_count()
+            page = 1
+            while need >= 2:
+                libc.mprotect(addr + page * abi.PAGE_SIZE, abi.PAGE_SIZE, abi.PROT_READ)
+                page += 2
+                need -= 2
+            if need == 1:
+                libc.mprotect(addr + (pages - 1) * abi.PAGE_SIZE, abi.PAGE_SIZE, abi.PROT_READ)
+        got = self.map_count()
+        if got != target:
+            raise RuntimeError(f"padding to map_count {target} gave {got}")
+        return got
+
     # -- what a script may reach outside the arena ----------------------------------------
 
     def _is_own(self, start: int, end: int) -> bool:
@@ -261,9 +318,13 @@ class KernelRunner(OpDispatcher):
         the parser refuses every other range that leaves the arena."""
         if maps is None:
             maps = [(e.start, e.end, e.path) for e in procfs.read_maps() if e.path != "[vsyscall]"]
-        for lo, hi in _reach(op, maps):
-            for s, e, path in maps:
-                if s < hi and e > lo and self._is_own(s, e):
+        ends = [e for _, e, _ in maps]  # address order, so ends ascend: bisect, not a scan
+        for lo, hi in _reach(op, maps):  # (a maxmap script: 1,024 ranges over ~65,000 VMAs)
+            for k in range(bisect.bisect_right(ends, lo), len(maps)):
+                s, e, path = maps[k]
+                if s >= hi:
+                    break
+                if self._is_own(s, e):
                     raise ChildRefused(
                         f"op {op.index} ({op.name}) reaches {max(lo, s):#x}-{min(hi, e):#x}, memory "
                         f"of the kernel backend child itself ({path or 'anonymous'}); "
@@ -611,17 +672,60 @@ def _reach(op: Op, maps) -> list[tuple[int, int]]:
     return out
 
 
-def _stream(out, runner: KernelRunner, ops) -> None:
+class _OpTimes:
+    """The time of each op the child runs, summed per op name (``OP_TIMES_ENV``)."""
+
+    def __init__(self, runner: KernelRunner, path: str):
+        self._run_op = runner.run_op
+        self.path = path
+        self.by_op: dict[str, list] = {}
+        walls, cpus = [], []
+        for _ in range(1000):  # the clocks' own cost, read exactly as run_op reads them
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            t1 = time.perf_counter()
+            c1 = time.thread_time()
+            walls.append(t1 - t0)
+            cpus.append(c1 - c0)
+        walls.sort()
+        cpus.sort()
+        self.clock = [walls[500], cpus[500]]
+
+    def run_op(self, op: Op) -> dict:
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        record = self._run_op(op)
+        t1 = time.perf_counter()
+        c1 = time.thread_time()
+        slot = self.by_op.setdefault(op.name, [0, 0.0, 0.0])
+        slot[0] += 1
+        slot[1] += t1 - t0
+        slot[2] += c1 - c0
+        return record
+
+    def write(self) -> None:
+        doc = {"ops": sum(v[0] for v in self.by_op.values()),
+               "seconds": sum(v[1] for v in self.by_op.values()),
+               "cpu": sum(v[2] for v in self.by_op.values()), "by_op": self.by_op, "clock": self.clock}
+        with open(self.path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+
+
+def _stream(out, runner: KernelRunner, ops, times: _OpTimes | None = None) -> None:
     """Run ``ops``, writing one flushed JSON line per record, then ``{"done": ...}``; a
-    failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line."""
+    failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line. ``times``: each op
+    timed (``OP_TIMES_ENV``), written before ``done``."""
     def emit(obj) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    run_op = times.run_op if times else runner.run_op
     try:
         before = procfs.thp_activity()
         for op in ops:
-            emit({"r": runner.run_op(op)})
+            emit({"r": run_op(op)})
+        if times:
+            times.write()
         emit({"done": {"thp_quiet": procfs.thp_activity() == before}})
     except ChildRefused as exc:
         emit({"error": str(exc), "kind": "refused"})
@@ -629,6 +733,28 @@ def _stream(out, runner: KernelRunner, ops) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         emit({"error": " ".join(f"{type(exc).__name__}: {exc}".split()), "kind": "failed"})
         raise
+
+
+#: The heap the child reserves before a script that reaches vm.max_map_count: past the
+#: limit even brk fails, and a snapshot of 65,530 VMAs builds tens of MiB of objects.
+_HEAP_RESERVE = 256 << 20
+
+
+def _malloc_without_mmap() -> None:
+    """Make glibc's malloc take memory from a heap grown now and never trimmed, and never
+    from mmap (``mallopt`` M_MMAP_MAX 0, M_TRIM_THRESHOLD max), so the interpreter adds no
+    VMA of its own while a script runs at ``vm.max_map_count`` and can still allocate past
+    it (the parent starts this child with PYTHONMALLOC=malloc for the same reason)."""
+    import ctypes
+    libc_ = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc_.mallopt(m_mmap_max, 0)
+    libc_.mallopt(m_trim_threshold, 2**31 - 1)
+    libc_.malloc.restype = ctypes.c_void_p
+    libc_.free.argtypes = [ctypes.c_void_p]
+    block = libc_.malloc(ctypes.c_size_t(_HEAP_RESERVE))
+    if block:
+        libc_.free(block)  # the heap keeps its top: later mallocs need no brk
 
 
 def _child_main() -> int:
@@ -641,12 +767,16 @@ def _child_main() -> int:
         if script.outside_arena:
             runner.check_all_reaches(script.ops)
         runner.create_files()
+        if script.map_count_headroom is not None:
+            _malloc_without_mmap()
+            runner.pad_map_count(script.map_count_headroom)
     except (ChildRefused, ScriptError) as exc:
         out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
         out.flush()
         return 2
+    times_path = os.environ.get(OP_TIMES_ENV)
     try:
-        _stream(out, runner, script.ops)
+        _stream(out, runner, script.ops, _OpTimes(runner, times_path) if times_path else None)
     except ChildRefused:
         return 2
     except Exception:  # noqa: BLE001 - already reported as an error line
