@@ -9,7 +9,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test bench bench-quick bench-record record check-corpus clean strace browser
 
-$(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
+# The compiled model core (setup.py, sparsemm/_compiled.py) is rebuilt when its sources change.
+CORE   := $(shell $(PYTHON) -c "import ast; t = ast.parse(open('src/sparsemm/_compiled.py').read()); \
+            print(*['src/' + m.replace('.', '/') + '.py' for n in t.body if isinstance(n, ast.Assign) \
+            and getattr(n.targets[0], 'id', '') == 'COMPILED_MODULES' for m in ast.literal_eval(n.value)])")
+# The tests run again with the pure-Python core (SPARSEMM_PURE_PYTHON=1): at least these.
+PURE_TESTS := tests/test_model_corpus.py tests/test_model_differential.py tests/test_designs_differential.py \
+              tests/test_vma_tree.py tests/test_maple.py tests/test_model_pagetable.py tests/test_compiled.py
+
+$(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c src/sparsemm/_compiled.py $(CORE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -36,6 +44,7 @@ browser:
 # SPARSEMM_REQUIRE_STRACE: the trace tests fail, never skip, if strace is still missing.
 test: $(STAMP) strace browser
 	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest -q
+	SPARSEMM_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 # Benchmarks write to out/bench/ (untracked); only bench-record rewrites bench/results_*.md
 # and bench/RESULTS.md. Qiling (optional): pip install -e '.[qiling]' or QILING_PYTHON=...
@@ -61,3 +70,4 @@ check-corpus: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+	rm -f src/*__mypyc.*.so src/sparsemm/model/*.so src/sparsemm/_compiled_sources.json

@@ -62,7 +62,8 @@ def test_cli_probe_json_is_stable_and_its_exit_status_says_whether_markers_work(
     assert doc["schema"] == "sparsemm.probe/1" and doc["exit_status"] == want
     assert doc["guard_mode"] == ("markers" if HAS_GUARDS else "prot_none")
     assert set(doc) == {"schema", "kernel", "guard_regions", "pagemap_guard_bit", "smaps_gu",
-                        "file_guards", "guard_mode", "exit_status"}
+                        "file_guards", "guard_mode", "exit_status", "model_core"}
+    assert doc["model_core"] in ("compiled", "pure-python", "mixed")
     text = run_cli("probe")
     assert text.returncode == want and "guard regions" in text.stdout
 

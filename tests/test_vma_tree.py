@@ -26,11 +26,9 @@ class V:
         return f"V({self.vm_start // P}p, {self.vm_end // P}p)"
 
 
-class SmallTree(VmaTree):
+def SmallTree(**kw) -> VmaTree:  # noqa: N802 (used like a class)
     """Tiny blocks, so a few dozen VMAs exercise block split, merge, drop and the segment tree."""
-
-    __slots__ = ()
-    LOAD = 2
+    return VmaTree(load=2, **kw)
 
 
 def pages(tree) -> list[tuple[int, int]]:

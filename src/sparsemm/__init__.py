@@ -8,6 +8,11 @@ command-line tools in ``cli``.
 
 __version__ = "0.1.0"
 
+# SPARSEMM_PURE_PYTHON=1: load the model core from .py even where the compiled one exists
+from sparsemm._compiled import install_pure_python_finder as _install_pure  # noqa: E402
+
+_install_pure()
+
 # Lazy exports: importing ``sparsemm`` must not load ctypes/libc (the model runs anywhere).
 _LAZY = {
     "Mapping": "sparsemm.native.mapping",

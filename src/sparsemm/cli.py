@@ -131,7 +131,13 @@ def _probe(args: argparse.Namespace) -> int:
     except OSError as exc:  # the probe's own mappings failed: say so, exit EXIT_ERROR
         print(f"sparsemm probe: could not probe the kernel: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(json.dumps(feats.to_json(), indent=2) if args.json else feats.describe())
+    from sparsemm import _compiled
+
+    if args.json:  # the model core's build beside the kernel's features
+        print(json.dumps({**feats.to_json(), "model_core": _compiled.status()["core"]}, indent=2))
+    else:
+        print(feats.describe())
+        print(_compiled.describe())
     return feats.exit_status
 
 
@@ -141,8 +147,23 @@ def _allow_dangerous(p: argparse.ArgumentParser) -> None:
                         "they take real memory out of service until reboot)")
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and the model core's build (imports the core only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from sparsemm import __version__, _compiled
+
+        print(f"sparsemm {__version__}; {_compiled.describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sparsemm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version,
+                        help="print the version and whether the compiled model core is in use")
     sub = parser.add_subparsers(dest="command", required=True)
     design_names, native = designs.names(), designs.kernel_design()  # the registry, read now
 

@@ -226,7 +226,9 @@ def _analyze_many(args, policy) -> int:
     if args.connect_timeout <= 0:
         raise UsageError("--connect-timeout must be positive")
     inputs = plan_inputs(args.target)
-    workers = args.workers or os.cpu_count() or 1
+    from sparsemm.analyze.report import usable_cpus
+
+    workers = args.workers or usable_cpus()  # the CPUs this process may use (taskset, cgroups)
     if inputs.total is not None:  # a small run starts fewer local workers
         workers = min(workers, inputs.total)
     summary = Summary(top=args.top)

@@ -164,6 +164,15 @@ def _figures(design: str, result: DesignResult, max_map_count: int) -> DesignFig
         failed_ops=result.failed_ops)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset -c 0`` gives 1), not the
+    machine's count: forking design runs onto one CPU only adds work. O(1)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return os.cpu_count() or 1
+
+
 def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: int | None
                  ) -> list[dict[str, DesignResult]]:
     """Each layout's designs on the model, one dict per layout.
@@ -177,7 +186,7 @@ def _run_layouts(layouts: list[tuple[Layout, tuple[str, ...]]], stage, workers: 
     prefix leave idle."""
     nops = len(layouts[0][0].script["ops"])
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = usable_cpus()
     jobs = [(i, d) for i, (_, designs) in enumerate(layouts) for d in designs]
     large = nops >= PARALLEL_MIN_OPS
     results: list[dict[str, DesignResult]] = [{} for _ in layouts]
@@ -233,7 +242,7 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
     ``on_stage(text)``, if given, is called as each stage starts (for progress displays).
     Layouts of at least ``PARALLEL_MIN_OPS`` ops share one model run up to their
     first guard op among the designs and both rebuilds (``run_scripts_shared``: each
-    run continues in a forked copy). With ``workers`` (default ``os.cpu_count()``) above 1 the
+    run continues in a forked copy). With ``workers`` (default ``usable_cpus()``) above 1 the
     designs run at the same time, and the slowest (``tree``) starts from scratch
     in a child as soon as the layout is built, using the core that parsing and
     the shared prefix leave idle. Smaller layouts run each design here.

@@ -1,9 +1,9 @@
 """Plain-int copies of the ``VmFlag`` bits the model's hot paths test.
 
 ``IntFlag`` operators are Python-level enum calls (about 1 µs each); ``int & int`` is one
-bytecode. The fault path, mmap, mprotect, merging and guard install test flags as
-``int(vma.vm_flags) & _VM_X``; ``Vma.vm_flags`` itself stays a ``VmFlag`` (readable
-reprs, mnemonics). One definition here, imported where needed.
+bytecode. ``Vma.vm_flags`` is a plain int of ``VmFlag`` bits; the fault path, mmap,
+mprotect, merging and guard install test it against these. One definition here, imported
+where needed.
 """
 
 from __future__ import annotations

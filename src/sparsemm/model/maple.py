@@ -10,7 +10,7 @@ each store and erase here. Pure Python, no OS calls.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Iterator
+from typing import Any, Iterator, Tuple
 
 __all__ = ["MapleTree", "MapleInvariantError", "ULONG_MAX", "LEAF_SLOTS", "ARANGE_SLOTS"]
 
@@ -41,7 +41,8 @@ class _Node:
 
 
 # A position on a root-to-node path: (node, offset of the slot taken or written, node min, node max).
-_Step = tuple
+# Typed (not a bare tuple) so that the compiled build (sparsemm._compiled) works on native fields.
+_Step = Tuple["_Node", int, int, int]
 
 
 class MapleTree:
@@ -77,7 +78,7 @@ class MapleTree:
         self._pending: list[int] | None = None   # [start, end) of an erase not yet written
         # (leaf, min, max, is root) of the last write's leaf, like the kernel's iterator keeping
         # its position; dropped by every write that changes the tree's shape.
-        self._last_leaf: tuple | None = None
+        self._last_leaf: tuple[_Node, int, int, bool] | None = None
         # Write paths taken: "split" mas_split calls, "level" their iterations (one per level
         # split or pushed: the kernel allocates two nodes for each), "push" of those pushed.
         self.stats = {"split": 0, "level": 0, "push": 0, "rebalance": 0, "spanning": 0,
@@ -218,6 +219,7 @@ class MapleTree:
 
     def _write(self, index: int, last: int, entry: Any) -> None:
         """``mas_store``: write ``entry`` over ``[index, last]``."""
+        node: _Node
         cached = self._last_leaf
         if cached is not None and entry is not None and cached[1] <= index and last <= cached[2]:
             node = cached[0]
@@ -231,7 +233,9 @@ class MapleTree:
                 self._root_expand(index, last, entry)
             return
         # mas_wr_walk: descend to the leaf, stopping where the write spans (mas_is_span_wr).
-        node, lo, hi = root, 0, ULONG_MAX
+        node = root
+        piv: list[int]
+        lo, hi = 0, ULONG_MAX
         depth = 1
         while not node.leaf:
             piv = node.piv
@@ -252,7 +256,7 @@ class MapleTree:
             self._last_leaf = (node, lo, hi, depth == 1)
             return
         path = self._walk(index)                            # the parents, for a split or rebalance
-        slot = node.slot
+        slot: list[Any] = node.slot
         end = len(piv) - 1
         r_min = piv[off - 1] + 1 if off else lo
         r_max = piv[off]
@@ -308,11 +312,11 @@ class MapleTree:
         """A write of an entry inside one slot of ``node`` (a VMA split, a VMA placed in a gap):
         the common case. Done here when it is an exact fit or a node store that leaves the node
         within its bounds (``mas_wr_store_type``), which keeps the node count; False otherwise."""
-        piv = node.piv
+        piv: list[int] = node.piv
         r_max = piv[off]
         if last > r_max:
             return False
-        slot = node.slot
+        slot: list[Any] = node.slot
         if (piv[off - 1] + 1 if off else lo) == index:
             if last == r_max:                               # wr_exact_fit
                 slot[off] = entry
@@ -402,6 +406,7 @@ class MapleTree:
               left: bool, rightmost: bool) -> bool:
         """``mas_push_data``: share the overflowing node with its left (or right) sibling when
         both fit in two nodes with room to spare; the count does not change."""
+        sib: _Node
         if left:
             if not poff:
                 return False
@@ -599,8 +604,13 @@ class MapleTree:
 
     def _walk(self, index: int) -> list[_Step]:
         """The path from the root to the leaf holding ``index`` (``mas_wr_walk_index``)."""
-        node, lo, hi = self._root, 0, ULONG_MAX
-        path = []
+        root = self._root
+        if root is None:
+            raise MapleInvariantError("MapleTree: a walk in an empty tree")
+        node: _Node = root
+        piv: list[int]
+        lo, hi = 0, ULONG_MAX
+        path: list[_Step] = []
         while True:
             piv = node.piv
             off = bisect_left(piv, index)

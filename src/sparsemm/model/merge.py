@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from typing import Any
 
 from sparsemm import abi
 from sparsemm.model._flags import _NOT_IGNORE_MERGE, _VM_SPECIAL, _VM_STICKY  # plain ints: see _flags
@@ -66,14 +67,15 @@ class MergeState:
     __slots__ = ("prev", "middle", "next", "start", "end", "pgoff", "vm_flags", "file",
                  "anon_vma", "copied_from", "just_expand", "state", "target")
 
-    def __init__(self, prev, middle, nxt, start, end, pgoff, vm_flags, file, anon_vma,
-                 copied_from=None, just_expand=False):
+    def __init__(self, prev: Any, middle: Any, nxt: Any, start: int, end: int,
+                 pgoff: int, vm_flags: int, file: Any, anon_vma: Any,
+                 copied_from: Any = None, just_expand: bool = False) -> None:
         self.prev, self.middle, self.next = prev, middle, nxt
         self.start, self.end, self.pgoff = start, end, pgoff
         self.vm_flags, self.file, self.anon_vma = vm_flags, file, anon_vma
         self.copied_from, self.just_expand = copied_from, just_expand
         self.state = VMA_MERGE_START
-        self.target: Vma | None = None
+        self.target: Any = None  # Vma | None
 
     def _pglen(self) -> int:
         return (self.end - self.start) >> abi.PAGE_SHIFT
@@ -237,8 +239,8 @@ def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     upper.vm_start = addr
     tree.split(vma, addr, upper)
     if vma.is_guard_entry:  # the tree design's entry: each half keeps only its own pieces
-        vma.clip_pieces()
-        upper.clip_pieces()
+        vma.clip_pieces()  # type: ignore[attr-defined]
+        upper.clip_pieces()  # type: ignore[attr-defined]
     return upper
 
 
@@ -252,11 +254,11 @@ def vma_modify_flags(tree, prev: Vma | None, vma: Vma, start: int, end: int, new
     vmg = MergeState(prev if start == vma.vm_start else None, vma, nxt, start, end,
                      vma.file_pgoff(start), new_flags, vma.vm_file, vma.anon_vma)
     if merge_existing_range(tree, vmg) is VMA_MERGE_SUCCESS:
-        return vmg.target
+        return vmg.target  # set by a successful merge
     if vma.vm_start < start:
         vma = split_vma(tree, vma, start, max_map_count)
     if vma.vm_end > end:
         split_vma(tree, vma, end, max_map_count)
-    vma.vm_flags = type(vma.vm_flags)(new_flags)
+    vma.vm_flags = int(new_flags)
     vma.changed_unmerged = False  # the kernel tried to merge it and could not
     return vma

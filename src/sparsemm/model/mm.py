@@ -459,8 +459,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             if vma.vm_flags & VmFlag.DONTCOPY:
                 continue
             new = vma.copy()
-            new.vm_flags &= ~VM_LOCKED_MASK
-            new.vm_flags &= ~VM_UFFD_FLAGS  # dup_userfaultfd(): no UFFD_FEATURE_EVENT_FORK
+            # dup_userfaultfd(): no UFFD_FEATURE_EVENT_FORK; vm_flags stays a plain int
+            new.vm_flags = int(new.vm_flags & ~VM_LOCKED_MASK & ~VM_UFFD_FLAGS)
             if new.vm_flags & VmFlag.WIPEONFORK:
                 new.anon_vma, new.anon_vma_forked = None, False
             elif vma.anon_vma is not None:  # anon_vma_fork(): a new anon_vma, chain of two

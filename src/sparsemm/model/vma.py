@@ -23,6 +23,9 @@ VM_STICKY = VmFlag.SOFTDIRTY | VmFlag.MAYBE_GUARD
 VM_IGNORE_MERGE = VM_STICKY
 #: VM_ACCESS_FLAGS (include/linux/mm.h).
 VM_ACCESS_FLAGS = VmFlag.READ | VmFlag.WRITE | VmFlag.EXEC
+# plain-int bits for this module's own tests (model._flags holds the others; it imports this module)
+_READ, _WRITE, _EXEC, _MAYSHARE = int(VmFlag.READ), int(VmFlag.WRITE), int(VmFlag.EXEC), int(VmFlag.MAYSHARE)
+_ACCESS = int(VM_ACCESS_FLAGS)
 
 
 class AnonVma:
@@ -41,7 +44,8 @@ class AnonVma:
 
 
 class Vma:
-    """One VMA. ``vm_start``/``vm_end`` are byte addresses (page aligned, half open).
+    """One VMA. ``vm_start``/``vm_end`` are byte addresses (page aligned, half open);
+    ``vm_flags`` a plain int of ``VmFlag`` bits (``VmFlag(vma.vm_flags)`` to read them).
 
     ``vm_pgoff`` is in pages: the file offset for file and shmem VMAs, and
     ``vm_start >> PAGE_SHIFT`` at creation for private anonymous VMAs (as the kernel
@@ -61,8 +65,8 @@ class Vma:
                  vm_file=None, anon_vma: AnonVma | None = None, anon_vma_forked: bool = False):
         self.vm_start = vm_start
         self.vm_end = vm_end
-        # VmFlag() costs an enum lookup; copies and splits already pass a VmFlag
-        self.vm_flags = vm_flags if type(vm_flags) is VmFlag else VmFlag(vm_flags)
+        # a plain int: IntFlag operators and VmFlag() are Python-level enum calls (model._flags)
+        self.vm_flags = vm_flags if type(vm_flags) is int else int(vm_flags)
         self.vm_pgoff = vm_pgoff
         self.vm_file = vm_file
         self.anon_vma = anon_vma
@@ -87,13 +91,13 @@ class Vma:
 
     def is_accessible(self) -> bool:
         """``vma_is_accessible()``: any of read/write/exec."""
-        return bool(self.vm_flags & VM_ACCESS_FLAGS)
+        return bool(self.vm_flags & _ACCESS)
 
     @property
     def perms(self) -> str:
         f = self.vm_flags
-        return (("r" if f & VmFlag.READ else "-") + ("w" if f & VmFlag.WRITE else "-")
-                + ("x" if f & VmFlag.EXEC else "-") + ("s" if f & VmFlag.MAYSHARE else "p"))
+        return (("r" if f & _READ else "-") + ("w" if f & _WRITE else "-")
+                + ("x" if f & _EXEC else "-") + ("s" if f & _MAYSHARE else "p"))
 
     def file_pgoff(self, addr: int) -> int:
         """The page offset into ``vm_file`` (or the anon linear index) of ``addr``: ``linear_page_index()``."""

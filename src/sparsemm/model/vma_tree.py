@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from itertools import chain, compress
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 from sparsemm._invariant import InvariantError
 from sparsemm.abi import PAGE_SIZE, ULONG_MAX
@@ -98,26 +98,30 @@ class VmaTree:
     """
 
     __slots__ = ("mmap_min_addr", "task_size", "_mins", "_starts", "_vmas", "_gaps",
-                 "_seg", "_seg_size", "_len", "_nonzero_gaps", "_reserved", "maple")
+                 "_seg", "_seg_size", "_len", "_nonzero_gaps", "_reserved", "maple", "_load")
 
-    LOAD = 256   # blocks hold LOAD//2 .. 2*LOAD VMAs (sortedcontainers' load-factor scheme)
-    NODE_MODEL = True  # whether new trees keep a node model by default (bench/bench_maple.py
-                       # turns it off to measure what it costs)
+    LOAD: ClassVar[int] = 256   # blocks hold LOAD//2 .. 2*LOAD VMAs (sortedcontainers' load-factor scheme)
+    NODE_MODEL: ClassVar[bool] = True  # whether new trees keep a node model by default
+                                       # (bench/bench_maple.py turns it off to measure its cost)
 
     def __init__(self, mmap_min_addr: int = 0x10000, task_size: int = 0x7FFF_FFFF_F000,
-                 nodes: bool | None = None) -> None:
+                 nodes: bool | None = None, load: int = 0) -> None:
         """An empty tree for an address space ``[0, task_size)``.  O(1).
 
         ``mmap_min_addr`` is the floor for :meth:`unmapped_area` searches (vm.mmap_min_addr);
         :meth:`insert` accepts VMAs below it, as the kernel does for privileged callers.
         ``nodes``: keep a node model (:attr:`maple`, a ``MapleTree``) that every store and erase
         is reported to (default :attr:`NODE_MODEL`); without one :meth:`node_count` falls back
-        to :func:`maple_node_count`.
+        to :func:`maple_node_count`. ``load``: the block load factor (default :attr:`LOAD`;
+        tests pass a tiny one so a few VMAs exercise block splits and merges).
         """
         if task_size & _PAGE_MASK or mmap_min_addr < 0 or task_size <= mmap_min_addr:
             raise ValueError("need 0 <= mmap_min_addr < task_size, task_size page aligned")
+        if load < 0 or load == 1:
+            raise ValueError("need load >= 2 (0: the default)")
         self.mmap_min_addr = mmap_min_addr
         self.task_size = task_size
+        self._load = load or self.LOAD
         self._mins: list[int] = []               # _mins[b] == _starts[b][0]
         self._starts: list[array] = []           # per block: vm_start of each VMA, ascending
         self._vmas: list[list[Any]] = []         # per block: the VMAs, parallel to _starts
@@ -264,8 +268,12 @@ class VmaTree:
     def dup_nodes(self, parent: "VmaTree") -> None:
         """Fork's tree copy (``dup_mmap`` -> ``__mt_dup``): take a node-for-node copy of
         ``parent``'s node model, then erase the parent's entries this tree does not hold
-        (``VM_DONTCOPY``), one NULL store each as ``dup_mmap`` does.  O(n)."""
-        if parent.maple is None or self.maple is None:
+        (``VM_DONTCOPY``), one NULL store each as ``dup_mmap`` does; a parent without a node
+        model has a child without one.  O(n)."""
+        if parent.maple is None:
+            self.maple = None
+            return
+        if self.maple is None:
             return
         maple = parent.maple.copy()
         mine = {(v.vm_start, v.vm_end) for v in self}
@@ -348,7 +356,7 @@ class VmaTree:
             if nb == b:
                 nk += 1
             self._set_gap(nb, nk, nxt_start - end)
-        if len(starts) > 2 * self.LOAD:
+        if len(starts) > 2 * self._load:
             self._split(b)
 
     def remove(self, vma: Any) -> None:
@@ -382,7 +390,7 @@ class VmaTree:
             # The next VMA's gap absorbs the removed VMA and its gap (it only grows).
             self._set_gap(nb, nk, self._gaps[nb][nk] + gap + (vma.vm_end - vma.vm_start))
         if b >= 0:
-            if len(starts) < self.LOAD // 2 and len(self._starts) > 1:
+            if len(starts) < self._load // 2 and len(self._starts) > 1:
                 self._merge(b)
 
     def replace(self, old: Any, new: Any) -> None:
@@ -421,7 +429,7 @@ class VmaTree:
             self._reserved += 1
         if self.maple is not None:  # __split_vma stores one part over the old entry's range
             self.maple.store(addr, upper.vm_end, upper)
-        if len(starts) > 2 * self.LOAD:
+        if len(starts) > 2 * self._load:
             self._split(b)
 
     def set_bounds(self, vma: Any, vm_start: int, vm_end: int) -> None:
@@ -472,6 +480,8 @@ class VmaTree:
         """New bounds in place: the part given up is erased, a grown range is stored
         (``vma_expand``/``commit_merge`` store the VMA over its whole new range)."""
         maple = self.maple
+        if maple is None:
+            return
         old_start, old_end = vma.vm_start, vma.vm_end
         if old_start < vm_start:
             maple.erase(old_start, min(vm_start, old_end))
@@ -582,7 +592,7 @@ class VmaTree:
                 fail(f"block {b} is empty")
             if not (len(starts) == len(vmas) == len(gaps)):
                 fail(f"block {b}: parallel lists differ in length")
-            if len(starts) > 2 * self.LOAD:
+            if len(starts) > 2 * self._load:
                 fail(f"block {b} holds {len(starts)} > 2*LOAD")
             if self._mins[b] != starts[0]:
                 fail(f"_mins[{b}]={self._mins[b]:#x} != first start {starts[0]:#x}")
@@ -732,8 +742,9 @@ class VmaTree:
     def _split(self, b: int) -> None:
         leaves = self._block_maxes()
         half = len(self._starts[b]) // 2
+        lists: list[Any]
         for lists in (self._starts, self._vmas, self._gaps):
-            block = lists[b]
+            block: Any = lists[b]
             lists.insert(b + 1, block[half:])
             del block[half:]
         self._mins.insert(b + 1, self._starts[b + 1][0])
@@ -750,7 +761,7 @@ class VmaTree:
         del self._mins[a + 1]
         leaves[a:a + 2] = [max(leaves[a], leaves[a + 1])]
         self._rebuild_seg(leaves)
-        if len(self._starts[a]) > 2 * self.LOAD:
+        if len(self._starts[a]) > 2 * self._load:
             self._split(a)
 
     def _drop_block(self, b: int) -> None:

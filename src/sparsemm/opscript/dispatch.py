@@ -29,7 +29,30 @@ class OpDispatcher:
     base: int
 
     def run_ops(self, ops) -> list[dict]:
-        return [self.run_op(op) for op in ops]
+        """The record of each op, in order. Unless a subclass overrides ``run_op``, the
+        ``op_<name>`` handlers are bound once into a table instead of looked up per op."""
+        if type(self).run_op is not OpDispatcher.run_op:
+            return [self.run_op(op) for op in ops]
+        table = self.dispatch_table()
+        op_record, errno_name = rec.op_record, rec.errno_name
+        out: list[dict] = []
+        append = out.append
+        for op in ops:
+            try:
+                extra = table[op.name](op)
+            except OSError as exc:
+                append(op_record(op.index, op.name, errno_name(exc.errno)))
+                continue
+            if extra:
+                ret = extra.pop("ret", "ok")
+                append(op_record(op.index, op.name, ret, **extra))
+            else:
+                append(op_record(op.index, op.name))
+        return out
+
+    def dispatch_table(self) -> dict:
+        """Op name -> this backend's bound ``op_<name>`` method. O(methods)."""
+        return {name[3:]: getattr(self, name) for name in dir(type(self)) if name.startswith("op_")}
 
     def run_op(self, op: Op) -> dict:
         handler = getattr(self, "op_" + op.name)
@@ -59,14 +82,17 @@ class OpDispatcher:
         npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
         if op.cpu:
             return {"value": self.cpu_touch(op.addr, npages, write, op.value)}
+        touch_page, value, page = self.touch_page, op.value, abi.PAGE_SIZE
         values: list = []
-        for i in range(npages):
+        append = values.append
+        start = op.addr
+        for addr in range(start, start + npages * page, page):
             try:
-                got = self.touch_page(op.addr + i * abi.PAGE_SIZE, write, op.value)
+                got = touch_page(addr, write, value)
             except OSError:
-                values.append(rec.FAULT)
+                append(rec.FAULT)
                 continue
-            values.append("ok" if write else got)
+            append("ok" if write else got)
         return {"value": values}
 
     def op_mremap(self, op: Op):

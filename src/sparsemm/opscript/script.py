@@ -107,6 +107,13 @@ OP_NAMES = tuple(OP_FIELDS)
 #: Ops whose (addr, length) is one range of the address space.
 _RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan",
                         "mseal", "uffd_register", "uffd_unregister", "uffd_copy"})
+# plain-int MAP_ bits (IntFlag operators are Python-level enum calls)
+_MAP_DEFAULT = int(abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+_MAP_FIXED, _MAP_FIXED_NOREPLACE = int(abi.MAP_FIXED), int(abi.MAP_FIXED_NOREPLACE)
+_MAP_POPULATE_LOCKED = int(abi.MapFlag.POPULATE | abi.MapFlag.LOCKED)
+_MAP_HUGETLB = int(abi.MapFlag.HUGETLB)
+#: The page forms that are lengths (never negative; the _bytes forms take raw values).
+_LENGTH_KEYS = ("len", "new_len")
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -224,7 +231,7 @@ _OP_KEYS = {name: _op_keys(*spec) for name, spec in OP_FIELDS.items()}
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def page_align(length: int) -> int:
@@ -276,6 +283,11 @@ def _address(op: dict, key: str, index: int, base: int, *, relative: bool = True
     64-bit word the kernel sees. Page forms must resolve to 0..2^64-1 (lengths: not
     negative); byte forms to -2^63..2^64-1 (a negative value is its two's complement)."""
     byte_key = _ADDR_PAIRS[key]
+    value = op.get(key)
+    if type(value) is int and byte_key not in op:  # the common case, a page form in range
+        resolved = (base + value * PAGE) if relative else value * PAGE
+        if 0 <= resolved < _U64 and (value >= 0 or key not in _LENGTH_KEYS):
+            return resolved
     has_pages, has_bytes = key in op, byte_key in op
     if has_pages and has_bytes:
         raise ScriptError(f"give {key!r} or {byte_key!r}, not both", index=index, field_name=key)
@@ -295,7 +307,7 @@ def _address(op: dict, key: str, index: int, base: int, *, relative: bool = True
         if not _is_int(value):
             raise ScriptError(f"must be an integer number of pages, not {_show(value)}", index=index,
                               field_name=key)
-        if key in ("len", "new_len") and value < 0:
+        if key in _LENGTH_KEYS and value < 0:
             raise ScriptError("must not be negative (use the _bytes form for raw values)",
                               index=index, field_name=key)
         resolved = (base + value * PAGE) if relative else value * PAGE
@@ -337,7 +349,7 @@ def _names(op: dict, key: str, table: dict[str, int], index: int, *, raw: bool =
         if name not in table:
             raise ScriptError(f"unknown flag {_show(name)} (known: {', '.join(sorted(table))})",
                               index=index, field_name=key)
-        word |= table[name]
+        word |= int(table[name])  # plain int: IntFlag | is a Python-level enum call
     return word
 
 
@@ -497,6 +509,17 @@ def _outside_ok(name: str, start: int, end: int, fname: str) -> bool:
 
 
 def _check_ranges(op: Op, ctx: _Ctx) -> None:
+    name = op.name
+    # one range, as _ranges_of computes it (a hugetlb mmap rounds to 2 MiB there): done here
+    # when it lies in the arena
+    if (name in _RANGE_OPS and not (name == "mmap" and op.flags & _MAP_HUGETLB)) or name == "touch":
+        start = op.addr
+        if name == "touch":
+            end = start + -(-op.length // PAGE) * PAGE
+        else:
+            end = start + page_align(op.length)
+        if ctx.base <= start and end <= ctx.end:
+            return
     for start, end, fname in _ranges_of(op):
         if op.name == "touch" and end > _U64:
             raise ScriptError("the touched pages run past 2^64", index=op.index, field_name=fname)
@@ -556,11 +579,10 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
         kw["prot"] = _prot(op.get("prot"), index)
 
     if name == "mmap":
-        flags = _names(op, "flags", abi.MAP_BY_NAME, index, raw=True) if "flags" in op else (
-            abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
-        if not flags & abi.MAP_FIXED:
-            flags |= abi.MAP_FIXED_NOREPLACE
-        kw["flags"] = int(flags)
+        flags = _names(op, "flags", abi.MAP_BY_NAME, index, raw=True) if "flags" in op else _MAP_DEFAULT
+        if not flags & _MAP_FIXED:
+            flags |= _MAP_FIXED_NOREPLACE
+        kw["flags"] = flags
         if op.get("file") is not None:
             kw["file"] = _script_file(op, index, ctx.files)
         readonly = op.get("readonly", False)
@@ -575,7 +597,7 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
         for key, scale in (("pgoff", PAGE), ("pgoff_bytes", 1)):
             if key in op:
                 kw["offset"] = _offset(op, key, scale, index)
-        if flags & (abi.MapFlag.POPULATE | abi.MapFlag.LOCKED):
+        if flags & _MAP_POPULATE_LOCKED:
             ctx.spend_populate(_populated(kw["length"]), index, "flags")
             ctx.locking = ctx.locking or bool(flags & abi.MapFlag.LOCKED)
     elif name == "madvise":

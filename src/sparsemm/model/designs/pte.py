@@ -44,7 +44,7 @@ class PteDesign(GuardDesign):
         if f & _GUARD_INSTALL_INELIGIBLE:
             raise kerr(errno.EINVAL, "guard install: ineligible vma")  # R-B2, R-F13
         if not f & _VM_MAYBE_GUARD:
-            vma.vm_flags |= VmFlag.MAYBE_GUARD  # R-C6 (6.18.y sticky backport)
+            vma.vm_flags = f | _VM_MAYBE_GUARD  # R-C6 (6.18.y sticky backport)
         if vma.is_anonymous():
             mm.anon_vma_prepare(vma)
         mm.zap_range(start, end)
