@@ -166,13 +166,13 @@ OPTIONS = {
     "designs": ["--design", "--json", "--allow-dangerous"],
     "measure": ["--repeat", "--json", "--no-predict"],
     "analyze": ["--json", "--plot", "--max-guard-kib", "--max-borderline-mib", "--cost-ratio",
-                "--neighbour-perms", "--table-7-1", "--touch"],
+                "--neighbour-perms", "--strict-guards", "--touch"],
     "reproduce": ["--design", "--repeat", "--json", "--max-guard-kib", "--max-borderline-mib",
-                  "--cost-ratio", "--neighbour-perms", "--table-7-1", "--touch"],
+                  "--cost-ratio", "--neighbour-perms", "--strict-guards", "--touch"],
     "demo": ["--plot", "--no-reproduce"],
     "probe": ["--json"],
 }
-FLAGS = {"--allow-dangerous", "--json", "--no-predict", "--table-7-1", "--no-reproduce"}
+FLAGS = {"--allow-dangerous", "--json", "--no-predict", "--strict-guards", "--no-reproduce"}
 TARGETS = {
     "run": ["-", "/no/such.json", "/dev/null", str(ROOT)], "compare": ["-"], "designs": ["-"],
     "measure": ["-"], "analyze": [str(SMALL_MAPS), "-", "/no/such", "/proc/self", "/dev/null", "/proc/0"],

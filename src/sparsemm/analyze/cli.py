@@ -40,8 +40,11 @@ def _console(stderr: bool = False):
 def _policy(args):
     from sparsemm.analyze.guards import GuardPolicy
 
-    if getattr(args, "table_7_1", False):
-        return GuardPolicy.table_7_1()
+    if getattr(args, "table_7_1", False):  # the deprecated spelling of --strict-guards
+        print(f"sparsemm {args.command}: --table-7-1 is deprecated; use --strict-guards", file=sys.stderr)
+        args.strict_guards = True
+    if getattr(args, "strict_guards", False):
+        return GuardPolicy.strict()
     kw = {}
     if args.max_guard_kib is not None:
         kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
@@ -373,8 +376,10 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
                    help=">1 favours markers in that test (default 1)")
     g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
                    help="neighbours must have exactly these perms, e.g. rw-p")
-    g.add_argument("--table-7-1", action="store_true",
-                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
+    g.add_argument("--strict-guards", action="store_true",
+                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted "
+                        "payload (overrides the four options above)")
+    g.add_argument("--table-7-1", action="store_true", help=argparse.SUPPRESS)  # old name, deprecated
 
 
 def add_parsers(subparsers) -> None:

@@ -96,7 +96,7 @@ class Unit:
 
 @dataclass(slots=True)
 class Layout:
-    """The rebuilt layout: ``script`` (an OPSCRIPT.md dict) and the bookkeeping behind it."""
+    """The rebuilt layout: ``script`` (an docs/opscript.md document) and the bookkeeping behind it."""
 
     script: dict
     placed: list[Placed]
