@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 demo: $(STAMP)
 	$(BIN)/sparsemm demo
 
+# One line per test file with its progress, then the skips and failures with their reasons
+# (-ra, pyproject.toml) and the 20 slowest tests. PYTEST_ARGS="-m 'not slow'" skips the slow ones.
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest --durations=20 --durations-min=5 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -124,7 +124,7 @@ def test_designs_json_and_text_show_memcg_bytes(tmp_path):
     assert doc["tree"]["memcg_bytes"] - doc["pte"]["memcg_bytes"] == (
         (doc["tree"]["vmas"] - doc["pte"]["vmas"]) * (200 + 72))
     cp = run_cli("designs", str(path))
-    row = next(line for line in cp.stdout.splitlines() if line.startswith("memcg charged B"))
+    row = next(line for line in cp.stdout.splitlines() if line.startswith("charged to its memory cgroup"))
     assert f"{doc['vma']['memcg_bytes']:,}" in row
 
 

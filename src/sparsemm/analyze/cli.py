@@ -15,12 +15,14 @@ import time
 from importlib import resources
 
 from sparsemm._options import count, number, number_or_none, perms
+from sparsemm.samples import resolve
 
 __all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
 MAX_REPEAT = 100  # --repeat: fresh measuring children, each up to four attempts
+DEFAULT_REPEAT = 3  # the same default as ``sparsemm measure --repeat``
 MAX_KIB = float(1 << 37)  # the 128 TiB user address space, in KiB
 _UNSET = object()  # --max-borderline-mib not given (None means "no bound")
 
@@ -201,6 +203,7 @@ def _analyze(args) -> int:
     from sparsemm.analyze.report import render_report
 
     policy = _policy(args)
+    args.target = resolve(args.target)
     _check_target(args.target)
     if _is_dir_target(args.target):
         return _analyze_dir(args, policy)
@@ -249,6 +252,7 @@ def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
     policy = _policy(args)
+    args.target = resolve(args.target)
     _check_target(args.target)
     if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
@@ -390,7 +394,8 @@ def add_parsers(subparsers) -> None:
         description="Analyze a process (pid, read live with its guard markers), a snapshot file "
                     "(sparsemm snapshot), a saved /proc/PID/maps or smaps file, '-' (stdin) or "
                     "every file of a directory.")
-    p.add_argument("target", help="pid, snapshot, maps/smaps file, directory, or - for standard input")
+    p.add_argument("target", help="pid (or self), snapshot, maps/smaps file, directory, sample:NAME "
+                                  "(sparsemm samples), or - for standard input")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
     p.add_argument("--mappings", action="store_true",
@@ -401,13 +406,15 @@ def add_parsers(subparsers) -> None:
 
     p = subparsers.add_parser(
         "reproduce", help="build a process's layout on the kernel and compare with the prediction")
-    p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
+    p.add_argument("target", help="snapshot, maps/smaps file, pid (or self), sample:NAME, or - for "
+                                  "standard input")
     from sparsemm.model.designs import reproducible
 
     p.add_argument("--design", action="append", choices=reproducible(),
                    help="design to build (repeatable; default: every one the kernel can build)")
-    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
-                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=DEFAULT_REPEAT,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default {DEFAULT_REPEAT}, "
+                        "as for measure)")
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")
