@@ -1,6 +1,6 @@
 """The layering rules of docs/contributing.md, checked on every module's imports (AST, no import).
 
-Neutral modules (``abi``, ``_invariant``, ``_ranges``, ``_gc``) import only each other;
+Neutral modules (``abi``, ``_invariant``, ``_ranges``, ``_gc``, ``_input``) import only each other;
 the model imports the neutral modules and itself, never the native layer or the tools;
 the native layer likewise never imports the model; ``opscript`` never imports the tools
 above it (``analyze``, ``cli``).
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "sparsemm"
-NEUTRAL = {"abi", "_invariant", "_ranges", "_gc"}
+NEUTRAL = {"abi", "_invariant", "_ranges", "_gc", "_input"}
 #: layer -> the top-level ``sparsemm`` modules it may import (besides itself).
 ALLOWED = {
     "neutral": NEUTRAL,
