@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,10 @@ def test_every_example_runs(path):
             if skip:
                 skipped.append(f"line {line}: {skip}")
                 continue
+            t0 = time.monotonic()
             out = run_block(kind, code, Path(tmp))
+            print(f"{path.relative_to(ROOT)}:{line} ({kind}): exit {out.returncode}, "
+                  f"{time.monotonic() - t0:.1f} s")  # shown with -s or on failure
             if out.returncode != 0:
                 failures.append(f"{path.relative_to(ROOT)}:{line} ({kind}) exit {out.returncode}\n"
                                 f"--- stdout (tail)\n{out.stdout[-1500:]}\n--- stderr (tail)\n{out.stderr[-1500:]}")
