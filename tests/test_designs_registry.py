@@ -139,7 +139,8 @@ def test_a_registered_design_flows_through_analyze_and_the_plot(refuse, tmp_path
     assert fig["saved_vmas"] == doc["designs"]["vma"]["map_count"] - fig["map_count"]
     svg = plot.read_text()  # one band per design, labelled with its name and VMAs
     assert ">refuse" in svg.replace("\n", "")
-    assert svg.count(f"{fig['map_count']:,} VMAs") == 2  # the pte band and the refuse band
+    # the pte band and the refuse band, each in the overview and in the zoom panel
+    assert svg.count(f"{fig['map_count']:,} VMAs") == 4
 
 
 def test_kernel_only_commands_refuse_a_model_only_design(refuse, capsys):

@@ -167,6 +167,8 @@ def _analyze_dir(args, policy) -> int:
         raise UsageError("--plot draws one process: give a file or pid, not a directory")
     if getattr(args, "mappings", False):
         raise UsageError("--mappings lists one process: give a file or pid, not a directory")
+    if getattr(args, "html", None):
+        raise UsageError("--html reports one process: give a file or pid, not a directory")
     files = _dir_files(args.target)
     results = {}
     t0 = time.perf_counter()
@@ -209,6 +211,8 @@ def _analyze(args) -> int:
         return _analyze_dir(args, policy)
     if args.plot:
         _check_plot_path(args.plot)
+    if args.html:
+        _check_html_path(args.html)
     err = _console(stderr=True)
     mappings = getattr(args, "mappings", False)
     with err.status("analyzing…") as status:
@@ -219,10 +223,17 @@ def _analyze(args) -> int:
 
             status.update("plotting…")
             plot_report(report, args.plot)
+        if args.html:
+            from sparsemm.analyze.html import write_html
+
+            status.update("writing the HTML report…")
+            write_html(report, args.html)
     if args.json:
         doc = report.to_json(with_mappings=mappings)
         if args.plot:
             doc["plot"] = os.path.abspath(args.plot)
+        if args.html:
+            doc["html"] = os.path.abspath(args.html)
         for w in report.warnings:
             print(f"sparsemm analyze: warning: {w}", file=sys.stderr)
         print(json.dumps(doc, indent=1))
@@ -236,6 +247,8 @@ def _analyze(args) -> int:
             print(render_mappings(report), file=con.file)
         if args.plot:
             con.print(f"plot written to {os.path.abspath(args.plot)}")
+        if args.html:
+            con.print(f"HTML report written to {os.path.abspath(args.html)}")
     return 0
 
 
@@ -246,6 +259,14 @@ def _check_plot_path(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError(f"--plot {path}: no directory {parent}")
+
+
+def _check_html_path(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--html {path}: no directory {parent}")
+    if os.path.isdir(path):
+        raise UsageError(f"--html {path}: is a directory")
 
 
 def _reproduce(args) -> int:
@@ -259,6 +280,8 @@ def _reproduce(args) -> int:
     from sparsemm.model.designs import reproducible
 
     designs = args.design or list(reproducible())
+    if args.html:
+        _check_html_path(args.html)
     err = _console(stderr=True)
     reps = []
     with err.status("analyzing…") as status:
@@ -267,6 +290,11 @@ def _reproduce(args) -> int:
         for d in designs:
             status.update(f"building the layout on the kernel, design {d}…")
             reps.append(reproduce(layout, d, repeat=args.repeat, source=report.source))
+        if args.html:
+            from sparsemm.analyze.html import write_html
+
+            status.update("writing the HTML report…")
+            write_html(report, args.html, reps, with_payload=getattr(args, "with_payload", False))
     if args.json:
         print(json.dumps({"schema": "sparsemm.reproduce/1", "source": report.source,
                           "original_vmas": report.vmas,
@@ -398,6 +426,9 @@ def add_parsers(subparsers) -> None:
                                   "(sparsemm samples), or - for standard input")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/analyze.md)")
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write a self-contained HTML report to FILE: the design bands, the mappings table, "
+                        "the guard policy and every number with how it was obtained (docs/analyze.md)")
     p.add_argument("--mappings", action="store_true",
                    help="also list every VMA with its role (guard, decommitted payload, reservation, kept, "
                         "existing markers) and what each design makes of it (JSON: a 'mappings' list)")
@@ -418,6 +449,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the analyze HTML report with these measurements beside the predictions to FILE")
     _add_policy(p)
     p.set_defaults(func=reproduce_main)
 

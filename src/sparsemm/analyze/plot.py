@@ -1,160 +1,160 @@
-"""Draw an ``AnalysisReport``: the address space as one band per design, plus bar charts.
+"""Draw an ``AnalysisReport`` with matplotlib: the design bands, a zoom into them, and bar charts.
 
-Owns ``plot_report(report, path)`` (matplotlib, Agg backend, PNG or SVG by the suffix).
-The bands are drawn from the rebuilt layout along a compressed address axis: every VMA of
-the original gets a width of ``1 + log2(pages) / 4`` units and every gap a fixed sliver, so
-a 4 KiB guard and a 1 TiB reservation are both visible; how a design's guards are drawn
-follows its ``guard_shape`` in the design registry. Reads reports; computes nothing new.
+Owns ``plot_report(report, path)`` (Agg backend, PNG or SVG by the suffix). The geometry
+(compressed address axis, folds of file mappings the same in every design, what each design
+makes of every VMA, the zoom window) comes from ``analyze.bands``; this module only draws
+it. Reads reports; computes nothing new.
 """
 
 from __future__ import annotations
 
-import math
-
+from sparsemm.analyze.bands import (BYTE_COLOURS, COLOURS, LABELS, MARK_COLOURS, MARK_LABELS,
+                                    OVERVIEW_COLUMNS, Band, BandView, band_view, overview)
 from sparsemm.analyze.report import BYTE_KEYS, AnalysisReport
-from sparsemm.model.designs import GuardShape, design_class
 
 __all__ = ["COLOURS", "plot_report"]
 
-COLOURS = {"rw": "#4caf50", "guard": "#d62728", "payload": "#9467bd", "reservation": "#bdbdbd",
-           "file": "#1f77b4", "other": "#ff9f1c"}
-_LABELS = {"rw": "anonymous memory", "guard": "guard", "payload": "decommitted payload (PROT_NONE)",
-           "reservation": "reservation (PROT_NONE)", "file": "file-backed", "other": "other ([stack], [vdso], shared…)"}
-_GAP = 0.6  # axis units drawn for any gap between VMAs
-_BYTE_COLOURS = ("#7b9acc", "#f2a541", "#c9a0dc", "#8cc084", "#e07a5f")
+_H = 0.7  # band height (one band per unit of y)
 
 
-def _axis(report: AnalysisReport) -> list[tuple[float, float]]:
-    """(x, width) per placed VMA on the compressed axis."""
-    out = []
-    x = 0.0
-    prev_end = None
-    for p in report.layout_obj.placed:
-        if prev_end is not None and p.at != prev_end:
-            x += _GAP
-        w = 1.0 + math.log2(max(p.npages, 1)) / 4.0
-        out.append((x, w))
-        x += w
-        prev_end = p.at + p.npages
-    return out
+def _inside(spans, x0: float, x1: float):
+    return [(x, w) for x, w in spans if x < x1 and x + w > x0]
 
 
-def _stays(p) -> bool:
-    """A decommitted payload that this layout leaves a PROT_NONE VMA (not a guard install)."""
-    return p.category == "payload" and not p.guard
+def _draw_band(ax, y: float, band: Band, view: BandView, window: tuple[float, float] | None) -> None:
+    """One design row at height ``y``: fills by category, guards that are no VMA of their
+    own as marks. ``window`` (the zoom): only what lies in it, with a white line at every VMA
+    boundary of the design; None (the overview): everything, in mixed columns when the band
+    has more items than ``OVERVIEW_COLUMNS``."""
+    if band.error:
+        ax.broken_barh([(0, view.total)], (y, _H), facecolors="#f4f4f4", linewidth=0)
+        x0, x1 = window or (0, view.total)
+        ax.text((x0 + x1) / 2, y + _H / 2, f"{band.label}: {band.error}", ha="center", va="center",
+                fontsize=8, color="#666666", clip_on=True)
+        return
+    if window is None and len(view.items) > OVERVIEW_COLUMNS:
+        by_colour: dict[str, list] = {}
+        by_mark: dict[tuple[str, float], list] = {}
+        for s in overview(band, view.total, OVERVIEW_COLUMNS):
+            if s.colour:
+                by_colour.setdefault(s.colour, []).append((s.x, s.w))
+            if s.mark:
+                by_mark.setdefault((s.mark, s.alpha), []).append((s.x, s.w))
+        for colour, spans in by_colour.items():
+            ax.broken_barh(spans, (y, _H), facecolors=colour, linewidth=0)
+        yy, hh = (y + _H * 0.3, _H * 0.4) if band.shape == "marker" else (y, _H)
+        for (colour, alpha), spans in by_mark.items():
+            ax.broken_barh(spans, (yy, hh), facecolors=colour, alpha=alpha, linewidth=0)
+        return
+    x0, x1 = window or (0, view.total)
+    for cat, spans in band.fills.items():
+        ax.broken_barh(_inside(spans, x0, x1), (y, _H), facecolors=COLOURS[cat], linewidth=0)
+    by_key: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for m in band.marks:
+        if m.x < x1 and m.x + m.w > x0:
+            by_key.setdefault((m.shape, m.category), []).append((m.x, m.w))
+    for (shape, cat), spans in by_key.items():
+        yy, hh = (y + _H * 0.3, _H * 0.4) if shape == "marker" else (y, _H)
+        ax.broken_barh(spans, (yy, hh), facecolors=MARK_COLOURS[(shape, cat)], linewidth=0)
+    if window is not None:
+        lines = [b for b in band.boundaries if x0 <= b <= x1]
+        if lines:
+            ax.vlines(lines, y, y + _H, colors="white", linewidth=1.0)
 
 
-def _band(ax, y: float, h: float, report: AnalysisReport, xs, design: str) -> None:
-    """One design's VMAs at height ``y``: coloured by category, with a white line at every
-    VMA boundary of that design (so fewer lines = fewer VMAs)."""
-    placed = report.layout_obj.placed
-    units = report.layout_obj.units
-    shape = design_class(design).guard_shape
-    by_cat: dict[str, list[tuple[float, float]]] = {}
-    marks: list[tuple[float, float]] = []  # guards that are not VMAs (markers, tree entries)
-    boundaries: list[float] = []
-    for i, (p, (x, w)) in enumerate(zip(placed, xs)):
-        cat = p.category
-        if p.category == "guard" and shape is not GuardShape.VMA:
-            marks.append((x, w))
-            # a marker lies inside the VMA around it; an entry is no VMA at all
-            cat = "rw" if shape is GuardShape.MARKER else None
-        if cat is not None:
-            by_cat.setdefault(cat, []).append((x, w))
-        # A boundary before p unless p continues one VMA of this design (markers: within a
-        # unit, where only a decommitted payload left as it was stays a VMA of its own).
-        if i and not (shape is GuardShape.MARKER and units[p.unit].is_span
-                      and p.unit == placed[i - 1].unit and not _stays(p) and not _stays(placed[i - 1])):
-            boundaries.append(x)
-    for cat, spans in by_cat.items():
-        ax.broken_barh(spans, (y, h), facecolors=COLOURS[cat], linewidth=0)
-    if marks:
-        if shape is GuardShape.MARKER:
-            ax.broken_barh(marks, (y + h * 0.35, h * 0.3), facecolors=COLOURS["guard"], linewidth=0)
-        else:
-            ax.broken_barh(marks, (y, h), facecolors="none", edgecolors=COLOURS["guard"],
-                           linewidth=0.4, hatch="////")
-    if boundaries:
-        ax.vlines(boundaries, y, y + h, colors="white", linewidth=0.12, alpha=0.8)
+def _bands_axes(ax, view: BandView, window: tuple[float, float] | None) -> None:
+    n = len(view.bands)
+    ticks = []
+    for k, band in enumerate(view.bands):
+        y = n - 1 - k
+        _draw_band(ax, y, band, view, window)
+        count = "n/a" if band.error else f"{band.map_count:,} VMAs"
+        ticks.append((y + _H / 2, f"{band.label}  {count}"))
+    ax.set_yticks([p for p, _ in ticks], [t for _, t in ticks], fontsize=8.5)
+    ax.tick_params(axis="y", length=0)
+    ax.set_ylim(-0.15, n - 0.15)
+    ax.set_xticks([])
+    for s in ("top", "right", "left"):
+        ax.spines[s].set_visible(False)
 
 
 def plot_report(report: AnalysisReport, path: str, *, title: str | None = None) -> str:
     """Write the figure to ``path`` (``.png`` or ``.svg``); returns ``path``.
-    Raises ``ValueError`` for another suffix."""
+    Raises ``ValueError`` for another suffix or a report without a layout."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch, Rectangle
 
     low = str(path).lower()
     if not (low.endswith(".png") or low.endswith(".svg")):
         raise ValueError(f"plot file {path!r}: the name must end in .png or .svg")
-    if report.layout_obj is None:
-        raise ValueError("the report carries no layout to draw")
-    designs = [d for d in report.designs]
-    xs = _axis(report)
-    total = xs[-1][0] + xs[-1][1] if xs else 1.0
+    view = band_view(report)
+    nb = len(view.bands)
+    fig = plt.figure(figsize=(13, 5.6 + 0.55 * nb))
+    gs = fig.add_gridspec(4, 2, height_ratios=[0.42 * nb, 0.42 * nb, 0.5, 2.6], hspace=0.45, wspace=0.28)
 
-    fig = plt.figure(figsize=(13, 7.2))
-    gs = fig.add_gridspec(2, 2, height_ratios=[1.15, 1], hspace=0.45, wspace=0.28)
     ax = fig.add_subplot(gs[0, :])
-    h = 0.7
-    labels = []
-    for k, d in enumerate(designs):
-        y = len(designs) - 1 - k
-        f = report.designs[d]
-        if not f.error:
-            _band(ax, y, h, report, xs, d)
-        labels.append((y + h / 2, f"{d}\n{f.map_count:,} VMAs" if not f.error else f"{d}\n(n/a)"))
-        if f.error:
-            ax.broken_barh([(0, total)], (y, h), facecolors="#f4f4f4", linewidth=0)
-            ax.text(total / 2, y + h / 2, f"{d}: {f.error}", ha="center", va="center", fontsize=9,
-                    color="#666666")
-    ax.set_yticks([p for p, _ in labels], [t for _, t in labels])
-    ax.set_xlim(0, total)
-    ax.set_ylim(-0.2, len(designs))
-    ax.set_xticks([])
-    ax.set_xlabel(f"address order, low to high ({report.vmas:,} VMAs of the original; width "
-                  "1 + log2(pages)/4 per VMA, gaps shrunk; white lines: VMA boundaries)", fontsize=8)
+    _bands_axes(ax, view, None)
+    ax.set_xlim(0, view.total)
     ax.set_title(title or f"{report.source}: the address space under each guard design", fontsize=11)
-    for s in ("top", "right", "left"):
-        ax.spines[s].set_visible(False)
-    handles = [Patch(facecolor=COLOURS[c], label=_LABELS[c]) for c in COLOURS]
-    handles.append(Patch(facecolor="none", edgecolor=COLOURS["guard"], hatch="////",
-                         label="guard without a VMA (pte marker / tree entry)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, fontsize=7.5,
-              frameon=False)
+    fold = f"\n{view.fold_note()}" if view.folds else ""
+    if len(view.items) > OVERVIEW_COLUMNS:
+        fold += f"\ndrawn in {OVERVIEW_COLUMNS:,} columns, each mixing the colours of what it covers"
+    ax.set_xlabel(f"address order, low to high: {report.vmas:,} VMAs of the original, each "
+                  f"1 + log2(pages)/4 wide, gaps shrunk{fold}", fontsize=7.5)
+    x0, x1 = view.zoom
+    fw = max(x1 - x0, view.total / 250)  # a frame around 40 of 65,000 VMAs stays visible
+    ax.add_patch(Rectangle((x0, -0.12), fw, nb - 0.06, fill=False, edgecolor="black", linewidth=1.0))
 
-    ok = [d for d in designs if not report.designs[d].error]
-    # The columns of both charts: each design, then (with decommitted payload) pte and tree
-    # with the payload as markers too - the second set of counts.
-    cols = [(d, d, report.designs[d]) for d in ok]
+    zx = fig.add_subplot(gs[1, :])
+    _bands_axes(zx, view, view.zoom)
+    zx.set_xlim(x0, x1)
+    placed = report.layout_obj.placed
+    inside = [it for it in view.items if it.x >= x0 - 1e-9 and it.x + it.w <= x1 + 1e-9]
+    lo, hi = placed[inside[0].first].entry.start, placed[inside[-1].last].entry.end
+    zx.set_xlabel(f"zoom: the {len(inside)} VMAs at {lo:#x}-{hi:#x} (the black frame above); white lines "
+                  "are VMA boundaries, so fewer lines means fewer VMAs", fontsize=7.5)
+
+    shown = {c for b in view.bands for c in b.fills}
+    marks = {(m.shape, m.category) for b in view.bands for m in b.marks if m.shape != "vma"}
+    handles = [Patch(facecolor=COLOURS[c], label=LABELS[c]) for c in COLOURS if c in shown]
+    handles += [Patch(facecolor=MARK_COLOURS[k], label=MARK_LABELS[k]) for k in MARK_LABELS if k in marks]
+    lx = fig.add_subplot(gs[2, :])
+    lx.axis("off")
+    lx.legend(handles=handles, loc="center", ncol=4, fontsize=7.5, frameon=False)
+
+    ok = [d for d in report.designs if not report.designs[d].error]
+    # The columns of both charts: each design, then (with decommitted payload) the designs
+    # that turn it into markers / tree entries too - the second set of counts.
+    cols = [(d, report.designs[d]) for d in ok]
     if report.payload:
-        cols += [(f"{d}\n+payload", d, report.designs_with_payload[d]) for d in ok
-                 if design_class(d).guard_shape is not GuardShape.VMA  # payload-blind: same figures
-                 and not report.designs_with_payload[d].error]
-    ax1 = fig.add_subplot(gs[1, 0])
-    names = ["original"] + [label for label, _, _ in cols]
-    vals = [report.vmas] + [f.map_count for _, _, f in cols]
-    colours = ["#555555"] + [COLOURS["payload"] if "+payload" in label else "#4c72b0" for label, _, _ in cols]
+        cols += [(f"{b.label.replace(' ', chr(10))}", report.designs_with_payload[b.design])
+                 for b in view.bands if b.with_payload and not b.error]
+    ax1 = fig.add_subplot(gs[3, 0])
+    names = ["original"] + [label for label, _ in cols]
+    vals = [report.vmas] + [f.map_count for _, f in cols]
+    colours = ["#555555"] + [COLOURS["payload"] if "+payload" in label else "#4c72b0" for label, _ in cols]
     bars = ax1.bar(names, vals, color=colours)
     ax1.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=8)
-    ax1.set_title("VMAs (map_count)" + ("; +payload: decommitted payload as markers too"
-                                        if report.payload else ""), fontsize=10)
+    ax1.set_title("VMAs (map_count), model" + ("; +payload: decommitted payload as markers too"
+                                               if report.payload else ""), fontsize=10)
     ax1.set_ylim(0, max(vals) * 1.18 if vals else 1)
-    ax2 = fig.add_subplot(gs[1, 1])
-    labels = [label for label, _, _ in cols]
+    ax2 = fig.add_subplot(gs[3, 1])
+    labels = [label for label, _ in cols]
     bottom = [0.0] * len(cols)
-    for key, colour in zip(BYTE_KEYS, _BYTE_COLOURS):
-        v = [f.bytes.get(key, 0) / 1024 for _, _, f in cols]
+    for key, colour in zip(BYTE_KEYS, BYTE_COLOURS):
+        v = [f.bytes.get(key, 0) / 1024 for _, f in cols]
         ax2.bar(labels, v, bottom=bottom, color=colour, label=key)
         bottom = [b + x for b, x in zip(bottom, v)]
-    for i, (_, _, f) in enumerate(cols):
+    for i, (_, f) in enumerate(cols):
         ax2.text(i, bottom[i], f"{f.total_bytes / 1024:,.0f} KiB", ha="center", va="bottom", fontsize=8)
-    ax2.set_title("kernel memory by object (KiB, model)", fontsize=10)
+    ax2.set_title("kernel memory by object (KiB), model", fontsize=10)
     ax2.set_ylim(0, max(bottom) * 1.18 if bottom and max(bottom) else 1)
-    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    handles, names2 = ax2.get_legend_handles_labels()
+    ax2.legend(handles[::-1], names2[::-1], fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
     for a in (ax1, ax2):
         a.spines[["top", "right"]].set_visible(False)
         a.tick_params(labelsize=8)
