@@ -404,10 +404,11 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
                    default=_UNSET, metavar="MIB|none",
                    help="never a guard nor decommitted payload above this size (default 1024); between "
                         "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
-    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6),
+    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6), metavar="RATIO",
                    help=">1 favours markers in that test (default 1)")
     g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
-                   help="neighbours must have exactly these perms, e.g. rw-p")
+                   help="neighbours must have exactly these perms, e.g. rw-p (default: any accessible private "
+                        "anonymous VMA)")
     g.add_argument("--strict-guards", action="store_true",
                    help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted "
                         "payload (overrides the four options above)")
