@@ -199,6 +199,7 @@ def command_line(draw):
     return args
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command_line())
 def test_generated_command_lines_keep_the_contract(tmp_path_factory, args):

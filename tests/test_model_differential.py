@@ -44,6 +44,7 @@ def assert_same(doc: dict) -> None:
                          + describe_difference(model, kernel, limit=1 << 20))
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(op_script())
