@@ -42,6 +42,7 @@ class Prot(enum.IntFlag):
 
 
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0x0, 0x1, 0x2, 0x4
+PROT_SEM = 0x8  # accepted by mprotect (arch_validate_prot()), no effect on x86
 PROT_GROWSDOWN = 0x0100_0000
 PROT_GROWSUP = 0x0200_0000
 
@@ -50,6 +51,7 @@ class MapFlag(enum.IntFlag):
     SHARED = 0x01
     PRIVATE = 0x02
     SHARED_VALIDATE = 0x03
+    DROPPABLE = 0x08  # a map type (Linux 6.11+): anonymous memory the kernel may drop
     FIXED = 0x10
     ANONYMOUS = 0x20
     GROWSDOWN = 0x100
@@ -159,6 +161,7 @@ class VmFlag(enum.IntFlag):
     HUGEPAGE = 0x20000000
     NOHUGEPAGE = 0x40000000
     MERGEABLE = 0x80000000
+    DROPPABLE = 1 << 40
     SEALED = 1 << 42
 
 
@@ -196,12 +199,13 @@ VM_MNEMONICS: dict[VmFlag, str] = {
     VmFlag.HUGEPAGE: "hg",
     VmFlag.NOHUGEPAGE: "nh",
     VmFlag.MERGEABLE: "mg",
+    VmFlag.DROPPABLE: "dp",
     VmFlag.SEALED: "sl",
 }
 MNEMONIC_TO_VMFLAG: dict[str, VmFlag] = {v: k for k, v in VM_MNEMONICS.items()}
 
 #: The VmFlags an op-script snapshot reports (docs/opscript.md), sorted.
-SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl")))
+SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl", "dp", "um")))
 
 
 def vmflags_to_mnemonics(flags: int) -> list[str]:
@@ -230,6 +234,8 @@ PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
 PAGE_IS_GUARD = 1 << 8
+#: Every category PAGEMAP_SCAN knows (PM_SCAN_CATEGORIES); a mask with another bit is EINVAL.
+PM_SCAN_CATEGORIES = (1 << 9) - 1
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg), sizeof == 96
 
 # PROCMAP_QUERY on /proc/PID/maps (Linux 6.11+): the one VMA covering an address.
@@ -250,6 +256,16 @@ SYS_pidfd_open = 434
 SYS_process_madvise = 440
 SYS_mseal = 462
 
+# userfaultfd (include/uapi/linux/userfaultfd.h), x86-64.
+SYS_userfaultfd = 323
+UFFD_API = 0xAA
+UFFD_FEATURE_SIGBUS = 1 << 7
+UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api), 24 bytes
+UFFDIO_REGISTER = 0xC020AA00  # _IOWR(0xAA, 0x00, struct uffdio_register), 32 bytes
+UFFDIO_UNREGISTER = 0x8010AA01  # _IOR(0xAA, 0x01, struct uffdio_range), 16 bytes
+UFFDIO_COPY = 0xC028AA03  # _IOWR(0xAA, 0x03, struct uffdio_copy), 40 bytes
+UFFDIO_REGISTER_MODE_MISSING = 1
+
 # SIGSEGV si_code values.
 SEGV_MAPERR = 1
 SEGV_ACCERR = 2
@@ -269,9 +285,39 @@ MAP_BY_NAME: dict[str, int] = {
     "noreserve": MapFlag.NORESERVE,
     "locked": MapFlag.LOCKED,
     "growsdown": MapFlag.GROWSDOWN,
+    "shared_validate": MapFlag.SHARED_VALIDATE,
+    "droppable": MapFlag.DROPPABLE,
+    "stack": MapFlag.STACK,
+    "nonblock": MapFlag.NONBLOCK,
+    "hugetlb": MapFlag.HUGETLB,
+}
+
+#: Raw ``prot`` bits beyond r/w/x an op script may name (``"prot": ["r", "sem"]``).
+PROT_BY_NAME: dict[str, int] = {
+    "r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC, "sem": PROT_SEM,
+    "growsdown": PROT_GROWSDOWN, "growsup": PROT_GROWSUP,
 }
 
 MADV_BY_NAME: dict[str, int] = {m.name.lower(): int(m) for m in Madv}
+
+#: PAGEMAP_SCAN categories by op-script name, in bit order (``PAGE_IS_<NAME>``).
+PAGE_IS_BY_NAME: dict[str, int] = {
+    "wpallowed": PAGE_IS_WPALLOWED,
+    "written": PAGE_IS_WRITTEN,
+    "file": PAGE_IS_FILE,
+    "present": PAGE_IS_PRESENT,
+    "swapped": PAGE_IS_SWAPPED,
+    "pfnzero": PAGE_IS_PFNZERO,
+    "huge": PAGE_IS_HUGE,
+    "soft_dirty": PAGE_IS_SOFT_DIRTY,
+    "guard": PAGE_IS_GUARD,
+}
+
+
+def page_categories(bits: int) -> list[str]:
+    """PAGEMAP_SCAN category bits as op-script names, in bit order (unknown bits dropped)."""
+    return [name for name, bit in PAGE_IS_BY_NAME.items() if bits & bit]
+
 
 MREMAP_BY_NAME: dict[str, int] = {
     "maymove": MremapFlag.MAYMOVE,

@@ -14,7 +14,8 @@ import abc
 import errno
 from typing import TYPE_CHECKING, Callable
 
-from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, page_align
+from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, VmFlag, page_align
+from sparsemm.model._flags import _VM_SEALED
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
@@ -29,6 +30,7 @@ __all__ = ["MmCore", "MMAP_MIN_ADDR"]
 
 #: vm.mmap_min_addr (the default): no mapping below it, and placement never goes there.
 MMAP_MIN_ADDR = 0x10000
+HPAGE_SHIFT = 21  # a hugetlb page (and a PMD THP): 2 MiB
 #: split_vma()'s limit where the caller has checked max_map_count itself (munmap).
 _NO_LIMIT = 1 << 62
 
@@ -45,7 +47,9 @@ class MmCore(abc.ABC):
     - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
     - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
       counts in neither, as in the kernel); changed only by ``set_pte``/``clear_pte``;
-    - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``.
+    - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``;
+    - ``hugetlb_pool``: ``[free huge pages]``, one list shared by a process and its fork
+      children (the machine's pool), taken by a hugetlb mmap's reservation, returned by munmap.
 
     The primitives below are public to the model (its modules and guard designs call them)
     but not part of the syscall API; each states its preconditions. The abstract methods
@@ -53,7 +57,7 @@ class MmCore(abc.ABC):
     """
 
     __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "rss_anon", "rss_file",
-                 "files", "exited")
+                 "files", "exited", "hugetlb_pool")
 
     tree: VmaTree
     pt: PageTable
@@ -64,6 +68,7 @@ class MmCore(abc.ABC):
     rss_file: int
     files: set[MemFile]
     exited: bool
+    hugetlb_pool: list[int]
 
     def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int) -> None:
         self.design = design
@@ -75,6 +80,7 @@ class MmCore(abc.ABC):
         self.rss_file = 0
         self.files = set()
         self.exited = False
+        self.hugetlb_pool = [0]  # free 2 MiB huge pages (nr_hugepages), shared with fork children
 
     @property
     def map_count(self) -> int:
@@ -141,24 +147,39 @@ class MmCore(abc.ABC):
         """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
         markers), free the page tables no longer spanned; tells the design (``on_unmap``).
         ENOMEM (OSError) when a split would pass ``max_map_count``; nothing changed then.
+        EPERM when a VMA of the range is sealed (``mseal``): only the split at ``start`` is
+        done then, if the first VMA is not the sealed one.
         Precondition: ``start < end``, both page aligned. O(k log n + zap)."""
         vmas = self.tree.overlapping(start, end)
         if not vmas:
             return
-        self.design.on_unmap(start, end)
         first, last = vmas[0], vmas[-1]
+        sealed = any(int(v.vm_flags) & _VM_SEALED for v in vmas)
         if first.vm_start < start:
             if end < first.vm_end and len(self.tree) >= self.max_map_count:
                 raise kerr(errno.ENOMEM, "munmap: split over max_map_count")
+            if int(first.vm_flags) & _VM_SEALED:
+                raise kerr(errno.EPERM, "munmap: sealed vma")
+            if sealed:  # vms_gather_munmap_vmas(): the first split stays when a later VMA is sealed
+                upper = split_vma(self.tree, first, start, _NO_LIMIT)
+                first.changed_unmerged = upper.changed_unmerged = True  # left split, as the kernel does
+                raise kerr(errno.EPERM, "munmap: sealed vma")
+            self.design.on_unmap(start, end)
             upper = split_vma(self.tree, first, start, _NO_LIMIT)
             if first is last:
                 last = upper
             vmas[0] = upper
+        elif sealed:
+            raise kerr(errno.EPERM, "munmap: sealed vma")
+        else:
+            self.design.on_unmap(start, end)
         if last.vm_end > end:
             split_vma(self.tree, last, end, _NO_LIMIT)
         self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         for vma in vmas:
             self.tree.remove(vma)
+            if vma.vm_flags & VmFlag.HUGETLB:  # hugetlb_vm_op_close(): the reservation goes back
+                self.hugetlb_pool[0] += (vma.vm_end - vma.vm_start) >> HPAGE_SHIFT
         self.zap_range(start, end, drop_markers=True)
         nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
         floor = prev.vm_end if prev is not None else 0

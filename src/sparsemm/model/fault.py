@@ -18,7 +18,8 @@ from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE,
 from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PTRS_PER_TABLE, pmd_start, pte_index
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP, _VM_MAYREAD, _VM_MAYWRITE,
-                                    _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_WRITE)
+                                    _VM_NOHUGEPAGE, _VM_READ, _VM_SHARED, _VM_UFFD_MISSING, _VM_WRITE,
+                                    _VM_HUGETLB)
 
 #: mm/memory.c: fault_around_bytes default (64 KiB) in pages.
 FAULT_AROUND_PAGES = 16
@@ -75,6 +76,18 @@ class FaultMixin(MmCore):
             self.set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
         self.pt.map_huge_pmd(p0)  # a PMD mapping needs no PTE table
 
+    def _fault_hugetlb(self, vma: Vma, page: int) -> None:
+        """hugetlb_fault() of a page not yet present: the whole 2 MiB page is mapped, zeroed
+        (a private mapping's as anon memory, a shared one's in its hugetlbfs file)."""
+        p0 = pmd_start(page)
+        shared = bool(int(vma.vm_flags) & _VM_SHARED)
+        if not shared:
+            self.anon_vma_prepare(vma)
+        for p in range(p0, p0 + HPAGE_PMD_NR):
+            self.set_pte(p, vma.vm_file.get_page(vma.file_pgoff(p << PAGE_SHIFT)) if shared
+                         else Frame(0, FRAME_ANON))
+        self.pt.map_huge_pmd(p0)
+
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
         the 16-page window around ``addr`` (clamped to the VMA, the PTE table and EOF),
@@ -103,8 +116,13 @@ class FaultMixin(MmCore):
         page = addr >> PAGE_SHIFT
         if entry is GUARD:
             raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
+        if entry is None and int(vma.vm_flags) & _VM_HUGETLB:
+            self._fault_hugetlb(vma, page)
+            return
         if entry is None:
             if vma.is_anonymous():  # do_anonymous_page()
+                if int(vma.vm_flags) & _VM_UFFD_MISSING:  # handle_userfault(): SIGBUS feature
+                    raise FaultError("SIGBUS")
                 if self._thp_eligible(vma, page):
                     self._fault_thp(vma, page, write)
                     return
@@ -116,14 +134,16 @@ class FaultMixin(MmCore):
                 return
             f = vma.vm_file
             pgoff = vma.file_pgoff(addr)
+            # shmem_get_folio_gfp(): a page the file lacks goes to userfaultfd (SIGBUS feature)
+            uffd_miss = bool(int(vma.vm_flags) & _VM_UFFD_MISSING) and pgoff not in f.cache
             if not write:  # do_read_fault(): fault-around first, even when addr is past EOF
                 self._fault_around(vma, addr)
-                if pgoff >= f.npages:
+                if pgoff >= f.npages or uffd_miss:
                     raise FaultError("SIGBUS")
                 if self.pt.get(page) is None:
                     self.set_pte(page, f.get_page(pgoff))
                 return
-            if pgoff >= f.npages:
+            if pgoff >= f.npages or uffd_miss:
                 raise FaultError("SIGBUS")
             if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
                 self.anon_vma_prepare(vma)

@@ -64,6 +64,8 @@ class FileOpsMixin(MmCore):
         EBUSY while any mapping is shared and may write (``mapping_deny_writable()``). O(users x n)."""
         known = (abi.F_SEAL_SEAL | abi.F_SEAL_SHRINK | abi.F_SEAL_GROW | abi.F_SEAL_WRITE
                  | abi.F_SEAL_FUTURE_WRITE)
+        if file.disk:
+            raise kerr(errno.EINVAL, "F_ADD_SEALS: not a shmem file")
         if seals & ~known:
             raise kerr(errno.EINVAL, "memfd: unknown seal")
         if file.seals & abi.F_SEAL_SEAL:

@@ -33,7 +33,8 @@ ZERO_PAGE = Frame(0, FRAME_ZERO)
 
 
 class MemFile:
-    """A shmem file (memfd, or the object behind MAP_SHARED|MAP_ANONYMOUS).
+    """A shmem file (memfd, or the object behind MAP_SHARED|MAP_ANONYMOUS), or with ``disk`` a
+    regular file whose pages the page cache holds clean.
 
     ``size`` is in bytes; ``cache`` maps page offsets to page-cache frames. A
     named script file starts fully cached with page *i* holding ``(i + 1) & 0xff``
@@ -42,10 +43,12 @@ class MemFile:
     holds the address spaces mapping it, for ``unmap_mapping_range()``.
     """
 
-    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users")
+    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk")
 
-    def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False):
+    def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False,
+                 disk: bool = False):
         self.name = name
+        self.disk = disk  # a regular file on a disk filesystem (no seals), not shmem
         self.label = "shared-anon" if shared_anon else name
         self.size = size
         self.seals = 0

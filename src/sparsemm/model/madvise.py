@@ -20,6 +20,11 @@ from sparsemm.model.merge import vma_modify_flags
 from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
+#: mm/madvise.c: is_discard(): the advice a sealed read-only private anonymous VMA refuses.
+_DISCARD_ADVICE = frozenset(int(m) for m in (
+    Madv.FREE, Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.REMOVE, Madv.DONTFORK, Madv.WIPEONFORK,
+    Madv.GUARD_INSTALL))
+
 #: The advice values madvise_behavior_valid() accepts on this kernel config (THP on, KSM on,
 #: CONFIG_MEMORY_FAILURE off: MADV_HWPOISON/SOFT_OFFLINE are EINVAL here).
 _VALID_ADVICE = frozenset(int(m) for m in (
@@ -114,6 +119,9 @@ class MadviseMixin(MmCore):
                 return self.design.remove(self, vma, start, end)
             return _resume_after(vma, end)
         f = vma.vm_flags
+        if f & VmFlag.SEALED and advice in _DISCARD_ADVICE and vma.is_anonymous() \
+                and not f & VmFlag.WRITE:  # can_madvise_modify(): per VMA, earlier ones done
+            raise kerr(errno.EPERM, "madvise: discard on a sealed read-only anonymous vma")
         new = f
         if advice == Madv.REMOVE:
             return self._madvise_remove(vma, start, end)
@@ -191,6 +199,10 @@ class MadviseMixin(MmCore):
         span = HPAGE_PMD_NR << PAGE_SHIFT
         hstart = (start + span - 1) & ~(span - 1)
         hend = end & ~(span - 1)
+        if vma.vm_file is not None and vma.vm_file.disk:
+            # file_thp_enabled(): a regular file takes a THP only while no one has it open for
+            # writing; an op script's disk file always has a writable descriptor open.
+            raise kerr(errno.EINVAL, "madvise: collapse of a file open for writing")
         if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart >= hend:
             raise kerr(errno.EINVAL, "madvise: nothing to collapse")  # measured on 6.18
         failed = False

@@ -13,7 +13,10 @@ import errno
 
 from sparsemm import abi
 from sparsemm.model._flags import _NOT_IGNORE_MERGE, _VM_SPECIAL, _VM_STICKY  # plain ints: see _flags
+from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import Vma
+
+HPAGE_SIZE = HPAGE_PMD_NR << abi.PAGE_SHIFT  # a 2 MiB huge page, in bytes
 
 
 def is_mergeable_vma(other: Vma, vm_flags: int, vm_file) -> bool:
@@ -220,12 +223,15 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
 def split_vma(tree, vma: Vma, addr: int, max_map_count: int) -> Vma:
     """mm/vma.c: split_vma(): cut ``vma`` at ``addr``; return the new upper part. O(log n).
 
-    Raises ENOMEM at ``max_map_count``. Both halves keep the anon_vma (its chain is cloned);
+    Raises ENOMEM at ``max_map_count``, EINVAL where a hugetlb VMA would be cut inside a
+    huge page. Both halves keep the anon_vma (its chain is cloned);
     a guard entry's halves keep the pieces of their own ranges. Precondition:
     ``vma.vm_start < addr < vma.vm_end``, ``addr`` page aligned.
     """
     if len(tree) >= max_map_count:
         raise OSError(errno.ENOMEM, "split_vma: map_count at vm.max_map_count")
+    if vma.vm_flags & abi.VmFlag.HUGETLB and addr & (HPAGE_SIZE - 1):
+        raise OSError(errno.EINVAL, "split_vma: hugetlb_vm_op_split() needs a huge-page boundary")
     upper = vma.copy()
     upper.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> abi.PAGE_SHIFT)
     upper.vm_start = addr

@@ -3,7 +3,7 @@
 Owns the syscall surface: mmap, munmap, mprotect, mlock, fork, exit, ``counts()`` and
 ``check()``; the shared state and primitives are ``core.MmCore``'s, faults live in
 ``fault``, madvise in ``madvise``, mremap in ``mremap``, file operations in ``fileops``,
-guard advice in the design (``designs``). Pure Python: no OS calls.
+guard advice in the design (``designs``), userfaultfd in ``uffd``. Pure Python: no OS calls.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, MemFile
 from sparsemm.model.madvise import MadviseMixin
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
+from sparsemm.model.uffd import VM_UFFD_FLAGS, UffdMixin
 from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
-                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NORESERVE, _VM_SHARED,
-                                    _VM_WRITE)
+                                    _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NOHUGEPAGE, _VM_NORESERVE,
+                                    _VM_SEALED, _VM_SHARED, _VM_WRITE)
 
 __all__ = ["AddressSpace", "SegFault", "DEFAULT_MMAP_BASE"]
 
@@ -45,11 +46,17 @@ _MAP_SHARED, _MAP_PRIVATE, _MAP_SHARED_VALIDATE = int(MapFlag.SHARED), int(MapFl
 _MAP_FIXED, _MAP_FIXED_NOREPLACE = int(MapFlag.FIXED), int(MapFlag.FIXED_NOREPLACE)
 _MAP_ANONYMOUS, _MAP_GROWSDOWN, _MAP_LOCKED = int(MapFlag.ANONYMOUS), int(MapFlag.GROWSDOWN), int(MapFlag.LOCKED)
 _MAP_NORESERVE, _MAP_POPULATE = int(MapFlag.NORESERVE), int(MapFlag.POPULATE)
+_MAP_NONBLOCK, _MAP_STACK, _MAP_DROPPABLE = int(MapFlag.NONBLOCK), int(MapFlag.STACK), int(MapFlag.DROPPABLE)
+_MAP_TYPE = 0x0F  # include/uapi/linux/mman.h
+_MAP_HUGETLB = int(MapFlag.HUGETLB)
+_HPAGE = 1 << 21  # a hugetlb page, bytes
+#: What MAP_DROPPABLE adds (mm/mmap.c: do_mmap()).
+_DROPPABLE_FLAGS = int(VmFlag.DROPPABLE | VmFlag.WIPEONFORK | VmFlag.DONTDUMP | VmFlag.NORESERVE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
 _PROT_RWX = abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC
 
 
-class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
+class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixin, MmCore):
     """One process's memory map (``mm_struct``): VMAs, page tables, counters (``MmCore``).
 
     ``guard_design`` names what MADV_GUARD_INSTALL/REMOVE do: one of
@@ -100,11 +107,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
     # ------------------------------------------------------------------ mmap
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, file: MemFile | None = None,
-             offset: int = 0) -> int:
+             offset: int = 0, readonly: bool = False) -> int:
         """mm/mmap.c: do_mmap() + mm/vma.c: mmap_region(): map ``length`` bytes of ``file``
         from ``offset`` (anonymous without ``file`` or with MAP_ANONYMOUS) with ``prot``
-        and ``flags`` (PROT_/MAP_ bits); returns the address. O(k log n), plus the
-        populate of MAP_POPULATE/MAP_LOCKED."""
+        and ``flags`` (PROT_/MAP_ bits); returns the address. ``readonly``: ``file`` is
+        open without FMODE_WRITE. O(k log n), plus the populate of MAP_POPULATE/MAP_LOCKED."""
         if offset & ~abi.PAGE_MASK:  # arch/x86/kernel/sys_x86_64.c: sys_mmap()
             raise kerr(errno.EINVAL, "mmap: unaligned offset")
         flags = int(flags)  # plain int bits below (see _MAP_*)
@@ -112,6 +119,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             file = None
         elif file is None:
             raise kerr(errno.EBADF, "mmap: no file")
+        elif flags & _MAP_HUGETLB:  # ksys_mmap_pgoff(): only hugetlbfs files take it
+            raise kerr(errno.EINVAL, "mmap: MAP_HUGETLB on a file that is not hugetlbfs")
+        if file is None and flags & _MAP_HUGETLB:
+            return self._mmap_hugetlb(addr, length, prot, flags)
         pgoff = offset >> PAGE_SHIFT
         if not length:
             raise kerr(errno.EINVAL, "mmap: zero length")
@@ -127,6 +138,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             vm_flags |= _VM_GROWSDOWN
         if flags & _MAP_LOCKED:
             vm_flags |= _VM_LOCKED
+        if flags & _MAP_STACK:  # calc_vm_flag_bits(): no THP for a stack
+            vm_flags |= _VM_NOHUGEPAGE
         # get_unmapped_area()
         if flags & _MAP_FIXED:
             if addr > TASK_SIZE - length:
@@ -139,12 +152,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
-        map_type = flags & 0x3
+        map_type = flags & _MAP_TYPE
         if file is not None:
             if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
                 raise kerr(errno.EOPNOTSUPP, "mmap: unknown flag with MAP_SHARED_VALIDATE")
             if map_type == _MAP_SHARED or map_type == _MAP_SHARED_VALIDATE:
+                if readonly and prot & abi.PROT_WRITE:
+                    raise kerr(errno.EACCES, "mmap: writable shared mapping of a read-only file")
                 vm_flags |= _VM_SHARED | _VM_MAYSHARE
+                if readonly:  # no VM_MAYWRITE, and no VM_SHARED: maps still says 's'
+                    vm_flags &= ~(_VM_MAYWRITE | _VM_SHARED)
             elif map_type != _MAP_PRIVATE:
                 raise kerr(errno.EINVAL, "mmap: neither shared nor private")
             if vm_flags & _VM_GROWSDOWN:
@@ -155,6 +172,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
                     raise kerr(errno.EINVAL, "mmap: shared growsdown")
                 pgoff = 0
                 vm_flags |= _VM_SHARED | _VM_MAYSHARE
+            elif map_type == _MAP_DROPPABLE:
+                if flags & _MAP_LOCKED or vm_flags & _VM_GROWSDOWN:
+                    raise kerr(errno.EINVAL, "mmap: droppable and locked or growsdown")
+                vm_flags |= _DROPPABLE_FLAGS
+                pgoff = addr >> PAGE_SHIFT
             elif map_type == _MAP_PRIVATE:
                 pgoff = addr >> PAGE_SHIFT
             else:
@@ -186,8 +208,47 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         if file is not None:
             self._use_file(file)
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
-        if flags & _MAP_POPULATE or vm_flags & _VM_LOCKED:
+        if vm_flags & _VM_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
             self.mm_populate(addr, length, ignore_errors=True)
+        return addr
+
+    def _mmap_hugetlb(self, addr: int, length: int, prot: int, flags: int) -> int:
+        """MAP_ANONYMOUS|MAP_HUGETLB (2 MiB pages): the length rounds up to huge pages, which
+        the mapping reserves from ``hugetlb_pool`` (ENOMEM when too few are free); a fixed address must be huge-page aligned (EINVAL). The VMA maps a
+        new hugetlbfs file (VM_HUGETLB | VM_DONTEXPAND, never merged); faults map whole huge
+        pages. Approximation: the reservation is counted per VMA, returned by munmap; fork
+        children share the parent's. O(k log n)."""
+        if not length:
+            raise kerr(errno.EINVAL, "mmap: zero length")
+        length = (length + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+        if not length or length > TASK_SIZE:
+            raise kerr(errno.ENOMEM, "mmap: length")
+        map_type = flags & _MAP_TYPE
+        if map_type not in (_MAP_SHARED, _MAP_PRIVATE):
+            raise kerr(errno.EINVAL, "mmap: neither shared nor private")
+        if flags & (_MAP_FIXED | _MAP_FIXED_NOREPLACE):
+            if addr > TASK_SIZE - length:
+                raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
+            if addr & (_HPAGE - 1):
+                raise kerr(errno.EINVAL, "mmap: hugetlb address not huge-page aligned")
+        else:
+            addr = self.get_unmapped_area(addr, length)
+        if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
+            raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        need = length // _HPAGE  # MAP_NORESERVE reserves as well here (an approximation)
+        if need > self.hugetlb_pool[0]:
+            raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
+        vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
+                    | (_VM_SHARED | _VM_MAYSHARE if map_type == _MAP_SHARED else 0))
+        if flags & _MAP_LOCKED:
+            vm_flags |= _VM_LOCKED
+        if flags & _MAP_NORESERVE:
+            vm_flags |= _VM_NORESERVE
+        self.unmap_range(addr, addr + length)
+        self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
+        file = MemFile("hugetlb", length, fill_pattern=False)
+        self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
+        self._use_file(file)
         return addr
 
     def _use_file(self, file: MemFile) -> None:
@@ -213,8 +274,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         """mm/mprotect.c: do_mprotect_pkey(): set the protection of every VMA in
         ``[addr, addr + length)`` (guard entries skipped, T7); ENOMEM at a hole, after the
         VMAs before it changed. O(k log n); populating a locked range adds O(p)."""
-        if prot & ~(abi.PROT_READ | abi.PROT_WRITE | abi.PROT_EXEC | abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
-            raise kerr(errno.EINVAL, "mprotect: bad prot")
+        grows = prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP)
+        prot &= ~grows
+        if grows == abi.PROT_GROWSDOWN | abi.PROT_GROWSUP:
+            raise kerr(errno.EINVAL, "mprotect: PROT_GROWSDOWN and PROT_GROWSUP")
         if addr & ~abi.PAGE_MASK:
             raise kerr(errno.EINVAL, "mprotect: unaligned")
         if not length:
@@ -223,11 +286,19 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         end = (addr + length) & ULONG_MAX
         if end <= addr:
             raise kerr(errno.ENOMEM, "mprotect: wraps")
-        if prot & (abi.PROT_GROWSDOWN | abi.PROT_GROWSUP):
-            raise kerr(errno.EINVAL, "mprotect: PROT_GROWS* not modelled")
+        if prot & ~(_PROT_RWX | abi.PROT_SEM):  # arch_validate_prot() (generic: PROT_SEM allowed)
+            raise kerr(errno.EINVAL, "mprotect: bad prot")
         vma = self.tree.find_vma(addr)
         if vma is None or vma.vm_start >= end:
             raise kerr(errno.ENOMEM, "mprotect: no vma")
+        if grows & abi.PROT_GROWSDOWN:  # from the start of the growsdown VMA
+            addr = vma.vm_start
+            if not int(vma.vm_flags) & _VM_GROWSDOWN:
+                raise kerr(errno.EINVAL, "mprotect: PROT_GROWSDOWN on a VMA that does not grow down")
+        elif vma.vm_start > addr:
+            raise kerr(errno.ENOMEM, "mprotect: no vma at start")
+        elif grows:  # PROT_GROWSUP: x86 has no VM_GROWSUP
+            raise kerr(errno.EINVAL, "mprotect: PROT_GROWSUP")
         newprot = prot & _PROT_RWX  # calc_vm_prot_bits(), as a plain int
         self.design.on_mprotect(addr, end)
         tmp = addr
@@ -252,6 +323,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         """mm/mprotect.c: mprotect_fixup(); returns the VMA now covering ``start``."""
         oldflags = int(vma.vm_flags)
         newflags = int(newflags)
+        if oldflags & _VM_SEALED:  # can_modify_vma(): before the no-change case
+            raise kerr(errno.EPERM, "mprotect: sealed vma")
         if newflags == oldflags:
             return vma
         if newflags & _VM_WRITE:
@@ -318,12 +391,49 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
             newflags = (vma.vm_flags & ~VM_LOCKED_MASK) | lock
             nend = min(vma.vm_end, end)
             # mlock_fixup()
-            if newflags != vma.vm_flags and not vma.vm_flags & VM_SPECIAL:
+            if newflags != vma.vm_flags and not vma.vm_flags & (VM_SPECIAL | VmFlag.DROPPABLE):
                 prev = self.tree.prev(vma) if tmp == vma.vm_start else vma
                 vma = vma_modify_flags(self.tree, prev, vma, tmp, nend, newflags, self.max_map_count)
             tmp = vma.vm_end if vma.vm_end > tmp else nend  # vma_iter_end()
         if tmp < end:
             raise kerr(errno.ENOMEM, "mlock: hole at end")
+
+    # ------------------------------------------------------------------ mseal
+
+    def mseal(self, addr: int, length: int, flags: int = 0) -> None:
+        """mm/mseal.c: do_mseal(): seal every VMA of ``[addr, addr + length)`` (VM_SEALED,
+        splitting at the ends): from then on munmap, MAP_FIXED over it, mremap and mprotect
+        of it give EPERM, and so does discard advice (``madvise``) on read-only private
+        anonymous memory. EINVAL for flags or an unaligned or wrapping range, ENOMEM when
+        the range holds a hole (nothing sealed then). O(k log n)."""
+        if flags:
+            raise kerr(errno.EINVAL, "mseal: flags")
+        if addr & ~abi.PAGE_MASK:
+            raise kerr(errno.EINVAL, "mseal: unaligned")
+        aligned = abi.page_align(length) & ULONG_MAX
+        if length and not aligned:
+            raise kerr(errno.EINVAL, "mseal: length rounds to 0")
+        end = addr + aligned
+        if end > ULONG_MAX:
+            raise kerr(errno.EINVAL, "mseal: wraps")
+        if end == addr:
+            return
+        cursor = addr  # range_contains_unmapped()
+        for vma in self.tree.overlapping(addr, end):
+            if vma.vm_start > cursor:
+                break
+            cursor = vma.vm_end
+        if cursor < end:
+            raise kerr(errno.ENOMEM, "mseal: range has a hole")
+        tmp = addr
+        while tmp < end:  # mseal_apply()
+            vma = self.tree.find_vma(tmp)
+            nend = min(vma.vm_end, end)
+            if not vma.is_guard_entry and not int(vma.vm_flags) & _VM_SEALED:
+                prev = self.tree.prev(vma) if tmp == vma.vm_start else vma
+                vma = vma_modify_flags(self.tree, prev, vma, tmp, nend, int(vma.vm_flags) | _VM_SEALED,
+                                       self.max_map_count)
+            tmp = nend
 
     # ------------------------------------------------------------------ fork / exit
 
@@ -331,11 +441,13 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, MmCore):
         """kernel/fork.c: dup_mmap(): the child's address space (docs/rules.md R-F10). O(n log n + e + r + H)."""
         child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base)
         child.design = self.design.fork()
+        child.hugetlb_pool = self.hugetlb_pool
         for vma in self.tree:
             if vma.vm_flags & VmFlag.DONTCOPY:
                 continue
             new = vma.copy()
             new.vm_flags &= ~VM_LOCKED_MASK
+            new.vm_flags &= ~VM_UFFD_FLAGS  # dup_userfaultfd(): no UFFD_FEATURE_EVENT_FORK
             if new.vm_flags & VmFlag.WIPEONFORK:
                 new.anon_vma, new.anon_vma_forked = None, False
             elif vma.anon_vma is not None:  # anon_vma_fork(): a new anon_vma, chain of two

@@ -74,6 +74,8 @@ class MremapMixin(MmCore):
         """mm/mremap.c: check_prep_vma(); returns whether a locked expand must populate."""
         if vma is None or vma.is_guard_entry:
             raise kerr(errno.EFAULT, "mremap: no vma at addr")
+        if vma.vm_flags & VmFlag.SEALED:
+            raise kerr(errno.EPERM, "mremap: sealed vma")
         expand = new_len > old_len
         if not expand and not flags & (MremapFlag.FIXED | MremapFlag.DONTUNMAP):
             return False

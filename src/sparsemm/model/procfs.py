@@ -1,4 +1,4 @@
-"""Views of a model AddressSpace as /proc/PID/{maps,smaps,pagemap} print them.
+"""Views of a model AddressSpace as /proc/PID/{maps,smaps,pagemap} and PAGEMAP_SCAN show them.
 
 Owns the text formats, the pagemap word encoding and ``VmaInfo`` (one VMA as /proc shows
 it: what op-script snapshots are built from); reads the model, never changes it. PFN
@@ -7,10 +7,11 @@ fields are 0 (as for an unprivileged reader of pagemap).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from sparsemm import abi
-from sparsemm.model.frames import FRAME_ANON, FRAME_FILE
+from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO
 from sparsemm.model.pagetable import GUARD
 
 
@@ -152,3 +153,93 @@ def pagemap(mm, addr: int, npages: int) -> list[int]:
     for p, e in mm.pt.frames(first, end):
         words[p - first] = _frame_word(e)
     return words
+
+
+# --- PAGEMAP_SCAN (fs/proc/task_mmu.c: do_pagemap_scan()) ------------------------------------
+
+#: ``access_ok()``'s limit on x86-64 (TASK_SIZE_MAX).
+_TASK_SIZE_MAX = abi.TASK_SIZE
+#: Every page of a VMA without userfaultfd write-protection is "written".
+_SCAN_MARKER = abi.PAGE_IS_SWAPPED | abi.PAGE_IS_WRITTEN | abi.PAGE_IS_GUARD
+
+
+def _scan_segments(mm, vma, first: int, end: int):
+    """``(first, end, categories)`` runs covering pages ``[first, end)`` of ``vma``, in order
+    (pagemap_page_category() and pagemap_thp_category()). O(frames + marker runs in range)."""
+    if vma.is_guard_entry:  # tree design T10: a guard entry reads as a guard page
+        yield first, end, _SCAN_MARKER
+        return
+    events = [(r.start, r.stop, _SCAN_MARKER) for r in mm.pt.marker_runs(first, end)]
+    for p, e in mm.pt.frames(first, end):
+        cats = abi.PAGE_IS_PRESENT | abi.PAGE_IS_WRITTEN
+        if e.kind == FRAME_FILE:
+            cats |= abi.PAGE_IS_FILE
+        elif e.kind == FRAME_ZERO:
+            cats |= abi.PAGE_IS_PFNZERO
+        if mm.pt.is_huge(p):
+            cats |= abi.PAGE_IS_HUGE
+        events.append((p, p + 1, cats))
+    events.sort()
+    cursor = first
+    for s, e, cats in events:
+        if s > cursor:
+            yield cursor, s, abi.PAGE_IS_WRITTEN
+        yield s, e, cats
+        cursor = e
+    if cursor < end:
+        yield cursor, end, abi.PAGE_IS_WRITTEN
+
+
+def pagemap_scan(mm, start: int, end: int, category_mask: int = 0, anyof_mask: int = 0,
+                 inverted: int = 0, return_mask: int = abi.PM_SCAN_CATEGORIES, max_pages: int = 0,
+                 vec_len: int = 512) -> tuple[list[tuple[int, int, int]], int]:
+    """The ``PAGEMAP_SCAN`` ioctl without write-protect flags: ``([(start, end, categories)],
+    walk_end)`` in bytes, as the kernel fills its vector. A page is output when
+    ``(categories ^ inverted)`` has every ``category_mask`` bit and, if ``anyof_mask``, one of
+    its bits; output pages merge into one region while contiguous with equal
+    ``categories & return_mask``. The walk stops (``walk_end`` below ``end``) where the
+    ``vec_len + 1``-th region would start, or where ``max_pages`` (0: no limit) runs out.
+    OSError EINVAL (unknown category bit, unaligned start) or EFAULT (``access_ok()``).
+    O(VMAs + frames + marker runs in range)."""
+    if (category_mask | anyof_mask | inverted | return_mask) & ~abi.PM_SCAN_CATEGORIES:
+        raise OSError(errno.EINVAL, "PAGEMAP_SCAN: unknown category")
+    if start & ~abi.PAGE_MASK:
+        raise OSError(errno.EINVAL, "PAGEMAP_SCAN: unaligned start")
+    size = (end - start) & abi.ULONG_MAX
+    if size > _TASK_SIZE_MAX or start > _TASK_SIZE_MAX - size:
+        raise OSError(errno.EFAULT, "PAGEMAP_SCAN: access_ok")
+    end = abi.page_align(end)
+    if not vec_len:
+        return [], end
+    limit = max_pages or abi.ULONG_MAX
+    regions: list[list[int]] = []
+    found = 0
+    shift = abi.PAGE_SHIFT
+    for vma in mm.tree.overlapping(start, end):
+        if vma.vm_flags & abi.VmFlag.PFNMAP:
+            continue
+        lo, hi = max(vma.vm_start, start) >> shift, min(vma.vm_end, end) >> shift
+        for s, e, cats in _scan_segments(mm, vma, lo, hi):
+            c = cats ^ inverted
+            if (c & category_mask) != category_mask or (anyof_mask and not c & anyof_mask):
+                continue
+            cats &= return_mask
+            stop = None
+            if found + (e - s) > limit:  # pagemap_scan_output(): cut at max_pages
+                e = s + (limit - found)
+                stop = e
+            if e > s:
+                if regions and regions[-1][1] == s and regions[-1][2] == cats:
+                    regions[-1][1] = e
+                elif len(regions) >= vec_len:  # the vector is full
+                    return [tuple(r) for r in _bytes(regions)], s << shift
+                else:
+                    regions.append([s, e, cats])
+                found += e - s
+            if stop is not None:
+                return [tuple(r) for r in _bytes(regions)], stop << shift
+    return [tuple(r) for r in _bytes(regions)], end
+
+
+def _bytes(regions: list[list[int]]) -> list[list[int]]:
+    return [[s << abi.PAGE_SHIFT, e << abi.PAGE_SHIFT, c] for s, e, c in regions]

@@ -16,7 +16,8 @@ import os
 from sparsemm import abi
 from sparsemm.native import libc
 
-__all__ = ["METHOD_SCAN", "METHOD_WORDS", "ranges_with", "scan_ioctl", "scan_words", "scan_refused"]
+__all__ = ["METHOD_SCAN", "METHOD_WORDS", "ranges_with", "scan_ioctl", "scan_words", "scan_refused",
+           "pagemap_scan"]
 
 _u64 = ctypes.c_uint64
 
@@ -84,6 +85,24 @@ def scan_ioctl(fd: int, addr: int, length: int, category: int) -> list[tuple[int
         if arg.walk_end >= end or n < _VEC_LEN:
             return out
         arg.start = arg.walk_end
+
+
+def pagemap_scan(fd: int, start: int, end: int, *, category_mask: int = 0, anyof_mask: int = 0,
+                 inverted: int = 0, return_mask: int = abi.PM_SCAN_CATEGORIES, max_pages: int = 0,
+                 vec_len: int = _VEC_LEN) -> tuple[list[tuple[int, int, int]], int]:
+    """One raw ``PAGEMAP_SCAN`` ioctl on the pagemap open at ``fd``, exactly as asked (the
+    op-script ``pagemap_scan`` op): ``([(start, end, categories), ...], walk_end)`` as the
+    kernel filled them, at most ``vec_len`` regions. Every argument is passed as the
+    kernel's u64; raises ``OSError`` with the ioctl's errno. O(vec_len + populated tables)."""
+    vec = (_PageRegion * max(vec_len, 1))()
+    arg = _PmScanArg(size=ctypes.sizeof(_PmScanArg), start=start, end=end,
+                     vec=ctypes.addressof(vec) if vec_len else 0, vec_len=vec_len,
+                     max_pages=max_pages, category_inverted=inverted, category_mask=category_mask,
+                     category_anyof_mask=anyof_mask, return_mask=return_mask)
+    n = _ioctl(fd, abi.PAGEMAP_SCAN, ctypes.byref(arg))
+    if n < 0:
+        libc._raise("ioctl(PAGEMAP_SCAN)")
+    return [(r.start, r.end, r.categories) for r in vec[:n]], arg.walk_end
 
 
 # bytes.translate tables: byte -> 1 if (byte & mask) else 0, per bit mask of one byte.

@@ -1,7 +1,7 @@
 """ctypes bindings to the memory-management system calls, raising ``OSError``.
 
 Owns the raw calls (mmap, munmap, mprotect, madvise, mremap, mlock/mlock2,
-munlock, process_vm_readv/writev, memfd_create, process_madvise, pidfd_open,
+munlock, mseal, userfaultfd and its ioctls, process_vm_readv/writev, memfd_create, process_madvise, pidfd_open,
 ftruncate, fallocate, fcntl seals, ioctl). Addresses are ints; nothing is checked here
 beyond what the kernel checks: these are the unchecked primitives the checked
 API (``sparsemm.native.mapping``) and the op-script kernel backend build on.
@@ -166,6 +166,46 @@ def process_madvise(pidfd: int, ranges: list[tuple[int, int]], advice: int, flag
     return _check(_syscall(c_long(abi.SYS_process_madvise), c_int(pidfd), vec,
                            c_size_t(len(ranges)), c_int(advice), ctypes.c_uint(flags)),
                   "process_madvise")
+
+
+def mseal(addr: int, length: int, flags: int = 0) -> None:
+    """``mseal(2)`` (Linux 6.10+): seal the VMAs of the range against unmapping and changes."""
+    _check(_syscall(c_long(abi.SYS_mseal), c_ulong(_word(addr)), c_ulong(_word(length)),
+                    c_ulong(_word(flags))), "mseal")
+
+
+def userfaultfd(features: int) -> int:
+    """``userfaultfd(O_CLOEXEC | O_NONBLOCK)`` and its ``UFFDIO_API`` handshake asking for
+    ``features``; returns the descriptor."""
+    fd = _check(_syscall(c_long(abi.SYS_userfaultfd), c_long(os.O_CLOEXEC | os.O_NONBLOCK)),
+                "userfaultfd")
+    api = (ctypes.c_uint64 * 3)(abi.UFFD_API, features, 0)
+    if _ioctl(fd, abi.UFFDIO_API, ctypes.byref(api)) < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"UFFDIO_API: {os.strerror(err)}")
+    return fd
+
+
+def uffd_register(fd: int, start: int, length: int, mode: int) -> None:
+    """``UFFDIO_REGISTER`` of ``[start, start + length)`` with ``mode``."""
+    arg = (ctypes.c_uint64 * 4)(_word(start), _word(length), mode, 0)
+    _check(_ioctl(fd, abi.UFFDIO_REGISTER, ctypes.byref(arg)), "UFFDIO_REGISTER")
+
+
+def uffd_unregister(fd: int, start: int, length: int) -> None:
+    """``UFFDIO_UNREGISTER`` of ``[start, start + length)``."""
+    arg = (ctypes.c_uint64 * 2)(_word(start), _word(length))
+    _check(_ioctl(fd, abi.UFFDIO_UNREGISTER, ctypes.byref(arg)), "UFFDIO_UNREGISTER")
+
+
+def uffd_copy(fd: int, dst: int, src: int, length: int) -> tuple[int, int]:
+    """``UFFDIO_COPY`` of ``length`` bytes from ``src`` to ``dst``: ``(bytes copied, errno or
+    0)``, the ioctl's ``copy`` field and its error (a partial copy is EAGAIN)."""
+    arg = (ctypes.c_uint64 * 5)(_word(dst), _word(src), _word(length), 0, 0)
+    ret = _ioctl(fd, abi.UFFDIO_COPY, ctypes.byref(arg))
+    err = ctypes.get_errno() if ret < 0 else 0
+    return max(0, ctypes.c_int64(arg[4]).value), err
 
 
 def ftruncate(fd: int, length: int) -> None:

@@ -46,11 +46,21 @@ class OpDispatcher:
     def remap(self, op: Op) -> int:
         raise NotImplementedError
 
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        """A real CPU load or store of the first byte of each of ``npages`` pages from
+        ``addr``, in a forked child (a fresh one after each signal): per page the byte read,
+        ``"ok"`` for a store, or the signal's name (``"SIGSEGV"``, ``"SIGBUS"``)."""
+        raise NotImplementedError
+
     def op_touch(self, op: Op):
-        """One byte per page at its first byte; ``"fault"`` where the access fails."""
+        """One byte per page at its first byte; ``"fault"`` where the access fails (with
+        ``cpu``, the signal a CPU access got)."""
         write = op.access == "write"
+        npages = max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)
+        if op.cpu:
+            return {"value": self.cpu_touch(op.addr, npages, write, op.value)}
         values: list = []
-        for i in range(max(0, (op.length + abi.PAGE_SIZE - 1) // abi.PAGE_SIZE)):
+        for i in range(npages):
             try:
                 got = self.touch_page(op.addr + i * abi.PAGE_SIZE, write, op.value)
             except OSError:

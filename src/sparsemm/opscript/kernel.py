@@ -9,18 +9,22 @@ a script reach its own interpreter's memory. Owns nothing the model uses.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import json
+import mmap
 import os
 import resource
 import signal
 import sys
+import tempfile
 
 from sparsemm import abi
-from sparsemm.native import libc, procfs
+from sparsemm.native import _scan, libc, procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
-from sparsemm.opscript.dispatch import OpDispatcher
+from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_ranges, page_align,
                                       parse_script, refused_by_arguments)
 
@@ -59,11 +63,59 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
     """
     if timeout is None:
         timeout = default_timeout()
-    for _ in range(max(1, attempts)):
-        records, quiet = _run_child(script, timeout)
-        if quiet:
-            break
+    with hugetlb_pool(script.hugetlb_pages):
+        for _ in range(max(1, attempts)):
+            records, quiet = _run_child(script, timeout)
+            if quiet:
+                break
     return records
+
+
+_NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+def _free_huge_pages() -> int:
+    with open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def hugetlb_pool(pages: int):
+    """Make sure ``pages`` 2 MiB huge pages are free while the block runs: raise
+    ``vm.nr_hugepages`` by what is missing, and put back the value found when done (only
+    if no one else changed it meanwhile). ``BackendUnavailable`` with the reason when they
+    cannot be had (not root, memory too fragmented). Runs in the parent, so a killed child
+    cannot leave the setting changed."""
+    if pages <= 0:
+        yield
+        return
+    try:
+        with open(_NR_HUGEPAGES, encoding="ascii") as fh:
+            before = int(fh.read())
+        missing = pages - _free_huge_pages()
+        if missing <= 0:
+            yield
+            return
+        target = before + missing
+        with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+            fh.write(str(target))
+    except OSError as exc:
+        raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
+                                 f"cannot be raised here ({exc.strerror or exc})") from None
+    try:
+        if _free_huge_pages() < pages:
+            raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "
+                                     "set that many aside (memory too fragmented)")
+        yield
+    finally:
+        with open(_NR_HUGEPAGES, encoding="ascii") as fh:
+            now = int(fh.read())
+        if now == target:
+            with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(before))
 
 
 def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
@@ -144,6 +196,9 @@ class KernelRunner(OpDispatcher):
         self.base = script.base
         self.end = script.base + script.arena_bytes
         self.fds: dict[str, int] = {}
+        self.ro_fds: dict[str, int] = {}  # the same files opened O_RDONLY
+        self.uffd: tuple[int, int] | None = None  # (pid that made it, its userfaultfd)
+        self.disk_paths: dict[str, str] = {}  # a disk file's path -> its script name
         self.pid = os.getpid()
         self.own: list[tuple[int, int, str]] = []
 
@@ -160,13 +215,36 @@ class KernelRunner(OpDispatcher):
                     f"{entry.path or '(anonymous)'}: this process can give at most {free} pages")
 
     def create_files(self) -> None:
-        _raise_nofile(len(self.script.files) + _SPARE_FDS)
-        for name, pages in self.script.files.items():
-            fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
-            libc.ftruncate(fd, pages * abi.PAGE_SIZE)
-            for i in range(pages):
-                os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
-            self.fds[name] = fd
+        """Each script file as a memfd, or (``disk``) a regular file in a new directory under
+        ``tempfile.gettempdir()``; filled, written back (a disk file's pages are clean), and
+        opened a second time ``O_RDONLY`` for ``readonly`` mmaps. Disk files are unlinked
+        and their directory removed at once: nothing is left behind, however the run ends."""
+        _raise_nofile(2 * len(self.script.files) + _SPARE_FDS)
+        disk_dir = tempfile.mkdtemp(prefix="sparsemm-files-") if self.script.disk_files else None
+        try:
+            for name, pages in self.script.files.items():
+                if name in self.script.disk_files:
+                    path = os.path.join(disk_dir, name)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    self.disk_paths[path] = name
+                else:
+                    fd = libc.memfd_create(name, abi.MFD_CLOEXEC | abi.MFD_ALLOW_SEALING)
+                    path = f"/proc/self/fd/{fd}"
+                self.fds[name] = fd
+                libc.ftruncate(fd, pages * abi.PAGE_SIZE)
+                for i in range(pages):
+                    os.pwrite(fd, bytes([(i + 1) & 0xFF]), i * abi.PAGE_SIZE)
+                if name in self.script.disk_files:
+                    os.fsync(fd)
+                self.ro_fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            if disk_dir is not None:
+                for path in self.disk_paths:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                os.rmdir(disk_dir)
 
     # -- what a script may reach outside the arena ----------------------------------------
 
@@ -208,7 +286,7 @@ class KernelRunner(OpDispatcher):
     # -- the calls -----------------------------------------------------------
 
     def op_mmap(self, op: Op):
-        fd = self.fds[op.file] if op.file is not None else -1
+        fd = -1 if op.file is None else (self.ro_fds if op.readonly else self.fds)[op.file]
         flags = op.flags
         if op.file is None and not flags & abi.MAP_ANONYMOUS:
             fd = -1  # a script without a file and without "anonymous": the kernel says EBADF
@@ -241,6 +319,54 @@ class KernelRunner(OpDispatcher):
         if not data:
             raise OSError(errno.EFAULT, "short read")
         return data[0]
+
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        """Each child writes one result per page into a shared buffer (2 bytes: done, byte)
+        before the next access, so what it did survives the signal that kills it."""
+        values: list = []
+        buf = mmap.mmap(-1, max(1, 2 * npages))
+        cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
+        base = ctypes.addressof(cbuf)
+        parent = os.getpid()
+        try:
+            i = 0
+            while i < npages:
+                pid = os.fork()
+                if pid == 0:
+                    status = 0
+                    try:
+                        set_pdeathsig(parent)
+                        _no_core_dump()
+                        for j in range(i, npages):
+                            page = addr + j * abi.PAGE_SIZE
+                            if write:
+                                ctypes.memset(page, value, 1)
+                                got = 0
+                            else:
+                                got = ctypes.string_at(page, 1)[0]
+                            ctypes.memset(base + 2 * j + 1, got, 1)
+                            ctypes.memset(base + 2 * j, 1, 1)
+                    except BaseException:  # noqa: BLE001 - the parent reports a failed child
+                        status = 1
+                    finally:
+                        os._exit(status)
+                _, status = os.waitpid(pid, 0)
+                done = i
+                while done < npages and buf[2 * done]:
+                    values.append("ok" if write else buf[2 * done + 1])
+                    done += 1
+                if os.WIFSIGNALED(status) and done < npages:
+                    values.append(signal.Signals(os.WTERMSIG(status)).name)
+                    i = done + 1
+                elif done == npages and status == 0:
+                    i = done
+                else:
+                    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                    raise KernelBackendError(f"touch child {describe_status(code)} at page {done}")
+        finally:
+            del cbuf
+            buf.close()
+        return values
 
     def op_fork(self, op: Op):
         """Run ``op.child`` in a forked child that streams its records through a pipe; a
@@ -296,12 +422,108 @@ class KernelRunner(OpDispatcher):
         libc.add_seals(self.fds[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
+        if op.target == "child":
+            return self._process_madvise_child(op)
         pidfd = libc.pidfd_open(self.pid)
         try:
-            done = libc.process_madvise(pidfd, list(op.ranges), op.advice)
+            done = libc.process_madvise(pidfd, list(op.ranges), op.advice, op.flags)
         finally:
             os.close(pidfd)
         return {"value": done // abi.PAGE_SIZE}
+
+    def _process_madvise_child(self, op: Op):
+        """Fork a child that waits; advise its memory through a pidfd; the child then sends
+        its snapshot (the advice's effect) and exits."""
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            status = 0
+            try:
+                os.close(go_w)
+                os.close(out_r)
+                set_pdeathsig(parent)
+                os.read(go_r, 1)
+                with os.fdopen(out_w, "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(self.snapshot()))
+            except BaseException:  # noqa: BLE001 - the parent reports a failed child
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(go_r)
+        os.close(out_w)
+        try:
+            pidfd = libc.pidfd_open(pid)
+            try:
+                done, err = libc.process_madvise(pidfd, list(op.ranges), op.advice, op.flags), 0
+            except OSError as exc:
+                done, err = 0, exc.errno
+            finally:
+                os.close(pidfd)
+            os.write(go_w, b"x")
+            with os.fdopen(out_r, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        finally:
+            os.close(go_w)
+            _, status = os.waitpid(pid, 0)
+        if status != 0 or not text:
+            raise KernelBackendError(f"process_madvise child of op {op.index} failed")
+        if err:
+            raise OSError(err, "process_madvise")
+        return {"value": {"pages": done // abi.PAGE_SIZE, "child": json.loads(text)}}
+
+    def _uffd(self) -> int:
+        """This process's userfaultfd (made on first use; a fork child makes its own: the
+        parent's would act on the parent's memory)."""
+        if self.uffd is None or self.uffd[0] != os.getpid():
+            self.uffd = (os.getpid(), libc.userfaultfd(abi.UFFD_FEATURE_SIGBUS))
+        return self.uffd[1]
+
+    def op_uffd_register(self, op: Op):
+        libc.uffd_register(self._uffd(), op.addr, op.length, abi.UFFDIO_REGISTER_MODE_MISSING)
+
+    def op_uffd_unregister(self, op: Op):
+        libc.uffd_unregister(self._uffd(), op.addr, op.length)
+
+    def op_uffd_copy(self, op: Op):
+        npages = -(-op.length // abi.PAGE_SIZE) + 1
+        src = mmap.mmap(-1, npages * abi.PAGE_SIZE)
+        try:
+            src.write(bytes([op.value]) * len(src))
+            csrc = ctypes.c_char.from_buffer(src)
+            copied, err = libc.uffd_copy(self._uffd(), op.addr, ctypes.addressof(csrc), op.length)
+            del csrc
+        finally:
+            src.close()
+        out = {"value": copied // abi.PAGE_SIZE}
+        if err:
+            out["ret"] = rec.errno_name(err)
+        return out
+
+    def op_special_madvise(self, op: Op):
+        """Guard advice on the first page of one of this process's special mappings (the
+        parser allows no other advice: these must not change)."""
+        want = f"[{op.mapping}]"
+        entry = next((e for e in procfs.read_maps() if e.path == want), None)
+        if entry is None:
+            raise KernelBackendError(f"op {op.index} (special_madvise): this process has no {want}")
+        libc.madvise(entry.start, abi.PAGE_SIZE, op.advice)
+
+    def op_mseal(self, op: Op):
+        libc.mseal(op.addr, op.length, op.flags)
+
+    def op_pagemap_scan(self, op: Op):
+        mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            regions, walk_end = _scan.pagemap_scan(
+                fd, op.addr, (op.addr + op.length) & abi.ULONG_MAX, category_mask=mask,
+                anyof_mask=anyof, inverted=inverted, return_mask=ret_mask, max_pages=max_pages,
+                vec_len=vec_len)
+        finally:
+            os.close(fd)
+        return {"value": rec.scan_value(regions, walk_end, self.base)}
 
     # -- observation ---------------------------------------------------------
 
@@ -311,6 +533,10 @@ class KernelRunner(OpDispatcher):
             return "anon"
         if path.startswith("/dev/zero"):
             return "shared-anon"
+        if path.endswith(" (deleted)") and path[: -len(" (deleted)")] in self.disk_paths:
+            return self.disk_paths[path[: -len(" (deleted)")]]
+        if path.startswith("/anon_hugepage"):
+            return "hugetlb"
         if path.startswith("/memfd:"):
             name = path[len("/memfd:"):]
             return name[: -len(" (deleted)")] if name.endswith(" (deleted)") else name
@@ -335,6 +561,12 @@ class KernelRunner(OpDispatcher):
                 mapped[p] = 1
         pages = "".join(rec.page_char(w, bool(m)) for w, m in zip(words, mapped))
         return rec.snapshot_value(views, pages)
+
+
+def _no_core_dump() -> None:
+    """A forked toucher killed by a signal must not dump core (``PR_SET_DUMPABLE`` 0 skips
+    the dump whatever ``core_pattern`` says)."""
+    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 def _first_hole(start: int, end: int, maps) -> int:

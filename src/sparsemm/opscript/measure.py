@@ -512,6 +512,8 @@ class _MeasuringRunner(KernelRunner):
     to the very VmPTE being measured."""
 
     def op_touch(self, op):
+        if op.cpu:
+            return  # a forked child's access: this process's layout does not change
         write = op.access == "write"
         for addr in range(op.addr, op.addr + op.length, abi.PAGE_SIZE):
             try:

@@ -7,11 +7,14 @@ Owns no semantics of its own: every behaviour lives in the model.
 
 from __future__ import annotations
 
+import errno
+
 from sparsemm import abi
 from sparsemm.abi import ULONG_MAX  # the kernel sees lengths and addresses as unsigned long
 from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
-from sparsemm.model.mm import AddressSpace
+from sparsemm.model.mm import AddressSpace, SegFault
+from sparsemm.model.vma import Vma
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
@@ -31,7 +34,8 @@ class _ModelRunner(OpDispatcher):
 
     def op_mmap(self, op: Op):
         file = self.files[op.file] if op.file is not None else None
-        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset)
+        self.mm.mmap(op.addr & ULONG_MAX, op.length & ULONG_MAX, op.prot, op.flags, file, op.offset,
+                     op.readonly)
 
     def op_munmap(self, op: Op):
         self.mm.munmap(op.addr, op.length & ULONG_MAX)
@@ -55,6 +59,26 @@ class _ModelRunner(OpDispatcher):
     def touch_page(self, addr: int, write: bool, value: int):
         return self.mm.touch(addr, write, value)
 
+    def cpu_touch(self, addr: int, npages: int, write: bool, value: int) -> list:
+        values: list = []
+        child = None
+        try:
+            for i in range(npages):
+                if child is None:
+                    child = self.mm.fork()
+                try:
+                    got = child.access(addr + i * abi.PAGE_SIZE, write, value)
+                except SegFault as exc:  # the child dies; the next page gets a new one
+                    values.append(exc.signal)
+                    child.exit()
+                    child = None
+                    continue
+                values.append("ok" if write else got)
+        finally:
+            if child is not None:
+                child.exit()
+        return values
+
     def op_fork(self, op: Op):
         child = _ModelRunner(self.script, self.mm.fork(), self.files)
         try:
@@ -77,16 +101,91 @@ class _ModelRunner(OpDispatcher):
         self.mm.add_seals(self.files[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
-        done = 0
-        for addr, length in op.ranges:
-            try:
-                self.mm.madvise(addr, length, op.advice)
-            except OSError:
-                if done:
-                    break
-                raise
-            done += length
-        return {"value": done // abi.PAGE_SIZE}
+        if op.flags:
+            raise OSError(errno.EINVAL, "process_madvise: flags")
+        if op.target == "self":
+            return {"value": _vector_madvise(self.mm, op) // abi.PAGE_SIZE}
+        child = self.mm.fork()
+        try:
+            if op.advice not in _REMOTE_ADVICE:  # process_madvise_remote_valid()
+                raise OSError(errno.EINVAL, "process_madvise: advice not for another process")
+            done = _vector_madvise(child, op)
+            return {"value": {"pages": done // abi.PAGE_SIZE,
+                              "child": snapshot(child, self.base, self.end)}}
+        finally:
+            child.exit()
+
+
+    def op_uffd_register(self, op: Op):
+        self.mm.uffd_register(op.addr, op.length & ULONG_MAX)
+
+    def op_uffd_unregister(self, op: Op):
+        self.mm.uffd_unregister(op.addr, op.length & ULONG_MAX)
+
+    def op_uffd_copy(self, op: Op):
+        try:
+            copied, err = self.mm.uffd_copy(op.addr, op.length & ULONG_MAX, op.value)
+        except OSError as exc:  # refused before copying: the ioctl's copy field stays 0
+            copied, err = 0, exc.errno
+        out = {"value": copied // abi.PAGE_SIZE}
+        if err:
+            out["ret"] = rec.errno_name(err)
+        return out
+
+    def op_special_madvise(self, op: Op):
+        """The model's address space has no special mappings: the advice goes to a scratch
+        one holding a VMA with the mapping's flags (``_SPECIAL``), or, for the vsyscall page
+        (a gate area above TASK_SIZE, no VMA), to an empty one."""
+        scratch = AddressSpace()
+        flags = _SPECIAL[op.mapping]
+        addr = _SPECIAL_AT if flags is not None else _VSYSCALL_AT
+        if flags is not None:
+            scratch.tree.insert(Vma(addr, addr + 2 * abi.PAGE_SIZE, flags, addr >> abi.PAGE_SHIFT, None))
+        scratch.madvise(addr, abi.PAGE_SIZE, op.advice)
+
+    def op_mseal(self, op: Op):
+        self.mm.mseal(op.addr, op.length & ULONG_MAX, op.flags)
+
+    def op_pagemap_scan(self, op: Op):
+        mask, anyof, inverted, ret_mask, max_pages, vec_len = op.scan
+        regions, walk_end = procfs.pagemap_scan(self.mm, op.addr, (op.addr + op.length) & ULONG_MAX,
+                                                mask, anyof, inverted, ret_mask, max_pages, vec_len)
+        return {"value": rec.scan_value(regions, walk_end, self.base)}
+
+
+#: The VMA flags of the special mappings (smaps VmFlags on 6.18 x86-64): the vDSO is
+#: ``rd ex mr mw me de`` (``_install_special_mapping()`` adds VM_DONTEXPAND), the vvar pages
+#: ``rd mr pf io de dd``; the vsyscall page is no VMA (None).
+_SPECIAL = {
+    "vdso": abi.VmFlag.READ | abi.VmFlag.EXEC | abi.VmFlag.MAYREAD | abi.VmFlag.MAYWRITE
+            | abi.VmFlag.MAYEXEC | abi.VmFlag.DONTEXPAND,
+    "vvar": abi.VmFlag.READ | abi.VmFlag.MAYREAD | abi.VmFlag.PFNMAP | abi.VmFlag.IO
+            | abi.VmFlag.DONTEXPAND | abi.VmFlag.DONTDUMP,
+    "vvar_vclock": abi.VmFlag.READ | abi.VmFlag.MAYREAD | abi.VmFlag.PFNMAP | abi.VmFlag.IO
+                   | abi.VmFlag.DONTEXPAND | abi.VmFlag.DONTDUMP,
+    "vsyscall": None,
+}
+_SPECIAL_AT = 0x7F00_0000_0000
+_VSYSCALL_AT = 0xFFFF_FFFF_FF60_0000
+
+#: mm/madvise.c: process_madvise_remote_valid(): the advice one process may give another.
+_REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi.Madv.WILLNEED,
+                                            abi.Madv.COLLAPSE))
+
+
+def _vector_madvise(mm: AddressSpace, op: Op) -> int:
+    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
+    advised ends the call with the bytes done, else it is the call's error."""
+    done = 0
+    for addr, length in op.ranges:
+        try:
+            mm.madvise(addr, length, op.advice)
+        except OSError:
+            if done:
+                break
+            raise
+        done += length
+    return done
 
 
 def snapshot(mm: AddressSpace, base: int, end: int) -> dict:
@@ -119,7 +218,9 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:
         raise BackendUnavailable(str(exc)) from None
-    files = {name: MemFile(name, pages * abi.PAGE_SIZE) for name, pages in script.files.items()}
+    mm.hugetlb_pool[0] = script.hugetlb_pages
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files)
+             for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)
 
 

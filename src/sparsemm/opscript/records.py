@@ -70,6 +70,14 @@ def snapshot_value(vmas: list[VmaView], pages: str) -> dict:
     return {"vmas": [v.as_list() for v in vmas], "pages": pages}
 
 
+def scan_value(regions, walk_end: int, base: int) -> dict:
+    """A ``pagemap_scan`` record's value: ``regions`` as ``[start, end, [category names]]``
+    and ``walk_end``, addresses in pages from ``base`` (the arena base)."""
+    return {"regions": [[(s - base) // abi.PAGE_SIZE, (e - base) // abi.PAGE_SIZE,
+                         abi.page_categories(c)] for s, e, c in regions],
+            "walk_end": (walk_end - base) // abi.PAGE_SIZE}
+
+
 def to_json(records: list[dict]) -> str:
     """The JSON array, one record per line (still one JSON document)."""
     if not records:
@@ -120,6 +128,11 @@ def render_text(records: list[dict], ops: list[dict] | None = None, indent: str 
         value = rec.get("value")
         if rec["op"] == "touch" and value is not None:
             head += "  [" + " ".join(str(v) if v != FAULT else "F" for v in value) + "]"
+        if rec["op"] == "pagemap_scan" and value is not None:
+            head += "  " + " ".join(f"[{s},{e}){'+'.join(c) or '-'}" for s, e, c in value["regions"])
+            head += f" walk_end={value['walk_end']}"
+        if rec["op"] == "uffd_copy" and value is not None:
+            head += f"  copied={value}"
         lines.append(head)
         if rec["op"] == "snapshot" and value is not None:
             lines.append(f"{indent}      {draw_pages(value)}")

@@ -41,6 +41,9 @@ MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
 MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
+MAX_COPY_PAGES = 1 << 16  # one uffd_copy's source buffer is written whole: 256 MiB
+MAX_SCAN_VEC = 4096
+MAX_HUGETLB_PAGES = 64  # 2 MiB huge pages a script may ask the machine to set aside (128 MiB)  # regions one pagemap_scan may return (its record holds each)
 
 #: Advice refused unless the caller asks for it (``parse_script(allow_dangerous=True)``,
 #: ``--allow-dangerous``): on the kernel they damage the machine, not the script's process.
@@ -60,12 +63,13 @@ _MASK64 = _U64 - 1
 _I63 = 1 << 63
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 PAGE = abi.PAGE_SIZE
+_HPAGE = 512 * PAGE  # a 2 MiB huge page (MAP_HUGETLB rounds lengths up to it)
 
 #: Top-level keys a script may carry besides ``ops``. ``note`` says what the script pins;
 #: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
 #: ranges outside the arena (error-path tests).
 TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
-                  "outside_arena"}
+                  "outside_arena", "hugetlb_pages"}
 
 #: For each op: its allowed fields (besides ``op``) and the required ones.
 #: Address fields come in a page form and a byte form (one of each pair).
@@ -73,25 +77,34 @@ _ADDR_PAIRS = {"at": "at_bytes", "len": "len_bytes", "new_len": "new_len_bytes",
 
 OP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # op: (allowed, required)
-    "mmap": (frozenset({"at", "len", "prot", "flags", "file", "pgoff", "pgoff_bytes"}), frozenset({"at", "prot"})),
+    "mmap": (frozenset({"at", "len", "prot", "flags", "file", "pgoff", "pgoff_bytes", "readonly"}),
+             frozenset({"at", "prot"})),
     "munmap": (frozenset({"at", "len"}), frozenset({"at"})),
     "mprotect": (frozenset({"at", "len", "prot"}), frozenset({"at", "prot"})),
     "madvise": (frozenset({"at", "len", "advice"}), frozenset({"at", "advice"})),
     "mremap": (frozenset({"at", "len", "new_len", "flags", "to"}), frozenset({"at", "new_len"})),
     "mlock": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
     "munlock": (frozenset({"at", "len"}), frozenset({"at"})),
-    "touch": (frozenset({"at", "len", "access", "value"}), frozenset({"at", "access"})),
+    "touch": (frozenset({"at", "len", "access", "value", "cpu"}), frozenset({"at", "access"})),
     "fork": (frozenset({"child"}), frozenset({"child"})),
     "snapshot": (frozenset(), frozenset()),
     # Extensions (docs/opscript.md): file operations on a script file.
     "ftruncate": (frozenset({"file", "pages", "bytes"}), frozenset({"file"})),
     "fallocate_punch": (frozenset({"file", "at", "len"}), frozenset({"file", "at"})),
     "seal": (frozenset({"file", "seals"}), frozenset({"file", "seals"})),
-    "process_madvise": (frozenset({"ranges", "advice"}), frozenset({"ranges", "advice"})),
+    "process_madvise": (frozenset({"ranges", "advice", "target", "flags"}), frozenset({"ranges", "advice"})),
+    "mseal": (frozenset({"at", "len", "flags"}), frozenset({"at"})),
+    "special_madvise": (frozenset({"mapping", "advice"}), frozenset({"mapping", "advice"})),
+    "uffd_register": (frozenset({"at", "len"}), frozenset({"at"})),
+    "uffd_unregister": (frozenset({"at", "len"}), frozenset({"at"})),
+    "uffd_copy": (frozenset({"at", "len", "value"}), frozenset({"at"})),
+    "pagemap_scan": (frozenset({"at", "len", "require", "anyof", "inverted", "return", "max_pages",
+                                "vec_len"}), frozenset({"at"})),
 }
 OP_NAMES = tuple(OP_FIELDS)
 #: Ops whose (addr, length) is one range of the address space.
-_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock"})
+_RANGE_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "pagemap_scan",
+                        "mseal", "uffd_register", "uffd_unregister", "uffd_copy"})
 
 SEAL_BY_NAME = {
     "seal": abi.F_SEAL_SEAL,
@@ -101,6 +114,8 @@ SEAL_BY_NAME = {
     "future_write": abi.F_SEAL_FUTURE_WRITE,
 }
 MLOCK_BY_NAME = {"onfault": abi.MLOCK_ONFAULT}
+#: The special mappings ``special_madvise`` may name: their /proc/PID/maps names.
+SPECIAL_MAPPINGS = ("vdso", "vvar", "vvar_vclock", "vsyscall")
 
 
 class ScriptError(ValueError):
@@ -155,11 +170,17 @@ class Op:
     file: str | None = None
     offset: int = 0  # bytes into ``file`` (mmap pgoff)
     access: str | None = None  # "read" | "write"
+    readonly: bool = False  # mmap: through a descriptor of ``file`` opened O_RDONLY
+    mapping: str | None = None  # special_madvise: "vdso", "vvar", "vvar_vclock" or "vsyscall"
+    target: str = "self"  # process_madvise: "self" or "child" (a fork made for the call)
+    cpu: bool = False  # touch: a real load/store in a forked child, not process_vm_readv/writev
     value: int = 1
     child: tuple["Op", ...] = ()
     seals: int = 0
     ranges: tuple[tuple[int, int], ...] = ()  # process_madvise iovecs: (addr, length) in bytes
     file_length: int | None = None  # ftruncate size in bytes
+    #: pagemap_scan: (category_mask, anyof_mask, inverted, return_mask, max_pages, vec_len)
+    scan: tuple[int, int, int, int, int, int] | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -175,6 +196,8 @@ class Script:
     arena_pages: int
     files: dict[str, int]  # name -> pages
     ops: tuple[Op, ...]
+    disk_files: frozenset[str] = frozenset()  # files on a disk filesystem, not memfds
+    hugetlb_pages: int = 0  # free 2 MiB huge pages the script needs (the kernel backend reserves them)
     note: str = ""
     base: int = abi.ARENA_BASE
     expect: list | None = None
@@ -293,17 +316,60 @@ def _offset(op: dict, key: str, scale: int, index: int, *, signed: bool = False)
     return value * scale
 
 
-def _names(op: dict, key: str, table: dict[str, int], index: int) -> int:
+def _names(op: dict, key: str, table: dict[str, int], index: int, *, raw: bool = False) -> int:
+    """The OR of a list of flag names from ``table``; with ``raw``, the list may also hold
+    integers 0..2^31-1 (bits the names do not cover, unknown bits), OR-ed in as written."""
     value = op.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ScriptError(f"must be a list of names, not {_show(value)}", index=index, field_name=key)
+    if not isinstance(value, list) or not all(isinstance(v, str) or (raw and _is_int(v)) for v in value):
+        want = "a list of names and raw integers" if raw else "a list of names"
+        raise ScriptError(f"must be {want}, not {_show(value)}", index=index, field_name=key)
     word = 0
     for name in value:
+        if _is_int(name):
+            if not 0 <= name <= _INT_MAX:
+                raise ScriptError(f"raw flag bits {_show(name)} do not fit the kernel's int argument "
+                                  f"(0..{_INT_MAX})", index=index, field_name=key)
+            word |= name
+            continue
         if name not in table:
             raise ScriptError(f"unknown flag {_show(name)} (known: {', '.join(sorted(table))})",
                               index=index, field_name=key)
         word |= table[name]
     return word
+
+
+def _prot(prot: Any, index: int) -> int:
+    """A ``prot`` field: letters (``"rw"``, ``"none"``), a list of ``abi.PROT_BY_NAME`` names
+    (``["r", "sem", "growsdown"]``), or a raw integer 0..2^31-1 (unknown bits included)."""
+    if isinstance(prot, str):
+        try:
+            return abi.parse_prot(prot)
+        except ValueError:
+            raise ScriptError(f"bad prot {_show(prot)}: use a combination of r, w, x, or 'none'",
+                              index=index, field_name="prot") from None
+    if _is_int(prot):
+        if not 0 <= prot <= _INT_MAX:
+            raise ScriptError(f"raw prot {_show(prot)} does not fit the kernel's int argument "
+                              f"(0..{_INT_MAX})", index=index, field_name="prot")
+        return prot
+    if isinstance(prot, list):
+        return _names({"prot": prot}, "prot", abi.PROT_BY_NAME, index)
+    raise ScriptError(f"must be a string such as 'rw' or 'none', a list of prot names or a raw "
+                      f"integer, not {_show(prot)}", index=index, field_name="prot")
+
+
+def _category_mask(op: dict, key: str, index: int, default: int) -> int:
+    """A PAGEMAP_SCAN category mask: a list of ``abi.PAGE_IS_BY_NAME`` names, or a raw u64
+    (unknown bits included, for the kernel's EINVAL)."""
+    if key not in op:
+        return default
+    value = op[key]
+    if _is_int(value):
+        if not 0 <= value < _U64:
+            raise ScriptError(f"a raw category mask is a u64 (0..2^64-1), not {_show(value)}",
+                              index=index, field_name=key)
+        return value
+    return _names(op, key, abi.PAGE_IS_BY_NAME, index)
 
 
 def _text(value: Any, what: str, index: int | None = None, field_name: str | None = None,
@@ -369,6 +435,8 @@ def _ranges_of(op: Op) -> list[tuple[int, int, str]]:
     name = op.name
     raw = op.raw
     at = "at_bytes" if "at_bytes" in raw else "at"
+    if name == "mmap" and op.flags & abi.MapFlag.HUGETLB:  # the length rounds up to 2 MiB
+        return [(op.addr, op.addr + ((op.length + _HPAGE - 1) & ~(_HPAGE - 1) & _MASK64), at)]
     if name in _RANGE_OPS:
         return [(op.addr, op.addr + page_align(op.length), at)]
     if name == "touch":
@@ -403,7 +471,7 @@ def refused_by_arguments(name: str, start: int, end: int) -> bool:
         return True
     if start % PAGE and name not in ("mlock", "munlock", "touch"):
         return True
-    return name in ("mmap", "munmap", "mremap") and end > abi.TASK_SIZE
+    return name in ("mmap", "munmap", "mremap", "pagemap_scan") and end > abi.TASK_SIZE
 
 
 #: Calls that stop at the first unmapped page of their range (mprotect, mlock and munlock
@@ -477,28 +545,28 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
 
     base = ctx.base
     kw: dict[str, Any] = {"index": index, "name": name, "raw": op}
-    if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch"):
+    if name in ("mmap", "munmap", "mprotect", "madvise", "mremap", "mlock", "munlock", "touch",
+                "pagemap_scan", "mseal", "uffd_register", "uffd_unregister", "uffd_copy"):
         kw["addr"] = _address(op, "at", index, base)
         kw["length"] = _address(op, "len", index, base, relative=False, default=PAGE)
     if "prot" in allowed_keys:
-        prot = op.get("prot")
-        if not isinstance(prot, str):
-            raise ScriptError(f"must be a string such as 'rw' or 'none', not {_show(prot)}",
-                              index=index, field_name="prot")
-        try:
-            kw["prot"] = abi.parse_prot(prot)
-        except ValueError:
-            raise ScriptError(f"bad prot {_show(prot)}: use a combination of r, w, x, or 'none'",
-                              index=index, field_name="prot") from None
+        kw["prot"] = _prot(op.get("prot"), index)
 
     if name == "mmap":
-        flags = _names(op, "flags", abi.MAP_BY_NAME, index) if "flags" in op else (
+        flags = _names(op, "flags", abi.MAP_BY_NAME, index, raw=True) if "flags" in op else (
             abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
         if not flags & abi.MAP_FIXED:
             flags |= abi.MAP_FIXED_NOREPLACE
         kw["flags"] = int(flags)
         if op.get("file") is not None:
             kw["file"] = _script_file(op, index, ctx.files)
+        readonly = op.get("readonly", False)
+        if not isinstance(readonly, bool):
+            raise ScriptError(f"must be true or false, not {_show(readonly)}", index=index,
+                              field_name="readonly")
+        if readonly and "file" not in kw:
+            raise ScriptError("a read-only descriptor needs a 'file'", index=index, field_name="readonly")
+        kw["readonly"] = readonly
         if "pgoff" in op and "pgoff_bytes" in op:
             raise ScriptError("give 'pgoff' or 'pgoff_bytes', not both", index=index, field_name="pgoff")
         for key, scale in (("pgoff", PAGE), ("pgoff_bytes", 1)):
@@ -532,6 +600,16 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             if kw["advice"] in _POPULATING_ADVICE:
                 ctx.spend_populate(_populated(npages * PAGE), index, "ranges")
         kw["ranges"] = tuple(out)
+        target = op.get("target", "self")
+        if target not in ("self", "child"):
+            raise ScriptError(f"must be 'self' or 'child', not {_show(target)}", index=index,
+                              field_name="target")
+        kw["target"] = target
+        flags = op.get("flags", 0)
+        if not _is_int(flags) or not 0 <= flags < 1 << 32:
+            raise ScriptError(f"must be an unsigned int 0..2^32-1 (the kernel takes none: 0), not "
+                              f"{_show(flags)}", index=index, field_name="flags")
+        kw["flags"] = flags
     elif name == "mremap":
         kw["new_length"] = _address(op, "new_len", index, base, relative=False)
         kw["flags"] = _names(op, "flags", abi.MREMAP_BY_NAME, index)
@@ -555,6 +633,10 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"must be an integer 0..255, not {_show(value)}", index=index,
                               field_name="value")
         kw["value"] = value
+        cpu = op.get("cpu", False)
+        if not isinstance(cpu, bool):
+            raise ScriptError(f"must be true or false, not {_show(cpu)}", index=index, field_name="cpu")
+        kw["cpu"] = cpu
         if not 0 <= kw["length"] <= MAX_TOUCH_PAGES * PAGE:
             raise ScriptError(f"touch covers 0..{MAX_TOUCH_PAGES} pages", index=index,
                               field_name="len_bytes" if "len_bytes" in op else "len")
@@ -585,6 +667,45 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
             raise ScriptError(f"the snapshots would draw more than {MAX_SNAPSHOT_CHARS} pages in all "
                               f"({ctx.snapshots} x {ctx.arena_pages}-page arena)", index=index,
                               field_name="op")
+    elif name == "special_madvise":
+        mapping = op.get("mapping")
+        if mapping not in SPECIAL_MAPPINGS:
+            raise ScriptError(f"must be one of {', '.join(SPECIAL_MAPPINGS)}, not {_show(mapping)}",
+                              index=index, field_name="mapping")
+        kw["mapping"] = mapping
+        kw["advice"] = _advice(op, index, ctx)
+        if kw["advice"] not in (abi.Madv.GUARD_INSTALL, abi.Madv.GUARD_REMOVE):
+            raise ScriptError("only guard_install and guard_remove: other advice could change the "
+                              "process's own special mappings", index=index, field_name="advice")
+    elif name == "uffd_copy":
+        value = op.get("value", 1)
+        if not _is_int(value) or not 0 <= value <= 255:
+            raise ScriptError(f"must be an integer 0..255, not {_show(value)}", index=index,
+                              field_name="value")
+        kw["value"] = value
+        if not 0 <= kw["length"] <= MAX_COPY_PAGES * PAGE:
+            raise ScriptError(f"uffd_copy covers 0..{MAX_COPY_PAGES} pages", index=index,
+                              field_name="len_bytes" if "len_bytes" in op else "len")
+        ctx.spend_populate(-(-kw["length"] // PAGE), index, "len")
+    elif name == "mseal":
+        flags = op.get("flags", 0)
+        if not _is_int(flags) or not 0 <= flags < _U64:
+            raise ScriptError(f"must be an integer 0..2^64-1 (the kernel takes none: 0), not {_show(flags)}",
+                              index=index, field_name="flags")
+        kw["flags"] = flags
+    elif name == "pagemap_scan":
+        masks = [_category_mask(op, key, index, default)
+                 for key, default in (("require", 0), ("anyof", 0), ("inverted", 0),
+                                      ("return", abi.PM_SCAN_CATEGORIES))]
+        max_pages = op.get("max_pages", 0)
+        if not _is_int(max_pages) or not 0 <= max_pages < _U64:
+            raise ScriptError(f"must be an integer 0..2^64-1 (0: no limit), not {_show(max_pages)}",
+                              index=index, field_name="max_pages")
+        vec_len = op.get("vec_len", 512)
+        if not _is_int(vec_len) or not 0 <= vec_len <= MAX_SCAN_VEC:
+            raise ScriptError(f"must be an integer 0..{MAX_SCAN_VEC}, not {_show(vec_len)}",
+                              index=index, field_name="vec_len")
+        kw["scan"] = (*masks, max_pages, vec_len)
     elif name in ("ftruncate", "fallocate_punch", "seal"):
         kw["file"] = _script_file(op, index, ctx.files)
         if name == "ftruncate":
@@ -620,8 +741,8 @@ def _count_ops(ctx: _Ctx, n: int, index: int | None) -> None:
                           field_name="child" if index is not None else None)
 
 
-def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
-    """(arena_pages, files, outside_arena) of a script document, checked."""
+def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
+    """(arena_pages, files, outside_arena, disk_files) of a script document, checked."""
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
             raise ScriptError(f"unknown top-level field {_show(key)}")
@@ -635,11 +756,17 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
     if len(files_doc) > MAX_FILES:
         raise ScriptError(f"'files' names {len(files_doc)} files; a script may have at most {MAX_FILES}")
     files: dict[str, int] = {}
+    disk: set[str] = set()
     total = 0
     for fname, spec in files_doc.items():
         _file_name(fname)
-        if not isinstance(spec, dict) or set(spec) != {"pages"}:
-            raise ScriptError(f"file {_show(fname)}: want {{\"pages\": N}}, not {_show(spec)}")
+        if not isinstance(spec, dict) or "pages" not in spec or not set(spec) <= {"pages", "disk"}:
+            raise ScriptError(f"file {_show(fname)}: want {{\"pages\": N}} or {{\"pages\": N, \"disk\": "
+                              f"true}}, not {_show(spec)}")
+        if not isinstance(spec.get("disk", False), bool):
+            raise ScriptError(f"file {_show(fname)}: 'disk' must be true or false, not {_show(spec['disk'])}")
+        if spec.get("disk"):
+            disk.add(fname)
         pages = spec["pages"]
         if not _is_int(pages) or not 0 <= pages <= MAX_FILE_PAGES:
             raise ScriptError(f"file {_show(fname)}: 'pages' must be an integer 0..{MAX_FILE_PAGES}, "
@@ -649,6 +776,9 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
             raise ScriptError(f"the files have more than {MAX_TOTAL_FILE_PAGES} pages in all (each page "
                               "is written when the file is created)")
         files[fname] = pages
+    hugetlb = doc.get("hugetlb_pages", 0)
+    if not _is_int(hugetlb) or not 0 <= hugetlb <= MAX_HUGETLB_PAGES:
+        raise ScriptError(f"'hugetlb_pages' must be an integer 0..{MAX_HUGETLB_PAGES}, not {_show(hugetlb)}")
     outside = doc.get("outside_arena", False)
     if not isinstance(outside, bool):
         raise ScriptError(f"'outside_arena' must be true or false, not {_show(outside)}")
@@ -666,7 +796,7 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool]:
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, list):
         raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
-    return arena_pages, files, outside
+    return arena_pages, files, outside, frozenset(disk)
 
 
 def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> Script:
@@ -680,7 +810,8 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     try:
         if not isinstance(doc, dict):
             raise ScriptError("a script is a JSON object with an 'ops' list")
-        arena_pages, files, outside = _top_level(doc)
+        arena_pages, files, outside, disk = _top_level(doc)
+        hugetlb = doc.get("hugetlb_pages", 0)
         ops = doc.get("ops")
         if not isinstance(ops, list):
             raise ScriptError("'ops' must be a list")
@@ -695,7 +826,8 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
             wrapped.index, wrapped.field_name, wrapped.op_name = exc.index, exc.field_name, exc.op_name
             raise wrapped from None
         raise
-    return Script(arena_pages=arena_pages, files=files, ops=parsed, note=doc.get("note", ""),
+    return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk, hugetlb_pages=hugetlb,
+                  note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
                   warnings=tuple(ctx.warnings))
 
