@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench record check-corpus clean
+.PHONY: demo test bench record check-corpus clean strace browser
 
 $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +18,27 @@ $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 demo: $(STAMP)
 	$(BIN)/sparsemm demo
 
+# sparsemm trace records system calls with Debian's strace: install it where it is missing.
+strace:
+	@command -v strace >/dev/null 2>&1 || { echo "installing strace (sparsemm trace needs it)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y strace || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y strace; }; }
+
+# analyze --html is tested in a real headless browser: Debian's chromium, installed where it is
+# missing (without recommends). Without a package manager or network the browser tests skip,
+# saying why; nothing else needs it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "installing chromium (the analyze --html tests open the page in it; about a minute)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	  || echo "could not install chromium: the browser tests will skip"; }
+
+# SPARSEMM_REQUIRE_STRACE: the trace tests fail, never skip, if strace is still missing.
 # One line per test file with its progress, then the skips and failures with their reasons
 # (-ra, pyproject.toml) and the 20 slowest tests. PYTEST_ARGS="-m 'not slow'" skips the slow ones.
 PYTEST_ARGS ?=
-test: $(STAMP)
-	$(BIN)/python -m pytest --durations=20 --durations-min=5 $(PYTEST_ARGS)
+test: $(STAMP) strace browser
+	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest --durations=20 --durations-min=5 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -6,6 +6,7 @@ import faulthandler
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,13 @@ CORPUS = ROOT / "tests" / "conformance"
 HAS_GUARDS = libc.guard_regions_supported()
 needs_guards = pytest.mark.skipif(
     not HAS_GUARDS, reason="this kernel has no guard regions (MADV_GUARD_INSTALL needs Linux >= 6.13)")
+
+#: ``make test`` installs strace (the Makefile's apt-get step) and sets this: there the tests
+#: of ``sparsemm trace`` run, and fail if strace is missing, instead of skipping.
+STRACE_REQUIRED = os.environ.get("SPARSEMM_REQUIRE_STRACE") == "1"
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None and not STRACE_REQUIRED,
+    reason="strace is not installed (make test installs it: apt-get install strace)")
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

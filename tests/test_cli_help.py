@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from importlib import metadata
 
@@ -52,7 +53,7 @@ def test_every_command_has_examples_that_parse():
         examples = cli.EXAMPLES[name]
         assert 2 <= len(examples) <= 3, name
         for example in examples:
-            argv = shlex.split(example.split("|")[-1].split(">")[0].replace("$$", "self"))
+            argv = shlex.split(example.split("|")[-1].split(">")[0].replace("$$", str(os.getpid())))
             argv = argv[argv.index("sparsemm") + 1:]
             assert argv[0] == name, example
             parser.parse_args(argv)  # exits (SystemExit) on an example that does not parse

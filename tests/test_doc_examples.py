@@ -5,7 +5,7 @@ ending in ``\\`` continues on the next; a ``<<'EOF'`` here-document takes the li
 its terminator); the other lines of such a block are the output the doc shows. The commands
 of one block run in one ``bash`` (so ``&`` and ``$!`` work across lines), with the package's
 ``sparsemm`` first on ``PATH``, in a scratch directory that all blocks of the same document
-share, in order (a later block may use a file an earlier one wrote). Each command must exit
+share, in order (it links the clone's ``docs/`` and ``tests/``, which some examples read) (a later block may use a file an earlier one wrote). Each command must exit
 0, or the status its trailing comment states as ``(exit N)``. ``python`` blocks run in a
 fresh interpreter and must exit 0 (docs/native.md and the README's Python section are run,
 with their output compared, by test_native_docs.py).
@@ -167,6 +167,8 @@ def test_every_example_runs(path):
     todo = list(examples(path))
     failures, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="sparsemm-doc-") as tmp:
+        for name in ("docs", "tests"):  # examples run from a clone's top directory read these
+            os.symlink(ROOT / name, Path(tmp) / name)
         for kind, code, skip, line in todo:
             if skip:
                 skipped.append(f"line {line}: {skip}")

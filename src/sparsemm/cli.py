@@ -172,7 +172,7 @@ def _allow_dangerous(p: argparse.ArgumentParser) -> None:
 #: The top-level help lists the commands in these groups, in this order (main ones first).
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Look at a process (what would guard markers save it?)",
-     ("analyze", "reproduce", "demo", "guards", "snapshot", "samples")),
+     ("analyze", "reproduce", "demo", "trace", "guards", "snapshot", "samples")),
     ("Guard regions in your own programs",
      ("probe", "efence")),
     ("Op scripts (one format for the model and the kernel)",
@@ -189,6 +189,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                   "sparsemm reproduce $$ --json"),
     "demo": ("sparsemm demo",
              "sparsemm demo --no-reproduce --plot renderer.svg"),
+    "trace": ("sparsemm trace -- python3 -c 'import threading; threading.Thread(target=print).start()'",
+              "sparsemm trace --json --plot trace.png -- sort /etc/passwd",
+              "sparsemm trace --pid $$ --duration 2"),
     "guards": ("sparsemm guards $$",
                "sparsemm guards self --json"),
     "snapshot": ("sparsemm snapshot $$ -o shell.snapshot.json",
@@ -334,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsemm.analyze.cli import add_parsers as add_analyze_parsers
 
     add_analyze_parsers(sub)  # analyze, reproduce, demo (the main job)
+
+    from sparsemm.trace.cli import add_parser as add_trace_parser
+
+    add_trace_parser(sub)
 
     from sparsemm.efence.cli import add_parser as add_efence_parser
 

@@ -206,7 +206,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             vma = Vma(addr, addr + length, vm_flags, pgoff, file)
             self.tree.insert(vma)
         if file is not None:
-            self._use_file(file)
+            self.use_file(file)
         # __mmap_complete() would set VM_SOFTDIRTY, which is 0 without CONFIG_MEM_SOFT_DIRTY (this kernel)
         if vm_flags & _VM_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
             self.mm_populate(addr, length, ignore_errors=True)
@@ -248,10 +248,13 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
         file = MemFile("hugetlb", length, fill_pattern=False)
         self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
-        self._use_file(file)
+        self.use_file(file)
         return addr
 
-    def _use_file(self, file: MemFile) -> None:
+    def use_file(self, file: MemFile) -> None:
+        """Record that this address space maps ``file`` (a VMA of it was inserted), so file
+        operations reach it. Idempotent, O(1); callers that insert VMAs themselves (a map
+        seeded from /proc) call it for each file VMA."""
         if file not in self.files:
             self.files.add(file)
             file.users.append(self)
@@ -454,7 +457,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
                 new.anon_vma, new.anon_vma_forked = AnonVma(), True
             child.tree.insert(new)
             if new.vm_file is not None:
-                child._use_file(new.vm_file)
+                child.use_file(new.vm_file)
             if new.vm_flags & VmFlag.WIPEONFORK:
                 continue
             # copy_page_range() only when vma_needs_copy()
