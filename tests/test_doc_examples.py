@@ -37,7 +37,7 @@ SKIP = re.compile(r"<!--\s*example:\s*skip:\s*(.+?)\s*-->\s*$")
 SHELLS = {"console", "sh", "shell", "bash"}
 EXIT = re.compile(r"#.*\(exit (\d+)\)")
 SYNOPSIS = re.compile(r"sparsemm [a-z][\w-]*(?: |$)")
-HEREDOC = re.compile(r"<<-?\s*'?\"?(\w+)'?\"?")
+HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_]\w*)['\"]?\s*$")  # at the line's end (not "1 << 20")
 # Covered, with their printed output compared, by test_native_docs.py.
 NATIVE_DOCS = ("docs/native.md",)
 README_PYTHON_SECTION = "## Guard regions from Python"
@@ -71,7 +71,7 @@ def commands(body: str) -> list[str]:
         while cmd.endswith("\\") and i < len(lines):
             cmd += "\n" + lines[i]
             i += 1
-        heredoc = HEREDOC.search(cmd)
+        heredoc = HEREDOC.search(cmd.split("#")[0].rstrip())
         if heredoc:
             end = heredoc.group(1)
             while i < len(lines):
