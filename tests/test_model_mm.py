@@ -214,3 +214,64 @@ def _random_script(rng: random.Random) -> dict:
 def test_random_scripts_keep_invariants(seed):
     """Stress: random scripts through the model alone, check() after every op."""
     run_model(parse_script(_random_script(random.Random(seed))), check=True)
+
+
+# -- page tables at the edges (figures measured with `sparsemm measure` on Linux 6.18) --------
+
+def test_thp_counts_its_deposited_table_and_dontneed_reclaims(mm):
+    checked(mm, mm.mmap, pg(0), 1024 * P, RW, ANON)
+    checked(mm, mm.madvise, pg(0), 1024 * P, Madv.HUGEPAGE)
+    checked(mm, mm.touch, pg(3), True)                      # THP: PUD + PMD + deposited table
+    assert mm.pgtables_bytes() == 3 * P
+    checked(mm, mm.touch, pg(515), False)                   # huge zero page: another deposit
+    assert mm.pgtables_bytes() == 4 * P
+    checked(mm, mm.madvise, pg(10), 4 * P, Madv.DONTNEED)   # split: the deposit is the table
+    assert mm.pgtables_bytes() == 4 * P
+    checked(mm, mm.madvise, pg(0), 512 * P, Madv.DONTNEED)  # whole block emptied: freed
+    assert mm.pgtables_bytes() == 3 * P
+    checked(mm, mm.touch, pg(7), True)                      # so the next fault maps a THP
+    assert mm.pt.is_huge(B // P)
+
+
+def test_guard_marker_keeps_the_table_from_reclaim(mm):
+    checked(mm, mm.mmap, pg(0), 512 * P, RW, ANON)
+    checked(mm, mm.touch, pg(0), True)
+    checked(mm, mm.madvise, pg(100), P, Madv.GUARD_INSTALL)
+    checked(mm, mm.madvise, pg(0), 512 * P, Madv.DONTNEED)
+    assert mm.pgtables_bytes() == 3 * P
+    checked(mm, mm.madvise, pg(100), P, Madv.GUARD_REMOVE)
+    checked(mm, mm.madvise, pg(0), 511 * P, Madv.DONTNEED)  # not the whole block: kept
+    assert mm.pgtables_bytes() == 3 * P
+
+
+def test_failed_fault_keeps_its_pud_and_pmd(mm):
+    f = MemFile("f", 4 * P)
+    checked(mm, mm.mmap, pg(20), 2 * P, abi.PROT_READ, abi.MAP_SHARED | abi.MAP_FIXED, f, 100 * P)
+    with pytest.raises(OSError) as exc:
+        mm.touch(pg(20), False)
+    assert exc.value.errno == errno.EFAULT
+    assert mm.pgtables_bytes() == 2 * P
+
+
+def test_aligned_dontunmap_move_leaves_the_source_without_a_table(mm):
+    checked(mm, mm.mmap, pg(0), 512 * P, RW, ANON)
+    checked(mm, mm.touch, pg(0), True)
+    checked(mm, mm.madvise, pg(0), 512 * P, Madv.HUGEPAGE)
+    checked(mm, mm.mremap, pg(0), 512 * P, 512 * P,
+            abi.MremapFlag.MAYMOVE | abi.MremapFlag.DONTUNMAP, pg(1024))
+    assert mm.pt.pmd_none(B // P) and not mm.pt.pmd_none(B // P + 1024)
+    checked(mm, mm.touch, pg(5), True)
+    assert mm.pt.is_huge(B // P)
+
+
+def test_overcommit_heuristic_limits_one_call():
+    mm = AddressSpace(commit_limit=1000)
+    with pytest.raises(OSError) as exc:
+        mm.mmap(pg(0), 1001 * P, RW, ANON)
+    assert exc.value.errno == errno.ENOMEM and not list(mm)
+    checked(mm, mm.mmap, pg(0), 1001 * P, RW, ANON | abi.MapFlag.NORESERVE)
+    checked(mm, mm.mmap, pg(2000), 1001 * P, abi.PROT_READ, ANON)
+    with pytest.raises(OSError) as exc:
+        mm.mprotect(pg(2000), 1001 * P, RW)
+    assert exc.value.errno == errno.ENOMEM
+    checked(mm, mm.mprotect, pg(2000), 1000 * P, RW)

@@ -79,9 +79,17 @@ class NaivePageTable:
 
     def move_range(self, first, end, dst_first):
         delta = dst_first - first
+        pte = self.tables[0]
+        src = [t for t in sorted(pte) if t * 512 < end and (t + 1) * 512 > first]
         moved = [(p + delta, self.e.pop(p)) for p, _ in self.items(first, end)]
         for p, v in moved:
             self.set(p, v)
+        for t in src:  # move_page_tables(): a whole aligned block moves its table
+            if delta % 512 == 0 and first <= t * 512 and (t + 1) * 512 <= end:
+                pte.discard(t)
+                self.alloc(t * 512 + delta, (t + 1) * 512 + delta)
+            else:  # move_ptes() allocates the destination table under a source table
+                self.alloc(max(first, t * 512) + delta, min(end, (t + 1) * 512) + delta)
 
     def copy_markers_to(self, dst, first, end, delta=0):
         for p, v in self.items(first, end):

@@ -96,3 +96,17 @@ def test_cli_error_names_op_index():
                                                  {"op": "munmap"}]))
     assert proc.returncode == 2
     assert "op 2 (munmap) field 'at': missing" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", [0, -1, 65531, True, "10", 1.5])
+def test_map_count_headroom_is_checked(bad):
+    with pytest.raises(ScriptError, match="map_count_headroom"):
+        parse_script({"ops": [], "map_count_headroom": bad})
+
+
+def test_map_count_headroom_sets_the_model_limit():
+    from sparsemm.opscript.model_backend import start_model
+    script = parse_script({"ops": [], "map_count_headroom": 7})
+    assert script.map_count_headroom == 7
+    assert start_model(script).mm.max_map_count == 7
+    assert start_model(parse_script({"ops": []})).mm.max_map_count == abi.DEFAULT_MAX_MAP_COUNT

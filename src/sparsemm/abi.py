@@ -15,6 +15,12 @@ PAGE_MASK = ~(PAGE_SIZE - 1)
 
 #: The largest ``unsigned long`` (2**64 - 1): syscall arguments wrap modulo 2**64.
 ULONG_MAX = (1 << 64) - 1
+#: MAX_LFS_FILESIZE on 64-bit (LLONG_MAX): the s_maxbytes of tmpfs/shmem, the largest file
+#: offset a mapping or fallocate may reach.
+MAX_LFS_FILESIZE = (1 << 63) - 1
+#: MAX_RW_COUNT (INT_MAX & PAGE_MASK): import_iovec() cuts a vector's total length to it,
+#: so process_madvise advises at most this many bytes per call.
+MAX_RW_COUNT = 0x7FFFF000
 
 #: Entries in one page-table page at every level (x86-64, 4 KiB pages).
 PTRS_PER_TABLE = 512

@@ -14,12 +14,12 @@ import abc
 import errno
 from typing import TYPE_CHECKING, Callable
 
-from sparsemm.abi import PAGE_SHIFT, TASK_SIZE, VmFlag, page_align
+from sparsemm.abi import PAGE_MASK, PAGE_SHIFT, TASK_SIZE, VmFlag, page_align
 from sparsemm.model._flags import _VM_SEALED
 from sparsemm.model._util import kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
-from sparsemm.model.pagetable import GUARD, PageTable
+from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PageTable, pmd_start
 from sparsemm.model.vma import Vma
 from sparsemm.model.vma_tree import VmaTree
 
@@ -45,6 +45,8 @@ class MmCore(abc.ABC):
     - ``pt``: the ``PageTable``: frames, guard markers, huge PMDs, table pages;
     - ``design``: the ``GuardDesign`` whose hooks the guard advice, munmap and mprotect call;
     - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
+    - ``commit_limit``: the pages the overcommit heuristic lets one call commit
+      (``vm.overcommit_memory = 0``: total RAM plus swap), None for no limit;
     - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
       counts in neither, as in the kernel); changed only by ``set_pte``/``clear_pte``;
     - ``files``: the ``MemFile`` objects some VMA maps or mapped; ``exited``: after ``exit()``;
@@ -56,26 +58,29 @@ class MmCore(abc.ABC):
     are the contract: what one part provides to the others, implemented by the module named.
     """
 
-    __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "rss_anon", "rss_file",
-                 "files", "exited", "hugetlb_pool")
+    __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "commit_limit",
+                 "rss_anon", "rss_file", "files", "exited", "hugetlb_pool")
 
     tree: VmaTree
     pt: PageTable
     design: "GuardDesign"
     max_map_count: int
     mmap_base: int
+    commit_limit: int | None
     rss_anon: int
     rss_file: int
     files: set[MemFile]
     exited: bool
     hugetlb_pool: list[int]
 
-    def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int) -> None:
+    def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int,
+                   commit_limit: int | None = None) -> None:
         self.design = design
         self.tree = VmaTree(mmap_min_addr=MMAP_MIN_ADDR)
         self.pt = PageTable()
         self.max_map_count = max_map_count
         self.mmap_base = mmap_base
+        self.commit_limit = commit_limit
         self.rss_anon = 0
         self.rss_file = 0
         self.files = set()
@@ -134,7 +139,7 @@ class MmCore(abc.ABC):
         """
         pt = self.pt
         first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-        pt.split_huge_range(first, last)
+        self.split_huge_range(first, last)
         for page, entry in pt.frames(first, last):
             if only is None or only(entry):
                 pt.clear(page)
@@ -142,6 +147,23 @@ class MmCore(abc.ABC):
         if drop_markers:
             pt.remove_markers(first, last)
         pt.zap_huge_pmds(first, last)
+
+    def split_huge_range(self, first: int, end: int) -> None:
+        """``split_huge_pmd()`` of every huge PMD that pages ``[first, end)`` cover only in
+        part: an anonymous THP keeps its pages under its deposited table; a page-cache large
+        folio mapped by the PMD is unmapped whole (``__split_huge_pmd_locked()`` on a file
+        VMA only clears the PMD; a later fault maps it again). O(1) plus 512 per dropped block."""
+        for p0 in (pmd_start(first), pmd_start(end - 1)) if end > first else ():
+            if self.pt.is_file_huge(p0) and not (first <= p0 and p0 + HPAGE_PMD_NR <= end):
+                self.drop_huge_block(p0)
+        self.pt.split_huge_range(first, end)
+
+    def drop_huge_block(self, p0: int) -> None:
+        """Unmap the whole block of the huge PMD at page ``p0`` (entries and the PMD), leaving
+        no PTE table: a file PMD split or zap. O(HPAGE_PMD_NR)."""
+        for page, _ in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+            self.clear_pte(page)
+        self.pt.forget_huge_pmd(p0)
 
     def unmap_range(self, start: int, end: int) -> None:
         """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
@@ -175,7 +197,7 @@ class MmCore(abc.ABC):
             self.design.on_unmap(start, end)
         if last.vm_end > end:
             split_vma(self.tree, last, end, _NO_LIMIT)
-        self.pt.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        self.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         for vma in vmas:
             self.tree.remove(vma)
             if vma.vm_flags & VmFlag.HUGETLB:  # hugetlb_vm_op_close(): the reservation goes back
@@ -185,6 +207,24 @@ class MmCore(abc.ABC):
         floor = prev.vm_end if prev is not None else 0
         ceiling = nxt.vm_start if nxt is not None else 0
         self.pt.free_pgtables(start, end, floor, ceiling)
+
+    def do_munmap(self, start: int, length: int) -> None:
+        """mm/vma.c: do_vmi_munmap(): the argument checks of every munmap path (the syscall,
+        mremap's shrink and its MREMAP_FIXED target), then ``unmap_range``. EINVAL (OSError)
+        for an unaligned ``start``, a range past TASK_SIZE or an empty one. O(unmap_range)."""
+        if start & ~PAGE_MASK or start > TASK_SIZE or length > TASK_SIZE - start:
+            raise kerr(errno.EINVAL, "munmap: bad range")
+        end = start + page_align(length)
+        if end == start:
+            raise kerr(errno.EINVAL, "munmap: zero length")
+        self.unmap_range(start, end)
+
+    def vm_enough_memory(self, npages: int) -> None:
+        """mm/util.c: __vm_enough_memory() in the heuristic mode (``OVERCOMMIT_GUESS``): one
+        call may not commit more pages than RAM plus swap; ENOMEM (OSError) if it would. The
+        heuristic keeps no running total, so nothing is recorded. O(1)."""
+        if self.commit_limit is not None and npages > self.commit_limit:
+            raise kerr(errno.ENOMEM, "overcommit: more than RAM plus swap")
 
     def get_unmapped_area(self, hint: int, length: int) -> int:
         """arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is free,
@@ -225,6 +265,12 @@ class MmCore(abc.ABC):
     @abc.abstractmethod
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """The mprotect syscall (``mm.py``; used by the ``vma`` guard design)."""
+
+    @abc.abstractmethod
+    def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set | None,
+                          even_cows: bool = False) -> None:
+        """``unmap_mapping_range()`` of file pages ``first..last`` in this mm (``fileops.py``;
+        used by madvise's collapse, which unmaps the small pages a new folio replaces)."""
 
     @abc.abstractmethod
     def punch_hole(self, file: MemFile, offset: int, length: int) -> None:

@@ -74,7 +74,7 @@ class FaultMixin(MmCore):
             self.anon_vma_prepare(vma)
         for p in range(p0, p0 + HPAGE_PMD_NR):
             self.set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
-        self.pt.map_huge_pmd(p0)  # a PMD mapping needs no PTE table
+        self.pt.map_huge_pmd(p0, deposit=True)  # no PTE table, but one deposited
 
     def _fault_hugetlb(self, vma: Vma, page: int) -> None:
         """hugetlb_fault() of a page not yet present: the whole 2 MiB page is mapped, zeroed
@@ -104,11 +104,45 @@ class FaultMixin(MmCore):
         for pte in range(from_pte, to_pte):
             p = base + pte
             pgoff = vma.file_pgoff(p << PAGE_SHIFT)
-            if pgoff > file_end or get(p) is not None:
+            if pgoff > file_end:
+                continue
+            folio = f.folio_of(pgoff) if f.folios else None
+            if folio is not None:
+                # filemap_map_folio_range() (6.18): a large folio that fits the VMA and the
+                # PMD is mapped whole, beyond the window
+                fp = p - (pgoff - folio[0])
+                if fp << PAGE_SHIFT >= vma.vm_start and (fp + folio[1]) << PAGE_SHIFT <= vma.vm_end \
+                        and pmd_start(fp) == pmd_start(fp + folio[1] - 1):
+                    for i in range(folio[1]):
+                        if get(fp + i) is None and folio[0] + i <= file_end:
+                            self.set_pte(fp + i, f.get_page(folio[0] + i))
+                    continue
+            if get(p) is not None:
                 continue
             frame = f.cache.get(pgoff)
             if frame is not None:
                 self.set_pte(p, frame)
+
+    def _map_large_folio(self, vma: Vma, page: int) -> bool:
+        """A read fault on a page of a PMD-sized large folio that ``vma`` maps whole and
+        2 MiB aligned: ``do_set_pmd()`` maps it with one PMD when the PMD is empty and the VMA
+        allows THPs (not VM_NOHUGEPAGE), else fault-around maps all its pages into the empty
+        PTEs (6.18 maps a whole large folio that fits the VMA and the PMD). Returns whether
+        it did; False leaves the ordinary fault path to run."""
+        p0 = pmd_start(page)
+        start = vma.file_pgoff(p0 << PAGE_SHIFT)
+        f = vma.vm_file
+        if f.folios.get(start) != HPAGE_PMD_NR or (p0 << PAGE_SHIFT) < vma.vm_start \
+                or ((p0 + HPAGE_PMD_NR) << PAGE_SHIFT) > vma.vm_end:
+            return False
+        huge = self.pt.pmd_none(page) and not int(vma.vm_flags) & _VM_NOHUGEPAGE
+        get = self.pt.get
+        for i in range(HPAGE_PMD_NR):
+            if get(p0 + i) is None and (huge or start + i < f.npages):
+                self.set_pte(p0 + i, f.folio_page(start + i))
+        if huge:
+            self.pt.map_huge_pmd(p0)  # page cache folio: no table deposited
+        return True
 
     def _handle_fault(self, vma: Vma, addr: int, write: bool, entry) -> None:
         """mm/memory.c: handle_mm_fault() for one page that needs it; ``entry`` is the page's
@@ -120,6 +154,9 @@ class FaultMixin(MmCore):
             self._fault_hugetlb(vma, page)
             return
         if entry is None:
+            # __handle_mm_fault() allocates the PUD and PMD tables first; they stay even
+            # when the fault then fails (a read past EOF: SIGBUS)
+            self.pt.alloc_pmd_table(page)
             if vma.is_anonymous():  # do_anonymous_page()
                 if int(vma.vm_flags) & _VM_UFFD_MISSING:  # handle_userfault(): SIGBUS feature
                     raise FaultError("SIGBUS")
@@ -136,6 +173,8 @@ class FaultMixin(MmCore):
             pgoff = vma.file_pgoff(addr)
             # shmem_get_folio_gfp(): a page the file lacks goes to userfaultfd (SIGBUS feature)
             uffd_miss = bool(int(vma.vm_flags) & _VM_UFFD_MISSING) and pgoff not in f.cache
+            if not write and f.folios and self._map_large_folio(vma, page):
+                return
             if not write:  # do_read_fault(): fault-around first, even when addr is past EOF
                 self._fault_around(vma, addr)
                 if pgoff >= f.npages or uffd_miss:
@@ -161,6 +200,8 @@ class FaultMixin(MmCore):
         elif int(vma.vm_flags) & _VM_SHARED:
             return
         elif entry.kind == FRAME_FILE or entry.mapcount > 1:  # wp_page_copy()
+            if self.pt.is_file_huge(page):  # do_huge_pmd_wp_page(): split (unmap), then CoW
+                self.drop_huge_block(pmd_start(page))
             self.anon_vma_prepare(vma)
             self.set_pte(page, Frame(entry.byte, FRAME_ANON))
 

@@ -30,9 +30,12 @@ class FileOpsMixin(MmCore):
         private CoW copies stay, markers stay). O(users x n + pages)."""
         if offset < 0 or length <= 0:
             raise kerr(errno.EINVAL, "fallocate: bad range")  # fs/open.c: vfs_fallocate()
+        if offset + length > abi.MAX_LFS_FILESIZE:  # vfs_fallocate(), before shmem's seal check
+            raise kerr(errno.EFBIG, "fallocate: past the maximum file size")
         if file.seals & (abi.F_SEAL_WRITE | abi.F_SEAL_FUTURE_WRITE):
             raise kerr(errno.EPERM, "fallocate: write-sealed")
         end = offset + length
+        self._split_folios(file, offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT)
         # shmem_fallocate() unmaps [round_up(offset), round_down(end) - 1] first, in unsigned
         # arithmetic: a punch ending inside page 0 makes unmap_end -1, so the unmap runs from
         # page 0 (offset 0) or page 1 to the end of the file (measured on 6.18).
@@ -85,13 +88,34 @@ class FileOpsMixin(MmCore):
                 (size > file.size and file.seals & abi.F_SEAL_GROW):
             raise kerr(errno.EPERM, "ftruncate: sealed")
         old = file.npages
+        if size < file.size:
+            self._split_folios(file, size >> PAGE_SHIFT, None)
         file.size = size
         new = file.npages
         if new < old:
+            last = max(old - 1, max(file.cache, default=0))  # a collapsed folio may pass EOF
             victims = {id(v) for k, v in file.cache.items() if k >= new}
             for mm in list(file.users):
-                mm._unmap_file_pages(file, new, old - 1, victims, even_cows=True)
-            file.drop_range(new, old - 1)
+                mm._unmap_file_pages(file, new, last, victims, even_cows=True)
+            file.drop_range(new, last)
+
+    def _split_folios(self, file: MemFile, first: int, last: int | None) -> None:
+        """shmem_undo_range()'s truncate_inode_partial_folio(): a large folio that pages
+        ``first..last`` (``last`` None: to EOF) cover in part is split at ``first`` and at
+        ``last``, and each split folio is first unmapped whole from every mapping (page-cache
+        pages only; private CoW copies and markers stay). O(users x n + folio pages)."""
+        for at in (first, last):
+            if at is None:
+                continue
+            folio = file.folio_of(at)
+            if folio is None:
+                continue
+            start, n = folio
+            if first <= start and (last is not None and start + n - 1 <= last or last is None):
+                continue  # the range covers it whole: truncated as one folio
+            file.split_folio(at)
+            for mm in list(file.users):
+                mm._unmap_file_pages(file, start, start + n - 1, None)
 
     def _unmap_file_pages(self, file: MemFile, first: int, last: int, victims: set | None,
                           even_cows: bool = False) -> None:

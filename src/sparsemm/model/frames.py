@@ -32,6 +32,10 @@ class Frame:
 ZERO_PAGE = Frame(0, FRAME_ZERO)
 
 
+#: Pages of a PMD-sized large folio (HPAGE_PMD_NR; pagetable.py cannot be imported here).
+_FOLIO_PAGES = 1 << (abi.PTRS_PER_TABLE.bit_length() - 1)
+
+
 class MemFile:
     """A shmem file (memfd, or the object behind MAP_SHARED|MAP_ANONYMOUS), or with ``disk`` a
     regular file whose pages the page cache holds clean.
@@ -43,7 +47,8 @@ class MemFile:
     holds the address spaces mapping it, for ``unmap_mapping_range()``.
     """
 
-    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk")
+    __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk",
+                 "folios")
 
     def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False,
                  disk: bool = False):
@@ -55,6 +60,7 @@ class MemFile:
         self.shared_anon = shared_anon
         self.cache: dict[int, Frame] = {}
         self.users: list = []
+        self.folios: dict[int, int] = {}  # large folios: first pgoff -> pages (a power of two)
         if fill_pattern:
             for i in range((size + abi.PAGE_SIZE - 1) >> abi.PAGE_SHIFT):
                 self.cache[i] = Frame((i + 1) & 0xFF, FRAME_FILE)
@@ -77,8 +83,53 @@ class MemFile:
             frame = self.cache[pgoff] = Frame(0, FRAME_FILE)
         return frame
 
+    def folio_page(self, pgoff: int) -> Frame:
+        """The page ``pgoff`` of a large folio, allocated (zeroed) if missing, also past EOF:
+        a shmem collapse builds the whole 2 MiB folio even where the file ends inside it,
+        and the PMD maps it across i_size. O(1)."""
+        frame = self.cache.get(pgoff)
+        if frame is None:
+            frame = self.cache[pgoff] = Frame(0, FRAME_FILE)
+        return frame
+
+    def folio_of(self, pgoff: int) -> tuple[int, int] | None:
+        """``(first pgoff, pages)`` of the large folio holding ``pgoff``, or None for a base
+        page. Folios are naturally aligned powers of two. O(log2 of the PMD size)."""
+        if self.folios:
+            n = 2
+            while n <= _FOLIO_PAGES:
+                start = pgoff & ~(n - 1)
+                if self.folios.get(start) == n:
+                    return start, n
+                n <<= 1
+        return None
+
+    def split_folio(self, pgoff: int) -> tuple[int, int] | None:
+        """Split the large folio holding ``pgoff`` the way truncation does (``folio_split()``,
+        non-uniform): halve it, keep the half without ``pgoff`` whole, and go on with the
+        other half until ``pgoff`` is a base page. Returns the folio that was split (its pages
+        must be unmapped everywhere: a page-cache folio is not remapped after a split), or
+        None. O(log2 of its size)."""
+        found = self.folio_of(pgoff)
+        if found is None:
+            return None
+        start, n = found
+        del self.folios[start]
+        s = start
+        while n > 1:
+            n >>= 1
+            other = s + n if pgoff < s + n else s
+            if n > 1:
+                self.folios[other] = n
+            if pgoff >= s + n:
+                s += n
+        return found
+
     def drop_range(self, first: int, last: int) -> None:
-        """Remove page-cache pages ``first..last`` inclusive (truncate / hole punch). O(pages)."""
+        """Remove page-cache pages ``first..last`` inclusive (truncate / hole punch), with the
+        large folios inside the range (the caller split those that stick out). O(pages)."""
+        if self.folios:
+            self.folios = {b: n for b, n in self.folios.items() if b + n <= first or b > last}
         if last - first > len(self.cache):
             for k in [k for k in self.cache if first <= k <= last]:
                 del self.cache[k]

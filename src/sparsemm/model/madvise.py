@@ -17,7 +17,7 @@ from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
-from sparsemm.model.pagetable import HPAGE_PMD_NR
+from sparsemm.model.pagetable import HPAGE_PMD_NR, PTE_SHIFT
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
 #: mm/madvise.c: is_discard(): the advice a sealed read-only private anonymous VMA refuses.
@@ -142,6 +142,7 @@ class MadviseMixin(MmCore):
                     raise kerr(errno.EINVAL, "madvise: MADV_FREE on non-anon")
                 return end  # lazyfree: pages stay mapped until reclaim (R-F2)
             self.zap_range(start, end)  # R-F1: guard markers survive
+            self.pt.reclaim_pte_tables(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
             return end
         if advice == Madv.GUARD_INSTALL:
             return self.design.install(self, vma, start, end)
@@ -188,8 +189,13 @@ class MadviseMixin(MmCore):
         if new == f:
             return _resume_after(vma, end)
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
-        return _resume_after(vma_modify_flags(self.tree, prev, vma, start, end, new,
-                                              self.max_map_count), end)
+        try:
+            vma = vma_modify_flags(self.tree, prev, vma, start, end, new, self.max_map_count)
+        except OSError as exc:  # madvise_vma_behavior(): a split over max_map_count is EAGAIN
+            if exc.errno == errno.ENOMEM:
+                raise kerr(errno.EAGAIN, "madvise: split over max_map_count") from None
+            raise
+        return _resume_after(vma, end)
 
     def _collapse(self, vma: Vma, start: int, end: int) -> int:
         """mm/khugepaged.c: madvise_collapse(): collapse each aligned 2 MiB of the range into a THP.
@@ -211,31 +217,77 @@ class MadviseMixin(MmCore):
                 failed = True
                 continue
             p0 = h >> PAGE_SHIFT
-            if self.pt.has_markers_in(p0, p0 + HPAGE_PMD_NR):
-                failed = True
-                continue
             ents = [None] * HPAGE_PMD_NR
             for p, e in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
                 ents[p - p0] = e
             if vma.is_anonymous():
-                if not vma.vm_flags & VmFlag.WRITE or not any(
+                if self.pt.has_markers_in(p0, p0 + HPAGE_PMD_NR) or not vma.vm_flags & VmFlag.WRITE or not any(
                         e is not None and e.kind == FRAME_ANON for e in ents):
                     failed = True
                     continue
                 for i, e in enumerate(ents):
                     if e is None or e.kind != FRAME_ANON:
                         self.set_pte(p0 + i, Frame(0, FRAME_ANON))
-                self.pt.map_huge_pmd(p0)
+                self.pt.map_huge_pmd(p0, deposit=True)  # the old PTE table is deposited
             else:
-                f = vma.vm_file
-                for i, e in enumerate(ents):
-                    if e is None:
-                        frame = f.get_page(vma.file_pgoff((p0 + i) << PAGE_SHIFT))
-                        if frame is not None:
-                            self.set_pte(p0 + i, frame)
+                if not self._collapse_file(vma, p0, ents):
+                    failed = True
         if failed:
             raise kerr(errno.EINVAL, "madvise: collapse failed")
         return _resume_after(vma, end)
+
+    def _collapse_file(self, vma: Vma, p0: int, ents: list) -> bool:
+        """The file part of madvise_collapse() for the block at page ``p0``: collapse_file()
+        builds the large folio in the page cache, then collapse_pte_mapped_thp() maps it with
+        one PMD. The folio stays built when the mapping step fails: a guard marker in the
+        block or a private CoW copy there gives EINVAL, and other mappings still see the
+        folio. Needs the file offset 2 MiB aligned with the address and the block starting
+        before EOF (shmem builds the rest past EOF). Returns whether the block is now
+        PMD-mapped."""
+        f = vma.vm_file
+        start = vma.file_pgoff(p0 << PAGE_SHIFT)
+        if start % HPAGE_PMD_NR or start >= f.npages:
+            return False  # (a folio reaching past EOF is built: shmem maps PMDs across i_size)
+        built = f.folios.get(start) != HPAGE_PMD_NR  # else only this VMA's mapping changes
+        if built:  # collapse_file(): the new folio replaces the small ones, unmapped everywhere
+            for b in [b for b in f.folios if start <= b < start + HPAGE_PMD_NR]:
+                del f.folios[b]
+            f.folios[start] = HPAGE_PMD_NR
+            for mm in list(f.users):
+                mm._unmap_file_pages(f, start, start + HPAGE_PMD_NR - 1, None)
+        mapped = not self.pt.has_markers_in(p0, p0 + HPAGE_PMD_NR) and not any(
+            e is not None and e.kind == FRAME_ANON for e in ents)
+        if mapped:
+            get = self.pt.get
+            for i in range(HPAGE_PMD_NR):
+                if get(p0 + i) is None:
+                    self.set_pte(p0 + i, f.folio_page(start + i))
+            self.pt.map_huge_pmd(p0)  # no deposited table for a page-cache folio
+        if built:  # collapse_file() ends with retract_page_tables()
+            for mm in list(f.users):
+                mm.retract_page_tables(f, start)
+        return mapped
+
+    def retract_page_tables(self, f, start: int) -> None:
+        """mm/khugepaged.c: retract_page_tables() in this mm, after a collapse built the folio
+        at ``start`` (pgoff) of ``f``: a VMA that maps the folio's range whole and 2 MiB
+        aligned, has no anon_vma and no guard (VM_MAYBE_GUARD), loses the PTE table there
+        (with the page-cache entries it held); a later fault maps the folio afresh.
+        O(VMAs + HPAGE_PMD_NR per table retracted)."""
+        for vma in list(self.tree):
+            if vma.is_guard_entry or vma.vm_file is not f or vma.anon_vma is not None \
+                    or vma.vm_flags & VmFlag.MAYBE_GUARD:
+                continue
+            addr = vma.vm_start + ((start - vma.vm_pgoff) << PAGE_SHIFT)
+            if start < vma.vm_pgoff or addr % (HPAGE_PMD_NR << PAGE_SHIFT) \
+                    or addr + (HPAGE_PMD_NR << PAGE_SHIFT) > vma.vm_end:
+                continue
+            p0 = addr >> PAGE_SHIFT
+            if p0 >> PTE_SHIFT not in self.pt.pte_tables or self.pt.has_markers_in(p0, p0 + HPAGE_PMD_NR):
+                continue
+            for page, _ in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+                self.clear_pte(page)
+            self.pt.reclaim_pte_tables(p0, p0 + HPAGE_PMD_NR)
 
     def _madvise_remove(self, vma: Vma, start: int, end: int) -> int:
         """mm/madvise.c: madvise_remove(): punch a hole in the shmem file (R-F6); returns

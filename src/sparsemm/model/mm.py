@@ -62,7 +62,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     ``guard_design`` names what MADV_GUARD_INSTALL/REMOVE do: one of
     ``designs.names()`` (``vma``, ``pte``, ``tree`` built in), default the kernel's own
     (``designs.kernel_design()``, ``pte``). ``max_map_count`` is vm.max_map_count;
-    ``mmap_base`` the top of the top-down mmap area for non-fixed placement.
+    ``mmap_base`` the top of the top-down mmap area for non-fixed placement;
+    ``commit_limit`` the overcommit heuristic's limit in pages (RAM plus swap; None: none).
 
     The syscall methods take arguments as the kernel does (unsigned 64-bit lengths and
     addresses) and have no preconditions: a call the kernel refuses raises ``OSError``
@@ -72,10 +73,10 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     __slots__ = ()
 
     def __init__(self, guard_design: str | None = None, max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
-                 mmap_base: int = DEFAULT_MMAP_BASE):
+                 mmap_base: int = DEFAULT_MMAP_BASE, commit_limit: int | None = None):
         """A fresh, empty address space. ValueError for an unknown ``guard_design``. O(1)."""
         design = make_design(kernel_design() if guard_design is None else guard_design)
-        self._init_core(design, max_map_count, mmap_base)
+        self._init_core(design, max_map_count, mmap_base, commit_limit)
 
     # ------------------------------------------------------------------ basics
 
@@ -152,6 +153,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        if file is not None and (length > abi.MAX_LFS_FILESIZE  # file_mmap_ok()
+                                 or pgoff > (abi.MAX_LFS_FILESIZE - length) >> PAGE_SHIFT):
+            raise kerr(errno.EOVERFLOW, "mmap: offset + length past the maximum file size")
         map_type = flags & _MAP_TYPE
         if file is not None:
             if map_type == _MAP_SHARED_VALIDATE and flags & _NOT_LEGACY_MAP_MASK:
@@ -192,6 +196,14 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         # mm/vma.c: __mmap_region()
         if (vm_flags & (_VM_NORESERVE | _VM_SHARED | _VM_WRITE)) == _VM_WRITE:
             vm_flags |= _VM_ACCOUNT  # accountable_mapping()
+            # __mmap_setup(): charge the pages not already charged to the VMAs it replaces
+            replaced = 0 if flags & _MAP_FIXED_NOREPLACE else sum(
+                (min(v.vm_end, addr + length) - max(v.vm_start, addr)) >> PAGE_SHIFT
+                for v in self.tree.overlapping(addr, addr + length)
+                if not v.is_guard_entry and v.vm_flags & _VM_ACCOUNT)
+            self.vm_enough_memory((length >> PAGE_SHIFT) - replaced)
+        elif file is None and vm_flags & _VM_SHARED and not vm_flags & _VM_NORESERVE:
+            self.vm_enough_memory(length >> PAGE_SHIFT)  # shmem_zero_setup(): shmem_acct_size()
         if not flags & _MAP_FIXED_NOREPLACE:  # with it, [addr, addr+length) was found empty above
             self.unmap_range(addr, addr + length)
         nxt, prev = self.tree.find_vma_prev(addr)  # prev: the last VMA if nothing above
@@ -264,12 +276,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     def munmap(self, addr: int, length: int) -> None:
         """mm/mmap.c: __vm_munmap() / do_vmi_munmap(): unmap ``[addr, addr + length)``.
         O(k log n + t + f + log r + runs dropped)."""
-        if addr & ~abi.PAGE_MASK or addr > TASK_SIZE or length > TASK_SIZE - addr:
-            raise kerr(errno.EINVAL, "munmap: bad range")
-        end = addr + abi.page_align(length)
-        if end == addr:
-            raise kerr(errno.EINVAL, "munmap: zero length")
-        self.unmap_range(addr, end)
+        self.do_munmap(addr, length)
 
     # ------------------------------------------------------------------ mprotect
 
@@ -332,11 +339,14 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             return vma
         if newflags & _VM_WRITE:
             if not oldflags & (_VM_ACCOUNT | _VM_WRITE | _VM_HUGETLB | _VM_SHARED | _VM_NORESERVE):
+                self.vm_enough_memory((end - start) >> PAGE_SHIFT)
                 newflags |= _VM_ACCOUNT
         elif oldflags & _VM_ACCOUNT and vma.is_anonymous() and vma.anon_vma is None:
             newflags &= ~_VM_ACCOUNT
         prev = self.tree.prev(vma) if start == vma.vm_start else vma
         vma = vma_modify_flags(self.tree, prev, vma, start, end, newflags, self.max_map_count)
+        # change_protection(): a huge PMD the range covers in part is split (a file one unmapped)
+        self.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
         # VM_ACCOUNT etc. already in newflags; mprotect of a locked private mapping to writable populates
         if (oldflags & (_VM_WRITE | _VM_SHARED | _VM_LOCKED)) == _VM_LOCKED \
                 and newflags & _VM_WRITE:
@@ -442,7 +452,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
 
     def fork(self) -> "AddressSpace":
         """kernel/fork.c: dup_mmap(): the child's address space (docs/rules.md R-F10). O(n log n + e + r + H)."""
-        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base)
+        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base, self.commit_limit)
         child.design = self.design.fork()
         child.hugetlb_pool = self.hugetlb_pool
         for vma in self.tree:
@@ -466,7 +476,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
                 continue
             first, last = vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT
             for page, entry in self.pt.frames(first, last):
-                child.set_pte(page, entry)
+                if not self.pt.is_file_huge(page):  # copy_huge_pmd() leaves file PMDs to refault
+                    child.set_pte(page, entry)
             self.pt.copy_markers_to(child.pt, first, last)  # run by run
             self.pt.copy_huge_pmds_to(child.pt, first, last)
         child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node
@@ -504,7 +515,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
                 shmem.add(vma.vm_file)
         return MmCounts(vmas=self.map_count, anon_vmas=len(anon_vmas), anon_vma_chains=chains,
                         shmem_files=len(shmem),
-                        maple_nodes=self.tree.node_count(), pte_tables=len(self.pt.pte_tables),
+                        maple_nodes=self.tree.node_count(), pte_tables=self.pt.pte_table_pages(),
                         pmd_tables=len(self.pt.pmd_tables), pud_tables=len(self.pt.pud_tables),
                         guard_entries=self.tree.reserved_count, gap_slots=self.tree.gap_count)
 

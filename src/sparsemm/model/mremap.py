@@ -15,6 +15,7 @@ from sparsemm.abi import ULONG_MAX, MremapFlag, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
+from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
 
 
@@ -48,7 +49,8 @@ class MremapMixin(MmCore):
                 raise kerr(errno.EINVAL, "mremap: fixed without maymove")
             if flags & MremapFlag.DONTUNMAP and old_len != new_len:
                 raise kerr(errno.EINVAL, "mremap: dontunmap resize")
-            if addr + old_len > new_addr and new_addr + new_len > addr:
+            # unsigned sums: an old_len near 2**64 wraps below addr and overlaps nothing
+            if (addr + old_len) & ULONG_MAX > new_addr and new_addr + new_len > addr:
                 raise kerr(errno.EINVAL, "mremap: overlap")
         if self.map_count + 2 >= self.max_map_count - 3:
             raise kerr(errno.ENOMEM, "mremap: near max_map_count")
@@ -62,7 +64,7 @@ class MremapMixin(MmCore):
         elif old_len == new_len:
             return addr
         elif old_len > new_len:
-            self.unmap_range(addr + new_len, addr + old_len)  # shrink_vma()
+            self.do_munmap(addr + new_len, old_len - new_len)  # shrink_vma()
             return addr
         else:
             res = self._expand_vma(vma, addr, old_len, new_len, flags)
@@ -124,11 +126,13 @@ class MremapMixin(MmCore):
     def _mremap_to(self, addr: int, old_len: int, new_len: int, flags: int, new_addr: int) -> int:
         """mm/mremap.c: mremap_to()."""
         if flags & MremapFlag.FIXED:
-            self.unmap_range(new_addr, new_addr + new_len)
+            self.do_munmap(new_addr, new_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
         if old_len > new_len:
-            self.unmap_range(addr + new_len, addr + old_len)
+            # shrink_vma(): do_vmi_munmap() refuses an old_len reaching past TASK_SIZE (EINVAL),
+            # after the MREMAP_FIXED target above is already unmapped
+            self.do_munmap(addr + new_len, old_len - new_len)
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
             old_len = new_len
@@ -142,6 +146,8 @@ class MremapMixin(MmCore):
         if vma.vm_end - addr == old_len and vma.vm_end + delta <= TASK_SIZE \
                 and not self.tree.overlapping(vma.vm_end, vma.vm_end + delta):
             # vma_merge_extend(): vma is prev, the extension a new range
+            if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge()
+                self.vm_enough_memory(delta >> PAGE_SHIFT)
             vmg = MergeState(vma, None, self.tree.next(vma), vma.vm_end, vma.vm_end + delta,
                              vma.file_pgoff(vma.vm_end), vma.vm_flags, vma.vm_file, vma.anon_vma)
             if merge_new_range(self.tree, vmg) is not VMA_MERGE_SUCCESS:
@@ -157,11 +163,17 @@ class MremapMixin(MmCore):
         if self.map_count >= self.max_map_count - 3:
             raise kerr(errno.ENOMEM, "mremap: near max_map_count")
         vma = self.tree.find(addr)
+        if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge(): DONTUNMAP keeps the old pages
+            self.vm_enough_memory((new_len if flags & MremapFlag.DONTUNMAP
+                                   else abs(new_len - old_len)) >> PAGE_SHIFT)
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
         src_end = src0 + (old_len >> PAGE_SHIFT)
-        self.pt.split_huge_range(src0, src_end)
+        self.split_huge_range(src0, src_end)
+        if (dst0 - src0) % HPAGE_PMD_NR:  # not moved at the PMD level: file PMDs unmapped
+            for p0 in self.pt.file_huge_in(src0, src_end):
+                self.drop_huge_block(p0)
         self.pt.move_range(src0, src_end, dst0)
         if flags & MremapFlag.DONTUNMAP:
             old = self.tree.find(addr)

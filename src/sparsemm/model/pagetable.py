@@ -63,12 +63,16 @@ class PageTable:
       at level L covering page p has index ``p >> shift(L)``); read them, never change them;
     - ``_huge``: the PMD entries (``page >> PTE_SHIFT``) that map their 2 MiB directly (a THP
       or the huge zero page): the caller keeps all ``HPAGE_PMD_NR`` pages' entries, as
-      base-page entries, and the PMD entry needs no PTE table.
+      base-page entries, and the PMD entry needs no PTE table;
+    - ``_deposited``: the huge PMDs (a subset of ``_huge``) that carry a deposited PTE table:
+      an anonymous THP or the huge zero page (``pgtable_trans_huge_deposit()``, counted in
+      ``mm_pgtables_bytes``); a split turns it into the block's PTE table, a zap frees it.
 
     A table page is allocated when the first entry below it is installed (a marker run
-    allocates every table it covers, as ``madvise_guard_install`` does) and freed only by
-    ``free_pgtables()`` (never on zap: measured on 6.18, MADV_DONTNEED and guard removal
-    keep tables). Complexity: n frames, r marker runs, T PTE tables holding frames, H huge
+    allocates every table it covers, as ``madvise_guard_install`` does) and freed by
+    ``free_pgtables()``, by ``reclaim_pte_tables()`` (a DONTNEED that empties a whole 2 MiB
+    block; other zaps and guard removal keep tables) and by ``move_range()`` (a whole aligned
+    block moves its table). Complexity: n frames, r marker runs, T PTE tables holding frames, H huge
     PMDs, k results; single-page ops O(1) plus O(log r) when markers exist; range queries
     O(min(tables in range, T) + k log PTRS_PER_TABLE + log r); marker install/remove
     O(log r + runs touched + frames in range + tables allocated); huge-PMD range operations
@@ -76,7 +80,7 @@ class PageTable:
     """
 
     __slots__ = ("_frames", "_tables", "_starts", "_run_end", "_marker_pages",
-                 "pte_tables", "pmd_tables", "pud_tables", "_huge")
+                 "pte_tables", "pmd_tables", "pud_tables", "_huge", "_deposited")
 
     def __init__(self) -> None:
         self._frames: dict[int, object] = {}
@@ -88,6 +92,7 @@ class PageTable:
         self.pmd_tables: set[int] = set()
         self.pud_tables: set[int] = set()
         self._huge: set[int] = set()
+        self._deposited: set[int] = set()
 
     # -- single pages -------------------------------------------------------
 
@@ -276,13 +281,38 @@ class PageTable:
         """Move every entry of ``[first, end)`` (frames and markers) to the same offset from
         ``dst_first`` (``move_page_tables``). Source tables stay; destination tables are
         allocated under each moved entry, which the destination maps as base pages (the
-        source's huge PMDs in the range end). Preconditions: the destination range holds no
+        source's huge PMDs in the range end). Where source and destination are 2 MiB aligned
+        alike, each whole 2 MiB block of the range moves at the PMD level
+        (``move_pgt_entry(NORMAL_PMD/HPAGE_PMD)``): a huge PMD stays huge, and a PTE table
+        leaves the source with its entries (the source PMD is then empty). Other huge PMDs
+        are split first (``split_huge_pmd``). Preconditions: the destination range holds no
         entries and does not overlap the source (mremap guarantees both), and no huge PMD
         straddles an edge of the source (``split_huge_range`` first).
         O(frames moved + log r + runs moved + tables + min(PMD entries in range, H))."""
-        if self._huge:
-            self._huge.difference_update(self._huge_in(first, end))
         delta = dst_first - first
+        pmd_move = not delta & _PTE_INDEX_MASK
+        moved_huge = []
+        if self._huge:
+            for t in self._huge_in(first, end):
+                if pmd_move:
+                    moved_huge.append((t, t in self._deposited))
+                    self._huge.discard(t)
+                    self._deposited.discard(t)
+                else:
+                    self.split_huge_pmd(t << PTE_SHIFT)
+        # move_ptes() allocates the destination's table for every part of the range whose
+        # source PMD holds a PTE table, entries or not; whole aligned blocks move the table
+        t_lo, t_hi = first >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
+        if t_hi - t_lo > len(self.pte_tables):
+            src_tables = sorted(t for t in self.pte_tables if t_lo <= t <= t_hi)
+        else:
+            src_tables = [t for t in range(t_lo, t_hi + 1) if t in self.pte_tables]
+        moved_tables = []
+        partial_tables = src_tables
+        if pmd_move:
+            lo, hi = (first + _PTE_INDEX_MASK) >> PTE_SHIFT, end >> PTE_SHIFT  # whole blocks
+            moved_tables = [t for t in src_tables if lo <= t < hi]
+            partial_tables = [t for t in src_tables if not lo <= t < hi]
         moved = [(p, self._drop_frame(p)) for p, _ in self.frames(first, end)]
         runs = self.marker_runs(first, end)
         if runs:
@@ -291,6 +321,17 @@ class PageTable:
             self.set(p + delta, e)
         for r in runs:
             self.install_markers(r.start + delta, r.stop + delta)
+        for t in partial_tables:
+            self.alloc_table_range(max(first, t << PTE_SHIFT) + delta,
+                                   min(end, (t + 1) << PTE_SHIFT) + delta)
+        dt = delta >> PTE_SHIFT
+        for t in moved_tables:
+            self.pte_tables.discard(t)
+            self.alloc_tables((t + dt) << PTE_SHIFT)
+        for t, deposit in moved_huge:
+            self.map_huge_pmd((t + dt) << PTE_SHIFT, deposit)
+            self.pmd_tables.add((t + dt) >> TABLE_SHIFT)
+            self.pud_tables.add((t + dt) >> (2 * TABLE_SHIFT))
 
     # -- marker runs (private) ------------------------------------------------
 
@@ -357,6 +398,24 @@ class PageTable:
         self.pmd_tables.add(page >> PMD_SHIFT)
         self.pud_tables.add(page >> PUD_SHIFT)
 
+    def reclaim_pte_tables(self, first: int, end: int) -> None:
+        """CONFIG_PT_RECLAIM after a ``MADV_DONTNEED``/``DONTNEED_LOCKED`` zap of ``[first,
+        end)``: free the PTE table of every 2 MiB block the range covers whole and that now
+        holds no entry (guard markers keep theirs). mm/pt_reclaim.c: ``try_to_free_pte()``.
+        Precondition: the range was just zapped. O(blocks covered + log r each)."""
+        t0 = (first + _PTE_INDEX_MASK) >> PTE_SHIFT
+        for t in range(t0, end >> PTE_SHIFT):
+            if t in self.pte_tables and t not in self._tables \
+                    and not self.has_markers_in(t << PTE_SHIFT, (t + 1) << PTE_SHIFT):
+                self.pte_tables.discard(t)
+
+    def alloc_pmd_table(self, page: int) -> None:
+        """Allocate the PMD and PUD tables above ``page`` but no PTE table: what
+        ``__handle_mm_fault()`` does (``pud_alloc``, ``pmd_alloc``) before a fault handler
+        that may still fail or map a huge PMD. O(1)."""
+        self.pmd_tables.add(page >> PMD_SHIFT)
+        self.pud_tables.add(page >> PUD_SHIFT)
+
     def alloc_table_range(self, first: int, end: int) -> None:
         """Allocate every table covering pages ``[first, end)``. O(tables covering it)."""
         if first >> PTE_SHIFT == (end - 1) >> PTE_SHIFT:  # one PTE table: one of each
@@ -372,17 +431,41 @@ class PageTable:
         """Is ``page`` mapped through a huge PMD? O(1)."""
         return (page >> PTE_SHIFT) in self._huge
 
+    def is_file_huge(self, page: int) -> bool:
+        """Is ``page`` mapped through a huge PMD without a deposited table (a page-cache large
+        folio: shmem/file)? Splitting such a PMD unmaps the whole block. O(1)."""
+        t = page >> PTE_SHIFT
+        return t in self._huge and t not in self._deposited
+
+    def file_huge_in(self, first: int, end: int) -> list[int]:
+        """The first pages of the file huge PMDs (no deposit) whose block meets ``[first, end)``.
+        O(min(PMD entries in range, H))."""
+        if not self._huge or end <= first:
+            return []
+        return [t << PTE_SHIFT for t in self._huge_in(pmd_start(first), end)
+                if t not in self._deposited]
+
+    def forget_huge_pmd(self, page: int) -> None:
+        """Clear the huge PMD of the block holding ``page`` after its entries were cleared
+        (a file PMD split or zapped: no PTE table takes its place). O(1)."""
+        t = page >> PTE_SHIFT
+        self._huge.discard(t)
+        self._deposited.discard(t)
+
     def huge_pmd_count(self) -> int:
         """PMD entries that map a THP or the huge zero page. O(1)."""
         return len(self._huge)
 
-    def map_huge_pmd(self, page: int) -> None:
+    def map_huge_pmd(self, page: int, deposit: bool = False) -> None:
         """Let one PMD entry map the 2 MiB holding ``page`` (a THP fault or collapse): its
-        PTE table goes. Precondition: the caller has set the entry of every page of the
-        block (``HPAGE_PMD_NR`` from ``pmd_start(page)``). O(1)."""
+        PTE table goes, or, with ``deposit`` (anonymous THPs and the huge zero page), stays
+        counted as the deposited table. Precondition: the caller has set the entry of every
+        page of the block (``HPAGE_PMD_NR`` from ``pmd_start(page)``). O(1)."""
         t = page >> PTE_SHIFT
         self._huge.add(t)
         self.pte_tables.discard(t)
+        if deposit:
+            self._deposited.add(t)
 
     def split_huge_pmd(self, page: int) -> bool:
         """``split_huge_pmd()`` of the block holding ``page``, if it is huge: the same
@@ -391,6 +474,7 @@ class PageTable:
         if t not in self._huge:
             return False
         self._huge.discard(t)
+        self._deposited.discard(t)  # the deposited table becomes the PTE table
         self.alloc_tables(t << PTE_SHIFT)
         return True
 
@@ -403,8 +487,7 @@ class PageTable:
             if t in self._huge:
                 p0 = t << PTE_SHIFT
                 if not (first <= p0 and p0 + HPAGE_PMD_NR <= end):
-                    self._huge.discard(t)
-                    self.alloc_tables(p0)
+                    self.split_huge_pmd(p0)
 
     def zap_huge_pmds(self, first: int, end: int) -> None:
         """After a zap of ``[first, end)``: forget its huge PMDs whose first page now holds
@@ -412,12 +495,14 @@ class PageTable:
         if self._huge:
             gone = [t for t in self._huge_in(first, end) if self.get(t << PTE_SHIFT) is None]
             self._huge.difference_update(gone)
+            self._deposited.difference_update(gone)  # zap_huge_pmd() frees the deposit
 
     def copy_huge_pmds_to(self, dst: "PageTable", first: int, end: int) -> None:
         """Fork's ``copy_huge_pmd()`` for the huge PMDs of ``[first, end)``: ``dst`` maps them
         huge too (the caller copies the entries). O(min(PMD entries in range, H))."""
         for t in self._huge_in(first, end):
-            dst.map_huge_pmd(t << PTE_SHIFT)
+            if t in self._deposited:  # anonymous only: a file PMD is left to refault
+                dst.map_huge_pmd(t << PTE_SHIFT, True)
 
     def _huge_in(self, first: int, end: int) -> list[int]:
         """The huge PMD entries whose block starts in ``[first, end)``: a probe of each PMD
@@ -431,9 +516,14 @@ class PageTable:
             return [t for t in range(t0, t1 + 1) if t in huge]
         return sorted(t for t in huge if t0 <= t <= t1)
 
+    def pte_table_pages(self) -> int:
+        """PTE-table pages counted by ``mm_inc_nr_ptes``: the tables in ``pte_tables`` plus
+        the tables deposited under anonymous huge PMDs. O(1)."""
+        return len(self.pte_tables) + len(self._deposited)
+
     def table_pages(self) -> int:
         """Page-table pages below the PGD: PTE + PMD + PUD tables (``mm_pgtables_bytes / PAGE_SIZE``)."""
-        return len(self.pte_tables) + len(self.pmd_tables) + len(self.pud_tables)
+        return self.pte_table_pages() + len(self.pmd_tables) + len(self.pud_tables)
 
     def pgtables_bytes(self) -> int:
         """``mm_pgtables_bytes()``: the table pages below the PGD, in bytes. O(1)."""

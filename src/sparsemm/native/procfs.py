@@ -145,6 +145,25 @@ def read_int(path: str) -> int:
         os.close(fd)
 
 
+def overcommit_limit_pages() -> int | None:
+    """The pages one call may commit under the overcommit heuristic (``vm.overcommit_memory``
+    0: ``totalram_pages() + total_swap_pages``, MemTotal plus SwapTotal of ``/proc/meminfo``);
+    None when the heuristic is off (1: always overcommit; 2: the strict mode's running total,
+    which the model does not keep) or the files cannot be read."""
+    try:
+        if read_int("/proc/sys/vm/overcommit_memory") != 0:
+            return None
+        kib = {}
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("MemTotal", "SwapTotal"):
+                    kib[key] = int(value.split()[0])
+        return (kib["MemTotal"] + kib["SwapTotal"]) * 1024 // abi.PAGE_SIZE
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def read_smaps(pid: int | str = "self") -> list[MapsEntry]:
     """Every VMA of ``pid`` from ``/proc/PID/smaps``, with its ``VmFlags``."""
     entries: list[MapsEntry] = []

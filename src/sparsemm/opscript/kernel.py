@@ -133,7 +133,9 @@ def _run_child(script: Script, timeout: float) -> tuple[list[dict], bool]:
     doc = {k: v for k, v in script.doc.items() if k != "expect"}
     payload = json.dumps({"doc": doc, "allow_dangerous": bool(script.warnings)}).encode()
     try:
-        end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line)
+        env = {"PYTHONMALLOC": "malloc"} if script.map_count_headroom is not None else None
+        end = run_child("sparsemm.opscript.kernel", payload, timeout=timeout, on_line=on_line,
+                        env=env)
     except ChildTimeout as exc:
         raise KernelBackendError(f"kernel backend child timed out after {exc.seconds:g} s "
                                  f"{_where(script, records)}; {_kept(records)}", records) from None
@@ -201,11 +203,14 @@ class KernelRunner(OpDispatcher):
         self.disk_paths: dict[str, str] = {}  # a disk file's path -> its script name
         self.pid = os.getpid()
         self.own: list[tuple[int, int, str]] = []
+        self.gate_lines = 0  # maps lines that are no VMA ([vsyscall])
 
     def check_arena_empty(self) -> None:
         """Refuse an arena this process cannot give (anything mapped in it); record ``own``."""
-        entries = [e for e in procfs.read_maps() if e.path != "[vsyscall]"]
+        self_maps = procfs.read_maps()
+        entries = [e for e in self_maps if e.path != "[vsyscall]"]
         self.own = [(e.start, e.end, e.path) for e in entries]
+        self.gate_lines = len(self_maps) - len(entries)
         for entry in entries:
             if entry.start < self.end and entry.end > self.base:
                 free = max(0, (entry.start - self.base) // abi.PAGE_SIZE)
@@ -245,6 +250,42 @@ class KernelRunner(OpDispatcher):
                     except FileNotFoundError:
                         pass
                 os.rmdir(disk_dir)
+
+    # -- vm.max_map_count headroom ----------------------------------------------------------
+
+    def map_count(self) -> int:
+        """This process's ``mm->map_count``: its maps lines but the gate area ``[vsyscall]``
+        (not a VMA). Reads into a preallocated buffer, so it works at the limit. O(VMAs)."""
+        return procfs.count_vmas() - self.gate_lines
+
+    def pad_map_count(self, headroom: int) -> int:
+        """Add filler VMAs outside the arena until exactly ``headroom`` more fit under
+        ``vm.max_map_count`` (the script's ``map_count_headroom``), so a script reaching the
+        limit gives the same records whatever this interpreter mapped itself. The fillers are
+        one PROT_NONE mapping with every other page made PROT_READ (each such page adds two
+        VMAs; the last page one). Returns the map_count the script starts from; ChildRefused
+        when this process already has too many VMAs, RuntimeError if the count misses."""
+        target = procfs.read_int("/proc/sys/vm/max_map_count") - headroom
+        need = target - self.map_count()
+        if need < 0:
+            raise ChildRefused(f"map_count_headroom {headroom}: this process already has "
+                               f"{self.map_count()} VMAs, more than vm.max_map_count minus {headroom}")
+        if need:
+            pages = 2 * need + 2
+            addr = libc.mmap(0, pages * abi.PAGE_SIZE, abi.PROT_NONE,
+                             abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MapFlag.NORESERVE)
+            need = target - self.map_count()
+            page = 1
+            while need >= 2:
+                libc.mprotect(addr + page * abi.PAGE_SIZE, abi.PAGE_SIZE, abi.PROT_READ)
+                page += 2
+                need -= 2
+            if need == 1:
+                libc.mprotect(addr + (pages - 1) * abi.PAGE_SIZE, abi.PAGE_SIZE, abi.PROT_READ)
+        got = self.map_count()
+        if got != target:
+            raise RuntimeError(f"padding to map_count {target} gave {got}")
+        return got
 
     # -- what a script may reach outside the arena ----------------------------------------
 
@@ -631,6 +672,28 @@ def _stream(out, runner: KernelRunner, ops) -> None:
         raise
 
 
+#: The heap the child reserves before a script that reaches vm.max_map_count: past the
+#: limit even brk fails, and a snapshot of 65,530 VMAs builds tens of MiB of objects.
+_HEAP_RESERVE = 256 << 20
+
+
+def _malloc_without_mmap() -> None:
+    """Make glibc's malloc take memory from a heap grown now and never trimmed, and never
+    from mmap (``mallopt`` M_MMAP_MAX 0, M_TRIM_THRESHOLD max), so the interpreter adds no
+    VMA of its own while a script runs at ``vm.max_map_count`` and can still allocate past
+    it (the parent starts this child with PYTHONMALLOC=malloc for the same reason)."""
+    import ctypes
+    libc_ = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc_.mallopt(m_mmap_max, 0)
+    libc_.mallopt(m_trim_threshold, 2**31 - 1)
+    libc_.malloc.restype = ctypes.c_void_p
+    libc_.free.argtypes = [ctypes.c_void_p]
+    block = libc_.malloc(ctypes.c_size_t(_HEAP_RESERVE))
+    if block:
+        libc_.free(block)  # the heap keeps its top: later mallocs need no brk
+
+
 def _child_main() -> int:
     msg = json.loads(sys.stdin.read())
     out = sys.stdout
@@ -641,6 +704,9 @@ def _child_main() -> int:
         if script.outside_arena:
             runner.check_all_reaches(script.ops)
         runner.create_files()
+        if script.map_count_headroom is not None:
+            _malloc_without_mmap()
+            runner.pad_map_count(script.map_count_headroom)
     except (ChildRefused, ScriptError) as exc:
         out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
         out.flush()

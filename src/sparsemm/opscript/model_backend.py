@@ -15,6 +15,7 @@ from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace, SegFault
 from sparsemm.model.vma import Vma
+from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
 from sparsemm.opscript.script import Op, Script
@@ -177,7 +178,12 @@ def _vector_madvise(mm: AddressSpace, op: Op) -> int:
     """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
     advised ends the call with the bytes done, else it is the call's error."""
     done = 0
+    budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
     for addr, length in op.ranges:
+        length = min(length, budget)
+        if not budget:
+            break  # vector_madvise() stops when the (cut) vector is used up
+        budget -= length
         try:
             mm.madvise(addr, length, op.advice)
         except OSError:
@@ -213,7 +219,11 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     ``design``: a registered guard design (default the kernel's own); an unknown one
     raises ``BackendUnavailable``.
     """
+    if max_map_count is None:  # the script's headroom: the VMAs the kernel child can still add
+        max_map_count = script.map_count_headroom
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
+    # the kernel's overcommit heuristic depends on this machine's RAM and swap (docs/model.md)
+    kw["commit_limit"] = native_procfs.overcommit_limit_pages()
     try:
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:

@@ -69,7 +69,9 @@ _HPAGE = 512 * PAGE  # a 2 MiB huge page (MAP_HUGETLB rounds lengths up to it)
 #: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
 #: ranges outside the arena (error-path tests).
 TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
-                  "outside_arena", "hugetlb_pages"}
+                  "outside_arena", "hugetlb_pages", "map_count_headroom"}
+#: The largest ``map_count_headroom``: vm.max_map_count's default.
+MAX_MAP_COUNT_HEADROOM = abi.DEFAULT_MAX_MAP_COUNT
 
 #: For each op: its allowed fields (besides ``op``) and the required ones.
 #: Address fields come in a page form and a byte form (one of each pair).
@@ -204,6 +206,7 @@ class Script:
     doc: dict = field(default_factory=dict, compare=False, repr=False)  # the document as written
     outside_arena: bool = False
     warnings: tuple[str, ...] = ()
+    map_count_headroom: int | None = None  # VMAs the script may add before vm.max_map_count
 
     @property
     def arena_bytes(self) -> int:
@@ -793,6 +796,10 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
         raise ScriptError(f"'tags' must be a list of strings, not {_show(tags)}")
     for tag in tags:
         _text(tag, "a tag")
+    headroom = doc.get("map_count_headroom")
+    if headroom is not None and (not _is_int(headroom) or not 1 <= headroom <= MAX_MAP_COUNT_HEADROOM):
+        raise ScriptError(f"'map_count_headroom' must be an integer 1..{MAX_MAP_COUNT_HEADROOM}, "
+                          f"not {_show(headroom)}")
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, list):
         raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
@@ -829,7 +836,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk, hugetlb_pages=hugetlb,
                   note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
-                  warnings=tuple(ctx.warnings))
+                  warnings=tuple(ctx.warnings), map_count_headroom=doc.get("map_count_headroom"))
 
 
 # --- reading a script file -------------------------------------------------------------------
