@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench record check-corpus clean strace browser
+.PHONY: demo test bench bench-quick bench-record record check-corpus clean strace browser
 
 $(STAMP): pyproject.toml setup.py src/sparsemm/efence/efence.c
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,19 @@ PYTEST_ARGS ?=
 test: $(STAMP) strace browser
 	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest --durations=20 --durations-min=5 $(PYTEST_ARGS)
 
+# Benchmarks write to out/bench/ (untracked); only bench-record rewrites bench/results_*.md
+# and bench/RESULTS.md. Qiling (optional): pip install -e '.[qiling]' or QILING_PYTHON=...
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --quick
+
+bench-record: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run_all.py --record
 
 # Re-run the conformance corpus on this kernel and store the records it gives.
 record: $(STAMP)

@@ -1,24 +1,27 @@
 """Benchmark of ``sparsemm.analyze``: parse time of 100k-line maps and smaps files and guard
 finding at 65,530 VMAs (the default vm.max_map_count), on synthetic inputs made here.
 
-Run: ``cd /work/main && PYTHONPATH=src python3 bench/bench_analyze_parse.py [--repeat N] [--no-write]``
-Prints a table and writes ``bench/results_analyze.md`` (best of N runs, wall clock).
+In-process timings of the parsers and of ``find_guards`` alone (best of N, wall clock): no
+start-up, imports or file reading (``bench_analyze.py`` times the whole CLI).
+Run: ``PYTHONPATH=src python3 bench/bench_analyze_parse.py [--repeat N]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
 import sys
 import time
 from pathlib import Path
 
-from sparsemm import abi
-from sparsemm.analyze.guards import GuardPolicy, find_guards
-from sparsemm.analyze.maps import parse_maps, parse_smaps
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 
-RESULTS = Path(__file__).resolve().parent / "results_analyze.md"
+from _common import Run, parser  # noqa: E402
+from sparsemm import abi  # noqa: E402
+from sparsemm.analyze.guards import GuardPolicy, find_guards  # noqa: E402
+from sparsemm.analyze.maps import parse_maps, parse_smaps  # noqa: E402
+
+FULL, QUICK = "about 1 minute", "about 5 s"
 SMAPS_COUNTERS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty", "Shared_Clean",
                   "Shared_Dirty", "Private_Clean", "Private_Dirty", "Referenced", "Anonymous", "KSM",
                   "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb",
@@ -74,28 +77,33 @@ def best_of(repeat: int, fn) -> tuple[float, object]:
     return best, result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--no-write", action="store_true", help="do not write bench/results_analyze.md")
+def main(argv: list[str]) -> int:
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--repeat", type=int, help="runs per row, best kept (default 5; --quick 1)")
     args = ap.parse_args(argv)
+    run = Run("analyze", args, argv, full=FULL, quick=QUICK)
+    repeat = args.repeat or (1 if args.quick else 5)
+    scale = 10 if args.quick else 1
+    nmax = abi.DEFAULT_MAX_MAP_COUNT // scale
 
-    maps_text = synthetic_maps(100_000)
-    smaps_text = synthetic_smaps(4_000)  # 100,000 lines
-    smaps_big = synthetic_smaps(65_530)  # 1,638,250 lines: a process at the map-count wall
-    ladder_entries = parse_maps(ladder(abi.DEFAULT_MAX_MAP_COUNT))
+    maps_text = synthetic_maps(100_000 // scale)
+    smaps_text = synthetic_smaps(4_000 // scale)  # 100,000 lines
+    smaps_big = synthetic_smaps(nmax)  # 1,638,250 lines: a process at the map-count wall
+    ladder_entries = parse_maps(ladder(nmax))
 
     rows = []  # (what, lines, vmas, seconds)
-    t, es = best_of(args.repeat, lambda: parse_maps(maps_text, "synthetic.maps"))
+    t, es = best_of(repeat, lambda: parse_maps(maps_text, "synthetic.maps"))
     rows.append(("parse_maps", maps_text.count("\n"), len(es), t))
-    t, es = best_of(args.repeat, lambda: parse_smaps(smaps_text, "synthetic.smaps"))
+    t, es = best_of(repeat, lambda: parse_smaps(smaps_text, "synthetic.smaps"))
     rows.append(("parse_smaps", smaps_text.count("\n"), len(es), t))
-    t, es = best_of(max(1, args.repeat // 2), lambda: parse_smaps(smaps_big, "big.smaps"))
+    t, es = best_of(max(1, repeat // 2), lambda: parse_smaps(smaps_big, "big.smaps"))
     rows.append(("parse_smaps", smaps_big.count("\n"), len(es), t))
-    t, c = best_of(args.repeat, lambda: find_guards(ladder_entries))
-    assert c.summary.vmas == abi.DEFAULT_MAX_MAP_COUNT and c.summary.vmas_if_markers == 1
+    t, c = best_of(repeat, lambda: find_guards(ladder_entries))
+    if c.summary.vmas != nmax or c.summary.vmas_if_markers != 1:
+        raise SystemExit(f"bench_analyze_parse: the ladder gave {c.summary.vmas} VMAs, "
+                         f"{c.summary.vmas_if_markers} with markers")
     rows.append(("find_guards (ladder, default policy)", 0, c.summary.vmas, t))
-    t, c = best_of(args.repeat, lambda: find_guards(ladder_entries, GuardPolicy.strict()))
+    t, c = best_of(repeat, lambda: find_guards(ladder_entries, GuardPolicy.strict()))
     rows.append(("find_guards (ladder, strict policy)", 0, c.summary.vmas, t))
 
     header = f"| {'what':<40} | {'lines':>9} | {'VMAs':>7} | {'time ms':>8} | {'µs/line':>7} | {'µs/VMA':>7} |"
@@ -105,25 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         per_line = f"{secs * 1e6 / lines:.2f}" if lines else "-"
         table.append(f"| {what:<40} | {lines or '-':>9} | {vmas:>7} | {secs * 1e3:>8.1f} | {per_line:>7} | "
                      f"{secs * 1e6 / vmas:>7.2f} |")
-    print("\n".join(table))
-
-    if not args.no_write:
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        RESULTS.write_text(
-            "# analyze: parse and guard-finding benchmark\n\n"
-            f"- Date: {now}\n"
-            "- Command: `cd /work/main && PYTHONPATH=src python3 bench/bench_analyze_parse.py"
-            f"{' --repeat ' + str(args.repeat) if args.repeat != 5 else ''}`\n"
-            f"- Python {platform.python_version()}, {platform.machine()}, kernel {platform.release()}; "
-            f"best of {args.repeat} runs (the 1.6M-line smaps: best of {max(1, args.repeat // 2)}), wall clock.\n"
-            "- Inputs are synthetic (generated by the script): maps lines cycle guard / anon rw / "
-            "file-backed; smaps blocks have the 25 lines Linux 6.18 prints; the ladder is "
-            "`---p 4K | rw-p 60K` repeated to 65,530 VMAs.\n"
-            "- The machine is shared (2 vCPUs, other jobs running): treat figures as ±30 %.\n\n"
-            + "\n".join(table) + "\n")
-        print(f"wrote {RESULTS}")
+    doc = run.header("analyze: parsing and guard finding, in one process (`bench/bench_analyze_parse.py`)", [
+        f"Best of {repeat} runs (the big smaps: best of {max(1, repeat // 2)}), wall clock, in the "
+        "bench's process on text already in memory: no start-up, imports or file reading "
+        "(bench_analyze.py times the whole CLI).",
+        "Inputs are synthetic (generated by the script): maps lines cycle guard / anon rw / "
+        "file-backed; smaps blocks have the 25 lines Linux 6.18 prints; the ladder is "
+        f"`---p 4K | rw-p 60K` repeated to {nmax:,} VMAs."])
+    run.write("\n".join(doc + table))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -8,12 +8,13 @@ has a range of decommitted payload), the page-sized guard ladder (no payload: th
 must not change) and the bundled Chromium renderer (119 payload ranges).
 
 Run: ``PYTHONPATH=src python3 bench/bench_analyze_payload.py --baseline-src /path/to/old/src [--rounds N]``
-Prints a table (medians and worst, seconds of ``analyze()`` alone, parsing excluded).
+Prints a table (medians and worst, seconds of ``analyze()`` alone, parsing excluded). Without
+``--baseline-src`` (as in ``make bench``) there is nothing to compare: the results say so and
+``--record`` leaves ``bench/results_analyze_payload.md``, the recorded comparison, as it is.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,6 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 RENDERER = HERE.parent / "tests" / "data" / "maps" / "chromium150_renderer_heavy_default.maps"
+FULL, QUICK = "about 5 minutes with --baseline-src (none without)", "about 20 s (the renderer, 1 round)"
+TITLE = "What the decommitted-payload counts cost `analyze` (`bench/bench_analyze_payload.py`)"
 
 CHILD = """
 import json, sys, time
@@ -49,17 +52,29 @@ def run(src: Path, path: str) -> dict:
     return json.loads(cp.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline-src", required=True, help="the src/ directory of the checkout to compare with")
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+def main(argv: list[str]) -> int:
     sys.path.insert(0, str(HERE))
+    from _common import Run, parser
+
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--baseline-src", help="the src/ directory of the checkout to compare with")
+    ap.add_argument("--rounds", type=int, help="alternating rounds (default 5; --quick 1)")
+    args = ap.parse_args(argv)
+    run_ = Run("analyze_payload", args, argv, full=FULL, quick=QUICK)
+    if not args.baseline_src:
+        why = "no --baseline-src: a comparison with another checkout, run by hand"
+        if args.record:
+            print(f"bench_analyze_payload: not run ({why}); bench/results_analyze_payload.md "
+                  "keeps its recorded comparison")
+            return 0
+        run_.write("\n".join(run_.header(TITLE) + [f"Not run: {why}."]))
+        return 0
+    rounds = args.rounds or (1 if args.quick else 5)
     from bench_analyze import LADDER, SUPER_PAGE, synthetic_map
 
     with tempfile.TemporaryDirectory() as tmp:
         maps = {}
-        for name, shape in (("superpages 65,530 VMAs", SUPER_PAGE), ("ladder 65,530 VMAs", LADDER)):
+        for name, shape in (() if args.quick else (("superpages 65,530 VMAs", SUPER_PAGE), ("ladder 65,530 VMAs", LADDER))):
             p = Path(tmp) / f"{name.split()[0]}.maps"
             p.write_text(synthetic_map(shape=shape))
             maps[name] = str(p)
@@ -68,7 +83,7 @@ def main() -> int:
         for name, path in maps.items():
             times = {"baseline": [], "this": []}
             last = {}
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 for label, src in (("baseline", Path(args.baseline_src)), ("this", SRC)):
                     r = run(src, path)
                     times[label].append(r["seconds"])
@@ -76,14 +91,18 @@ def main() -> int:
             med = {k: statistics.median(v) for k, v in times.items()}
             worst = {k: max(v) for k, v in times.items()}
             rows.append((name, med, worst, med["this"] / med["baseline"], last))
-    print(f"| map | baseline median / worst (s) | this median / worst (s) | ratio of medians | pte VMAs (this: guards only, +payload) |")
-    print("|---|---|---|---|---|")
+    lines = run_.header(TITLE, [
+        f"`analyze()` alone (parsing excluded) in a fresh process per run, this checkout and "
+        f"`{args.baseline_src}` alternating, {rounds} rounds; medians and worst, seconds."])
+    lines += ["| map | baseline median / worst (s) | this median / worst (s) | ratio of medians | "
+              "pte VMAs (this: guards only, +payload) |", "|---|---|---|---|---|"]
     for name, med, worst, ratio, last in rows:
         this = last["this"]
-        print(f"| {name} | {med['baseline']:.2f} / {worst['baseline']:.2f} | {med['this']:.2f} / {worst['this']:.2f} "
-              f"| {ratio:.2f} | {this['pte']:,}, {this.get('pte_payload', this['pte']):,} |")
+        lines.append(f"| {name} | {med['baseline']:.2f} / {worst['baseline']:.2f} | {med['this']:.2f} / "
+                     f"{worst['this']:.2f} | {ratio:.2f} | {this['pte']:,}, {this.get('pte_payload', this['pte']):,} |")
+    run_.write("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -15,25 +15,34 @@ kernel bytes from the measuring child's memory cgroup), and costs.py's predictio
 bytes one object of each kind charges the cgroup, solved from the largest size of five layouts
 (ladder: VMAs only; ladder-pop: + chains; stacks-236: + anon_vmas; markers: page tables;
 shared-anon: + a shmem file each).
-Runs 5-15 minutes. Run as root: ``.venv/bin/python bench/bench_costs_calibration.py
-[--repeat N] [--sizes 1000,10000,60000]``. Prints Markdown tables and, with ``--json FILE``,
-the raw measurements.
+Run as root: ``.venv/bin/python bench/bench_costs_calibration.py [--repeat N] [--sizes
+1000,10000,60000]``. Prints Markdown tables and, with ``--json FILE``, the raw measurements;
+``--record`` writes the tables to ``bench/results_costs_calibration.md`` (the reading of pooled
+runs is ``bench/results_costs.md``). Without a memory cgroup the run is skipped (exit 0; with
+``--record``, exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import platform
+import os
 import sys
-import time
+from pathlib import Path
 
-from sparsemm import workloads
-from sparsemm.model.costs import MmCounts, constants, kernel_cost, maple_nodes_for_slots
-from sparsemm.native.memcg import charge_slack_bytes
-from sparsemm.opscript.measure import measure_script
-from sparsemm.opscript.script import parse_script
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Run, Tee, parser, skip  # noqa: E402
+
+from sparsemm import workloads  # noqa: E402
+from sparsemm.model.costs import MmCounts, constants, kernel_cost, maple_nodes_for_slots  # noqa: E402
+from sparsemm.native import memcg  # noqa: E402
+from sparsemm.native.memcg import charge_slack_bytes  # noqa: E402
+from sparsemm.opscript.measure import measure_script  # noqa: E402
+from sparsemm.opscript.script import parse_script  # noqa: E402
+
+FULL, QUICK = "5 to 15 minutes", "about 30 s (1k VMAs, 1 run each)"
+TITLE = "Cost calibration: kernel objects measured beside `sparsemm.model.costs` (`bench/bench_costs_calibration.py`)"
 
 STACK_PAGES = 128
 PTES_PER_TABLE = 512
@@ -210,51 +219,63 @@ def pool(paths: list[str]) -> None:
         print(row(f"{name} {_size // 1000}k", counts, v, f"{len(slot['quiet'])}/{len(use)} ({slot['attempts']})"))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--sizes", default="1000,10000,60000")
+def main(argv: list[str]) -> int:
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--repeat", type=int, help="runs per layout (default 3; --quick 1)")
+    ap.add_argument("--sizes", help="VMAs per layout (default 1000,10000,60000; --quick 1000)")
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--json", help="write the raw measurements here")
     ap.add_argument("--pool", nargs="+", metavar="JSON", help="measure nothing; print the table "
                     "pooled from earlier --json files")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.pool:
         pool(args.pool)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",")]
+    run = Run("costs_calibration", args, argv, full=FULL, quick=QUICK)
+    repeat = args.repeat or (1 if args.quick else 3)
+    sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000,60000")).split(",")]
+    try:
+        memcg.find_hierarchy()
+    except memcg.MemcgUnavailable as exc:
+        return skip(run, TITLE, f"no memory cgroup: {exc}")
+    if os.geteuid() != 0:
+        return skip(run, TITLE, "needs root (it makes memory cgroups and reads /proc/slabinfo)")
     raw = []
     largest: dict[str, tuple[MmCounts, int]] = {}
-    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M:%S %Z')} kernel {platform.release()} "
-          f"repeat={args.repeat} -->")
-    print(HEAD)
-    print("|" + "---|" * (HEAD.count("|") - 1))
-    for name in args.layouts.split(","):
-        for size in sizes:
-            doc, counts = LAYOUTS[name](size)
-            t0 = time.monotonic()
-            m = measure_script(parse_script(doc), repeat=args.repeat)
-            secs = time.monotonic() - t0
-            print(row(f"{name} {size // 1000}k", counts, m.values,
-                      f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})", m.spread), flush=True)
-            if "memcg_bytes" in m.values and size == max(sizes):
-                largest[name] = (counts, m.values["memcg_bytes"])
-            raw.append({"layout": name, "size": size,
-                        "counts": {k: getattr(counts, k) for k in counts.__slots__},
-                        "measurement": m.as_dict(), "prediction": kernel_cost(counts).as_dict(),
-                        "seconds": round(secs, 1)})
-            if m.failed_ops:
-                print(f"<!-- {name} {size}: {m.failed_ops} ops failed -->")
-    if "ladder" in largest:
-        print(f"\nBytes charged to the memory cgroup per object, from the {max(sizes):,} rows:\n")
-        print("| object | solved from | measured (B) | costs.py charged (B) |")
-        print("|---|---|---|---|")
-        print("\n".join(fit(largest)))
+    with Tee() as tee:
+        print(HEAD)
+        print("|" + "---|" * (HEAD.count("|") - 1))
+        for name in args.layouts.split(","):
+            for size in sizes:
+                doc, counts = LAYOUTS[name](size)
+                t0 = run.elapsed()
+                m = measure_script(parse_script(doc), repeat=repeat)
+                secs = run.elapsed() - t0
+                print(row(f"{name} {size // 1000}k", counts, m.values,
+                          f"{m.quiet_runs}/{len(m.runs)} ({m.attempts})", m.spread), flush=True)
+                if "memcg_bytes" in m.values and size == max(sizes):
+                    largest[name] = (counts, m.values["memcg_bytes"])
+                raw.append({"layout": name, "size": size,
+                            "counts": {k: getattr(counts, k) for k in counts.__slots__},
+                            "measurement": m.as_dict(), "prediction": kernel_cost(counts).as_dict(),
+                            "seconds": round(secs, 1)})
+                if m.failed_ops:
+                    print(f"\n({name} {size}: {m.failed_ops} ops failed)\n")
+        if "ladder" in largest:
+            print(f"\nBytes charged to the memory cgroup per object, from the {max(sizes):,} rows:\n")
+            print("| object | solved from | measured (B) | costs.py charged (B) |")
+            print("|---|---|---|---|")
+            print("\n".join(fit(largest)))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(raw, fh, indent=1)
+    head = run.header(TITLE, [
+        f"`measure_script(repeat={repeat})` per layout and size (object counts: /proc/slabinfo, "
+        "the whole machine; kernel bytes: the measuring child's memory cgroup); medians. The "
+        "reading of pooled runs: results_costs.md."])
+    run.write("\n".join(head) + tee.text, echo=False)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

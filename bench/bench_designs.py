@@ -2,27 +2,27 @@
 
 For every (generator, scale, design): VMAs, whether the ``vma`` design ran into
 ``vm.max_map_count``, kernel bytes by object from the cost model, and the model's
-run time. Writes ``bench/results_designs.md``. Run: ``python bench/bench_designs.py``
-(``--quick`` stops at 10k).
+run time (in this process, one run each). Run: ``PYTHONPATH=src python3 bench/bench_designs.py``
+(``--quick``: 1k only).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Run, parser  # noqa: E402
 
 from sparsemm import workloads  # noqa: E402
 from sparsemm.model import designs  # noqa: E402
 from sparsemm.opscript.designs import run_design  # noqa: E402
 from sparsemm.opscript.script import parse_script  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results_designs.md"
+FULL, QUICK = "about 6 minutes", "about 15 s"
 
 #: (label, generator, kwargs, largest scale). The sparse Wasm shape touches nothing: every
 #: marker needs a page table of its own, the case where ``pte`` loses to ``vma``. (Until the
@@ -42,10 +42,9 @@ def kib(n: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1k and 10k only")
-    args = ap.parse_args(argv)
-    scales = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
+    args = parser(__doc__, FULL, QUICK).parse_args(argv)
+    run = Run("designs", args, argv, full=FULL, quick=QUICK)
+    scales = (1_000,) if args.quick else (1_000, 10_000, 100_000)
     rows = []
     findings = []
     for label, gen, kw, top in WORKLOADS:
@@ -80,21 +79,14 @@ def main(argv: list[str]) -> int:
                                 f"memory favour VMAs (or tree entries).")
     head = ("| workload | guards | design | VMAs | guard entries | hit max_map_count | ENOMEM ops "
             "| slab KiB | page tables KiB | total KiB | model s |")
-    lines = [
-        "## Guard designs on the workload generators (`bench/bench_designs.py`)",
-        "",
-        f"{datetime.date.today()}, Linux {platform.release()}, Python {platform.python_version()}; "
-        f"command: `python bench/bench_designs.py`. Kernel bytes are the cost model's "
-        f"(`sparsemm.model.costs`, constants measured on 6.18.44): slab = vm_area_struct + "
-        f"anon_vma + anon_vma_chain + maple_node.",
-        "",
-        head,
-        "|---" * 11 + "|",
-    ]
+    lines = run.header("Guard designs on the workload generators (`bench/bench_designs.py`)", [
+        "Kernel bytes are the cost model's predictions (`sparsemm.model.costs`, constants measured "
+        "on 6.18.44), not measurements: slab = vm_area_struct + anon_vma + anon_vma_chain + "
+        "maple_node. \"model s\": one run of `run_design` in this process (wall clock)."])
+    lines += [head, "|---" * 11 + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", "What the table shows:", ""] + (findings or ["- (no wall, no page-table crossover)"])
-    OUT.write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT}")
+    run.write("\n".join(lines))
     return 0
 
 

@@ -1,8 +1,7 @@
 """sparsemm efence (markers, prot_none) vs Debian's Electric Fence vs the plain allocator.
 
 Run: PYTHONPATH=src python3 bench/bench_efence.py [--quick] [--runs N] [--record]
-Takes about 10 minutes (--quick: about 7 minutes) on the 2-vCPU shared machine; a run
-that does not finish is killed after 90 s (--quick: 30 s) and reported as such.
+A run that does not finish is killed after 90 s (--quick: 10 s) and reported as such.
 Programs, side by side in one run: the C program with 100,000 live blocks
 (tests/efence/cases.c ``live``), the same with a seeded one-byte overflow, gzip
 compressing a generated file, and python3 with PYTHONMALLOC=malloc running a
@@ -10,17 +9,16 @@ short workload. Measures: runs or dies (and why), overflow caught, wall time
 (median and worst of --runs runs), peak RSS (wait4 ru_maxrss), VMAs (the
 program's own /proc/self/maps count at its peak where it prints one, else
 /proc/PID/maps sampled every 5 ms in one extra run, so sampling never slows
-the timed runs). Installs Debian's electric-fence (apt-get) if it is missing.
+the timed runs). Installs Debian's electric-fence (apt-get) if it is missing (--quick uses
+it only if it is there). --quick: 20,000 blocks, 1 MiB for gzip, n=1,000 for python3, 1 run
+each, VMAs sampled during that run: a smoke test.
 Writes the results to out/bench/results_efence.md and stdout; --record writes
 bench/results_efence.md (tracked) instead.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -37,7 +35,12 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+sys.path.insert(0, str(HERE))
+
+from _common import Run, parser  # noqa: E402
 from sparsemm.efence import driver  # noqa: E402
+
+FULL, QUICK = "about 15 minutes", "about 40 s"
 
 LIBEFENCE = "/usr/lib/libefence.so.0"
 CASES_C = ROOT / "tests" / "efence" / "cases.c"
@@ -72,7 +75,7 @@ class Outcome:
     caught: bool | None
 
 
-def allocators(have_ef: bool) -> dict[str, object]:
+def allocators(have_ef: bool, why_not: str) -> dict[str, object]:
     """Name -> function(program) -> extra environment, or a reason it is unavailable."""
     def ours(mode):
         def env(prog):
@@ -86,7 +89,7 @@ def allocators(have_ef: bool) -> dict[str, object]:
         out["Electric Fence 2.2"] = lambda prog: {
             "LD_PRELOAD": LIBEFENCE, "EF_ALIGNMENT": str(prog.align), "EF_ALLOW_MALLOC_0": "1"}
     else:
-        out["Electric Fence 2.2"] = "not installed (apt-get install electric-fence failed)"
+        out["Electric Fence 2.2"] = why_not
     return out
 
 
@@ -156,12 +159,14 @@ def why(status: int, stdout: str, stderr: str) -> str:
     return text.removeprefix("sparsemm efence: ")[:200]
 
 
-def measure(prog: Program, env: dict[str, str], runs: int, timeout: float) -> Outcome:
+def measure(prog: Program, env: dict[str, str], runs: int, timeout: float, sample: bool = False) -> Outcome:
+    """``runs`` timed runs, then one untimed run sampling the VMAs (``sample``: sample
+    during the timed runs instead, which slows them: --quick)."""
     with tempfile.TemporaryDirectory(prefix="bench-efence-") as tmp:
         work = Path(tmp)
         walls, rss, last = [], 0, None
         for _ in range(runs):
-            status, wall, rss, _, stdout, stderr = run_once(prog, env, work, False, timeout)
+            status, wall, rss, peak, stdout, stderr = run_once(prog, env, work, sample, timeout)
             walls.append(wall)
             last = (status, stdout, stderr)
             if stderr.startswith("TIMEOUT"):
@@ -170,6 +175,8 @@ def measure(prog: Program, env: dict[str, str], runs: int, timeout: float) -> Ou
         m = re.search(r"vmas (\d+)", stdout) if prog.self_vmas else None
         if m:
             vmas, how = int(m.group(1)), "own count at peak"
+        elif sample:
+            vmas, how = (peak or None), "sampled in the timed run"
         else:
             _, _, _, peak, _, _ = run_once(prog, env, work, True, timeout)
             vmas, how = (peak or None), "sampled"
@@ -190,15 +197,12 @@ def fmt_time(walls: list[float]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller inputs, 3 runs (about 7 min)")
-    ap.add_argument("--runs", type=int, help="timed runs per cell (default 5, --quick 3)")
-    ap.add_argument("--record", action="store_true",
-                    help="write bench/results_efence.md (tracked) instead of out/bench/")
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--runs", type=int, help="timed runs per cell (default 5, --quick 1)")
     args = ap.parse_args(argv)
-    runs = args.runs or (3 if args.quick else 5)
-    timeout = 30.0 if args.quick else 90.0  # per run; a program stuck at the VMA wall is killed
-    t_start = time.monotonic()
+    run = Run("efence", args, argv, full=FULL, quick=QUICK)
+    runs = args.runs or (1 if args.quick else 5)
+    timeout = 10.0 if args.quick else 90.0  # per run; a program stuck at the VMA wall is killed
     try:
         driver.library_path()
     except driver.LibraryNotBuilt as exc:
@@ -208,28 +212,31 @@ def main(argv: list[str]) -> int:
     if cc is None:
         print("bench_efence: no C compiler to build the test program", file=sys.stderr)
         return 2
-    have_ef = ensure_electric_fence()
+    have_ef = os.path.exists(LIBEFENCE) if args.quick else ensure_electric_fence()
+    ef_missing = ("not installed (--quick installs nothing)" if args.quick else
+                  "not installed (apt-get install electric-fence failed)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-efence-"))
     cases = tmp / "cases"
     subprocess.run([cc, "-O1", "-g", "-pthread", "-o", str(cases), str(CASES_C)], check=True)
     data = tmp / "input.txt"
-    mib = 2 if args.quick else 8
+    mib = 1 if args.quick else 8
     with open(data, "w") as fh:  # compressible text, deterministic
         i = 0
         while fh.tell() < mib << 20:
             fh.write(f"line {i} value {i * 7919 % 100003} {'abcdefgh'[i % 8] * (i % 13)}\n")
             i += 1
-    py_n = 3000 if args.quick else 10000
+    py_n = 1000 if args.quick else 10000
+    blocks = 20_000 if args.quick else 100_000
     python = shutil.which("python3") or sys.executable
     programs = [
-        Program("C: 100,000 live blocks", [str(cases), "live", "100000"], 1, self_vmas=True),
-        Program("C: same, one-byte overflow of block 50,000", [str(cases), "live", "100000", "50000"],
-                1, overflow=True, self_vmas=True),
+        Program(f"C: {blocks:,} live blocks", [str(cases), "live", str(blocks)], 1, self_vmas=True),
+        Program(f"C: same, one-byte overflow of block {blocks // 2:,}",
+                [str(cases), "live", str(blocks), str(blocks // 2)], 1, overflow=True, self_vmas=True),
         Program(f"gzip -6 of {mib} MiB", ["gzip", "-6", "-c", str(data)], 1),
         Program(f"python3 (PYTHONMALLOC=malloc) json/dict workload, n={py_n}",
                 [python, "-c", PY_WORKLOAD.format(n=py_n)], 16, env={"PYTHONMALLOC": "malloc"}),
     ]
-    allocs = allocators(have_ef)
+    allocs = allocators(have_ef, ef_missing)
     rows = []
     for prog in programs:
         base = None
@@ -238,7 +245,7 @@ def main(argv: list[str]) -> int:
                 rows.append((prog.name, name, make_env, "", "", "", "", ""))
                 continue
             print(f"{prog.name} / {name} ...", flush=True)
-            o = measure(prog, make_env(prog), runs, timeout)
+            o = measure(prog, make_env(prog), runs, timeout, sample=args.quick)
             med = statistics.median(o.walls)
             if name == "plain":
                 base = med
@@ -255,38 +262,23 @@ def main(argv: list[str]) -> int:
                          f"{o.rss_kib / 1024:.0f} MiB", vmas))
             if o.why:
                 rows.append((prog.name, name, f"↳ {o.why}", "", "", "", "", ""))
-    elapsed = time.monotonic() - t_start
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "PYTHONPATH=src python3 bench/bench_efence.py" + (" --quick" if args.quick else "") + (
-        f" --runs {args.runs}" if args.runs else "") + (" --record" if args.record else "")
     lines = [
-        "# efence: sparsemm efence vs Electric Fence vs the plain allocator",
-        "",
-        f"- Date: {now}; took {elapsed:.0f} s",
-        f"- Command: `{cmd}`",
-        f"- Kernel {platform.release()}, vm.max_map_count {open('/proc/sys/vm/max_map_count').read().strip()}, "
-        f"Python {platform.python_version()}, {os.cpu_count()} vCPUs, measured on a busy shared "
-        "machine: compare ratios within this run, not absolute times.",
-        f"- Wall: median and worst of {runs} runs; ratio: median over the plain allocator's median. "
-        "Peak RSS: wait4 ru_maxrss of the last timed run. VMAs: the program's own /proc/self/maps "
-        "count at its peak (C program), else the most /proc/PID/maps lines seen when sampling every "
-        "5 ms in one extra, untimed run (a short peak can be missed).",
-        "- Alignment: 1 byte for the C program and gzip (every block ends at its guard; "
-        "EF_ALIGNMENT=1 for Electric Fence), 16 for python3 (CPython needs aligned objects; "
-        "EF_ALIGNMENT=16). Electric Fence runs with EF_ALLOW_MALLOC_0=1.",
-        f"- A run that has not finished after {timeout:.0f} s is killed (a program whose mallocs fail "
-        "at the VMA wall may retry forever); such a cell has 1 run.",
-        "",
+        *run.header("efence: sparsemm efence vs Electric Fence vs the plain allocator (`bench/bench_efence.py`)", [
+            f"vm.max_map_count {open('/proc/sys/vm/max_map_count').read().strip()}.",
+            f"Wall: median and worst of {runs} runs; ratio: median over the plain allocator's median. "
+            "Peak RSS: wait4 ru_maxrss of the last timed run. VMAs: the program's own /proc/self/maps "
+            "count at its peak (C program), else the most /proc/PID/maps lines seen when sampling every "
+            "5 ms in one extra, untimed run (a short peak can be missed).",
+            "Alignment: 1 byte for the C program and gzip (every block ends at its guard; "
+            "EF_ALIGNMENT=1 for Electric Fence), 16 for python3 (CPython needs aligned objects; "
+            "EF_ALIGNMENT=16). Electric Fence runs with EF_ALLOW_MALLOC_0=1.",
+            f"A run that has not finished after {timeout:.0f} s is killed (a program whose mallocs fail "
+            "at the VMA wall may retry forever); such a cell has 1 run."]),
         "| program | allocator | outcome | overflow caught | wall | vs plain | peak RSS | VMAs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    dest = HERE / "results_efence.md" if args.record else ROOT / "out" / "bench" / "results_efence.md"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text)
-    print(text)
-    print(f"written to {dest}")
+    run.write("\n".join(lines))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -8,18 +8,14 @@ headless Chromium over DevTools (tests/cdp.py): load to ready, sort by size, fil
 the first text search (it builds the search text; includes the input's debounce), and
 moving the zoom window (to the second frame painted).
 
-Run: ``PYTHONPATH=src python3 bench/bench_html.py [--repeat N] [--quick] [--record]``; about
-4 minutes on the shared 2-vCPU machine (--quick: the renderer only, about 40 s). Prints the
+Run: ``PYTHONPATH=src python3 bench/bench_html.py [--repeat N] [--quick] [--record]``. Prints the
 results and writes ``out/bench/results_html.md``; ``--record`` writes ``bench/results_html.md``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import importlib.util
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,8 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))  # cdp.py, the DevTools client the browser tests use
 
+from _common import Run, parser  # noqa: E402
 from bench_analyze import synthetic_map  # noqa: E402
 
 from sparsemm.analyze.html import render_html  # noqa: E402
@@ -41,6 +39,8 @@ from sparsemm.analyze.report import analyze  # noqa: E402
 BASELINE = "9e261ac"  # main before analyze --html: plot.py without folds, zoom or overview columns
 RENDERER = ROOT / "tests" / "data" / "maps" / "chromium150_renderer_heavy_default.maps"
 CHROMIUM = "/usr/bin/chromium"
+FULL, QUICK = "about 5 minutes", "about 40 s (the renderer only, 2 repeats)"
+TITLE = "analyze --html and --plot: render time, page size, the page in Chromium (`bench/bench_html.py`)"
 
 
 def baseline_plot():
@@ -151,44 +151,23 @@ def bench_map(name: str, text: str, repeat: int, old_plot, rows: list[str]) -> N
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="the renderer only, 2 repeats (a smoke test)")
-    ap.add_argument("--record", action="store_true", help="write bench/results_html.md (full runs only)")
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per row (default 5; --quick 2)")
     args = ap.parse_args(argv)
-    if args.record and args.quick:
-        raise SystemExit("bench_html: --record takes a full run, not --quick")
+    run = Run("html", args, argv, full=FULL, quick=QUICK)
     repeat = 2 if args.quick else args.repeat
-    load0 = os.getloadavg()[0]
-    t0 = time.monotonic()
     old_plot = baseline_plot()
     rows = ["| what | time: median (worst) | note |", "|---|---|---|"]
     bench_map(RENDERER.name, RENDERER.read_text(), repeat, old_plot, rows)
     if not args.quick:
         bench_map("synthetic-65530-superpages.maps", synthetic_map(), repeat, old_plot, rows)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    argv_s = " ".join(argv)
-    doc = [
-        "## analyze --html and --plot: render time, page size, the page in Chromium",
-        "",
-        f"- Date: {now}; command: `PYTHONPATH=src python3 bench/bench_html.py {argv_s}`".rstrip() + "; "
-        f"{'a --quick run (a smoke test, not figures for the record)' if args.quick else 'a full run'}, "
-        f"{time.monotonic() - t0:.0f} s.",
-        f"- Python {platform.python_version()}, kernel {platform.release()}, 2-vCPU shared machine; load "
-        f"average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: measured on a busy "
-        "machine shared with other jobs, so compare ratios measured side by side, not absolute times.",
-        f"- {repeat} runs per row; the plot rows alternate this branch's `plot_report` with the one of "
-        f"{BASELINE} on the same report. Chromium rows: one browser, the page loaded {repeat} times, "
-        "timings taken in the page (`performance.now`) except the load (DevTools round trips included).",
-        "",
-        *rows,
-    ]
-    text = "\n".join(doc) + "\n"
-    print(text)
-    target = HERE / "results_html.md" if args.record else ROOT / "out" / "bench" / "results_html.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    print(f"wrote {target}")
+    lines = run.header(TITLE, [
+        f"{repeat} runs per row; the plot rows alternate this checkout's `plot_report` with the one of "
+        f"{BASELINE} on the same report" + ("" if old_plot else f" ({BASELINE} is not in this "
+                                           "checkout's history: not run)") + ". Chromium rows: one "
+        f"browser, the page loaded {repeat} times, timings taken in the page (`performance.now`) "
+        "except the load (DevTools round trips included)."])
+    run.write("\n".join(lines + rows))
     return 0
 
 

@@ -22,14 +22,16 @@ after the region was mapped) loaded into a ``VmaTree`` in address order, then th
 with ``AddressSpace.mprotect``/``mmap``. ``--overhead`` also times the model with and without
 its node model.
 
-Run time on the 2-CPU machine: ``trace`` about 4 minutes, ``slab`` about 15 minutes at the
-default 12 rounds, ``--overhead`` about 7 minutes; ``--quick`` (10k and 30k VMAs, 3 slab
-rounds, smaller overhead runs) about 4 minutes in all. Prints Markdown tables; writes
-``bench/results_maple.md`` only with ``--write``; ``--raw FILE`` keeps every slab run as JSON
-lines and ``--from-raw FILE`` reports them again without measuring.
+Run time on the 2-vCPU shared machine, as root: ``trace`` about 4 minutes, ``slab`` about 15
+minutes at the default 12 rounds, the overhead about 7 minutes (``--no-overhead`` leaves it
+out); ``--quick`` (10k VMAs, 2 slab rounds, the overhead on 5,000 VMAs) about 1 minute.
+Prints Markdown tables and writes them to ``out/bench/results_maple.md``; ``--record`` writes
+``bench/results_maple.md`` (the notes below its marker line are kept). ``--raw FILE`` keeps
+every slab run as JSON lines and ``--from-raw FILE`` reports them again without measuring.
+Without root, ``perf`` or ``unshare`` the run is skipped (and says why).
 
-Usage: ``.venv/bin/python bench/bench_maple.py [--quick] [--method trace|slab|both|none]
-[--overhead] [--rounds N] [--write] [--raw FILE | --from-raw FILE]``.
+Usage: ``.venv/bin/python bench/bench_maple.py [--quick | --record] [--method trace|slab|both|none]
+[--no-overhead] [--rounds N] [--raw FILE | --from-raw FILE]``.
 """
 
 from __future__ import annotations
@@ -39,14 +41,23 @@ import ctypes
 import json
 import mmap
 import os
-import platform
 import random
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _common import Run, parser as bench_parser, skip  # noqa: E402
+
+TITLE = "Maple nodes in `mm->mm_mt`: the model's node count against the kernel (`bench/bench_maple.py`)"
+FULL = "about 26 minutes as root (trace 4, slab 15 at 12 rounds, overhead 7)"
+QUICK = "about 1 minute (10k VMAs, 2 slab rounds, overhead on 5,000 VMAs)"
+MARKER = "<!-- notes below are kept when the bench rewrites the tables -->"
 PAGE = mmap.PAGESIZE
 SLAB = "/sys/kernel/slab/maple_node/shrink"
 SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL = 324, 1
@@ -354,20 +365,22 @@ def table_trace(traced: list[dict]) -> str:
     return "\n".join(out)
 
 
-def overhead(repeat: int, vmas: int, log) -> list[tuple[str, float, float]]:
+def overhead(repeat: int, vmas: int, map_vmas: int, log) -> list[tuple[str, float, float]]:
     """What the node model costs: the same work with ``VmaTree.NODE_MODEL`` on and off,
-    alternated, best of ``repeat``: (what, seconds off, seconds on)."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    alternated, best of ``repeat``: (what, seconds off, seconds on). ``map_vmas``: the size
+    of bench_analyze's synthetic map whose designs are replayed; ``vmas``: the model's size
+    for the single ops."""
     import bench_analyze
     import bench_model
     from sparsemm.analyze.guards import find_guards
     from sparsemm.analyze.maps import parse_maps
     from sparsemm.analyze.rebuild import build_layout
+    from sparsemm.model import designs
     from sparsemm.model.vma_tree import VmaTree
     from sparsemm.opscript.designs import run_design
     from sparsemm.opscript.script import parse_script
 
-    entries = parse_maps(bench_analyze.synthetic_map(), "synthetic")
+    entries = parse_maps(bench_analyze.synthetic_map(map_vmas), "synthetic")
     script = parse_script(build_layout(entries, find_guards(entries)).script)
     rows: dict[str, list[list[float]]] = {}
 
@@ -382,8 +395,8 @@ def overhead(repeat: int, vmas: int, log) -> list[tuple[str, float, float]]:
 
     for _ in range(repeat):
         for on in (False, True):
-            for d in ("vma", "pte", "tree"):
-                timed(f"analyze's model runs, 65,530-VMA map, design {d}", on,
+            for d in designs.names():
+                timed(f"analyze's model runs, {map_vmas:,}-VMA map, design {d}", on,
                       lambda d=d: run_design(script, d))
             mm = None
 
@@ -397,7 +410,7 @@ def overhead(repeat: int, vmas: int, log) -> list[tuple[str, float, float]]:
             for op, times in ops.items():
                 rows.setdefault(f"{op} at {vmas:,} VMAs, median of 500 (us)", [[], []])[on].append(
                     statistics.median(times))       # time_each gives microseconds
-        log(f"overhead round done")
+        log("overhead round done")
     return [(name, min(v[0]), min(v[1])) for name, v in rows.items()]
 
 
@@ -410,86 +423,77 @@ def table_overhead(rows) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10k and 30k VMAs, 3 slab rounds (about 4 minutes)")
+    ap = bench_parser(__doc__, FULL, QUICK)
     ap.add_argument("--method", choices=("trace", "slab", "both", "none"), default="both",
-                    help="kernel measurements to make (none: only --overhead)")
-    ap.add_argument("--rounds", type=int, default=None, help="slab runs per layout (default 12; quick 3)")
+                    help="kernel measurements to make (none: only the overhead); default both")
+    ap.add_argument("--rounds", type=int, default=None, help="slab runs per layout (default 12; quick 2)")
     ap.add_argument("--sizes", default=None, help="comma-separated VMA counts (default 10000,30000,60000)")
-    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--kinds", default=",".join(KINDS), help="how guards are made (default: %(default)s)")
     ap.add_argument("--tolerance", type=int, default=8,
                     help="nodes the teardown reading may differ from the baseline (default 8)")
     ap.add_argument("--raw", help="append every slab run to this JSON-lines file")
     ap.add_argument("--from-raw", help="report the slab runs in this JSON-lines file; measure no slab")
-    ap.add_argument("--write", action="store_true", help="write bench/results_maple.md")
-    ap.add_argument("--overhead", action="store_true",
-                    help="also time the model with and without the node model (about 3 minutes)")
+    ap.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the model with and without the node model (default on)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "VMAS", "ORDER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child_main(args.child[0], int(args.child[1]), args.child[2])
-    started = time.monotonic()
+    run = Run("maple", args, argv, full=FULL, quick=QUICK)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if os.geteuid() != 0 or not os.access(SLAB, os.W_OK):
-        print("bench_maple: needs root (slab shrink, perf tracepoints)", file=sys.stderr)
-        return 2
+    if args.method != "none":
+        if os.geteuid() != 0 or not os.access(SLAB, os.W_OK):
+            return skip(run, TITLE, "the kernel side needs root (slab shrink, perf tracepoints)")
+        if args.method in ("trace", "both") and not (shutil.which("perf") and shutil.which("unshare")):
+            return skip(run, TITLE, "the traced kernel side needs perf and unshare")
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else \
-        (SIZES[:2] if args.quick else SIZES)
+        (SIZES[:1] if args.quick else SIZES)
     combos = [(k, v, o) for k in args.kinds.split(",") for v in sizes for o in ORDERS]
     traced: list[dict] = []
     if args.method in ("trace", "both"):
         tmp = f"/tmp/bench-maple-{os.getpid()}"
         for kind, vmas, order in combos:
-            run = trace_run(kind, vmas, order, tmp)
-            run["model"] = predict(run)
-            traced.append(run)
-            log(f"trace {kind:8} {vmas:6} {order:10} kernel {run['levels'] - run['pushes']:6} "
-                f"model {run['model']['added']:6}")
+            one = trace_run(kind, vmas, order, tmp)
+            one["model"] = predict(one)
+            traced.append(one)
+            log(f"trace {kind:8} {vmas:6} {order:10} kernel {one['levels'] - one['pushes']:6} "
+                f"model {one['model']['added']:6}")
     slab_rows: list[dict] = []
     if args.method in ("slab", "both"):
         if args.from_raw:
             with open(args.from_raw, encoding="utf-8") as fh:
                 runs = [json.loads(line) for line in fh if line.strip()]
         else:
-            rounds = args.rounds or (3 if args.quick else 12)
+            rounds = args.rounds or (2 if args.quick else 12)
             log(f"slab: {len(combos)} layouts x {rounds} rounds")
             runs = measure(combos, rounds, args.raw, log)
         slab_rows = summarize_slab(runs, args.tolerance)
-    over = overhead(1 if args.quick else 3, 20_000 if args.quick else 100_000, log) if args.overhead else []
-    if traced:
-        print(table_trace(traced) + "\n")
-    if over:
-        print(table_overhead(over) + "\n")
-    if slab_rows:
-        print(table_slab(slab_rows))
-    took = time.monotonic() - started
-    log(f"({took:.0f} s)")
-    if args.write:
-        write_results(argv, traced, slab_rows, over, took)
+    over = []
+    if args.overhead:
+        over = overhead(1, 5_000, 5_000, log) if args.quick else overhead(3, 100_000, 65_530, log)
+    run.write(report(run, traced, slab_rows, over, bool(args.from_raw)))
     return 0
 
 
-def write_results(argv, traced, slab_rows, over, took) -> None:
-    """The tables under a header; the prose around them is kept in the file by hand below the
-    marker line."""
-    path = ROOT / "bench" / "results_maple.md"
-    marker = "<!-- notes below are kept when the bench rewrites the tables -->"
-    notes = ""
-    if path.exists() and marker in path.read_text(encoding="utf-8"):
-        notes = path.read_text(encoding="utf-8").split(marker, 1)[1]
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = (f"# Maple nodes: model vs kernel (`bench/bench_maple.py`)\n\n"
-            f"{date}, Linux {platform.release()}, Python {platform.python_version()}; command: "
-            f"`.venv/bin/python bench/bench_maple.py {' '.join(argv)}` ({took:.0f} s), as root, on a "
-            f"busy shared machine (2 vCPUs, other engineers' test suites running).\n\n")
+def report(run: Run, traced, slab_rows, over, from_raw: bool) -> str:
+    """The tables under the run's header; the notes kept below the marker line of the tracked
+    ``bench/results_maple.md`` follow them (in either destination)."""
+    method = ["Run as root; the methods (trace, slab) and how to read them: the notes below."]
+    if from_raw:
+        method.append("Slab runs read back from a raw file (`--from-raw`), measured earlier.")
+    parts = run.header(TITLE, method)
     if traced:
-        text += "## Exact: the kernel's own split decisions, traced\n\n" + table_trace(traced) + "\n\n"
+        parts += ["### Exact: the kernel's own split decisions, traced", "", table_trace(traced), ""]
     if over:
-        text += "## Overhead: the model with and without the node model, best of runs alternated\n\n" + \
-            table_overhead(over) + "\n\n"
+        parts += ["### Overhead: the model with and without the node model, best of runs alternated",
+                  "", table_overhead(over), ""]
     if slab_rows:
-        text += "## Whole machine: /proc/slabinfo maple_node deltas\n\n" + table_slab(slab_rows) + "\n\n"
-    path.write_text(text + marker + notes, encoding="utf-8")
+        parts += ["### Whole machine: /proc/slabinfo maple_node deltas", "", table_slab(slab_rows), ""]
+    tracked = HERE / "results_maple.md"
+    notes = ""
+    if tracked.exists() and MARKER in (text := tracked.read_text(encoding="utf-8")):
+        notes = text.split(MARKER, 1)[1]
+    return "\n".join(parts) + "\n" + MARKER + notes
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Kernel bytes in a memory cgroup: the model's ``memcg_bytes`` against the kernel, busy or quiet.
 
-Runs about 4 minutes on a 2-CPU machine (as root; needs a memory cgroup, see docs/opscript.md).
+Runs about 6 minutes on the shared 2-vCPU machine (as root; needs a memory cgroup, see docs/opscript.md).
 Three parts, each printed as a Markdown table:
 
 1. independent: 20,000 one-page guards in a written 40,001-page mapping, as ``mprotect``
@@ -13,17 +13,18 @@ Three parts, each printed as a Markdown table:
    with two load generators (tests/disturber.py) churning VMAs, slab objects and tasks.
 3. VmPTE at 30,000 populated guards: every run of ``measure`` beside the prediction.
 
-Usage: ``.venv/bin/python bench/bench_memcg.py [--repeat N] [--json FILE]``.
+Usage: ``.venv/bin/python bench/bench_memcg.py [--repeat N] [--json FILE]``. The analysis of
+these figures is ``bench/results_costs_memcg.md``; ``--record`` writes the raw tables of a run
+to ``bench/results_memcg.md``. Without a memory cgroup the run is skipped (exit 0; with
+``--record``, exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import mmap
 import os
-import platform
 import random
 import secrets
 import statistics
@@ -32,6 +33,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Run, Tee, parser, skip  # noqa: E402
+from sparsemm.model import designs
 from sparsemm.model.costs import constants
 from sparsemm.native import memcg
 from sparsemm.opscript.designs import run_design
@@ -41,7 +46,10 @@ from sparsemm.opscript.script import parse_script
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = mmap.PAGESIZE
 MADV_GUARD_INSTALL = 102
-GUARDS = 20_000
+GUARDS = 20_000  # part 1 (2,000 with --quick)
+VMPTE_GUARDS = 30_000  # part 3 (3,000 with --quick)
+FULL, QUICK = "about 6 minutes", "about 40 s"
+TITLE = "Kernel bytes in a memory cgroup, busy or quiet (`bench/bench_memcg.py`)"
 
 
 # --- 1. an independent measurement ------------------------------------------------------------
@@ -115,8 +123,9 @@ def independent(kind: str, order: str, seed: int) -> int:
                 time.sleep(0.02)
 
 
-def guard_script(advice: str | None, order: str, seed: int, n: int = GUARDS) -> dict:
-    """``n`` one-page guards in a written mapping of 2n+1 pages, as an op script."""
+def guard_script(advice: str | None, order: str, seed: int, n: int | None = None) -> dict:
+    """``n`` (default GUARDS) one-page guards in a written mapping of 2n+1 pages, as an op script."""
+    n = GUARDS if n is None else n
     pages = 2 * n + 1
     at = [2 * i + 1 for i in range(n)]
     if order == "random":
@@ -129,7 +138,7 @@ def guard_script(advice: str | None, order: str, seed: int, n: int = GUARDS) -> 
 
 
 def part_independent(repeat: int, out: dict) -> None:
-    print(f"\n## 1. vma minus pte, {GUARDS:,} written guards: an independent cgroup measurement\n")
+    print(f"\n### 1. vma minus pte, {GUARDS:,} written guards: an independent cgroup measurement\n")
     print("| order | model: vma - pte (B) | measured vma (B), runs | measured pte (B), runs | "
           "measured vma - pte, median (B) | median / model | worst / model |")
     print("|---|---|---|---|---|---|---|")
@@ -181,7 +190,8 @@ def _slab_jitter(seconds: float = 1.0) -> int:
     return max(seen) - min(seen)
 
 
-def part_busy(repeat: int, out: dict) -> None:
+def part_busy(repeat: int, out: dict, quick: bool = False) -> None:
+    """``quick``: no disturbers, and the renderer reproduced under ``pte`` alone."""
     from importlib import resources
 
     from sparsemm.analyze.guards import GuardPolicy
@@ -189,7 +199,7 @@ def part_busy(repeat: int, out: dict) -> None:
     from sparsemm.analyze.report import analyze
     from sparsemm.analyze.reproduce import reproduce
 
-    print("\n## 2. the same kernel bytes on a busy machine as on a quiet one\n")
+    print("\n### 2. the same kernel bytes on a busy machine as on a quiet one\n")
     print("| what | load | vm_area_struct jitter, whole machine, 1 s | memcg runs (B) | median (B) | "
           "predicted (B) | median - predicted | slab rows dropped |")
     print("|---|---|---|---|---|---|---|---|")
@@ -198,12 +208,12 @@ def part_busy(repeat: int, out: dict) -> None:
     report = analyze(parse_maps(text, "renderer"), GuardPolicy(), source="renderer")
     vma_script = parse_script(guard_script(None, "random", 1))
     vma_pred = prediction_from_counts(run_design(vma_script, "pte").counts)["memcg_bytes"]
-    for load in (0, 2):
+    for load in ((0,) if quick else (0, 2)):
         with Disturbers(load):
             jitter = _slab_jitter()
-            cases = [("measure, 20k guards (vma, random)",
+            cases = [(f"measure, {GUARDS:,} guards (vma, random)",
                       lambda: (measure_script(vma_script, repeat=repeat), vma_pred))]
-            for d in ("vma", "pte"):
+            for d in ((designs.kernel_design(),) if quick else designs.reproducible()):
                 def rep(d=d):
                     r = reproduce(report.layout_obj, d, repeat=repeat, source="renderer")
                     return r.measured, r.predicted["memcg_bytes"]
@@ -223,7 +233,7 @@ def part_busy(repeat: int, out: dict) -> None:
 # --- 3. VmPTE exact ----------------------------------------------------------------------------
 
 def part_vmpte(rounds: int, out: dict) -> None:
-    script = parse_script(guard_script(None, "sequential", 1, n=30_000))
+    script = parse_script(guard_script(None, "sequential", 1, n=VMPTE_GUARDS))
     pred = prediction_from_counts(run_design(script, "pte").counts)
     vmpte, attempts, disturbed = [], 0, 0
     for _ in range(rounds):
@@ -231,7 +241,7 @@ def part_vmpte(rounds: int, out: dict) -> None:
         vmpte += [r["vmpte_bytes"] for r in m.runs]
         attempts += m.attempts
         disturbed += m.self_disturbed
-    print("\n## 3. VmPTE at 30,000 written mprotect guards (60,001 VMAs)\n")
+    print(f"\n### 3. VmPTE at {VMPTE_GUARDS:,} written mprotect guards ({2 * VMPTE_GUARDS + 1:,} VMAs)\n")
     print("| runs | predicted VmPTE (B) | measured, distinct values (count) | runs made | "
           "runs where the measuring process changed its own mappings |")
     print("|---|---|---|---|---|")
@@ -241,35 +251,44 @@ def part_vmpte(rounds: int, out: dict) -> None:
     out["vmpte"] = {"predicted": pred["vmpte_bytes"], "runs": vmpte, "attempts": attempts}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--vmpte-rounds", type=int, default=4, help="measure calls of 3 runs (default 4)")
+def main(argv: list[str]) -> int:
+    global GUARDS, VMPTE_GUARDS
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--repeat", type=int, help="runs per figure (default 5; --quick 1)")
+    ap.add_argument("--vmpte-rounds", type=int, help="measure calls of 3 runs (default 4; --quick 1)")
     ap.add_argument("--parts", default="1,2,3")
     ap.add_argument("--json", help="write the raw figures here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = Run("memcg", args, argv, full=FULL, quick=QUICK)
+    repeat = args.repeat or (1 if args.quick else 5)
+    rounds = args.vmpte_rounds or (1 if args.quick else 4)
+    if args.quick:
+        GUARDS, VMPTE_GUARDS = 2_000, 3_000
     try:
         h = memcg.find_hierarchy()
     except memcg.MemcgUnavailable as exc:
-        print(f"no memory cgroup: {exc}", file=sys.stderr)
-        return 2
+        return skip(run, TITLE, f"no memory cgroup: {exc}")
+    if os.geteuid() != 0:
+        return skip(run, TITLE, "needs root (it makes memory cgroups)")
     c = constants()
-    print(f"<!-- {time.strftime('%Y-%m-%d %H:%M:%S %Z')} kernel {platform.release()} "
-          f"{os.cpu_count()} CPUs, {h.method}; charge slack {memcg.charge_slack_bytes():,} B; "
-          f"constants {c.kernel}; repeat={args.repeat} -->")
     out: dict = {}
     parts = set(args.parts.split(","))
-    if "1" in parts:
-        part_independent(args.repeat, out)
-    if "2" in parts:
-        part_busy(args.repeat, out)
-    if "3" in parts:
-        part_vmpte(args.vmpte_rounds, out)
+    with Tee() as tee:
+        if "1" in parts:
+            part_independent(repeat, out)
+        if "2" in parts:
+            part_busy(repeat, out, args.quick)
+        if "3" in parts:
+            part_vmpte(rounds, out)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=1)
+    head = run.header(TITLE, [
+        f"{h.method}; charge slack {memcg.charge_slack_bytes():,} B; cost constants {c.kernel}; "
+        f"repeat={repeat}. The reading of these figures: results_costs_memcg.md."])
+    run.write("\n".join(head) + tee.text, echo=False)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

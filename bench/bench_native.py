@@ -2,16 +2,14 @@
 
 Run from the repository root:
 
-    python3 bench/bench_native.py [--quick] [--out FILE] [n_guards]
+    python3 bench/bench_native.py [--quick] [--record] [n_guards]
 
 Measures (per mode): guard install/remove rates through ``Mapping``, the same
 pattern through raw ctypes libc calls and (when gcc is there) in C, GuardedHeap
 alloc/free rates, VMAs per 1,000 guards, the most guards before the VMA limit
 and whether every refused guard past it is a ``VmaLimitError`` (each in a
-child interpreter), and fork time with 10,000 guards. Prints a Markdown table;
-``--out FILE`` also writes it (``bench/results_native.md`` holds the recorded
-run). The full run (10,000 guards) takes about 30 s on a busy 2-vCPU machine;
-``--quick`` (1,000 guards, fewer repeats, smaller walls) about 10 s.
+child interpreter), and fork time with 10,000 guards. Prints a Markdown table and
+writes it to ``out/bench/results_native.md``; ``--record`` to ``bench/results_native.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +29,9 @@ SRC = HERE.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+sys.path.insert(0, str(HERE))
+
+from _common import Run, parser as bench_parser  # noqa: E402
 from sparsemm import abi  # noqa: E402
 from sparsemm.native import libc  # noqa: E402
 from sparsemm.native.heap import GuardedHeap  # noqa: E402
@@ -38,6 +39,7 @@ from sparsemm.native.mapping import Mapping, map_count, max_map_count  # noqa: E
 
 P = abi.PAGE_SIZE
 RW = abi.PROT_READ | abi.PROT_WRITE
+FULL, QUICK = "about 1 minute", "about 10 s (1,000 guards, 3 repeats, smaller walls)"
 REPEATS = 5  # best of, for the rate measurements (3 with --quick)
 
 C_BENCH = r"""
@@ -291,20 +293,15 @@ def rate(n: int, seconds: float) -> str:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, FULL, QUICK)
     parser.add_argument("n_guards", nargs="?", type=int, default=None,
                         help="guards per rate measurement (default 10,000; 1,000 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1,000 guards, 3 repeats, smaller walls: about 10 s")
-    parser.add_argument("--out", help="also write the results (Markdown) to this file")
     args = parser.parse_args(argv)
+    run = Run("native", args, argv, full=FULL, quick=QUICK)
     global REPEATS
     if args.quick:
         REPEATS = 3
     n = args.n_guards or (1_000 if args.quick else 10_000)
-    started = time.monotonic()
     markers = libc.guard_regions_supported()
     modes = (["markers"] if markers else []) + ["prot_none"]
     print(f"kernel {platform.release()}, markers {'yes' if markers else 'no'}, n={n}", flush=True)
@@ -402,30 +399,12 @@ def main(argv: list[str]) -> int:
                          f"install advantage ((ratio-1) relative to C) and "
                          f"{(wr_rm - 1) / (c_rm - 1) * 100:.0f} % of its remove advantage.")
 
-    import datetime as _dt
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = "\n".join([
-        "# native: guard markers vs the PROT_NONE fallback",
-        "",
-        f"- Date: {stamp}",
-        f"- Command: `python3 bench/bench_native.py{' --quick' if args.quick else ''} {n}` "
-        f"(from the repository root); it ran for {time.monotonic() - started:.0f} s",
-        f"- Python {platform.python_version()}, {platform.machine()}, kernel {platform.release()}, "
-        f"vm.max_map_count {max_map_count()}; "
-        f"{n:,} guards on alternating pages of one read-write MAP_NORESERVE mapping; rates: best of "
-        f"{REPEATS}; fork: median of {samples}. Measured on a busy shared machine (2 vCPUs, "
-        f"other jobs running): compare the ratios within this run, treat times as ±30 %.",
-        "- The wall rows run in a child interpreter each; the heap leaves 64 VMAs of headroom "
-        "below vm.max_map_count for the interpreter.",
-        "",
-        table,
-        "",
-        *notes,
-        "",
-    ])
-    if args.out:
-        Path(args.out).write_text(doc)
-    print(doc)
+    doc = run.header("native: guard markers vs the PROT_NONE fallback (`bench/bench_native.py`)", [
+        f"vm.max_map_count {max_map_count()}; {n:,} guards on alternating pages of one read-write "
+        f"MAP_NORESERVE mapping; rates: best of {REPEATS}; fork: median of {samples}.",
+        "The wall rows run in a child interpreter each; the heap leaves 64 VMAs of headroom "
+        "below vm.max_map_count for the interpreter."])
+    run.write("\n".join([*doc, table, "", *notes]))
     return 0
 
 

@@ -1,18 +1,17 @@
 """Per-call cost of the memory-management system calls on this kernel: the constants behind `sparsemm trace`'s kernel-time estimate.
 
-Run: PYTHONPATH=src python3 bench/bench_syscall_costs.py [--rounds N] [--out FILE] [--store]
+Run: PYTHONPATH=src python3 bench/bench_syscall_costs.py [--quick] [--record] [--rounds N] [--store]
 Compiles a small C program (needs cc) that times each call kind in a tight loop
 (clock_gettime around N calls, nanoseconds per call, as seen from user space, so the
 syscall entry and exit are included), runs it ``--rounds`` times, and prints the median
-and the worst round per kind as Markdown (``--out FILE`` also writes it;
-``bench/results_syscall_costs.md`` holds the recorded run). ``--store`` writes the medians
-to ``src/sparsemm/data/syscall_costs.json`` (the package data the estimate reads);
-``make bench`` passes neither, so it never rewrites tracked files.
+and the worst round per kind as Markdown to out/bench/results_syscall_costs.md
+(``--record``: bench/results_syscall_costs.md). ``--store`` writes the medians to
+``src/sparsemm/data/syscall_costs.json`` (the package data the estimate reads); ``make bench``
+passes neither, so it never rewrites tracked files.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "src" / "sparsemm" / "data" / "syscall_costs.json"
+sys.path.insert(0, str(HERE))
+from _common import Run, parser, skip  # noqa: E402
 
 # Each kind: what one call does. The loops alternate so that every call does work (a split
 # then a merge, a grow then a shrink), on memory that was written first where it matters.
@@ -137,13 +138,24 @@ def measure(exe: Path, rounds: int, n: int) -> dict[str, list[float]]:
     return per_kind
 
 
+FULL, QUICK = "about 1 minute (7 rounds of 20,000 calls)", "about 5 s (1 round of 2,000 calls)"
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="runs of the C helper (default 7)")
-    ap.add_argument("--calls", type=int, default=20000, help="calls per kind per run (default 20000)")
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--rounds", type=int, default=None, help="runs of the C helper (default 7; --quick 1)")
+    ap.add_argument("--calls", type=int, default=None, help="calls per kind per run (default 20000; --quick 2000)")
     ap.add_argument("--store", action="store_true", help=f"write the medians to {DATA.relative_to(HERE.parent)}")
-    ap.add_argument("--out", help="also write the results (Markdown) to this file")
     args = ap.parse_args(argv)
+    run = Run("syscall_costs", args, argv, full=FULL, quick=QUICK)
+    title = "Per-call cost of memory-management system calls (`bench/bench_syscall_costs.py`)"
+    if args.store and args.quick:
+        print("bench_syscall_costs: --store takes a full run, not --quick", file=sys.stderr)
+        return 2
+    args.rounds = args.rounds or (1 if args.quick else 7)
+    args.calls = args.calls or (2000 if args.quick else 20000)
+    if shutil.which("cc") is None:
+        return skip(run, title, "no C compiler (cc) to build the timing helper")
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_helper(Path(tmp))
         per_kind = measure(exe, args.rounds, args.calls)
@@ -152,13 +164,12 @@ def main(argv: list[str]) -> int:
     med = {k: statistics.median(v) for k, v in per_kind.items()}
     worst = {k: max(v) for k, v in per_kind.items()}
     cmd = f"PYTHONPATH=src python3 bench/bench_syscall_costs.py --rounds {args.rounds} --calls {args.calls}"
-    lines = [
-        "## Per-call cost of memory-management system calls (`bench/bench_syscall_costs.py`)\n",
-        f"Measured {date} on Linux {kernel}, {os.cpu_count()} vCPU, a busy shared machine. Command: `{cmd}`. "
+    lines = run.header(title, [
         f"A C helper times {args.calls:,} calls per kind with clock_gettime (user-visible time of the "
         f"call: entry, the kernel's work, exit); {args.rounds} runs, median and worst run. These are "
         "the constants of `sparsemm trace`'s kernel-time estimate (`src/sparsemm/data/syscall_costs.json`, "
-        "written with `--store`).\n",
+        "written with `--store`).",
+    ]) + [
         "| kind | what one call does | median ns | worst run ns |",
         "|---|---|---:|---:|",
     ]
@@ -167,9 +178,7 @@ def main(argv: list[str]) -> int:
             lines.append(f"| {kind} | {what} | {med[kind]:,.1f} | {worst[kind]:,.1f} |")
         else:
             lines.append(f"| {kind} | {what} | not available on this kernel | |")
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run.write("\n".join(lines))
     if args.store:
         doc = {
             "_about": (f"Per-call costs in nanoseconds, measured {date} on Linux {kernel} x86-64 by "

@@ -1,8 +1,8 @@
 """How fast `sparsemm trace` replays a long trace under all four designs (as-run, vma, pte, tree).
 
-Run: PYTHONPATH=src python3 bench/bench_trace.py [--quick] [--calls N] [--jobs J] [--out FILE]
+Run: PYTHONPATH=src python3 bench/bench_trace.py [--quick] [--record] [--calls N] [--jobs J]
 Writes a synthetic strace log of N memory-management calls (default 1,000,000; --quick:
-100,000: about 20 s of CPU, a minute of wall time on a busy 2-vCPU machine) of a
+20,000) of a
 multi-threaded program whose mix is modelled on the Chromium and CPython traces in
 docs/trace.md: thread stacks carved from PROT_NONE reservations, PartitionAlloc-style 2 MiB
 super pages committed and decommitted by mprotect with guard pages, malloc-style
@@ -10,13 +10,11 @@ mmap/munmap churn, MADV_DONTNEED, guard-marker ladders, brk. The generator keeps
 what is mapped, so every call is one the kernel would accept and the as-run replay must
 agree with every traced result (checked: exit status 1 otherwise). Then replays it with
 ``replay_designs`` and prints CPU and wall time, calls per CPU second and peak memory as
-Markdown; ``--out FILE`` also writes it (``bench/results_trace.md`` holds the recorded run).
+Markdown to out/bench/results_trace.md (``--record``: bench/results_trace.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import platform
 import random
@@ -31,6 +29,8 @@ SRC = HERE.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Run, parser  # noqa: E402
 from sparsemm.trace.record import Recording, Snapshot  # noqa: E402
 from sparsemm.trace.replay import replay_designs  # noqa: E402
 
@@ -213,14 +213,16 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+FULL, QUICK = "about 25 minutes (1,000,000 calls)", "about 30 s (20,000 calls)"
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="100,000 calls instead of 1,000,000")
-    ap.add_argument("--calls", type=int, default=None)
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--calls", type=int, default=None, help="calls in the log (default 1,000,000; --quick 20,000)")
     ap.add_argument("--jobs", type=int, default=None, help="replay worker processes (default: CPUs, max 4)")
-    ap.add_argument("--out", help="also write the results (Markdown) to this file")
     args = ap.parse_args(argv)
-    n = args.calls or (100_000 if args.quick else 1_000_000)
+    run = Run("trace", args, argv, full=FULL, quick=QUICK)
+    n = args.calls or (20_000 if args.quick else 1_000_000)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
         rec, synth = make_recording(Path(tmp), n)
@@ -238,32 +240,21 @@ def main(argv: list[str]) -> int:
         rows.append(f"| {name} | {d.peak_vmas:,} | {sum(d.calls.values()):,} | {d.failed:,} |")
     asrun = res.designs["as-run"]
     jobs = args.jobs or min(os.cpu_count() or 1, 4)
-    cmd = f"PYTHONPATH=src python3 bench/bench_trace.py {'--quick' if args.quick else ''}".strip()
-    if args.out:
-        cmd += f" --out {args.out}"
-    if args.calls:
-        cmd += f" --calls {args.calls}"
-    text = "\n".join([
-        "## Replaying a long trace under all four designs (`bench/bench_trace.py`)\n",
-        f"Measured {datetime.date.today().isoformat()} on Linux {platform.release()}, "
-        f"{os.cpu_count()} vCPU, a busy shared machine (other jobs running). Command: `{cmd}`.\n",
+    text = "\n".join(run.header("Replaying a long trace under all four designs (`bench/bench_trace.py`)") + [
         f"A synthetic strace log of {synth.calls:,} memory-management calls ({synth.lines:,} lines, "
         f"{size / MiB:.0f} MiB; {len(synth.threads)} threads at the end) written in {gen_s:.0f} s, "
         f"replayed by `replay_designs` with {jobs} worker process(es): **{cpu:.0f} s of CPU**, "
-        f"{wall:.0f} s wall on this busy machine (load average {os.getloadavg()[0]:.1f} at the end; "
-        f"{synth.calls / cpu:,.0f} calls per CPU second for all four designs together, "
-        f"{4 * synth.calls / cpu:,.0f} design-calls per CPU second); peak RSS of one process "
+        f"{wall:.0f} s wall ({synth.calls / cpu:,.0f} calls per CPU second for all four designs "
+        f"together, {4 * synth.calls / cpu:,.0f} design-calls per CPU second); peak RSS of one process "
         f"{rss_mib:.0f} MiB. "
         f"The as-run replay disagreed with the generator on {asrun.mismatch_count} call(s).\n",
         "| design | peak VMAs | calls issued | calls refused |",
         "|---|---:|---:|---:|",
         *rows,
     ])
-    print(text)
+    run.write(text)
     if asrun.mismatch_count:
         print(f"as-run mismatches: {asrun.mismatches[:3]}", file=sys.stderr)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
     return 1 if asrun.mismatch_count else 0
 
 

@@ -11,24 +11,32 @@ round by round so that both see the same machine load:
 - ``100k VMAs``: 100,000 MAP_FIXED mmaps into one AddressSpace, then an mprotect splitting
   each VMA, then munmap of each (``bench_model.py`` section 2's operations, whole loops timed).
 
-Run: ``python3 bench/bench_trees.py --base /tmp/old --new . [--rounds 5] [--write FILE]``
-(make the base with ``git archive <commit> | tar -x -C /tmp/old``). Prints medians, worst
-runs and new/base ratios of wall-clock time, and of CPU time (user + system, the child and
-the processes it forked and waited for: steadier than wall clock on a busy machine);
-``--write`` stores them as markdown with the command and date.
+Run: ``python3 bench/bench_trees.py --base /tmp/old [--new .] [--rounds 5]`` (make the base
+with ``git archive <commit> | tar -x -C /tmp/old``). Prints medians, worst runs and new/base
+ratios of wall-clock time, and of CPU time (user + system, the child and the processes it
+forked and waited for: steadier than wall clock on a busy machine), and writes them to
+``out/bench/results_trees.md``. Without ``--base`` (as in ``make bench``) there is nothing to
+compare: the results say so, and ``--record`` leaves ``bench/results_trees.md``, the recorded
+comparisons, as they are (a comparison is recorded by hand, with its two trees named).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import Run, parser  # noqa: E402
+
+FULL = "about 45 minutes at 5 rounds with --base (none without)"
+QUICK = "about 2 minutes with --base (1 round, the replays and the 100k VMAs), none without"
+TITLE = "Two source trees side by side (`bench/bench_trees.py`)"
 
 CHILD = r"""
 import gc, json, resource, sys, time
@@ -58,7 +66,10 @@ elif kind == "design":
     r = run_design(script, arg)
     assert not r.error, r.error
 elif kind == "replay":
-    from bench_model import guard_mix
+    try:
+        from bench_replay import guard_mix
+    except ImportError:  # a tree from before bench_replay.py
+        from bench_model import guard_mix
     from sparsemm.opscript.model_backend import run_model
     script = parse_script(guard_mix(20_000))
     t0, c0 = time.perf_counter(), cpu()
@@ -98,25 +109,34 @@ def run(tree: str, job: str) -> list[float]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="the reference tree (has src/sparsemm)")
-    ap.add_argument("--new", required=True, help="the tree under test")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--jobs", nargs="*", default=JOBS, help=f"subset of {JOBS}")
-    ap.add_argument("--write", metavar="FILE", help="write the table as markdown to FILE")
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--base", help="the reference tree (has src/sparsemm)")
+    ap.add_argument("--new", default=str(HERE.parent), help="the tree under test (default: this one)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 5; --quick 1)")
+    ap.add_argument("--jobs", nargs="*", help=f"subset of {JOBS}")
     args = ap.parse_args(argv)
+    run_ = Run("trees", args, argv, full=FULL, quick=QUICK)
+    if not args.base:
+        why = "no --base: a comparison of two checkouts, run by hand"
+        if args.record:
+            print(f"bench_trees: not run ({why}); bench/results_trees.md keeps its recorded comparisons")
+            return 0
+        run_.write("\n".join(run_.header(TITLE) + [f"Not run: {why}."]))
+        return 0
+    rounds = args.rounds or (1 if args.quick else 5)
+    jobs = args.jobs or ([j for j in JOBS if not j.startswith(("analyze", "design"))] if args.quick else JOBS)
     base, new = str(Path(args.base).resolve()), str(Path(args.new).resolve())
     times: dict[tuple[str, str], list[list[float]]] = {}
-    for r in range(args.rounds):
-        for job in args.jobs:
+    for r in range(rounds):
+        for job in jobs:
             order = (base, new) if r % 2 == 0 else (new, base)  # alternate who goes first
             for tree in order:
                 times.setdefault((job, tree), []).append(run(tree, job))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     rows = ["| work | wall: base median s | new median s | new/base | base worst | new worst "
             "| CPU: base median s | new median s | new/base |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for job in args.jobs:
+    for job in jobs:
         cells = []
         for k in (0, 1):
             b = [t[k] for t in times[job, base]]
@@ -126,15 +146,9 @@ def main(argv: list[str]) -> int:
             if k == 0:
                 cells += [f"{max(b):.3f}", f"{max(n):.3f}"]
         rows.append(f"| {LABELS.get(job, job)} | " + " | ".join(cells) + " |")
-    table = "\n".join(rows)
-    print(table)
-    if args.write:
-        head = (f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
-                f"- Command: `python3 bench/bench_trees.py {' '.join(argv)}`\n"
-                f"- Python {platform.python_version()}, {platform.machine()}, kernel {platform.release()}, "
-                f"{os.cpu_count()} CPUs; {args.rounds} rounds, base and new alternating in fresh "
-                "child processes; wall clock.\n")
-        Path(args.write).write_text(head + "\n" + table + "\n")
+    run_.write("\n".join(run_.header(TITLE, [
+        f"base `{args.base}`, new `{args.new}`; {rounds} rounds, base and new alternating in fresh "
+        "child processes (who goes first alternates by round); medians."]) + rows))
     return 0
 
 

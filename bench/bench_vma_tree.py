@@ -1,7 +1,8 @@
 """Benchmark of sparsemm.model.vma_tree.VmaTree at 1,000,000 VMAs: median µs per operation, index bytes per VMA.
 
-Run: PYTHONPATH=src python3 bench/bench_vma_tree.py [n_vmas] [samples]
-Layout: VMAs of 1-16 pages; 70% adjacent to their predecessor, 30% after a 1-64 page gap.
+Layout: VMAs of 1-16 pages; 70% adjacent to their predecessor, 30% after a 1-64 page gap. The
+index alone (VMA objects excluded); each operation timed alone, in this process.
+Run: ``PYTHONPATH=src python3 bench/bench_vma_tree.py [--vmas N] [--samples N]``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import statistics
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
-from sparsemm.abi import PAGE_SIZE
-from sparsemm.model.vma_tree import VmaTree
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Run, parser  # noqa: E402
+from sparsemm.abi import PAGE_SIZE  # noqa: E402
+from sparsemm.model.vma_tree import VmaTree  # noqa: E402
+
+FULL, QUICK = "3 to 5 minutes", "about 5 s"
 
 P = PAGE_SIZE
 
@@ -48,9 +56,14 @@ def timed(samples: list[float], fn, *args):
     return r
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    nsamples = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+def main(argv: list[str]) -> int:
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--vmas", type=int, help="VMAs (default 1,000,000; --quick 50,000)")
+    ap.add_argument("--samples", type=int, help="samples per operation (default 20,000; --quick 2,000)")
+    args = ap.parse_args(argv)
+    run = Run("vma_tree", args, argv, full=FULL, quick=QUICK)
+    n = args.vmas or (50_000 if args.quick else 1_000_000)
+    nsamples = args.samples or (2_000 if args.quick else 20_000)
     rng = random.Random(1)
     vmas = make_layout(n, rng)
     gc.collect()
@@ -103,19 +116,22 @@ def main() -> None:
     gc.enable()
     tree.check()
 
-    print(f"VmaTree, {n:,} VMAs, LOAD={VmaTree.LOAD}, {len(tree._starts)} blocks, "
-          f"Python {sys.version.split()[0]}")
-    print(f"build by {n:,} ordered inserts: {build_s:.2f} s ({build_s / n * 1e6:.2f} µs each); "
-          f"check(): {check_s:.2f} s")
-    print(f"index memory (tracemalloc, VMA objects excluded): {index_bytes / n:.1f} bytes/VMA")
-    print(f"slots {tree.slot_count:,}, gaps {tree.gap_count:,}, modelled maple nodes {tree.node_count():,}")
-    print()
-    print(f"{'operation':28} {'samples':>8} {'median µs':>10} {'p90 µs':>8} {'p99 µs':>8}")
+    lines = run.header(f"VmaTree at {n:,} VMAs (`bench/bench_vma_tree.py`)", [
+        f"{n:,} VMAs of 1–16 pages, 30% after a gap of 1–64 pages; {nsamples:,} samples per "
+        f"operation, each timed alone (`perf_counter_ns`, the garbage collector off); "
+        f"LOAD={VmaTree.LOAD} ({len(tree._starts):,} blocks). The index alone (VMA objects excluded); "
+        "the whole model's per-operation figures are in the model benchmark.",
+        f"Index memory: {index_bytes / n:.1f} bytes per VMA (tracemalloc). Building by {n:,} ordered "
+        f"inserts: {build_s:.1f} s ({build_s / n * 1e6:.2f} µs each); `check()`: {check_s:.2f} s. "
+        f"Slots {tree.slot_count:,}, gaps {tree.gap_count:,}, modelled maple nodes {tree.node_count():,}."])
+    lines += ["| operation | median µs | p90 | p99 |", "|---|---|---|---|"]
     for name, xs in res.items():
         xs.sort()
-        print(f"{name:28} {len(xs):8} {statistics.median(xs):10.2f} "
-              f"{xs[int(len(xs) * 0.9)]:8.2f} {xs[int(len(xs) * 0.99)]:8.2f}")
+        lines.append(f"| {name} | {statistics.median(xs):.2f} | {xs[int(len(xs) * 0.9)]:.2f} | "
+                     f"{xs[int(len(xs) * 0.99)]:.2f} |")
+    run.write("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -296,8 +296,8 @@ def analyze(entries: list[MapEntry], policy: GuardPolicy | None = None, *, sourc
 
 def _slowest(designs: tuple[str, ...]) -> str:
     """The design to start first: guard entries make the slowest model runs, then PROT_NONE
-    VMAs, then markers (tree 1.07 s, vma 0.66 s, pte 0.50 s on a 65,530-VMA map:
-    bench/results_analyze_designs.md)."""
+    VMAs, then markers (CPU time of a whole run on a 65,530-VMA map: tree 1.2 s, vma 0.83 s,
+    pte 0.73 s: bench/results_analyze_designs.md)."""
     speed = {registry.GuardShape.ENTRY: 0, registry.GuardShape.VMA: 1, registry.GuardShape.MARKER: 2}
     known = [d for d in designs if d in registry.names()]
     return min(known, key=lambda d: speed[registry.design_class(d).guard_shape]) if known else designs[0]

@@ -19,6 +19,7 @@ import resource
 import signal
 import sys
 import tempfile
+import time
 
 from sparsemm import abi
 from sparsemm.native import _scan, libc, procfs
@@ -31,6 +32,16 @@ from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_r
 _U64 = 1 << 64
 #: Descriptors the child keeps besides its memfds (stdio, the interpreter's, fork pipes).
 _SPARE_FDS = 64
+
+
+#: For benchmarks (bench/bench_replay.py): set to a file path, the child writes there, as JSON,
+#: how long its ops took, each ``run_op`` timed alone (the op's calls into the kernel and its
+#: record; no start-up, imports, parsing, JSON or streaming), in wall and in CPU time (this
+#: thread's: ``time.thread_time``): ``{"ops": n, "seconds": s, "cpu": s, "by_op": {name:
+#: [n, s, cpu]}, "clock": [wall, cpu]}``, ``clock`` being what the clock reads themselves add
+#: to one op's wall and CPU time (the median of 1,000 empty readings; not subtracted). A fork
+#: op's time holds its child's ops. Unset: nothing is timed.
+OP_TIMES_ENV = "SPARSEMM_KERNEL_OP_TIMES"
 
 
 class KernelBackendError(RuntimeError):
@@ -652,17 +663,60 @@ def _reach(op: Op, maps) -> list[tuple[int, int]]:
     return out
 
 
-def _stream(out, runner: KernelRunner, ops) -> None:
+class _OpTimes:
+    """The time of each op the child runs, summed per op name (``OP_TIMES_ENV``)."""
+
+    def __init__(self, runner: KernelRunner, path: str):
+        self._run_op = runner.run_op
+        self.path = path
+        self.by_op: dict[str, list] = {}
+        walls, cpus = [], []
+        for _ in range(1000):  # the clocks' own cost, read exactly as run_op reads them
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            t1 = time.perf_counter()
+            c1 = time.thread_time()
+            walls.append(t1 - t0)
+            cpus.append(c1 - c0)
+        walls.sort()
+        cpus.sort()
+        self.clock = [walls[500], cpus[500]]
+
+    def run_op(self, op: Op) -> dict:
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        record = self._run_op(op)
+        t1 = time.perf_counter()
+        c1 = time.thread_time()
+        slot = self.by_op.setdefault(op.name, [0, 0.0, 0.0])
+        slot[0] += 1
+        slot[1] += t1 - t0
+        slot[2] += c1 - c0
+        return record
+
+    def write(self) -> None:
+        doc = {"ops": sum(v[0] for v in self.by_op.values()),
+               "seconds": sum(v[1] for v in self.by_op.values()),
+               "cpu": sum(v[2] for v in self.by_op.values()), "by_op": self.by_op, "clock": self.clock}
+        with open(self.path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+
+
+def _stream(out, runner: KernelRunner, ops, times: _OpTimes | None = None) -> None:
     """Run ``ops``, writing one flushed JSON line per record, then ``{"done": ...}``; a
-    failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line."""
+    failure is one ``{"error": ..., "kind": "refused"|"failed"}`` line. ``times``: each op
+    timed (``OP_TIMES_ENV``), written before ``done``."""
     def emit(obj) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    run_op = times.run_op if times else runner.run_op
     try:
         before = procfs.thp_activity()
         for op in ops:
-            emit({"r": runner.run_op(op)})
+            emit({"r": run_op(op)})
+        if times:
+            times.write()
         emit({"done": {"thp_quiet": procfs.thp_activity() == before}})
     except ChildRefused as exc:
         emit({"error": str(exc), "kind": "refused"})
@@ -711,8 +765,9 @@ def _child_main() -> int:
         out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
         out.flush()
         return 2
+    times_path = os.environ.get(OP_TIMES_ENV)
     try:
-        _stream(out, runner, script.ops)
+        _stream(out, runner, script.ops, _OpTimes(runner, times_path) if times_path else None)
     except ChildRefused:
         return 2
     except Exception:  # noqa: BLE001 - already reported as an error line
