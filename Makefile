@@ -42,8 +42,11 @@ browser:
 	  || echo "could not install chromium: the browser tests will skip"; }
 
 # SPARSEMM_REQUIRE_STRACE: the trace tests fail, never skip, if strace is still missing.
+# One line per test file with its progress, then the skips and failures with their reasons
+# (-ra, pyproject.toml) and the 20 slowest tests. PYTEST_ARGS="-m 'not slow'" skips the slow ones.
+PYTEST_ARGS ?=
 test: $(STAMP) strace browser
-	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest -q
+	SPARSEMM_REQUIRE_STRACE=1 $(BIN)/python -m pytest --durations=20 --durations-min=5 $(PYTEST_ARGS)
 	SPARSEMM_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 # Benchmarks write to out/bench/ (untracked); only bench-record rewrites bench/results_*.md

@@ -1,5 +1,5 @@
 """Unit tests of ``sparsemm.analyze.guards``: small drawn layouts, the cost function, and the
-counts on the three sample maps of costs-and-workloads.md §7.1.
+counts on the three bundled sample maps (docs/samples.md, "The strict rule's counts").
 
 Pictures: one letter per VMA, addresses growing to the right; ``.`` is a hole.
 """
@@ -86,8 +86,8 @@ def test_neighbours_that_would_not_merge_with_each_other():
     c = find_guards(layout((8 * KiB, "r--p"), G4, RW))
     assert roles(c)[1] == ("guard", "below")
     assert (c.summary.sandwiches, c.summary.vmas_if_markers) == (0, 2)
-    # The §7.1 rule only accepts rw-p neighbours: then G merges upwards.
-    c = find_guards(layout((8 * KiB, "r--p"), G4, RW), GuardPolicy.table_7_1())
+    # The strict rule only accepts rw-p neighbours: then G merges upwards.
+    c = find_guards(layout((8 * KiB, "r--p"), G4, RW), GuardPolicy.strict())
     assert roles(c)[1] == ("guard", "above")
 
 
@@ -170,7 +170,7 @@ def test_borderline_decided_by_cost_and_policy():
     assert (s.guards, s.payload, s.payload_bytes) == (0, 1, 2036 * KiB)
     assert (s.vmas_if_markers, s.vmas_if_tree) == (3, 3)  # guards only: nothing changes
     assert (s.vmas_if_markers_with_payload, s.vmas_if_tree_with_payload) == (1, 2)
-    table = find_guards(layout(RW, (2036 * KiB, "---p"), RW), GuardPolicy.table_7_1()).summary
+    table = find_guards(layout(RW, (2036 * KiB, "---p"), RW), GuardPolicy.strict()).summary
     assert (table.guards, table.payload) == (0, 0)
 
     es = layout((2 * MiB, "rw-p"), (6 * MiB, "---p"), (2 * MiB, "rw-p"))
@@ -202,8 +202,8 @@ def check_counts(c) -> None:
     assert sum(r.role is Role.RESERVATION for r in c.roles) == s.reservations
 
 
-# The §7.1 table: VMAs, sandwiches, VMAs with markers, VMAs with maple-only guards.
-TABLE_7_1 = {
+# docs/samples.md, the strict rule's counts: VMAs, sandwiches, VMAs with markers, VMAs with maple-only guards.
+STRICT_COUNTS = {
     "chromium150_renderer_heavy_default": (1400, 204, 984, 1188),
     "chromium150_browser_default": (815, 49, 711, 760),
     "python311_glibc236_200threads": (535, 196, 139, 335),
@@ -217,13 +217,13 @@ DEFAULT_POLICY = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(TABLE_7_1))
-def test_table_7_1_rule_reproduces_the_table_exactly(name):
-    """``GuardPolicy.table_7_1()`` is the table's own rule (a guard is a ``---p`` <= 64 KiB next
+@pytest.mark.parametrize("name", sorted(STRICT_COUNTS))
+def test_strict_rule_reproduces_the_table_exactly(name):
+    """``GuardPolicy.strict()`` is the table's own rule (a guard is a ``---p`` <= 64 KiB next
     to an anonymous ``rw-p``); merging runs gives the table's formula's numbers exactly,
     because in these maps every chain is a ladder of same-attribute VMAs."""
-    vmas, sandwiches, markers, tree = TABLE_7_1[name]
-    c = find_guards(parse_maps((DATA / f"{name}.maps").read_text(), name), GuardPolicy.table_7_1())
+    vmas, sandwiches, markers, tree = STRICT_COUNTS[name]
+    c = find_guards(parse_maps((DATA / f"{name}.maps").read_text(), name), GuardPolicy.strict())
     check_counts(c)
     s = c.summary
     assert (s.vmas, s.sandwiches, s.vmas_if_markers, s.vmas_if_tree) == (vmas, sandwiches, markers, tree)
@@ -232,7 +232,7 @@ def test_table_7_1_rule_reproduces_the_table_exactly(name):
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_POLICY))
 def test_default_policy_counts_and_tolerance_against_the_table(name):
-    """The default policy finds more guards than §7.1 on Chromium, on purpose:
+    """The default policy finds more guards than the strict rule on Chromium, on purpose:
 
     * renderer: +13 small sandwiches whose neighbours are anonymous ``r--p`` (V8 read-only
       space?) rather than ``rw-p``: 212 -> 225 guards, markers 984 -> 958, tree 1188 -> 1175.
@@ -249,7 +249,7 @@ def test_default_policy_counts_and_tolerance_against_the_table(name):
     at or below the table's, within 30 % of the table's VMA total on the markers side and
     10 % on the tree side, with or without the payload.
     """
-    vmas, sandwiches, markers, tree = TABLE_7_1[name]
+    vmas, sandwiches, markers, tree = STRICT_COUNTS[name]
     path = DATA / f"{name}.maps"
     c = find_guards(parse_maps(path.read_text(), name))
     check_counts(c)
@@ -263,7 +263,7 @@ def test_default_policy_counts_and_tolerance_against_the_table(name):
     assert tree - 0.10 * vmas <= s.vmas_if_tree_with_payload <= s.vmas_if_tree <= tree
     assert s.vmas == vmas and s.sandwiches >= sandwiches
     # Every table guard is also a default-policy guard.
-    table = find_guards([r.entry for r in c.roles], GuardPolicy.table_7_1())
+    table = find_guards([r.entry for r in c.roles], GuardPolicy.strict())
     table_guards = {r.entry.start for r in table.guards()}
     assert table_guards <= {r.entry.start for r in c.guards()}
 

@@ -353,7 +353,7 @@ def test_numbers_say_how_they_were_obtained(renderer, renderer_page):
 def test_strict_policy_is_named():
     from sparsemm.analyze.guards import GuardPolicy
 
-    r = analyze(parse_maps(RENDERER.read_text()), GuardPolicy.table_7_1(), source="r.maps")
+    r = analyze(parse_maps(RENDERER.read_text()), GuardPolicy.strict(), source="r.maps")
     text = render_html(r)
     assert "the strict rule" in text and "rw-p" in text
 

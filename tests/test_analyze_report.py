@@ -186,7 +186,7 @@ def test_touch_modes():
 
 def test_policy_changes_guard_count():
     entries = load(str(MAPS / "chromium150_renderer_heavy_default.maps"))
-    strict = analyze(entries, GuardPolicy.table_7_1())
+    strict = analyze(entries, GuardPolicy.strict())
     loose = analyze(entries)
     assert strict.guards < loose.guards
     assert strict.designs["vma"].vmas == loose.designs["vma"].vmas == 1400

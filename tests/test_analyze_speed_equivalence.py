@@ -27,7 +27,7 @@ SAMPLES = sorted(DATA.glob("*.maps"))
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = abi.PAGE_SIZE
 
-POLICIES = [GuardPolicy(), GuardPolicy.table_7_1(), GuardPolicy(cost_ratio=0.5, max_borderline_bytes=None),
+POLICIES = [GuardPolicy(), GuardPolicy.strict(), GuardPolicy(cost_ratio=0.5, max_borderline_bytes=None),
             GuardPolicy(neighbour_perms="rw-p", assume_anon_vma=False, assume_neighbour_tables=False,
                         cost_ratio=3.0),
             GuardPolicy(max_guard_bytes=0, max_borderline_bytes=8 * MiB)]

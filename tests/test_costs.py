@@ -29,7 +29,7 @@ def test_constants_come_from_the_packaged_json():
 
 
 def test_interior_mprotect_guard_costs_what_the_notes_say():
-    # costs-and-workloads.md §2.4: +2 VMAs, +2 slots (~38 B), +2 AVCs once there is an anon_vma.
+    # docs/costs.md, "One guard, three designs": +2 VMAs, +2 slots (~38 B), +2 AVCs once there is an anon_vma.
     c = kernel_cost(MmCounts(vmas=2, maple_nodes=0))
     assert c.vm_area_struct == 384 and c.total == 384
     with_av = kernel_cost(MmCounts(vmas=2, anon_vma_chains=2, maple_nodes=0))
@@ -53,7 +53,7 @@ def test_vmpte_counts_pte_pmd_pud_only():
     # Measured on 6.18.44: a first touch in an empty 512 GiB range adds 12 kB of VmPTE.
     assert vmpte_bytes(MmCounts(vmas=1, pte_tables=1, pmd_tables=1, pud_tables=1)) == 12 * 1024
     assert vmpte_bytes(MmCounts(vmas=1, p4d_tables=1, pgd_tables=1)) == 0
-    # §2.3: 1 GiB with 131072 markers -> 512 PTE tables + 1 PMD table = 2052 KiB.
+    # docs/costs.md, "Page tables": 1 GiB with 131072 markers -> 512 PTE tables + 1 PMD table = 2052 KiB.
     assert vmpte_bytes(MmCounts(vmas=1, pte_tables=512, pmd_tables=1)) == 2052 * 1024
 
 
@@ -71,7 +71,7 @@ def test_maple_nodes_for_slots_small_and_large():
     assert maple_nodes_for_slots(1) == 1
     assert maple_nodes_for_slots(16) == 1  # one maple_leaf_64 root
     assert maple_nodes_for_slots(17) == 3  # two leaves and a root
-    # Large trees: ~0.0725 nodes/slot (§2.2 measured 4508 for 59999 contiguous VMAs).
+    # Large trees: ~0.0725 nodes/slot (docs/costs.md, "The maple tree": 4508 measured for 59999 contiguous VMAs).
     for slots, measured in ((16383, 1290), (59999, 4508), (65394, 4937), (59998, 4211)):
         assert maple_nodes_for_slots(slots) == pytest.approx(measured, rel=0.10)
     # never below the fully packed tree
@@ -124,7 +124,7 @@ def test_designs_json_and_text_show_memcg_bytes(tmp_path):
     assert doc["tree"]["memcg_bytes"] - doc["pte"]["memcg_bytes"] == (
         (doc["tree"]["vmas"] - doc["pte"]["vmas"]) * (200 + 72))
     cp = run_cli("designs", str(path))
-    row = next(line for line in cp.stdout.splitlines() if line.startswith("memcg charged B"))
+    row = next(line for line in cp.stdout.splitlines() if line.startswith("charged to its memory cgroup"))
     assert f"{doc['vma']['memcg_bytes']:,}" in row
 
 

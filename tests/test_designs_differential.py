@@ -52,6 +52,7 @@ def op(draw, depth=0):
     return {"op": "touch", "at": a, "len": n, "access": draw(st.sampled_from(["read", "write"]))}
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op(), min_size=1, max_size=14))
 def test_vma_design_matches_the_kernel_running_mprotect(ops):

@@ -681,14 +681,14 @@ def test_snapshots_in_a_tarball_equal_single_file_analyze(tmp_path):
 # --- the documented examples run as written ----------------------------------------------------
 
 def _sh_lines(path: str, heading: str) -> list[str]:
-    """The commands of the first ``sh`` block after ``heading`` in ``path`` (comments
+    """The commands of the first ``sh``/``console`` block after ``heading`` in ``path`` (comments
     dropped), except those that need a cluster of the reader's (``HOST``, an address)."""
     import re
 
     text = (ROOT / path).read_text()
     text = text[text.index(heading):]
-    body = re.search(r"^```sh\n(.*?)^```", text, re.S | re.M).group(1)
-    lines = [line.split("  #", 1)[0].strip() for line in body.splitlines()]
+    body = re.search(r"^```(?:sh|console)\n(.*?)^```", text, re.S | re.M).group(1)
+    lines = [line.split("  #", 1)[0].strip().removeprefix("$ ") for line in body.splitlines()]
     return [line for line in lines if line and "HOST" not in line and "10.0.0.5" not in line]
 
 

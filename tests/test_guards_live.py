@@ -348,6 +348,7 @@ def test_bad_snapshot_files_are_one_line(child, tmp_path, doc, needle):
 
 # --- on the kernel: the rebuild with the markers measures what the model predicts ----------------
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @pytest.mark.kernel
 @pytest.mark.parametrize("design", ["vma", "pte"])
 def test_reproduce_with_existing_markers_exact(child, design):

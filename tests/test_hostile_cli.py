@@ -166,13 +166,13 @@ OPTIONS = {
     "designs": ["--design", "--json", "--allow-dangerous"],
     "measure": ["--repeat", "--json", "--no-predict"],
     "analyze": ["--json", "--plot", "--max-guard-kib", "--max-borderline-mib", "--cost-ratio",
-                "--neighbour-perms", "--table-7-1", "--touch"],
+                "--neighbour-perms", "--strict-guards", "--touch"],
     "reproduce": ["--design", "--repeat", "--json", "--max-guard-kib", "--max-borderline-mib",
-                  "--cost-ratio", "--neighbour-perms", "--table-7-1", "--touch"],
+                  "--cost-ratio", "--neighbour-perms", "--strict-guards", "--touch"],
     "demo": ["--plot", "--no-reproduce"],
     "probe": ["--json"],
 }
-FLAGS = {"--allow-dangerous", "--json", "--no-predict", "--table-7-1", "--no-reproduce"}
+FLAGS = {"--allow-dangerous", "--json", "--no-predict", "--strict-guards", "--no-reproduce"}
 TARGETS = {
     "run": ["-", "/no/such.json", "/dev/null", str(ROOT)], "compare": ["-"], "designs": ["-"],
     "measure": ["-"], "analyze": [str(SMALL_MAPS), "-", "/no/such", "/proc/self", "/dev/null", "/proc/0"],
@@ -199,6 +199,7 @@ def command_line(draw):
     return args
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command_line())
 def test_generated_command_lines_keep_the_contract(tmp_path_factory, args):

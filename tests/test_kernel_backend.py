@@ -1,4 +1,4 @@
-"""The kernel backend: op scripts on the running kernel give the records OPSCRIPT.md defines."""
+"""The kernel backend: op scripts on the running kernel give the records docs/opscript.md defines."""
 
 from __future__ import annotations
 

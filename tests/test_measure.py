@@ -61,6 +61,7 @@ def ladder(n=N, advice=None) -> dict:
     return {"note": f"{n} guards", "arena_pages": 2 * n + 1, "ops": ops + [{"op": "snapshot"}]}
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 def test_vma_counts_without_slabs():
     m = measure_script(parse_script(ladder(100)), repeat=1)
     assert m.values["arena_vmas"] == 201
@@ -69,6 +70,7 @@ def test_vma_counts_without_slabs():
     assert m.failed_ops == 0
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @needs_root
 def test_mprotect_guards_cost_one_vm_area_struct_per_vma():
     # Slab counts are system-wide: up to 40 fresh runs to find 5 quiet ones (see measure_script).

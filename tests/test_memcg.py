@@ -178,6 +178,7 @@ def test_the_cgroup_is_removed_on_ctrl_c(tmp_path):
 
 # --- what it measures -------------------------------------------------------------------------
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @needs_memcg
 def test_mprotect_guards_cost_one_figure_per_guard_in_any_order_on_a_busy_machine(disturber):
     slack = memcg.charge_slack_bytes()
@@ -199,6 +200,7 @@ def test_mprotect_guards_cost_one_figure_per_guard_in_any_order_on_a_busy_machin
     assert figures[-1] - figures[0] <= 2 * slack / 2000
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @needs_memcg
 @needs_guards
 def test_guard_markers_in_written_memory_cost_nothing(disturber):

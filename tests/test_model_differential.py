@@ -67,6 +67,7 @@ def assert_same(seed: int, profile: str, doc: dict) -> None:
         + json.dumps(minimal) + "\nscript as generated:\n" + json.dumps(doc))
 
 
+@pytest.mark.slow  # tens of seconds (make test's slowest 20)
 @settings(max_examples=EXAMPLES, **SETTINGS)
 @given(profile_script("mixed"))
 def test_model_matches_kernel_on_random_scripts(case):

@@ -60,7 +60,7 @@ def test_guard_install_zaps_and_faults(mm):
     assert exc.value.si_code == abi.SEGV_MAPERR
     assert procfs.pagemap_word(mm, pg(1)) == abi.PM_GUARD_REGION | abi.PM_SWAP
     checked(mm, mm.madvise, pg(0), 4 * P, Madv.GUARD_REMOVE)
-    assert mm.access(pg(1)) == 0  # R-D2: zero-fill again
+    assert mm.access(pg(1)) == 0  # docs/rules.md R-D2: zero-fill again
     assert "gu" in procfs.smaps(mm)  # R-G3: sticky
 
 

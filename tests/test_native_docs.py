@@ -70,13 +70,14 @@ def test_readme_python_example_runs_and_does_not_crash():
 
 
 def test_docs_native_probe_commands_run():
-    for block in blocks("docs/native.md", "sh"):
-        for line in block.splitlines():
-            command = line.split("#")[0].split()
-            assert command[0] == "sparsemm"
-            out = subprocess.run([sys.executable, "-m", "sparsemm", *command[1:]],
-                                 capture_output=True, text=True, timeout=120)
-            assert out.returncode == (0 if HAS_GUARDS else 1) and not out.stderr
+    lines = [line[2:] for block in blocks("docs/native.md", "console") for line in block.splitlines()
+             if line.startswith("$ sparsemm probe")]
+    assert len(lines) == 2
+    for line in lines:
+        command = line.split("#")[0].split()
+        out = subprocess.run([sys.executable, "-m", "sparsemm", *command[1:]],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == (0 if HAS_GUARDS else 1) and not out.stderr
 
 
 def test_no_machine_paths_in_the_native_docs():

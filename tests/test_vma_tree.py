@@ -430,7 +430,7 @@ def test_many_vmas_default_load():
 
 # ---- maple node cost model ----------------------------------------------------------------
 
-# Linux 6.18 slab deltas, costs-and-workloads.md §2.2: (VMAs, slots, maple_node measured).
+# Linux 6.18 slab deltas, docs/costs.md, "The maple tree": (VMAs, slots, maple_node measured).
 MEASURED = [
     (4095, 4095, 348),     # contiguous split VMAs, no gap slots
     (16383, 16383, 1290),

@@ -13,7 +13,7 @@ import math
 import signal
 import sys
 
-__all__ = ["Parser", "count", "number", "number_or_none", "perms", "Terminated",
+__all__ = ["Parser", "Formatter", "count", "number", "number_or_none", "perms", "Terminated",
            "install_signal_handlers"]
 
 
@@ -23,6 +23,21 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D401 - argparse's hook
         text = " ".join(message.split())
         self.exit(2, f"{self.prog}: {text} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written (descriptions and example epilogs keep their lines), and every option's
+    default said where the help text does not say it already and the default means something
+    (not ``None``, ``False`` or a private sentinel)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings or not isinstance(default, (str, int, float, list, tuple))):
+            return text
+        shown = ", ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 def _fmt(x: float) -> str:

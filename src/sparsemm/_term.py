@@ -1,7 +1,7 @@
 """``console()``: the rich console the CLI prints with, on a terminal or into a pipe.
 
-A pipe gets no colour and a width of at least 120 columns, so tables and file names are not
-broken mid-word. Owns nothing else.
+A pipe gets no colour, tables at least 120 columns wide, and text lines that are never
+wrapped (soft wrap), so a file name or a sentence is never broken. Owns nothing else.
 """
 
 from __future__ import annotations
@@ -18,4 +18,4 @@ def console(stderr: bool = False):
 
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else max(shutil.get_terminal_size((120, 24)).columns, 120)
-    return Console(file=stream, width=width, highlight=False)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=width is not None)

@@ -28,7 +28,7 @@ PTRS_PER_TABLE = 512
 #: ``vm.max_map_count`` default: ``USHRT_MAX - MAPCOUNT_ELF_CORE_MARGIN`` (include/linux/mm.h).
 DEFAULT_MAX_MAP_COUNT = 65530
 
-#: The op-script arena base (OPSCRIPT.md): identical on both backends.
+#: The op-script arena base (docs/opscript.md): identical on both backends.
 ARENA_BASE = 0x1000_0000_0000
 
 #: Highest user address + 1 on x86-64 with 4-level paging (TASK_SIZE).
@@ -210,7 +210,7 @@ VM_MNEMONICS: dict[VmFlag, str] = {
 }
 MNEMONIC_TO_VMFLAG: dict[str, VmFlag] = {v: k for k, v in VM_MNEMONICS.items()}
 
-#: The VmFlags an op-script snapshot reports (OPSCRIPT.md), sorted.
+#: The VmFlags an op-script snapshot reports (docs/opscript.md), sorted.
 SNAPSHOT_VMFLAGS: tuple[str, ...] = tuple(sorted(("gu", "lo", "wf", "dc", "dd", "hg", "nh", "sl", "dp", "um")))
 
 
@@ -277,7 +277,7 @@ SEGV_MAPERR = 1
 SEGV_ACCERR = 2
 
 # ---------------------------------------------------------------------------
-# Op-script spellings (OPSCRIPT.md): the names scripts use for the numbers above.
+# Op-script spellings (docs/opscript.md): the names scripts use for the numbers above.
 
 PROT_BY_LETTER = {"r": PROT_READ, "w": PROT_WRITE, "x": PROT_EXEC}
 

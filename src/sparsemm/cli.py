@@ -13,15 +13,18 @@ import signal
 import sys
 
 from sparsemm._input import SettingError
-from sparsemm._options import Parser, Terminated, count, install_signal_handlers
+from sparsemm._options import Formatter, Parser, Terminated, count, install_signal_handlers
 from sparsemm.model import designs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.runner import BACKENDS, BackendUnavailable, run_script
 from sparsemm.opscript.script import ScriptError, load_script
+from sparsemm.samples import SampleError
 
 EXIT_USAGE = 2
 #: ``measure --repeat``/``reproduce --repeat``: each run is a fresh child and its own median input.
 MAX_REPEAT = 100
+#: Both commands take the median of this many fresh runs unless told otherwise.
+DEFAULT_REPEAT = 3
 
 
 class CliError(Exception):
@@ -30,7 +33,9 @@ class CliError(Exception):
 
 def _load(args: argparse.Namespace):
     """``args.script`` parsed; dangerous ops allowed by ``--allow-dangerous`` are explained."""
-    script = load_script(args.script, allow_dangerous=getattr(args, "allow_dangerous", False))
+    from sparsemm.samples import resolve
+
+    script = load_script(resolve(args.script), allow_dangerous=getattr(args, "allow_dangerous", False))
     for warning in script.warnings:
         print(f"sparsemm {args.command}: warning: {warning}; running it as --allow-dangerous asks",
               file=sys.stderr)
@@ -113,11 +118,19 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _designs(args: argparse.Namespace) -> int:
-    from sparsemm.opscript.designs import format_report, report_json, run_designs
+    from sparsemm.opscript.designs import render_report, report_json, run_designs
 
     script = _load(args)
     results = run_designs(script, tuple(args.design) if args.design else None)
-    print(report_json(results) if args.json else format_report(results))
+    if args.json:
+        print(report_json(results))
+    else:
+        from sparsemm._term import console
+
+        out = console()
+        if script.note:
+            out.print(f"[bold]{args.script}[/bold]: {script.note}")
+        out.print(render_report(results))
     return 0
 
 
@@ -141,38 +154,161 @@ def _probe(args: argparse.Namespace) -> int:
     return feats.exit_status
 
 
+def _samples(args: argparse.Namespace) -> int:
+    from sparsemm import samples
+
+    if args.name is None:
+        for s in samples.SAMPLES:
+            print(f"{samples.PREFIX}{s.name:<16} {s.kind:<7} {s.about}")
+        return 0
+    path = samples.path(args.name)
+    if args.path:
+        print(path)
+    else:
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
+
+
 def _allow_dangerous(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-dangerous", action="store_true",
                    help="run hwpoison/soft_offline advice (refused otherwise: on the kernel, as root, "
                         "they take real memory out of service until reboot)")
 
 
+#: The top-level help lists the commands in these groups, in this order (main ones first).
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Look at a process (what would guard markers save it?)",
+     ("analyze", "reproduce", "demo", "trace", "guards", "snapshot", "samples")),
+    ("Guard regions in your own programs",
+     ("probe", "efence")),
+    ("Op scripts (one format for the model and the kernel)",
+     ("run", "compare", "designs", "measure", "record")),
+)
+
+#: Two or three real examples per command, shown under its --help (they run as written).
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "analyze": ("sparsemm analyze sample:renderer",
+                "sparsemm analyze $$ --mappings",
+                "sparsemm analyze sample:python-threads --json --plot threads.png"),
+    "reproduce": ("sparsemm reproduce sample:python-threads",
+                  "sparsemm reproduce sample:renderer --design pte --repeat 5",
+                  "sparsemm reproduce $$ --json"),
+    "demo": ("sparsemm demo",
+             "sparsemm demo --no-reproduce --plot renderer.svg"),
+    "trace": ("sparsemm trace -- python3 -c 'import threading; threading.Thread(target=print).start()'",
+              "sparsemm trace --json --plot trace.png -- sort /etc/passwd",
+              "sparsemm trace --pid $$ --duration 2"),
+    "guards": ("sparsemm guards $$",
+               "sparsemm guards self --json"),
+    "snapshot": ("sparsemm snapshot $$ -o shell.snapshot.json",
+                 "sparsemm snapshot --all -o snaps.tar.gz"),
+    "samples": ("sparsemm samples",
+                "sparsemm samples guard > guard.json",
+                "sparsemm samples renderer --path"),
+    "probe": ("sparsemm probe",
+              "sparsemm probe --json"),
+    "efence": ("sparsemm efence -- sort /etc/passwd",
+               "sparsemm efence --underflow --backtrace -- ls /",
+               "PYTHONMALLOC=malloc sparsemm efence --align 16 -- python3 -c 'print(1)'"),
+    "run": ("sparsemm run sample:guard --format text",
+            "sparsemm run sample:guard --backend model --design tree",
+            "sparsemm samples guard | sparsemm run - --backend kernel"),
+    "compare": ("sparsemm compare sample:guard",
+                "sparsemm compare sample:guard --design pte"),
+    "designs": ("sparsemm designs sample:guard",
+                "sparsemm designs sample:guard --design vma --design pte --json"),
+    "measure": ("sparsemm measure sample:guard",
+                "sparsemm measure sample:guard --repeat 5 --json"),
+    "record": ("sparsemm record tests/conformance/merge",
+               "sparsemm record --check tests/conformance"),
+}
+
+DESCRIPTION = """\
+sparsemm makes Linux guard regions and sparse memory mappings usable and measurable: it
+reads a process's memory map and shows what each way of making guard pages would cost it
+(PROT_NONE VMAs today, page-table guard markers since Linux 6.13, maple-tree entries as
+proposed), proves the prediction on the running kernel, and gives Python and native
+programs real guard regions."""
+
+EPILOG = """\
+examples:
+  sparsemm demo                        a real Chromium renderer's map, analyzed, rebuilt, plotted
+  sparsemm analyze $$                  your shell, read live
+  sparsemm samples                     the bundled sample maps and scripts
+  sparsemm run sample:guard --format text
+
+'sparsemm COMMAND --help' shows a command's options and examples. Documentation: README.md
+and docs/*.md of the sparsemm source (docs/analyze.md, docs/opscript.md, docs/native.md)."""
+
+
+def version_text() -> str:
+    """``sparsemm --version``: the package version, Python and kernel, which model core is in
+    use (mypyc-compiled or pure Python), and whether the efence C library is built."""
+    import os
+    import platform
+
+    from sparsemm import __version__
+
+    try:
+        from sparsemm.efence.driver import LibraryNotBuilt, library_path
+
+        try:
+            library = f"built ({library_path().name})"
+        except LibraryNotBuilt:
+            library = "not built (sparsemm efence unavailable)"
+    except ImportError:  # pragma: no cover - the efence package ships with sparsemm
+        library = "absent"
+    from sparsemm import _compiled
+
+    return (f"sparsemm {__version__} (Python {platform.python_version()}, {os.uname().sysname} "
+            f"{os.uname().release}); {_compiled.describe()}; efence C library: {library}")
+
+
 class _Version(argparse.Action):
-    """``--version``: the version and the model core's build (imports the core only when asked)."""
+    """``--version``: computed only when asked (it imports the model core to say which build)."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from sparsemm import __version__, _compiled
-
-        print(f"sparsemm {__version__}; {_compiled.describe()}")
+        print(version_text())
         parser.exit()
 
 
+def _command_list(sub) -> str:
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    width = max(map(len, helps)) + 2
+    out = []
+    for title, names in GROUPS:
+        out.append(f"{title}:")
+        out.extend(f"  {n:<{width}}{helps.pop(n)}" for n in names if n in helps)
+        out.append("")
+    if helps:  # a command no group names: still listed
+        out.append("Other commands:")
+        out.extend(f"  {n:<{width}}{h}" for n, h in helps.items())
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="sparsemm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="sparsemm", formatter_class=Formatter, epilog=EPILOG,
+                    usage="sparsemm [-h] [--version] COMMAND [options]")
     parser.add_argument("--version", action=_Version,
-                        help="print the version and whether the compiled model core is in use")
-    sub = parser.add_subparsers(dest="command", required=True)
+                        help="print the version, whether the compiled model core is in use and whether "
+                             "the efence C library is built, and exit")
+    # The commands are listed, grouped, in the description (_command_list); not twice.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS,
+                                prog="sparsemm")
     design_names, native = designs.names(), designs.kernel_design()  # the registry, read now
 
     p = sub.add_parser("run", help="run an op script and print its records")
-    p.add_argument("script", help="op script (JSON file, or - for standard input)")
-    p.add_argument("--backend", choices=BACKENDS, default="kernel")
+    p.add_argument("script", help="op script: a JSON file, sample:NAME, or - for standard input")
+    p.add_argument("--backend", choices=BACKENDS, default="kernel",
+                   help="where to run it: the running kernel, or sparsemm's model of it")
     p.add_argument("--design", choices=design_names, default=native,
-                   help=f"guard design (model only; the kernel is {native!r})")
-    p.add_argument("--format", choices=("json", "text"), default="json")
+                   help=f"guard design (model only; the kernel's own is {native!r}, the default)")
+    p.add_argument("--format", choices=("json", "text"), default="json",
+                   help="json: the records (docs/opscript.md); text: one line per op, for people")
     _allow_dangerous(p)
     p.set_defaults(func=_run)
 
@@ -180,17 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scripts", nargs="+", help="script files or directories")
     p.add_argument("--check", action="store_true",
                    help="do not write; exit 1 if any recorded records differ")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress line per script")
     p.set_defaults(func=_record)
 
     p = sub.add_parser("compare", help="run a script on both backends; show the first difference")
-    p.add_argument("script")
-    p.add_argument("--design", choices=design_names, default=native)
+    p.add_argument("script", help="op script: a JSON file, sample:NAME, or - for standard input")
+    p.add_argument("--design", choices=design_names, default=native,
+                   help="the model's guard design to set beside the kernel")
     _allow_dangerous(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("designs", help="run a script under each guard design; VMAs and kernel bytes")
-    p.add_argument("script")
+    p.add_argument("script", help="op script: a JSON file, sample:NAME, or - for standard input")
     p.add_argument("--design", action="append", choices=design_names,
                    help="only this design (repeatable; default: all of them)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -199,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure",
                        help="build a script's layout on the kernel; measure VMAs, VmPTE, kernel bytes")
-    p.add_argument("script", help="op script (JSON file, or - for standard input)")
-    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=3,
-                   help=f"runs to take the median of, 1..{MAX_REPEAT} (default 3)")
+    p.add_argument("script", help="op script: a JSON file, sample:NAME, or - for standard input")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=DEFAULT_REPEAT,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default {DEFAULT_REPEAT})")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     p.add_argument("--no-predict", action="store_true",
                    help="measure only; do not run the model for a prediction")
@@ -212,8 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask the running kernel which guard-region features it has (the same "
                     "answer every time).",
         epilog="exit status: 0 guard markers work, 1 not available (Mapping and GuardedHeap "
-               "use the PROT_NONE fallback), 2 the probe could not run. "
-               "Examples: sparsemm probe; sparsemm probe --json")
+               "use the PROT_NONE fallback), 2 the probe could not run.")
     p.add_argument("--json", action="store_true",
                    help="print the features as a JSON object (schema sparsemm.probe/1)")
     p.set_defaults(func=_probe)
@@ -239,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_guards_parser(sub)  # guards PID: the guards a live process holds
     add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
+
+    p = sub.add_parser(
+        "samples", help="list the bundled sample maps and scripts, or print one",
+        description="The samples shipped with sparsemm (docs/samples.md). Every command that "
+                    "takes a maps file or an op script also takes sample:NAME.")
+    p.add_argument("name", nargs="?", help="a sample's name: print its contents (default: list them all)")
+    p.add_argument("--path", action="store_true", help="print the sample's file path instead of its contents")
+    p.set_defaults(func=_samples)
+
+    for name, command in sub.choices.items():  # one look for every command's --help
+        command.formatter_class = Formatter
+        examples = EXAMPLES.get(name)
+        if examples:
+            text = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+            command.epilog = f"{command.epilog}\n\n{text}" if command.epilog else text
+    parser.description = DESCRIPTION + "\n\n" + _command_list(sub)
     return parser
 
 
@@ -254,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     try:
         return args.func(args)
-    except (ScriptError, CliError, BackendUnavailable, SettingError) as exc:
+    except (ScriptError, CliError, BackendUnavailable, SettingError, SampleError) as exc:
         _say(args.command, exc)
         return EXIT_USAGE
     except KeyboardInterrupt:

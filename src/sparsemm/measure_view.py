@@ -84,7 +84,11 @@ def render_measurement(m: Measurement, rows: list[Row], *, title: str, extra_not
                   "-" if r.measured is None else _num(r.measured), lo_hi,
                   "" if r.diff is None else f"{r.diff:+,}", _verdict(r))
     notes = list(extra_notes)
-    runs = f"median of {len(m.runs)} run(s)" + (f" ({m.attempts} made)" if m.attempts > len(m.runs) else "")
+    n = len(m.runs)
+    runs = (f"each figure is the median of {n} runs, each in a fresh process" if n > 1 else
+            "each figure is from one run in a fresh process (--repeat N takes the median of N)")
+    if m.attempts > n:
+        runs += f"; {m.attempts} runs were made (disturbed ones were dropped)"
     notes.append(runs + (f"; {m.failed_ops} op(s) of the script failed on the kernel" if m.failed_ops else ""))
     notes.extend(how_notes(m))
     why: dict[str, list[str]] = {}

@@ -1,4 +1,4 @@
-"""Workload generators: op scripts (OPSCRIPT.md dicts) for the guard patterns of real programs.
+"""Workload generators: op scripts (docs/opscript.md documents) for the guard patterns of real programs.
 
 Owns the layouts of PartitionAlloc super pages, glibc thread stacks (before and after 2.42),
 Wasm linear memories and a random mix, all written with ``madvise guard_install`` (the ``pte``
@@ -69,7 +69,7 @@ def partition_alloc(guards: int, *, guards_per_super_page: int = 4, span_pages: 
         pages 508-511  guard (16 KiB)
 
     The last super page stops when ``guards`` are placed. With mprotect guards (see
-    ``to_vma_design``) this is the "rw-p 4K | ---p 4K | rw-p ..." ladder of §4.2; the
+    ``to_vma_design``) this is the "rw-p 4K | ---p 4K | rw-p ..." ladder that Chromium's published maps show; the
     trailing guard of one super page and the leading guard of the next then merge into one
     ``---p`` VMA. At most 32768 super pages fit in an arena: ``guards <= 32768 *
     guards_per_super_page`` (131072 with the default 4; 100k guards -> 25000 super pages, 50 GiB)

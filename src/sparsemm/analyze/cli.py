@@ -15,12 +15,14 @@ import time
 from importlib import resources
 
 from sparsemm._options import count, number, number_or_none, perms
+from sparsemm.samples import resolve
 
 __all__ = ["add_parsers", "analyze_main", "reproduce_main", "demo_main", "DEMO_MAPS", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
 DEMO_MAPS = "chromium150_renderer_heavy_default.maps"
 MAX_REPEAT = 100  # --repeat: fresh measuring children, each up to four attempts
+DEFAULT_REPEAT = 3  # the same default as ``sparsemm measure --repeat``
 MAX_KIB = float(1 << 37)  # the 128 TiB user address space, in KiB
 _UNSET = object()  # --max-borderline-mib not given (None means "no bound")
 
@@ -40,8 +42,11 @@ def _console(stderr: bool = False):
 def _policy(args):
     from sparsemm.analyze.guards import GuardPolicy
 
-    if getattr(args, "table_7_1", False):
-        return GuardPolicy.table_7_1()
+    if getattr(args, "table_7_1", False):  # the deprecated spelling of --strict-guards
+        print(f"sparsemm {args.command}: --table-7-1 is deprecated; use --strict-guards", file=sys.stderr)
+        args.strict_guards = True
+    if getattr(args, "strict_guards", False):
+        return GuardPolicy.strict()
     kw = {}
     if args.max_guard_kib is not None:
         kw["max_guard_bytes"] = int(args.max_guard_kib * 1024)
@@ -153,6 +158,7 @@ def _analyze(args) -> int:
 def _analyze_single(args, policy, target: str) -> int:
     from sparsemm.analyze.report import render_report
 
+    target = resolve(target)  # sample:NAME -> the bundled file
     _check_target(target)
     if args.plot:
         _check_plot_path(args.plot)
@@ -343,6 +349,7 @@ def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
     policy = _policy(args)
+    args.target = resolve(args.target)
     _check_target(args.target)
     if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
@@ -474,12 +481,15 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
                    default=_UNSET, metavar="MIB|none",
                    help="never a guard nor decommitted payload above this size (default 1024); between "
                         "the two, a PROT_NONE range cheaper as markers than as a VMA is decommitted payload")
-    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6),
+    g.add_argument("--cost-ratio", type=number("cost-ratio", 0, 1e6), metavar="RATIO",
                    help=">1 favours markers in that test (default 1)")
     g.add_argument("--neighbour-perms", type=perms, metavar="PERMS",
-                   help="neighbours must have exactly these perms, e.g. rw-p")
-    g.add_argument("--table-7-1", action="store_true",
-                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted payload")
+                   help="neighbours must have exactly these perms, e.g. rw-p (default: any accessible private "
+                        "anonymous VMA)")
+    g.add_argument("--strict-guards", action="store_true",
+                   help="the strict rule: a guard is a ---p of at most 64 KiB next to rw-p; no decommitted "
+                        "payload (overrides the four options above)")
+    g.add_argument("--table-7-1", action="store_true", help=argparse.SUPPRESS)  # old name, deprecated
 
 
 def add_parsers(subparsers) -> None:
@@ -494,8 +504,8 @@ def add_parsers(subparsers) -> None:
                "one line on stderr and a row with an error); 2 for bad input or options, an unusable Dask "
                "cluster, or when no file could be analyzed; 130 on Ctrl-C.")
     p.add_argument("target", nargs="+",
-                   help="pid, snapshot, maps/smaps file or - (one process); or directories, globs, tarballs, "
-                        "files (many)")
+                   help="pid (or self), snapshot, maps/smaps file, sample:NAME (sparsemm samples) or - "
+                        "(one process); or directories, globs, tarballs, files (many)")
     p.add_argument("--json", action="store_true", help="print JSON (schemas in docs/analyze.md, docs/fleet.md)")
     p.add_argument("--plot", metavar="FILE", help="draw the designs to FILE (.png or .svg; one process)")
     p.add_argument("--out", metavar="FILE",
@@ -521,13 +531,15 @@ def add_parsers(subparsers) -> None:
 
     p = subparsers.add_parser(
         "reproduce", help="build a process's layout on the kernel and compare with the prediction")
-    p.add_argument("target", help="snapshot, maps/smaps file, pid, or - for standard input")
+    p.add_argument("target", help="snapshot, maps/smaps file, pid (or self), sample:NAME, or - for "
+                                  "standard input")
     from sparsemm.model.designs import reproducible
 
     p.add_argument("--design", action="append", choices=reproducible(),
                    help="design to build (repeatable; default: every one the kernel can build)")
-    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=1,
-                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default 1)")
+    p.add_argument("--repeat", type=count("repeat", 1, MAX_REPEAT), default=DEFAULT_REPEAT,
+                   help=f"fresh runs to take the median of, 1..{MAX_REPEAT} (default {DEFAULT_REPEAT}, "
+                        "as for measure)")
     p.add_argument("--with-payload", action="store_true",
                    help="build the layout with the decommitted payload as guards too (the +payload counts)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -18,7 +18,7 @@ Vocabulary (addresses grow to the right)::
      L        G                  ~8192 PTE tables (32 MiB), so it stays a VMA.
 
 The strict rule (a guard is a ``---p`` of at most 64 KiB between two anonymous ``rw-p``),
-``GuardPolicy.table_7_1()``, gives renderer 1400 -> 984 / 1188, browser 815 -> 711 / 760,
+``GuardPolicy.strict()`` (``--strict-guards``; the counts of the bundled samples, docs/samples.md), gives renderer 1400 -> 984 / 1188, browser 815 -> 711 / 760,
 python 535 -> 139 / 335 (VMAs with markers / with tree entries). The default
 ``GuardPolicy()`` differs on purpose in two ways, both visible on the renderer:
 
@@ -131,10 +131,15 @@ class GuardPolicy:
                              "permission column like 'rw-p'")
 
     @classmethod
-    def table_7_1(cls) -> GuardPolicy:
+    def strict(cls) -> GuardPolicy:
         """The strict rule: a guard is a ``---p`` of at most 64 KiB next to an anonymous
         ``rw-p``; larger ones are never guards nor decommitted payload."""
         return cls(max_guard_bytes=64 * KiB, max_borderline_bytes=64 * KiB, neighbour_perms="rw-p")
+
+    @classmethod
+    def table_7_1(cls) -> GuardPolicy:
+        """Deprecated old name of ``strict()``."""
+        return cls.strict()
 
 
 class Role(enum.StrEnum):

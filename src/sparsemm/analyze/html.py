@@ -423,7 +423,7 @@ def _policy_section(report: AnalysisReport) -> str:
     rule = (f"A private anonymous <code>PROT_NONE</code> VMA next to {neighbours} is a <b>guard</b> when it "
             f"is at most {guard}. ")
     if strict:
-        rule += "Nothing larger is a guard or decommitted payload (the strict rule, <code>--table-7-1</code>)."
+        rule += "Nothing larger is a guard or decommitted payload (the strict rule, <code>--strict-guards</code>)."
     else:
         limit = "with no upper bound" if border is None else f"up to {_fmt_bytes(border)}"
         rule += (f"A larger one, {limit}, is <b>decommitted payload</b> when markers for it would cost "

@@ -535,8 +535,8 @@ _PROC_PID = re.compile(r"/proc/(\d+|self|thread-self)/?\Z")
 
 
 def proc_pid(what: str) -> str | None:
-    """The pid a target names (``1234``, ``/proc/1234``, ``/proc/self``), else None."""
-    if what.isascii() and what.isdigit():
+    """The pid a target names (``1234``, ``self``, ``/proc/1234``, ``/proc/self``), else None."""
+    if (what.isascii() and what.isdigit()) or what == "self":
         return what
     m = _PROC_PID.match(what)
     return m.group(1) if m else None

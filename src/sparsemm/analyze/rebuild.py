@@ -48,6 +48,11 @@ _TOUCH_ANON_KINDS = frozenset({MapKind.ANON, MapKind.HEAP, MapKind.STACK})
 #: Kinds behind the note that specials are rebuilt as private anonymous memory.
 _SPECIAL_KINDS = frozenset({MapKind.VDSO, MapKind.VVAR, MapKind.STACK, MapKind.SPECIAL})
 
+#: The touch modes in words, for notes people read.
+TOUCH_WORDS = {"rss": "each mapping's resident pages (smaps Rss)",
+               "first": "the first page of each accessible anonymous mapping",
+               "none": "none"}
+
 #: Compression levels tried in order until the arena fits: (granule, shrink reservations).
 #: Gaps of at least two granules become one granule plus the gap modulo the granule, so
 #: every address keeps its offset modulo the granule (1 GiB: PMD and PTE tables the same).
@@ -96,7 +101,7 @@ class Unit:
 
 @dataclass(slots=True)
 class Layout:
-    """The rebuilt layout: ``script`` (an OPSCRIPT.md dict) and the bookkeeping behind it."""
+    """The rebuilt layout: ``script`` (an docs/opscript.md document) and the bookkeeping behind it."""
 
     script: dict
     placed: list[Placed]
@@ -503,9 +508,9 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
             raise LayoutError(f"the rebuild would touch {touched:,} pages ({touched * PAGE / GiB:,.1f} GiB, "
                               f"smaps Rss); at most {MAX_TOUCHED_PAGES:,} ({MAX_TOUCHED_PAGES * PAGE // GiB} "
                               "GiB) can be: use --touch first or none")
-        notes.append(f"touch=auto: the smaps Rss is {touched:,} pages, more than the {MAX_TOUCHED_PAGES:,} "
-                     "a rebuild touches; the first page of each VMA is touched instead (page tables "
-                     "are then a lower bound)")
+        notes.append(f"the smaps Rss is {touched:,} pages, more than the {MAX_TOUCHED_PAGES:,} a rebuild "
+                     "touches: it touched the first page of each mapping instead (page tables are then a "
+                     "lower bound)")
         mode = "first"
         touch_ops, touched = _touches(placed, unit_backings, mode)
     ops += touch_ops
@@ -526,7 +531,8 @@ def _build_layout(entries: list[MapEntry], all_roles: list, touch: str, source: 
     shown = (source or "a process").encode("utf-8", "backslashreplace").decode("utf-8")
     script = {
         "note": (f"layout of {shown}: {n} VMAs, {what} as "
-                 f"guard_install; gaps compressed modulo {_fmt_bytes(granule)}; touch={mode}"),
+                 f"guard_install; long gaps shortened, offsets within {_fmt_bytes(granule)} kept; "
+                 f"pages touched: {TOUCH_WORDS[mode]}"),
         "arena_pages": arena_pages,
         "files": {name: {"pages": file_pages[name]} for name in sorted(file_pages)},
         "ops": ops,

@@ -407,6 +407,16 @@ def _headline(r: AnalysisReport) -> str:
     return "\n".join(lines)
 
 
+def _touch_words(mode: str, pages: int) -> str:
+    """What the rebuild touched (its ``touch`` mode), in words."""
+    if mode == "rss":
+        return f"it touched each mapping's resident pages (smaps Rss): {pages:,} pages"
+    if mode == "first":
+        return (f"it touched the first page of each accessible anonymous mapping ({pages:,} pages): a maps "
+                "file has no Rss, so page tables are a lower bound (smaps or a pid gives the real ones)")
+    return "it touched no page: page tables are a lower bound"
+
+
 def render_report(r: AnalysisReport):
     """A rich renderable: the summary line and one column per design (and, when the map
     has decommitted payload, one per design that turns it into markers too)."""
@@ -461,12 +471,16 @@ def render_report(r: AnalysisReport):
     if r.vma_matches_original is False:
         foot.append(f"warning: the rebuild as the process was has {r.rebuilt_vmas} VMAs, the original {r.vmas}")
     lay = r.layout
-    formula = f"formula pte={r.formula['pte']:,} tree={r.formula['tree']:,}"
-    if r.payload:
-        formula += f" (+payload {r.formula['pte_with_payload']:,} / {r.formula['tree_with_payload']:,})"
-    foot.append(f"rebuilt in an arena of {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB "
-                f"(gaps compressed modulo {lay['granule_bytes'] >> 20} MiB), touch={lay['touch']} "
-                f"({lay['touched_pages']:,} pages), {formula}, {r.seconds:.2f} s")
+    g = lay["granule_bytes"]
+    granule = f"{g >> 30} GiB" if g % (1 << 30) == 0 else f"{g >> 20} MiB"
+    foot.append(f"how: the model rebuilt the map in a {lay['arena_pages'] * 4096 / 2**30:,.1f} GiB range, long "
+                f"gaps between mappings shortened to keep each address's offset within {granule} (so the same "
+                f"mappings share page tables); {_touch_words(lay['touch'], lay['touched_pages'])}; "
+                f"{r.seconds:.2f} s")
+    payload = (f" ({r.formula['pte_with_payload']:,} and {r.formula['tree_with_payload']:,} with the payload)"
+               if r.payload else "")
+    foot.append(f"check: counting the guards alone, without the rebuild, gives {r.formula['pte']:,} VMAs under pte "
+                f"and {r.formula['tree']:,} under tree{payload}")
     if r.payload:
         foot.append("+payload: guards and the decommitted payload (large PROT_NONE ranges inside used "
                     "memory, e.g. PartitionAlloc's decommitted super-page payload) as markers / tree entries")

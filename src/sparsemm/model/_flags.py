@@ -25,5 +25,5 @@ _VM_ACCESS_FLAGS = int(VM_ACCESS_FLAGS)
 _VM_SPECIAL = int(VM_SPECIAL)
 _VM_STICKY = int(VM_STICKY)
 _NOT_IGNORE_MERGE = ~int(VM_IGNORE_MERGE)
-#: madvise_guard_install() refuses these VMAs (R-B2).
+#: madvise_guard_install() refuses these VMAs (docs/rules.md R-B2).
 _GUARD_INSTALL_INELIGIBLE = int(VM_SPECIAL | VmFlag.HUGETLB | VmFlag.LOCKED)

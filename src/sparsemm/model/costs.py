@@ -161,7 +161,7 @@ def maple_nodes_for_slots(slots: int, consts: CostConstants | None = None) -> in
 
     ``max(best case, ceil(nodes_per_slot * slots))``: the best case packs 16 slots per
     ``maple_leaf_64`` and 10 children per ``maple_arange_64``; the measured large-tree rate
-    is 0.0725 nodes/slot (costs-and-workloads.md §2.2). The model's node count
+    is 0.0725 nodes/slot (docs/costs.md, "The maple tree"). The model's node count
     (``AddressSpace.counts()``, from ``model.maple``) depends on the order of the operations
     and is what the cost model uses; this is for callers with counts only.
     Under ~1000 slots the kernel itself is noisy (slab sheaves), so is any formula.

@@ -49,7 +49,7 @@ class MadviseMixin(MmCore):
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """mm/madvise.c: do_madvise(): apply ``advice`` (an MADV_ value) to
         ``[addr, addr + length)``, VMA by VMA; ENOMEM for holes after the mapped parts
-        were done (R-A3), the first per-VMA error stops the walk (R-A4). O(k log n) plus
+        were done (docs/rules.md R-A3), the first per-VMA error stops the walk (R-A4). O(k log n) plus
         the page-table work: zaps O(t + f), guard install/remove O(log r + runs touched +
         t) (docs/model.md "Complexity"); populate O(p)."""
         if advice not in _VALID_ADVICE:

@@ -451,7 +451,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     # ------------------------------------------------------------------ fork / exit
 
     def fork(self) -> "AddressSpace":
-        """kernel/fork.c: dup_mmap(): the child's address space (R-F10). O(n log n + e + r + H)."""
+        """kernel/fork.c: dup_mmap(): the child's address space (docs/rules.md R-F10). O(n log n + e + r + H)."""
         child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base, self.commit_limit)
         child.design = self.design.fork()
         child.hugetlb_pool = self.hugetlb_pool

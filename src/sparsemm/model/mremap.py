@@ -1,7 +1,7 @@
 """mremap(2) on the model: resize in place, move (one or many VMAs), MREMAP_DONTUNMAP.
 
 Owns the checks and steps of mm/mremap.c (Linux 6.17+ multi-VMA moves) and copy_vma();
-page-table entries, guard markers included, move by offset (R-F12). Mixed into
+page-table entries, guard markers included, move by offset (docs/rules.md R-F12). Mixed into
 ``AddressSpace``: needs ``MmCore``'s ``tree``, ``pt``, ``unmap_range``,
 ``get_unmapped_area`` and ``mm_populate``.
 """

@@ -107,7 +107,7 @@ def smaps(mm) -> str:
 def pagemap_word(mm, addr: int) -> int:
     """The pagemap u64 of the page at ``addr`` (fs/proc/task_mmu.c: pte_to_pagemap_entry()):
     present pages bit 63 (+61 for page-cache pages, +56 when mapped once), guard markers
-    bits 62 and 58 (R-G1). PFN field 0."""
+    bits 62 and 58 (docs/rules.md R-G1). PFN field 0."""
     page = addr >> abi.PAGE_SHIFT
     e = mm.pt.get(page)
     if e is None:

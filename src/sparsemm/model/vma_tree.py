@@ -23,7 +23,7 @@ _PAGE_MASK = PAGE_SIZE - 1
 # --- maple-node cost model -------------------------------------------------------------------
 # include/linux/maple_tree.h: maple_leaf_64 has 16 slots, maple_arange_64 (internal nodes of an
 # MT_FLAGS_ALLOC_RANGE tree such as mm_mt) has 10.  The effective fills below are calibrated on
-# the slab deltas of costs-and-workloads.md §2.2 (Linux 6.18); see maple_node_count().
+# the slab deltas of docs/costs.md, "The maple tree" (Linux 6.18); see maple_node_count().
 MAPLE_LEAF_SLOTS = 16
 MAPLE_ARANGE_SLOTS = 10
 LEAF_FILL_X2 = 31         # effective slots per maple_leaf_64, doubled: 15.5 of 16
@@ -43,7 +43,7 @@ def maple_node_count(slots: int) -> int:
     by 9% at both ends); the capped ragged term -- partly filled nodes at the tree's edges and
     split points -- absorbs that.  Below ~1000 slots it is a guess (the kernel data are noisy).
 
-    Calibration against Linux 6.18 slab deltas (costs-and-workloads.md §2.2; S = slots added):
+    Calibration against Linux 6.18 slab deltas (docs/costs.md, "The maple tree"; S = slots added):
 
     ==============================  ======  =====  =====  ========  =====
     layout                           VMAs     S    model  measured  error

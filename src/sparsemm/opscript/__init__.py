@@ -1,1 +1,1 @@
-"""Op scripts: one format for the model and the kernel (OPSCRIPT.md)."""
+"""Op scripts: one format for the model and the kernel (docs/opscript.md)."""

@@ -285,41 +285,57 @@ def run_designs(script: Script, designs=None, **kw) -> dict[str, DesignResult]:
     return {d: run_design(script, d, **kw) for d in (registry.names() if designs is None else designs)}
 
 
-def format_report(results: dict[str, DesignResult]) -> str:
-    """A plain-text table: one column per design, then one line describing each design."""
+def report_rows(results: dict[str, DesignResult]) -> tuple[list[str], list[tuple[str, list[str]]], list[str]]:
+    """The report as data: the design names (columns), one ``(label, cells)`` row per quantity
+    (``n/a`` where a design failed), and the notes (each failure, each design's description)."""
     rows = [
-        ("VMAs (map_count)", lambda r: f"{r.cost.map_count}"),
-        ("guard entries", lambda r: f"{r.counts.guard_entries}"),
-        ("anon_vma / chains", lambda r: f"{r.counts.anon_vmas} / {r.counts.anon_vma_chains}"),
-        ("maple nodes", lambda r: f"{r.cost.maple_nodes}"),
-        ("page-table pages", lambda r: f"{r.counts.pte_tables + r.counts.pmd_tables + r.counts.pud_tables}"),
-        ("vm_area_struct B", lambda r: f"{r.cost.vm_area_struct:,}"),
-        ("anon_vma B", lambda r: f"{r.cost.anon_vma:,}"),
-        ("anon_vma_chain B", lambda r: f"{r.cost.anon_vma_chain:,}"),
-        ("maple_node B", lambda r: f"{r.cost.maple_node:,}"),
-        ("page tables B", lambda r: f"{r.cost.page_tables:,}"),
-        ("total kernel B", lambda r: f"{r.cost.total:,}"),
-        ("memcg charged B", lambda r: f"{r.cost.memcg:,}"),
-        ("failed ops (ENOMEM)", lambda r: f"{r.failed_ops} ({r.enomem_ops})"),
+        ("VMAs (map_count)", lambda r: f"{r.cost.map_count:,}"),
+        ("guard entries (tree)", lambda r: f"{r.counts.guard_entries:,}"),
+        ("anon_vma / chains", lambda r: f"{r.counts.anon_vmas:,} / {r.counts.anon_vma_chains:,}"),
+        ("maple nodes", lambda r: f"{r.cost.maple_nodes:,}"),
+        ("page-table pages", lambda r: f"{r.counts.pte_tables + r.counts.pmd_tables + r.counts.pud_tables:,}"),
+        ("vm_area_struct bytes", lambda r: f"{r.cost.vm_area_struct:,}"),
+        ("anon_vma bytes", lambda r: f"{r.cost.anon_vma:,}"),
+        ("anon_vma_chain bytes", lambda r: f"{r.cost.anon_vma_chain:,}"),
+        ("maple_node bytes", lambda r: f"{r.cost.maple_node:,}"),
+        ("page-table bytes", lambda r: f"{r.cost.page_tables:,}"),
+        ("kernel bytes (total)", lambda r: f"{r.cost.total:,}"),
+        ("charged to its memory cgroup", lambda r: f"{r.cost.memcg:,}"),
+        ("failed ops (of them ENOMEM)", lambda r: f"{r.failed_ops} ({r.enomem_ops})"),
         ("hit max_map_count", lambda r: "yes" if r.hit_max_map_count else "no"),
     ]
     names = list(results)
+    table = [(label, ["n/a" if results[n].error else fn(results[n]) for n in names]) for label, fn in rows]
+    notes = [f"{n}: {results[n].error}" for n in names if results[n].error]
+    notes += [f"{n}: {registry.design_class(n).description}" for n in names if n in registry.names()]
+    notes.append("bytes are the model's prediction for Linux 6.18 (docs/costs.md); "
+                 "'sparsemm measure' measures the pte design on this kernel")
+    return names, table, notes
+
+
+def format_report(results: dict[str, DesignResult]) -> str:
+    """A plain-text table: one column per design, then the notes."""
+    names, table, notes = report_rows(results)
     width = 16
-    lines = [f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)]
-    for label, fn in rows:
-        cells = []
-        for n in names:
-            r = results[n]
-            cells.append(f"{'n/a':>{width}}" if r.error else f"{fn(r):>{width}}")
-        lines.append(f"{label:<22}" + "".join(cells))
+    lines = [f"{'':<30}" + "".join(f"{n:>{width}}" for n in names)]
+    lines += [f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in table]
+    return "\n".join(lines + [""] + notes)
+
+
+def render_report(results: dict[str, DesignResult]):
+    """The report as a rich renderable, in the style of ``analyze``'s (no box; plain in a pipe)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    names, table, notes = report_rows(results)
+    t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    t.add_column("")
     for n in names:
-        if results[n].error:
-            lines.append(f"{n}: {results[n].error}")
-    lines.append("")
-    for n in names:
-        if n in registry.names():
-            lines.append(f"{n}: {registry.design_class(n).description}")
-    return "\n".join(lines)
+        t.add_column(n, justify="right")
+    for label, cells in table:
+        t.add_row(label, *cells, style="bold" if label.startswith(("VMAs", "kernel bytes")) else None)
+    return Group(t, Text("\n".join(notes), style="dim"))
 
 
 def report_json(results: dict[str, DesignResult]) -> str:

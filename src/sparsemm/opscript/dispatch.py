@@ -1,7 +1,7 @@
 """What both backends do alike when running ops: dispatch by name, errno records, touch.
 
 Owns ``OpDispatcher``: a backend subclasses it, provides ``op_<name>`` methods, a
-``touch_page`` and a ``remap`` primitive, and gets the record shapes of OPSCRIPT.md
+``touch_page`` and a ``remap`` primitive, and gets the record shapes of docs/opscript.md
 for free; and ``BackendUnavailable``, what a backend raises when it cannot run a script.
 Knows no kernel and no model.
 """

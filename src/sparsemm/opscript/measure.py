@@ -267,8 +267,10 @@ def whole_machine_problem(spread: tuple[int, int], median: int, runs: int) -> st
     ``SLAB_AGREEMENT``. O(1)."""
     lo, hi = spread
     if runs < SLAB_MIN_RUNS:
-        return (f"{runs} quiet run(s): too few to tell this whole-machine count from other "
-                f"processes' churn (needs {SLAB_MIN_RUNS} quiet runs that agree)")
+        said = {0: "no run was", 1: "only 1 run was"}.get(runs, f"only {runs} runs were")
+        return (f"{said} quiet (no other process started or ended during it): too few to tell this "
+                f"whole-machine count from other processes' activity (needs {SLAB_MIN_RUNS} quiet runs "
+                "that agree)")
     objects, frac = SLAB_AGREEMENT
     allowed = max(objects, int(frac * abs(median)))
     if hi - lo > allowed:

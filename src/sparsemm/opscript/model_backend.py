@@ -1,7 +1,7 @@
 """The model backend: run an op script on ``sparsemm.model`` and produce the kernel's records.
 
 ``run_model(script, design=...)`` executes each op on an ``AddressSpace`` in this
-process; records match ``sparsemm.opscript.kernel`` byte for byte (OPSCRIPT.md).
+process; records match ``sparsemm.opscript.kernel`` byte for byte (docs/opscript.md).
 Owns no semantics of its own: every behaviour lives in the model.
 """
 

@@ -1,4 +1,4 @@
-"""Result records of OPSCRIPT.md, shared by both backends, and their renderings.
+"""Result records of docs/opscript.md, shared by both backends, and their renderings.
 
 Owns the record shapes (``op_record``, ``snapshot_value``), the page
 characters, and the two renderings: exact JSON for programs and a text view

@@ -1,7 +1,7 @@
 """The ``pte`` guard design: upstream Linux (6.13+), guards as PTE markers inside the VMA.
 
-Owns madvise_guard_install() and madvise_guard_remove() of mm/madvise.c (rules R-B2,
-R-C1, R-C5, R-C6, R-D1..R-D4 in docs/model.md "Guards"). Works on one VMA piece at a time
+Owns madvise_guard_install() and madvise_guard_remove() of mm/madvise.c (docs/rules.md: R-B2,
+R-C1, R-C5, R-C6, R-D1..R-D4). Works on one VMA piece at a time
 inside the madvise walk, through the ``MmCore`` contract; markers live in ``PageTable``.
 """
 

@@ -116,7 +116,7 @@ class TreeDesign(GuardDesign):
             vma = split_vma(tree, vma, start, mm.max_map_count)
         if end < vma.vm_end:
             split_vma(tree, vma, end, mm.max_map_count)
-        mm.zap_range(start, end, drop_markers=True)  # contents go, as under a marker (R-C1)
+        mm.zap_range(start, end, drop_markers=True)  # contents go, as under a marker (docs/rules.md R-C1)
         entry = GuardEntry(start, end, [(start, end, vma)])
         prev = _entry_at(tree, start - 1) if start else None
         nxt = _entry_at(tree, end)
