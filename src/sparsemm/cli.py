@@ -182,7 +182,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Guard regions in your own programs",
      ("probe", "efence")),
     ("Op scripts (one format for the model and the kernel)",
-     ("run", "compare", "designs", "measure", "record")),
+     ("run", "compare", "designs", "measure", "record", "fuzz")),
 )
 
 #: Two or three real examples per command, shown under its --help (they run as written).
@@ -219,6 +219,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                 "sparsemm designs sample:guard --design vma --design pte --json"),
     "measure": ("sparsemm measure sample:guard",
                 "sparsemm measure sample:guard --repeat 5 --json"),
+    "fuzz": ("sparsemm fuzz --time 60",
+             "sparsemm fuzz --time 600 --seed 1 --profile guards thp --findings findings/",
+             "sparsemm fuzz --recheck findings/"),
     "record": ("sparsemm record tests/conformance/merge",
                "sparsemm record --check tests/conformance"),
 }
