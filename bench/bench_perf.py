@@ -17,10 +17,9 @@ both see the same machine load:
   maps of ``bench_analyze.py``), wall and CPU time of the whole CLI process (goal <= 1 s);
   the two builds' outputs are compared (the seconds figure excepted).
 
-Run: ``.venv/bin/python bench/bench_perf.py [--quick] [--out FILE] [--sections replay,ops,parse,analyze]``.
-A full run takes 15 to 25 minutes on a busy 2-vCPU machine (925 s at load 13-18),
-``--quick`` about 4. Prints markdown; ``--out FILE`` writes it there. Tracked files are never
-rewritten unless ``--out`` names one.
+Run: ``.venv/bin/python bench/bench_perf.py [--quick] [--record] [--sections replay,ops,parse,analyze]``.
+A full run takes 15 to 25 minutes on a busy 2-vCPU machine (925 s at load 13-18). Prints
+markdown and writes it to out/bench/results_perf.md (``--record``: bench/results_perf.md).
 """
 
 from __future__ import annotations
@@ -45,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "src"), str(HERE)]
 
+from _common import Run, parser  # noqa: E402
+
 BUILDS = ("compiled", "pure")
 
 
@@ -57,7 +58,7 @@ def _cpu() -> float:
 
 
 def child_replay(nops: int) -> dict:
-    from bench_model import guard_mix
+    from bench_replay import guard_mix
 
     from sparsemm import _compiled
     from sparsemm.opscript.model_backend import run_model
@@ -76,7 +77,7 @@ def child_replay(nops: int) -> dict:
 
 def child_kernel(nops: int) -> dict:
     """The kernel backend on the same script, its op time read through the child's hook."""
-    from bench_model import guard_mix
+    from bench_replay import guard_mix
 
     from sparsemm.opscript import kernel
     from sparsemm.opscript.script import parse_script
@@ -149,7 +150,7 @@ def child_ops(design: str, nvmas: int, k: int, nodes: str = "nodes") -> dict:
 
 
 def child_parse(nops: int, repeat: int) -> dict:
-    from bench_model import guard_mix
+    from bench_replay import guard_mix
 
     from sparsemm.opscript.script import parse_script
 
@@ -308,11 +309,14 @@ def section_analyze(builds, repeat, lines: list[str]) -> None:
     lines.append("")
 
 
+FULL, QUICK = "15 to 25 minutes", "about 1 minute (20,000 VMAs, one repeat)"
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (about 4 minutes)")
-    ap.add_argument("--out", type=Path, help="write the markdown here (default: print only)")
-    ap.add_argument("--sections", default="replay,ops,parse,analyze")
+    argv = sys.argv[1:] if argv is None else argv
+    ap = parser(__doc__, FULL, QUICK)
+    ap.add_argument("--sections", default="replay,ops,parse,analyze",
+                    help="which measurements, comma-separated (default: all four)")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -320,6 +324,7 @@ def main(argv=None) -> int:
         conv = [int(x) if x.isdigit() else x for x in rest]
         print(json.dumps(CHILDREN[task](*conv)))
         return 0
+    run = Run("perf", args, [a for a in argv], full=FULL, quick=QUICK)
 
     from sparsemm.model.designs import registry
 
@@ -327,13 +332,13 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     builds = BUILDS if compiled_available() else ("pure",)
     sections = args.sections.split(",")
-    repeat = 3 if args.quick else 5
+    repeat = 1 if args.quick else 5
     lines = [f"## Issue 15 goals: compiled core against pure Python (`bench/bench_perf.py{' --quick' if args.quick else ''}`)", ""]
     body: list[str] = []
     if "replay" in sections:
         section_replay(builds, (20000,) if args.quick else (20000, 100000), repeat, body)
     if "ops" in sections:
-        section_ops(builds, 100_000 if args.quick else 1_000_000, 500 if args.quick else 2000,
+        section_ops(builds, 20_000 if args.quick else 1_000_000, 200 if args.quick else 2000,
                     registry.names(), body)
     if "parse" in sections:
         section_parse(builds, repeat, body)
@@ -342,7 +347,8 @@ def main(argv=None) -> int:
     took = time.time() - started
     lines += [
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; took {took:.0f} s "
-        f"({'quick' if args.quick else 'full'} run; a full run takes 15 to 25 minutes, --quick about 4).",
+        f"({'a --quick run (a smoke test, not figures for the record)' if args.quick else 'a full run'}; "
+        f"a full run takes {FULL}, --quick {QUICK}).",
         f"- Command: `.venv/bin/python bench/bench_perf.py{' --quick' if args.quick else ''}"
         f" --sections {args.sections}`",
         f"- Machine: Linux {platform.release()}, Python {platform.python_version()}, {os.cpu_count()} vCPUs, "
@@ -351,11 +357,7 @@ def main(argv=None) -> int:
         f"- Builds: {', '.join(builds)} (`pure` = `SPARSEMM_PURE_PYTHON=1`); each figure from a fresh process.",
         "",
     ] + body
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    run.write("\n".join(lines))
     return 0
 
 
