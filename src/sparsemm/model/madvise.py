@@ -209,8 +209,17 @@ class MadviseMixin(MmCore):
             # file_thp_enabled(): a regular file takes a THP only while no one has it open for
             # writing; an op script's disk file always has a writable descriptor open.
             raise kerr(errno.EINVAL, "madvise: collapse of a file open for writing")
-        if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart >= hend:
-            raise kerr(errno.EINVAL, "madvise: nothing to collapse")  # measured on 6.18
+        # thp_vma_allowable_order(): an anonymous VMA without an anon_vma (nothing ever
+        # written), or one with no aligned 2 MiB block in it, is not eligible. An eligible range holding no aligned block collapses
+        # nothing and succeeds (hstart == hend); one that ends before it starts (hstart >
+        # hend, inside one block) fails. Measured on 6.18.
+        if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart > hend or \
+                (vma.is_anonymous() and (vma.anon_vma is None or
+                                         ((vma.vm_start + span - 1) & ~(span - 1)) + span > vma.vm_end)) or \
+                (hstart == hend and not vma.is_anonymous()):
+            raise kerr(errno.EINVAL, "madvise: nothing to collapse")
+        if hstart == hend:
+            return _resume_after(vma, end)
         failed = False
         for h in range(hstart, hend, span):
             if h < vma.vm_start or h + span > vma.vm_end:
