@@ -22,18 +22,28 @@ def _num(v: int | None) -> str:
     return "-" if v is None else f"{v:,}"
 
 
-def _verdict(r: Row) -> str:
+def verdict_label(r: Row) -> tuple[str, str]:
+    """A comparison row's verdict as (text, tone): tone is "ok", "bad", "drop", "dim" or ""
+    (the terminal table and the HTML page colour it their own way)."""
     if r.verdict == "exact":
-        return "[green]exact[/green]"
+        return "exact", "ok"
     if r.verdict == "within":
-        return f"[green]within ±{r.slack:,} B[/green]"
+        return f"within ±{r.slack:,} B", "ok"
     if r.verdict == "MISMATCH":
-        return "[red]MISMATCH[/red]"
+        return "MISMATCH", "bad"
     if r.verdict == "dropped":
-        return "[yellow]dropped[/yellow]"
+        return "dropped", "drop"
     if r.verdict == "breakdown" and r.diff_pct is not None:
-        return f"[dim]{r.diff_pct:+.1f}%[/dim]"
-    return "[dim]not measured[/dim]" if r.measured is None else ""
+        return f"{r.diff_pct:+.1f}%", "dim"
+    return ("not measured", "dim") if r.measured is None else ("", "")
+
+
+_RICH = {"ok": "green", "bad": "red", "drop": "yellow", "dim": "dim"}
+
+
+def _verdict(r: Row) -> str:
+    text, tone = verdict_label(r)
+    return f"[{_RICH[tone]}]{text}[/{_RICH[tone]}]" if tone and text else text
 
 
 def how_notes(m: Measurement) -> list[str]:

@@ -22,6 +22,7 @@ from sparsemm.analyze.bands import (BYTE_COLOURS, COLOURS, GAP, LABELS, MARK_COL
                                     Band, BandView, band_view, design_rows, overview)
 from sparsemm.analyze.rebuild import _fmt_bytes
 from sparsemm.analyze.report import BYTE_KEYS, OUTCOMES, AnalysisReport, DesignFigures, _size, mappings
+from sparsemm.measure_view import verdict_label
 from sparsemm.model.designs import baseline, kernel_design
 
 __all__ = ["render_html", "write_html", "PAGE_ROWS"]
@@ -359,17 +360,8 @@ def _figures_table(report: AnalysisReport, view: BandView) -> str:
 
 
 def _verdict(r) -> str:
-    if r.verdict == "exact":
-        return '<span class="ok">exact</span>'
-    if r.verdict == "within":
-        return f'<span class="ok">within ±{r.slack:,} B</span>'
-    if r.verdict == "MISMATCH":
-        return '<span class="bad">MISMATCH</span>'
-    if r.verdict == "dropped":
-        return '<span class="drop">dropped</span>'
-    if r.verdict == "breakdown" and r.diff_pct is not None:
-        return f"{r.diff_pct:+.1f}%"
-    return "not measured" if r.measured is None else ""
+    text, tone = verdict_label(r)
+    return f'<span class="{tone}">{text}</span>' if tone in ("ok", "bad", "drop") else text
 
 
 def _measured_section(report: AnalysisReport, reproductions, with_payload: bool) -> str:
