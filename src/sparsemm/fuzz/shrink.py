@@ -205,7 +205,8 @@ class Shrinker:
         for name in list(self.best.get("files", {})):
             pages = self.best["files"][name].get("pages", 0)
             for smaller in smaller_ints(pages, 0):
-                cand = {**self.best, "files": {**self.best["files"], name: {"pages": smaller}}}
+                spec = self.best["files"][name]  # keeps "disk"
+                cand = {**self.best, "files": {**self.best["files"], name: {**spec, "pages": smaller}}}
                 if self._try(cand):
                     break
 
