@@ -246,6 +246,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
+        if flags & _MAP_GROWSDOWN:  # do_mmap(): a file mapping (hugetlbfs here) cannot grow
+            raise kerr(errno.EINVAL, "mmap: growsdown hugetlb mapping")
         need = length // _HPAGE  # MAP_NORESERVE reserves as well here (an approximation)
         if need > self.hugetlb_pool[0]:
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")

@@ -92,11 +92,15 @@ _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 
 
 def _free_huge_pages() -> int:
+    """Huge pages free and not reserved: ``HugePages_Free`` counts pages a mapping has
+    reserved but not faulted in yet (``HugePages_Rsvd``), which no new mapping can have."""
+    seen = {}
     with open("/proc/meminfo", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("HugePages_Free:"):
-                return int(line.split()[1])
-    return 0
+            key, _, rest = line.partition(":")
+            if key in ("HugePages_Free", "HugePages_Rsvd"):
+                seen[key] = int(rest.split()[0])
+    return max(0, seen.get("HugePages_Free", 0) - seen.get("HugePages_Rsvd", 0))
 
 
 @contextlib.contextmanager
