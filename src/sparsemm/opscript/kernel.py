@@ -113,19 +113,27 @@ def hugetlb_pool(pages: int):
     if pages <= 0:
         yield
         return
+    before = target = -1
     try:
         with open(_NR_HUGEPAGES, encoding="ascii") as fh:
-            before = int(fh.read())
+            before = target = int(fh.read())
         missing = pages - _free_huge_pages()
-        if missing <= 0:
-            yield
-            return
-        target = before + missing
-        with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
-            fh.write(str(target))
+        for _ in range(3 if missing > 0 else 0):  # a raise may first turn surplus pages (reserved ones too) persistent
+            target += missing
+            with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(target))
+            missing = pages - _free_huge_pages()
+            if missing <= 0:
+                break
     except OSError as exc:
+        if target != before:  # a later write failed: put back what the first one changed
+            with contextlib.suppress(OSError), open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(before))
         raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
                                  f"cannot be raised here ({exc.strerror or exc})") from None
+    if target == before:  # enough were free: nothing to put back
+        yield
+        return
     try:
         if _free_huge_pages() < pages:
             raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "
