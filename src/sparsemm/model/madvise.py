@@ -174,12 +174,15 @@ class MadviseMixin(MmCore):
                 raise kerr(errno.EINVAL, "madvise: wipeonfork on non-anon")
             new = f | VmFlag.WIPEONFORK
         elif advice == Madv.KEEPONFORK:
+            if f & VmFlag.DROPPABLE:  # a droppable VMA is always wiped on fork
+                raise kerr(errno.EINVAL, "madvise: keeponfork on a droppable vma")
             new = f & ~VmFlag.WIPEONFORK
         elif advice == Madv.DONTDUMP:
             new = f | VmFlag.DONTDUMP
         elif advice == Madv.DODUMP:
-            if f & VM_SPECIAL:
-                raise kerr(errno.EINVAL, "madvise: dodump on special vma")
+            # hugetlb (VM_DONTEXPAND) may be dumped; a droppable VMA never is
+            if (f & VM_SPECIAL and not f & VmFlag.HUGETLB) or f & VmFlag.DROPPABLE:
+                raise kerr(errno.EINVAL, "madvise: dodump on special or droppable vma")
             new = f & ~VmFlag.DONTDUMP
         elif advice == Madv.HUGEPAGE:
             new = (f & ~VmFlag.NOHUGEPAGE) | VmFlag.HUGEPAGE  # hugepage_madvise()
