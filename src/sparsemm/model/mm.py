@@ -253,8 +253,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
         vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
                     | (_VM_SHARED | _VM_MAYSHARE if map_type == _MAP_SHARED else 0))
-        if flags & _MAP_LOCKED:
-            vm_flags |= _VM_LOCKED
+        # MAP_LOCKED: __mmap_complete() clears VM_LOCKED on hugetlb, but do_mmap() has
+        # already asked for the populate that MAP_LOCKED implies
         if flags & _MAP_NORESERVE:
             vm_flags |= _VM_NORESERVE
         self.unmap_range(addr, addr + length)
@@ -262,6 +262,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         file = MemFile("hugetlb", length, fill_pattern=False)
         self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
         self.use_file(file)
+        if flags & _MAP_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
+            self.mm_populate(addr, length, ignore_errors=True)
         return addr
 
     def use_file(self, file: MemFile) -> None:

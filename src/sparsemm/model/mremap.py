@@ -239,9 +239,7 @@ def _align_hugetlb(addr: int, old_len: int, new_len: int, new_addr: int) -> tupl
 
 def _multi_allowed(vma: Vma) -> bool:
     """mm/mremap.c: vma_multi_allowed(): a VMA that may move with others in one
-    MREMAP_FIXED move: not uffd-registered, anonymous or shmem (a disk file's and
-    hugetlbfs's own get_unmapped_area may not honour the fixed address)."""
-    if vma.vm_flags & VM_UFFD_FLAGS:
-        return False
-    f = vma.vm_file
-    return f is None or not (f.disk or vma.vm_flags & VmFlag.HUGETLB)
+    MREMAP_FIXED move. On 6.18 only a uffd-registered one may not: a file with its own
+    ``get_unmapped_area`` that is not shmem would not either, but memfds are shmem and
+    neither ext4 nor hugetlbfs has one (measured: both move with a gap after them)."""
+    return not vma.vm_flags & VM_UFFD_FLAGS
