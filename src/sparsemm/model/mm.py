@@ -49,6 +49,7 @@ _MAP_NONBLOCK, _MAP_STACK, _MAP_DROPPABLE = int(MapFlag.NONBLOCK), int(MapFlag.S
 _MAP_TYPE = 0x0F  # include/uapi/linux/mman.h
 _MAP_HUGETLB = int(MapFlag.HUGETLB)
 _HPAGE = 1 << 21  # a hugetlb page, bytes
+_MAP_HUGE_SHIFT = 26  # MAP_HUGE_2MB = 21 << 26: a huge page size as its log2
 #: What MAP_DROPPABLE adds (mm/mmap.c: do_mmap()).
 _DROPPABLE_FLAGS = int(VmFlag.DROPPABLE | VmFlag.WIPEONFORK | VmFlag.DONTDUMP | VmFlag.NORESERVE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
@@ -228,10 +229,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         the mapping reserves from ``hugetlb_pool`` (ENOMEM when too few are free); a fixed address must be huge-page aligned (EINVAL). The VMA maps a
         new hugetlbfs file (VM_HUGETLB | VM_DONTEXPAND, never merged); faults map whole huge
         pages. Approximation: the reservation is counted per VMA, returned by munmap; fork
-        children share the parent's. O(k log n)."""
+        children share the parent's. ``MAP_HUGE_1GB`` in the flags asks for 1 GiB pages, of
+        which none are ever set aside (ENOMEM, or EINVAL at an address not 1 GiB aligned);
+        any other size the machine has no pages of is EINVAL. O(k log n)."""
+        size_log = (flags >> _MAP_HUGE_SHIFT) & 0x3F  # ksys_mmap_pgoff(): hstate_sizelog()
+        if size_log not in (0, 21, 30):
+            raise kerr(errno.EINVAL, "mmap: no huge page size of that order")
+        hsize = 1 << (size_log or 21)
         if not length:
             raise kerr(errno.EINVAL, "mmap: zero length")
-        length = (length + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+        length = (length + hsize - 1) & ~(hsize - 1) & ULONG_MAX
         if not length or length > TASK_SIZE:
             raise kerr(errno.ENOMEM, "mmap: length")
         map_type = flags & _MAP_TYPE
@@ -240,7 +247,7 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         if flags & (_MAP_FIXED | _MAP_FIXED_NOREPLACE):
             if addr > TASK_SIZE - length:
                 raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
-            if addr & (_HPAGE - 1):
+            if addr & (hsize - 1):
                 raise kerr(errno.EINVAL, "mmap: hugetlb address not huge-page aligned")
         else:
             addr = self.get_unmapped_area(addr, length)
@@ -248,8 +255,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         if flags & _MAP_GROWSDOWN:  # do_mmap(): a file mapping (hugetlbfs here) cannot grow
             raise kerr(errno.EINVAL, "mmap: growsdown hugetlb mapping")
-        need = length // _HPAGE  # MAP_NORESERVE reserves as well here (an approximation)
-        if need > self.hugetlb_pool[0]:
+        need = length // hsize  # MAP_NORESERVE reserves as well here (an approximation)
+        if need > (self.hugetlb_pool[0] if hsize == _HPAGE else 0):
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
         vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
                     | (_VM_SHARED | _VM_MAYSHARE if map_type == _MAP_SHARED else 0))
