@@ -37,7 +37,8 @@ DEFAULT_MMAP_BASE = 0x7F00_0000_0000
 _LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.ANONYMOUS
                     | MapFlag.DENYWRITE | MapFlag.EXECUTABLE | MapFlag.UNINITIALIZED
                     | MapFlag.GROWSDOWN | MapFlag.LOCKED | MapFlag.NORESERVE | MapFlag.POPULATE
-                    | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB)
+                    | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB
+                    | 0x40 | (21 << 26) | (30 << 26))  # MAP_32BIT, MAP_HUGE_2MB, MAP_HUGE_1GB
 
 # Plain-int MAP_ bits for mmap (the VM_ ones are in model._flags): an IntFlag operand sends
 # every `&`/`|` through enum's Python-level operators, which dominated the profiles.
