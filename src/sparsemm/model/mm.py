@@ -256,6 +256,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         if flags & _MAP_GROWSDOWN:  # do_mmap(): a file mapping (hugetlbfs here) cannot grow
             raise kerr(errno.EINVAL, "mmap: growsdown hugetlb mapping")
+        # mmap_region() unmaps what a MAP_FIXED mapping replaces before hugetlbfs_file_mmap()
+        # reserves: a reservation that fails leaves a hole
+        self.unmap_range(addr, addr + length)
         need = length // hsize  # MAP_NORESERVE reserves as well here (an approximation)
         if need > (self.hugetlb_pool[0] if hsize == _HPAGE else 0):
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
@@ -265,7 +268,6 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         # already asked for the populate that MAP_LOCKED implies
         if flags & _MAP_NORESERVE:
             vm_flags |= _VM_NORESERVE
-        self.unmap_range(addr, addr + length)
         self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
         file = MemFile("hugetlb", length, fill_pattern=False)
         self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
