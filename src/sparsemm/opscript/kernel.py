@@ -91,15 +91,20 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 
 
-def _free_huge_pages() -> int:
-    """Huge pages free and not reserved: ``HugePages_Free`` counts pages a mapping has
-    reserved but not faulted in yet (``HugePages_Rsvd``), which no new mapping can have."""
+def _huge_page_counts() -> dict[str, int]:
     seen = {}
     with open("/proc/meminfo", encoding="ascii") as fh:
         for line in fh:
             key, _, rest = line.partition(":")
-            if key in ("HugePages_Free", "HugePages_Rsvd"):
+            if key in ("HugePages_Free", "HugePages_Rsvd", "HugePages_Surp"):
                 seen[key] = int(rest.split()[0])
+    return seen
+
+
+def _free_huge_pages() -> int:
+    """Huge pages free and not reserved: ``HugePages_Free`` counts pages a mapping has
+    reserved but not faulted in yet (``HugePages_Rsvd``), which no new mapping can have."""
+    seen = _huge_page_counts()
     return max(0, seen.get("HugePages_Free", 0) - seen.get("HugePages_Rsvd", 0))
 
 
@@ -118,8 +123,11 @@ def hugetlb_pool(pages: int):
         with open(_NR_HUGEPAGES, encoding="ascii") as fh:
             before = target = int(fh.read())
         missing = pages - _free_huge_pages()
-        for _ in range(3 if missing > 0 else 0):  # a raise may first turn surplus pages (reserved ones too) persistent
-            target += missing
+        # a raise first turns surplus pages persistent (reserved ones too): count them in
+        surplus = _huge_page_counts().get("HugePages_Surp", 0) if missing > 0 else 0
+        for _ in range(3 if missing > 0 else 0):
+            target += missing + surplus
+            surplus = 0
             with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
                 fh.write(str(target))
             missing = pages - _free_huge_pages()
