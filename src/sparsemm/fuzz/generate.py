@@ -248,7 +248,8 @@ class ScriptGen:
 # mremap, mlock, munlock and snapshot, 4 file ops); the other profiles add the rest.
 
 
-@op_generator("mmap", mixed=12, guards=8, extensions=6, thp=8, files=14, errors=6, maxmap=2, disk=14, raw=8, hugetlb=10)
+@op_generator("mmap", mixed=12, guards=8, extensions=6, thp=8, files=14, errors=6, maxmap=2,
+              disk=14, raw=8, hugetlb=10)
 def _mmap(g: ScriptGen) -> dict:
     if not g.files:
         kind = list(g.pick(MAP_KINDS[:2]))
@@ -305,26 +306,30 @@ def _range(g: ScriptGen, name: str) -> dict:
     return {"op": name, "at": at, "len": n}
 
 
-@op_generator("munmap", mixed=4, guards=4, extensions=2, thp=4, files=4, errors=3, maxmap=3, disk=4, raw=3, hugetlb=5)
+@op_generator("munmap", mixed=4, guards=4, extensions=2, thp=4, files=4, errors=3, maxmap=3, disk=4,
+              raw=3, hugetlb=5)
 def _munmap(g: ScriptGen) -> dict:
     return _range(g, "munmap")
 
 
-@op_generator("mprotect", mixed=4, guards=6, extensions=2, thp=5, files=4, errors=3, maxmap=5, disk=5, raw=3, hugetlb=4)
+@op_generator("mprotect", mixed=4, guards=6, extensions=2, thp=5, files=4, errors=3, maxmap=5,
+              disk=5, raw=3, hugetlb=4)
 def _mprotect(g: ScriptGen) -> dict:
     op = _range(g, "mprotect")
     op["prot"] = g.pick(("r", "rw", "", "rw")) if g.profile.thp else g.prot()
     return op
 
 
-@op_generator("madvise", mixed=12, guards=6, extensions=3, thp=14, files=12, errors=5, maxmap=5, disk=10, raw=4, hugetlb=8)
+@op_generator("madvise", mixed=12, guards=6, extensions=3, thp=14, files=12, errors=5, maxmap=5,
+              disk=10, raw=4, hugetlb=8)
 def _madvise(g: ScriptGen) -> dict:
     op = _range(g, "madvise")
     op["advice"] = g.pick(g.profile.advice)
     return op
 
 
-@op_generator("guard", guards=18, extensions=10, thp=4, files=4, errors=1, maxmap=2, disk=4, raw=3, hugetlb=3)
+@op_generator("guard", guards=18, extensions=10, thp=4, files=4, errors=1, maxmap=2, disk=4, raw=3,
+              hugetlb=3)
 def _guard(g: ScriptGen) -> dict:
     """MADV_GUARD_INSTALL (twice as often) or MADV_GUARD_REMOVE."""
     op = _range(g, "madvise")
@@ -332,7 +337,8 @@ def _guard(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mremap", mixed=4, guards=5, extensions=3, thp=5, files=4, errors=2, maxmap=3, disk=3, raw=2, hugetlb=4)
+@op_generator("mremap", mixed=4, guards=5, extensions=3, thp=5, files=4, errors=2, maxmap=3, disk=3,
+              raw=2, hugetlb=4)
 def _mremap(g: ScriptGen) -> dict:
     """In place, or a fixed move (with dontunmap: same length). Never a move the
     kernel places itself (its address differs on the model; docs/divergences.md)."""
@@ -355,7 +361,8 @@ def _mremap(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mlock", mixed=4, guards=4, thp=1, files=2, errors=2, maxmap=4, disk=2, raw=3, hugetlb=2)
+@op_generator("mlock", mixed=4, guards=4, thp=1, files=2, errors=2, maxmap=4, disk=2, raw=3,
+              hugetlb=2)
 def _mlock(g: ScriptGen) -> dict:
     op = _range(g, "mlock")
     if g.chance(0.5):
@@ -363,12 +370,14 @@ def _mlock(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("munlock", mixed=4, guards=2, thp=1, files=2, errors=2, maxmap=2, disk=1, raw=1, hugetlb=1)
+@op_generator("munlock", mixed=4, guards=2, thp=1, files=2, errors=2, maxmap=2, disk=1, raw=1,
+              hugetlb=1)
 def _munlock(g: ScriptGen) -> dict:
     return _range(g, "munlock")
 
 
-@op_generator("touch", mixed=12, guards=14, extensions=8, thp=10, files=14, errors=3, maxmap=1, disk=14, raw=8, hugetlb=10)
+@op_generator("touch", mixed=12, guards=14, extensions=8, thp=10, files=14, errors=3, maxmap=1,
+              disk=14, raw=8, hugetlb=10)
 def _touch(g: ScriptGen) -> dict:
     if g.profile.thp:
         at = g.at()
@@ -382,12 +391,14 @@ def _touch(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("snapshot", mixed=4, guards=4, extensions=3, thp=3, files=4, errors=2, disk=4, raw=3, hugetlb=3)
+@op_generator("snapshot", mixed=4, guards=4, extensions=3, thp=3, files=4, errors=2, disk=4, raw=3,
+              hugetlb=3)
 def _snapshot(g: ScriptGen) -> dict:
     return {"op": "snapshot"}
 
 
-@op_generator("fork", forks=True, mixed=16, guards=10, extensions=4, thp=4, files=8, errors=3, disk=6, raw=3, hugetlb=3)
+@op_generator("fork", forks=True, mixed=16, guards=10, extensions=4, thp=4, files=8, errors=3,
+              disk=6, raw=3, hugetlb=3)
 def _fork(g: ScriptGen) -> dict:
     """A fork whose child runs up to ``child_ops`` ops, then a snapshot."""
     g.depth += 1
@@ -418,7 +429,8 @@ def _punch(g: ScriptGen) -> dict:
             "len": g.rng.randint(1, 8)}
 
 
-@op_generator("process_madvise", mixed=4 / 3, guards=4, extensions=1, thp=1, files=2, errors=2, maxmap=1, disk=2, raw=1, hugetlb=1)
+@op_generator("process_madvise", mixed=4 / 3, guards=4, extensions=1, thp=1, files=2, errors=2,
+              maxmap=1, disk=2, raw=1, hugetlb=1)
 def _process_madvise(g: ScriptGen) -> dict:
     ranges = []
     for _ in range(g.rng.randint(1, 3)):
