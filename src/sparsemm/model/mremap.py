@@ -184,7 +184,6 @@ class MremapMixin(MmCore):
             old = self.tree.find(addr)
             if old is not None:
                 old.vm_flags = int(old.vm_flags & ~VM_LOCKED_MASK)  # dontunmap_complete(): no merge attempted
-                old.changed_unmerged = True
                 if old.vm_start == addr and old.vm_end == addr + old_len and old is not new_vma:
                     old.anon_vma, old.anon_vma_forked = None, False
         else:
