@@ -92,12 +92,19 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 
 
-def _free_huge_pages() -> int:
+def _huge_page_counts() -> tuple[int, int]:
+    """``(available, surplus)`` 2 MiB huge pages: free and not promised to a mapping
+    (``HugePages_Free - HugePages_Rsvd``: a reservation may outlive its mapping's process, and
+    a new mapping cannot take it), and the surplus pages a raise of ``vm.nr_hugepages`` turns
+    into persistent ones before it adds any."""
+    counts = {}
     with open("/proc/meminfo", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("HugePages_Free:"):
-                return int(line.split()[1])
-    return 0
+            if line.startswith("HugePages_"):
+                key, value = line.split(":")
+                counts[key] = int(value.split()[0])
+    return (counts.get("HugePages_Free", 0) - counts.get("HugePages_Rsvd", 0),
+            counts.get("HugePages_Surp", 0))
 
 
 @contextlib.contextmanager
@@ -113,18 +120,19 @@ def hugetlb_pool(pages: int):
     try:
         with open(_NR_HUGEPAGES, encoding="ascii") as fh:
             before = int(fh.read())
-        missing = pages - _free_huge_pages()
+        available, surplus = _huge_page_counts()
+        missing = pages - available
         if missing <= 0:
             yield
             return
-        target = before + missing
+        target = before + surplus + missing
         with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
             fh.write(str(target))
     except OSError as exc:
         raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
                                  f"cannot be raised here ({exc.strerror or exc})") from None
     try:
-        if _free_huge_pages() < pages:
+        if _huge_page_counts()[0] < pages:
             raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "
                                      "set that many aside (memory too fragmented)")
         yield
