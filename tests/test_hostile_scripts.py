@@ -105,8 +105,8 @@ REPRODUCERS = {
     "bool len": (doc([{"op": "munmap", "at": 0, "len": True}]), "op 0 (munmap) field 'len'"),
     "ranges not pairs": (doc([{"op": "process_madvise", "ranges": [[1, 2, 3]], "advice": "cold"}]),
                          "field 'ranges'"),
-    "1025 iovecs": (doc([{"op": "process_madvise", "ranges": [[0, 1]] * 1025, "advice": "cold"}]),
-                    "UIO_MAXIOV"),
+    "4097 iovecs": (doc([{"op": "process_madvise", "ranges": [[0, 1]] * (sc.MAX_RANGES + 1),
+                          "advice": "cold"}]), f"at most {sc.MAX_RANGES} [at, len]"),
     "pgoff beyond off_t": (json.dumps({"files": {"f": {"pages": 1}}, "ops": [
         {"op": "mmap", "at": 0, "prot": "r", "flags": ["shared"], "file": "f", "pgoff": 1 << 52}]}),
         "off_t"),

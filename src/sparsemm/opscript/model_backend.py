@@ -103,15 +103,18 @@ class _ModelRunner(OpDispatcher):
         self.mm.add_seals(self.files[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
+        """mm/madvise.c: process_madvise(): flags, then the vector (``abi.import_iovec``), then
+        the target (a pidfd of this process or of a fork child), then the advice."""
         if op.flags:
             raise OSError(errno.EINVAL, "process_madvise: flags")
+        iovecs = abi.import_iovec(op.ranges)
         if op.target == "self":
-            return {"value": _vector_madvise(self.mm, op) // abi.PAGE_SIZE}
+            return {"value": _vector_madvise(self.mm, iovecs, op.advice) // abi.PAGE_SIZE}
         child = self.mm.fork()
         try:
             if op.advice not in _REMOTE_ADVICE:  # process_madvise_remote_valid()
                 raise OSError(errno.EINVAL, "process_madvise: advice not for another process")
-            done = _vector_madvise(child, op)
+            done = _vector_madvise(child, iovecs, op.advice)
             return {"value": {"pages": done // abi.PAGE_SIZE,
                               "child": snapshot(child, self.base, self.end)}}
         finally:
@@ -175,23 +178,23 @@ _REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi
                                             abi.Madv.COLLAPSE))
 
 
-def _vector_madvise(mm: AddressSpace, op: Op) -> int:
-    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
-    advised ends the call with the bytes done, else it is the call's error."""
+def _vector_madvise(mm: AddressSpace, iovecs: list[tuple[int, int]], advice: int) -> int:
+    """mm/madvise.c: vector_madvise() over what ``abi.import_iovec`` left: each range in turn
+    while any length is left (empty ranges are stepped over); an error after some ranges were
+    advised ends the call with the bytes done, else it is the call's error. O(ranges) madvises."""
     done = 0
-    budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
-    for addr, length in op.ranges:
-        length = min(length, budget)
-        if not budget:
-            break  # vector_madvise() stops when the (cut) vector is used up
-        budget -= length
+    left = sum(length for _, length in iovecs)  # iov_iter_count()
+    for addr, length in iovecs:
+        if not left:
+            break
         try:
-            mm.madvise(addr, length, op.advice)
+            mm.madvise(addr, length, advice)
         except OSError:
             if done:
                 break
             raise
         done += length
+        left -= length
     return done
 
 

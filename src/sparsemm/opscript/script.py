@@ -38,7 +38,7 @@ MAX_TOUCH_PAGES = 1 << 20  # one touch op reports one value per page
 MAX_POPULATE_PAGES = 1 << 20
 MAX_SNAPSHOT_PAGES = 1 << 22  # a snapshot's page string covers up to the whole arena
 MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
-MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
+MAX_RANGES = 4 * abi.UIO_MAXIOV  # process_madvise iovecs: past UIO_MAXIOV the kernel says EINVAL
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
 MAX_COPY_PAGES = 1 << 16  # one uffd_copy's source buffer is written whole: 256 MiB
@@ -464,8 +464,12 @@ def _ranges_of(op: Op) -> list[tuple[int, int, str]]:
             out.append((op.to_addr, op.to_addr + page_align(op.new_length),
                         "to_bytes" if "to_bytes" in raw else "to"))
         return out
-    if name == "process_madvise":
-        return [(addr, addr + page_align(length), "ranges") for addr, length in op.ranges]
+    if name == "process_madvise":  # what import_iovec() leaves (nothing when it refuses)
+        try:
+            iovecs = abi.import_iovec(op.ranges)
+        except OSError:
+            return []
+        return [(addr, addr + page_align(length), "ranges") for addr, length in iovecs]
     return []
 
 
@@ -520,7 +524,10 @@ def _check_ranges(op: Op, ctx: _Ctx) -> None:
             end = start + page_align(op.length)
         if ctx.base <= start and end <= ctx.end:
             return
-    for start, end, fname in _ranges_of(op):
+    ranges = _ranges_of(op)
+    if name == "process_madvise" and not ctx.outside:  # every range named, cut or not
+        ranges = [(addr, addr + page_align(length), "ranges") for addr, length in op.ranges]
+    for start, end, fname in ranges:
         if op.name == "touch" and end > _U64:
             raise ScriptError("the touched pages run past 2^64", index=op.index, field_name=fname)
         if ctx.base <= start and end <= ctx.end:
@@ -607,12 +614,12 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     elif name == "process_madvise":
         kw["advice"] = _advice(op, index, ctx)
         ranges = op["ranges"]
-        if not isinstance(ranges, list) or not ranges or not all(
-                isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges):
-            raise ScriptError("must be a non-empty list of [at, len] page pairs", index=index,
+        if not isinstance(ranges, list) or len(ranges) > MAX_RANGES:
+            raise ScriptError(f"must be a list of at most {MAX_RANGES} [at, len] page pairs (the "
+                              f"kernel refuses more than {abi.UIO_MAXIOV}: EINVAL)", index=index,
                               field_name="ranges")
-        if len(ranges) > MAX_RANGES:
-            raise ScriptError(f"more than {MAX_RANGES} ranges (UIO_MAXIOV)", index=index,
+        if not all(isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges):
+            raise ScriptError("must be a list of [at, len] page pairs", index=index,
                               field_name="ranges")
         out = []
         for at, npages in ranges:
