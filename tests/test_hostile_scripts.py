@@ -118,6 +118,14 @@ REPRODUCERS = {
     "expect not a list": ('{"expect": 3, "ops": []}', "'expect'"),
     "tags not strings": ('{"tags": [1], "ops": []}', "a tag"),
     "outside_arena not a bool": ('{"outside_arena": 1, "ops": []}', "'outside_arena'"),
+    "mmap_min_addr past the low zone": ('{"mmap_min_addr": {"sysctl": 0, "floor": 1048576}, "ops": []}',
+                                        "'mmap_min_addr' must be"),
+    "mmap_min_addr sysctl above floor": ('{"mmap_min_addr": {"sysctl": 8192, "floor": 4096}, "ops": []}',
+                                         "'mmap_min_addr' must be"),
+    "cap_sys_rawio not a bool": ('{"cap_sys_rawio": "yes", "ops": []}', "'cap_sys_rawio'"),
+    "mmap past the low zone": (json.dumps({"outside_arena": True, "ops": [
+        {"op": "mmap", "at_bytes": sc.LOW_ZONE_END - 4096 - abi.ARENA_BASE, "len": 2, "prot": "r",
+         "flags": ["private", "anonymous", "fixed"]}]}), "could reach memory"),
 }
 
 

@@ -16,6 +16,7 @@ from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace, SegFault
 from sparsemm.model.vma import Vma
+from sparsemm.native import probe as native_probe
 from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
@@ -228,6 +229,13 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     # the kernel's overcommit heuristic depends on this machine's RAM and swap (docs/model.md)
     kw["commit_limit"] = native_procfs.overcommit_limit_pages()
+    # mmap_min_addr and CAP_SYS_RAWIO: the script's pins, else this machine's and this
+    # process's, as the kernel backend's child (forked from it) has them
+    pin = script.mmap_min_addr if script.mmap_min_addr is not None else native_probe.mmap_min_addr()
+    if pin is not None:
+        kw["dac_mmap_min_addr"], kw["mmap_min_addr"] = pin
+    kw["cap_sys_rawio"] = (script.cap_sys_rawio if script.cap_sys_rawio is not None
+                           else native_procfs.has_capability(native_procfs.CAP_SYS_RAWIO))
     try:
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:

@@ -23,6 +23,10 @@ DEFAULT_ARENA_PAGES = 1024
 #: (0x55..-0x56..) and the top-down mmap area. The model takes the same limit, so both
 #: backends refuse the same scripts.
 ARENA_LIMIT = 0x5000_0000_0000
+#: The low zone ``[0, LOW_ZONE_END)``: below any interpreter's mappings (no placement goes
+#: below the kernel's mmap_min_addr, executables load at 4 MiB or far higher), so a script
+#: with ``outside_arena`` may map there to test ``mmap_min_addr``; its pins stay below it.
+LOW_ZONE_END = 0x10_0000
 MAX_ARENA_PAGES = (ARENA_LIMIT - abi.ARENA_BASE) // abi.PAGE_SIZE  # 2^34 pages, 64 TiB
 MAX_SCRIPT_BYTES = 64 << 20  # a script file or stdin
 MAX_NESTING = 64  # JSON arrays and objects inside each other
@@ -69,7 +73,8 @@ _HPAGE = 512 * PAGE  # a 2 MiB huge page (MAP_HUGETLB rounds lengths up to it)
 #: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
 #: ranges outside the arena (error-path tests).
 TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
-                  "outside_arena", "hugetlb_pages", "map_count_headroom"}
+                  "outside_arena", "hugetlb_pages", "map_count_headroom", "mmap_min_addr",
+                  "cap_sys_rawio"}
 #: The largest ``map_count_headroom``: vm.max_map_count's default.
 MAX_MAP_COUNT_HEADROOM = abi.DEFAULT_MAX_MAP_COUNT
 
@@ -214,6 +219,9 @@ class Script:
     outside_arena: bool = False
     warnings: tuple[str, ...] = ()
     map_count_headroom: int | None = None  # VMAs the script may add before vm.max_map_count
+    #: (vm.mmap_min_addr, the kernel's mmap_min_addr) the script pins; None: the machine's
+    mmap_min_addr: tuple[int, int] | None = None
+    cap_sys_rawio: bool | None = None  # the script pins CAP_SYS_RAWIO held or not; None: the caller's
 
     @property
     def arena_bytes(self) -> int:
@@ -501,15 +509,21 @@ _STOP_AT_HOLE = frozenset({"mprotect", "mlock", "munlock"})
 def _outside_ok(name: str, start: int, end: int, fname: str) -> bool:
     """Whether a script with ``outside_arena`` may name ``[start, end)``: a range the kernel
     refuses on its arguments, one above TASK_SIZE (nothing is mapped there), one inside the
-    arena zone ``[ARENA_BASE, ARENA_LIMIT)``, or one that starts in the zone for a call
+    arena zone ``[ARENA_BASE, ARENA_LIMIT)`` or the low zone ``[0, LOW_ZONE_END)``, or one
+    that starts in a zone for a call
     that cannot cross a hole (mprotect/mlock/munlock; mremap's old range, which must lie in
     one VMA). Everything else could reach the kernel backend's own interpreter."""
     if refused_by_arguments(name, start, end) or start >= abi.TASK_SIZE:
         return True
-    starts_in_zone = abi.ARENA_BASE <= start < ARENA_LIMIT
+    if start < LOW_ZONE_END:
+        zone_end = LOW_ZONE_END
+    elif abi.ARENA_BASE <= start < ARENA_LIMIT:
+        zone_end = ARENA_LIMIT
+    else:
+        return False
     if name in _STOP_AT_HOLE or (name == "mremap" and fname.startswith("at")):
-        return starts_in_zone
-    return starts_in_zone and end <= ARENA_LIMIT
+        return True
+    return end <= zone_end
 
 
 def _check_ranges(op: Op, ctx: _Ctx) -> None:
@@ -540,7 +554,8 @@ def _check_ranges(op: Op, ctx: _Ctx) -> None:
                               index=op.index, field_name=fname)
         if not _outside_ok(op.name, start, end, fname):
             raise ScriptError(f"{what} could reach memory that is not the script's: even with "
-                              f"outside_arena, a range must stay in {abi.ARENA_BASE:#x}-{ARENA_LIMIT:#x}, "
+                              f"outside_arena, a range must stay in {abi.ARENA_BASE:#x}-{ARENA_LIMIT:#x} "
+                              f"or 0-{LOW_ZONE_END:#x}, "
                               "lie above TASK_SIZE, or be one the kernel refuses on its arguments "
                               "(unaligned, empty, wrapping)", index=op.index, field_name=fname)
 
@@ -829,6 +844,14 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
     if headroom is not None and (not _is_int(headroom) or not 1 <= headroom <= MAX_MAP_COUNT_HEADROOM):
         raise ScriptError(f"'map_count_headroom' must be an integer 1..{MAX_MAP_COUNT_HEADROOM}, "
                           f"not {_show(headroom)}")
+    pin = doc.get("mmap_min_addr")
+    if pin is not None and not (isinstance(pin, dict) and set(pin) == {"sysctl", "floor"}
+                                and all(_is_int(v) for v in pin.values())
+                                and 0 <= pin["sysctl"] <= pin["floor"] < LOW_ZONE_END):
+        raise ScriptError(f"'mmap_min_addr' must be {{\"sysctl\": N, \"floor\": M}} with "
+                          f"0 <= N <= M < {LOW_ZONE_END:#x}, not {_show(pin)}")
+    if not isinstance(doc.get("cap_sys_rawio", False), bool):
+        raise ScriptError(f"'cap_sys_rawio' must be true or false, not {_show(doc['cap_sys_rawio'])}")
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, list):
         raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
@@ -848,6 +871,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
             raise ScriptError("a script is a JSON object with an 'ops' list")
         arena_pages, files, outside, disk = _top_level(doc)
         hugetlb = doc.get("hugetlb_pages", 0)
+        pin = doc.get("mmap_min_addr")
         ops = doc.get("ops")
         if not isinstance(ops, list):
             raise ScriptError("'ops' must be a list")
@@ -865,7 +889,9 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk, hugetlb_pages=hugetlb,
                   note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
-                  warnings=tuple(ctx.warnings), map_count_headroom=doc.get("map_count_headroom"))
+                  warnings=tuple(ctx.warnings), map_count_headroom=doc.get("map_count_headroom"),
+                  mmap_min_addr=None if pin is None else (pin["sysctl"], pin["floor"]),
+                  cap_sys_rawio=doc.get("cap_sys_rawio"))
 
 
 # --- reading a script file -------------------------------------------------------------------
