@@ -1,7 +1,8 @@
 """The Linux ABI numbers both backends share: one spelling of every constant.
 
 Owns PROT_/MAP_/MADV_/MREMAP_/MLOCK_ values, VM_ flags with their smaps
-``VmFlags`` mnemonics, the pagemap bits, and the op-script names for them.
+``VmFlags`` mnemonics, the pagemap bits, the op-script names for them, and the pure
+argument rules both backends share (``page_align``, ``access_ok``, ``import_iovec``).
 x86-64 values (the project's machines); nothing here makes a system call.
 """
 
