@@ -105,8 +105,8 @@ REPRODUCERS = {
     "bool len": (doc([{"op": "munmap", "at": 0, "len": True}]), "op 0 (munmap) field 'len'"),
     "ranges not pairs": (doc([{"op": "process_madvise", "ranges": [[1, 2, 3]], "advice": "cold"}]),
                          "field 'ranges'"),
-    "1025 iovecs": (doc([{"op": "process_madvise", "ranges": [[0, 1]] * 1025, "advice": "cold"}]),
-                    "UIO_MAXIOV"),
+    "4097 iovecs": (doc([{"op": "process_madvise", "ranges": [[0, 1]] * (sc.MAX_RANGES + 1),
+                          "advice": "cold"}]), f"at most {sc.MAX_RANGES} [at, len]"),
     "pgoff beyond off_t": (json.dumps({"files": {"f": {"pages": 1}}, "ops": [
         {"op": "mmap", "at": 0, "prot": "r", "flags": ["shared"], "file": "f", "pgoff": 1 << 52}]}),
         "off_t"),
@@ -118,6 +118,14 @@ REPRODUCERS = {
     "expect not a list": ('{"expect": 3, "ops": []}', "'expect'"),
     "tags not strings": ('{"tags": [1], "ops": []}', "a tag"),
     "outside_arena not a bool": ('{"outside_arena": 1, "ops": []}', "'outside_arena'"),
+    "mmap_min_addr past the low zone": ('{"mmap_min_addr": {"sysctl": 0, "floor": 1048576}, "ops": []}',
+                                        "'mmap_min_addr' must be"),
+    "mmap_min_addr sysctl above floor": ('{"mmap_min_addr": {"sysctl": 8192, "floor": 4096}, "ops": []}',
+                                         "'mmap_min_addr' must be"),
+    "cap_sys_rawio not a bool": ('{"cap_sys_rawio": "yes", "ops": []}', "'cap_sys_rawio'"),
+    "mmap past the low zone": (json.dumps({"outside_arena": True, "ops": [
+        {"op": "mmap", "at_bytes": sc.LOW_ZONE_END - 4096 - abi.ARENA_BASE, "len": 2, "prot": "r",
+         "flags": ["private", "anonymous", "fixed"]}]}), "could reach memory"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from sparsemm.opscript.kernel import run_kernel
 from sparsemm.opscript.script import parse_script
@@ -199,3 +200,55 @@ def test_the_child_survives_a_script_that_reaches_max_map_count():
     assert recs[-2]["value"] == ["ok", "ok"]
     vmas = snap(recs, -1)["vmas"]
     assert limit - 1000 < len(vmas) <= limit
+
+
+# -- mmap_min_addr and CAP_SYS_RAWIO: pinned by a script, else this machine's ----------------
+
+_LOW = {"outside_arena": True, "arena_pages": 4}
+
+
+def _low(addr, **op):
+    return {"op": "mmap", "at_bytes": addr - 0x1000_0000_0000, "prot": "r", **op}
+
+
+def test_without_pins_the_model_takes_the_machines_mmap_min_addr_and_the_callers_rawio():
+    """No pin: both backends use this machine's vm.mmap_min_addr and this process's
+    CAP_SYS_RAWIO (the kernel child is forked from it), so they agree whatever they are."""
+    from sparsemm.opscript.model_backend import run_model
+    ops = [_low(addr, flags=["private", "anonymous", "fixed"]) for addr in (0, 0x1000, 0xF000)]
+    script = parse_script({"ops": ops, **_LOW})
+    assert run_model(script) == run_kernel(script)
+    script = parse_script({"ops": ops, "cap_sys_rawio": False, **_LOW})
+    recs = run_kernel(script)
+    assert recs[0]["ret"] == "EPERM" and run_model(script) == recs  # page 0 is below any sysctl
+
+
+def test_a_pinned_mmap_min_addr_the_machine_lacks_is_refused_and_the_model_follows_the_pin():
+    from sparsemm.native import probe
+    from sparsemm.opscript.dispatch import BackendUnavailable
+    from sparsemm.opscript.model_backend import run_model
+    sysctl, floor = probe.mmap_min_addr()
+    other = {"sysctl": sysctl + 4096, "floor": max(floor, sysctl + 4096)}
+    script = parse_script({"ops": [_low(sysctl, flags=["private", "anonymous", "fixed"])],
+                           "mmap_min_addr": other, "cap_sys_rawio": False, **_LOW})
+    with pytest.raises(BackendUnavailable, match="pins vm.mmap_min_addr"):
+        run_kernel(script)
+    assert run_model(script)[0]["ret"] == "EPERM"  # below the pinned sysctl, without the capability
+    r = run_cli("run", "--backend", "kernel", "-", stdin=json.dumps(script.doc))
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "mmap_min_addr" in r.stderr
+
+
+def test_an_mmap_hint_below_the_floor_is_placed_where_the_kernel_places_it():
+    """The op format has no plain hint (every script mmap is fixed), so this asks the kernel
+    directly: round_hint_to_min() raises a hint below the kernel's mmap_min_addr to it."""
+    from sparsemm import abi
+    from sparsemm.model.mm import AddressSpace
+    from sparsemm.native import libc, probe
+    sysctl, floor = probe.mmap_min_addr()
+    mm = AddressSpace(mmap_min_addr=floor, dac_mmap_min_addr=sysctl)
+    flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS
+    for hint in (abi.PAGE_SIZE, floor - abi.PAGE_SIZE, floor):
+        got = libc.mmap(hint, abi.PAGE_SIZE, abi.PROT_NONE, flags)
+        libc.munmap(got, abi.PAGE_SIZE)
+        assert mm.mmap(hint, abi.PAGE_SIZE, abi.PROT_NONE, flags) == got == floor, hex(hint)
+        mm.munmap(got, abi.PAGE_SIZE)

@@ -8,6 +8,8 @@ extensions added elsewhere), which both backends must reproduce.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from sparsemm import abi
@@ -171,6 +173,43 @@ def test_process_madvise_at_a_child_takes_only_the_remote_advice():
     assert recs[1]["ret"] == "EINVAL"
     assert recs[2]["value"] == {"pages": 2, "child": {"vmas": [[0, 2, "rw-p", "anon", 0, ""]], "pages": ".."}}
     assert recs[3]["value"]["pages"] == ".."
+
+
+def test_process_madvise_ranges_count_as_import_iovec_leaves_them():
+    """Past UIO_MAXIOV (up to the parser's MAX_RANGES) a script may name ranges anywhere with
+    outside_arena: the kernel refuses the call before it reaches memory. Without it every
+    named range must lie in the arena; with it, what import_iovec() leaves must be safe."""
+    from sparsemm.opscript.script import MAX_RANGES, op_ranges
+    far = (0x600000000000 - abi.ARENA_BASE) // abi.PAGE_SIZE  # outside the arena zone
+    refused = {"op": "process_madvise", "ranges": [[far, 1]] * 1025, "advice": "cold"}
+    with pytest.raises(ScriptError, match="leaves the arena"):
+        parse_script(_doc(refused))
+    script = parse_script(_doc(refused, outside_arena=True))
+    assert op_ranges(script.ops[0]) == []  # EINVAL: nothing reached
+    with pytest.raises(ScriptError, match="could reach memory"):
+        parse_script(_doc({"op": "process_madvise", "ranges": [[far, 1]] * 1024, "advice": "cold"},
+                          outside_arena=True))
+    # one iovec is cut to MAX_RW_COUNT: a range of 2^62 bytes from the base reaches 2 GiB
+    cut = parse_script(_doc({"op": "process_madvise", "ranges": [[0, 1 << 50]], "advice": "cold"},
+                            outside_arena=True)).ops[0]
+    assert op_ranges(cut) == [(abi.ARENA_BASE, abi.ARENA_BASE + abi.MAX_RW_COUNT)]
+    assert len(parse_script(_doc({"op": "process_madvise", "ranges": [[0, 1]] * MAX_RANGES,
+                                  "advice": "cold"})).ops[0].ranges) == MAX_RANGES
+    assert parse_script(_doc({"op": "process_madvise", "ranges": [], "advice": "cold"})).ops[0].ranges == ()
+
+
+def test_import_iovec_checks_in_the_kernels_order():
+    ts, p = abi.TASK_SIZE, abi.PAGE_SIZE
+    for iovecs, err in (([(0, p)] * 1025, "EINVAL"), ([(ts, p), (0, 1 << 63)], "EINVAL"),
+                        ([(0, p), (ts, p)], "EFAULT"), ([(ts + p, 0)], "EFAULT"),
+                        ([(0, p), (p, 1 << 62)], "EFAULT")):
+        with pytest.raises(OSError) as exc:
+            abi.import_iovec(iovecs)
+        assert errno.errorcode[exc.value.errno] == err, iovecs
+    assert abi.import_iovec([(p, 1 << 62)]) == [(p, abi.MAX_RW_COUNT)]  # one iovec: cut first
+    assert abi.import_iovec([(p, abi.MAX_RW_COUNT - p), (p, 2 * p), (p, p)]) == [
+        (p, abi.MAX_RW_COUNT - p), (p, p), (p, 0)]
+    assert abi.import_iovec([]) == [] and abi.import_iovec([(ts, 0)]) == [(ts, 0)]
 
 
 def test_hugetlb_reservation_is_counted_and_given_back_on_the_model():

@@ -1,13 +1,16 @@
 """The Linux ABI numbers both backends share: one spelling of every constant.
 
 Owns PROT_/MAP_/MADV_/MREMAP_/MLOCK_ values, VM_ flags with their smaps
-``VmFlags`` mnemonics, the pagemap bits, and the op-script names for them.
+``VmFlags`` mnemonics, the pagemap bits, the op-script names for them, and the pure
+argument rules both backends share (``page_align``, ``access_ok``, ``import_iovec``).
 x86-64 values (the project's machines); nothing here makes a system call.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
+from typing import Sequence
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT  # bytes
@@ -21,6 +24,9 @@ MAX_LFS_FILESIZE = (1 << 63) - 1
 #: MAX_RW_COUNT (INT_MAX & PAGE_MASK): import_iovec() cuts a vector's total length to it,
 #: so process_madvise advises at most this many bytes per call.
 MAX_RW_COUNT = 0x7FFFF000
+
+#: UIO_MAXIOV: the most iovecs one vector call (process_madvise) takes; more is EINVAL.
+UIO_MAXIOV = 1024
 
 #: Entries in one page-table page at every level (x86-64, 4 KiB pages).
 PTRS_PER_TABLE = 512
@@ -38,6 +44,42 @@ TASK_SIZE = 0x7FFF_FFFF_F000
 def page_align(length: int) -> int:
     """Round ``length`` bytes up to a page multiple (the kernel's PAGE_ALIGN)."""
     return (length + PAGE_SIZE - 1) & PAGE_MASK
+
+
+def access_ok(addr: int, length: int) -> bool:
+    """x86-64 ``access_ok()`` for a range whose length is not a constant: ``addr + length``
+    neither wraps past 2**64 nor ends above the highest user address (``USER_PTR_MAX``, which
+    is TASK_SIZE on this kernel). ``addr``/``length``: unsigned 64-bit words. O(1)."""
+    return addr + length <= TASK_SIZE
+
+
+def import_iovec(iovecs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """lib/iov_iter.c: ``import_iovec()``: the ``(base, len)`` pairs a vector call goes on
+    with, or the error it fails with before it looks at any memory.
+
+    In the kernel's order: more than ``UIO_MAXIOV`` pairs, or a length that is negative as
+    ``ssize_t``, is EINVAL (``iovec_from_user()``, all pairs before anything else); then a
+    range ``access_ok()`` refuses is EFAULT, checked on the full length when there are
+    several pairs and on the cut one for a single pair (``import_ubuf()``); the lengths are
+    cut so that they total at most ``MAX_RW_COUNT`` (later pairs shortened or emptied).
+    Zero pairs is no error. Raises ``OSError``. O(pairs).
+    """
+    if len(iovecs) > UIO_MAXIOV:
+        raise OSError(errno.EINVAL, f"import_iovec: more than UIO_MAXIOV ({UIO_MAXIOV}) iovecs")
+    if any(length >= 1 << 63 for _, length in iovecs):
+        raise OSError(errno.EINVAL, "import_iovec: a length past SSIZE_MAX")
+    single = len(iovecs) == 1
+    out = []
+    total = 0
+    for base, length in iovecs:
+        if not single and not access_ok(base, length):
+            raise OSError(errno.EFAULT, "import_iovec: a range outside user space")
+        length = min(length, MAX_RW_COUNT - total)
+        if single and not access_ok(base, length):
+            raise OSError(errno.EFAULT, "import_iovec: a range outside user space")
+        total += length
+        out.append((base, length))
+    return out
 
 
 class Prot(enum.IntFlag):

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MmCore", "MMAP_MIN_ADDR"]
 
-#: vm.mmap_min_addr (the default): no mapping below it, and placement never goes there.
+#: The default of the kernel's ``mmap_min_addr`` (security/min_addr.c: the larger of the
+#: ``vm.mmap_min_addr`` sysctl and CONFIG_LSM_MMAP_MIN_ADDR): placement never goes below it,
+#: and an address space made without the machine's values also refuses MAP_FIXED there.
 MMAP_MIN_ADDR = 0x10000
 HPAGE_SHIFT = 21  # a hugetlb page (and a PMD THP): 2 MiB
 #: split_vma()'s limit where the caller has checked max_map_count itself (munmap).
@@ -45,6 +47,10 @@ class MmCore(abc.ABC):
     - ``pt``: the ``PageTable``: frames, guard markers, huge PMDs, table pages;
     - ``design``: the ``GuardDesign`` whose hooks the guard advice, munmap and mprotect call;
     - ``max_map_count`` (``vm.max_map_count``), ``mmap_base`` (top of top-down placement);
+    - ``mmap_min_addr`` (the kernel's ``mmap_min_addr``: the floor of placement and of an mmap
+      hint), ``dac_mmap_min_addr`` (the ``vm.mmap_min_addr`` sysctl: below it a mapping needs
+      ``cap_sys_rawio``, ``cap_mmap_addr()``), ``cap_sys_rawio`` (the caller holds
+      CAP_SYS_RAWIO);
     - ``commit_limit``: the pages the overcommit heuristic lets one call commit
       (``vm.overcommit_memory = 0``: total RAM plus swap), None for no limit;
     - ``rss_anon``/``rss_file``: present PTEs of anon and of page-cache pages (the zero page
@@ -59,7 +65,8 @@ class MmCore(abc.ABC):
     """
 
     __slots__ = ("tree", "pt", "design", "max_map_count", "mmap_base", "commit_limit",
-                 "rss_anon", "rss_file", "files", "exited", "hugetlb_pool")
+                 "rss_anon", "rss_file", "files", "exited", "hugetlb_pool", "mmap_min_addr",
+                 "dac_mmap_min_addr", "cap_sys_rawio")
 
     tree: VmaTree
     pt: PageTable
@@ -72,11 +79,22 @@ class MmCore(abc.ABC):
     files: set[MemFile]
     exited: bool
     hugetlb_pool: list[int]
+    mmap_min_addr: int
+    dac_mmap_min_addr: int
+    cap_sys_rawio: bool
 
     def _init_core(self, design: "GuardDesign", max_map_count: int, mmap_base: int,
-                   commit_limit: int | None = None) -> None:
+                   commit_limit: int | None = None, mmap_min_addr: int = MMAP_MIN_ADDR,
+                   dac_mmap_min_addr: int | None = None, cap_sys_rawio: bool = False) -> None:
+        if dac_mmap_min_addr is None:
+            dac_mmap_min_addr = mmap_min_addr
+        if not 0 <= dac_mmap_min_addr <= mmap_min_addr < TASK_SIZE:
+            raise ValueError("need 0 <= dac_mmap_min_addr <= mmap_min_addr < TASK_SIZE")
         self.design = design
-        self.tree = VmaTree(mmap_min_addr=MMAP_MIN_ADDR)
+        self.mmap_min_addr = mmap_min_addr
+        self.dac_mmap_min_addr = dac_mmap_min_addr
+        self.cap_sys_rawio = cap_sys_rawio
+        self.tree = VmaTree(mmap_min_addr=page_align(mmap_min_addr))
         self.pt = PageTable()
         self.max_map_count = max_map_count
         self.mmap_base = mmap_base
@@ -226,18 +244,38 @@ class MmCore(abc.ABC):
             raise kerr(errno.ENOMEM, "overcommit: more than RAM plus swap")
 
     def get_unmapped_area(self, hint: int, length: int) -> int:
-        """arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is free,
-        else the highest free range below ``mmap_base``; ENOMEM (OSError) if none.
-        Precondition: ``length`` a positive page multiple. Amortised O(log n)."""
+        """x86 arch_get_unmapped_area_topdown(): ``hint`` (page aligned up) if that range is
+        free (x86 checks no floor here: mmap rounds its hint up to ``mmap_min_addr`` first,
+        ``round_hint_to_min``; an mremap hint may lie below it), else the highest free range
+        between ``mmap_min_addr`` and ``mmap_base``; ENOMEM (OSError) if none; then
+        ``security_mmap_addr``. Precondition: ``length`` a positive page multiple.
+        Amortised O(log n)."""
+        found = None
         if hint:
             hint = page_align(hint)
-            if TASK_SIZE - length >= hint >= MMAP_MIN_ADDR \
-                    and not self.tree.overlapping(hint, hint + length):
-                return hint
-        found = self.tree.unmapped_area_topdown(length, MMAP_MIN_ADDR, self.mmap_base)
+            if TASK_SIZE - length >= hint and not self.tree.overlapping(hint, hint + length):
+                found = hint
+        if found is None:
+            found = self.tree.unmapped_area_topdown(length, self.mmap_min_addr, self.mmap_base)
         if found is None:
             raise kerr(errno.ENOMEM, "no free address range")
+        self.security_mmap_addr(found)
         return found
+
+    def round_hint_to_min(self, hint: int) -> int:
+        """mm/mmap.c: round_hint_to_min(): an mmap hint (page aligned down) below
+        ``mmap_min_addr`` but not 0 becomes ``mmap_min_addr`` (page aligned up). O(1)."""
+        hint &= PAGE_MASK
+        if hint and hint < self.mmap_min_addr:
+            return page_align(self.mmap_min_addr)
+        return hint
+
+    def security_mmap_addr(self, addr: int) -> None:
+        """security/commoncap.c: cap_mmap_addr(): a mapping below ``dac_mmap_min_addr`` (the
+        ``vm.mmap_min_addr`` sysctl) needs CAP_SYS_RAWIO, else EPERM. (SELinux's own check at
+        CONFIG_LSM_MMAP_MIN_ADDR is not modelled: docs/divergences.md.) O(1)."""
+        if addr < self.dac_mmap_min_addr and not self.cap_sys_rawio:
+            raise kerr(errno.EPERM, "below vm.mmap_min_addr without CAP_SYS_RAWIO")
 
     # -- the contract: what each part provides to the others -----------------------------------
 

@@ -65,6 +65,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     (``designs.kernel_design()``, ``pte``). ``max_map_count`` is vm.max_map_count;
     ``mmap_base`` the top of the top-down mmap area for non-fixed placement;
     ``commit_limit`` the overcommit heuristic's limit in pages (RAM plus swap; None: none).
+    ``mmap_min_addr`` is the kernel's floor for placement (the larger of the
+    ``vm.mmap_min_addr`` sysctl and CONFIG_LSM_MMAP_MIN_ADDR), ``dac_mmap_min_addr`` the
+    sysctl (default: ``mmap_min_addr``), below which a mapping needs ``cap_sys_rawio``
+    (CAP_SYS_RAWIO; default: without it). ValueError unless ``dac_mmap_min_addr <=
+    mmap_min_addr``.
 
     The syscall methods take arguments as the kernel does (unsigned 64-bit lengths and
     addresses) and have no preconditions: a call the kernel refuses raises ``OSError``
@@ -74,10 +79,13 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
     __slots__ = ()
 
     def __init__(self, guard_design: str | None = None, max_map_count: int = abi.DEFAULT_MAX_MAP_COUNT,
-                 mmap_base: int = DEFAULT_MMAP_BASE, commit_limit: int | None = None):
+                 mmap_base: int = DEFAULT_MMAP_BASE, commit_limit: int | None = None,
+                 mmap_min_addr: int = MMAP_MIN_ADDR, dac_mmap_min_addr: int | None = None,
+                 cap_sys_rawio: bool = False):
         """A fresh, empty address space. ValueError for an unknown ``guard_design``. O(1)."""
         design = make_design(kernel_design() if guard_design is None else guard_design)
-        self._init_core(design, max_map_count, mmap_base, commit_limit)
+        self._init_core(design, max_map_count, mmap_base, commit_limit, mmap_min_addr,
+                        dac_mmap_min_addr, cap_sys_rawio)
 
     # ------------------------------------------------------------------ basics
 
@@ -148,10 +156,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
                 raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
             if addr & ~abi.PAGE_MASK:
                 raise kerr(errno.EINVAL, "mmap: unaligned fixed address")
-            if addr < MMAP_MIN_ADDR:
-                raise kerr(errno.EPERM, "mmap: below mmap_min_addr")
+            self.security_mmap_addr(addr)
         else:
-            addr = self.get_unmapped_area(addr, length)
+            addr = self.get_unmapped_area(self.round_hint_to_min(addr), length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
         if file is not None and (length > abi.MAX_LFS_FILESIZE  # file_mmap_ok()
@@ -465,7 +472,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
 
     def fork(self) -> "AddressSpace":
         """kernel/fork.c: dup_mmap(): the child's address space (docs/rules.md R-F10). O(n log n + e + r + H)."""
-        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base, self.commit_limit)
+        child = AddressSpace(self.design.name, self.max_map_count, self.mmap_base, self.commit_limit,
+                             self.mmap_min_addr, self.dac_mmap_min_addr, self.cap_sys_rawio)
         child.design = self.design.fork()
         child.hugetlb_pool = self.hugetlb_pool
         for vma in self.tree:

@@ -147,7 +147,11 @@ class MremapMixin(MmCore):
             if self.tree.find(addr) is None:
                 raise kerr(errno.EFAULT, "mremap: source gone")
             old_len = new_len
-        if not flags & MremapFlag.FIXED:
+        # vrm_set_new_addr(): get_unmapped_area(), MAP_FIXED for a fixed target, whose
+        # security_mmap_addr() may refuse it (EPERM) after the target was unmapped above
+        if flags & MremapFlag.FIXED:
+            self.security_mmap_addr(new_addr)
+        else:
             new_addr = self.get_unmapped_area(new_addr if flags & MremapFlag.DONTUNMAP else 0, new_len)
         return self._move_vma(addr, old_len, new_len, new_addr, flags)
 

@@ -168,6 +168,30 @@ def process_madvise(pidfd: int, ranges: list[tuple[int, int]], advice: int, flag
                   "process_madvise")
 
 
+class _CapHeader(ctypes.Structure):  # struct __user_cap_header_struct
+    _fields_ = [("version", ctypes.c_uint32), ("pid", c_int)]
+
+
+class _CapData(ctypes.Structure):  # struct __user_cap_data_struct (two of them: 64 bits)
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_capability(cap: int) -> None:
+    """Remove capability ``cap`` (a CAP_ number) from this thread's effective and permitted
+    sets (``capget``/``capset``): for good, in this process and the children it forks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    word, bit = divmod(cap, 32)
+    data[word].effective &= ~(1 << bit)
+    data[word].permitted &= ~(1 << bit)
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
 def mseal(addr: int, length: int, flags: int = 0) -> None:
     """``mseal(2)`` (Linux 6.10+): seal the VMAs of the range against unmapping and changes."""
     _check(_syscall(c_long(abi.SYS_mseal), c_ulong(_word(addr)), c_ulong(_word(length)),

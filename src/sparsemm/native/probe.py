@@ -76,6 +76,34 @@ def probe() -> Features:
     return Features(kernel, True, bit58, gu, _file_guards_work())
 
 
+def mmap_min_addr() -> tuple[int, int] | None:
+    """``(sysctl, floor)``: ``vm.mmap_min_addr`` (the kernel's ``dac_mmap_min_addr``: below it
+    a mapping needs CAP_SYS_RAWIO) and the kernel's own ``mmap_min_addr`` (security/min_addr.c:
+    the larger of the sysctl and CONFIG_LSM_MMAP_MIN_ADDR; no placement goes below it).
+    The floor is asked of the kernel: an mmap hint of one page is raised to it
+    (``round_hint_to_min``) and placed there when that page is free, as it is in a normal
+    layout; where it is not, the floor is taken to be the sysctl. None when the sysctl
+    cannot be read. One throwaway mapping (PROT_NONE)."""
+    try:
+        sysctl = procfs.read_int("/proc/sys/vm/mmap_min_addr")
+    except (OSError, ValueError):
+        return None
+    return sysctl, _mmap_floor(sysctl)
+
+
+@functools.lru_cache(maxsize=4)
+def _mmap_floor(sysctl: int) -> int:
+    """The kernel's mmap_min_addr while ``vm.mmap_min_addr`` is ``sysctl`` (asked once)."""
+    flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MapFlag.NORESERVE
+    addr = libc.mmap(abi.PAGE_SIZE, abi.PAGE_SIZE, abi.PROT_NONE, flags)
+    libc.munmap(addr, abi.PAGE_SIZE)
+    return addr if sysctl <= addr < _LOW_PLACEMENT else sysctl
+
+
+#: A hint raised to the floor lands below this; anything higher is the top-down search.
+_LOW_PLACEMENT = 1 << 32
+
+
 def vmflags_at(addr: int) -> tuple[str, ...]:
     """The smaps ``VmFlags`` of the VMA holding byte ``addr`` (``()`` if none).
 

@@ -145,6 +145,24 @@ def read_int(path: str) -> int:
         os.close(fd)
 
 
+#: include/uapi/linux/capability.h
+CAP_SYS_RAWIO = 17
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process holds capability ``cap`` (a CAP_ number) in its effective set
+    (``CapEff`` of ``/proc/self/status``) as the kernel's checks against the initial user
+    namespace see it: a process in another user namespace (``/proc/self/uid_map`` not the
+    identity map) holds none there. False when the files cannot be read."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as fh:
+            if fh.read().split() != ["0", "0", "4294967295"]:
+                return False
+        return bool(int(read_status("self")["CapEff"], 16) >> cap & 1)
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def overcommit_limit_pages() -> int | None:
     """The pages one call may commit under the overcommit heuristic (``vm.overcommit_memory``
     0: ``totalram_pages() + total_swap_pages``, MemTotal plus SwapTotal of ``/proc/meminfo``);

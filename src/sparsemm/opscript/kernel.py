@@ -23,12 +23,12 @@ import tempfile
 import time
 
 from sparsemm import abi
-from sparsemm.native import _scan, libc, procfs
+from sparsemm.native import _scan, libc, probe, procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
-from sparsemm.opscript.script import (ARENA_LIMIT, DEFAULT_MAP_COUNT_HEADROOM, OWN_VMAS, Op, Script,
-                                      ScriptError, op_ranges, page_align, parse_script,
+from sparsemm.opscript.script import (ARENA_LIMIT, DEFAULT_MAP_COUNT_HEADROOM, LOW_ZONE_END, OWN_VMAS, Op,
+                                      Script, ScriptError, op_ranges, page_align, parse_script,
                                       refused_by_arguments, vma_bound)
 
 _U64 = 1 << 64
@@ -81,12 +81,30 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
     """
     if timeout is None:
         timeout = default_timeout()
+    check_pins(script)
     with hugetlb_pool(script.hugetlb_pages):
         for _ in range(max(1, attempts)):
             records, quiet = _run_child(script, timeout)
             if quiet:
                 break
     return records
+
+
+def check_pins(script: Script) -> None:
+    """``BackendUnavailable`` when this machine cannot give what ``script`` pins: its
+    ``mmap_min_addr`` pair (``vm.mmap_min_addr``, the kernel's floor), or CAP_SYS_RAWIO
+    held (the child drops it itself for ``"cap_sys_rawio": false``)."""
+    if script.mmap_min_addr is not None:
+        have = probe.mmap_min_addr()
+        if have != script.mmap_min_addr:
+            want = script.mmap_min_addr
+            raise BackendUnavailable(
+                f"the script pins vm.mmap_min_addr {want[0]} with the kernel's floor at {want[1]}; "
+                + ("this machine's cannot be read" if have is None else
+                   f"this machine has {have[0]} and {have[1]}"))
+    if script.cap_sys_rawio and not procfs.has_capability(procfs.CAP_SYS_RAWIO):
+        raise BackendUnavailable("the script runs with CAP_SYS_RAWIO (\"cap_sys_rawio\": true), "
+                                 "which this process does not hold: run it as root")
 
 
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
@@ -230,7 +248,8 @@ class KernelRunner(OpDispatcher):
     ``own``: the ranges of this process's own mappings when the script started (the
     interpreter, its libraries and heap); with ``outside_arena`` an op whose reach
     (``_reach``) holds any of them, or any mapping outside the arena zone
-    ``[ARENA_BASE, ARENA_LIMIT)``, is refused before it runs.
+    ``[ARENA_BASE, ARENA_LIMIT)`` and the low zone ``[0, LOW_ZONE_END)``, is refused
+    before it runs.
     """
 
     def __init__(self, script: Script):
@@ -344,8 +363,8 @@ class KernelRunner(OpDispatcher):
     def _is_own(self, start: int, end: int) -> bool:
         if start >= end:
             return False
-        if not (abi.ARENA_BASE <= start and end <= ARENA_LIMIT):
-            return True  # outside the arena zone: the interpreter's mmap area, stack, ...
+        if not (abi.ARENA_BASE <= start and end <= ARENA_LIMIT) and end > LOW_ZONE_END:
+            return True  # outside the zones: the interpreter's mmap area, stack, ...
         return any(s < end and e > start for s, e, _ in self.own)
 
     def check_reach(self, op: Op, maps=None) -> None:
@@ -818,6 +837,8 @@ def _child_main() -> int:
             _malloc_without_mmap()
             runner.pad_map_count(DEFAULT_MAP_COUNT_HEADROOM if default else script.map_count_headroom,
                                  default=default)
+        if script.cap_sys_rawio is False:  # the script runs as a caller without it
+            libc.drop_capability(procfs.CAP_SYS_RAWIO)
     except (ChildRefused, ScriptError) as exc:
         out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
         out.flush()

@@ -16,6 +16,7 @@ from sparsemm.model import procfs
 from sparsemm.model.frames import MemFile
 from sparsemm.model.mm import AddressSpace, SegFault
 from sparsemm.model.vma import Vma
+from sparsemm.native import probe as native_probe
 from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
@@ -103,15 +104,18 @@ class _ModelRunner(OpDispatcher):
         self.mm.add_seals(self.files[op.file], op.seals)
 
     def op_process_madvise(self, op: Op):
+        """mm/madvise.c: process_madvise(): flags, then the vector (``abi.import_iovec``), then
+        the target (a pidfd of this process or of a fork child), then the advice."""
         if op.flags:
             raise OSError(errno.EINVAL, "process_madvise: flags")
+        iovecs = abi.import_iovec(op.ranges)
         if op.target == "self":
-            return {"value": _vector_madvise(self.mm, op) // abi.PAGE_SIZE}
+            return {"value": _vector_madvise(self.mm, iovecs, op.advice) // abi.PAGE_SIZE}
         child = self.mm.fork()
         try:
             if op.advice not in _REMOTE_ADVICE:  # process_madvise_remote_valid()
                 raise OSError(errno.EINVAL, "process_madvise: advice not for another process")
-            done = _vector_madvise(child, op)
+            done = _vector_madvise(child, iovecs, op.advice)
             return {"value": {"pages": done // abi.PAGE_SIZE,
                               "child": snapshot(child, self.base, self.end)}}
         finally:
@@ -175,31 +179,27 @@ _REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi
                                             abi.Madv.COLLAPSE))
 
 
-def _vector_madvise(mm: AddressSpace, op: Op) -> int:
-    """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
-    advised ends the call with the bytes done, else it is the call's error. The first range
-    is checked even when empty; later empty ones are skipped, and a vector of empty ranges
-    only is 0 with no check at all (its advice, its addresses)."""
+def _vector_madvise(mm: AddressSpace, iovecs: list[tuple[int, int]], advice: int) -> int:
+    """mm/madvise.c: vector_madvise() over what ``abi.import_iovec`` left: each range in turn
+    while any length is left; an error after some ranges were advised ends the call with the
+    bytes done, else it is the call's error. The first range is advised even when empty (its
+    advice is checked); later empty ones are stepped over (``iov_iter_advance()``), and a
+    vector of empty ranges only is 0 with nothing checked. O(ranges) madvises."""
     done = 0
-    budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
-    if not sum(length for _, length in op.ranges):
-        return 0  # an empty vector: the loop never runs, nothing is checked
-    first = True
-    for addr, length in op.ranges:
-        length = min(length, budget)
-        if not budget:
-            break  # vector_madvise() stops when the (cut) vector is used up
-        if not length and not first:
-            continue  # iov_iter_advance() steps over empty ranges: never checked
-        first = False
-        budget -= length
+    left = sum(length for _, length in iovecs)  # iov_iter_count()
+    for i, (addr, length) in enumerate(iovecs):
+        if not left:
+            break
+        if not length and i:
+            continue
         try:
-            mm.madvise(addr, length, op.advice)
+            mm.madvise(addr, length, advice)
         except OSError:
             if done:
                 break
             raise
         done += length
+        left -= length
     return done
 
 
@@ -233,6 +233,13 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     kw = {} if max_map_count is None else {"max_map_count": max_map_count}
     # the kernel's overcommit heuristic depends on this machine's RAM and swap (docs/model.md)
     kw["commit_limit"] = native_procfs.overcommit_limit_pages()
+    # mmap_min_addr and CAP_SYS_RAWIO: the script's pins, else this machine's and this
+    # process's, as the kernel backend's child (forked from it) has them
+    pin = script.mmap_min_addr if script.mmap_min_addr is not None else native_probe.mmap_min_addr()
+    if pin is not None:
+        kw["dac_mmap_min_addr"], kw["mmap_min_addr"] = pin
+    kw["cap_sys_rawio"] = (script.cap_sys_rawio if script.cap_sys_rawio is not None
+                           else native_procfs.has_capability(native_procfs.CAP_SYS_RAWIO))
     try:
         mm = AddressSpace(guard_design=design, **kw)
     except ValueError as exc:

@@ -23,6 +23,10 @@ DEFAULT_ARENA_PAGES = 1024
 #: (0x55..-0x56..) and the top-down mmap area. The model takes the same limit, so both
 #: backends refuse the same scripts.
 ARENA_LIMIT = 0x5000_0000_0000
+#: The low zone ``[0, LOW_ZONE_END)``: below any interpreter's mappings (no placement goes
+#: below the kernel's mmap_min_addr, executables load at 4 MiB or far higher), so a script
+#: with ``outside_arena`` may map there to test ``mmap_min_addr``; its pins stay below it.
+LOW_ZONE_END = 0x10_0000
 MAX_ARENA_PAGES = (ARENA_LIMIT - abi.ARENA_BASE) // abi.PAGE_SIZE  # 2^34 pages, 64 TiB
 MAX_SCRIPT_BYTES = 64 << 20  # a script file or stdin
 MAX_NESTING = 64  # JSON arrays and objects inside each other
@@ -38,7 +42,7 @@ MAX_TOUCH_PAGES = 1 << 20  # one touch op reports one value per page
 MAX_POPULATE_PAGES = 1 << 20
 MAX_SNAPSHOT_PAGES = 1 << 22  # a snapshot's page string covers up to the whole arena
 MAX_SNAPSHOT_CHARS = 1 << 24  # snapshots x arena pages, in all
-MAX_RANGES = 1024  # process_madvise iovecs (UIO_MAXIOV; the kernel refuses more)
+MAX_RANGES = 4 * abi.UIO_MAXIOV  # process_madvise iovecs: past UIO_MAXIOV the kernel says EINVAL
 MAX_NAME_BYTES = 200  # a file name (a memfd name may have 249)
 MAX_TEXT_CHARS = 1 << 16  # a note or tag
 MAX_COPY_PAGES = 1 << 16  # one uffd_copy's source buffer is written whole: 256 MiB
@@ -69,7 +73,8 @@ _HPAGE = 512 * PAGE  # a 2 MiB huge page (MAP_HUGETLB rounds lengths up to it)
 #: ``expect`` holds the records the kernel gave (the corpus); ``outside_arena`` allows
 #: ranges outside the arena (error-path tests).
 TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "variant", "design",
-                  "outside_arena", "hugetlb_pages", "map_count_headroom"}
+                  "outside_arena", "hugetlb_pages", "map_count_headroom", "mmap_min_addr",
+                  "cap_sys_rawio"}
 #: The largest ``map_count_headroom``: vm.max_map_count's default.
 MAX_MAP_COUNT_HEADROOM = abi.DEFAULT_MAX_MAP_COUNT
 #: The VMAs of its own (interpreter, libraries, heap, stack, fillers) a process running a
@@ -219,6 +224,9 @@ class Script:
     outside_arena: bool = False
     warnings: tuple[str, ...] = ()
     map_count_headroom: int | None = None  # VMAs the script may add before vm.max_map_count
+    #: (vm.mmap_min_addr, the kernel's mmap_min_addr) the script pins; None: the machine's
+    mmap_min_addr: tuple[int, int] | None = None
+    cap_sys_rawio: bool | None = None  # the script pins CAP_SYS_RAWIO held or not; None: the caller's
 
     @property
     def arena_bytes(self) -> int:
@@ -469,8 +477,12 @@ def _ranges_of(op: Op) -> list[tuple[int, int, str]]:
             out.append((op.to_addr, op.to_addr + page_align(op.new_length),
                         "to_bytes" if "to_bytes" in raw else "to"))
         return out
-    if name == "process_madvise":
-        return [(addr, addr + page_align(length), "ranges") for addr, length in op.ranges]
+    if name == "process_madvise":  # what import_iovec() leaves (nothing when it refuses)
+        try:
+            iovecs = abi.import_iovec(op.ranges)
+        except OSError:
+            return []
+        return [(addr, addr + page_align(length), "ranges") for addr, length in iovecs]
     return []
 
 
@@ -521,15 +533,21 @@ _STOP_AT_HOLE = frozenset({"mprotect", "mlock", "munlock"})
 def _outside_ok(name: str, start: int, end: int, fname: str) -> bool:
     """Whether a script with ``outside_arena`` may name ``[start, end)``: a range the kernel
     refuses on its arguments, one above TASK_SIZE (nothing is mapped there), one inside the
-    arena zone ``[ARENA_BASE, ARENA_LIMIT)``, or one that starts in the zone for a call
+    arena zone ``[ARENA_BASE, ARENA_LIMIT)`` or the low zone ``[0, LOW_ZONE_END)``, or one
+    that starts in a zone for a call
     that cannot cross a hole (mprotect/mlock/munlock; mremap's old range, which must lie in
     one VMA). Everything else could reach the kernel backend's own interpreter."""
     if refused_by_arguments(name, start, end) or start >= abi.TASK_SIZE:
         return True
-    starts_in_zone = abi.ARENA_BASE <= start < ARENA_LIMIT
+    if start < LOW_ZONE_END:
+        zone_end = LOW_ZONE_END
+    elif abi.ARENA_BASE <= start < ARENA_LIMIT:
+        zone_end = ARENA_LIMIT
+    else:
+        return False
     if name in _STOP_AT_HOLE or (name == "mremap" and fname.startswith("at")):
-        return starts_in_zone
-    return starts_in_zone and end <= ARENA_LIMIT
+        return True
+    return end <= zone_end
 
 
 def _check_ranges(op: Op, ctx: _Ctx) -> None:
@@ -544,7 +562,10 @@ def _check_ranges(op: Op, ctx: _Ctx) -> None:
             end = start + page_align(op.length)
         if ctx.base <= start and end <= ctx.end:
             return
-    for start, end, fname in _ranges_of(op):
+    ranges = _ranges_of(op)
+    if name == "process_madvise" and not ctx.outside:  # every range named, cut or not
+        ranges = [(addr, addr + page_align(length), "ranges") for addr, length in op.ranges]
+    for start, end, fname in ranges:
         if op.name == "touch" and end > _U64:
             raise ScriptError("the touched pages run past 2^64", index=op.index, field_name=fname)
         if ctx.base <= start and end <= ctx.end:
@@ -557,7 +578,8 @@ def _check_ranges(op: Op, ctx: _Ctx) -> None:
                               index=op.index, field_name=fname)
         if not _outside_ok(op.name, start, end, fname):
             raise ScriptError(f"{what} could reach memory that is not the script's: even with "
-                              f"outside_arena, a range must stay in {abi.ARENA_BASE:#x}-{ARENA_LIMIT:#x}, "
+                              f"outside_arena, a range must stay in {abi.ARENA_BASE:#x}-{ARENA_LIMIT:#x} "
+                              f"or 0-{LOW_ZONE_END:#x}, "
                               "lie above TASK_SIZE, or be one the kernel refuses on its arguments "
                               "(unaligned, empty, wrapping)", index=op.index, field_name=fname)
 
@@ -631,12 +653,12 @@ def _parse_op_fields(op: Any, index: int, ctx: _Ctx, depth: int) -> Op:
     elif name == "process_madvise":
         kw["advice"] = _advice(op, index, ctx)
         ranges = op["ranges"]
-        if not isinstance(ranges, list) or not ranges or not all(
-                isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges):
-            raise ScriptError("must be a non-empty list of [at, len] page pairs", index=index,
+        if not isinstance(ranges, list) or len(ranges) > MAX_RANGES:
+            raise ScriptError(f"must be a list of at most {MAX_RANGES} [at, len] page pairs (the "
+                              f"kernel refuses more than {abi.UIO_MAXIOV}: EINVAL)", index=index,
                               field_name="ranges")
-        if len(ranges) > MAX_RANGES:
-            raise ScriptError(f"more than {MAX_RANGES} ranges (UIO_MAXIOV)", index=index,
+        if not all(isinstance(r, list) and len(r) == 2 and all(_is_int(x) for x in r) for r in ranges):
+            raise ScriptError("must be a list of [at, len] page pairs", index=index,
                               field_name="ranges")
         out = []
         for at, npages in ranges:
@@ -846,6 +868,14 @@ def _top_level(doc: dict) -> tuple[int, dict[str, int], bool, frozenset[str]]:
     if headroom is not None and (not _is_int(headroom) or not 1 <= headroom <= MAX_MAP_COUNT_HEADROOM):
         raise ScriptError(f"'map_count_headroom' must be an integer 1..{MAX_MAP_COUNT_HEADROOM}, "
                           f"not {_show(headroom)}")
+    pin = doc.get("mmap_min_addr")
+    if pin is not None and not (isinstance(pin, dict) and set(pin) == {"sysctl", "floor"}
+                                and all(_is_int(v) for v in pin.values())
+                                and 0 <= pin["sysctl"] <= pin["floor"] < LOW_ZONE_END):
+        raise ScriptError(f"'mmap_min_addr' must be {{\"sysctl\": N, \"floor\": M}} with "
+                          f"0 <= N <= M < {LOW_ZONE_END:#x}, not {_show(pin)}")
+    if not isinstance(doc.get("cap_sys_rawio", False), bool):
+        raise ScriptError(f"'cap_sys_rawio' must be true or false, not {_show(doc['cap_sys_rawio'])}")
     expect = doc.get("expect")
     if expect is not None and not isinstance(expect, list):
         raise ScriptError(f"'expect' must be a list of records, not {_show(expect)}")
@@ -865,6 +895,7 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
             raise ScriptError("a script is a JSON object with an 'ops' list")
         arena_pages, files, outside, disk = _top_level(doc)
         hugetlb = doc.get("hugetlb_pages", 0)
+        pin = doc.get("mmap_min_addr")
         ops = doc.get("ops")
         if not isinstance(ops, list):
             raise ScriptError("'ops' must be a list")
@@ -882,7 +913,9 @@ def parse_script(doc: Any, *, path: str = "", allow_dangerous: bool = False) -> 
     return Script(arena_pages=arena_pages, files=files, ops=parsed, disk_files=disk, hugetlb_pages=hugetlb,
                   note=doc.get("note", ""),
                   expect=doc.get("expect"), doc=doc, outside_arena=outside,
-                  warnings=tuple(ctx.warnings), map_count_headroom=doc.get("map_count_headroom"))
+                  warnings=tuple(ctx.warnings), map_count_headroom=doc.get("map_count_headroom"),
+                  mmap_min_addr=None if pin is None else (pin["sysctl"], pin["floor"]),
+                  cap_sys_rawio=doc.get("cap_sys_rawio"))
 
 
 # --- reading a script file -------------------------------------------------------------------
