@@ -73,7 +73,8 @@ def installed(tmp_path_factory) -> Installed:
     source, wheels, venv = tmp / "sparsemm", tmp / "wheels", tmp / "venv"
     _copy_tracked(source)
     t0 = time.monotonic()
-    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(source)],
+    # -v: pip shows the build backend's output (setuptools' warnings) only when verbose
+    build = _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--wheel-dir", str(wheels), str(source)],
                  cwd=tmp)
     t1 = time.monotonic()
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp)
