@@ -45,11 +45,12 @@ def live_maps(pids) -> dict[str, str]:
 
 def derive(texts: dict[str, str], n: int, seed: int = 17, max_vmas: int = 400) -> list[tuple[str, str]]:
     """``n`` distinct ``(name, text)`` pairs cut from ``texts`` (name -> maps or smaps
-    text): runs of 1 to ``max_vmas`` consecutive VMAs, half of them thinned."""
+    text): runs of 1 to ``max_vmas`` consecutive VMAs, half of them thinned. None equals a
+    whole source text, since callers put the sources themselves beside the derived files."""
     rng = random.Random(seed)
     pools = {name: vma_units(text) for name, text in sorted(texts.items()) if text.strip()}
     names = sorted(pools)
-    seen: set[str] = set()
+    seen: set[str] = set(texts.values())
     out: list[tuple[str, str]] = []
     while len(out) < n:
         origin = rng.choice(names)

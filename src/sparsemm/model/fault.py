@@ -232,7 +232,19 @@ class FaultMixin(MmCore):
         if need:
             self._handle_fault(vma, addr, write, entry)
             return self.pt.get(page)
+        if write and entry.lazyfree:  # a write dirties the page: reclaim keeps it now
+            self._redirty(page)
         return entry
+
+    def _redirty(self, page: int) -> None:
+        """A write to a lazyfree page: its folio is dirty again, so reclaim keeps it (the
+        whole THP when a huge PMD maps it). O(1), or O(HPAGE_PMD_NR) for a THP."""
+        if self.pt.is_huge(page):
+            p0 = pmd_start(page)
+            for _, entry in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+                entry.lazyfree = False
+        else:
+            self.pt.get(page).lazyfree = False
 
     def access(self, addr: int, write: bool = False, value: int = 1) -> int | None:
         """A CPU load/store of one byte at ``addr`` (x86 semantics). Returns the byte read

@@ -15,14 +15,17 @@ FRAME_ZERO = 2  # the shared zero page
 
 
 class Frame:
-    """One physical base page. ``mapcount`` counts PTEs mapping it (the zero page's is not kept)."""
+    """One physical base page. ``mapcount`` counts PTEs mapping it (the zero page's is not kept).
+    ``lazyfree``: an anonymous page ``MADV_FREE`` made clean (``folio_mark_lazyfree()``,
+    ``!PG_swapbacked``) and not written since; reclaim discards it instead of keeping it."""
 
-    __slots__ = ("byte", "kind", "mapcount")
+    __slots__ = ("byte", "kind", "mapcount", "lazyfree")
 
     def __init__(self, byte: int, kind: int):
         self.byte = byte
         self.kind = kind
         self.mapcount = 0
+        self.lazyfree = False
 
     def __repr__(self) -> str:
         return f"<Frame {('anon', 'file', 'zero')[self.kind]} byte={self.byte} map={self.mapcount}>"

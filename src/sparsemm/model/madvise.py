@@ -17,7 +17,7 @@ from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
-from sparsemm.model.pagetable import HPAGE_PMD_NR, PTE_SHIFT
+from sparsemm.model.pagetable import HPAGE_PMD_NR, PTE_SHIFT, pmd_start
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
 #: mm/madvise.c: is_discard(): the advice a sealed read-only private anonymous VMA refuses.
@@ -140,7 +140,8 @@ class MadviseMixin(MmCore):
             if advice == Madv.FREE:
                 if not vma.is_anonymous():
                     raise kerr(errno.EINVAL, "madvise: MADV_FREE on non-anon")
-                return end  # lazyfree: pages stay mapped until reclaim (R-F2)
+                self._free(start, end)  # pages stay mapped until reclaim (R-F2)
+                return end
             self.zap_range(start, end)  # R-F1: guard markers survive
             self.pt.reclaim_pte_tables(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
             return end
@@ -237,6 +238,8 @@ class MadviseMixin(MmCore):
                 for i, e in enumerate(ents):
                     if e is None or e.kind != FRAME_ANON:
                         self.set_pte(p0 + i, Frame(0, FRAME_ANON))
+                    else:
+                        e.lazyfree = False  # copied into a new, swap-backed folio
                 self.pt.map_huge_pmd(p0, deposit=True)  # the old PTE table is deposited
             else:
                 if not self._collapse_file(vma, p0, ents):
@@ -311,11 +314,38 @@ class MadviseMixin(MmCore):
         self.punch_hole(vma.vm_file, first << PAGE_SHIFT, (end - start))
         return end
 
+    def _free(self, start: int, end: int) -> None:
+        """mm/madvise.c: madvise_free_single_vma() for ``[start, end)`` of an anonymous VMA:
+        the anon pages mapped only here become lazyfree (clean; the next reclaim discards
+        them unless they are written first); pages shared with a fork are left alone
+        (``folio_maybe_mapped_shared()``). A THP the range covers in part is split first
+        (``madvise_free_huge_pmd()``), so only the covered pages become lazyfree; a whole
+        THP becomes lazyfree as one folio. O(frames in range)."""
+        first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        for p0 in {pmd_start(first), pmd_start(last - 1)}:
+            if self.pt.is_huge(p0) and not (first <= p0 and p0 + HPAGE_PMD_NR <= last):
+                head = self.pt.get(p0)  # the huge zero page and a shared THP stay whole
+                if head is not None and head.kind == FRAME_ANON and head.mapcount == 1:
+                    self.pt.split_huge_pmd(p0)
+        for _, entry in self.pt.frames(first, last):
+            if entry.kind == FRAME_ANON and entry.mapcount == 1:
+                entry.lazyfree = True
+
     def _pageout(self, vma: Vma, start: int, end: int) -> None:
-        """mm/madvise.c: madvise_pageout() with no swap device: anon pages cannot be written
-        out and stay; page-cache pages mapped once are unmapped (they stay cached)."""
+        """mm/madvise.c: madvise_pageout() with no swap device: page-cache pages mapped once
+        are unmapped (they stay cached); anon pages mapped once are discarded when lazyfree
+        (``MADV_FREE``, not written since) or in a ``VM_DROPPABLE`` VMA, and stay otherwise
+        (nothing to swap to). A THP holding a discarded page is split first: its PTE table
+        stays (measured: a later read maps base pages, not the huge zero page).
+        O(frames in range)."""
+        droppable = bool(vma.vm_flags & VmFlag.DROPPABLE)
         for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            if entry.kind == FRAME_FILE and entry.mapcount == 1:
+            if entry.mapcount != 1:
+                continue
+            if entry.kind == FRAME_FILE:
+                self.clear_pte(page)
+            elif entry.kind == FRAME_ANON and (entry.lazyfree or droppable):
+                self.pt.split_huge_pmd(page)
                 self.clear_pte(page)
 
 
