@@ -59,6 +59,20 @@ def test_no_example_is_a_bare_synopsis():
     assert not bad, "write these as '$ sparsemm ...' examples that run: " + "; ".join(bad)
 
 
+def test_skips_are_few_and_say_why():
+    """A skipped block names what a fresh machine lacks (a cluster, Chromium, a fuzz run's
+    findings) in a sentence; almost every example runs."""
+    runs = skips = 0
+    for path in DOCS:
+        for ex in examples(path):
+            if ex.skip:
+                skips += 1
+                assert len(ex.skip.split()) >= 3, f"{path.relative_to(ROOT)}:{ex.line}: say why: {ex.skip!r}"
+            else:
+                runs += 1
+    assert skips <= 10 and runs >= 4 * skips, (runs, skips)
+
+
 def test_the_docs_have_examples():
     count = sum(1 for path in DOCS for ex in examples(path) if ex.kind == "shell")
     assert count >= 10
