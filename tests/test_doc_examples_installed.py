@@ -2,7 +2,7 @@
 
 The module builds a wheel the normal way (``pip wheel``, build isolation: setuptools and
 mypy from the package index, setup.py compiling the model core with mypyc and the efence C
-library) from a copy of the checkout's tracked files, installs it with ``pip install`` in a
+library) from a copy of the checkout's files (as a fresh clone has them), installs it with ``pip install`` in a
 fresh venv (dependencies from the index or pip's cache, as a user's install gets them), and
 runs every example (tests/doc_examples.py; ``python`` blocks included) with that venv first
 on PATH, in a scratch directory outside the checkout, with no PYTHONPATH: the checkout's
@@ -33,9 +33,11 @@ BUILD_WARNINGS = ("SetuptoolsDeprecationWarning", "Package would be ignored", "L
 
 
 def _copy_tracked(dest: Path) -> None:
-    """The checkout's tracked files as they are now (what a fresh clone has, edits included)."""
+    """The checkout's files as a fresh clone would have them once committed: tracked files as
+    they are now, and new files git does not ignore."""
     if shutil.which("git") and (ROOT / ".git").exists():
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, check=True)
         names = [n for n in out.stdout.decode().split("\0") if n]
     else:  # an unpacked source tree: everything but what a build or a venv leaves behind
         skip = {".venv", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis", ".git"}
