@@ -217,7 +217,6 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "sparsemm snapshot --all -o snaps.tar.gz"),
     "samples": ("sparsemm samples",
                 "sparsemm samples guard > guard.json",
-                "sparsemm samples renderer --path",
                 "sparsemm samples --kind maps --export maps/"),
     "probe": ("sparsemm probe",
               "sparsemm probe --json"),
