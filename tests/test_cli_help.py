@@ -115,6 +115,34 @@ def test_samples_list_print_and_resolve(tmp_path):
     assert cp.returncode == 2 and len(cp.stderr.splitlines()) == 1
 
 
+def test_samples_export_and_kind(tmp_path):
+    cp = run_cli("samples", "--kind", "maps", "--export", str(tmp_path / "maps"))
+    assert cp.returncode == 0, cp.stderr
+    maps = [s for s in samples.SAMPLES if s.kind == "maps"]
+    assert sorted(cp.stdout.split()) == sorted(str(tmp_path / "maps" / samples.file_name(s.name)) for s in maps)
+    for s in maps:
+        assert (tmp_path / "maps" / samples.file_name(s.name)).read_bytes() == samples.path(s.name).read_bytes()
+    cp = run_cli("samples", "--kind", "program")
+    assert [line.split()[0] for line in cp.stdout.splitlines()] == [
+        f"sample:{s.name}" for s in samples.SAMPLES if s.kind == "program"]
+    cp = run_cli("samples", "ladders", "--export", str(tmp_path))
+    assert cp.returncode == 0 and (tmp_path / "ladders.py").read_text().startswith('"""')
+    cp = run_cli("samples", "guard", "--kind", "maps")
+    assert cp.returncode == 2 and "--kind maps" in cp.stderr and len(cp.stderr.splitlines()) == 1
+    (tmp_path / "file").write_text("")
+    cp = run_cli("samples", "--export", str(tmp_path / "file" / "sub"))
+    assert cp.returncode == 2 and len(cp.stderr.splitlines()) == 1 and "Traceback" not in cp.stderr
+
+
+@pytest.mark.parametrize("argv, fits", [(("analyze", "sample:guard"), "sample:renderer"),
+                                        (("reproduce", "sample:ladders"), "sample:python-threads"),
+                                        (("run", "sample:renderer"), "sample:guard")])
+def test_a_sample_of_the_wrong_kind_says_which_fit(argv, fits):
+    cp = run_cli(*argv)
+    assert cp.returncode == 2 and len(cp.stderr.splitlines()) == 1, cp.stderr
+    assert f"{argv[1]} is " in cp.stderr and fits in cp.stderr
+
+
 def test_samples_are_package_data():
     """A plain pip install has the samples: the package-data globs of pyproject.toml take them."""
     import fnmatch
@@ -152,6 +180,13 @@ def test_piped_output_keeps_lines_whole_and_speaks_plainly(tmp_path):
     assert how.rstrip().endswith(" s")  # one line, not wrapped at the console width
     for jargon in ("formula pte=", "touch=", "compressed modulo", "run(s)"):
         assert jargon not in cp.stdout, jargon
+    # directory mode: the tables keep each file name on one line, errors go to stderr
+    broken = long_dir / "zz-not-a-maps-file-with-a-long-name.maps"
+    broken.write_text("garbage\n")
+    cp = run_cli("analyze", str(tmp_path), "--workers", "1")
+    assert cp.returncode == 0, cp.stderr
+    assert any(str(maps.relative_to(tmp_path)) in line for line in cp.stdout.splitlines()), cp.stdout
+    assert [line for line in cp.stderr.splitlines() if broken.name in line], cp.stderr
     cp = run_cli("designs", "sample:guard")
     assert cp.returncode == 0
     assert not set("┏┃━│─┼") & set(cp.stdout)  # plain when piped, like analyze

@@ -335,12 +335,12 @@ def test_allocation_in_another_librarys_constructor_is_guarded(cases, tmp_path):
 
 def test_docs_shell_examples_run_as_written(tmp_path):
     """The shell blocks of docs/efence.md (their ``$ `` commands), in order, in one directory;
-    their stated output. (tests/test_doc_examples.py runs them too, for their exit status.)"""
+    their stated output. (tests/test_doc_examples*.py run them too, for their exit status.)"""
     _library_or_skip()
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler for the documented example")
     text = (ROOT / "docs" / "efence.md").read_text()
-    from test_doc_examples import commands
+    from doc_examples import commands
 
     sh_blocks = ["\n".join(commands(body)) + "\n"
                  for body in re.findall(r"^```console\n(.*?)^```", text, re.S | re.M)]

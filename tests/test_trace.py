@@ -21,8 +21,10 @@ import pytest
 
 from conftest import needs_guards, needs_strace, run_cli
 
+from sparsemm import samples
+
 PYTHON = os.path.realpath(sys.executable)
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"  # the programs docs/trace.md traces
+EXAMPLES = samples.path("ladders").parent  # the bundled programs docs/trace.md traces (sparsemm samples)
 
 #: Seconds strace holds a task at execve and exit_group while its map is read: longer than
 #: the default, because the machine running the tests may be busy (a missed hold means no

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from sparsemm._input import SettingError
 from sparsemm._options import Formatter, Parser, Terminated, count, install_signal_handlers
@@ -18,6 +19,7 @@ from sparsemm.model import designs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.runner import BACKENDS, BackendUnavailable, run_script
 from sparsemm.opscript.script import ScriptError, load_script
+from sparsemm.samples import KINDS as SAMPLE_KINDS
 from sparsemm.samples import SampleError
 
 EXIT_USAGE = 2
@@ -35,7 +37,7 @@ def _load(args: argparse.Namespace):
     """``args.script`` parsed; dangerous ops allowed by ``--allow-dangerous`` are explained."""
     from sparsemm.samples import resolve
 
-    script = load_script(resolve(args.script), allow_dangerous=getattr(args, "allow_dangerous", False))
+    script = load_script(resolve(args.script, "script"), allow_dangerous=getattr(args, "allow_dangerous", False))
     for warning in script.warnings:
         print(f"sparsemm {args.command}: warning: {warning}; running it as --allow-dangerous asks",
               file=sys.stderr)
@@ -157,9 +159,20 @@ def _probe(args: argparse.Namespace) -> int:
 def _samples(args: argparse.Namespace) -> int:
     from sparsemm import samples
 
+    chosen = [s.name for s in samples.SAMPLES if args.kind in (None, s.kind)]
+    if args.name is not None:
+        samples.path(args.name)  # SampleError names the known samples
+        if args.kind is not None and args.name not in chosen:
+            raise CliError(f"--kind {args.kind}: sample {args.name!r} is not of that kind")
+        chosen = [args.name]
+    if args.export is not None:
+        for written in samples.export(Path(args.export), chosen):
+            print(written)
+        return 0
     if args.name is None:
         for s in samples.SAMPLES:
-            print(f"{samples.PREFIX}{s.name:<16} {s.kind:<7} {s.about}")
+            if s.name in chosen:
+                print(f"{samples.PREFIX}{s.name:<16} {s.kind:<7} {s.about}")
         return 0
     path = samples.path(args.name)
     if args.path:
@@ -204,7 +217,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "sparsemm snapshot --all -o snaps.tar.gz"),
     "samples": ("sparsemm samples",
                 "sparsemm samples guard > guard.json",
-                "sparsemm samples renderer --path"),
+                "sparsemm samples --kind maps --export maps/"),
     "probe": ("sparsemm probe",
               "sparsemm probe --json"),
     "efence": ("sparsemm efence -- sort /etc/passwd",
@@ -237,7 +250,7 @@ EPILOG = """\
 examples:
   sparsemm demo                        a real Chromium renderer's map, analyzed, rebuilt, plotted
   sparsemm analyze $$                  your shell, read live
-  sparsemm samples                     the bundled sample maps and scripts
+  sparsemm samples                     the bundled sample maps, scripts and programs
   sparsemm run sample:guard --format text
 
 'sparsemm COMMAND --help' shows a command's options and examples. Documentation: README.md
@@ -380,11 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_snapshot_parser(sub)  # snapshot PID|--all: maps, smaps and guard markers saved
 
     p = sub.add_parser(
-        "samples", help="list the bundled sample maps and scripts, or print one",
+        "samples", help="list the bundled sample maps, scripts and programs, print one, or copy them",
         description="The samples shipped with sparsemm (docs/samples.md). Every command that "
                     "takes a maps file or an op script also takes sample:NAME.")
     p.add_argument("name", nargs="?", help="a sample's name: print its contents (default: list them all)")
     p.add_argument("--path", action="store_true", help="print the sample's file path instead of its contents")
+    p.add_argument("--kind", choices=SAMPLE_KINDS,
+                   help="only the samples of this kind: maps (for analyze), script (op scripts), "
+                        "program (programs to trace)")
+    p.add_argument("--export", metavar="DIR",
+                   help="copy the samples (NAME, or every one of --kind, or all) into DIR under their "
+                        "file names, creating it; print each file written")
     p.set_defaults(func=_samples)
 
     for name, command in sub.choices.items():  # one look for every command's --help

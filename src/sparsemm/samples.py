@@ -1,4 +1,4 @@
-"""The bundled samples: maps files and op scripts shipped as package data, reachable by name.
+"""The bundled samples: maps files, op scripts and example programs shipped as package data.
 
 Owns the table of samples (``SAMPLES``) and ``resolve``, which turns ``sample:NAME`` (the
 spelling every command accepts where it takes a file) into the file's path. Reads only
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["PREFIX", "Sample", "SAMPLES", "SampleError", "names", "path", "resolve"]
+__all__ = ["KINDS", "PREFIX", "Sample", "SAMPLES", "SampleError", "export", "file_name", "names", "path",
+           "resolve"]
 
 #: ``sample:renderer`` names the bundled renderer map wherever a file is expected.
 PREFIX = "sample:"
@@ -24,7 +25,7 @@ class SampleError(ValueError):
 @dataclass(slots=True, frozen=True)
 class Sample:
     name: str  # the short name after ``sample:``
-    kind: str  # "maps" (for analyze/reproduce) or "script" (for run/designs/measure/compare)
+    kind: str  # "maps" (analyze/reproduce), "script" (run/designs/measure/compare), "program" (trace)
     resource: str  # path inside the sparsemm.data package
     about: str  # one line for people
 
@@ -38,7 +39,18 @@ SAMPLES: tuple[Sample, ...] = (
            "Python 3.11 on glibc 2.36 with 200 threads, one guard page per stack: 535 VMAs"),
     Sample("guard", "script", "scripts/guard.json",
            "op script: a guard page faults, its neighbours don't (5 ops)"),
+    Sample("ladders", "program", "example-programs/ladders.py",
+           "Python program: N PROT_NONE guards in one thread, N guard markers in another"),
+    Sample("threads", "program", "example-programs/threads.py",
+           "Python program: 64 threads allocating and freeing big and small objects"),
+    Sample("markers", "program", "example-programs/markers.py",
+           "Python program: a sparsemm.Mapping with 128 guard pages and a GuardedHeap"),
+    Sample("sysv", "program", "example-programs/sysv.py",
+           "Python program: System V shared memory, which a trace cannot replay"),
+    Sample("heavy-page", "program", "example-programs/heavy.html",
+           "web page that grows a Chromium renderer's heaps (DOM nodes, arrays, strings, buffers)"),
 )
+KINDS = ("maps", "script", "program")
 _BY_NAME = {s.name: s for s in SAMPLES}
 
 
@@ -60,8 +72,42 @@ def path(name: str) -> Path:
     return Path(str(resources.files("sparsemm.data").joinpath(sample.resource)))
 
 
-def resolve(target: str) -> str:
-    """``sample:NAME`` -> the path of that sample; any other string unchanged. O(1)."""
-    if target.startswith(PREFIX):
-        return str(path(target[len(PREFIX):]))
-    return target
+def file_name(name: str) -> str:
+    """The file name sample ``name`` is exported under (its bundled file's name). O(1)."""
+    return path(name).name
+
+
+def export(directory: Path, selected: list[str]) -> list[Path]:
+    """Copy the samples named in ``selected`` into ``directory`` (created if missing) under
+    their file names; return the files written. O(total bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in selected:
+        src = path(name)
+        dst = directory / src.name
+        dst.write_bytes(src.read_bytes())
+        written.append(dst)
+    return written
+
+
+#: Each kind in words, for the message when a sample of another kind is given.
+_KIND_TEXT = {"maps": "a maps sample (for analyze and reproduce)",
+              "script": "an op-script sample (for run, compare, designs and measure)",
+              "program": "an example program (to run or trace, write it out: sparsemm samples {name} > FILE)"}
+
+
+def resolve(target: str, kind: str | None = None) -> str:
+    """``sample:NAME`` -> the path of that sample; any other string unchanged. O(1).
+
+    With ``kind``, a sample of another kind is a ``SampleError`` saying which samples fit
+    (``sample:guard`` given to analyze is an op script, not a maps file)."""
+    if not target.startswith(PREFIX):
+        return target
+    name = target[len(PREFIX):]
+    found = path(name)
+    sample = _BY_NAME[name]
+    if kind is not None and sample.kind != kind:
+        fit = ", ".join(PREFIX + s.name for s in SAMPLES if s.kind == kind)
+        raise SampleError(f"{target} is {_KIND_TEXT[sample.kind].format(name=name)}; "
+                          f"this command takes {_KIND_TEXT[kind].split(' (')[0]}: {fit}")
+    return str(found)

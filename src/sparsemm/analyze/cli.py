@@ -158,7 +158,7 @@ def _analyze(args) -> int:
 def _analyze_single(args, policy, target: str) -> int:
     from sparsemm.analyze.report import render_report
 
-    target = resolve(target)  # sample:NAME -> the bundled file
+    target = resolve(target, "maps")  # sample:NAME -> the bundled file
     _check_target(target)
     if args.plot:
         _check_plot_path(args.plot)
@@ -349,7 +349,7 @@ def _reproduce(args) -> int:
     from sparsemm.analyze.reproduce import render_reproduction, reproduce
 
     policy = _policy(args)
-    args.target = resolve(args.target)
+    args.target = resolve(args.target, "maps")
     _check_target(args.target)
     if _is_dir_target(args.target):
         raise UsageError(f"{args.target}: reproduce takes one maps/smaps file or pid, not a directory")
