@@ -222,14 +222,18 @@ class MadviseMixin(MmCore):
             # file_thp_enabled(): a regular file takes a THP only while no one has it open for
             # writing; an op script's disk file always has a writable descriptor open.
             raise kerr(errno.EINVAL, "madvise: collapse of a file open for writing")
-        # thp_vma_allowable_order(): an anonymous VMA without an anon_vma (nothing ever
-        # written), or one with no aligned 2 MiB block in it, is not eligible. An eligible range holding no aligned block collapses
-        # nothing and succeeds (hstart == hend); one that ends before it starts (hstart >
-        # hend, inside one block) fails. Measured on 6.18.
-        if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart > hend or \
-                (vma.is_anonymous() and (vma.anon_vma is None or
-                                         ((vma.vm_start + span - 1) & ~(span - 1)) + span > vma.vm_end)) or \
-                (hstart == hend and not vma.is_anonymous()):
+        # thp_vma_allowable_order() (thp_vma_suitable_order()): a VMA with no aligned 2 MiB
+        # block in it is not eligible, nor a file VMA whose offset is not 2 MiB aligned with
+        # its address, nor an anonymous VMA without an anon_vma (nothing ever written). An
+        # eligible range holding no aligned block collapses nothing and succeeds (hstart ==
+        # hend), also in a file VMA; one that ends before it starts (hstart > hend, inside one
+        # block) fails. Measured on 6.18.
+        no_block = ((vma.vm_start + span - 1) & ~(span - 1)) + span > vma.vm_end
+        if vma.is_anonymous():
+            eligible = vma.anon_vma is not None and not no_block
+        else:
+            eligible = not no_block and not ((vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff) % HPAGE_PMD_NR
+        if vma.vm_flags & VmFlag.NOHUGEPAGE or hstart > hend or not eligible:
             raise kerr(errno.EINVAL, "madvise: nothing to collapse")
         if hstart == hend:
             return _resume_after(vma, end)
