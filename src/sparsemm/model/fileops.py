@@ -50,8 +50,10 @@ class FileOpsMixin(MmCore):
             for mm in list(file.users):
                 mm._unmap_file_pages(file, hba, min(last_index, 1 << 60), None)
         tail = end >> PAGE_SHIFT
-        if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset and tail in file.cache:
-            file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
+        if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset:
+            if tail in file.cache:
+                file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
+            file.on_disk.pop(tail, None)  # (a disk file's block, when the page is not cached)
         first = (offset + PAGE_SIZE - 1) >> PAGE_SHIFT
         last = (end >> PAGE_SHIFT) - 1
         if last < first:
