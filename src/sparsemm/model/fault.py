@@ -94,9 +94,10 @@ class FaultMixin(MmCore):
         the 16-page window around ``addr`` (clamped to the VMA, the PTE table and EOF),
         leaving present PTEs and guard markers alone. A folio marked ``PG_readahead`` is
         skipped (next_uptodate_folio()); each page mapped is an mmap hit of a disk file.
-        A disk file's large folio that reaches its last page is mapped whole only where the
-        fault found no PTE table (measured; elsewhere only its pages in the window), as
-        ``filemap_map_pages()`` keeps PTEs from mapping past i_size."""
+        For a disk file (6.18, "do not map PTEs past i_size"): when the first folio found
+        holds the file's last page, large folios are mapped only within the window, and with
+        no PTE table there yet nothing is mapped at all (the table is installed only on the
+        other path; measured: a fault past EOF of a fresh mapping maps nothing)."""
         page = addr >> PAGE_SHIFT
         pte_off = pte_index(page)
         vma_off = vma.file_pgoff(addr) - vma.vm_pgoff
@@ -107,14 +108,21 @@ class FaultMixin(MmCore):
         base = page - pte_off
         get = self.pt.get
         mapped = 0
-        no_table = f.disk and self.pt.pmd_none(page)
+        can_map_large = None if f.disk else True  # decided by the first folio found
         for pte in range(from_pte, to_pte):
             p = base + pte
             pgoff = vma.file_pgoff(p << PAGE_SHIFT)
             if pgoff > file_end:
                 continue
             folio = f.folio_of(pgoff) if f.folios else None
-            if f.disk:
+            if can_map_large is None:
+                frame = f.cache.get(pgoff)
+                if frame is None or frame.ra_mark:
+                    continue
+                can_map_large = (folio[0] + folio[1] if folio else pgoff + 1) < f.npages
+                if not can_map_large and self.pt.pmd_none(page):
+                    return
+            elif f.disk:
                 frame = f.cache.get(pgoff)
                 if frame is not None and frame.ra_mark:
                     continue
@@ -122,8 +130,7 @@ class FaultMixin(MmCore):
                 # filemap_map_folio_range() (6.18): a large folio that fits the VMA and the
                 # PMD is mapped whole, beyond the window
                 fp = p - (pgoff - folio[0])
-                if (not f.disk or no_table or folio[0] + folio[1] < f.npages) \
-                        and fp << PAGE_SHIFT >= vma.vm_start and (fp + folio[1]) << PAGE_SHIFT <= vma.vm_end \
+                if can_map_large and fp << PAGE_SHIFT >= vma.vm_start and (fp + folio[1]) << PAGE_SHIFT <= vma.vm_end \
                         and pmd_start(fp) == pmd_start(fp + folio[1] - 1):
                     for i in range(folio[1]):
                         if get(fp + i) is None and folio[0] + i <= file_end:
@@ -156,6 +163,24 @@ class FaultMixin(MmCore):
         if retry and not write:
             self._fault_around(vma, addr)
         return frame
+
+    def _finish_fault_disk(self, vma: Vma, page: int, pgoff: int) -> None:
+        """mm/memory.c: finish_fault() of a disk file's page ``pgoff`` at ``page`` (not
+        mapped yet): its whole large folio when the folio ends by EOF, fits the VMA and the
+        PTE table around the fault and none of its PTEs is set (no marker either); else the
+        one page."""
+        f = vma.vm_file
+        folio = f.folio_of(pgoff) if f.folios else None
+        if folio is not None and folio[0] + folio[1] <= f.npages:
+            first = page - (pgoff - folio[0])
+            if first << PAGE_SHIFT >= vma.vm_start and (first + folio[1]) << PAGE_SHIFT <= vma.vm_end \
+                    and pmd_start(first) == pmd_start(first + folio[1] - 1) \
+                    and not any(True for _ in self.pt.frames(first, first + folio[1])) \
+                    and not self.pt.has_markers_in(first, first + folio[1]):
+                for i in range(folio[1]):
+                    self.set_pte(first + i, f.cache[folio[0] + i])
+                return
+        self.set_pte(page, f.cache[pgoff])
 
     def _map_large_folio(self, vma: Vma, page: int) -> bool:
         """A read fault on a page of a PMD-sized large folio that ``vma`` maps whole and
@@ -216,15 +241,20 @@ class FaultMixin(MmCore):
                 if pgoff >= f.npages or uffd_miss:
                     raise FaultError("SIGBUS")
                 if self.pt.get(page) is None:
-                    frame = self._disk_page(vma, addr, pgoff, False) if f.disk else f.get_page(pgoff)
-                    if self.pt.get(page) is None:
-                        self.set_pte(page, frame)
+                    if not f.disk:
+                        self.set_pte(page, f.get_page(pgoff))
+                    else:
+                        self._disk_page(vma, addr, pgoff, False)
+                        if self.pt.get(page) is None:  # the retry's fault-around did not map it
+                            self._finish_fault_disk(vma, page, pgoff)
                 return
+            private = not int(vma.vm_flags) & _VM_SHARED
+            if private:  # do_cow_fault() prepares the anon_vma before ->fault() can fail
+                self.anon_vma_prepare(vma)
             if pgoff >= f.npages or uffd_miss:
                 raise FaultError("SIGBUS")
             frame = self._disk_page(vma, addr, pgoff, True) if f.disk else f.get_page(pgoff)
-            if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
-                self.anon_vma_prepare(vma)
+            if private:
                 self.set_pte(page, Frame(frame.byte, FRAME_ANON))
                 return
             self.set_pte(page, frame)  # do_shared_fault()
