@@ -180,7 +180,13 @@ def test_a_program_using_guard_markers(tmp_path):
     # markers as run: under the vma design each of those guards is a VMA of its own
     assert d["vma"]["peak_vmas"] >= d["as-run"]["peak_vmas"] + 2 * 128
     assert d["pte"]["peak_vmas"] <= d["as-run"]["peak_vmas"]
-    assert int(proc.stdout.split("\n", 1)[0]) == d["as-run"]["peak_vmas"]  # what the program saw at its peak
+    # What the program saw at its peak. The replay cannot see writes (docs/divergences.md, "When
+    # memory is first written"): where address randomisation puts a malloc'd mmap next to
+    # libpython's .bss, the kernel keeps the two apart (each was written, so each has its own
+    # anon_vma) and the replay merges them, one VMA fewer (always so under `setarch -R`). The
+    # end of the run is checked exactly above (as_run_check).
+    seen = int(proc.stdout.split("\n", 1)[0])
+    assert seen - 1 <= d["as-run"]["peak_vmas"] <= seen
 
 
 @needs_strace
