@@ -117,14 +117,14 @@ class FaultMixin(MmCore):
             folio = f.folio_of(pgoff) if f.folios else None
             if can_map_large is None:
                 frame = f.cache.get(pgoff)
-                if frame is None or frame.ra_mark:
+                if frame is None or frame.ra_mark or frame.stale:
                     continue
                 can_map_large = (folio[0] + folio[1] if folio else pgoff + 1) < f.npages
                 if not can_map_large and self.pt.pmd_none(page):
                     return
             elif f.disk:
                 frame = f.cache.get(pgoff)
-                if frame is not None and frame.ra_mark:
+                if frame is not None and (frame.ra_mark or frame.stale):
                     continue
             if folio is not None:
                 # filemap_map_folio_range() (6.18): a large folio that fits the VMA and the
@@ -156,6 +156,9 @@ class FaultMixin(MmCore):
         flags = int(vma.vm_flags)
         if pgoff in f.cache:
             retry = readahead.async_mmap_readahead(f, flags, pgoff)
+            if f.cache[pgoff].stale:  # page_not_uptodate: read it, then retry
+                f.cache[pgoff].stale = False
+                retry = True
         else:
             readahead.sync_mmap_readahead(f, flags, pgoff)
             retry = True

@@ -21,9 +21,10 @@ class Frame:
     ``!PG_swapbacked``) and not written since; reclaim discards it instead of keeping it.
     A disk file's page-cache page: ``dirty`` (written since it was read; no writeback is
     modelled) and ``ra_mark`` (``PG_readahead``, the bit ``PG_reclaim`` shares: set on the
-    folio where the next async readahead starts, or by reclaim on a dirty folio)."""
+    folio where the next async readahead starts, or by reclaim on a dirty folio) and
+    ``stale`` (not ``PG_uptodate``: a page read in only to zero part of it)."""
 
-    __slots__ = ("byte", "kind", "mapcount", "lazyfree", "dirty", "ra_mark")
+    __slots__ = ("byte", "kind", "mapcount", "lazyfree", "dirty", "ra_mark", "stale")
 
     def __init__(self, byte: int, kind: int):
         self.byte = byte
@@ -32,6 +33,7 @@ class Frame:
         self.lazyfree = False
         self.dirty = False
         self.ra_mark = False
+        self.stale = False
 
     def __repr__(self) -> str:
         return f"<Frame {('anon', 'file', 'zero')[self.kind]} byte={self.byte} map={self.mapcount}>"
