@@ -110,3 +110,36 @@ def test_map_count_headroom_sets_the_model_limit():
     assert script.map_count_headroom == 7
     assert start_model(script).mm.max_map_count == 7
     assert start_model(parse_script({"ops": []})).mm.max_map_count == abi.DEFAULT_MAX_MAP_COUNT
+
+
+def test_a_script_without_headroom_runs_below_the_default_limit():
+    """Both backends take a script without map_count_headroom as 256 VMAs of the process's
+    own below the default vm.max_map_count (docs/opscript.md)."""
+    from sparsemm.opscript.script import DEFAULT_MAP_COUNT_HEADROOM, OWN_VMAS, effective_headroom
+    assert effective_headroom(parse_script({"ops": []})) == DEFAULT_MAP_COUNT_HEADROOM
+    assert DEFAULT_MAP_COUNT_HEADROOM == abi.DEFAULT_MAX_MAP_COUNT - OWN_VMAS
+    assert effective_headroom(parse_script({"ops": [], "map_count_headroom": 9})) == 9
+
+
+def test_vma_bound_bounds_every_corpus_script():
+    """``vma_bound`` (the kernel child pads only scripts it says may reach the limit) is never
+    below the VMAs a corpus script makes on the model, at any op."""
+    import json
+    from pathlib import Path
+
+    from sparsemm.opscript.model_backend import start_model
+    from sparsemm.opscript.script import vma_bound
+    checked = 0
+    for path in sorted(Path(__file__).parent.glob("conformance/*/*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("arena_pages", 0) > 8192:  # the max_map_count scripts: 65,000 VMAs
+            continue
+        script = parse_script({k: v for k, v in doc.items() if k != "expect"})
+        runner = start_model(script)
+        bound, most = vma_bound(script.ops), 0
+        for op in script.ops:
+            runner.run_op(op)
+            most = max(most, runner.mm.map_count)
+        assert most <= bound, path.name
+        checked += 1
+    assert checked > 200

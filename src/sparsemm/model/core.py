@@ -183,8 +183,7 @@ class MmCore(abc.ABC):
             if int(first.vm_flags) & _VM_SEALED:
                 raise kerr(errno.EPERM, "munmap: sealed vma")
             if sealed:  # vms_gather_munmap_vmas(): the first split stays when a later VMA is sealed
-                upper = split_vma(self.tree, first, start, _NO_LIMIT)
-                first.changed_unmerged = upper.changed_unmerged = True  # left split, as the kernel does
+                split_vma(self.tree, first, start, _NO_LIMIT)  # left split, as the kernel does
                 raise kerr(errno.EPERM, "munmap: sealed vma")
             self.design.on_unmap(start, end)
             upper = split_vma(self.tree, first, start, _NO_LIMIT)

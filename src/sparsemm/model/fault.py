@@ -69,10 +69,11 @@ class FaultMixin(MmCore):
         return self.pt.pmd_none(page)
 
     def _fault_thp(self, vma: Vma, page: int, write: bool) -> None:
-        """do_huge_pmd_anonymous_page(): a zeroed THP (write) or the huge zero page (read)."""
+        """do_huge_pmd_anonymous_page(): a zeroed THP (write) or the huge zero page (read).
+        Either way the VMA gets its anon_vma first (``vmf_anon_prepare()``), unlike a read
+        fault mapping the small zero page, so fork copies the huge zero page's PMD."""
         p0 = pmd_start(page)
-        if write:
-            self.anon_vma_prepare(vma)
+        self.anon_vma_prepare(vma)
         for p in range(p0, p0 + HPAGE_PMD_NR):
             self.set_pte(p, Frame(0, FRAME_ANON) if write else ZERO_PAGE)
         self.pt.map_huge_pmd(p0, deposit=True)  # no PTE table, but one deposited
@@ -265,8 +266,14 @@ class FaultMixin(MmCore):
         if not write:
             return
         # do_wp_page(): the PTE is present and write-protected where a copy is due.
-        if entry.kind == FRAME_ZERO:
-            self.pt.split_huge_pmd(page)  # a huge zero page: split, then a PTE fault
+        if entry.kind == FRAME_ZERO and self.pt.is_huge(page):
+            # do_huge_zero_wp_pmd(): a write to the huge zero page maps a zeroed THP in its
+            # place (the deposited table stays); the kernel splits only when no THP can be had
+            self.anon_vma_prepare(vma)
+            p0 = pmd_start(page)
+            for p in range(p0, p0 + HPAGE_PMD_NR):
+                self.set_pte(p, Frame(0, FRAME_ANON))
+        elif entry.kind == FRAME_ZERO:
             self.anon_vma_prepare(vma)
             self.set_pte(page, Frame(0, FRAME_ANON))
         elif int(vma.vm_flags) & _VM_SHARED:
@@ -274,6 +281,8 @@ class FaultMixin(MmCore):
         elif entry.kind == FRAME_FILE or entry.mapcount > 1:  # wp_page_copy()
             if self.pt.is_file_huge(page):  # do_huge_pmd_wp_page(): split (unmap), then CoW
                 self.drop_huge_block(pmd_start(page))
+            else:  # a shared anonymous THP: the PMD is split, then one page copied
+                self.pt.split_huge_pmd(page)
             self.anon_vma_prepare(vma)
             self.set_pte(page, Frame(entry.byte, FRAME_ANON))
 

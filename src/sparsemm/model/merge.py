@@ -151,7 +151,6 @@ def merge_new_range(tree, vmg: MergeState) -> MergeOutcome:
         target.anon_vma = vmg.anon_vma
     if sticky:  # stays VmFlag
         target.vm_flags |= sticky
-    target.changed_unmerged = False
     vmg.target, vmg.state = target, VMA_MERGE_SUCCESS
     return VMA_MERGE_SUCCESS
 
@@ -188,7 +187,6 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
         tree.set_bounds(prev, prev.vm_start, new_end)
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
-        prev.changed_unmerged = False
         vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
         return VMA_MERGE_SUCCESS
     if merge_left:
@@ -203,7 +201,6 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
         tree.set_bounds(prev, prev.vm_start, vmg.end)
         if sticky:  # stays VmFlag
             prev.vm_flags |= sticky
-        prev.changed_unmerged = False
         vmg.target, vmg.state = prev, VMA_MERGE_SUCCESS
         return VMA_MERGE_SUCCESS
     # merge_right: next extends down over [start,end)
@@ -217,7 +214,6 @@ def merge_existing_range(tree, vmg: MergeState) -> MergeOutcome:
     tree.set_bounds(nxt, vmg.start, nxt.vm_end)
     if sticky:  # stays VmFlag
         nxt.vm_flags |= sticky
-    nxt.changed_unmerged = False
     vmg.target, vmg.state = nxt, VMA_MERGE_SUCCESS
     return VMA_MERGE_SUCCESS
 
@@ -260,5 +256,4 @@ def vma_modify_flags(tree, prev: Vma | None, vma: Vma, start: int, end: int, new
     if vma.vm_end > end:
         split_vma(tree, vma, end, max_map_count)
     vma.vm_flags = int(new_flags)
-    vma.changed_unmerged = False  # the kernel tried to merge it and could not
     return vma

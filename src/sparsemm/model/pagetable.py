@@ -409,6 +409,26 @@ class PageTable:
                     and not self.has_markers_in(t << PTE_SHIFT, (t + 1) << PTE_SHIFT):
                 self.pte_tables.discard(t)
 
+    def pte_table_runs(self, first: int, end: int) -> list[range]:
+        """The runs of pages in ``[first, end)`` whose PMD entry holds a PTE table or maps a
+        huge page (not ``pmd_none()``), in order, adjacent blocks joined: where a page walk
+        visits PTEs rather than reporting a hole. O(min(blocks in range, tables) + runs)."""
+        if end <= first:
+            return []
+        t0, t1 = first >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
+        if t1 - t0 < len(self.pte_tables) + len(self._huge):
+            blocks = [t for t in range(t0, t1 + 1) if t in self.pte_tables or t in self._huge]
+        else:
+            blocks = sorted(t for t in self.pte_tables | self._huge if t0 <= t <= t1)
+        runs: list[range] = []
+        for t in blocks:
+            s, e = max(t << PTE_SHIFT, first), min((t + 1) << PTE_SHIFT, end)
+            if runs and runs[-1].stop == s:
+                runs[-1] = range(runs[-1].start, e)
+            else:
+                runs.append(range(s, e))
+        return runs
+
     def alloc_pmd_table(self, page: int) -> None:
         """Allocate the PMD and PUD tables above ``page`` but no PTE table: what
         ``__handle_mm_fault()`` does (``pud_alloc``, ``pmd_alloc``) before a fault handler

@@ -159,8 +159,23 @@ def pagemap(mm, addr: int, npages: int) -> list[int]:
 
 #: ``access_ok()``'s limit on x86-64 (TASK_SIZE_MAX).
 _TASK_SIZE_MAX = abi.TASK_SIZE
-#: Every page of a VMA without userfaultfd write-protection is "written".
+#: A guard marker: a swap-type PTE, "written" as every PTE not write-protected by userfaultfd.
 _SCAN_MARKER = abi.PAGE_IS_SWAPPED | abi.PAGE_IS_WRITTEN | abi.PAGE_IS_GUARD
+
+
+def _empty_segments(mm, s: int, e: int):
+    """Runs of the empty pages ``[s, e)``: an empty PTE in a PTE table reads "written"; where
+    the PMD entry is empty the walk reports a hole (pagemap_scan_pte_hole()), with only the
+    VMA's categories (none here: no soft-dirty, no uffd-wp). tests/conformance/ops/
+    pagemap_scan_written_tables.json. O(blocks in range)."""
+    cursor = s
+    for r in mm.pt.pte_table_runs(s, e):
+        if r.start > cursor:
+            yield cursor, r.start, 0
+        yield r.start, r.stop, abi.PAGE_IS_WRITTEN
+        cursor = r.stop
+    if cursor < e:
+        yield cursor, e, 0
 
 
 def _scan_segments(mm, vma, first: int, end: int):
@@ -183,11 +198,11 @@ def _scan_segments(mm, vma, first: int, end: int):
     cursor = first
     for s, e, cats in events:
         if s > cursor:
-            yield cursor, s, abi.PAGE_IS_WRITTEN
+            yield from _empty_segments(mm, cursor, s)
         yield s, e, cats
         cursor = e
     if cursor < end:
-        yield cursor, end, abi.PAGE_IS_WRITTEN
+        yield from _empty_segments(mm, cursor, end)
 
 
 def pagemap_scan(mm, start: int, end: int, category_mask: int = 0, anyof_mask: int = 0,

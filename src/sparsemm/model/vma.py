@@ -59,7 +59,7 @@ class Vma:
     is_guard_entry = False
 
     __slots__ = ("vm_start", "vm_end", "vm_flags", "vm_pgoff", "vm_file", "anon_vma",
-                 "anon_vma_forked", "changed_unmerged")
+                 "anon_vma_forked")
 
     def __init__(self, vm_start: int, vm_end: int, vm_flags: int, vm_pgoff: int,
                  vm_file=None, anon_vma: AnonVma | None = None, anon_vma_forked: bool = False):
@@ -71,9 +71,6 @@ class Vma:
         self.vm_file = vm_file
         self.anon_vma = anon_vma
         self.anon_vma_forked = anon_vma_forked
-        #: True when the kernel changed this VMA without trying a merge (MREMAP_DONTUNMAP's
-        #: dontunmap_complete()), so it may legitimately sit unmerged next to a twin.
-        self.changed_unmerged = False
 
     def __repr__(self) -> str:
         return (f"<Vma {self.vm_start:#x}-{self.vm_end:#x} {self.perms} pgoff={self.vm_pgoff} "
@@ -109,7 +106,5 @@ class Vma:
 
     def copy(self) -> "Vma":
         """``vm_area_dup()``: a detached copy (same file, same anon_vma)."""
-        new = Vma(self.vm_start, self.vm_end, self.vm_flags, self.vm_pgoff, self.vm_file,
-                  self.anon_vma, self.anon_vma_forked)
-        new.changed_unmerged = self.changed_unmerged
-        return new
+        return Vma(self.vm_start, self.vm_end, self.vm_flags, self.vm_pgoff, self.vm_file,
+                   self.anon_vma, self.anon_vma_forked)

@@ -27,8 +27,9 @@ from sparsemm.native import _scan, libc, procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.child import ChildTimeout, default_timeout, describe_status, run_child, set_pdeathsig
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
-from sparsemm.opscript.script import (ARENA_LIMIT, Op, Script, ScriptError, op_ranges, page_align,
-                                      parse_script, refused_by_arguments)
+from sparsemm.opscript.script import (ARENA_LIMIT, DEFAULT_MAP_COUNT_HEADROOM, OWN_VMAS, Op, Script,
+                                      ScriptError, op_ranges, page_align, parse_script,
+                                      refused_by_arguments, vma_bound)
 
 _U64 = 1 << 64
 #: Descriptors the child keeps besides its memfds (stdio, the interpreter's, fork pipes).
@@ -91,12 +92,19 @@ def run_kernel(script: Script, *, timeout: float | None = None, attempts: int = 
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 
 
-def _free_huge_pages() -> int:
+def _huge_page_counts() -> tuple[int, int]:
+    """``(available, surplus)`` 2 MiB huge pages: free and not promised to a mapping
+    (``HugePages_Free - HugePages_Rsvd``: a reservation may outlive its mapping's process, and
+    a new mapping cannot take it), and the surplus pages a raise of ``vm.nr_hugepages`` turns
+    into persistent ones before it adds any."""
+    counts = {}
     with open("/proc/meminfo", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("HugePages_Free:"):
-                return int(line.split()[1])
-    return 0
+            if line.startswith("HugePages_"):
+                key, value = line.split(":")
+                counts[key] = int(value.split()[0])
+    return (counts.get("HugePages_Free", 0) - counts.get("HugePages_Rsvd", 0),
+            counts.get("HugePages_Surp", 0))
 
 
 @contextlib.contextmanager
@@ -112,18 +120,19 @@ def hugetlb_pool(pages: int):
     try:
         with open(_NR_HUGEPAGES, encoding="ascii") as fh:
             before = int(fh.read())
-        missing = pages - _free_huge_pages()
+        available, surplus = _huge_page_counts()
+        missing = pages - available
         if missing <= 0:
             yield
             return
-        target = before + missing
+        target = before + surplus + missing
         with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
             fh.write(str(target))
     except OSError as exc:
         raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
                                  f"cannot be raised here ({exc.strerror or exc})") from None
     try:
-        if _free_huge_pages() < pages:
+        if _huge_page_counts()[0] < pages:
             raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "
                                      "set that many aside (memory too fragmented)")
         yield
@@ -274,18 +283,30 @@ class KernelRunner(OpDispatcher):
         (not a VMA). Reads into a preallocated buffer, so it works at the limit. O(VMAs)."""
         return procfs.count_vmas() - self.gate_lines
 
-    def pad_map_count(self, headroom: int) -> int:
+    def may_reach_limit(self, script: Script) -> bool:
+        """Can ``script`` (no ``map_count_headroom``) come near ``vm.max_map_count`` here or on
+        the model (``vma_bound`` against this process's VMAs and the default headroom)? O(ops)."""
+        bound = vma_bound(script.ops) + 2
+        return bound >= DEFAULT_MAP_COUNT_HEADROOM or \
+            self.map_count() + bound >= procfs.read_int("/proc/sys/vm/max_map_count")
+
+    def pad_map_count(self, headroom: int, *, default: bool = False) -> int:
         """Add filler VMAs outside the arena until exactly ``headroom`` more fit under
-        ``vm.max_map_count`` (the script's ``map_count_headroom``), so a script reaching the
-        limit gives the same records whatever this interpreter mapped itself. The fillers are
+        ``vm.max_map_count`` (the script's ``map_count_headroom``, or with ``default`` the
+        headroom of a script that gives none), so a script reaching the limit gives the same
+        records whatever this interpreter mapped itself. The fillers are
         one PROT_NONE mapping with every other page made PROT_READ (each such page adds two
         VMAs; the last page one). Returns the map_count the script starts from; ChildRefused
         when this process already has too many VMAs, RuntimeError if the count misses."""
         target = procfs.read_int("/proc/sys/vm/max_map_count") - headroom
         need = target - self.map_count()
         if need < 0:
-            raise ChildRefused(f"map_count_headroom {headroom}: this process already has "
-                               f"{self.map_count()} VMAs, more than vm.max_map_count minus {headroom}")
+            what = (f"a script without map_count_headroom that may reach vm.max_map_count runs "
+                    f"with {headroom} VMAs left ({OWN_VMAS} of the process's own at the default "
+                    f"limit), but" if default else f"map_count_headroom {headroom}:")
+            raise ChildRefused(f"{what} this process already has {self.map_count()} VMAs, more "
+                               f"than vm.max_map_count minus {headroom}; give the script a smaller "
+                               f"map_count_headroom")
         if need:
             pages = 2 * need + 2
             addr = libc.mmap(0, pages * abi.PAGE_SIZE, abi.PROT_NONE,
@@ -740,6 +761,13 @@ def _stream(out, runner: KernelRunner, ops, times: _OpTimes | None = None) -> No
 _HEAP_RESERVE = 256 << 20
 
 
+def _preload() -> None:
+    """Import now what an op imports on first use (``libc.add_seals``: ``fcntl``, an extension
+    module whose load maps its library), so no op adds a VMA of the interpreter's own once
+    the VMAs are counted."""
+    import fcntl  # noqa: F401
+
+
 def _malloc_without_mmap() -> None:
     """Make glibc's malloc take memory from a heap grown now and never trimmed, and never
     from mmap (``mallopt`` M_MMAP_MAX 0, M_TRIM_THRESHOLD max), so the interpreter adds no
@@ -767,9 +795,14 @@ def _child_main() -> int:
         if script.outside_arena:
             runner.check_all_reaches(script.ops)
         runner.create_files()
-        if script.map_count_headroom is not None:
+        # A script that may reach vm.max_map_count starts exactly its headroom below it (the
+        # default one when it gives none, as the model assumes: script.effective_headroom)
+        default = script.map_count_headroom is None
+        if not default or runner.may_reach_limit(script):
+            _preload()
             _malloc_without_mmap()
-            runner.pad_map_count(script.map_count_headroom)
+            runner.pad_map_count(DEFAULT_MAP_COUNT_HEADROOM if default else script.map_count_headroom,
+                                 default=default)
     except (ChildRefused, ScriptError) as exc:
         out.write(json.dumps({"error": str(exc), "kind": "refused"}) + "\n")
         out.flush()

@@ -20,7 +20,7 @@ from sparsemm.model.vma import Vma
 from sparsemm.native import procfs as native_procfs
 from sparsemm.opscript import records as rec
 from sparsemm.opscript.dispatch import BackendUnavailable, OpDispatcher
-from sparsemm.opscript.script import Op, Script
+from sparsemm.opscript.script import Op, Script, effective_headroom
 
 
 class _ModelRunner(OpDispatcher):
@@ -272,6 +272,9 @@ def run_model_state(script: Script, design: str | None = None, *, check: bool = 
 
 def run_model(script: Script, design: str | None = None, *, check: bool = False) -> list[dict]:
     """Run ``script`` on a fresh model address space; return the records (see
-    ``run_model_state``). No record shows maple-node counts, so no node model is kept,
-    but with ``check`` (which verifies it after every op)."""
-    return run_model_state(script, design, check=check, node_model=check)[0]
+    ``run_model_state``), as the kernel backend gives them: the process has
+    ``effective_headroom(script)`` VMAs left before ``vm.max_map_count``. No record shows
+    maple-node counts, so no node model is kept, but with ``check`` (which verifies it
+    after every op)."""
+    return run_model_state(script, design, check=check, node_model=check,
+                           max_map_count=effective_headroom(script))[0]

@@ -72,6 +72,11 @@ TOP_LEVEL_KEYS = {"arena_pages", "files", "ops", "note", "expect", "tags", "vari
                   "outside_arena", "hugetlb_pages", "map_count_headroom"}
 #: The largest ``map_count_headroom``: vm.max_map_count's default.
 MAX_MAP_COUNT_HEADROOM = abi.DEFAULT_MAX_MAP_COUNT
+#: The VMAs of its own (interpreter, libraries, heap, stack, fillers) a process running a
+#: script is taken to have when the script gives no ``map_count_headroom``: such a script
+#: runs as if it gave ``DEFAULT_MAP_COUNT_HEADROOM`` (docs/opscript.md), on both backends.
+OWN_VMAS = 256
+DEFAULT_MAP_COUNT_HEADROOM = MAX_MAP_COUNT_HEADROOM - OWN_VMAS
 
 #: For each op: its allowed fields (besides ``op``) and the required ones.
 #: Address fields come in a page form and a byte form (one of each pair).
@@ -475,6 +480,25 @@ def op_ranges(op: Op) -> list[tuple[int, int]]:
     range the kernel refuses for wrapping (EINVAL/ENOMEM); ``start == end`` is empty.
     Fork children are not included (see ``Op.child``). O(1), O(ranges) for process_madvise."""
     return [(s, e) for s, e, _ in _ranges_of(op)]
+
+
+def effective_headroom(script: "Script") -> int:
+    """The VMAs ``script`` may add before ``vm.max_map_count`` on either backend: its
+    ``map_count_headroom``, else ``DEFAULT_MAP_COUNT_HEADROOM``. O(1)."""
+    if script.map_count_headroom is not None:
+        return script.map_count_headroom
+    return DEFAULT_MAP_COUNT_HEADROOM
+
+
+def vma_bound(ops) -> int:
+    """An upper bound on the VMAs ``ops`` (fork children included) can add to a process: an
+    op splits at most both ends of each range it reaches and places at most one new VMA per
+    range, an mremap a target besides its source, so 4 per range is ample. Tells whether a
+    script can come near ``vm.max_map_count`` at all. O(ops + ranges)."""
+    n = 0
+    for op in ops:
+        n += 4 * max(1, len(_ranges_of(op))) + vma_bound(op.child)
+    return n
 
 
 def refused_by_arguments(name: str, start: int, end: int) -> bool:
