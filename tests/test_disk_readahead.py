@@ -69,9 +69,18 @@ CASES = {
 }
 
 
+#: Kernel runs before a difference counts: readahead I/O is asynchronous, and on a loaded
+#: machine a probe's fault-around can meet a page still under I/O and skip it (seen once
+#: in a full test run); the model gives the settled state.
+RUNS = 3
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_disk_readahead_window_matches_kernel(case):
     script = parse_script(_script(CASES[case]))
     model = run_model(script, check=True)
-    kernel = run_kernel(script)
+    for _ in range(RUNS):
+        kernel = run_kernel(script)
+        if model == kernel:
+            return
     assert model == kernel, next((m, k) for m, k in zip(model, kernel) if m != k)
