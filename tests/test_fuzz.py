@@ -30,7 +30,7 @@ from sparsemm.fuzz.generate import (OP_GENERATORS, PROFILES, Profile, count_ops,
 from sparsemm.fuzz.shrink import Shrinker
 from sparsemm.fuzz.suppress import SuppressionError, load_rules
 from sparsemm.opscript.model_backend import run_model
-from sparsemm.opscript.script import OP_NAMES, parse_script
+from sparsemm.opscript.script import OP_NAMES, ScriptError, parse_script
 
 TESTS = Path(__file__).resolve().parent
 PLANTED = Backends(model=fuzz_plant.mprotect_x_eacces, kernel=fuzz_plant.honest_model)
@@ -87,6 +87,143 @@ def test_generator_draws_every_op_of_the_format_and_never_dangerous_advice():
                     advice.add(op["advice"])
     assert seen == set(OP_NAMES)
     assert not advice & {"hwpoison", "soft_offline", 100, 101}
+
+
+def _kinds(doc: dict) -> set:
+    """What of the op format a script uses, beyond op names (the kinds the disk, raw,
+    extensions and hugetlb profiles promise to draw)."""
+    out = set()
+    if doc.get("hugetlb_pages"):
+        out.add("hugetlb_pages")
+    if any(spec.get("disk") for spec in doc.get("files", {}).values()):
+        out.add("disk file")
+    for op in walk(doc["ops"]):
+        name, prot, flags = op["op"], op.get("prot"), op.get("flags")
+        if op.get("readonly"):
+            out.add("readonly mmap")
+        if op.get("cpu"):
+            out.add("cpu touch")
+        if op.get("target") == "child":
+            out.add("process_madvise child")
+        if name == "process_madvise" and len(op["ranges"]) == 1024:
+            out.add("process_madvise 1024 ranges")
+        if isinstance(prot, list):
+            out.update(f"{name} prot {p}" for p in prot if p in ("sem", "growsdown", "growsup"))
+        elif isinstance(prot, int) and prot & ~7:
+            out.add(f"{name} raw prot int")
+        if name == "mmap" and isinstance(flags, list):
+            out.update(f"mmap {f}" for f in flags if f in ("stack", "droppable", "nonblock",
+                                                          "shared_validate", "hugetlb"))
+            raw = [f for f in flags if isinstance(f, int)]
+            if any(f & 0xF for f in raw) and not set(flags) & {"private", "shared", "droppable",
+                                                                "shared_validate"}:
+                out.add("mmap raw map type")
+            if any(f & ~0xF for f in raw):
+                out.add("mmap raw flag bits")
+            if 21 << 26 in raw and "hugetlb" in flags:
+                out.add("mmap hugetlb 2MB size bits")
+        if name == "seal" and op["file"] in {k for k, v in doc.get("files", {}).items() if v.get("disk")}:
+            out.add("seal on a disk file")
+    return out
+
+
+#: What each new or widened profile must draw (each script parses, too).
+PROFILE_KINDS = {
+    "disk": {"disk file", "readonly mmap", "cpu touch", "seal on a disk file",
+             "process_madvise child"},
+    "raw": {"mmap prot sem", "mmap prot growsdown", "mmap prot growsup", "mprotect prot sem",
+            "mprotect prot growsdown", "mprotect prot growsup", "mprotect raw prot int",
+            "mmap raw prot int", "mmap stack", "mmap droppable", "mmap nonblock",
+            "mmap shared_validate", "mmap raw map type", "mmap raw flag bits",
+            "process_madvise child", "process_madvise 1024 ranges", "cpu touch"},
+    "extensions": {"cpu touch", "process_madvise child", "mmap raw flag bits", "mprotect raw prot int",
+                   "mmap droppable"},
+    "hugetlb": {"hugetlb_pages", "mmap hugetlb", "mmap hugetlb 2MB size bits", "cpu touch",
+                "process_madvise child"},
+}
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_KINDS))
+def test_new_profiles_draw_every_kind_they_promise_and_every_script_parses(profile):
+    seen = set()
+    for i in range(300):
+        doc = generate_script(profile, script_rng("kinds", i))
+        parse_script(doc)  # raises on anything the parser refuses
+        seen |= _kinds(doc)
+    assert PROFILE_KINDS[profile] <= seen, sorted(PROFILE_KINDS[profile] - seen)
+
+
+def test_only_the_hugetlb_profile_maps_hugetlb_and_it_is_not_a_default():
+    from sparsemm.fuzz.generate import DEFAULT_PROFILES
+
+    assert "hugetlb" not in DEFAULT_PROFILES and {"disk", "raw"} <= set(DEFAULT_PROFILES)
+    for profile in PROFILES:
+        if profile in ("hugetlb", "maxmap"):
+            continue
+        for i in range(100):
+            doc = generate_script(profile, script_rng("nohuge", i))
+            assert "hugetlb_pages" not in doc
+            for op in walk(doc["ops"]):
+                flags = op.get("flags") if op["op"] == "mmap" else None
+                assert not flags or ("hugetlb" not in flags
+                                     and not any(isinstance(f, int) and f & 0x40000 for f in flags))
+
+
+def _model_rets(doc: dict) -> list:
+    try:
+        return [r["ret"] for r in run_model(parse_script(doc))]
+    except ScriptError:  # a shrink step the parser refuses
+        return []
+
+
+def test_shrinker_keeps_a_disk_file_only_where_the_difference_needs_it():
+    """A seal on a disk file is EINVAL (a memfd takes it): shrunk to that one op, the file
+    stays a disk file. A read-only descriptor's EACCES shows on a memfd too: the disk
+    flag goes, ``readonly`` stays."""
+    doc = generate_script("disk", script_rng("shrink-disk", 0), min_ops=12)
+    assert doc["files"]["d"] == {"pages": 12, "disk": True}
+    doc["ops"][-1:] = [{"op": "seal", "file": "d", "seals": ["grow", "write"]},
+                       {"op": "mmap", "at": 14, "len": 2, "prot": "rw", "flags": ["shared"],
+                        "file": "d", "readonly": True}, {"op": "snapshot"}]
+    seal_einval = lambda d: any(op["op"] == "seal" and r == "EINVAL"  # noqa: E731
+                                for op, r in zip(d["ops"], _model_rets(d)))
+    assert seal_einval(doc)
+    small = Shrinker(seal_einval, max_tests=2000).shrink(doc)
+    assert [(op["op"], op["file"], len(op["seals"])) for op in small["ops"]] == [("seal", "d", 1)]
+    assert small["files"] == {"d": {"pages": 0, "disk": True}}
+
+    eacces = lambda d: "EACCES" in _model_rets(d)  # noqa: E731
+    small = Shrinker(eacces, max_tests=2000).shrink(doc)
+    (op,) = small["ops"]
+    assert (op["op"], op["flags"], op["readonly"], "w" in op["prot"]) == ("mmap", ["shared"], True, True)
+    assert small["files"] == {op["file"]: {"pages": 0}}  # a memfd shows it too
+    parse_script(small)
+
+
+def test_shrinker_simplifies_raw_prot_and_extension_fields():
+    """A raw prot keeps the one bit the difference needs; ``cpu``, ``target`` and
+    process_madvise ``flags`` go when they do not matter."""
+    doc = {"arena_pages": 16, "ops": [
+        {"op": "mmap", "at": 0, "len": 8, "prot": ["r", "w", "sem"], "flags": ["private", "anonymous",
+                                                                             "stack", 0x800000]},
+        {"op": "touch", "at": 0, "len": 2, "access": "write", "cpu": True},
+        {"op": "process_madvise", "ranges": [[0, 2], [4, 1]], "advice": "cold", "target": "child",
+         "flags": 0},
+        {"op": "mprotect", "at": 2, "len": 2, "prot": ["x", "sem", "growsup"]}, {"op": "snapshot"}]}
+    def growsup(d: dict) -> bool:  # an mprotect refused, over a mapping that went in
+        pairs = list(zip([op["op"] for op in d["ops"]], _model_rets(d)))
+        return ("mprotect", "EINVAL") in pairs and ("mmap", "ok") in pairs
+    assert growsup(doc)
+    small = Shrinker(growsup, max_tests=2000).shrink(doc)
+    assert small["ops"] == [{"op": "mmap", "at": 0, "len": 1, "prot": "rw",
+                             "flags": ["private", "anonymous"]},
+                            {"op": "mprotect", "at": 0, "len": 1, "prot": ["growsup"]}]
+    def both(d: dict) -> bool:  # a touch and a process_madvise that the parser takes
+        names = [op["op"] for op in d["ops"]]
+        return "touch" in names and "process_madvise" in names and bool(_model_rets(d))
+    plain = Shrinker(both, max_tests=2000).shrink(doc)
+    assert plain["ops"] == [{"op": "touch", "at": 0, "len": 1, "access": "write"},
+                            {"op": "process_madvise", "ranges": [[0, 1]], "advice": "cold"}]
 
 
 def test_mixed_profile_keeps_the_differential_tests_mix():
@@ -501,3 +638,51 @@ def test_time_budget_on_the_kernel(tmp_path):
     proc = fuzz_cli("--time", "5", "--findings", str(tmp_path), "--json", timeout=600)
     assert proc.returncode in (0, 1), proc.stderr
     assert json.loads(proc.stdout)["scripts"] >= 1
+
+
+@pytest.mark.kernel
+@needs_guards
+def test_new_profiles_on_the_kernel_end_to_end(tmp_path):
+    """A short real run over the disk, raw, extensions and hugetlb profiles: every script
+    parses and runs on both sides (the hugetlb one reserves its huge pages, or the profile
+    is skipped with the reason). Real differences it meets are findings, written whole
+    (they do not fail this test: bench/results_fuzz.md and tests/fuzz_findings/ list them)."""
+    from sparsemm.fuzz.engine import hugetlb_unavailable
+
+    why = hugetlb_unavailable(PROFILES["hugetlb"].hugetlb)
+    fz = Fuzzer(seed=5, profiles=["disk", "raw", "extensions", "hugetlb"], examples=8, max_ops=6,
+                findings_dir=tmp_path, confirm_runs=1, shrink_tests=25, shrink_seconds=30)
+    assert fz.stats.skipped == ({"hugetlb": why} if why else {})
+    stats = fz.run()
+    assert stats.scripts == 8 and stats.refused == 0, stats.refused_example
+    ran = 8 - stats.unavailable
+    assert stats.kernel_runs >= ran and stats.ops > 8
+    for f in stats.findings:
+        assert {"script.json", "kernel.json", "model.json", "diff.txt", "finding.json"} <= {
+            p.name for p in f.path.iterdir()}
+        parse_script(json.loads((f.path / "script.json").read_text()))
+
+
+@pytest.mark.kernel
+def test_hugetlb_profile_is_skipped_in_one_line_where_no_huge_pages_can_be_had(
+        tmp_path, monkeypatch, capsys):
+    """Where vm.nr_hugepages cannot be raised (here: the backend pointed at a path it cannot
+    write, as for a user who is not root) the hugetlb profile is left out with the reason;
+    alone, it leaves nothing to run: one line, exit 2."""
+    from sparsemm.cli import main
+    from sparsemm.opscript import kernel
+
+    pages = PROFILES["hugetlb"].hugetlb
+    if kernel._free_huge_pages() >= pages:
+        pytest.skip("huge pages are free on this machine now: nothing to raise, nothing refused")
+    blocked = tmp_path / "nr_hugepages"
+    blocked.mkdir()
+    monkeypatch.setattr(kernel, "_NR_HUGEPAGES", str(blocked))
+    why = (f"the script needs {pages} free huge pages and vm.nr_hugepages cannot be raised "
+           "here (Is a directory)")
+    fz = Fuzzer(seed=1, profiles=["raw", "hugetlb"], examples=0, findings_dir=tmp_path / "f")
+    assert fz.profiles == ("raw",) and fz.stats.skipped == {"hugetlb": why}
+    assert main(["fuzz", "--profile", "hugetlb", "--examples", "1",
+                 "--findings", str(tmp_path / "f")]) == 2
+    assert capsys.readouterr().err == f"sparsemm fuzz: no profile to run: profile hugetlb skipped: {why}\n"
+    assert not (tmp_path / "f").exists()

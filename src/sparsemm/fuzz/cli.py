@@ -131,6 +131,11 @@ def summary_text(stats: Stats) -> str:
         ops = count_ops(f.script.get("ops", []))
         partly = "" if f.shrink.get("complete", True) else ", not fully shrunk"
         lines.append(f"  {f.path}: {f.signature} ({ops} ops, {f.hits} hits{partly})")
+    for profile, why in stats.skipped.items():
+        lines.append(f"  profile {profile} skipped: {why}")
+    if stats.unavailable:
+        lines.append(f"  {stats.unavailable} scripts the kernel backend could not run here, "
+                     f"first: {stats.unavailable_example}")
     if stats.refused:
         lines.append(f"  {stats.refused} generated scripts refused by the parser (a generator "
                      f"bug), first: {stats.refused_example}")
@@ -194,6 +199,8 @@ def fuzz_main(args: argparse.Namespace) -> int:
         print(f"sparsemm fuzz: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ref.append(fuzzer)
+    for profile, why in fuzzer.stats.skipped.items():
+        print(f"sparsemm fuzz: profile {profile} skipped: {why}", file=sys.stderr, flush=True)
     stopped: list[int] = []
 
     def stop(signum, frame):  # SIGTERM/SIGHUP end the run as Ctrl-C does, with what it has

@@ -25,6 +25,7 @@ from sparsemm.fuzz.generate import (DEFAULT_PROFILES, MAXMAP_PREFIX_NOTE, PROFIL
                                     generate_script, script_rng)
 from sparsemm.fuzz.shrink import Shrinker
 from sparsemm.fuzz.suppress import Rule, find_rule
+from sparsemm.opscript.dispatch import BackendUnavailable
 from sparsemm.opscript.script import Script, ScriptError, parse_script
 
 RunFn = Callable[[Script], list]
@@ -117,6 +118,9 @@ class Stats:
     previous: Counter = field(default_factory=Counter)  # signature -> hits of older findings
     refused: int = 0  # generated scripts the parser refused (a generator bug)
     refused_example: str = ""
+    skipped: dict = field(default_factory=dict)  # profile -> why it cannot run here
+    unavailable: int = 0  # scripts the kernel backend could not run here (huge pages)
+    unavailable_example: str = ""
     kernel_runs: int = 0
     shrink_runs: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -131,6 +135,7 @@ class Stats:
             "differences": self.differences, "duplicates": self.duplicates,
             "suppressed": dict(self.suppressed), "flaky": dict(self.flaky),
             "interrupted": self.interrupted, "refused": self.refused,
+            "skipped_profiles": dict(self.skipped), "unavailable": self.unavailable,
             "findings": [{"dir": str(f.path) if f.path else None, "signature": f.signature,
                           "hits": f.hits, "ops": count_ops(f.script.get("ops", [])),
                           "shrunk": f.shrink.get("complete", True), "profile": f.profile}
@@ -146,6 +151,12 @@ class Fuzzer:
     ``script_rng(seed, i)``, so a run is reproducible from its seed. Findings go to
     ``findings_dir`` (created on the first one); signatures already there count as
     duplicates. ``run()`` returns the stats; Ctrl-C ends it early with what it has.
+
+    A profile whose scripts reserve huge pages (``Profile.hugetlb``) is tried once
+    before the run on the real kernel backend; where the pages cannot be had (not
+    root, memory too fragmented) it is left out and ``stats.skipped`` says why. A
+    script the kernel backend cannot run later for the same reason is counted in
+    ``stats.unavailable``, never as a difference.
     """
 
     def __init__(self, *, seed: int | str, profiles=DEFAULT_PROFILES, time_limit: float | None = None,
@@ -176,7 +187,15 @@ class Fuzzer:
         self.confirm_runs = confirm_runs
         self.shrink_tests = shrink_tests
         self.shrink_seconds = shrink_seconds
+        skipped = {} if "kernel" in self.backends.hooked else {
+            p: why for p in dict.fromkeys(profiles)
+            if (why := hugetlb_unavailable(PROFILES[p].hugetlb)) is not None}
+        if skipped and all(p in skipped for p in profiles):
+            raise FuzzError("no profile to run: " + "; ".join(
+                f"profile {p} skipped: {why}" for p, why in skipped.items()))
+        self.profiles = profiles = tuple(p for p in profiles if p not in skipped)
         self.stats = Stats(self.seed, profiles)
+        self.stats.skipped = skipped
         self.deadline = None if time_limit is None else self.stats.started + time_limit
         self._known: dict[str, object] = dict(findings.existing(self.dir))  # sig -> Finding | Path
 
@@ -198,6 +217,8 @@ class Fuzzer:
         try:
             self.stats.kernel_runs += 1
             run.kernel = self.backends.kernel(script)
+        except BackendUnavailable:
+            raise  # the machine cannot run it (huge pages): not a difference
         except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
             kdiff = kernel_error(exc)
             run.kernel_error = kdiff.kernel
@@ -261,6 +282,12 @@ class Fuzzer:
                     self.stats.scripts += 1
                     self.stats.refused += 1
                     self.stats.refused_example = self.stats.refused_example or f"{profile} #{i}: {exc}"
+                    continue
+                except BackendUnavailable as exc:  # e.g. no huge pages free right now
+                    self.stats.scripts += 1
+                    self.stats.unavailable += 1
+                    self.stats.unavailable_example = (self.stats.unavailable_example
+                                                      or f"{profile} #{i}: {exc}")
                     continue
                 self.stats.scripts += 1
                 self.stats.ops += count_ops(doc["ops"])
@@ -345,7 +372,10 @@ class Fuzzer:
             return "model"
         for n in range(self.confirm_runs):
             self._progress(f"confirming {sig} ({n + 2}/{self.confirm_runs + 1})")
-            again = self.evaluate(doc)
+            try:
+                again = self.evaluate(doc)
+            except BackendUnavailable:
+                return None
             if again.diff is None or again.diff.signature != sig:
                 return None
         return f"{self.confirm_runs + 1}/{self.confirm_runs + 1}"
@@ -359,7 +389,7 @@ class Fuzzer:
         def test(candidate: dict) -> bool:
             try:
                 got = self.evaluate(candidate, model_only=diff.field == MODEL_ERROR)
-            except ScriptError:
+            except (ScriptError, BackendUnavailable):
                 return False
             if got.diff is not None and got.diff.signature == sig:
                 last[0] = got
@@ -411,12 +441,28 @@ def recheck(directory: str | Path, backends: Backends | None = None,
             raise FuzzError(f"{meta.parent}: not a finding ({exc})") from None
         try:
             run = fz.evaluate(doc)
-        except ScriptError as exc:
+        except (ScriptError, BackendUnavailable) as exc:
             raise FuzzError(f"{meta.parent}/script.json: {exc}") from None
         out.append(Recheck(meta.parent, signature, run))
         if on_each is not None:
             on_each(out[-1])
     return out
+
+
+def hugetlb_unavailable(pages: int) -> str | None:
+    """Why the kernel backend cannot have ``pages`` free 2 MiB huge pages here (not
+    root, memory too fragmented), or ``None`` when it can (or none are needed). Tries
+    it: raises ``vm.nr_hugepages`` and puts it back. O(1) syscalls."""
+    if pages <= 0:
+        return None
+    from sparsemm.opscript.kernel import hugetlb_pool
+
+    try:
+        with hugetlb_pool(pages):
+            pass
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _is_pinned(op: dict) -> bool:

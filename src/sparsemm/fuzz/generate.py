@@ -71,6 +71,10 @@ class Profile:
     advice: tuple[str, ...] = ADVICE
     thp: bool = False  # positions and lengths around 2 MiB blocks
     setup: float = 0.0  # chance that a script starts with mappings over most of the arena
+    disk: tuple[str, ...] = ()  # which of ``files`` are regular files on disk ("disk": true)
+    readonly: float = 0.0  # chance that a file mmap maps the file's O_RDONLY descriptor
+    cpu: float = 0.0  # chance that a touch is a real CPU load/store ("cpu": true)
+    hugetlb: int = 0  # most 2 MiB huge pages a script reserves ("hugetlb_pages"); 0: none
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -97,15 +101,35 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             arenas=(16, 48), files=(("f", 20), ("g", 6)), ops=(1, 20)),
     Profile("extensions", "the op format's extensions over guard markers: userfaultfd "
             "(register, UFFDIO_COPY onto markers), mseal, PAGEMAP_SCAN, guard advice on the "
-            "vdso/vvar/vsyscall, real CPU touches (SIGSEGV/SIGBUS)",
+            "vdso/vvar/vsyscall, real CPU touches (SIGSEGV/SIGBUS), process_madvise aimed at "
+            "a child, raw prot and mmap flag bits",
             arenas=(16, 48, 64), files=(("f", 20), ("g", 6)), ops=(1, 24), fork_depth=1,
-            setup=0.7),
+            setup=0.7, cpu=0.3),
+    Profile("disk", "regular files on disk (written back, no seals) beside a memfd, mapped "
+            "through read-only descriptors too (EACCES, no VM_MAYWRITE): shared and private "
+            "mappings, mprotect, CoW, ftruncate, hole punch, MADV_REMOVE, pageout, guards, "
+            "PAGEMAP_SCAN, CPU touches past EOF (SIGBUS)",
+            arenas=(16, 48), files=(("d", 12), ("f", 20), ("z", 3)), disk=("d", "z"),
+            ops=(1, 20), advice=FILE_ADVICE, setup=0.6, readonly=0.4, cpu=0.3),
+    Profile("raw", "raw prot values (PROT_SEM, PROT_GROWSDOWN/UP, unknown bits; lists and "
+            "integers) and raw mmap flag bits (MAP_STACK, MAP_DROPPABLE, MAP_NONBLOCK, "
+            "MAP_SHARED_VALIDATE, unknown bits and map types) on growsdown, droppable and "
+            "file mappings; process_madvise aimed at a child, up to 1,024 ranges",
+            arenas=(16, 48), files=(("f", 20), ("g", 6)), ops=(1, 20), setup=0.5, cpu=0.2),
+    Profile("hugetlb", "MAP_HUGETLB mappings (2 MiB pages from vm.nr_hugepages, which the "
+            "kernel backend raises and restores; skipped where none can be reserved): "
+            "unaligned and oversized maps, a pool that runs out, partial munmap/mprotect, "
+            "guards (EINVAL), touches, mremap, fork, PAGEMAP_SCAN; not in the default set",
+            arenas=(2048, 4096), files=(("f", 8),), ops=(1, 14), advice=ADVICE, thp=True,
+            setup=0.6, cpu=0.2, hugetlb=4),
     Profile("maxmap", "a prefix that splits one mapping into close to vm.max_map_count VMAs "
             "with a few process_madvise calls (1,024 ranges each), then splitting ops at "
             "the limit: mprotect, mlock, munmap, mremap, madvise, mmap",
             arenas=(0,), files=(), ops=(1, 16), advice=SPLIT_ADVICE),
 )}
-DEFAULT_PROFILES = ("mixed", "guards", "thp", "files", "errors", "extensions")
+#: The profiles a run cycles through by default; ``hugetlb`` (it changes
+#: ``vm.nr_hugepages`` for each script) and ``maxmap`` (slow) only when named.
+DEFAULT_PROFILES = ("mixed", "guards", "thp", "files", "errors", "extensions", "disk", "raw")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +170,10 @@ class ScriptGen:
     """
 
     def __init__(self, rng: random.Random, profile: Profile, arena: int,
-                 files: dict[str, int], lo: int = 0, hi: int | None = None):
+                 files: dict[str, int], lo: int = 0, hi: int | None = None,
+                 hugetlb_pages: int = 0):
         self.rng = rng
+        self.hugetlb_pages = hugetlb_pages  # the script's huge-page pool
         self.profile = profile
         self.arena = arena
         self.files = files
@@ -222,11 +248,12 @@ class ScriptGen:
 # mremap, mlock, munlock and snapshot, 4 file ops); the other profiles add the rest.
 
 
-@op_generator("mmap", mixed=12, guards=8, extensions=6, thp=8, files=14, errors=6, maxmap=2)
+@op_generator("mmap", mixed=12, guards=8, extensions=6, thp=8, files=14, errors=6, maxmap=2,
+              disk=14, raw=8, hugetlb=10)
 def _mmap(g: ScriptGen) -> dict:
     if not g.files:
         kind = list(g.pick(MAP_KINDS[:2]))
-    elif g.profile.name == "files":
+    elif g.profile.name in ("files", "disk"):
         kind = list(g.pick(MAP_KINDS[2:] * 3 + MAP_KINDS[:2]))
     elif g.profile.thp:
         kind = list(g.pick((MAP_KINDS[0],) * 4 + MAP_KINDS[1:]))
@@ -240,16 +267,38 @@ def _mmap(g: ScriptGen) -> dict:
     at, n = g.span()
     prot = g.pick(("rw", "r", "rw")) if g.profile.thp else g.prot()
     op = {"op": "mmap", "at": at, "len": n, "prot": prot, "flags": kind + extra}
+    if g.profile.hugetlb:
+        _hugetlb_flags(g, op)
     if "anonymous" not in kind:
         op["file"] = g.file()
         pages = g.files[op["file"]]
         if g.profile.thp:
             op["pgoff"] = g.pick((0, 0, HPAGE, 1, 7))
-        elif g.profile.name == "files":
+        elif g.profile.name in ("files", "disk"):
             op["pgoff"] = g.rng.randint(0, pages + 4)
         else:
             op["pgoff"] = g.rng.randint(0, 16)
+        if g.profile.readonly and g.chance(g.profile.readonly):
+            op["readonly"] = True  # through the file's O_RDONLY descriptor
     return op
+
+
+#: MAP_HUGE_2MB and MAP_HUGE_1GB: a huge page size in bits 26..31 of the flags.
+MAP_HUGE_2MB, MAP_HUGE_1GB = 21 << 26, 30 << 26
+
+
+def _hugetlb_flags(g: ScriptGen, op: dict) -> None:
+    """Make most anonymous mmaps of the hugetlb profile MAP_HUGETLB (a file one
+    sometimes: EINVAL), now and then with a page size in the flags (2 MiB, or 1 GiB,
+    of which the script reserves none)."""
+    flags = op["flags"]
+    if not g.chance(0.75 if "anonymous" in flags else 0.1):
+        return
+    flags.append("hugetlb")
+    if g.chance(0.15):
+        flags.append(g.pick((MAP_HUGE_2MB, MAP_HUGE_2MB, MAP_HUGE_1GB)))
+    if g.chance(0.5):  # a length in whole huge pages, more often than THP_LENS gives it
+        op["len"] = max(1, min(g.pick((HPAGE, HPAGE, 2 * HPAGE, 3 * HPAGE)), g.arena - op["at"]))
 
 
 def _range(g: ScriptGen, name: str) -> dict:
@@ -257,26 +306,30 @@ def _range(g: ScriptGen, name: str) -> dict:
     return {"op": name, "at": at, "len": n}
 
 
-@op_generator("munmap", mixed=4, guards=4, extensions=2, thp=4, files=4, errors=3, maxmap=3)
+@op_generator("munmap", mixed=4, guards=4, extensions=2, thp=4, files=4, errors=3, maxmap=3, disk=4,
+              raw=3, hugetlb=5)
 def _munmap(g: ScriptGen) -> dict:
     return _range(g, "munmap")
 
 
-@op_generator("mprotect", mixed=4, guards=6, extensions=2, thp=5, files=4, errors=3, maxmap=5)
+@op_generator("mprotect", mixed=4, guards=6, extensions=2, thp=5, files=4, errors=3, maxmap=5,
+              disk=5, raw=3, hugetlb=4)
 def _mprotect(g: ScriptGen) -> dict:
     op = _range(g, "mprotect")
     op["prot"] = g.pick(("r", "rw", "", "rw")) if g.profile.thp else g.prot()
     return op
 
 
-@op_generator("madvise", mixed=12, guards=6, extensions=3, thp=14, files=12, errors=5, maxmap=5)
+@op_generator("madvise", mixed=12, guards=6, extensions=3, thp=14, files=12, errors=5, maxmap=5,
+              disk=10, raw=4, hugetlb=8)
 def _madvise(g: ScriptGen) -> dict:
     op = _range(g, "madvise")
     op["advice"] = g.pick(g.profile.advice)
     return op
 
 
-@op_generator("guard", guards=18, extensions=10, thp=4, files=4, errors=1, maxmap=2)
+@op_generator("guard", guards=18, extensions=10, thp=4, files=4, errors=1, maxmap=2, disk=4, raw=3,
+              hugetlb=3)
 def _guard(g: ScriptGen) -> dict:
     """MADV_GUARD_INSTALL (twice as often) or MADV_GUARD_REMOVE."""
     op = _range(g, "madvise")
@@ -284,7 +337,8 @@ def _guard(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mremap", mixed=4, guards=5, extensions=3, thp=5, files=4, errors=2, maxmap=3)
+@op_generator("mremap", mixed=4, guards=5, extensions=3, thp=5, files=4, errors=2, maxmap=3, disk=3,
+              raw=2, hugetlb=4)
 def _mremap(g: ScriptGen) -> dict:
     """In place, or a fixed move (with dontunmap: same length). Never a move the
     kernel places itself (its address differs on the model; docs/divergences.md)."""
@@ -307,7 +361,8 @@ def _mremap(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mlock", mixed=4, guards=4, thp=1, files=2, errors=2, maxmap=4)
+@op_generator("mlock", mixed=4, guards=4, thp=1, files=2, errors=2, maxmap=4, disk=2, raw=3,
+              hugetlb=2)
 def _mlock(g: ScriptGen) -> dict:
     op = _range(g, "mlock")
     if g.chance(0.5):
@@ -315,12 +370,14 @@ def _mlock(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("munlock", mixed=4, guards=2, thp=1, files=2, errors=2, maxmap=2)
+@op_generator("munlock", mixed=4, guards=2, thp=1, files=2, errors=2, maxmap=2, disk=1, raw=1,
+              hugetlb=1)
 def _munlock(g: ScriptGen) -> dict:
     return _range(g, "munlock")
 
 
-@op_generator("touch", mixed=12, guards=14, extensions=8, thp=10, files=14, errors=3, maxmap=1)
+@op_generator("touch", mixed=12, guards=14, extensions=8, thp=10, files=14, errors=3, maxmap=1,
+              disk=14, raw=8, hugetlb=10)
 def _touch(g: ScriptGen) -> dict:
     if g.profile.thp:
         at = g.at()
@@ -329,17 +386,19 @@ def _touch(g: ScriptGen) -> dict:
         op = _range(g, "touch")
     op["access"] = g.pick(("read", "write"))
     op["value"] = g.rng.randint(0, 255)
-    if g.profile.name == "extensions" and g.chance(0.3):
+    if g.profile.cpu and g.chance(g.profile.cpu):
         op["cpu"] = True  # a real load/store in a forked child: SIGSEGV or SIGBUS
     return op
 
 
-@op_generator("snapshot", mixed=4, guards=4, extensions=3, thp=3, files=4, errors=2)
+@op_generator("snapshot", mixed=4, guards=4, extensions=3, thp=3, files=4, errors=2, disk=4, raw=3,
+              hugetlb=3)
 def _snapshot(g: ScriptGen) -> dict:
     return {"op": "snapshot"}
 
 
-@op_generator("fork", forks=True, mixed=16, guards=10, extensions=4, thp=4, files=8, errors=3)
+@op_generator("fork", forks=True, mixed=16, guards=10, extensions=4, thp=4, files=8, errors=3,
+              disk=6, raw=3, hugetlb=3)
 def _fork(g: ScriptGen) -> dict:
     """A fork whose child runs up to ``child_ops`` ops, then a snapshot."""
     g.depth += 1
@@ -350,7 +409,7 @@ def _fork(g: ScriptGen) -> dict:
     return {"op": "fork", "child": child + [{"op": "snapshot"}]}
 
 
-@op_generator("ftruncate", mixed=4 / 3, guards=0.5, thp=1, files=6, errors=2)
+@op_generator("ftruncate", mixed=4 / 3, guards=0.5, thp=1, files=6, errors=2, disk=6)
 def _ftruncate(g: ScriptGen) -> dict:
     name = g.file()
     top = max(g.files[name], 20) + 4
@@ -359,7 +418,7 @@ def _ftruncate(g: ScriptGen) -> dict:
     return {"op": "ftruncate", "file": name, "pages": g.rng.randint(0, top)}
 
 
-@op_generator("fallocate_punch", mixed=4 / 3, guards=0.5, thp=1, files=6, errors=2)
+@op_generator("fallocate_punch", mixed=4 / 3, guards=0.5, thp=1, files=6, errors=2, disk=6)
 def _punch(g: ScriptGen) -> dict:
     name = g.file()
     top = max(g.files[name], 20)
@@ -370,7 +429,8 @@ def _punch(g: ScriptGen) -> dict:
             "len": g.rng.randint(1, 8)}
 
 
-@op_generator("process_madvise", mixed=4 / 3, guards=4, extensions=1, thp=1, files=2, errors=2, maxmap=1)
+@op_generator("process_madvise", mixed=4 / 3, guards=4, extensions=1, thp=1, files=2, errors=2,
+              maxmap=1, disk=2, raw=1, hugetlb=1)
 def _process_madvise(g: ScriptGen) -> dict:
     ranges = []
     for _ in range(g.rng.randint(1, 3)):
@@ -384,7 +444,7 @@ def _process_madvise(g: ScriptGen) -> dict:
     return {"op": "process_madvise", "ranges": ranges, "advice": g.pick(pool)}
 
 
-@op_generator("seal", files=3, errors=2)
+@op_generator("seal", files=3, errors=2, disk=3)
 def _seal(g: ScriptGen) -> dict:
     seals = g.rng.sample(SEALS, g.rng.randint(1, 2))
     return {"op": "seal", "file": g.file(), "seals": seals}
@@ -403,7 +463,7 @@ def _categories(g: ScriptGen, raw: bool) -> list[str] | int:
     return g.rng.sample(SCAN_CATEGORIES, g.rng.randint(0, 2))
 
 
-@op_generator("pagemap_scan", extensions=6)
+@op_generator("pagemap_scan", extensions=6, disk=3, hugetlb=2)
 def _pagemap_scan(g: ScriptGen) -> dict:
     """``PAGEMAP_SCAN`` over a range: markers (``guard``) most often, odd masks, a short
     vector or a page limit that stops the walk early."""
@@ -425,7 +485,7 @@ def _pagemap_scan(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("uffd_register", extensions=4)
+@op_generator("uffd_register", extensions=4, disk=1, raw=1)
 def _uffd_register(g: ScriptGen) -> dict:
     return _range(g, "uffd_register")
 
@@ -442,7 +502,7 @@ def _uffd_copy(g: ScriptGen) -> dict:
     return {"op": "uffd_copy", "at": at, "len": min(n, 4), "value": g.rng.randint(0, 255)}
 
 
-@op_generator("mseal", extensions=2)
+@op_generator("mseal", extensions=2, raw=1)
 def _mseal(g: ScriptGen) -> dict:
     """``mseal``: later discards, guard installs, munmap, mprotect and mremap meet it."""
     op = _range(g, "mseal")
@@ -458,10 +518,106 @@ def _special_madvise(g: ScriptGen) -> dict:
             "advice": g.pick(GUARD_ADVICE)}
 
 
+# -- raw prot and flag bits, process_madvise aimed at a child ----------------
+
+#: ``prot`` bits beyond r/w/x: the named ones, unknown ones, and both grows bits at once.
+RAW_PROT_BITS = (abi.PROT_SEM, abi.PROT_GROWSDOWN, abi.PROT_GROWSUP,
+                 abi.PROT_GROWSDOWN | abi.PROT_GROWSUP, 0x10, 0x20, 0x80, 1 << 20, 1 << 30)
+#: Map types the kernel does not know (``flags & 0xf``; 0x8 is MAP_DROPPABLE).
+RAW_MAP_TYPES = (0x0, 0x4, 0x6, 0x7, 0xF)
+#: Flag bits with no name in the op format, each ignored or refused by some rule:
+#: MAP_32BIT (0x40, no effect at a fixed address), unused bits, MAP_DENYWRITE and
+#: MAP_EXECUTABLE (legacy, ignored), MAP_SYNC (DAX only), MAP_UNINITIALIZED, a huge
+#: page size without MAP_HUGETLB. Never MAP_HUGETLB itself: its result would depend
+#: on the machine's huge-page pool (the hugetlb profile reserves one).
+RAW_MAP_BITS = (0x40, 0x80, 0x200, 0x400, 0x800, 0x1000, 0x80000, 0x200000, 0x400000,
+                0x800000, 0x4000000, MAP_HUGE_2MB)
+RAW_MAP_NAMES = ("stack", "stack", "nonblock", "populate", "locked", "growsdown", "noreserve",
+                 "fixed", "fixed")
+#: Advice another process may be given (cold, pageout, willneed, collapse), twice as
+#: often as a few it may not (EINVAL).
+REMOTE_ADVICE = ("cold", "pageout", "willneed", "collapse") * 2 + (
+    "guard_install", "dontneed", "free", "populate_read", "hugepage", "remove")
+
+
+def raw_prot(g: ScriptGen) -> list | int:
+    """A ``prot`` as a list of names with one or two bits beyond r/w/x, or a raw int."""
+    rwx = [c for c in "rwx" if g.chance(0.5)]
+    if g.chance(0.5):
+        extra = g.rng.sample(("sem", "growsdown", "growsup"), g.rng.randint(1, 2))
+        return rwx + extra
+    word = sum(abi.PROT_BY_NAME[c] for c in rwx)
+    return word | (g.pick(RAW_PROT_BITS) if g.chance(0.8) else 0)
+
+
+@op_generator("mmap_raw", extensions=3, raw=14)
+def _mmap_raw(g: ScriptGen) -> dict:
+    """mmap with raw bits: MAP_STACK, MAP_DROPPABLE, MAP_SHARED_VALIDATE, MAP_NONBLOCK,
+    unknown bits and map types, a raw ``prot``; anonymous and file mappings."""
+    at, n = g.span()
+    kind = g.pick((("private", "anonymous"), ("droppable", "anonymous"),
+                   ("droppable", "anonymous"), ("shared_validate", "anonymous"),
+                   ("shared", "anonymous"), ("private",), ("shared",), ("shared_validate",),
+                   ("droppable",), ("raw_type", "anonymous"), ("raw_type",)))
+    flags: list = [g.pick(RAW_MAP_TYPES) if k == "raw_type" else k for k in kind]
+    for _ in range(g.rng.randint(0, 2)):
+        flag = g.pick(RAW_MAP_NAMES) if g.chance(0.5) else g.pick(RAW_MAP_BITS)
+        if flag not in flags:
+            flags.append(flag)
+    prot = raw_prot(g) if g.chance(0.3) else g.prot()
+    op = {"op": "mmap", "at": at, "len": n, "prot": prot, "flags": flags}
+    if "anonymous" not in kind:
+        op["file"] = g.file()
+        op["pgoff"] = g.rng.randint(0, 8)
+    return op
+
+
+@op_generator("mprotect_raw", extensions=2, raw=8)
+def _mprotect_raw(g: ScriptGen) -> dict:
+    """mprotect with PROT_SEM, PROT_GROWSDOWN (down to a growsdown VMA's start),
+    PROT_GROWSUP and unknown bits; now and then from an unaligned start."""
+    op = _range(g, "mprotect")
+    if g.chance(0.15):
+        op = {"op": "mprotect", "at_bytes": op["at"] * PAGE + g.pick((1, 2048)), "len": op["len"]}
+    op["prot"] = raw_prot(g)
+    return op
+
+
+@op_generator("process_madvise_child", extensions=2, raw=3, disk=1, hugetlb=1)
+def _process_madvise_child(g: ScriptGen) -> dict:
+    """process_madvise of a child forked for the call (its snapshot in the record):
+    the advice another process may be given, some it may not, flags other than 0."""
+    ranges = []
+    for _ in range(g.rng.randint(1, 3)):
+        at = g.rng.randrange(g.lo, g.hi)
+        ranges.append([at, max(1, min(g.rng.randint(1, 6), g.hi - at))])
+    op = {"op": "process_madvise", "ranges": ranges, "advice": g.pick(REMOTE_ADVICE),
+          "target": "child"}
+    if g.chance(0.1):
+        op["flags"] = g.pick((1, 1 << 31))
+    return op
+
+
+@op_generator("process_madvise_many", extensions=0.5, raw=1.5)
+def _process_madvise_many(g: ScriptGen) -> dict:
+    """process_madvise with many ranges, up to the 1,024 the op format takes
+    (UIO_MAXIOV): single pages across the window, repeats and holes, in or out of order."""
+    n = g.pick((8, 64, 255, 256, 1023, 1024))
+    ranges = [[g.rng.randrange(g.lo, g.hi), 1] for _ in range(n)]
+    if g.chance(0.5):
+        ranges.sort()
+    advice = g.pick(("guard_install", "guard_remove", "dontneed", "cold", "pageout",
+                     "willneed", "dontfork", "wipeonfork", "populate_write"))
+    op = {"op": "process_madvise", "ranges": ranges, "advice": advice}
+    if g.chance(0.2) and advice in REMOTE_ADVICE[:4]:
+        op["target"] = "child"
+    return op
+
+
 # -- error paths -------------------------------------------------------------
 
 
-@op_generator("edge", guards=0.5, files=1, errors=20, maxmap=1)
+@op_generator("edge", guards=0.5, files=1, errors=20, maxmap=1, raw=2)
 def _edge(g: ScriptGen) -> dict:
     """Byte-form arguments: unaligned starts; odd, zero, negative and huge lengths; raw advice."""
     name = g.pick(("mmap", "munmap", "mprotect", "madvise", "mlock", "munlock", "mremap"))
@@ -483,7 +639,7 @@ def _edge(g: ScriptGen) -> dict:
     return op
 
 
-@op_generator("mmap_edge", files=1, errors=6)
+@op_generator("mmap_edge", files=1, errors=6, disk=1)
 def _mmap_edge(g: ScriptGen) -> dict:
     """mmap flag sets and offsets the kernel refuses (or surprisingly accepts)."""
     at, n = g.span()
@@ -524,14 +680,14 @@ def _mremap_edge(g: ScriptGen) -> dict:
     return {"op": "mremap", "at": at, "len": n, "new_len": n, "flags": ["fixed"], "to": to}
 
 
-@op_generator("madvise_raw", errors=3)
+@op_generator("madvise_raw", errors=3, raw=1)
 def _madvise_raw(g: ScriptGen) -> dict:
     op = _range(g, "madvise")
     op["advice"] = g.pick(RAW_ADVICE)
     return op
 
 
-@op_generator("process_madvise_edge", errors=2, guards=0.5)
+@op_generator("process_madvise_edge", errors=2, guards=0.5, raw=2)
 def _process_madvise_edge(g: ScriptGen) -> dict:
     """Empty, overlapping, unsorted and out-of-arena ranges; raw advice."""
     ranges = []
@@ -573,12 +729,16 @@ def generate_script(profile: str | Profile, rng: random.Random, *, min_ops: int 
 def _script(prof: Profile, rng: random.Random, lo_ops: int, hi_ops: int) -> dict:
     arena = rng.choice(prof.arenas)
     files = dict(prof.files)
-    g = ScriptGen(rng, prof, arena, files)
+    hugetlb = rng.randint(1, prof.hugetlb) if prof.hugetlb else 0
+    g = ScriptGen(rng, prof, arena, files, hugetlb_pages=hugetlb)
     ops = _setup(g) if rng.random() < prof.setup else []
     ops += g.ops(rng.randint(lo_ops, hi_ops))
-    doc = {"arena_pages": arena}
+    doc: dict = {"arena_pages": arena}
+    if hugetlb:
+        doc["hugetlb_pages"] = hugetlb
     if files:
-        doc["files"] = {name: {"pages": pages} for name, pages in files.items()}
+        doc["files"] = {name: ({"pages": pages, "disk": True} if name in prof.disk
+                               else {"pages": pages}) for name, pages in files.items()}
     doc["ops"] = ops + [{"op": "snapshot"}]
     return doc
 
@@ -587,6 +747,11 @@ def _setup(g: ScriptGen) -> list[dict]:
     """One or two fixed mappings over most of the arena, so that later ops meet memory
     more often than holes (THP: 2 MiB-aligned, often MADV_HUGEPAGE)."""
     p = g.profile
+    if p.hugetlb:  # what the pool holds, or less: the mapping reserves it
+        at = g.rng.randrange(0, max(1, g.arena // HPAGE - 1)) * HPAGE
+        n = min(g.arena - at, g.rng.randint(1, g.hugetlb_pages) * HPAGE)
+        return [{"op": "mmap", "at": at, "len": n, "prot": "rw",
+                 "flags": [g.pick(("private", "shared")), "anonymous", "fixed", "hugetlb"]}]
     if p.thp:
         at = g.rng.randrange(0, max(1, g.arena // HPAGE - 1)) * HPAGE
         n = min(g.arena - at, g.pick((HPAGE, 2 * HPAGE, 3 * HPAGE)))

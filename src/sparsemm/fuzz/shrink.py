@@ -202,14 +202,26 @@ class Shrinker:
             cand = {**self.best, "files": kept} if kept else {
                 k: v for k, v in self.best.items() if k != "files"}
             self._try(cand)
+        if isinstance(self.best.get("files"), dict):
+            for name, spec in list(self.best["files"].items()):
+                if isinstance(spec, dict) and spec.get("disk"):  # a memfd, if it shows as well
+                    self._try({**self.best, "files": {**self.best["files"], name: {
+                        k: v for k, v in spec.items() if k != "disk"}}})
         for name in list(self.best.get("files", {})):
             pages = self.best["files"][name].get("pages", 0)
             for smaller in smaller_ints(pages, 0):
-                cand = {**self.best, "files": {**self.best["files"], name: {"pages": smaller}}}
+                spec = self.best["files"][name]  # keeps "disk"
+                cand = {**self.best, "files": {**self.best["files"], name: {**spec, "pages": smaller}}}
                 if self._try(cand):
                     break
 
     def _shrink_arena(self) -> None:
+        pool = self.best.get("hugetlb_pages")
+        if isinstance(pool, int) and pool > 0:  # fewer huge pages set aside, or none
+            for smaller in smaller_ints(pool, 0):
+                if self._try({k: v for k, v in self.best.items() if k != "hugetlb_pages"}
+                             if smaller == 0 else {**self.best, "hugetlb_pages": smaller}):
+                    break
         arena = self.best.get("arena_pages")
         if not isinstance(arena, int):
             return
@@ -247,6 +259,11 @@ def simpler_ops(op: dict, starts: tuple[int, ...] = ()) -> Iterator[dict]:
         for p in PROT_ORDER[: PROT_ORDER.index(prot)]:
             if p != "none":
                 yield {**op, "prot": p}
+    elif isinstance(prot, (list, int)) and not isinstance(prot, bool):
+        yield {**op, "prot": _rwx_letters(prot)}  # a raw prot without its extra bits
+        if isinstance(prot, list) and len(prot) > 1:
+            for n in range(len(prot)):
+                yield {**op, "prot": prot[:n] + prot[n + 1:]}
     for key in ("flags", "seals"):
         v = op.get(key)
         if isinstance(v, list) and len(v) > (1 if key == "seals" else 0):
@@ -254,6 +271,11 @@ def simpler_ops(op: dict, starts: tuple[int, ...] = ()) -> Iterator[dict]:
                 yield {**op, key: v[:n] + v[n + 1:]}
     if op.get("op") == "touch" and "value" in op:
         yield {k: v for k, v in op.items() if k != "value"}
+    for key, plain in (("cpu", False), ("readonly", False), ("target", "self")):
+        if key in op and op[key] != plain:  # the plainer form of each extension field
+            yield {k: v for k, v in op.items() if k != key}
+    if op.get("op") == "process_madvise" and isinstance(op.get("flags"), int):
+        yield {k: v for k, v in op.items() if k != "flags"}
     for key in ("pgoff", "pgoff_bytes"):
         if op.get(key):
             yield {k: v for k, v in op.items() if k != key}
@@ -273,6 +295,14 @@ def simpler_ops(op: dict, starts: tuple[int, ...] = ()) -> Iterator[dict]:
                 yield {**op, "ranges": ranges}
     if "note" in op:
         yield {k: v for k, v in op.items() if k != "note"}
+
+
+def _rwx_letters(prot) -> str:
+    """The r/w/x part of a raw prot (a list of names or an int) as letters."""
+    if isinstance(prot, list):
+        return "".join(c for c in "rwx" if c in prot)
+    return "".join(c for c, bit in (("r", abi.PROT_READ), ("w", abi.PROT_WRITE),
+                                    ("x", abi.PROT_EXEC)) if prot & bit)
 
 
 def smaller_ints(v: int, least: int) -> list[int]:
@@ -335,6 +365,16 @@ def _files_used(ops: list) -> set:
     return used
 
 
+_HPAGE_PAGES = 512  # a 2 MiB huge page, in pages
+
+
+def _is_hugetlb(flags) -> bool:
+    if not isinstance(flags, list):
+        return False
+    return any(f == "hugetlb" or (isinstance(f, int) and not isinstance(f, bool)
+                                  and f & abi.MapFlag.HUGETLB) for f in flags)
+
+
 def _pages_up(nbytes: int) -> int:
     return -(-nbytes // PAGE)
 
@@ -354,6 +394,8 @@ def _extent(ops: list) -> int:
             length = _pages_up(op["len_bytes"])
         if isinstance(at, int) and at >= 0:
             n = length if isinstance(length, int) and 0 <= length < 1 << 40 else 1
+            if op.get("op") == "mmap" and _is_hugetlb(op.get("flags")):
+                n = -(-max(n, 1) // _HPAGE_PAGES) * _HPAGE_PAGES  # the length rounds up to 2 MiB
             top = max(top, at + max(n, 1))
         nl = op.get("new_len", None)
         if nl is None and isinstance(op.get("new_len_bytes"), int):

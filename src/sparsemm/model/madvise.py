@@ -14,12 +14,14 @@ import errno
 from sparsemm import abi
 from sparsemm.abi import ULONG_MAX, Madv, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, kerr
-from sparsemm.model.core import MmCore
+from sparsemm.model.core import HPAGE_SHIFT, MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
 from sparsemm.model import readahead
 from sparsemm.model.pagetable import HPAGE_PMD_NR, PTE_SHIFT, pmd_start
 from sparsemm.model.vma import VM_SPECIAL, Vma
+
+_HPAGE = 1 << HPAGE_SHIFT  # a hugetlb page, bytes
 
 #: mm/madvise.c: is_discard(): the advice a sealed read-only private anonymous VMA refuses.
 _DISCARD_ADVICE = frozenset(int(m) for m in (
@@ -138,6 +140,13 @@ class MadviseMixin(MmCore):
             if advice == Madv.PAGEOUT:
                 self._pageout(vma, start, end)
             return end
+        if advice in (Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.FREE) and f & VmFlag.HUGETLB:
+            # madvise_dontneed_free_valid_vma(): no MADV_FREE, a huge-page aligned start, and
+            # only the whole huge pages of the range go (its end rounds down)
+            if advice == Madv.FREE or start & (_HPAGE - 1):
+                raise kerr(errno.EINVAL, "madvise: hugetlb free, or dontneed from inside a huge page")
+            self.zap_range(start, end & ~(_HPAGE - 1))
+            return end
         if advice in (Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.FREE):
             forbidden = VmFlag.PFNMAP | (0 if advice == Madv.DONTNEED_LOCKED else VmFlag.LOCKED)
             if f & forbidden:
@@ -180,12 +189,15 @@ class MadviseMixin(MmCore):
                 raise kerr(errno.EINVAL, "madvise: wipeonfork on non-anon")
             new = f | VmFlag.WIPEONFORK
         elif advice == Madv.KEEPONFORK:
+            if f & VmFlag.DROPPABLE:  # a droppable VMA is always wiped on fork
+                raise kerr(errno.EINVAL, "madvise: keeponfork on a droppable vma")
             new = f & ~VmFlag.WIPEONFORK
         elif advice == Madv.DONTDUMP:
             new = f | VmFlag.DONTDUMP
         elif advice == Madv.DODUMP:
-            if f & VM_SPECIAL:
-                raise kerr(errno.EINVAL, "madvise: dodump on special vma")
+            # hugetlb (VM_DONTEXPAND) may be dumped; a droppable VMA never is
+            if (f & VM_SPECIAL and not f & VmFlag.HUGETLB) or f & VmFlag.DROPPABLE:
+                raise kerr(errno.EINVAL, "madvise: dodump on special or droppable vma")
             new = f & ~VmFlag.DONTDUMP
         elif advice == Madv.HUGEPAGE:
             new = (f & ~VmFlag.NOHUGEPAGE) | VmFlag.HUGEPAGE  # hugepage_madvise()

@@ -37,7 +37,8 @@ DEFAULT_MMAP_BASE = 0x7F00_0000_0000
 _LEGACY_MAP_MASK = (MapFlag.SHARED | MapFlag.PRIVATE | MapFlag.FIXED | MapFlag.ANONYMOUS
                     | MapFlag.DENYWRITE | MapFlag.EXECUTABLE | MapFlag.UNINITIALIZED
                     | MapFlag.GROWSDOWN | MapFlag.LOCKED | MapFlag.NORESERVE | MapFlag.POPULATE
-                    | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB)
+                    | MapFlag.NONBLOCK | MapFlag.STACK | MapFlag.HUGETLB
+                    | 0x40 | (21 << 26) | (30 << 26))  # MAP_32BIT, MAP_HUGE_2MB, MAP_HUGE_1GB
 
 # Plain-int MAP_ bits for mmap (the VM_ ones are in model._flags): an IntFlag operand sends
 # every `&`/`|` through enum's Python-level operators, which dominated the profiles.
@@ -49,6 +50,7 @@ _MAP_NONBLOCK, _MAP_STACK, _MAP_DROPPABLE = int(MapFlag.NONBLOCK), int(MapFlag.S
 _MAP_TYPE = 0x0F  # include/uapi/linux/mman.h
 _MAP_HUGETLB = int(MapFlag.HUGETLB)
 _HPAGE = 1 << 21  # a hugetlb page, bytes
+_MAP_HUGE_SHIFT = 26  # MAP_HUGE_2MB = 21 << 26: a huge page size as its log2
 #: What MAP_DROPPABLE adds (mm/mmap.c: do_mmap()).
 _DROPPABLE_FLAGS = int(VmFlag.DROPPABLE | VmFlag.WIPEONFORK | VmFlag.DONTDUMP | VmFlag.NORESERVE)
 _NOT_LEGACY_MAP_MASK = ~int(_LEGACY_MAP_MASK)
@@ -228,10 +230,16 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         the mapping reserves from ``hugetlb_pool`` (ENOMEM when too few are free); a fixed address must be huge-page aligned (EINVAL). The VMA maps a
         new hugetlbfs file (VM_HUGETLB | VM_DONTEXPAND, never merged); faults map whole huge
         pages. Approximation: the reservation is counted per VMA, returned by munmap; fork
-        children share the parent's. O(k log n)."""
+        children share the parent's. ``MAP_HUGE_1GB`` in the flags asks for 1 GiB pages, of
+        which none are ever set aside (ENOMEM, or EINVAL at an address not 1 GiB aligned);
+        any other size the machine has no pages of is EINVAL. O(k log n)."""
+        size_log = (flags >> _MAP_HUGE_SHIFT) & 0x3F  # ksys_mmap_pgoff(): hstate_sizelog()
+        if size_log not in (0, 21, 30):
+            raise kerr(errno.EINVAL, "mmap: no huge page size of that order")
+        hsize = 1 << (size_log or 21)
         if not length:
             raise kerr(errno.EINVAL, "mmap: zero length")
-        length = (length + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+        length = (length + hsize - 1) & ~(hsize - 1) & ULONG_MAX
         if not length or length > TASK_SIZE:
             raise kerr(errno.ENOMEM, "mmap: length")
         map_type = flags & _MAP_TYPE
@@ -240,26 +248,32 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         if flags & (_MAP_FIXED | _MAP_FIXED_NOREPLACE):
             if addr > TASK_SIZE - length:
                 raise kerr(errno.ENOMEM, "mmap: beyond TASK_SIZE")
-            if addr & (_HPAGE - 1):
+            if addr & (hsize - 1):
                 raise kerr(errno.EINVAL, "mmap: hugetlb address not huge-page aligned")
         else:
             addr = self.get_unmapped_area(addr, length)
         if flags & _MAP_FIXED_NOREPLACE and self.tree.overlapping(addr, addr + length):
             raise kerr(errno.EEXIST, "mmap: MAP_FIXED_NOREPLACE over a mapping")
-        need = length // _HPAGE  # MAP_NORESERVE reserves as well here (an approximation)
-        if need > self.hugetlb_pool[0]:
+        if flags & _MAP_GROWSDOWN:  # do_mmap(): a file mapping (hugetlbfs here) cannot grow
+            raise kerr(errno.EINVAL, "mmap: growsdown hugetlb mapping")
+        # mmap_region() unmaps what a MAP_FIXED mapping replaces before hugetlbfs_file_mmap()
+        # reserves: a reservation that fails leaves a hole
+        self.unmap_range(addr, addr + length)
+        need = length // hsize  # MAP_NORESERVE reserves as well here (an approximation)
+        if need > (self.hugetlb_pool[0] if hsize == _HPAGE else 0):
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
         vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
                     | (_VM_SHARED | _VM_MAYSHARE if map_type == _MAP_SHARED else 0))
-        if flags & _MAP_LOCKED:
-            vm_flags |= _VM_LOCKED
+        # MAP_LOCKED: __mmap_complete() clears VM_LOCKED on hugetlb, but do_mmap() has
+        # already asked for the populate that MAP_LOCKED implies
         if flags & _MAP_NORESERVE:
             vm_flags |= _VM_NORESERVE
-        self.unmap_range(addr, addr + length)
         self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
         file = MemFile("hugetlb", length, fill_pattern=False)
         self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
         self.use_file(file)
+        if flags & _MAP_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
+            self.mm_populate(addr, length, ignore_errors=True)
         return addr
 
     def use_file(self, file: MemFile) -> None:

@@ -13,11 +13,13 @@ import errno
 from sparsemm import abi
 from sparsemm.abi import ULONG_MAX, MremapFlag, VmFlag
 from sparsemm.model._util import PAGE_SHIFT, TASK_SIZE, kerr
-from sparsemm.model.core import MmCore
+from sparsemm.model.core import HPAGE_SHIFT, MmCore
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range
 from sparsemm.model.pagetable import HPAGE_PMD_NR
 from sparsemm.model.uffd import VM_UFFD_FLAGS
 from sparsemm.model.vma import VM_LOCKED_MASK, Vma
+
+_HPAGE = 1 << HPAGE_SHIFT  # a hugetlb page, bytes
 
 
 class MremapMixin(MmCore):
@@ -60,6 +62,8 @@ class MremapMixin(MmCore):
         if flags & MremapFlag.FIXED and old_len == new_len:  # vrm_move_only()
             return self._remap_move(addr, old_len, new_addr, flags)
         vma = self.tree.find(addr)
+        if _is_hugetlb(vma):
+            old_len, new_len = _align_hugetlb(addr, old_len, new_len, new_addr)
         populate = self._check_prep_vma(vma, addr, old_len, new_len, flags)
         delta = abs(new_len - old_len)
         if implies_new:
@@ -116,6 +120,10 @@ class MremapMixin(MmCore):
             offset = vma.vm_start - last_end if res is not None else 0
             last_end = vma.vm_end
             dst = target + offset
+            if not _multi_allowed(vma) and (res is not None or vma.vm_end < end):
+                raise kerr(errno.EFAULT, "mremap: this VMA cannot move with others")
+            if _is_hugetlb(vma):
+                n = _align_hugetlb(a, n, n, dst)[0]
             self._check_prep_vma(vma, a, n, n, flags)
             got = self._mremap_to(a, n, n, flags, dst)
             if res is None:
@@ -169,6 +177,8 @@ class MremapMixin(MmCore):
         if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge(): DONTUNMAP keeps the old pages
             self.vm_enough_memory((new_len if flags & MremapFlag.DONTUNMAP
                                    else abs(new_len - old_len)) >> PAGE_SHIFT)
+        if vma.vm_flags & VmFlag.HUGETLB:  # the reservation moves with the pages
+            self.hugetlb_pool[0] -= new_len >> HPAGE_SHIFT
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
@@ -207,3 +217,30 @@ class MremapMixin(MmCore):
         new.vm_start, new.vm_end, new.vm_pgoff = new_addr, new_addr + new_len, pgoff
         self.tree.insert(new)
         return new
+
+
+def _is_hugetlb(vma: Vma | None) -> bool:
+    """A hugetlb VMA that mremap may get as far as aligning (not sealed: EPERM first)."""
+    return (vma is not None and not vma.is_guard_entry and bool(vma.vm_flags & VmFlag.HUGETLB)
+            and not vma.vm_flags & VmFlag.SEALED)
+
+
+def _align_hugetlb(addr: int, old_len: int, new_len: int, new_addr: int) -> tuple[int, int]:
+    """mm/mremap.c: align_hugetlb(): both lengths round up to the huge page; ``addr`` and
+    ``new_addr`` (the syscall's, used or not) must be huge-page aligned, and the mapping
+    may not grow (EINVAL). Returns the aligned ``(old_len, new_len)``."""
+    old_len = (old_len + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+    new_len = (new_len + _HPAGE - 1) & ~(_HPAGE - 1) & ULONG_MAX
+    if addr & (_HPAGE - 1) or new_addr & (_HPAGE - 1):
+        raise kerr(errno.EINVAL, "mremap: hugetlb address not huge-page aligned")
+    if new_len > old_len:
+        raise kerr(errno.EINVAL, "mremap: hugetlb mappings cannot grow")
+    return old_len, new_len
+
+
+def _multi_allowed(vma: Vma) -> bool:
+    """mm/mremap.c: vma_multi_allowed(): a VMA that may move with others in one
+    MREMAP_FIXED move. On 6.18 only a uffd-registered one may not: a file with its own
+    ``get_unmapped_area`` that is not shmem would not either, but memfds are shmem and
+    neither ext4 nor hugetlbfs has one (measured: both move with a gap after them)."""
+    return not vma.vm_flags & VM_UFFD_FLAGS

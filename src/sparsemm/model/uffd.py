@@ -91,7 +91,8 @@ class UffdMixin(MmCore):
         lie in one registered VMA (else ENOENT). Page by page: a private page goes in as a new
         anon page where the PTE is empty **or holds a guard marker** (measured on 6.18: the
         marker is overwritten), EEXIST where a page is mapped; a shared (shmem) page is added
-        to the file, EEXIST if the file has it, EFAULT past EOF. A copy that stops after
+        to the file, EEXIST if the file has it. Past the file's EOF it is EFAULT, for a private
+        file mapping too (checked first, before EEXIST). A copy that stops after
         some pages is EAGAIN. Raises EINVAL for a bad range. O(pages)."""
         end = self._uffd_range(dst, length)
         vma = self.tree.find(dst)
@@ -104,6 +105,9 @@ class UffdMixin(MmCore):
         for addr in range(dst, end, PAGE_SIZE):
             page = addr >> PAGE_SHIFT
             entry = self.pt.get(page)
+            if vma.vm_file is not None and vma.file_pgoff(addr) >= vma.vm_file.npages:
+                err = errno.EFAULT  # mfill_file_over_size(): past EOF, private mappings too
+                break
             if entry is not None and entry is not GUARD:
                 err = errno.EEXIST
                 break

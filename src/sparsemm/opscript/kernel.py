@@ -107,6 +107,11 @@ def _huge_page_counts() -> tuple[int, int]:
             counts.get("HugePages_Surp", 0))
 
 
+def _free_huge_pages() -> int:
+    """2 MiB huge pages free and not reserved (``_huge_page_counts()[0]``, at least 0)."""
+    return max(0, _huge_page_counts()[0])
+
+
 @contextlib.contextmanager
 def hugetlb_pool(pages: int):
     """Make sure ``pages`` 2 MiB huge pages are free while the block runs: raise
@@ -117,20 +122,30 @@ def hugetlb_pool(pages: int):
     if pages <= 0:
         yield
         return
+    before = target = -1
     try:
         with open(_NR_HUGEPAGES, encoding="ascii") as fh:
-            before = int(fh.read())
+            before = target = int(fh.read())
         available, surplus = _huge_page_counts()
         missing = pages - available
-        if missing <= 0:
-            yield
-            return
-        target = before + surplus + missing
-        with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
-            fh.write(str(target))
+        # a raise first turns surplus pages persistent (reserved ones too): count them in
+        for _ in range(3 if missing > 0 else 0):
+            target += missing + surplus
+            surplus = 0
+            with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(target))
+            missing = pages - _free_huge_pages()
+            if missing <= 0:
+                break
     except OSError as exc:
+        if target != before:  # a later write failed: put back what the first one changed
+            with contextlib.suppress(OSError), open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(before))
         raise BackendUnavailable(f"the script needs {pages} free huge pages and vm.nr_hugepages "
                                  f"cannot be raised here ({exc.strerror or exc})") from None
+    if target == before:  # enough were free: nothing to put back
+        yield
+        return
     try:
         if _huge_page_counts()[0] < pages:
             raise BackendUnavailable(f"the script needs {pages} free huge pages; the kernel could not "

@@ -178,13 +178,21 @@ _REMOTE_ADVICE = frozenset(int(m) for m in (abi.Madv.COLD, abi.Madv.PAGEOUT, abi
 
 def _vector_madvise(mm: AddressSpace, op: Op) -> int:
     """mm/madvise.c: vector_madvise(): each range in turn; an error after some ranges were
-    advised ends the call with the bytes done, else it is the call's error."""
+    advised ends the call with the bytes done, else it is the call's error. The first range
+    is checked even when empty; later empty ones are skipped, and a vector of empty ranges
+    only is 0 with no check at all (its advice, its addresses)."""
     done = 0
     budget = abi.MAX_RW_COUNT  # import_iovec() shortens the ranges to this total
+    if not sum(length for _, length in op.ranges):
+        return 0  # an empty vector: the loop never runs, nothing is checked
+    first = True
     for addr, length in op.ranges:
         length = min(length, budget)
         if not budget:
             break  # vector_madvise() stops when the (cut) vector is used up
+        if not length and not first:
+            continue  # iov_iter_advance() steps over empty ranges: never checked
+        first = False
         budget -= length
         try:
             mm.madvise(addr, length, op.advice)
