@@ -15,6 +15,7 @@ from sparsemm.abi import VmFlag
 from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, SegFault, kerr
 from sparsemm.model.core import MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, FRAME_ZERO, ZERO_PAGE, Frame
+from sparsemm.model import readahead
 from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PTRS_PER_TABLE, pmd_start, pte_index
 from sparsemm.model.vma import VM_ACCESS_FLAGS, VM_IGNORE_MERGE, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_HUGEPAGE, _VM_IO_PFNMAP, _VM_MAYREAD, _VM_MAYWRITE,
@@ -92,7 +93,12 @@ class FaultMixin(MmCore):
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
         the 16-page window around ``addr`` (clamped to the VMA, the PTE table and EOF),
-        leaving present PTEs and guard markers alone."""
+        leaving present PTEs and guard markers alone. A folio marked ``PG_readahead`` is
+        skipped (next_uptodate_folio()); each page mapped is an mmap hit of a disk file.
+        For a disk file (6.18, "do not map PTEs past i_size"): when the first folio found
+        holds the file's last page, large folios are mapped only within the window, and with
+        no PTE table there yet nothing is mapped at all (the table is installed only on the
+        other path; measured: a fault past EOF of a fresh mapping maps nothing)."""
         page = addr >> PAGE_SHIFT
         pte_off = pte_index(page)
         vma_off = vma.file_pgoff(addr) - vma.vm_pgoff
@@ -102,27 +108,83 @@ class FaultMixin(MmCore):
         file_end = f.npages - 1
         base = page - pte_off
         get = self.pt.get
+        mapped = 0
+        can_map_large = None if f.disk else True  # decided by the first folio found
         for pte in range(from_pte, to_pte):
             p = base + pte
             pgoff = vma.file_pgoff(p << PAGE_SHIFT)
             if pgoff > file_end:
                 continue
             folio = f.folio_of(pgoff) if f.folios else None
+            if can_map_large is None:
+                frame = f.cache.get(pgoff)
+                if frame is None or frame.ra_mark or frame.stale:
+                    continue
+                can_map_large = (folio[0] + folio[1] if folio else pgoff + 1) < f.npages
+                if not can_map_large and self.pt.pmd_none(page):
+                    return
+            elif f.disk:
+                frame = f.cache.get(pgoff)
+                if frame is not None and (frame.ra_mark or frame.stale):
+                    continue
             if folio is not None:
                 # filemap_map_folio_range() (6.18): a large folio that fits the VMA and the
                 # PMD is mapped whole, beyond the window
                 fp = p - (pgoff - folio[0])
-                if fp << PAGE_SHIFT >= vma.vm_start and (fp + folio[1]) << PAGE_SHIFT <= vma.vm_end \
+                if can_map_large and fp << PAGE_SHIFT >= vma.vm_start and (fp + folio[1]) << PAGE_SHIFT <= vma.vm_end \
                         and pmd_start(fp) == pmd_start(fp + folio[1] - 1):
                     for i in range(folio[1]):
                         if get(fp + i) is None and folio[0] + i <= file_end:
                             self.set_pte(fp + i, f.get_page(folio[0] + i))
+                            mapped += 1
                     continue
             if get(p) is not None:
                 continue
             frame = f.cache.get(pgoff)
             if frame is not None:
                 self.set_pte(p, frame)
+                mapped += 1
+        if f.disk:  # filemap_map_pages(): mmap hits pay back mmap_miss (workingset ignored)
+            f.ra.mmap_miss = max(0, f.ra.mmap_miss - mapped)
+
+    def _disk_page(self, vma: Vma, addr: int, pgoff: int, write: bool) -> Frame:
+        """mm/filemap.c: filemap_fault() of a disk file's page ``pgoff`` (before EOF): a
+        cached page is an mmap hit (async readahead at a marked folio); a missing one is
+        read with the readahead ``vma`` asks for (readahead.py), one page at least. Either
+        read drops the mmap lock and the fault is retried: a read fault's retry runs
+        fault-around again over what is cached now. Returns the page."""
+        f = vma.vm_file
+        flags = int(vma.vm_flags)
+        if pgoff in f.cache:
+            retry = readahead.async_mmap_readahead(f, flags, pgoff)
+            if f.cache[pgoff].stale:  # page_not_uptodate: read it, then retry
+                f.cache[pgoff].stale = False
+                retry = True
+        else:
+            readahead.sync_mmap_readahead(f, flags, pgoff)
+            retry = True
+        frame = f.get_page(pgoff)
+        if retry and not write:
+            self._fault_around(vma, addr)
+        return frame
+
+    def _finish_fault_disk(self, vma: Vma, page: int, pgoff: int) -> None:
+        """mm/memory.c: finish_fault() of a disk file's page ``pgoff`` at ``page`` (not
+        mapped yet): its whole large folio when the folio ends by EOF, fits the VMA and the
+        PTE table around the fault and none of its PTEs is set (no marker either); else the
+        one page."""
+        f = vma.vm_file
+        folio = f.folio_of(pgoff) if f.folios else None
+        if folio is not None and folio[0] + folio[1] <= f.npages:
+            first = page - (pgoff - folio[0])
+            if first << PAGE_SHIFT >= vma.vm_start and (first + folio[1]) << PAGE_SHIFT <= vma.vm_end \
+                    and pmd_start(first) == pmd_start(first + folio[1] - 1) \
+                    and not any(True for _ in self.pt.frames(first, first + folio[1])) \
+                    and not self.pt.has_markers_in(first, first + folio[1]):
+                for i in range(folio[1]):
+                    self.set_pte(first + i, f.cache[folio[0] + i])
+                return
+        self.set_pte(page, f.cache[pgoff])
 
     def _map_large_folio(self, vma: Vma, page: int) -> bool:
         """A read fault on a page of a PMD-sized large folio that ``vma`` maps whole and
@@ -133,6 +195,8 @@ class FaultMixin(MmCore):
         p0 = pmd_start(page)
         start = vma.file_pgoff(p0 << PAGE_SHIFT)
         f = vma.vm_file
+        if f.disk and start + HPAGE_PMD_NR >= f.npages:
+            return False  # filemap_map_pages(): a disk folio reaching EOF maps no PMD
         if f.folios.get(start) != HPAGE_PMD_NR or (p0 << PAGE_SHIFT) < vma.vm_start \
                 or ((p0 + HPAGE_PMD_NR) << PAGE_SHIFT) > vma.vm_end:
             return False
@@ -181,15 +245,23 @@ class FaultMixin(MmCore):
                 if pgoff >= f.npages or uffd_miss:
                     raise FaultError("SIGBUS")
                 if self.pt.get(page) is None:
-                    self.set_pte(page, f.get_page(pgoff))
+                    if not f.disk:
+                        self.set_pte(page, f.get_page(pgoff))
+                    else:
+                        self._disk_page(vma, addr, pgoff, False)
+                        if self.pt.get(page) is None:  # the retry's fault-around did not map it
+                            self._finish_fault_disk(vma, page, pgoff)
                 return
+            private = not int(vma.vm_flags) & _VM_SHARED
+            if private:  # do_cow_fault() prepares the anon_vma before ->fault() can fail
+                self.anon_vma_prepare(vma)
             if pgoff >= f.npages or uffd_miss:
                 raise FaultError("SIGBUS")
-            if not int(vma.vm_flags) & _VM_SHARED:  # do_cow_fault()
-                self.anon_vma_prepare(vma)
-                self.set_pte(page, Frame(f.get_page(pgoff).byte, FRAME_ANON))
+            frame = self._disk_page(vma, addr, pgoff, True) if f.disk else f.get_page(pgoff)
+            if private:
+                self.set_pte(page, Frame(frame.byte, FRAME_ANON))
                 return
-            self.set_pte(page, f.get_page(pgoff))  # do_shared_fault()
+            self.set_pte(page, frame)  # do_shared_fault()
             return
         if not write:
             return
@@ -240,9 +312,11 @@ class FaultMixin(MmCore):
                 entry.kind == FRAME_FILE or entry.mapcount > 1))))
         if need:
             self._handle_fault(vma, addr, write, entry)
-            return self.pt.get(page)
-        if write and entry.lazyfree:  # a write dirties the page: reclaim keeps it now
+            entry = self.pt.get(page)
+        elif write and entry.lazyfree:  # a write dirties the page: reclaim keeps it now
             self._redirty(page)
+        if write and entry.kind == FRAME_FILE:
+            entry.dirty = True  # a shared file page written: reclaim keeps it (no writeback)
         return entry
 
     def _redirty(self, page: int) -> None:

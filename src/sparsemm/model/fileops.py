@@ -36,6 +36,9 @@ class FileOpsMixin(MmCore):
             raise kerr(errno.EPERM, "fallocate: write-sealed")
         end = offset + length
         self._split_folios(file, offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT)
+        if file.disk:  # ext4_zero_partial_blocks(): the partial end pages are zeroed, dirty
+            _dirty_partial(file, offset)
+            _dirty_partial(file, end)
         # shmem_fallocate() unmaps [round_up(offset), round_down(end) - 1] first, in unsigned
         # arithmetic: a punch ending inside page 0 makes unmap_end -1, so the unmap runs from
         # page 0 (offset 0) or page 1 to the end of the file (measured on 6.18).
@@ -50,8 +53,10 @@ class FileOpsMixin(MmCore):
             for mm in list(file.users):
                 mm._unmap_file_pages(file, hba, min(last_index, 1 << 60), None)
         tail = end >> PAGE_SHIFT
-        if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset and tail in file.cache:
-            file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
+        if end & (PAGE_SIZE - 1) and (tail << PAGE_SHIFT) >= offset:
+            if tail in file.cache:
+                file.cache[tail].byte = 0  # a partial last page is zeroed in place, byte 0 included
+            file.on_disk.pop(tail, None)  # (a disk file's block, when the page is not cached)
         first = (offset + PAGE_SIZE - 1) >> PAGE_SHIFT
         last = (end >> PAGE_SHIFT) - 1
         if last < first:
@@ -90,6 +95,8 @@ class FileOpsMixin(MmCore):
         old = file.npages
         if size < file.size:
             self._split_folios(file, size >> PAGE_SHIFT, None)
+        if file.disk and size < file.size:  # ext4_block_truncate_page(): the new tail is zeroed
+            _dirty_partial(file, size)
         file.size = size
         new = file.npages
         if new < old:
@@ -138,3 +145,16 @@ class FileOpsMixin(MmCore):
                 self.zap_range(s, e, only=lambda en: en.kind == FRAME_FILE)
             else:
                 self.zap_range(s, e, only=lambda en: en.kind == FRAME_FILE and id(en) in victims)
+
+
+def _dirty_partial(file: MemFile, offset: int) -> None:
+    """A disk file's page holding byte ``offset`` in its middle is zeroed from or up to
+    there through the page cache (ext4_block_zero_page_range()): dirty, so reclaim keeps
+    it; a page that was not cached is brought in for its block only, not uptodate, which
+    fault-around skips until a fault reads it (measured)."""
+    pgoff = offset >> PAGE_SHIFT
+    if offset & (PAGE_SIZE - 1) and pgoff < file.npages:
+        stale = pgoff not in file.cache
+        frame = file.get_page(pgoff)
+        frame.dirty = True
+        frame.stale = frame.stale or stale

@@ -1,7 +1,8 @@
 """Frames and page cache: the model's ``struct folio`` and ``struct address_space``.
 
 Owns ``Frame`` (one base page: its first byte, its kind and its mapcount), the
-shared zero page, and ``MemFile`` (a memfd/shmem file: size, seals, page cache).
+shared zero page, and ``MemFile`` (a memfd/shmem or disk file: size, seals, page cache,
+a disk file's on-disk bytes and readahead state; the readahead rules are readahead.py's).
 Only the first byte of a page is modelled: it is all an op script can observe.
 """
 
@@ -17,15 +18,22 @@ FRAME_ZERO = 2  # the shared zero page
 class Frame:
     """One physical base page. ``mapcount`` counts PTEs mapping it (the zero page's is not kept).
     ``lazyfree``: an anonymous page ``MADV_FREE`` made clean (``folio_mark_lazyfree()``,
-    ``!PG_swapbacked``) and not written since; reclaim discards it instead of keeping it."""
+    ``!PG_swapbacked``) and not written since; reclaim discards it instead of keeping it.
+    A disk file's page-cache page: ``dirty`` (written since it was read; no writeback is
+    modelled) and ``ra_mark`` (``PG_readahead``, the bit ``PG_reclaim`` shares: set on the
+    folio where the next async readahead starts, or by reclaim on a dirty folio) and
+    ``stale`` (not ``PG_uptodate``: a page read in only to zero part of it)."""
 
-    __slots__ = ("byte", "kind", "mapcount", "lazyfree")
+    __slots__ = ("byte", "kind", "mapcount", "lazyfree", "dirty", "ra_mark", "stale")
 
     def __init__(self, byte: int, kind: int):
         self.byte = byte
         self.kind = kind
         self.mapcount = 0
         self.lazyfree = False
+        self.dirty = False
+        self.ra_mark = False
+        self.stale = False
 
     def __repr__(self) -> str:
         return f"<Frame {('anon', 'file', 'zero')[self.kind]} byte={self.byte} map={self.mapcount}>"
@@ -33,6 +41,23 @@ class Frame:
 
 #: mm/memory.c: the zero page a read fault on private anon memory maps.
 ZERO_PAGE = Frame(0, FRAME_ZERO)
+
+
+#: include/linux/mm.h: VM_READAHEAD_PAGES, the default readahead window (128 KiB) in pages.
+VM_READAHEAD_PAGES = 32
+
+
+class RaState:
+    """``struct file_ra_state`` of a disk file's descriptor: ``ra_pages`` (the device's
+    ``read_ahead_kb``), ``io_pages`` (its ``max_sectors_kb``), the current window
+    (``start``, ``size``, ``async_size``, folio ``order``) and ``mmap_miss``."""
+
+    __slots__ = ("ra_pages", "io_pages", "start", "size", "async_size", "order", "mmap_miss")
+
+    def __init__(self, ra_pages: int, io_pages: int):
+        self.ra_pages = ra_pages
+        self.io_pages = io_pages
+        self.start = self.size = self.async_size = self.order = self.mmap_miss = 0
 
 
 #: Pages of a PMD-sized large folio (HPAGE_PMD_NR; pagetable.py cannot be imported here).
@@ -47,16 +72,21 @@ class MemFile:
     named script file starts fully cached with page *i* holding ``(i + 1) & 0xff``
     (the kernel backend pwrites every page). ``label`` is the snapshot backing
     name; ``shared_anon`` marks the ``/dev/zero (deleted)`` object. ``users``
-    holds the address spaces mapping it, for ``unmap_mapping_range()``.
+    holds the address spaces mapping it, for ``unmap_mapping_range()``. A disk file
+    (``disk``) reads a page missing from its cache from ``on_disk`` (readahead.py).
     """
 
     __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk",
-                 "folios")
+                 "folios", "on_disk", "ra")
 
     def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False,
-                 disk: bool = False):
+                 disk: bool = False, ra_pages: int = VM_READAHEAD_PAGES, io_pages: int = 0):
         self.name = name
         self.disk = disk  # a regular file on a disk filesystem (no seals), not shmem
+        # a disk file: the bytes of pages reclaim evicted (a page neither cached nor here
+        # reads as 0: a hole), and its descriptor's file_ra_state
+        self.on_disk: dict[int, int] = {}
+        self.ra = RaState(ra_pages, io_pages) if disk else None
         self.label = "shared-anon" if shared_anon else name
         self.size = size
         self.seals = 0
@@ -83,7 +113,7 @@ class MemFile:
             return None
         frame = self.cache.get(pgoff)
         if frame is None:
-            frame = self.cache[pgoff] = Frame(0, FRAME_FILE)
+            frame = self.cache[pgoff] = Frame(self.on_disk.pop(pgoff, 0), FRAME_FILE)
         return frame
 
     def folio_page(self, pgoff: int) -> Frame:
@@ -133,6 +163,8 @@ class MemFile:
         large folios inside the range (the caller split those that stick out). O(pages)."""
         if self.folios:
             self.folios = {b: n for b, n in self.folios.items() if b + n <= first or b > last}
+        if self.on_disk:  # the blocks are freed too
+            self.on_disk = {k: v for k, v in self.on_disk.items() if not first <= k <= last}
         if last - first > len(self.cache):
             for k in [k for k in self.cache if first <= k <= last]:
                 del self.cache[k]

@@ -17,6 +17,7 @@ from sparsemm.model._util import PAGE_SHIFT, PAGE_SIZE, FaultError, kerr
 from sparsemm.model.core import HPAGE_SHIFT, MmCore
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame
 from sparsemm.model.merge import vma_modify_flags
+from sparsemm.model import readahead
 from sparsemm.model.pagetable import HPAGE_PMD_NR, PTE_SHIFT, pmd_start
 from sparsemm.model.vma import VM_SPECIAL, Vma
 
@@ -128,7 +129,11 @@ class MadviseMixin(MmCore):
         if advice == Madv.REMOVE:
             return self._madvise_remove(vma, start, end)
         if advice == Madv.WILLNEED:
-            return end  # no swap here, and readahead only fills the page cache
+            # no swap here; a shmem file has no readahead (generic_fadvise() skips it), a
+            # disk file reads the range into its page cache (madvise_willneed())
+            if vma.vm_file is not None and vma.vm_file.disk:
+                readahead.willneed(vma.vm_file, vma.file_pgoff(start), vma.file_pgoff(end - 1))
+            return end
         if advice in (Madv.COLD, Madv.PAGEOUT):
             if f & (VmFlag.LOCKED | VmFlag.PFNMAP | VmFlag.HUGETLB):
                 raise kerr(errno.EINVAL, "madvise: cold/pageout on locked vma")
@@ -352,17 +357,61 @@ class MadviseMixin(MmCore):
         are unmapped (they stay cached); anon pages mapped once are discarded when lazyfree
         (``MADV_FREE``, not written since) or in a ``VM_DROPPABLE`` VMA, and stay otherwise
         (nothing to swap to). A THP holding a discarded page is split first: its PTE table
-        stays (measured: a later read maps base pages, not the huge zero page).
-        O(frames in range)."""
+        stays (measured: a later read maps base pages, not the huge zero page). A disk
+        file's page mapped once is reclaimed: a clean one leaves the page cache (its byte
+        stays on disk), a dirty one stays cached, marked ``PG_reclaim`` (shrink_folio_list()
+        does not write file pages back from here), which fault-around skips as it skips
+        ``PG_readahead``, the same bit. A disk file's large folio the range covers in part
+        is split (unmapped everywhere, not remapped) and nothing of it is reclaimed
+        (measured). O(frames in range)."""
         droppable = bool(vma.vm_flags & VmFlag.DROPPABLE)
+        f = vma.vm_file
+        disk = f is not None and f.disk
+        if disk and f.folios:
+            self._pageout_split(vma, start, end)
         for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
             if entry.mapcount != 1:
                 continue
             if entry.kind == FRAME_FILE:
                 self.clear_pte(page)
+                if disk:
+                    self._reclaim_disk_page(f, vma.file_pgoff(page << PAGE_SHIFT), entry)
             elif entry.kind == FRAME_ANON and (entry.lazyfree or droppable):
                 self.pt.split_huge_pmd(page)
                 self.clear_pte(page)
+
+    def _pageout_split(self, vma: Vma, start: int, end: int) -> None:
+        """madvise_cold_or_pageout_pte_range(): a disk file's large folio mapped in
+        ``[start, end)`` but reaching past it is split to base pages; a page-cache folio's
+        split unmaps it from every mapping. O(pages in range + folio pages)."""
+        f = vma.vm_file
+        first, last = vma.file_pgoff(start), vma.file_pgoff(end - 1)
+        for head, n in list(f.folios.items()):
+            if head <= last and head + n - 1 >= first and (head < first or head + n - 1 > last):
+                del f.folios[head]
+                for mm in list(f.users):
+                    mm._unmap_file_pages(f, head, head + n - 1, None)
+
+    def _reclaim_disk_page(self, f, pgoff: int, frame: Frame) -> None:
+        """shrink_folio_list() of a disk file's folio holding page ``pgoff`` (``frame``, just
+        unmapped here): dirty stays cached and marked; clean, unmapped everywhere, is evicted
+        (a large folio whole, once none of its pages is mapped). O(folio pages)."""
+        if f.cache.get(pgoff) is not frame:
+            return
+        folio = f.folio_of(pgoff) if f.folios else None
+        first, n = folio if folio is not None else (pgoff, 1)
+        frames = [f.cache[first + i] for i in range(n) if first + i in f.cache]
+        if any(fr.dirty for fr in frames):
+            for fr in frames:
+                fr.ra_mark = True
+            return
+        if any(fr.mapcount for fr in frames):
+            return
+        for i in range(n):
+            fr = f.cache.pop(first + i, None)
+            if fr is not None and fr.byte:
+                f.on_disk[first + i] = fr.byte
+        f.folios.pop(first, None)
 
 
 def _resume_after(vma: Vma, end: int) -> int:

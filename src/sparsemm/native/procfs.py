@@ -182,6 +182,24 @@ def overcommit_limit_pages() -> int | None:
         return None
 
 
+def readahead_limits(path: str) -> tuple[int, int] | None:
+    """``(ra_pages, io_pages)`` of the block device holding ``path``: its backing_dev_info's
+    ``read_ahead_kb`` (what ``file_ra_state_init()`` copies into a file opened there) and
+    ``max_sectors_kb`` (``bdi->io_pages``, the cap of ``MADV_WILLNEED``), in pages. None when
+    ``path`` is on no block device (tmpfs, an anonymous device) or sysfs cannot be read. A
+    partition reads its disk's queue."""
+    try:
+        dev = os.stat(path).st_dev
+        node = os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        for queue in (os.path.join(node, "queue"), os.path.join(os.path.dirname(node), "queue")):
+            if os.path.isdir(queue):
+                return (read_int(os.path.join(queue, "read_ahead_kb")) * 1024 // abi.PAGE_SIZE,
+                        read_int(os.path.join(queue, "max_sectors_kb")) * 1024 // abi.PAGE_SIZE)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def read_smaps(pid: int | str = "self") -> list[MapsEntry]:
     """Every VMA of ``pid`` from ``/proc/PID/smaps``, with its ``VmFlags``."""
     entries: list[MapsEntry] = []

@@ -8,6 +8,7 @@ Owns no semantics of its own: every behaviour lives in the model.
 from __future__ import annotations
 
 import errno
+import tempfile
 
 from sparsemm import abi
 from sparsemm._gc import gc_paused
@@ -245,9 +246,18 @@ def start_model(script: Script, design: str | None = None, *, max_map_count: int
     except ValueError as exc:
         raise BackendUnavailable(str(exc)) from None
     mm.hugetlb_pool[0] = script.hugetlb_pages
-    files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files)
+    files = {name: MemFile(name, pages * abi.PAGE_SIZE, disk=name in script.disk_files,
+                           **(_disk_readahead() if name in script.disk_files else {}))
              for name, pages in script.files.items()}
     return _ModelRunner(script, mm, files)
+
+
+def _disk_readahead() -> dict:
+    """The readahead limits a disk file of the kernel backend gets: those of the block device
+    holding the directory it is made in (``tempfile.gettempdir()``); the kernel's defaults
+    (128 KiB, no larger I/O) when that is no block device (docs/model.md)."""
+    limits = native_procfs.readahead_limits(tempfile.gettempdir())
+    return {} if limits is None else {"ra_pages": limits[0], "io_pages": limits[1]}
 
 
 def run_model_state(script: Script, design: str | None = None, *, check: bool = False,
