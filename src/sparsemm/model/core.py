@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sparsemm.abi import PAGE_MASK, PAGE_SHIFT, TASK_SIZE, VmFlag, page_align
 from sparsemm.model._flags import _VM_SEALED
-from sparsemm.model._util import kerr
+from sparsemm.model._util import FaultError, kerr
 from sparsemm.model.frames import FRAME_ANON, FRAME_FILE, Frame, MemFile
 from sparsemm.model.merge import split_vma
 from sparsemm.model.pagetable import GUARD, HPAGE_PMD_NR, PageTable, pmd_start
@@ -183,6 +183,70 @@ class MmCore(abc.ABC):
             self.clear_pte(page)
         self.pt.forget_huge_pmd(p0)
 
+    # -- the hugetlb pool: hugetlb_pool[0] is free minus reserved huge pages ------
+
+    def hugetlb_alloc(self, vma: Vma, idx: int) -> None:
+        """alloc_hugetlb_folio() for huge page ``idx`` of ``vma``'s hugetlbfs file: its
+        reservation when this address space holds it (the file's, shared; the owner's,
+        private), else a free page nobody reserved. FaultError(SIGBUS) when there is none
+        (a fork child of a private mapping, MAP_NORESERVE, a page refaulted after
+        MADV_DONTNEED, a copy-on-write). O(1)."""
+        f = vma.vm_file
+        if idx in f.hugetlb_resv and (vma.vm_flags & VmFlag.SHARED or f.hugetlb_owner is self):
+            f.hugetlb_resv.discard(idx)
+            return
+        if self.hugetlb_pool[0] < 1:
+            raise FaultError("SIGBUS")
+        self.hugetlb_pool[0] -= 1
+
+    def hugetlb_free_pages(self, start: int, end: int) -> None:
+        """Before ``[start, end)`` of a private hugetlb VMA is zapped: the huge pages mapped
+        only here are freed to the pool. O(pages mapped in range)."""
+        for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if page == pmd_start(page) and entry.kind == FRAME_ANON and entry.mapcount == 1:
+                self.hugetlb_pool[0] += 1
+
+    def hugetlb_zap_private(self, vma: Vma, start: int, end: int) -> None:
+        """Before MADV_DONTNEED zaps ``[start, end)`` of a private hugetlb VMA: the owner's
+        pages get their reservations back (``__unmap_hugepage_range()`` restores them while
+        the pool has no surplus pages: measured, the pool count stays), a fork child's pages
+        mapped only there are freed. O(pages mapped in range)."""
+        f = vma.vm_file
+        for page, entry in self.pt.frames(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if page != pmd_start(page) or entry.kind != FRAME_ANON:
+                continue
+            if f.hugetlb_owner is self:
+                f.hugetlb_resv.add(vma.file_pgoff(page << PAGE_SHIFT) // HPAGE_PMD_NR)
+            elif entry.mapcount == 1:
+                self.hugetlb_pool[0] += 1
+
+    def hugetlb_release(self, f: MemFile) -> None:
+        """After VMAs of hugetlbfs file ``f`` left this address space: a private mapping's
+        owner gives back the reservations of the pages no VMA of it maps any more
+        (hugetlb_vm_op_close(); a move keeps them, its new VMA maps them); a shared file
+        keeps its reservations and pages until no VMA of it is left anywhere, then gives
+        back both (the inode's eviction). O(n) VMAs of each address space mapping it."""
+        span = HPAGE_PMD_NR
+        if f.hugetlb_owner is not None:
+            if f.hugetlb_owner is not self or not f.hugetlb_resv:
+                return
+            mapped: set[int] = set()
+            if not self.exited:
+                for v in self.tree:
+                    if v.vm_file is f:
+                        mapped.update(range(v.vm_pgoff // span, (v.vm_pgoff + v.npages) // span))
+            gone = [i for i in f.hugetlb_resv if i not in mapped]
+            f.hugetlb_resv.difference_update(gone)
+            self.hugetlb_pool[0] += len(gone)
+            return
+        for mm in f.users:
+            if not mm.exited and any(v.vm_file is f for v in mm.tree):
+                return
+        pages = sum(1 for pgoff in f.cache if pgoff % span == 0)
+        self.hugetlb_pool[0] += len(f.hugetlb_resv) + pages
+        f.hugetlb_resv.clear()
+        f.cache.clear()
+
     def unmap_range(self, start: int, end: int) -> None:
         """mm/vma.c: do_vmi_align_munmap(): split at the edges, detach, zap (dropping guard
         markers), free the page tables no longer spanned; tells the design (``on_unmap``).
@@ -215,11 +279,15 @@ class MmCore(abc.ABC):
         if last.vm_end > end:
             split_vma(self.tree, last, end, _NO_LIMIT)
         self.split_huge_range(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        hugetlb_files = []
         for vma in vmas:
             self.tree.remove(vma)
-            if vma.vm_flags & VmFlag.HUGETLB:  # hugetlb_vm_op_close(): the reservation goes back
-                self.hugetlb_pool[0] += (vma.vm_end - vma.vm_start) >> HPAGE_SHIFT
+            if vma.vm_flags & VmFlag.HUGETLB:
+                self.hugetlb_free_pages(vma.vm_start, vma.vm_end)
+                hugetlb_files.append(vma.vm_file)
         self.zap_range(start, end, drop_markers=True)
+        for f in hugetlb_files:  # hugetlb_vm_op_close(): reservations no VMA maps go back
+            self.hugetlb_release(f)
         nxt, prev = self.tree.find_vma_prev(start)  # prev: the last VMA if nothing above
         floor = prev.vm_end if prev is not None else 0
         ceiling = nxt.vm_start if nxt is not None else 0

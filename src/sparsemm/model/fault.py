@@ -83,12 +83,31 @@ class FaultMixin(MmCore):
         (a private mapping's as anon memory, a shared one's in its hugetlbfs file)."""
         p0 = pmd_start(page)
         shared = bool(int(vma.vm_flags) & _VM_SHARED)
+        pgoff = vma.file_pgoff(p0 << PAGE_SHIFT)
+        if not (shared and pgoff in vma.vm_file.cache):  # a new page: from the pool
+            self.hugetlb_alloc(vma, pgoff // HPAGE_PMD_NR)
         if not shared:
             self.anon_vma_prepare(vma)
         for p in range(p0, p0 + HPAGE_PMD_NR):
             self.set_pte(p, vma.vm_file.get_page(vma.file_pgoff(p << PAGE_SHIFT)) if shared
                          else Frame(0, FRAME_ANON))
         self.pt.map_huge_pmd(p0)
+
+    def _hugetlb_wp(self, vma: Vma, page: int) -> None:
+        """hugetlb_wp(): a write to a private huge page another process maps too (after
+        fork) copies the whole huge page into a new one, which needs a free page nobody
+        reserved (``alloc_hugetlb_folio()`` avoids the reserve here): SIGBUS when there is
+        none. (The owner's fallback of unmapping the page from the child is not modelled.)
+        O(HPAGE_PMD_NR)."""
+        p0 = pmd_start(page)
+        head = self.pt.get(p0)
+        if head is None or head.kind != FRAME_ANON or head.mapcount == 1:
+            return  # mapped here only: reused in place
+        if self.hugetlb_pool[0] < 1:
+            raise FaultError("SIGBUS")
+        self.hugetlb_pool[0] -= 1
+        for p, old in self.pt.frames(p0, p0 + HPAGE_PMD_NR):
+            self.set_pte(p, Frame(old.byte, FRAME_ANON))
 
     def _fault_around(self, vma: Vma, addr: int) -> None:
         """mm/memory.c: do_fault_around() + filemap_map_pages(): map the cached file pages of
@@ -215,8 +234,11 @@ class FaultMixin(MmCore):
         page = addr >> PAGE_SHIFT
         if entry is GUARD:
             raise FaultError("SIGSEGV")  # handle_pte_marker(): VM_FAULT_SIGSEGV
-        if entry is None and int(vma.vm_flags) & _VM_HUGETLB:
-            self._fault_hugetlb(vma, page)
+        if int(vma.vm_flags) & _VM_HUGETLB:
+            if entry is None:
+                self._fault_hugetlb(vma, page)
+            else:
+                self._hugetlb_wp(vma, page)
             return
         if entry is None:
             # __handle_mm_fault() allocates the PUD and PMD tables first; they stay even

@@ -77,7 +77,7 @@ class MemFile:
     """
 
     __slots__ = ("name", "label", "size", "cache", "seals", "shared_anon", "users", "disk",
-                 "folios", "on_disk", "ra")
+                 "folios", "on_disk", "ra", "hugetlb_owner", "hugetlb_resv")
 
     def __init__(self, name: str, size: int, *, fill_pattern: bool = True, shared_anon: bool = False,
                  disk: bool = False, ra_pages: int = VM_READAHEAD_PAGES, io_pages: int = 0):
@@ -94,6 +94,11 @@ class MemFile:
         self.cache: dict[int, Frame] = {}
         self.users: list = []
         self.folios: dict[int, int] = {}  # large folios: first pgoff -> pages (a power of two)
+        # a hugetlbfs file: the huge pages (indices) reserved and not yet faulted in, and the
+        # address space owning them for a private mapping (HPAGE_RESV_OWNER; None: shared,
+        # the file holds them)
+        self.hugetlb_resv: set[int] = set()
+        self.hugetlb_owner = None
         if fill_pattern:
             for i in range((size + abi.PAGE_SIZE - 1) >> abi.PAGE_SHIFT):
                 self.cache[i] = Frame((i + 1) & 0xFF, FRAME_FILE)

@@ -145,6 +145,8 @@ class MadviseMixin(MmCore):
             # only the whole huge pages of the range go (its end rounds down)
             if advice == Madv.FREE or start & (_HPAGE - 1):
                 raise kerr(errno.EINVAL, "madvise: hugetlb free, or dontneed from inside a huge page")
+            if not f & VmFlag.SHARED:
+                self.hugetlb_zap_private(vma, start, end & ~(_HPAGE - 1))
             self.zap_range(start, end & ~(_HPAGE - 1))
             return end
         if advice in (Madv.DONTNEED, Madv.DONTNEED_LOCKED, Madv.FREE):

@@ -23,7 +23,7 @@ from sparsemm.model.madvise import MadviseMixin
 from sparsemm.model.merge import VMA_MERGE_SUCCESS, MergeState, merge_new_range, vma_modify_flags
 from sparsemm.model.mremap import MremapMixin
 from sparsemm.model.uffd import VM_UFFD_FLAGS, UffdMixin
-from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT
+from sparsemm.model.pagetable import PAGE_LIMIT, PMD_SHIFT, PTE_SHIFT, PUD_SHIFT, pmd_start
 from sparsemm.model.vma import VM_LOCKED_MASK, VM_SPECIAL, AnonVma, Vma
 from sparsemm.model._flags import (_VM_ACCESS_FLAGS, _VM_ACCOUNT, _VM_GROWSDOWN, _VM_HUGETLB, _VM_LOCKED,
                                     _VM_MAY_RWX, _VM_MAYSHARE, _VM_MAYWRITE, _VM_NOHUGEPAGE, _VM_NORESERVE,
@@ -236,8 +236,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         """MAP_ANONYMOUS|MAP_HUGETLB (2 MiB pages): the length rounds up to huge pages, which
         the mapping reserves from ``hugetlb_pool`` (ENOMEM when too few are free); a fixed address must be huge-page aligned (EINVAL). The VMA maps a
         new hugetlbfs file (VM_HUGETLB | VM_DONTEXPAND, never merged); faults map whole huge
-        pages. Approximation: the reservation is counted per VMA, returned by munmap; fork
-        children share the parent's. ``MAP_HUGE_1GB`` in the flags asks for 1 GiB pages, of
+        pages. The pool (``hugetlb_pool``, free minus reserved) is shared with fork children;
+        the reservation is the owner's (private) or the file's (shared), none with
+        MAP_NORESERVE (``MmCore.hugetlb_alloc``/``hugetlb_release``). ``MAP_HUGE_1GB`` in the flags asks for 1 GiB pages, of
         which none are ever set aside (ENOMEM, or EINVAL at an address not 1 GiB aligned);
         any other size the machine has no pages of is EINVAL. O(k log n)."""
         size_log = (flags >> _MAP_HUGE_SHIFT) & 0x3F  # ksys_mmap_pgoff(): hstate_sizelog()
@@ -266,7 +267,9 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         # mmap_region() unmaps what a MAP_FIXED mapping replaces before hugetlbfs_file_mmap()
         # reserves: a reservation that fails leaves a hole
         self.unmap_range(addr, addr + length)
-        need = length // hsize  # MAP_NORESERVE reserves as well here (an approximation)
+        # hugetlb_reserve_pages(): every huge page of the mapping, unless MAP_NORESERVE (its
+        # faults then need pages nobody reserved); 1 GiB pages: none are ever set aside
+        need = 0 if flags & _MAP_NORESERVE and hsize == _HPAGE else length // hsize
         if need > (self.hugetlb_pool[0] if hsize == _HPAGE else 0):
             raise kerr(errno.ENOMEM, "mmap: too few free huge pages to reserve")
         vm_flags = ((prot & _PROT_RWX) | _VM_MAY_RWX | _VM_HUGETLB | int(VmFlag.DONTEXPAND)
@@ -275,8 +278,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         # already asked for the populate that MAP_LOCKED implies
         if flags & _MAP_NORESERVE:
             vm_flags |= _VM_NORESERVE
-        self.hugetlb_pool[0] -= need  # counted back per VMA by unmap_range
+        self.hugetlb_pool[0] -= need  # given back by unmap_range / exit (hugetlb_release)
         file = MemFile("hugetlb", length, fill_pattern=False)
+        file.hugetlb_resv = set(range(need))
+        if map_type == _MAP_PRIVATE:
+            file.hugetlb_owner = self
         self.tree.insert(Vma(addr, addr + length, vm_flags, 0, file))
         self.use_file(file)
         if flags & _MAP_LOCKED or flags & (_MAP_POPULATE | _MAP_NONBLOCK) == _MAP_POPULATE:
@@ -496,9 +502,12 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
                     or vma.anon_vma is not None):
                 continue
             first, last = vma.vm_start >> PAGE_SHIFT, vma.vm_end >> PAGE_SHIFT
+            hugetlb = bool(vma.vm_flags & VmFlag.HUGETLB)  # copy_hugetlb_page_range(): copied, CoW
             for page, entry in self.pt.frames(first, last):
-                if not self.pt.is_file_huge(page):  # copy_huge_pmd() leaves file PMDs to refault
+                if hugetlb or not self.pt.is_file_huge(page):  # copy_huge_pmd() leaves file PMDs to refault
                     child.set_pte(page, entry)
+                    if hugetlb and page == pmd_start(page):
+                        child.pt.map_huge_pmd(page)
             self.pt.copy_markers_to(child.pt, first, last)  # run by run
             self.pt.copy_huge_pmds_to(child.pt, first, last)
         child.tree.dup_nodes(self.tree)  # dup_mmap copies the maple tree node for node
@@ -506,7 +515,11 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
         return child
 
     def exit(self) -> None:
-        """exit_mmap(): drop every mapping (frames' mapcounts fall back). O(e + T log T + r)."""
+        """exit_mmap(): drop every mapping (frames' mapcounts fall back; hugetlb pages and
+        reservations go back to the pool). O(e + T log T + r)."""
+        hugetlb = [v for v in self.tree if v.vm_flags & VmFlag.HUGETLB]
+        for v in hugetlb:
+            self.hugetlb_free_pages(v.vm_start, v.vm_end)
         for page, _ in self.pt.frames():
             self.clear_pte(page)
         self.pt.remove_markers(0, PAGE_LIMIT)
@@ -514,6 +527,8 @@ class AddressSpace(FaultMixin, MadviseMixin, MremapMixin, FileOpsMixin, UffdMixi
             if self in f.users:
                 f.users.remove(self)
         self.exited = True
+        for f in {id(v.vm_file): v.vm_file for v in hugetlb}.values():
+            self.hugetlb_release(f)
 
     # ------------------------------------------------------------------ checks
 

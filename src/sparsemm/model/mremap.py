@@ -181,8 +181,6 @@ class MremapMixin(MmCore):
         if vma.vm_flags & VmFlag.ACCOUNT:  # vrm_calc_charge(): DONTUNMAP keeps the old pages
             self.vm_enough_memory((new_len if flags & MremapFlag.DONTUNMAP
                                    else abs(new_len - old_len)) >> PAGE_SHIFT)
-        if vma.vm_flags & VmFlag.HUGETLB:  # the reservation moves with the pages
-            self.hugetlb_pool[0] -= new_len >> HPAGE_SHIFT
         new_vma = self._copy_vma(vma, addr, new_addr, new_len)
         # move_page_tables(): entries, guard markers included, keep their offsets (R-F12)
         src0, dst0 = addr >> PAGE_SHIFT, new_addr >> PAGE_SHIFT
