@@ -236,7 +236,9 @@ class MadviseMixin(MmCore):
         # hend), also in a file VMA; one that ends before it starts (hstart > hend, inside one
         # block) fails. Measured on 6.18.
         no_block = ((vma.vm_start + span - 1) & ~(span - 1)) + span > vma.vm_end
-        if vma.is_anonymous():
+        if vma.vm_flags & VmFlag.HUGETLB:
+            eligible = False  # no THP in a hugetlbfs file (neither shmem nor file_thp_enabled())
+        elif vma.is_anonymous():
             eligible = vma.anon_vma is not None and not no_block
         else:
             eligible = not no_block and not ((vma.vm_start >> PAGE_SHIFT) - vma.vm_pgoff) % HPAGE_PMD_NR
@@ -334,8 +336,37 @@ class MadviseMixin(MmCore):
         if (vma.vm_flags & (VmFlag.SHARED | VmFlag.MAYWRITE)) != (VmFlag.SHARED | VmFlag.MAYWRITE):
             raise kerr(errno.EACCES, "madvise: remove needs a shared writable mapping")
         first = vma.file_pgoff(start)
+        if vma.vm_flags & VmFlag.HUGETLB:
+            self._hugetlb_punch(vma.vm_file, first, first + ((end - start) >> PAGE_SHIFT))
+            return end
         self.punch_hole(vma.vm_file, first << PAGE_SHIFT, (end - start))
         return end
+
+    def _hugetlb_punch(self, f, first: int, end: int) -> None:
+        """hugetlbfs_punch_hole() of pages ``[first, end)`` of hugetlbfs file ``f``: the huge
+        pages wholly inside that the file holds go (unmapped everywhere, back to the pool;
+        their reservations were used: a refault needs an unreserved page), reservations of
+        pages never faulted in stay (remove_inode_hugepages() only visits folios; measured);
+        the part of a huge page the range covers is zeroed (hugetlbfs_zero_partial_page()).
+        O(pages in range)."""
+        span = HPAGE_PMD_NR
+        h0, h1 = -(-first // span), end // span
+        if h0 >= h1:
+            partial = range(first, end)
+        else:
+            partial = [*range(first, h0 * span), *range(h1 * span, end)]
+        for pgoff in partial:
+            frame = f.cache.get(pgoff)
+            if frame is not None:
+                frame.byte = 0
+        for idx in range(h0, h1):
+            base = idx * span
+            if base in f.cache:
+                for mm in list(f.users):
+                    mm._unmap_file_pages(f, base, base + span - 1, None)
+                for pgoff in range(base, base + span):
+                    f.cache.pop(pgoff, None)
+                self.hugetlb_pool[0] += 1
 
     def _free(self, start: int, end: int) -> None:
         """mm/madvise.c: madvise_free_single_vma() for ``[start, end)`` of an anonymous VMA:

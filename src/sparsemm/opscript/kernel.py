@@ -132,9 +132,11 @@ def _free_huge_pages() -> int:
 
 @contextlib.contextmanager
 def hugetlb_pool(pages: int):
-    """Make sure ``pages`` 2 MiB huge pages are free while the block runs: raise
-    ``vm.nr_hugepages`` by what is missing, and put back the value found when done (only
-    if no one else changed it meanwhile). ``BackendUnavailable`` with the reason when they
+    """Make sure ``pages`` 2 MiB huge pages are free and unreserved while the block runs, and
+    no more where it can (the model's pool is exactly ``pages``: a fork child's faults take
+    unreserved pages): raise ``vm.nr_hugepages`` by what is missing or lower it by the free
+    excess, and put back the value found when done (only if no one else changed it
+    meanwhile). ``BackendUnavailable`` with the reason when they
     cannot be had (not root, memory too fragmented). Runs in the parent, so a killed child
     cannot leave the setting changed."""
     if pages <= 0:
@@ -146,6 +148,10 @@ def hugetlb_pool(pages: int):
             before = target = int(fh.read())
         available, surplus = _huge_page_counts()
         missing = pages - available
+        if missing < 0 and before > 0:  # more free than the script says: set the excess aside
+            target = max(0, before + missing)
+            with open(_NR_HUGEPAGES, "w", encoding="ascii") as fh:
+                fh.write(str(target))
         # a raise first turns surplus pages persistent (reserved ones too): count them in
         for _ in range(3 if missing > 0 else 0):
             target += missing + surplus
